@@ -1,0 +1,248 @@
+/*
+ * sandboxes — create, list, get, delete.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <string.h>
+
+#include "api/api.h"
+#include "core/json.h"
+
+#define ERRLEN 256
+
+static int valid_name(const char *s)
+{
+    size_t n = strlen(s);
+    if (n < 1 || n > 63 || !isalnum((unsigned char)s[0]))
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!isalnum((unsigned char)s[i]) && s[i] != '_' && s[i] != '.' && s[i] != '-')
+            return 0;
+    return 1;
+}
+
+int api_valid_env(json_t *env, char *err, size_t errlen)
+{
+    const char *k;
+    json_t *v;
+    json_object_foreach(env, k, v)
+    {
+        if (!*k || strchr(k, '=')) {
+            snprintf(err, errlen, "invalid environment variable name '%s'", k);
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+/* Validates `resources` into *res (starting from the defaults). Returns 0, 400 or 422. */
+static int parse_resources(struct server *srv, json_t *obj, struct sandbox_resources *res,
+                           char *err)
+{
+    static const char *const keys[] = {"cpus", "memory_mib", "pids", "disk_mib", NULL};
+    const struct sandbox_resources *max = &srv->cfg.maxima;
+    long long mem = -1, pids = -1, disk = -1;
+    double cpus = -1;
+    *res = srv->cfg.defaults;
+    if (!obj)
+        return 0;
+    if (json_check_keys(obj, keys, "resources", err, ERRLEN) ||
+        json_opt_number(obj, "cpus", "resources.cpus", &cpus, err, ERRLEN) ||
+        json_opt_int(obj, "memory_mib", "resources.memory_mib", &mem, err, ERRLEN) ||
+        json_opt_int(obj, "pids", "resources.pids", &pids, err, ERRLEN) ||
+        json_opt_int(obj, "disk_mib", "resources.disk_mib", &disk, err, ERRLEN))
+        return 400;
+    if (json_object_get(obj, "cpus") && !(cpus > 0)) {
+        snprintf(err, ERRLEN, "'resources.cpus' must be greater than 0");
+        return 400;
+    }
+    if ((json_object_get(obj, "memory_mib") && mem < 16) ||
+        (json_object_get(obj, "pids") && pids < 8) ||
+        (json_object_get(obj, "disk_mib") && disk < 1)) {
+        snprintf(err, ERRLEN, "resources below the minimum (memory_mib >= 16, pids >= 8, "
+                              "disk_mib >= 1)");
+        return 400;
+    }
+    if (cpus > 0)
+        res->cpus = cpus;
+    if (mem > 0)
+        res->memory_mib = (unsigned long long)mem;
+    if (pids > 0)
+        res->pids = (unsigned long long)pids;
+    if (disk > 0)
+        res->disk_mib = (unsigned long long)disk;
+    if (res->cpus > max->cpus || res->memory_mib > max->memory_mib || res->pids > max->pids ||
+        res->disk_mib > max->disk_mib) {
+        snprintf(err, ERRLEN,
+                 "resources above the daemon maxima (cpus %g, memory_mib %llu, pids %llu, "
+                 "disk_mib %llu)",
+                 max->cpus, max->memory_mib, max->pids, max->disk_mib);
+        return 422;
+    }
+    return 0;
+}
+
+static int parse_network(json_t *obj, char *err)
+{
+    static const char *const keys[] = {"mode", "allow", NULL};
+    const char *mode = "none";
+    if (!obj)
+        return 0;
+    if (json_check_keys(obj, keys, "network", err, ERRLEN) ||
+        json_opt_string(obj, "mode", "network.mode", &mode, err, ERRLEN))
+        return 400;
+    json_t *allow = json_object_get(obj, "allow");
+    if (allow && !json_is_null(allow) && !json_is_array(allow)) {
+        snprintf(err, ERRLEN, "'network.allow' must be an array of strings");
+        return 400;
+    }
+    if (strcmp(mode, "none") != 0) {
+        snprintf(err, ERRLEN, "unsupported 'network.mode' '%s' (supported: none)", mode);
+        return 400;
+    }
+    if (allow && json_is_array(allow) && json_array_size(allow) > 0) {
+        snprintf(err, ERRLEN, "'network.allow' needs network.mode 'allowlist'");
+        return 400;
+    }
+    return 0;
+}
+
+static void on_created(struct sandbox *sb, int status, const char *code, const char *msg,
+                       void *arg)
+{
+    http_req_t *req = arg;
+    if (!sb) {
+        http_respond_error(req, status, code, "%s", msg);
+        return;
+    }
+    if (http_req_gone(req)) {
+        /* Nobody will ever learn this sandbox's id: do not leave it running. */
+        sandbox_destroy(sb, NULL, NULL);
+        http_respond(req, 499, "text/plain", "", 0, NULL);
+        return;
+    }
+    http_respond_json(req, 201, sandbox_to_json(sb));
+}
+
+void api_sandbox_create(struct server *srv, http_req_t *req, const struct route_params *p)
+{
+    static const char *const keys[] = {"name",      "template", "env", "labels",
+                                       "resources", "network",  NULL};
+    char err[ERRLEN];
+    struct sandbox_spec spec = {0};
+    json_t *res = NULL, *net = NULL;
+    int status = 400;
+    (void)p;
+    if (api_check_query(req, NULL) < 0)
+        return;
+    json_t *body = api_body_object(req);
+    if (!body)
+        return;
+    spec.template_name = "host";
+    if (json_check_keys(body, keys, NULL, err, ERRLEN) ||
+        json_opt_string(body, "name", "name", &spec.name, err, ERRLEN) ||
+        json_opt_string(body, "template", "template", &spec.template_name, err, ERRLEN) ||
+        json_opt_string_map(body, "env", "env", &spec.env, err, ERRLEN) ||
+        json_opt_string_map(body, "labels", "labels", &spec.labels, err, ERRLEN) ||
+        json_opt_object(body, "resources", "resources", &res, err, ERRLEN) ||
+        json_opt_object(body, "network", "network", &net, err, ERRLEN))
+        goto bad;
+    if (spec.name && !valid_name(spec.name)) {
+        snprintf(err, ERRLEN,
+                 "invalid 'name': 1-63 characters of [A-Za-z0-9_.-], starting with a letter or "
+                 "digit");
+        goto bad;
+    }
+    if (strcmp(spec.template_name, "host") != 0) {
+        snprintf(err, ERRLEN, "unknown 'template' '%s' (available: host)", spec.template_name);
+        goto bad;
+    }
+    if (spec.env && api_valid_env(spec.env, err, ERRLEN) < 0)
+        goto bad;
+    if ((status = parse_resources(srv, res, &spec.res, err)) || (status = parse_network(net, err)))
+        goto bad;
+
+    const char *msg = NULL;
+    status = sandbox_create(&srv->reg, &spec, on_created, req, &msg);
+    json_decref(body);
+    if (status)
+        http_respond_error(req, status,
+                           status == 409   ? "conflict"
+                           : status == 503 ? "unavailable"
+                                           : "internal",
+                           "%s", msg);
+    return;
+bad:
+    json_decref(body);
+    http_respond_error(req, status, status == 422 ? "unprocessable" : "bad_request", "%s", err);
+}
+
+/* `label=k=v` filter: true when the sandbox has label k with value v. */
+static int label_matches(const struct sandbox *sb, const char *filter)
+{
+    const char *eq = strchr(filter, '=');
+    char key[256];
+    if (!eq || (size_t)(eq - filter) >= sizeof(key))
+        return 0;
+    memcpy(key, filter, (size_t)(eq - filter));
+    key[eq - filter] = '\0';
+    json_t *v = json_object_get(sb->labels, key);
+    return v && strcmp(json_string_value(v), eq + 1) == 0;
+}
+
+void api_sandbox_list(struct server *srv, http_req_t *req, const struct route_params *p)
+{
+    static const char *const params[] = {"label", "state", "session_id", NULL};
+    (void)p;
+    if (api_check_query(req, params) < 0)
+        return;
+    for (size_t i = 0; i < http_req_query_count(req); i++) {
+        if (!strcmp(http_req_query_name(req, i), "label") &&
+            !strchr(http_req_query_value(req, i), '=')) {
+            http_respond_error(req, 400, "bad_request", "'label' filter must be key=value");
+            return;
+        }
+    }
+    const char *state = http_req_query(req, "state");
+    const char *session = http_req_query(req, "session_id");
+    json_t *arr = json_array();
+    for (struct sandbox *sb = srv->reg.head; sb; sb = sb->next) {
+        if (sb->state == SB_STOPPING || sb->state == SB_CREATING)
+            continue;
+        if (state && strcmp(state, sandbox_state_name(sb->state)) != 0)
+            continue;
+        if (session && *session)
+            continue; /* sessions do not exist yet: no sandbox belongs to one */
+        int ok = 1;
+        for (size_t i = 0; i < http_req_query_count(req); i++)
+            if (!strcmp(http_req_query_name(req, i), "label") &&
+                !label_matches(sb, http_req_query_value(req, i)))
+                ok = 0;
+        if (ok)
+            json_array_append_new(arr, sandbox_to_json(sb));
+    }
+    http_respond_json(req, 200, json_pack("{s:o}", "sandboxes", arr));
+}
+
+void api_sandbox_get(struct server *srv, http_req_t *req, const struct route_params *p)
+{
+    if (api_check_query(req, NULL) < 0)
+        return;
+    struct sandbox *sb = api_find_sandbox(srv, req, p);
+    if (sb)
+        http_respond_json(req, 200, sandbox_to_json(sb));
+}
+
+static void on_deleted(void *arg)
+{
+    http_respond(arg, 204, NULL, NULL, 0, NULL);
+}
+
+void api_sandbox_delete(struct server *srv, http_req_t *req, const struct route_params *p)
+{
+    if (api_check_query(req, NULL) < 0)
+        return;
+    struct sandbox *sb = api_find_sandbox(srv, req, p);
+    if (sb)
+        sandbox_destroy(sb, on_deleted, req);
+}

@@ -1,0 +1,421 @@
+/*
+ * cli — subcommand dispatch, help texts and the helpers shared by the commands.
+ */
+#include "cli/cli.h"
+#include "cli/cli_internal.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+
+/* ---- help -------------------------------------------------------------------------------- */
+
+static const char cli_usage_text[] =
+    "Usage: warren COMMAND [OPTIONS]\n"
+    "\n"
+    "Commands:\n"
+    "  serve     start the daemon (see 'warren serve --help')\n"
+    "  run       run a command in a new, temporary sandbox\n"
+    "  create    create a sandbox and print its id\n"
+    "  exec      run a command in an existing sandbox\n"
+    "  ps        list sandboxes\n"
+    "  rm        remove sandboxes\n"
+    "  info      show the daemon's version, features and limits\n"
+    "  help      show help for a command: warren help COMMAND\n"
+    "\n"
+    "The client commands talk to $WARREN_URL (default " CLI_DEFAULT_URL "; unix:/path.sock\n"
+    "for a unix socket).\n";
+
+struct cli_help {
+    const char *cmd;
+    const char *text;
+};
+
+static const struct cli_help cli_helps[] = {
+    {"run", "Usage: warren run [OPTIONS] [--] CMD [ARG...]\n"
+            "\n"
+            "Create a sandbox, run CMD in it, print its output, remove the sandbox (also when\n"
+            "interrupted) and exit with CMD's exit status (128+N if it was killed by signal N,\n"
+            "124 if it timed out, 125 if the daemon reported an error).\n"
+            "\n"
+            "Options:\n"
+            "  -e, --env K=V      set an environment variable in the sandbox (repeatable;\n"
+            "                     a bare K copies it from the current environment)\n"
+            "      --name N       name (and hostname) of the sandbox\n"
+            "      --timeout S    kill the command after S seconds (daemon default: 300)\n"
+            "  -i, --stdin        send this process's stdin to the command\n"
+            "      --json         print the exec result as JSON instead of the output\n"
+            "  -h, --help         show this help\n"},
+    {"create", "Usage: warren create [OPTIONS]\n"
+               "\n"
+               "Create a sandbox and print its id.\n"
+               "\n"
+               "Options:\n"
+               "      --name N       name (and hostname) of the sandbox\n"
+               "  -e, --env K=V      environment variable for every command (repeatable)\n"
+               "  -l, --label K=V    label (repeatable)\n"
+               "      --json         print the sandbox as JSON\n"
+               "  -h, --help         show this help\n"},
+    {"exec", "Usage: warren exec [OPTIONS] SANDBOX [--] CMD [ARG...]\n"
+             "\n"
+             "Run CMD in an existing sandbox (id or name), print its output and exit with its\n"
+             "exit status (128+N if killed by signal N, 124 on timeout, 125 if the daemon\n"
+             "reported an error). When stdin is not a terminal it is read to the end and sent\n"
+             "to the command.\n"
+             "\n"
+             "Options:\n"
+             "  -e, --env K=V      set an environment variable for this command (repeatable)\n"
+             "  -w, --cwd DIR      working directory (default /workspace)\n"
+             "      --timeout S    kill the command after S seconds (daemon default: 300)\n"
+             "      --no-stdin     do not read stdin\n"
+             "      --json         print the exec result as JSON instead of the output\n"
+             "  -h, --help         show this help\n"},
+    {"ps", "Usage: warren ps [OPTIONS]\n"
+           "\n"
+           "List sandboxes.\n"
+           "\n"
+           "Options:\n"
+           "  -l, --label K=V    only sandboxes with this label (repeatable)\n"
+           "      --state S      only sandboxes in state S\n"
+           "  -q, --quiet        print only the ids\n"
+           "      --json         print a JSON array of sandboxes\n"
+           "  -h, --help         show this help\n"},
+    {"rm", "Usage: warren rm SANDBOX...\n"
+           "\n"
+           "Remove sandboxes (by id or name), printing each removed one. Exits with 1 if any\n"
+           "could not be removed.\n"
+           "\n"
+           "Options:\n"
+           "  -h, --help         show this help\n"},
+    {"info", "Usage: warren info [--json]\n"
+             "\n"
+             "Show the daemon's version, isolation features and limits.\n"
+             "\n"
+             "Options:\n"
+             "      --json         print the raw JSON\n"
+             "  -h, --help         show this help\n"},
+    {"help", "Usage: warren help [COMMAND]\n"},
+};
+
+void cli_print_usage(FILE *f)
+{
+    fputs(cli_usage_text, f);
+}
+
+bool cli_print_help(const char *cmd, FILE *f)
+{
+    for (size_t i = 0; i < sizeof(cli_helps) / sizeof(cli_helps[0]); i++) {
+        if (strcmp(cli_helps[i].cmd, cmd) == 0) {
+            fputs(cli_helps[i].text, f);
+            return true;
+        }
+    }
+    return false;
+}
+
+int cli_usage_error(const char *cmd, const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "warren %s: ", cmd);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\nTry 'warren %s --help'.\n", cmd);
+    return CLI_EXIT_USAGE;
+}
+
+static int cli_cmd_help(int argc, char **argv)
+{
+    if (argc < 2) {
+        cli_print_usage(stdout);
+        return 0;
+    }
+    if (strcmp(argv[1], "serve") == 0) {
+        printf("See 'warren serve --help'.\n");
+        return 0;
+    }
+    if (!cli_print_help(argv[1], stdout)) {
+        fprintf(stderr, "warren: unknown command '%s'\nTry 'warren help'.\n", argv[1]);
+        return CLI_EXIT_USAGE;
+    }
+    return 0;
+}
+
+int cli_main(int argc, char **argv)
+{
+    static const struct {
+        const char *name;
+        int (*fn)(int, char **);
+    } cmds[] = {
+        {"run", cli_cmd_run},   {"exec", cli_cmd_exec},   {"create", cli_cmd_create},
+        {"ps", cli_cmd_ps},     {"rm", cli_cmd_rm},       {"info", cli_cmd_info},
+        {"help", cli_cmd_help}, {"--help", cli_cmd_help}, {"-h", cli_cmd_help},
+    };
+
+    if (argc < 1 || !argv[0]) {
+        cli_print_usage(stderr);
+        return CLI_EXIT_USAGE;
+    }
+    for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
+        if (strcmp(argv[0], cmds[i].name) == 0)
+            return cmds[i].fn(argc, argv);
+    fprintf(stderr, "warren: unknown command '%s'\nTry 'warren help'.\n", argv[0]);
+    return CLI_EXIT_USAGE;
+}
+
+/* ---- shared helpers ---------------------------------------------------------------------- */
+
+char **cli_getopt_argv(int argc, char **argv, char *prog, size_t progsz)
+{
+    char **av = calloc((size_t)argc + 1, sizeof(*av));
+    if (!av) {
+        fprintf(stderr, "warren: out of memory\n");
+        return NULL;
+    }
+    snprintf(prog, progsz, "warren %s", argv[0]);
+    av[0] = prog;
+    for (int i = 1; i < argc; i++)
+        av[i] = argv[i];
+    optind = 0; /* full re-initialisation of GNU getopt */
+    opterr = 1;
+    return av;
+}
+
+int cli_client_open(struct client *c)
+{
+    const char *url = getenv("WARREN_URL");
+    if (!url || !*url)
+        url = CLI_DEFAULT_URL;
+    int r = client_open(c, url);
+    if (r < 0) {
+        fprintf(stderr, "warren: WARREN_URL: %s\n", c->error);
+        client_close(c);
+        return -1;
+    }
+    return 0;
+}
+
+/* The message of an error answer: {"error":{"message":...}} or a description of the status. */
+static void cli_print_api_error(const struct client_response *resp, const char *what)
+{
+    const char *msg = NULL;
+    json_t *j = NULL;
+    char fallback[200];
+
+    if (resp->body.len > 0)
+        j = json_loadb(resp->body.data, resp->body.len, 0, NULL);
+    json_t *err = j ? json_object_get(j, "error") : NULL;
+    if (json_is_object(err))
+        msg = json_string_value(json_object_get(err, "message"));
+    else if (json_is_string(err))
+        msg = json_string_value(err);
+    if (!msg || !*msg) {
+        int n = snprintf(fallback, sizeof(fallback), "the daemon answered HTTP %d", resp->status);
+        /* Include a short, printable excerpt of a non-JSON body. */
+        if (!j && resp->body.len > 0 && n > 0 && (size_t)n < sizeof(fallback) - 8) {
+            size_t k = (size_t)n;
+            k += (size_t)snprintf(fallback + k, sizeof(fallback) - k, ": ");
+            for (size_t i = 0; i < resp->body.len && k < sizeof(fallback) - 4; i++) {
+                unsigned char ch = (unsigned char)resp->body.data[i];
+                fallback[k++] = (ch >= 0x20 && ch < 0x7f) ? (char)ch : ' ';
+            }
+            while (k > 0 && fallback[k - 1] == ' ')
+                k--;
+            fallback[k] = '\0';
+        }
+        msg = fallback;
+    }
+    if (what && !strstr(msg, what))
+        fprintf(stderr, "warren: %s: %s\n", what, msg);
+    else
+        fprintf(stderr, "warren: %s\n", msg);
+    json_decref(j);
+}
+
+enum cli_result cli_api_call(struct client *c, const char *method, const char *path, json_t *body,
+                             json_t **out, const char *what)
+{
+    struct client_response resp;
+    char *data = NULL;
+    size_t len = 0;
+
+    if (out)
+        *out = NULL;
+    if (body) {
+        data = json_dumps(body, JSON_COMPACT);
+        if (!data) {
+            fprintf(stderr, "warren: cannot encode the request (out of memory?)\n");
+            return CLI_ETRANSPORT;
+        }
+        len = strlen(data);
+    }
+    int r = client_request(c, method, path, body ? "application/json" : NULL, data, len, &resp);
+    free(data);
+    if (r < 0) {
+        if (r == -EINTR)
+            return CLI_EINTR;
+        if (c->connect_failed) {
+            bool hint = r == -ECONNREFUSED || r == -ENOENT;
+            fprintf(stderr, "warren: cannot reach the daemon at %s: %s%s\n", c->url, c->error,
+                    hint ? " (is 'warren serve' running?)" : "");
+            return CLI_EUNREACHABLE;
+        }
+        fprintf(stderr, "warren: %s %s at %s: %s\n", method, path, c->url,
+                c->error[0] ? c->error : strerror(-r));
+        return CLI_ETRANSPORT;
+    }
+    if (resp.status < 200 || resp.status > 299) {
+        cli_print_api_error(&resp, what);
+        client_response_free(&resp);
+        return CLI_EAPI;
+    }
+    if (out && resp.body.len > 0) {
+        json_error_t jerr;
+        *out = json_loadb(resp.body.data, resp.body.len, JSON_ALLOW_NUL, &jerr);
+        if (!*out) {
+            fprintf(stderr, "warren: malformed JSON from the daemon (%s %s): %s\n", method, path,
+                    jerr.text);
+            client_response_free(&resp);
+            return CLI_ETRANSPORT;
+        }
+    }
+    client_response_free(&resp);
+    return CLI_OK;
+}
+
+int cli_path_sandbox(buf_t *b, const char *id)
+{
+    int r = buf_append_str(b, "/v1/sandboxes/");
+    return r < 0 ? r : client_append_escaped(b, id, 0);
+}
+
+int cli_kv_add(json_t *obj, const char *cmd, const char *opt, const char *arg, bool from_env)
+{
+    const char *eq = strchr(arg, '=');
+    const char *value;
+    char *key;
+
+    if (eq == arg || !*arg) {
+        cli_usage_error(cmd, "%s '%s': expected KEY=VALUE", opt, arg);
+        return -1;
+    }
+    if (eq) {
+        key = strndup(arg, (size_t)(eq - arg));
+        value = eq + 1;
+    } else if (from_env) {
+        value = getenv(arg);
+        if (!value)
+            return 0;
+        key = strdup(arg);
+    } else {
+        cli_usage_error(cmd, "%s '%s': expected KEY=VALUE", opt, arg);
+        return -1;
+    }
+    if (!key) {
+        fprintf(stderr, "warren: out of memory\n");
+        return -1;
+    }
+    json_t *v = json_string(value);
+    if (!v || json_object_set_new(obj, key, v) < 0) {
+        cli_usage_error(cmd, "%s '%s': not valid UTF-8", opt, arg);
+        free(key);
+        return -1;
+    }
+    free(key);
+    return 0;
+}
+
+int cli_parse_seconds(const char *cmd, const char *opt, const char *arg, double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(arg, &end);
+    if (errno || end == arg || *end || !isfinite(v) || v <= 0) {
+        cli_usage_error(cmd, "%s '%s': expected a positive number of seconds", opt, arg);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int cli_print_json(json_t *j)
+{
+    if (json_dumpf(j, stdout, JSON_INDENT(2)) < 0 || fputc('\n', stdout) == EOF ||
+        fflush(stdout) == EOF) {
+        fprintf(stderr, "warren: cannot write to stdout: %s\n", strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+int cli_write_all(int fd, const void *p, size_t n)
+{
+    const char *s = p;
+    while (n > 0) {
+        ssize_t w = write(fd, s, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        s += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+int cli_b64_encode(buf_t *out, const void *p, size_t n)
+{
+    /* Encode in blocks (a multiple of 3 bytes) to keep EVP_EncodeBlock's int sizes small. */
+    enum { BLOCK = 3 * 16384 };
+    const unsigned char *s = p;
+    while (n > 0) {
+        size_t take = n < BLOCK ? n : BLOCK;
+        int r = buf_reserve(out, 4 * ((take + 2) / 3) + 1);
+        if (r < 0)
+            return r;
+        int w = EVP_EncodeBlock((unsigned char *)out->data + out->len, s, (int)take);
+        out->len += (size_t)w;
+        out->data[out->len] = '\0';
+        s += take;
+        n -= take;
+    }
+    if (!out->data) /* make an empty result a valid "" */
+        return buf_append(out, "", 0);
+    return 0;
+}
+
+int cli_b64_decode(buf_t *out, const char *s, size_t n)
+{
+    enum { BLOCK = 4 * 16384 };
+    if (n % 4 != 0)
+        return -EINVAL;
+    while (n > 0) {
+        size_t take = n < BLOCK ? n : BLOCK;
+        size_t pad = 0;
+        if (take == n) { /* padding only in the last block */
+            if (s[take - 1] == '=')
+                pad++;
+            if (s[take - 2] == '=')
+                pad++;
+        }
+        int r = buf_reserve(out, take / 4 * 3 + 1);
+        if (r < 0)
+            return r;
+        int w = EVP_DecodeBlock((unsigned char *)out->data + out->len, (const unsigned char *)s,
+                                (int)take);
+        if (w < 0 || (size_t)w < pad)
+            return -EINVAL;
+        out->len += (size_t)w - pad; /* EVP_DecodeBlock counts the padding as zero bytes */
+        out->data[out->len] = '\0';
+        s += take;
+        n -= take;
+    }
+    return 0;
+}

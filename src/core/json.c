@@ -1,0 +1,135 @@
+/*
+ * json — see json.h.
+ */
+#include "core/json.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+json_t *json_parse_object(const char *body, size_t len, char *err, size_t errlen)
+{
+    json_error_t je;
+    size_t i = 0;
+    while (i < len && (body[i] == ' ' || body[i] == '\n' || body[i] == '\r' || body[i] == '\t'))
+        i++;
+    if (i == len)
+        return json_object();
+    json_t *v = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
+    if (!v) {
+        snprintf(err, errlen, "malformed JSON: %s (line %d, column %d)", je.text, je.line,
+                 je.column);
+        return NULL;
+    }
+    if (!json_is_object(v)) {
+        snprintf(err, errlen, "the request body must be a JSON object");
+        json_decref(v);
+        return NULL;
+    }
+    return v;
+}
+
+int json_check_keys(json_t *obj, const char *const *allowed, const char *prefix, char *err,
+                    size_t errlen)
+{
+    const char *key;
+    json_t *val;
+    json_object_foreach(obj, key, val)
+    {
+        int ok = 0;
+        for (size_t i = 0; allowed[i]; i++)
+            if (strcmp(allowed[i], key) == 0)
+                ok = 1;
+        if (!ok) {
+            snprintf(err, errlen, "unknown field '%s%s%s'", prefix ? prefix : "",
+                     prefix ? "." : "", key);
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+int json_opt_string(json_t *obj, const char *key, const char *field, const char **out, char *err,
+                    size_t errlen)
+{
+    json_t *v = json_object_get(obj, key);
+    if (!v || json_is_null(v))
+        return 0;
+    if (!json_is_string(v)) {
+        snprintf(err, errlen, "'%s' must be a string", field);
+        return -EINVAL;
+    }
+    *out = json_string_value(v);
+    return 0;
+}
+
+int json_opt_number(json_t *obj, const char *key, const char *field, double *out, char *err,
+                    size_t errlen)
+{
+    json_t *v = json_object_get(obj, key);
+    if (!v || json_is_null(v))
+        return 0;
+    if (!json_is_number(v) || !isfinite(json_number_value(v))) {
+        snprintf(err, errlen, "'%s' must be a number", field);
+        return -EINVAL;
+    }
+    *out = json_number_value(v);
+    return 0;
+}
+
+int json_opt_int(json_t *obj, const char *key, const char *field, long long *out, char *err,
+                 size_t errlen)
+{
+    json_t *v = json_object_get(obj, key);
+    if (!v || json_is_null(v))
+        return 0;
+    if (json_is_integer(v)) {
+        *out = json_integer_value(v);
+        return 0;
+    }
+    if (json_is_real(v) && json_real_value(v) == floor(json_real_value(v)) &&
+        fabs(json_real_value(v)) < 9e15) {
+        *out = (long long)json_real_value(v);
+        return 0;
+    }
+    snprintf(err, errlen, "'%s' must be an integer", field);
+    return -EINVAL;
+}
+
+int json_opt_string_map(json_t *obj, const char *key, const char *field, json_t **out, char *err,
+                        size_t errlen)
+{
+    json_t *v = json_object_get(obj, key);
+    const char *k;
+    json_t *val;
+    if (!v || json_is_null(v))
+        return 0;
+    if (!json_is_object(v)) {
+        snprintf(err, errlen, "'%s' must be an object of strings", field);
+        return -EINVAL;
+    }
+    json_object_foreach(v, k, val)
+    {
+        if (!json_is_string(val)) {
+            snprintf(err, errlen, "'%s.%s' must be a string", field, k);
+            return -EINVAL;
+        }
+    }
+    *out = v;
+    return 0;
+}
+
+int json_opt_object(json_t *obj, const char *key, const char *field, json_t **out, char *err,
+                    size_t errlen)
+{
+    json_t *v = json_object_get(obj, key);
+    if (!v || json_is_null(v))
+        return 0;
+    if (!json_is_object(v)) {
+        snprintf(err, errlen, "'%s' must be an object", field);
+        return -EINVAL;
+    }
+    *out = v;
+    return 0;
+}

@@ -1,0 +1,261 @@
+/*
+ * util — see util.h.
+ */
+#include "core/util.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+int util_random_id(char *out, size_t cap, const char *prefix)
+{
+    static const char alphabet[] = "abcdefghijklmnopqrstuvwxyz234567";
+    unsigned char rnd[12];
+    size_t p = strlen(prefix);
+    if (cap < p + sizeof(rnd) + 1)
+        return -ENAMETOOLONG;
+    if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd))
+        return -EIO;
+    memcpy(out, prefix, p);
+    for (size_t i = 0; i < sizeof(rnd); i++)
+        out[p + i] = alphabet[rnd[i] & 31];
+    out[p + sizeof(rnd)] = '\0';
+    return 0;
+}
+
+double util_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+double util_monotonic(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+void util_format_time(double t, char *out, size_t cap)
+{
+    time_t s = (time_t)t;
+    struct tm tm;
+    gmtime_r(&s, &tm);
+    strftime(out, cap, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+/* Length of the valid UTF-8 sequence starting at s (at most len bytes), 0 if invalid, or -1 if
+ * the sequence is valid so far but cut by the end of the input. */
+static int utf8_seq(const unsigned char *s, size_t len)
+{
+    unsigned c = s[0];
+    int n;
+    unsigned min;
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xc2 && c <= 0xdf)
+        n = 2, min = 0x80;
+    else if (c >= 0xe0 && c <= 0xef)
+        n = 3, min = 0x800;
+    else if (c >= 0xf0 && c <= 0xf4)
+        n = 4, min = 0x10000;
+    else
+        return 0;
+    unsigned cp = c & (0xff >> (n + 1));
+    for (int i = 1; i < n; i++) {
+        if ((size_t)i >= len)
+            return -1;
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (s[i] & 0x3f);
+        /* Reject early what can no longer become valid, so a cut sequence is reported as cut
+         * only if it could still complete. */
+        if (i == 1 && n == 3 && c == 0xe0 && s[1] < 0xa0)
+            return 0;
+        if (i == 1 && n == 3 && c == 0xed && s[1] >= 0xa0)
+            return 0;
+        if (i == 1 && n == 4 && c == 0xf0 && s[1] < 0x90)
+            return 0;
+        if (i == 1 && n == 4 && c == 0xf4 && s[1] >= 0x90)
+            return 0;
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+        return 0;
+    return n;
+}
+
+int util_utf8_valid(const char *s, size_t len)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t i = 0;
+    while (i < len) {
+        if (p[i] < 0x80) {
+            i++;
+            continue;
+        }
+        int n = utf8_seq(p + i, len - i);
+        if (n <= 0)
+            return 0;
+        i += (size_t)n;
+    }
+    return 1;
+}
+
+size_t util_utf8_complete_prefix(const char *s, size_t len)
+{
+    /* A sequence is at most 4 bytes: only the last 3 bytes can start a cut one. */
+    const unsigned char *p = (const unsigned char *)s;
+    size_t start = len > 3 ? len - 3 : 0;
+    for (size_t i = start; i < len; i++) {
+        if ((p[i] & 0xc0) == 0x80)
+            continue;
+        if (p[i] >= 0xc0 && utf8_seq(p + i, len - i) == -1)
+            return i;
+    }
+    return len;
+}
+
+char *util_base64_encode(const void *data, size_t len)
+{
+    size_t out_len = 4 * ((len + 2) / 3);
+    char *out = malloc(out_len + 1);
+    if (!out)
+        return NULL;
+    /* EVP_EncodeBlock takes an int length: encode in chunks that are multiples of 3. */
+    const unsigned char *in = data;
+    size_t done = 0, o = 0;
+    while (done < len) {
+        size_t chunk = len - done > (size_t)3 << 28 ? (size_t)3 << 28 : len - done;
+        o += (size_t)EVP_EncodeBlock((unsigned char *)out + o, in + done, (int)chunk);
+        done += chunk;
+    }
+    out[o] = '\0';
+    return out;
+}
+
+static int b64_val(unsigned char c)
+{
+    if (c >= 'A' && c <= 'Z')
+        return c - 'A';
+    if (c >= 'a' && c <= 'z')
+        return c - 'a' + 26;
+    if (c >= '0' && c <= '9')
+        return c - '0' + 52;
+    if (c == '+')
+        return 62;
+    if (c == '/')
+        return 63;
+    return -1;
+}
+
+int util_base64_decode(const char *s, size_t len, unsigned char **out, size_t *out_len)
+{
+    /* Strict: standard alphabet, length a multiple of 4, '=' only as final padding. */
+    if (len % 4 != 0)
+        return -EINVAL;
+    unsigned char *buf = malloc(len / 4 * 3 + 1);
+    if (!buf)
+        return -ENOMEM;
+    size_t o = 0;
+    for (size_t i = 0; i < len; i += 4) {
+        int v[4], pad = 0;
+        for (int k = 0; k < 4; k++) {
+            unsigned char c = (unsigned char)s[i + k];
+            if (c == '=' && i + 4 == len && k >= 2) {
+                v[k] = 0;
+                pad++;
+                continue;
+            }
+            if (pad || (v[k] = b64_val(c)) < 0) {
+                free(buf);
+                return -EINVAL;
+            }
+        }
+        unsigned triple = (unsigned)(v[0] << 18 | v[1] << 12 | v[2] << 6 | v[3]);
+        buf[o++] = (unsigned char)(triple >> 16);
+        if (pad < 2)
+            buf[o++] = (unsigned char)(triple >> 8);
+        if (pad < 1)
+            buf[o++] = (unsigned char)triple;
+    }
+    *out = buf;
+    *out_len = o;
+    return 0;
+}
+
+/* Empties the directory open as dfd (which it closes). */
+static int remove_contents(int dfd)
+{
+    DIR *d = fdopendir(dfd);
+    int ret = 0;
+    if (!d) {
+        close(dfd);
+        return -errno;
+    }
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+            continue;
+        if (unlinkat(dirfd(d), de->d_name, 0) == 0 || errno == ENOENT)
+            continue;
+        if (errno != EISDIR) {
+            ret = ret ? ret : -errno;
+            continue;
+        }
+        int sub = openat(dirfd(d), de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (sub < 0) {
+            ret = ret ? ret : -errno;
+            continue;
+        }
+        int r = remove_contents(sub);
+        if (r < 0 && !ret)
+            ret = r;
+        if (unlinkat(dirfd(d), de->d_name, AT_REMOVEDIR) < 0 && errno != ENOENT && !ret)
+            ret = -errno;
+    }
+    closedir(d);
+    return ret;
+}
+
+int util_remove_tree(const char *path)
+{
+    if (unlink(path) == 0 || errno == ENOENT)
+        return 0;
+    if (errno != EISDIR)
+        return -errno;
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT ? 0 : -errno;
+    int r = remove_contents(fd);
+    if (rmdir(path) < 0 && errno != ENOENT && !r)
+        r = -errno;
+    return r;
+}
+
+int util_mkdir_p(const char *path, unsigned mode)
+{
+    char tmp[4096];
+    size_t n = strlen(path);
+    if (n >= sizeof(tmp))
+        return -ENAMETOOLONG;
+    memcpy(tmp, path, n + 1);
+    for (size_t i = 1; i <= n; i++) {
+        if (tmp[i] == '/' || tmp[i] == '\0') {
+            char c = tmp[i];
+            tmp[i] = '\0';
+            if (mkdir(tmp, mode) < 0 && errno != EEXIST)
+                return -errno;
+            tmp[i] = c;
+        }
+    }
+    return 0;
+}

@@ -1,0 +1,32 @@
+/*
+ * util — small helpers without a better home: random ids, time, UTF-8, base64, directory removal.
+ * Functions returning int give 0 or -errno.
+ */
+#ifndef WARREN_CORE_UTIL_H
+#define WARREN_CORE_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Writes prefix + 12 random lowercase base32 characters (+ NUL) into out (cap >= prefix + 13). */
+int util_random_id(char *out, size_t cap, const char *prefix);
+/* Wall clock as seconds since the epoch, and monotonic seconds. */
+double util_now(void);
+double util_monotonic(void);
+/* RFC 3339 UTC with second precision: "2026-11-23T10:00:00Z" (out must hold 21 bytes). */
+void util_format_time(double t, char *out, size_t cap);
+/* True if [s, s+len) is valid UTF-8 (no overlongs, surrogates or code points above U+10FFFF). */
+int util_utf8_valid(const char *s, size_t len);
+/* Length of the longest prefix of [s, s+len) that does not end inside a multi-byte sequence. */
+size_t util_utf8_complete_prefix(const char *s, size_t len);
+/* Base64 (standard alphabet, padded). encode returns a malloc'd NUL-terminated string or NULL;
+ * decode returns 0 and a malloc'd buffer in out and out_len, or -EINVAL for invalid input. */
+char *util_base64_encode(const void *data, size_t len);
+int util_base64_decode(const char *s, size_t len, unsigned char **out, size_t *out_len);
+/* Removes `path` and everything below it without following symlinks; a missing path is not an
+ * error. Safe against a tree that is being changed by a sandbox (it never leaves the tree). */
+int util_remove_tree(const char *path);
+/* mkdir -p with `mode` for the created components. */
+int util_mkdir_p(const char *path, unsigned mode);
+
+#endif

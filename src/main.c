@@ -1,0 +1,85 @@
+/*
+ * main — the `warren` binary: `warren serve` runs the daemon; every other subcommand is the
+ * client (src/cli/).
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/cli.h"
+#include "core/log.h"
+#include "server.h"
+
+static void serve_usage(FILE *f)
+{
+    fprintf(f, "usage: warren serve [--listen HOST:PORT|unix:PATH] [--state-dir DIR]\n"
+               "                    [--max-sandboxes N] [--log-level debug|info|warn|error]\n"
+               "defaults: --listen 127.0.0.1:7070 --state-dir ./.warren\n");
+}
+
+static int cmd_serve(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"listen", required_argument, NULL, 'l'},
+        {"state-dir", required_argument, NULL, 's'},
+        {"max-sandboxes", required_argument, NULL, 'm'},
+        {"log-level", required_argument, NULL, 'L'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    struct server_config cfg;
+    enum log_level level = LOG_INFO;
+    server_config_defaults(&cfg);
+    int c;
+    while ((c = getopt_long(argc, argv, "+", opts, NULL)) != -1) {
+        switch (c) {
+        case 'l':
+            cfg.listen = optarg;
+            break;
+        case 's':
+            cfg.state_dir = optarg;
+            break;
+        case 'm': {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            if (*end || v < 1 || v > 65000) {
+                fprintf(stderr, "warren serve: --max-sandboxes must be 1..65000\n");
+                return 2;
+            }
+            cfg.max_sandboxes = (unsigned)v;
+            break;
+        }
+        case 'L':
+            if (log_parse_level(optarg, &level) < 0) {
+                fprintf(stderr, "warren serve: unknown log level '%s'\n", optarg);
+                return 2;
+            }
+            break;
+        case 'h':
+            serve_usage(stdout);
+            return 0;
+        default:
+            serve_usage(stderr);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "warren serve: unexpected argument '%s'\n", argv[optind]);
+        serve_usage(stderr);
+        return 2;
+    }
+    log_set_level(level);
+    return server_run(&cfg);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc >= 2 && strcmp(argv[1], "serve") == 0)
+        return cmd_serve(argc - 1, argv + 1);
+    if (argc >= 2 && (strcmp(argv[1], "version") == 0 || strcmp(argv[1], "--version") == 0)) {
+        printf("warren %s\n", WARREN_VERSION);
+        return 0;
+    }
+    return cli_main(argc - 1, argv + 1);
+}

@@ -1,0 +1,277 @@
+/*
+ * cgroup — per-sandbox cgroups on v1 and v2. See cgroup.h for the layout.
+ */
+#include "sandbox/cgroup.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+const char *const cgroup_v1_controllers[CGROUP_V1_CONTROLLERS] = {"memory", "pids", "cpu",
+                                                                   "freezer"};
+
+const char *cgroup_mode_name(enum cgroup_mode mode)
+{
+    switch (mode) {
+    case CGROUP_V1:
+        return "v1";
+    case CGROUP_V2:
+        return "v2";
+    default:
+        return "none";
+    }
+}
+
+static int write_str(const char *dir, const char *file, const char *value)
+{
+    char path[CGROUP_PATH_MAX + 64];
+    snprintf(path, sizeof(path), "%s/%s", dir, file);
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    ssize_t n = write(fd, value, strlen(value));
+    int e = errno;
+    close(fd);
+    return n < 0 ? -e : 0;
+}
+
+static int mkdir_p(const char *path)
+{
+    char tmp[CGROUP_PATH_MAX];
+    size_t n = strlen(path);
+    if (n >= sizeof(tmp))
+        return -ENAMETOOLONG;
+    memcpy(tmp, path, n + 1);
+    for (size_t i = 1; i <= n; i++) {
+        if (tmp[i] == '/' || tmp[i] == '\0') {
+            char c = tmp[i];
+            tmp[i] = '\0';
+            if (mkdir(tmp, 0755) < 0 && errno != EEXIST)
+                return -errno;
+            tmp[i] = c;
+        }
+    }
+    return 0;
+}
+
+static int is_dir(const char *path)
+{
+    struct stat sb;
+    return stat(path, &sb) == 0 && S_ISDIR(sb.st_mode);
+}
+
+/* Finds the daemon's path in the hierarchy whose controller list contains `ctrl` (or the v2 line
+ * when ctrl is ""). */
+static int self_path(const char *self_cgroup, const char *ctrl, char *out, size_t cap)
+{
+    FILE *f = fopen(self_cgroup, "re");
+    char line[1024];
+    int r = -ENOENT;
+    if (!f)
+        return -errno;
+    while (fgets(line, sizeof(line), f)) {
+        char *c1 = strchr(line, ':');
+        char *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+        if (!c2)
+            continue;
+        *c2 = '\0';
+        char *list = c1 + 1, *path = c2 + 1;
+        path[strcspn(path, "\n")] = '\0';
+        int match = 0;
+        if (!*ctrl) {
+            match = strncmp(line, "0:", 2) == 0 && *list == '\0';
+        } else {
+            for (char *tok = strtok(list, ","); tok; tok = strtok(NULL, ","))
+                if (strcmp(tok, ctrl) == 0)
+                    match = 1;
+        }
+        if (match) {
+            snprintf(out, cap, "%s", strcmp(path, "/") == 0 ? "" : path);
+            r = 0;
+            break;
+        }
+    }
+    fclose(f);
+    return r;
+}
+
+static int init_v2(struct cgroup_manager *m, const char *fs_root, const char *self_cgroup)
+{
+    char self[CGROUP_PATH_MAX], dir[CGROUP_PATH_MAX];
+    int r = self_path(self_cgroup, "", self, sizeof(self));
+    if (r < 0)
+        return r;
+    if (snprintf(dir, sizeof(dir), "%s%s", fs_root, self) >= (int)sizeof(dir))
+        return -ENAMETOOLONG;
+    if (*self) {
+        /* No processes in inner nodes: the daemon moves to a leaf of its own first. */
+        char leaf[CGROUP_PATH_MAX + 16];
+        snprintf(leaf, sizeof(leaf), "%s/warren-daemon", dir);
+        if ((r = mkdir_p(leaf)) < 0 || (r = write_str(leaf, "cgroup.procs", "0")) < 0)
+            return r;
+    }
+    if ((r = write_str(dir, "cgroup.subtree_control", "+memory +pids +cpu")) < 0)
+        return r;
+    if (snprintf(m->base[0], sizeof(m->base[0]), "%s/warren", dir) >= (int)sizeof(m->base[0]))
+        return -ENAMETOOLONG;
+    if ((r = mkdir_p(m->base[0])) < 0)
+        return r;
+    return write_str(m->base[0], "cgroup.subtree_control", "+memory +pids +cpu");
+}
+
+static int init_v1(struct cgroup_manager *m, const char *fs_root, const char *self_cgroup)
+{
+    int found = 0;
+    for (int i = 0; i < CGROUP_V1_CONTROLLERS; i++) {
+        char mnt[CGROUP_PATH_MAX], self[CGROUP_PATH_MAX];
+        m->base[i][0] = '\0';
+        snprintf(mnt, sizeof(mnt), "%s/%s", fs_root, cgroup_v1_controllers[i]);
+        if (!is_dir(mnt) || self_path(self_cgroup, cgroup_v1_controllers[i], self, sizeof(self)))
+            continue;
+        if (snprintf(m->base[i], sizeof(m->base[i]), "%s%s/warren", mnt, self) >=
+            (int)sizeof(m->base[i]))
+            return -ENAMETOOLONG;
+        int r = mkdir_p(m->base[i]);
+        if (r < 0)
+            return r;
+        found++;
+    }
+    return found ? 0 : -ENOENT;
+}
+
+int cgroup_manager_init(struct cgroup_manager *m, const char *fs_root, const char *self_cgroup)
+{
+    char probe[CGROUP_PATH_MAX];
+    memset(m, 0, sizeof(*m));
+    snprintf(probe, sizeof(probe), "%s/cgroup.controllers", fs_root);
+    if (access(probe, F_OK) == 0) {
+        m->mode = CGROUP_V2;
+        int r = init_v2(m, fs_root, self_cgroup);
+        if (r < 0)
+            m->mode = CGROUP_NONE;
+        return r;
+    }
+    snprintf(probe, sizeof(probe), "%s/memory", fs_root);
+    if (is_dir(probe)) {
+        m->mode = CGROUP_V1;
+        int r = init_v1(m, fs_root, self_cgroup);
+        if (r < 0)
+            m->mode = CGROUP_NONE;
+        return r;
+    }
+    return -ENOENT;
+}
+
+static int set_limits_v2(const char *dir, const struct cgroup_limits *l)
+{
+    char v[64];
+    int r = 0;
+    if (l->memory) {
+        snprintf(v, sizeof(v), "%llu", l->memory);
+        if ((r = write_str(dir, "memory.max", v)) < 0)
+            return r;
+        /* memory + swap = memory: no swap at all. Absent when the kernel has no swap support. */
+        if ((r = write_str(dir, "memory.swap.max", "0")) < 0 && r != -ENOENT)
+            return r;
+    }
+    if (l->pids) {
+        snprintf(v, sizeof(v), "%llu", l->pids);
+        if ((r = write_str(dir, "pids.max", v)) < 0)
+            return r;
+    }
+    if (l->cpus > 0) {
+        snprintf(v, sizeof(v), "%llu 100000", (unsigned long long)(l->cpus * 100000.0 + 0.5));
+        if ((r = write_str(dir, "cpu.max", v)) < 0)
+            return r;
+    }
+    return 0;
+}
+
+static int set_limits_v1(int ctrl, const char *dir, const struct cgroup_limits *l)
+{
+    char v[64];
+    int r = 0;
+    if (ctrl == 0 && l->memory) {
+        snprintf(v, sizeof(v), "%llu", l->memory);
+        if ((r = write_str(dir, "memory.limit_in_bytes", v)) < 0)
+            return r;
+        /* memsw must be >= the memory limit; equal means no swap. Absent without swap
+         * accounting. */
+        if ((r = write_str(dir, "memory.memsw.limit_in_bytes", v)) < 0 && r != -ENOENT)
+            return r;
+    } else if (ctrl == 1 && l->pids) {
+        snprintf(v, sizeof(v), "%llu", l->pids);
+        return write_str(dir, "pids.max", v);
+    } else if (ctrl == 2 && l->cpus > 0) {
+        snprintf(v, sizeof(v), "%llu", (unsigned long long)(l->cpus * 100000.0 + 0.5));
+        if ((r = write_str(dir, "cpu.cfs_period_us", "100000")) < 0)
+            return r;
+        return write_str(dir, "cpu.cfs_quota_us", v);
+    }
+    return 0;
+}
+
+int cgroup_create(const struct cgroup_manager *m, const char *name,
+                  const struct cgroup_limits *limits, char procs[][CGROUP_PATH_MAX],
+                  size_t *n_procs)
+{
+    int n = m->mode == CGROUP_V2 ? 1 : CGROUP_V1_CONTROLLERS;
+    *n_procs = 0;
+    if (m->mode == CGROUP_NONE)
+        return 0;
+    for (int i = 0; i < n; i++) {
+        char dir[CGROUP_PATH_MAX];
+        if (!m->base[i][0])
+            continue;
+        if (snprintf(dir, sizeof(dir), "%s/%s", m->base[i], name) >= (int)sizeof(dir) - 16)
+            goto toolong;
+        if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
+            int r = -errno;
+            cgroup_destroy(m, name);
+            return r;
+        }
+        int r = m->mode == CGROUP_V2 ? set_limits_v2(dir, limits) : set_limits_v1(i, dir, limits);
+        if (r < 0) {
+            cgroup_destroy(m, name);
+            return r;
+        }
+        if (snprintf(procs[*n_procs], CGROUP_PATH_MAX, "%s/cgroup.procs", dir) >= CGROUP_PATH_MAX)
+            goto toolong;
+        (*n_procs)++;
+    }
+    return 0;
+toolong:
+    cgroup_destroy(m, name);
+    return -ENAMETOOLONG;
+}
+
+int cgroup_destroy(const struct cgroup_manager *m, const char *name)
+{
+    int n = m->mode == CGROUP_V2 ? 1 : CGROUP_V1_CONTROLLERS, ret = 0;
+    if (m->mode == CGROUP_NONE)
+        return 0;
+    for (int i = 0; i < n; i++) {
+        char dir[CGROUP_PATH_MAX];
+        if (!m->base[i][0])
+            continue;
+        snprintf(dir, sizeof(dir), "%s/%s", m->base[i], name);
+        if (m->mode == CGROUP_V2)
+            (void)write_str(dir, "cgroup.kill", "1");
+        /* The init has been reaped, but its last children may still be exiting: retry briefly. */
+        for (int tries = 0;; tries++) {
+            if (rmdir(dir) == 0 || errno == ENOENT)
+                break;
+            if (errno != EBUSY || tries >= 200) {
+                ret = -errno;
+                break;
+            }
+            struct timespec ts = {0, 5 * 1000 * 1000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    return ret;
+}

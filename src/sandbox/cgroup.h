@@ -1,0 +1,52 @@
+/*
+ * cgroup — one cgroup per sandbox, on cgroup v2 (unified) or v1 (one hierarchy per controller).
+ *
+ * The mode is detected once at start-up (cgroup_manager_init). Sandboxes are placed below the
+ * daemon's own cgroup, so whatever limits the host puts on the daemon also bound its sandboxes:
+ *   v2: <daemon cgroup>/warren/<name>  (the daemon moves itself to <daemon cgroup>/warren-daemon
+ *       first, because v2 forbids processes in inner nodes that delegate controllers)
+ *   v1: <controller mount><daemon cgroup in that controller>/warren/<name> for memory, pids, cpu
+ *       and freezer.
+ * `fs_root` is normally "/sys/fs/cgroup"; unit tests point it at a fake tree.
+ *
+ * Errors: 0 or -errno. Paths are fixed-size buffers inside the structs (no ownership to track).
+ */
+#ifndef WARREN_SANDBOX_CGROUP_H
+#define WARREN_SANDBOX_CGROUP_H
+
+#include <stddef.h>
+
+#define CGROUP_PATH_MAX 512
+#define CGROUP_V1_CONTROLLERS 4
+
+enum cgroup_mode { CGROUP_NONE = 0, CGROUP_V1, CGROUP_V2 };
+
+struct cgroup_manager {
+    enum cgroup_mode mode;
+    /* v2: [0] is the parent of all sandbox cgroups. v1: one base per controller, in the order of
+     * cgroup_v1_controllers[]; an empty string means that controller is not mounted. */
+    char base[CGROUP_V1_CONTROLLERS][CGROUP_PATH_MAX];
+};
+
+struct cgroup_limits {
+    double cpus;                 /* 0 = unlimited */
+    unsigned long long memory;   /* bytes, 0 = unlimited; swap is limited to the same total */
+    unsigned long long pids;     /* 0 = unlimited */
+};
+
+extern const char *const cgroup_v1_controllers[CGROUP_V1_CONTROLLERS];
+
+const char *cgroup_mode_name(enum cgroup_mode mode);
+/* Detects the mode below fs_root and prepares the warren parent cgroup(s). `self_cgroup` is the
+ * path of a /proc/<pid>/cgroup file describing the daemon. Returns -ENOENT if no usable cgroup
+ * file system was found. */
+int cgroup_manager_init(struct cgroup_manager *m, const char *fs_root, const char *self_cgroup);
+/* Creates the sandbox's cgroup(s) with `limits` and returns the cgroup.procs / tasks files the
+ * sandbox's init must be written to (`procs` has room for CGROUP_V1_CONTROLLERS entries). */
+int cgroup_create(const struct cgroup_manager *m, const char *name,
+                  const struct cgroup_limits *limits, char procs[][CGROUP_PATH_MAX],
+                  size_t *n_procs);
+/* Removes the sandbox's cgroup(s); they must be empty. Missing ones are ignored. */
+int cgroup_destroy(const struct cgroup_manager *m, const char *name);
+
+#endif

@@ -1,0 +1,727 @@
+/*
+ * spawn — clone3() into new namespaces, build the root filesystem, drop privileges, exec the init.
+ *
+ * The child side (child_*) runs in a copy of the multi-threaded daemon: it may only make system
+ * calls and touch memory prepared before the clone (no malloc, no stdio, no locks). It reports the
+ * first failure as (step, errno, detail) on a close-on-exec status pipe and _exit()s; a successful
+ * exec closes the pipe, which the parent reads as success.
+ *
+ * Order matters, and why:
+ *  1. parent: clone3(NEWUSER|NEWPID|NEWNS|NEWUTS|NEWIPC|NEWNET), writes uid/gid maps (with
+ *     setgroups denied) and moves the child into its cgroups, then releases it.
+ *  2. child, still host uid 0 by credentials: make mounts private, mount the root tmpfs on the
+ *     sandbox's root directory and chdir into it. This has to happen before setresuid because the
+ *     state directory may be 0700 (only host root may traverse it).
+ *  3. child: setresuid(0) inside the namespace (= the unprivileged host range), so every inode it
+ *     creates from now on belongs to the sandbox. Every later path is relative to the new root.
+ *  4. child: unshare the cgroup namespace (after the move into the cgroup, so it is rooted there),
+ *     mount ops, hostname, `lo` up, pivot_root + detach the old root.
+ *  5. child: fds, capabilities, no_new_privs, rlimits, seccomp (last, so the filter need not allow
+ *     the setup calls), exec of the init from a sealed memfd.
+ */
+#include "sandbox/spawn.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/capability.h>
+#include <linux/sched.h>
+#include <linux/seccomp.h>
+#include <net/if.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "sandbox/proto.h"
+
+#ifndef CLONE_PIDFD
+#define CLONE_PIDFD 0x00001000
+#endif
+
+static const char *const step_names[] = {
+    [SPAWN_STEP_NONE] = "none",
+    [SPAWN_STEP_PREPARE] = "prepare",
+    [SPAWN_STEP_CLONE] = "clone3 (namespaces)",
+    [SPAWN_STEP_IDMAP] = "uid/gid map",
+    [SPAWN_STEP_CGROUP] = "cgroup attach",
+    [SPAWN_STEP_SYNC] = "sync with daemon",
+    [SPAWN_STEP_SETUID] = "setresuid/setresgid",
+    [SPAWN_STEP_CGROUPNS] = "cgroup namespace",
+    [SPAWN_STEP_PROPAGATION] = "mount propagation",
+    [SPAWN_STEP_ROOT] = "root tmpfs",
+    [SPAWN_STEP_MOUNT] = "mount",
+    [SPAWN_STEP_HOSTNAME] = "sethostname",
+    [SPAWN_STEP_LOOPBACK] = "loopback up",
+    [SPAWN_STEP_PIVOT] = "pivot_root",
+    [SPAWN_STEP_FDS] = "file descriptors",
+    [SPAWN_STEP_CAPS] = "capabilities",
+    [SPAWN_STEP_NNP] = "no_new_privs",
+    [SPAWN_STEP_RLIMIT] = "rlimits",
+    [SPAWN_STEP_SECCOMP] = "seccomp",
+    [SPAWN_STEP_EXEC] = "exec init",
+    [SPAWN_STEP_WAIT] = "wait for setup",
+};
+
+const char *spawn_step_name(enum spawn_step step)
+{
+    if ((size_t)step < sizeof(step_names) / sizeof(step_names[0]) && step_names[step])
+        return step_names[step];
+    return "unknown";
+}
+
+unsigned long long spawn_default_caps(void)
+{
+    static const int keep[] = {CAP_CHOWN,  CAP_DAC_OVERRIDE, CAP_FOWNER,           CAP_FSETID,
+                               CAP_KILL,   CAP_SETGID,       CAP_SETUID,           CAP_SETPCAP,
+                               CAP_NET_BIND_SERVICE,         CAP_SYS_CHROOT,       CAP_AUDIT_WRITE,
+                               CAP_SETFCAP};
+    unsigned long long mask = 0;
+    for (size_t i = 0; i < sizeof(keep) / sizeof(keep[0]); i++)
+        mask |= 1ULL << keep[i];
+    return mask;
+}
+
+void spawn_config_init(struct spawn_config *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->id_count = 65536;
+    cfg->keep_caps = spawn_default_caps();
+    cfg->init_fd = -1;
+    snprintf(cfg->root_opts, sizeof(cfg->root_opts), "mode=0755,uid=0,gid=0");
+}
+
+static int copy_str(char *dst, size_t cap, const char *src)
+{
+    size_t n = strlen(src);
+    if (n >= cap)
+        return -ENAMETOOLONG;
+    memcpy(dst, src, n + 1);
+    return 0;
+}
+
+int spawn_config_add(struct spawn_config *cfg, enum mount_op_kind kind, const char *src,
+                     const char *dst, unsigned long flags, unsigned mode, const char *data)
+{
+    if (cfg->n_mounts >= SPAWN_MAX_MOUNTS)
+        return -ENOSPC;
+    struct mount_op *op = &cfg->mounts[cfg->n_mounts];
+    memset(op, 0, sizeof(*op));
+    op->kind = kind;
+    op->flags = flags;
+    op->mode = mode;
+    op->data = data;
+    if (copy_str(op->src, sizeof(op->src), src ? src : "") < 0 ||
+        copy_str(op->dst, sizeof(op->dst), dst) < 0)
+        return -ENAMETOOLONG;
+    cfg->n_mounts++;
+    return 0;
+}
+
+/* Host /etc entries the `host` template exposes (read-only). Not the whole /etc: no shadow,
+ * no machine-id, no ssh keys, nothing of the host's services. */
+static const char *const host_etc[] = {
+    "passwd",        "group",      "resolv.conf", "nsswitch.conf", "ld.so.cache",
+    "ld.so.conf",    "ld.so.conf.d", "ssl/certs",  "alternatives",  "os-release",
+    "localtime",     "protocols",  "services",    "shells",        "host.conf",
+    "debian_version", "inputrc",   "bash.bashrc", "profile",       "environment",
+};
+
+/* Adds /etc/<name> as the host has it: a symlink that stays inside /usr (os-release, localtime)
+ * stays a symlink; anything else is bound read-only from its resolved path. */
+static int add_host_etc(struct spawn_config *cfg, const char *name)
+{
+    char host[SPAWN_PATH_MAX], dst[SPAWN_PATH_MAX], target[SPAWN_PATH_MAX];
+    struct stat sb;
+    snprintf(host, sizeof(host), "/etc/%s", name);
+    snprintf(dst, sizeof(dst), "etc/%s", name);
+    if (lstat(host, &sb) < 0)
+        return 0; /* not on this host: nothing to expose */
+    if (S_ISLNK(sb.st_mode)) {
+        ssize_t n = readlink(host, target, sizeof(target) - 1);
+        if (n > 0) {
+            target[n] = '\0';
+            if (strncmp(target, "/usr/", 5) == 0 || strncmp(target, "../usr/", 7) == 0)
+                return spawn_config_add(cfg, MOP_SYMLINK, target, dst, 0, 0, NULL);
+        }
+        if (!realpath(host, target))
+            return 0; /* dangling: skip */
+        return spawn_config_add(cfg, MOP_BIND_RO, target, dst, 0, 0, NULL);
+    }
+    return spawn_config_add(cfg, MOP_BIND_RO, host, dst, 0, 0, NULL);
+}
+
+int spawn_config_host_template(struct spawn_config *cfg, const char *workspace)
+{
+    static const char *const top[] = {"bin", "sbin", "lib", "lib32", "lib64", "libx32"};
+    static const char *const ro_proc[] = {"proc/sys", "proc/sysrq-trigger", "proc/bus", "proc/fs",
+                                          "proc/irq"};
+    static const char *const masked[] = {"proc/kcore",      "proc/keys",     "proc/timer_list",
+                                         "proc/sched_debug", "proc/latency_stats", "proc/kallsyms",
+                                         "proc/kmsg",        "proc/acpi",     "proc/scsi",
+                                         "proc/asound",      "sys/firmware",  "sys/kernel/debug",
+                                         "sys/kernel/security"};
+    static const char *const devs[] = {"null", "zero", "full", "random", "urandom", "tty"};
+    const unsigned long nsd = MS_NOSUID | MS_NODEV;
+    char a[SPAWN_PATH_MAX], b[SPAWN_PATH_MAX];
+    int r = 0;
+/* Appends a mount op unless an earlier one failed; the first error is returned. */
+#define ADD(...) (r = r ? r : spawn_config_add(cfg, __VA_ARGS__))
+
+    ADD(MOP_BIND_RO, "/usr", "usr", 0, 0, NULL);
+    for (size_t i = 0; i < sizeof(top) / sizeof(top[0]); i++) {
+        struct stat sb;
+        snprintf(a, sizeof(a), "/%s", top[i]);
+        if (lstat(a, &sb) < 0)
+            continue;
+        if (S_ISLNK(sb.st_mode)) {
+            ssize_t n = readlink(a, b, sizeof(b) - 1);
+            if (n <= 0)
+                continue;
+            b[n] = '\0';
+            ADD(MOP_SYMLINK, b, top[i], 0, 0, NULL);
+        } else if (S_ISDIR(sb.st_mode)) {
+            ADD(MOP_BIND_RO, a, top[i], 0, 0, NULL);
+        }
+    }
+
+    ADD(MOP_DIR, NULL, "etc", 0, 0755, NULL);
+    for (size_t i = 0; i < sizeof(host_etc) / sizeof(host_etc[0]); i++)
+        r = r ? r : add_host_etc(cfg, host_etc[i]);
+    snprintf(cfg->etc_hosts, sizeof(cfg->etc_hosts),
+             "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+             "127.0.1.1\t%s\n",
+             cfg->hostname);
+    snprintf(cfg->etc_hostname, sizeof(cfg->etc_hostname), "%s\n", cfg->hostname);
+    ADD(MOP_FILE, NULL, "etc/hosts", 0, 0644, cfg->etc_hosts);
+    ADD(MOP_FILE, NULL, "etc/hostname", 0, 0644, cfg->etc_hostname);
+    ADD(MOP_SYMLINK, "../proc/self/mounts", "etc/mtab", 0, 0, NULL);
+
+    ADD(MOP_PROC, NULL, "proc", 0, 0, NULL);
+    ADD(MOP_SYSFS, NULL, "sys", 0, 0, NULL);
+    for (size_t i = 0; i < sizeof(ro_proc) / sizeof(ro_proc[0]); i++)
+        ADD(MOP_READONLY, NULL, ro_proc[i], 0, 0, NULL);
+    for (size_t i = 0; i < sizeof(masked) / sizeof(masked[0]); i++)
+        ADD(MOP_MASK, NULL, masked[i], 0, 0, NULL);
+
+    ADD(MOP_TMPFS, "tmpfs", "dev", MS_NOSUID | MS_NOEXEC, 0,
+                          "mode=0755,size=64k");
+    for (size_t i = 0; i < sizeof(devs) / sizeof(devs[0]); i++) {
+        snprintf(a, sizeof(a), "/dev/%s", devs[i]);
+        snprintf(b, sizeof(b), "dev/%s", devs[i]);
+        ADD(MOP_BIND_DEV, a, b, 0, 0, NULL);
+    }
+    ADD(MOP_DEVPTS, NULL, "dev/pts", 0, 0, NULL);
+    ADD(MOP_SYMLINK, "pts/ptmx", "dev/ptmx", 0, 0, NULL);
+    ADD(MOP_TMPFS, "tmpfs", "dev/shm", nsd, 0, "mode=1777,size=64m");
+    ADD(MOP_SYMLINK, "/proc/self/fd", "dev/fd", 0, 0, NULL);
+    ADD(MOP_SYMLINK, "/proc/self/fd/0", "dev/stdin", 0, 0, NULL);
+    ADD(MOP_SYMLINK, "/proc/self/fd/1", "dev/stdout", 0, 0, NULL);
+    ADD(MOP_SYMLINK, "/proc/self/fd/2", "dev/stderr", 0, 0, NULL);
+
+    ADD(MOP_TMPFS, "tmpfs", "tmp", nsd, 0, "mode=1777,size=1024m");
+    ADD(MOP_BIND_RW, workspace, "workspace", 0, 0, NULL);
+    if (!r)
+        cfg->mounts[cfg->n_mounts - 1].open_early = 1;
+    ADD(MOP_DIR, NULL, "root", 0, 0700, NULL);
+    ADD(MOP_DIR, NULL, "home", 0, 0755, NULL);
+    ADD(MOP_DIR, NULL, "run", 0, 0755, NULL);
+    ADD(MOP_DIR, NULL, "var/tmp", 0, 01777, NULL);
+    ADD(MOP_SYMLINK, "../run", "var/run", 0, 0, NULL);
+    snprintf(cfg->root_opts, sizeof(cfg->root_opts), "mode=0755,size=1024m,uid=0,gid=0");
+    return r;
+}
+#undef ADD
+
+/* ---------------------------------------------------------------------------------------------
+ * Child side. Only system calls from here to child_main's exec.
+ */
+
+struct child_report {
+    int32_t step;
+    int32_t err;
+    char detail[SPAWN_PATH_MAX];
+};
+
+struct child_ctx {
+    const struct spawn_config *cfg;
+    int sync_fd;
+    int status_fd;
+    int ctl_fd;
+    int early_fd[SPAWN_MAX_MOUNTS];       /* for open_early ops, else -1 */
+    char early_src[SPAWN_PATH_MAX / 8];   /* "/proc/self/fd/N" of the op being mounted */
+};
+
+static size_t child_strlen(const char *s)
+{
+    size_t n = 0;
+    while (s[n])
+        n++;
+    return n;
+}
+
+static __attribute__((noreturn)) void child_fail(struct child_ctx *c, enum spawn_step step,
+                                                 const char *detail)
+{
+    struct child_report rep;
+    rep.step = step;
+    rep.err = errno ? errno : EIO;
+    size_t n = detail ? child_strlen(detail) : 0;
+    if (n >= sizeof(rep.detail))
+        n = sizeof(rep.detail) - 1;
+    for (size_t i = 0; i < n; i++)
+        rep.detail[i] = detail[i];
+    rep.detail[n] = '\0';
+    (void)!write(c->status_fd, &rep, sizeof(rep));
+    _exit(1);
+}
+
+/* mkdir -p of every parent of `path` (relative), and of `path` itself when `self` is set. */
+static int child_mkdirs(const char *path, int self, unsigned mode)
+{
+    char tmp[SPAWN_PATH_MAX];
+    size_t n = child_strlen(path);
+    if (n >= sizeof(tmp))
+        return -1;
+    for (size_t i = 0; i <= n; i++) {
+        tmp[i] = path[i];
+        if ((path[i] == '/' && i > 0) || (path[i] == '\0' && self)) {
+            tmp[i] = '\0';
+            if (mkdir(tmp, path[i] == '\0' ? mode : 0755) < 0 && errno != EEXIST)
+                return -1;
+            tmp[i] = path[i];
+        }
+    }
+    return 0;
+}
+
+/* The per-mount flags a bind remount must keep (the kernel refuses to clear flags that are locked
+ * because the mount came from a more privileged namespace). */
+static unsigned long child_locked_flags(const char *path)
+{
+    struct statvfs sv;
+    unsigned long f = 0;
+    if (statvfs(path, &sv) < 0)
+        return 0;
+    if (sv.f_flag & ST_NOSUID)
+        f |= MS_NOSUID;
+    if (sv.f_flag & ST_NODEV)
+        f |= MS_NODEV;
+    if (sv.f_flag & ST_NOEXEC)
+        f |= MS_NOEXEC;
+    if (sv.f_flag & ST_RDONLY)
+        f |= MS_RDONLY;
+    if (sv.f_flag & ST_NOATIME)
+        f |= MS_NOATIME;
+    if (sv.f_flag & ST_NODIRATIME)
+        f |= MS_NODIRATIME;
+    if (sv.f_flag & ST_RELATIME)
+        f |= MS_RELATIME;
+    return f;
+}
+
+static int child_bind(const char *src, const char *dst, unsigned long extra)
+{
+    struct stat sb;
+    if (stat(src, &sb) < 0)
+        return -1;
+    if (child_mkdirs(dst, S_ISDIR(sb.st_mode), 0755) < 0)
+        return -1;
+    if (!S_ISDIR(sb.st_mode)) {
+        int fd = open(dst, O_CREAT | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0644);
+        if (fd < 0)
+            return -1;
+        close(fd);
+    }
+    if (mount(src, dst, NULL, MS_BIND, NULL) < 0)
+        return -1;
+    unsigned long flags = MS_BIND | MS_REMOUNT | extra | child_locked_flags(dst);
+    return mount(NULL, dst, NULL, flags, NULL);
+}
+
+/* Formats "/proc/self/fd/<fd>" without stdio. */
+static const char *child_fd_path(char *out, size_t cap, int fd)
+{
+    static const char prefix[] = "/proc/self/fd/";
+    char digits[12];
+    size_t n = 0, o = 0;
+    do
+        digits[n++] = (char)('0' + fd % 10);
+    while ((fd /= 10) && n < sizeof(digits));
+    if (sizeof(prefix) + n > cap)
+        return "";
+    for (size_t i = 0; prefix[i]; i++)
+        out[o++] = prefix[i];
+    while (n)
+        out[o++] = digits[--n];
+    out[o] = '\0';
+    return out;
+}
+
+static int child_mount_op(struct child_ctx *c, size_t idx)
+{
+    const struct mount_op *op = &c->cfg->mounts[idx];
+    const char *dst = op->dst, *src = op->src;
+    struct stat sb;
+    if (c->early_fd[idx] >= 0)
+        src = child_fd_path(c->early_src, sizeof(c->early_src), c->early_fd[idx]);
+    switch (op->kind) {
+    case MOP_BIND_RO:
+        return child_bind(src, dst, MS_RDONLY | MS_NOSUID | MS_NODEV);
+    case MOP_BIND_RW:
+        return child_bind(src, dst, MS_NOSUID | MS_NODEV);
+    case MOP_BIND_DEV:
+        return child_bind(src, dst, MS_NOSUID | MS_NOEXEC);
+    case MOP_TMPFS:
+        if (child_mkdirs(dst, 1, 0755) < 0)
+            return -1;
+        return mount("tmpfs", dst, "tmpfs", op->flags, op->data);
+    case MOP_PROC:
+        if (child_mkdirs(dst, 1, 0555) < 0)
+            return -1;
+        return mount("proc", dst, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+    case MOP_DEVPTS:
+        if (child_mkdirs(dst, 1, 0755) < 0)
+            return -1;
+        return mount("devpts", dst, "devpts", MS_NOSUID | MS_NOEXEC,
+                     "newinstance,ptmxmode=0666,mode=0620");
+    case MOP_SYSFS:
+        if (child_mkdirs(dst, 1, 0555) < 0)
+            return -1;
+        /* Optional: a kernel may refuse sysfs in a user namespace (e.g. when the host's /sys is
+         * partly over-mounted). The sandbox then has an empty /sys, which only loses features. */
+        (void)mount("sysfs", dst, "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+        return 0;
+    case MOP_MASK:
+        if (lstat(dst, &sb) < 0)
+            return 0;
+        if (S_ISDIR(sb.st_mode))
+            return mount("tmpfs", dst, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                         "size=0,mode=0555");
+        return mount("/dev/null", dst, NULL, MS_BIND, NULL);
+    case MOP_READONLY:
+        if (lstat(dst, &sb) < 0)
+            return 0;
+        if (mount(dst, dst, NULL, MS_BIND | MS_REC, NULL) < 0)
+            return -1;
+        return mount(NULL, dst, NULL,
+                     MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC |
+                         child_locked_flags(dst),
+                     NULL);
+    case MOP_DIR:
+        if (child_mkdirs(dst, 1, op->mode) < 0)
+            return -1;
+        return chmod(dst, op->mode); /* mkdir's mode is filtered by the umask */
+    case MOP_SYMLINK:
+        if (child_mkdirs(dst, 0, 0755) < 0)
+            return -1;
+        return symlink(op->src, dst);
+    case MOP_FILE: {
+        if (child_mkdirs(dst, 0, 0755) < 0)
+            return -1;
+        int fd = open(dst, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, op->mode);
+        if (fd < 0)
+            return -1;
+        size_t n = op->data ? child_strlen(op->data) : 0;
+        ssize_t w = n ? write(fd, op->data, n) : 0;
+        close(fd);
+        return w == (ssize_t)n ? 0 : -1;
+    }
+    }
+    errno = EINVAL;
+    return -1;
+}
+
+static int child_loopback_up(void)
+{
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0)
+        return -1;
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof(ifr));
+    ifr.ifr_name[0] = 'l';
+    ifr.ifr_name[1] = 'o';
+    ifr.ifr_flags = IFF_UP | IFF_LOOPBACK | IFF_RUNNING;
+    int r = ioctl(s, SIOCSIFFLAGS, &ifr);
+    close(s);
+    return r;
+}
+
+/* Moves fd to `target` (no close-on-exec unless cloexec), being careful about collisions. */
+static int child_place_fd(int fd, int target, int cloexec)
+{
+    if (fd == target)
+        return cloexec ? fcntl(fd, F_SETFD, FD_CLOEXEC) : fcntl(fd, F_SETFD, 0);
+    return dup3(fd, target, cloexec ? O_CLOEXEC : 0);
+}
+
+static int child_setup_fds(struct child_ctx *c)
+{
+    /* Lift every fd we keep above the range we are about to fill, then place them. */
+    int ctl = fcntl(c->ctl_fd, F_DUPFD_CLOEXEC, 10);
+    int ini = fcntl(c->cfg->init_fd, F_DUPFD_CLOEXEC, 10);
+    int st = fcntl(c->status_fd, F_DUPFD_CLOEXEC, 10);
+    if (ctl < 0 || ini < 0 || st < 0)
+        return -1;
+    if (child_place_fd(ctl, WPROTO_CTL_FD, 0) < 0 || child_place_fd(ini, 4, 1) < 0 ||
+        child_place_fd(st, 5, 1) < 0)
+        return -1;
+    c->status_fd = 5;
+    if (syscall(SYS_close_range, 6, ~0U, 0) < 0)
+        return -1;
+    /* The daemon's stdio must not reach the sandbox. */
+    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (null < 0)
+        return -1;
+    for (int i = 0; i < 3; i++)
+        if (dup2(null, i) < 0)
+            return -1;
+    return close(null);
+}
+
+static int child_drop_caps(unsigned long long keep)
+{
+    for (int cap = 0; cap < 64; cap++) {
+        if (keep & (1ULL << cap))
+            continue;
+        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL)
+            return -1;
+    }
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
+        return -1;
+    struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct data[2];
+    memset(data, 0, sizeof(data));
+    data[0].effective = data[0].permitted = (uint32_t)keep;
+    data[1].effective = data[1].permitted = (uint32_t)(keep >> 32);
+    return (int)syscall(SYS_capset, &hdr, data);
+}
+
+static __attribute__((noreturn)) void child_main(struct child_ctx *c)
+{
+    const struct spawn_config *cfg = c->cfg;
+    char byte;
+
+    errno = 0;
+    if (read(c->sync_fd, &byte, 1) != 1)
+        child_fail(c, SPAWN_STEP_SYNC, NULL);
+    close(c->sync_fd);
+
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+        child_fail(c, SPAWN_STEP_PROPAGATION, NULL);
+    /* uid=0,gid=0 are read in the new user namespace: the root belongs to the sandbox's root. */
+    if (mount("tmpfs", cfg->root_dir, "tmpfs", MS_NOSUID | MS_NODEV, cfg->root_opts) < 0)
+        child_fail(c, SPAWN_STEP_ROOT, cfg->root_dir);
+    if (chdir(cfg->root_dir) < 0)
+        child_fail(c, SPAWN_STEP_ROOT, cfg->root_dir);
+    /* Opened here, in our own mount namespace (a bind source from another namespace is refused)
+     * and while we may still traverse root-only directories. */
+    for (size_t i = 0; i < cfg->n_mounts; i++) {
+        c->early_fd[i] = -1;
+        if (cfg->mounts[i].open_early &&
+            (c->early_fd[i] = open(cfg->mounts[i].src, O_PATH | O_CLOEXEC)) < 0)
+            child_fail(c, SPAWN_STEP_MOUNT, cfg->mounts[i].src);
+    }
+
+    if (setresgid(0, 0, 0) < 0 || setresuid(0, 0, 0) < 0)
+        child_fail(c, SPAWN_STEP_SETUID, NULL);
+    /* Set after setresuid, which clears it. Bound to the daemon thread that cloned us: if the
+     * daemon dies, the init dies and the kernel kills the whole pid namespace. */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
+        child_fail(c, SPAWN_STEP_SETUID, "pdeathsig");
+    if (unshare(CLONE_NEWCGROUP) < 0)
+        child_fail(c, SPAWN_STEP_CGROUPNS, NULL);
+
+    for (size_t i = 0; i < cfg->n_mounts; i++)
+        if (child_mount_op(c, i) < 0)
+            child_fail(c, SPAWN_STEP_MOUNT, cfg->mounts[i].dst);
+
+    if (sethostname(cfg->hostname, child_strlen(cfg->hostname)) < 0)
+        child_fail(c, SPAWN_STEP_HOSTNAME, cfg->hostname);
+    if (child_loopback_up() < 0)
+        child_fail(c, SPAWN_STEP_LOOPBACK, NULL);
+
+    /* pivot_root(".", ".") stacks the old root on top of the new one; detaching "." then drops
+     * it, so no path leads back to the host's tree. */
+    if (syscall(SYS_pivot_root, ".", ".") < 0)
+        child_fail(c, SPAWN_STEP_PIVOT, NULL);
+    if (umount2(".", MNT_DETACH) < 0 || chdir("/") < 0)
+        child_fail(c, SPAWN_STEP_PIVOT, "detach old root");
+
+    if (child_setup_fds(c) < 0)
+        child_fail(c, SPAWN_STEP_FDS, NULL);
+    if (child_drop_caps(cfg->keep_caps) < 0)
+        child_fail(c, SPAWN_STEP_CAPS, NULL);
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+        child_fail(c, SPAWN_STEP_NNP, NULL);
+
+    struct rlimit core = {0, 0}, nofile;
+    if (setrlimit(RLIMIT_CORE, &core) < 0 || getrlimit(RLIMIT_NOFILE, &nofile) < 0)
+        child_fail(c, SPAWN_STEP_RLIMIT, NULL);
+    if (nofile.rlim_max > 65536)
+        nofile.rlim_max = 65536;
+    nofile.rlim_cur = nofile.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &nofile) < 0)
+        child_fail(c, SPAWN_STEP_RLIMIT, "nofile");
+
+    if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, cfg->seccomp, 0, 0) < 0)
+        child_fail(c, SPAWN_STEP_SECCOMP, NULL);
+
+    char *const argv[] = {"warren-init", NULL};
+    char *const envp[] = {NULL};
+    syscall(SYS_execveat, 4, "", argv, envp, AT_EMPTY_PATH);
+    child_fail(c, SPAWN_STEP_EXEC, NULL);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Parent side.
+ */
+
+static int write_file(const char *path, const char *data)
+{
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    size_t n = strlen(data);
+    ssize_t w = write(fd, data, n);
+    int e = errno;
+    close(fd);
+    if (w < 0)
+        return -e;
+    return (size_t)w == n ? 0 : -EIO;
+}
+
+static int parent_setup_child(const struct spawn_config *cfg, pid_t pid, struct spawn_error *err)
+{
+    char path[64], map[96];
+    int r;
+
+    snprintf(map, sizeof(map), "0 %u %u\n", (unsigned)cfg->host_uid, cfg->id_count);
+    snprintf(path, sizeof(path), "/proc/%d/uid_map", (int)pid);
+    if ((r = write_file(path, map)) < 0)
+        goto idmap;
+    snprintf(path, sizeof(path), "/proc/%d/setgroups", (int)pid);
+    if ((r = write_file(path, "deny")) < 0)
+        goto idmap;
+    snprintf(map, sizeof(map), "0 %u %u\n", (unsigned)cfg->host_gid, cfg->id_count);
+    snprintf(path, sizeof(path), "/proc/%d/gid_map", (int)pid);
+    if ((r = write_file(path, map)) < 0)
+        goto idmap;
+
+    snprintf(map, sizeof(map), "%d\n", (int)pid);
+    for (size_t i = 0; i < cfg->n_cgroups; i++) {
+        if ((r = write_file(cfg->cgroup_procs[i], map)) < 0) {
+            err->step = SPAWN_STEP_CGROUP;
+            snprintf(err->detail, sizeof(err->detail), "%s", cfg->cgroup_procs[i]);
+            return r;
+        }
+    }
+    return 0;
+idmap:
+    err->step = SPAWN_STEP_IDMAP;
+    snprintf(err->detail, sizeof(err->detail), "%s", path);
+    return r;
+}
+
+int spawn_sandbox(const struct spawn_config *cfg, struct spawn_result *out,
+                  struct spawn_error *err)
+{
+    int sv[2] = {-1, -1}, syncp[2] = {-1, -1}, statusp[2] = {-1, -1}, pidfd = -1;
+    pid_t pid = -1;
+    int r;
+
+    memset(err, 0, sizeof(*err));
+    err->step = SPAWN_STEP_PREPARE;
+    if (!cfg->seccomp || cfg->init_fd < 0)
+        return -EINVAL;
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0 ||
+        pipe2(syncp, O_CLOEXEC) < 0 || pipe2(statusp, O_CLOEXEC) < 0) {
+        r = -errno;
+        goto error;
+    }
+
+    struct clone_args args;
+    memset(&args, 0, sizeof(args));
+    args.flags = CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC |
+                 CLONE_NEWNET | CLONE_PIDFD;
+    args.pidfd = (uint64_t)(uintptr_t)&pidfd;
+    args.exit_signal = SIGCHLD;
+    err->step = SPAWN_STEP_CLONE;
+    pid = (pid_t)syscall(SYS_clone3, &args, sizeof(args));
+    if (pid < 0) {
+        r = -errno;
+        goto error;
+    }
+    if (pid == 0) {
+        /* Static: the child must not need a 64 KiB+ stack frame, and this is its own copy. */
+        static struct child_ctx c;
+        c.cfg = cfg;
+        c.sync_fd = syncp[0];
+        c.status_fd = statusp[1];
+        c.ctl_fd = sv[1];
+        close(syncp[1]);
+        close(statusp[0]);
+        close(sv[0]);
+        child_main(&c);
+    }
+    close(sv[1]);
+    close(syncp[0]);
+    close(statusp[1]);
+    sv[1] = syncp[0] = statusp[1] = -1;
+
+    if ((r = parent_setup_child(cfg, pid, err)) < 0)
+        goto error;
+    err->step = SPAWN_STEP_SYNC;
+    if (write(syncp[1], "x", 1) != 1) {
+        r = -errno;
+        goto error;
+    }
+    close(syncp[1]);
+    syncp[1] = -1;
+
+    struct child_report rep;
+    ssize_t n;
+    do
+        n = read(statusp[0], &rep, sizeof(rep));
+    while (n < 0 && errno == EINTR);
+    if (n != 0) {
+        err->step = SPAWN_STEP_WAIT;
+        r = n < 0 ? -errno : -EIO;
+        if (n == (ssize_t)sizeof(rep)) {
+            err->step = (enum spawn_step)rep.step;
+            rep.detail[sizeof(rep.detail) - 1] = '\0';
+            snprintf(err->detail, sizeof(err->detail), "%s", rep.detail);
+            r = -rep.err;
+        }
+        goto error;
+    }
+    close(statusp[0]);
+    err->step = SPAWN_STEP_NONE;
+    out->pid = pid;
+    out->pidfd = pidfd;
+    out->ctl_fd = sv[0];
+    return 0;
+
+error:
+    if (pid > 0) {
+        kill(pid, SIGKILL);
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+            ;
+    }
+    int fds[] = {sv[0], sv[1], syncp[0], syncp[1], statusp[0], statusp[1], pidfd};
+    for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    return r;
+}

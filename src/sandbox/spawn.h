@@ -1,0 +1,132 @@
+/*
+ * spawn — creates a sandbox: one clone3() into new namespaces, the root filesystem, then exec of
+ * the init (see init.c). Everything that runs between clone and exec lives in spawn.c.
+ *
+ * Usage: fill a struct spawn_config (spawn_config_init() sets the built-in `host` template), call
+ * spawn_sandbox() from a thread that may block (it waits for the child to finish its setup, a few
+ * milliseconds). All strings, paths and buffers the child needs are prepared before clone3(), so
+ * the child only makes system calls (it runs in a copy of a multi-threaded process).
+ *
+ * Errors: spawn_sandbox() returns 0, or -errno with `err->step` naming the step that failed (the
+ * child reports its failing step and errno through a status pipe before it _exit()s).
+ * Nothing is left behind on failure: the child is killed and reaped, fds are closed.
+ */
+#ifndef WARREN_SANDBOX_SPAWN_H
+#define WARREN_SANDBOX_SPAWN_H
+
+#include <linux/filter.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+#define SPAWN_MAX_MOUNTS 128
+#define SPAWN_MAX_CGROUPS 8
+#define SPAWN_PATH_MAX 512
+
+/* The steps of sandbox setup, in order. The names appear in API errors. */
+enum spawn_step {
+    SPAWN_STEP_NONE = 0,
+    SPAWN_STEP_PREPARE,    /* parent: fds, socketpair, pipes */
+    SPAWN_STEP_CLONE,      /* parent: clone3 */
+    SPAWN_STEP_IDMAP,      /* parent: uid_map / setgroups / gid_map */
+    SPAWN_STEP_CGROUP,     /* parent: move the child into its cgroup(s) */
+    SPAWN_STEP_SYNC,       /* child: waiting for the parent */
+    SPAWN_STEP_SETUID,     /* child: become root of the user namespace */
+    SPAWN_STEP_CGROUPNS,   /* child: unshare the cgroup namespace */
+    SPAWN_STEP_PROPAGATION,/* child: make every mount private */
+    SPAWN_STEP_ROOT,       /* child: tmpfs for the new root */
+    SPAWN_STEP_MOUNT,      /* child: one of the mount ops (err->detail says which) */
+    SPAWN_STEP_HOSTNAME,
+    SPAWN_STEP_LOOPBACK,   /* child: bring `lo` up */
+    SPAWN_STEP_PIVOT,      /* child: pivot_root and detach the old root */
+    SPAWN_STEP_FDS,
+    SPAWN_STEP_CAPS,       /* child: bounding set and capabilities */
+    SPAWN_STEP_NNP,        /* child: no_new_privs */
+    SPAWN_STEP_RLIMIT,
+    SPAWN_STEP_SECCOMP,
+    SPAWN_STEP_EXEC,       /* child: exec of the init */
+    SPAWN_STEP_WAIT,       /* parent: reading the child's status */
+};
+
+const char *spawn_step_name(enum spawn_step step);
+
+enum mount_op_kind {
+    MOP_BIND_RO,  /* bind `src` read-only (nosuid, nodev) onto `dst`; dst created as dir or file */
+    MOP_BIND_RW,  /* bind `src` read-write (nosuid, nodev) */
+    MOP_BIND_DEV, /* bind a host device node (file) read-write, nosuid, noexec */
+    MOP_TMPFS,    /* tmpfs on `dst` with `data` options and `flags` */
+    MOP_PROC,     /* procfs on `dst` */
+    MOP_DEVPTS,   /* a new devpts instance on `dst` */
+    MOP_SYSFS,    /* sysfs read-only on `dst`; optional: skipped if the kernel refuses */
+    MOP_MASK,     /* hide `dst` if it exists: /dev/null over a file, empty ro tmpfs over a dir */
+    MOP_READONLY, /* re-bind `dst` onto itself read-only if it exists */
+    MOP_DIR,      /* mkdir `dst` with `mode` */
+    MOP_SYMLINK,  /* symlink `dst` -> `src` */
+    MOP_FILE,     /* create `dst` with `mode` and content `data` */
+};
+
+struct mount_op {
+    enum mount_op_kind kind;
+    unsigned long flags;
+    unsigned mode;
+    /* dst is relative to the new root ("usr", "etc/passwd"); src is a host path. */
+    char src[SPAWN_PATH_MAX];
+    char dst[SPAWN_PATH_MAX];
+    const char *data; /* not owned */
+    /* Bind sources below a directory only host root may traverse (the state dir can be 0700)
+     * are opened by the child before it becomes the sandbox's root. */
+    int open_early;
+};
+
+struct spawn_config {
+    /* identity */
+    char hostname[64];
+    uid_t host_uid; /* sandbox uid 0 maps here; `id_count` ids are mapped */
+    gid_t host_gid;
+    unsigned id_count;
+    /* file system */
+    char root_dir[SPAWN_PATH_MAX]; /* empty host directory the tmpfs root is mounted on */
+    char root_opts[64];            /* tmpfs options for the root, e.g. "mode=0755,size=1g" */
+    struct mount_op mounts[SPAWN_MAX_MOUNTS];
+    size_t n_mounts;
+    /* cgroup seam: files the child's pid is written to before it continues (may be none) */
+    char cgroup_procs[SPAWN_MAX_CGROUPS][SPAWN_PATH_MAX];
+    size_t n_cgroups;
+    /* policy */
+    const struct sock_fprog *seccomp; /* required */
+    unsigned long long keep_caps;     /* bit mask of capabilities kept inside */
+    int init_fd;                      /* executable fd of warren-init (sealed memfd) */
+    /* storage for generated files (MOP_FILE data points here) */
+    char etc_hosts[256];
+    char etc_hostname[72];
+};
+
+struct spawn_result {
+    pid_t pid;  /* host pid of the init */
+    int pidfd;  /* pidfd of the init (O_CLOEXEC) */
+    int ctl_fd; /* daemon end of the control socket (SOCK_SEQPACKET, O_CLOEXEC) */
+};
+
+struct spawn_error {
+    enum spawn_step step;
+    int err; /* errno */
+    char detail[SPAWN_PATH_MAX]; /* e.g. the mount destination */
+};
+
+/* Sets the defaults: no mounts, no cgroups, docker-like capability set, root_opts "mode=0755". */
+void spawn_config_init(struct spawn_config *cfg);
+/* Appends a mount op; returns 0 or -ENOSPC / -ENAMETOOLONG. */
+int spawn_config_add(struct spawn_config *cfg, enum mount_op_kind kind, const char *src,
+                     const char *dst, unsigned long flags, unsigned mode, const char *data);
+/* Appends the built-in `host` template: read-only /usr, the /bin /sbin /lib* entries as they are
+ * on the host (symlinks stay symlinks), a small set of /etc files, /proc with masks, a minimal
+ * /dev, tmpfs /tmp, /workspace bound from the host directory `workspace` and /etc/hosts +
+ * /etc/hostname for `cfg->hostname`. */
+int spawn_config_host_template(struct spawn_config *cfg, const char *workspace);
+
+int spawn_sandbox(const struct spawn_config *cfg, struct spawn_result *out,
+                  struct spawn_error *err);
+
+/* Capability mask kept by default (like docker's default set minus MKNOD and NET_RAW). */
+unsigned long long spawn_default_caps(void);
+
+#endif

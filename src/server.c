@@ -1,0 +1,251 @@
+/*
+ * server — start-up checks, wiring, signals and orderly shutdown of the daemon.
+ */
+#include "server.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <libgen.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/sendfile.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "api/api.h"
+#include "core/log.h"
+#include "core/util.h"
+
+void server_config_defaults(struct server_config *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->listen = "127.0.0.1:7070";
+    cfg->state_dir = "./.warren";
+    cfg->max_sandboxes = 1024;
+    cfg->max_body_bytes = 16u << 20;
+    cfg->exec_timeout_default_s = 300;
+    cfg->exec_timeout_max_s = 86400;
+    cfg->max_output_default = 1u << 20;
+    cfg->max_output_max = 64u << 20;
+    cfg->defaults = (struct sandbox_resources){1.0, 512, 256, 1024};
+    cfg->maxima = (struct sandbox_resources){64.0, 65536, 65536, 1048576};
+}
+
+/* Finds warren-init next to this binary (build tree) or in ../libexec/warren (installed) and
+ * copies it into a sealed memfd. Sandboxes exec the memfd: no host path to the binary exists in
+ * them, and /proc/1/exe cannot be used to overwrite a host file. */
+static int load_init_binary(int *out)
+{
+    char self[PATH_MAX], path[PATH_MAX + 64];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    if (n < 0)
+        return -errno;
+    self[n] = '\0';
+    char *dir = dirname(self);
+    snprintf(path, sizeof(path), "%s/warren-init", dir);
+    int src = open(path, O_RDONLY | O_CLOEXEC);
+    if (src < 0) {
+        snprintf(path, sizeof(path), "%s/../libexec/warren/warren-init", dir);
+        src = open(path, O_RDONLY | O_CLOEXEC);
+    }
+    if (src < 0) {
+        log_error("cannot find warren-init next to %s or in ../libexec/warren: %s", dir,
+                  strerror(errno));
+        return -ENOENT;
+    }
+    struct stat sb;
+    int r = 0, mfd = memfd_create("warren-init", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (mfd < 0 || fstat(src, &sb) < 0) {
+        r = -errno;
+        goto out;
+    }
+    for (off_t off = 0; off < sb.st_size;) {
+        ssize_t w = sendfile(mfd, src, &off, (size_t)(sb.st_size - off));
+        if (w <= 0) {
+            r = w < 0 ? -errno : -EIO;
+            goto out;
+        }
+    }
+    if (fchmod(mfd, 0555) < 0 ||
+        fcntl(mfd, F_ADD_SEALS, F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE) < 0) {
+        r = -errno;
+        goto out;
+    }
+    *out = mfd;
+    mfd = -1;
+out:
+    if (mfd >= 0)
+        close(mfd);
+    close(src);
+    return r;
+}
+
+static int preflight(void)
+{
+    if (geteuid() != 0) {
+        log_error("warren serve must run as root: it maps user namespace ids to an unprivileged "
+                  "range and creates cgroups. There is no unsandboxed mode.");
+        return -EPERM;
+    }
+    FILE *f = fopen("/proc/sys/user/max_user_namespaces", "re");
+    long max = 0;
+    if (f) {
+        if (fscanf(f, "%ld", &max) != 1)
+            max = 0;
+        fclose(f);
+    }
+    if (max <= 0) {
+        log_error("user namespaces are disabled (/proc/sys/user/max_user_namespaces is 0 or "
+                  "missing); warren cannot isolate sandboxes without them");
+        return -ENOSYS;
+    }
+    return 0;
+}
+
+static void on_loop_walk_close(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+static void maybe_finish(struct server *srv)
+{
+    if (srv->http || srv->reg.count || srv->reg.pending)
+        return;
+    uv_walk(&srv->loop, on_loop_walk_close, NULL);
+}
+
+static void on_http_closed(void *arg)
+{
+    struct server *srv = arg;
+    http_server_free(srv->http);
+    srv->http = NULL;
+    maybe_finish(srv);
+}
+
+static void on_registry_idle(struct registry *reg)
+{
+    struct server *srv = (struct server *)((char *)reg - offsetof(struct server, reg));
+    maybe_finish(srv);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    struct server *srv = h->data;
+    if (srv->stopping)
+        return;
+    srv->stopping = 1;
+    log_info("received %s: stopping (deleting %u sandboxes)", strsignal(signum), srv->reg.count);
+    uv_signal_stop(&srv->sigterm);
+    uv_signal_stop(&srv->sigint);
+    http_server_close(srv->http, on_http_closed, srv);
+    registry_shutdown(&srv->reg, on_registry_idle);
+}
+
+static int server_start(struct server *srv)
+{
+    char abs[PATH_MAX];
+    int r;
+    if ((r = preflight()) < 0)
+        return r;
+    if ((r = util_mkdir_p(srv->cfg.state_dir, 0711)) < 0 || !realpath(srv->cfg.state_dir, abs)) {
+        log_error("state dir %s: %s", srv->cfg.state_dir, strerror(r < 0 ? -r : errno));
+        return r < 0 ? r : -errno;
+    }
+    if (strlen(abs) >= sizeof(srv->state_dir) - 128) {
+        log_error("state dir path too long: %s", abs);
+        return -ENAMETOOLONG;
+    }
+    memcpy(srv->state_dir, abs, strlen(abs) + 1);
+    /* Sandboxes are cloned from this process: they must not inherit host supplementary groups
+     * (setgroups is denied inside, so they could never drop them). */
+    if (setgroups(0, NULL) < 0) {
+        log_error("setgroups: %s", strerror(errno));
+        return -errno;
+    }
+    if ((r = load_init_binary(&srv->init_fd)) < 0)
+        return r;
+    if ((r = seccomp_filter_build(&srv->seccomp)) < 0) {
+        log_error("cannot build the seccomp filter: %s", strerror(-r));
+        return r;
+    }
+    if ((r = cgroup_manager_init(&srv->cgroups, "/sys/fs/cgroup", "/proc/self/cgroup")) < 0)
+        log_warn("no usable cgroup hierarchy (%s): resource limits are not enforced",
+                 strerror(-r));
+    else
+        log_info("cgroup %s: sandboxes under %s", cgroup_mode_name(srv->cgroups.mode),
+                 srv->cgroups.base[0][0] ? srv->cgroups.base[0] : srv->cgroups.base[1]);
+    if ((r = store_open(&srv->store, srv->state_dir)) < 0)
+        return r;
+
+    struct registry *reg = &srv->reg;
+    reg->loop = &srv->loop;
+    snprintf(reg->state_dir, sizeof(reg->state_dir), "%s", srv->state_dir);
+    reg->seccomp = &srv->seccomp.prog;
+    reg->cgroups = &srv->cgroups;
+    reg->init_fd = srv->init_fd;
+    reg->store = srv->store;
+    reg->max_sandboxes = srv->cfg.max_sandboxes;
+    reg->defaults = srv->cfg.defaults;
+    if (gethostname(reg->node, sizeof(reg->node) - 1) < 0)
+        snprintf(reg->node, sizeof(reg->node), "localhost");
+    if ((r = registry_init(reg)) < 0)
+        return r;
+    registry_recover(reg);
+
+    struct http_limits limits = {.max_body_bytes = srv->cfg.max_body_bytes};
+    if ((r = http_server_new(&srv->http, &srv->loop, &limits, api_handle, srv)) < 0)
+        return r;
+    if ((r = http_server_listen(srv->http, srv->cfg.listen)) < 0) {
+        log_error("cannot listen on %s: %s", srv->cfg.listen, strerror(-r));
+        return r;
+    }
+    uv_signal_init(&srv->loop, &srv->sigterm);
+    uv_signal_init(&srv->loop, &srv->sigint);
+    srv->sigterm.data = srv->sigint.data = srv;
+    uv_signal_start(&srv->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&srv->sigint, on_signal, SIGINT);
+    log_info("warren %s listening on %s, state in %s", WARREN_VERSION, srv->cfg.listen,
+             srv->state_dir);
+    return 0;
+}
+
+int server_run(const struct server_config *cfg)
+{
+    struct server *srv = calloc(1, sizeof(*srv));
+    if (!srv)
+        return 1;
+    srv->cfg = *cfg;
+    srv->init_fd = -1;
+    signal(SIGPIPE, SIG_IGN);
+    /* Sandbox creation and teardown block in the thread pool; allow a few in parallel. */
+    setenv("UV_THREADPOOL_SIZE", "8", 0);
+    uv_loop_init(&srv->loop);
+
+    int r = server_start(srv);
+    if (r == 0)
+        uv_run(&srv->loop, UV_RUN_DEFAULT);
+    else if (srv->http) {
+        http_server_close(srv->http, on_http_closed, srv);
+        uv_run(&srv->loop, UV_RUN_DEFAULT);
+    }
+    uv_walk(&srv->loop, on_loop_walk_close, NULL);
+    uv_run(&srv->loop, UV_RUN_DEFAULT);
+    uv_loop_close(&srv->loop);
+
+    registry_free(&srv->reg);
+    store_close(srv->store);
+    seccomp_filter_free(&srv->seccomp);
+    if (srv->init_fd >= 0)
+        close(srv->init_fd);
+    free(srv);
+    if (r == 0)
+        log_info("stopped");
+    return r == 0 ? 0 : 1;
+}

@@ -1,0 +1,54 @@
+/*
+ * server — the daemon: owns the loop and every piece of daemon state (no globals elsewhere).
+ *
+ * Wiring: net/http (connections) → api/ (routes, validation, JSON) → session/ (sandboxes,
+ * commands) → sandbox/ (the isolation engine); store/ persists the registry.
+ * server_run() blocks until SIGTERM/SIGINT, then stops accepting, destroys every sandbox, closes
+ * everything and returns the exit status.
+ */
+#ifndef WARREN_SERVER_H
+#define WARREN_SERVER_H
+
+#include <stddef.h>
+#include <uv.h>
+
+#include "net/http.h"
+#include "sandbox/cgroup.h"
+#include "sandbox/seccomp.h"
+#include "session/sandbox.h"
+#include "store/store.h"
+
+#define WARREN_VERSION "0.1.0"
+
+struct server_config {
+    const char *listen;    /* "127.0.0.1:7070" */
+    const char *state_dir; /* created if missing */
+    unsigned max_sandboxes;
+    size_t max_body_bytes;
+    double exec_timeout_default_s;
+    double exec_timeout_max_s;
+    size_t max_output_default;
+    size_t max_output_max;
+    struct sandbox_resources defaults;
+    struct sandbox_resources maxima;
+};
+
+struct server {
+    uv_loop_t loop;
+    struct server_config cfg;
+    char state_dir[1024]; /* absolute */
+    http_server_t *http;
+    store_t *store;
+    struct seccomp_filter seccomp;
+    struct cgroup_manager cgroups;
+    struct registry reg;
+    int init_fd;
+    uv_signal_t sigterm, sigint;
+    int stopping;
+};
+
+void server_config_defaults(struct server_config *cfg);
+/* Runs the daemon; returns the process exit status. */
+int server_run(const struct server_config *cfg);
+
+#endif

@@ -1,0 +1,665 @@
+/*
+ * sandbox — registry and lifecycle. See sandbox.h.
+ */
+#include "session/sandbox.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "core/util.h"
+#include "sandbox/proto.h"
+#include "sandbox/spawn.h"
+#include "session/exec.h"
+
+#ifndef P_PIDFD
+#define P_PIDFD 3
+#endif
+
+/* Sandbox root uids: slot i maps ids [UID_BASE + i * 65536, + 65536). Far above any real user
+ * (and above the usual /etc/subuid ranges), never 0. */
+#define UID_BASE 1048576u
+#define UID_RANGE 65536u
+
+struct sandbox_waiter {
+    struct sandbox_waiter *next;
+    sandbox_destroy_cb cb;
+    void *arg;
+};
+
+struct ctl_out {
+    struct ctl_out *next;
+    size_t len;
+    char data[];
+};
+
+struct create_work {
+    uv_work_t work;
+    struct sandbox *sb;
+    sandbox_create_cb cb;
+    void *arg;
+    struct spawn_config cfg;
+    struct spawn_result res;
+    struct spawn_error err;
+    int r;
+    char failed_what[64];
+};
+
+struct destroy_work {
+    uv_work_t work;
+    struct sandbox *sb;
+};
+
+static void sandbox_dir(const struct sandbox *sb, char *out, size_t cap, const char *sub)
+{
+    snprintf(out, cap, "%s/sandboxes/%s%s%s", sb->reg->state_dir, sb->id, sub ? "/" : "",
+             sub ? sub : "");
+}
+
+int registry_init(struct registry *reg)
+{
+    char dir[1100];
+    reg->uid_slots = calloc(reg->max_sandboxes ? reg->max_sandboxes : 1, 1);
+    if (!reg->uid_slots)
+        return -ENOMEM;
+    snprintf(dir, sizeof(dir), "%s/sandboxes", reg->state_dir);
+    return util_mkdir_p(dir, 0711);
+}
+
+static void recover_one(const char *id, const char *json, void *arg)
+{
+    (void)json;
+    struct registry *reg = arg;
+    char dir[1200];
+    snprintf(dir, sizeof(dir), "%s/sandboxes/%s", reg->state_dir, id);
+    log_info("recovery: removing sandbox %s left by a previous daemon", id);
+    cgroup_destroy(reg->cgroups, id);
+    util_remove_tree(dir);
+    store_delete_sandbox(reg->store, id);
+}
+
+void registry_recover(struct registry *reg)
+{
+    /* The previous daemon's sandboxes died with it (their init has PDEATHSIG=SIGKILL, which ends
+     * the pid namespace); their mounts lived only in their own mount namespaces. What can remain
+     * is their directories, cgroups and store records. */
+    store_list_sandboxes(reg->store, recover_one, reg);
+    char dir[1100];
+    snprintf(dir, sizeof(dir), "%s/sandboxes", reg->state_dir);
+    util_remove_tree(dir);
+    util_mkdir_p(dir, 0711);
+}
+
+static void registry_check_idle(struct registry *reg)
+{
+    if (reg->idle_cb && reg->count == 0 && reg->pending == 0) {
+        void (*cb)(struct registry *) = reg->idle_cb;
+        reg->idle_cb = NULL;
+        cb(reg);
+    }
+}
+
+void registry_shutdown(struct registry *reg, void (*idle_cb)(struct registry *reg))
+{
+    reg->idle_cb = idle_cb;
+    for (struct sandbox *sb = reg->head, *next; sb; sb = next) {
+        next = sb->next;
+        if (sb->state != SB_CREATING)
+            sandbox_destroy(sb, NULL, NULL);
+    }
+    registry_check_idle(reg);
+}
+
+void registry_free(struct registry *reg)
+{
+    free(reg->uid_slots);
+    reg->uid_slots = NULL;
+}
+
+const char *sandbox_state_name(enum sandbox_state state)
+{
+    switch (state) {
+    case SB_CREATING:
+        return "creating";
+    case SB_RUNNING:
+        return "running";
+    case SB_STOPPING:
+        return "stopping";
+    case SB_FAILED:
+        return "failed";
+    }
+    return "unknown";
+}
+
+struct sandbox *sandbox_find(struct registry *reg, const char *id_or_name)
+{
+    for (struct sandbox *sb = reg->head; sb; sb = sb->next)
+        if (sb->state != SB_STOPPING &&
+            (strcmp(sb->id, id_or_name) == 0 || strcmp(sb->name, id_or_name) == 0))
+            return sb;
+    return NULL;
+}
+
+static void list_remove(struct sandbox *sb)
+{
+    struct registry *reg = sb->reg;
+    if (sb->prev)
+        sb->prev->next = sb->next;
+    else if (reg->head == sb)
+        reg->head = sb->next;
+    if (sb->next)
+        sb->next->prev = sb->prev;
+    sb->prev = sb->next = NULL;
+    reg->count--;
+}
+
+static void sandbox_free(struct sandbox *sb)
+{
+    json_decref(sb->labels);
+    json_decref(sb->env);
+    while (sb->out_head) {
+        struct ctl_out *o = sb->out_head;
+        sb->out_head = o->next;
+        free(o);
+    }
+    free(sb);
+}
+
+static void sandbox_maybe_free(struct sandbox *sb)
+{
+    /* Freed once it left the registry (destroy finished), its handles are closed and nobody
+     * holds a reference. */
+    if (sb->state == SB_STOPPING && !sb->waiters && sb->handles == 0 && sb->refs == 0 &&
+        sb->pidfd < 0 && sb->uid_slot == UINT32_MAX)
+        sandbox_free(sb);
+}
+
+void sandbox_ref(struct sandbox *sb)
+{
+    sb->refs++;
+}
+
+void sandbox_unref(struct sandbox *sb)
+{
+    sb->refs--;
+    sandbox_maybe_free(sb);
+}
+
+json_t *sandbox_to_json(const struct sandbox *sb)
+{
+    char created[32], active[32];
+    util_format_time(sb->created_at, created, sizeof(created));
+    util_format_time(sb->last_active_at, active, sizeof(active));
+    return json_pack("{s:s, s:s, s:s, s:s, s:{s:f, s:I, s:I, s:I}, s:{s:s, s:[]}, s:O, s:O, "
+                     "s:n, s:s, s:s, s:s}",
+                     "id", sb->id, "name", sb->name, "state", sandbox_state_name(sb->state),
+                     "template", sb->template_name, "resources", "cpus", sb->res.cpus,
+                     "memory_mib", (json_int_t)sb->res.memory_mib, "pids",
+                     (json_int_t)sb->res.pids, "disk_mib", (json_int_t)sb->res.disk_mib,
+                     "network", "mode", "none", "allow", "labels", sb->labels, "env", sb->env,
+                     "session_id", "created_at", created, "last_active_at", active, "node",
+                     sb->reg->node);
+}
+
+/* ---- control channel ------------------------------------------------------------------------ */
+
+static void ctl_on_event(uv_poll_t *h, int status, int events);
+
+static void ctl_update_events(struct sandbox *sb)
+{
+    if (uv_is_closing((uv_handle_t *)&sb->ctl_poll))
+        return;
+    int events = UV_READABLE | UV_DISCONNECT | (sb->out_head ? UV_WRITABLE : 0);
+    uv_poll_start(&sb->ctl_poll, events, ctl_on_event);
+}
+
+static int ctl_flush(struct sandbox *sb)
+{
+    while (sb->out_head) {
+        struct ctl_out *o = sb->out_head;
+        ssize_t n = send(sb->ctl_fd, o->data, o->len, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EINTR)
+                break;
+            return -EPIPE;
+        }
+        sb->out_head = o->next;
+        if (!sb->out_head)
+            sb->out_tail = NULL;
+        free(o);
+    }
+    return 0;
+}
+
+int sandbox_send(struct sandbox *sb, const void *msg, size_t len)
+{
+    if (sb->state != SB_RUNNING)
+        return -EPIPE;
+    if (!sb->out_head) {
+        ssize_t n = send(sb->ctl_fd, msg, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n >= 0)
+            return 0;
+        if (errno != EAGAIN && errno != EINTR)
+            return -EPIPE;
+    }
+    /* The init is not reading fast enough: queue and wait for POLLOUT. */
+    struct ctl_out *o = malloc(sizeof(*o) + len);
+    if (!o)
+        return -ENOMEM;
+    o->next = NULL;
+    o->len = len;
+    memcpy(o->data, msg, len);
+    if (sb->out_tail)
+        sb->out_tail->next = o;
+    else
+        sb->out_head = o;
+    sb->out_tail = o;
+    ctl_update_events(sb);
+    return 0;
+}
+
+static struct exec *find_exec(struct sandbox *sb, uint32_t tag)
+{
+    for (struct exec *ex = sb->execs; ex; ex = exec_next(ex))
+        if (exec_tag(ex) == tag)
+            return ex;
+    return NULL;
+}
+
+static void close_fds(const int *fds, int n)
+{
+    for (int i = 0; i < n; i++)
+        close(fds[i]);
+}
+
+static void ctl_dispatch(struct sandbox *sb, const char *msg, size_t len, const int *fds, int nfds)
+{
+    const struct wproto_hdr *h = (const void *)msg;
+    struct exec *ex = len >= sizeof(*h) ? find_exec(sb, h->tag) : NULL;
+    if (len >= sizeof(struct wproto_spawned) && h->type == WPROTO_SPAWNED && ex) {
+        const struct wproto_spawned *sp = (const void *)msg;
+        exec_on_spawned(ex, sp->pid, sp->err, fds, nfds);
+        return;
+    }
+    close_fds(fds, nfds);
+    if (len >= sizeof(struct wproto_exit) && h->type == WPROTO_EXIT && ex)
+        exec_on_exit(ex, ((const struct wproto_exit *)msg)->status);
+}
+
+static void ctl_read(struct sandbox *sb)
+{
+    char msg[256];
+    union {
+        char buf[CMSG_SPACE(3 * sizeof(int))];
+        struct cmsghdr align;
+    } u;
+    for (;;) {
+        struct iovec iov = {.iov_base = msg, .iov_len = sizeof(msg)};
+        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
+                            .msg_controllen = sizeof(u.buf)};
+        ssize_t n = recvmsg(sb->ctl_fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            return;
+        if (n <= 0) {
+            /* The init is gone; pid_poll reports its exit and does the rest. */
+            uv_poll_stop(&sb->ctl_poll);
+            return;
+        }
+        int fds[3], nfds = 0;
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+            if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+                continue;
+            int cnt = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+            int *p = (int *)CMSG_DATA(c);
+            for (int i = 0; i < cnt; i++) {
+                if (nfds < 3)
+                    fds[nfds++] = p[i];
+                else
+                    close(p[i]);
+            }
+        }
+        ctl_dispatch(sb, msg, (size_t)n, fds, nfds);
+        if (sb->state != SB_RUNNING)
+            return;
+    }
+}
+
+static void ctl_on_event(uv_poll_t *h, int status, int events)
+{
+    struct sandbox *sb = h->data;
+    if (status < 0) {
+        uv_poll_stop(h);
+        return;
+    }
+    if (events & UV_WRITABLE) {
+        if (ctl_flush(sb) < 0) {
+            uv_poll_stop(h);
+            return;
+        }
+        ctl_update_events(sb);
+    }
+    if (events & (UV_READABLE | UV_DISCONNECT))
+        ctl_read(sb);
+}
+
+/* ---- death and destruction ------------------------------------------------------------------ */
+
+static void fail_execs(struct sandbox *sb)
+{
+    while (sb->execs)
+        exec_on_sandbox_gone(sb->execs); /* each removes itself from the list */
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    struct sandbox *sb = h->data;
+    if (h == (uv_handle_t *)&sb->ctl_poll) {
+        close(sb->ctl_fd);
+        sb->ctl_fd = -1;
+    }
+    sb->handles--;
+    sandbox_maybe_free(sb);
+}
+
+static void destroy_work_cb(uv_work_t *w)
+{
+    struct destroy_work *dw = w->data;
+    struct sandbox *sb = dw->sb;
+    char dir[1200];
+    int r = cgroup_destroy(sb->reg->cgroups, sb->id);
+    if (r < 0)
+        log_warn("sandbox %s: removing cgroup: %s", sb->id, strerror(-r));
+    sandbox_dir(sb, dir, sizeof(dir), NULL);
+    if ((r = util_remove_tree(dir)) < 0)
+        log_warn("sandbox %s: removing %s: %s", sb->id, dir, strerror(-r));
+}
+
+static void destroy_after_cb(uv_work_t *w, int status)
+{
+    struct destroy_work *dw = w->data;
+    struct sandbox *sb = dw->sb;
+    struct registry *reg = sb->reg;
+    free(dw);
+    store_delete_sandbox(reg->store, sb->id);
+    if (sb->uid_slot < reg->max_sandboxes)
+        reg->uid_slots[sb->uid_slot] = 0;
+    sb->uid_slot = UINT32_MAX;
+    list_remove(sb);
+    reg->pending--;
+    log_info("sandbox %s deleted", sb->id);
+    struct sandbox_waiter *w0 = sb->waiters;
+    sb->waiters = NULL;
+    sandbox_ref(sb);
+    while (w0) {
+        struct sandbox_waiter *next = w0->next;
+        if (w0->cb)
+            w0->cb(w0->arg);
+        free(w0);
+        w0 = next;
+    }
+    sandbox_unref(sb);
+    registry_check_idle(reg);
+}
+
+static void start_cleanup(struct sandbox *sb)
+{
+    struct destroy_work *dw = calloc(1, sizeof(*dw));
+    if (!dw) {
+        /* Without memory we cannot queue the work: do it here, blocking the loop briefly. */
+        struct destroy_work tmp = {.sb = sb};
+        tmp.work.data = &tmp;
+        destroy_work_cb(&tmp.work);
+        struct destroy_work *copy = malloc(sizeof(*copy));
+        if (copy) {
+            *copy = tmp;
+            copy->work.data = copy;
+            destroy_after_cb(&copy->work, 0);
+        }
+        return;
+    }
+    dw->sb = sb;
+    dw->work.data = dw;
+    sb->reg->pending++;
+    uv_queue_work(sb->reg->loop, &dw->work, destroy_work_cb, destroy_after_cb);
+}
+
+/* The init has exited: reap it and close what belongs to the running sandbox. */
+static void on_init_exit(struct sandbox *sb)
+{
+    siginfo_t si;
+    memset(&si, 0, sizeof(si));
+    if (syscall(SYS_waitid, P_PIDFD, sb->pidfd, &si, WEXITED | WNOHANG, NULL) < 0)
+        log_warn("sandbox %s: waitid: %s", sb->id, strerror(errno));
+    uv_close((uv_handle_t *)&sb->pid_poll, on_handle_closed);
+    if (!uv_is_closing((uv_handle_t *)&sb->ctl_poll))
+        uv_close((uv_handle_t *)&sb->ctl_poll, on_handle_closed);
+    close(sb->pidfd);
+    sb->pidfd = -1;
+    sb->pid = 0;
+}
+
+static void pid_on_event(uv_poll_t *h, int status, int events)
+{
+    struct sandbox *sb = h->data;
+    (void)status;
+    (void)events;
+    if (sb->state == SB_RUNNING) {
+        log_warn("sandbox %s: init exited unexpectedly", sb->id);
+        sb->state = SB_FAILED;
+        fail_execs(sb);
+        on_init_exit(sb);
+        return;
+    }
+    on_init_exit(sb);
+    if (sb->state == SB_STOPPING)
+        start_cleanup(sb);
+}
+
+void sandbox_destroy(struct sandbox *sb, sandbox_destroy_cb cb, void *arg)
+{
+    struct sandbox_waiter *w = calloc(1, sizeof(*w));
+    if (w) {
+        w->cb = cb;
+        w->arg = arg;
+        w->next = sb->waiters;
+        sb->waiters = w;
+    } else if (cb) {
+        log_error("sandbox %s: out of memory registering a delete callback", sb->id);
+    }
+    if (sb->state == SB_STOPPING || sb->state == SB_CREATING)
+        return; /* already on its way; a creating sandbox is destroyed when its create ends */
+    enum sandbox_state was = sb->state;
+    sb->state = SB_STOPPING;
+    fail_execs(sb);
+    if (was == SB_FAILED || sb->pidfd < 0) {
+        start_cleanup(sb); /* the init is already reaped */
+        return;
+    }
+    /* SIGKILL the init: the kernel then kills every process in the pid namespace. pid_poll fires
+     * once it is gone. */
+    if (syscall(SYS_pidfd_send_signal, sb->pidfd, SIGKILL, NULL, 0) < 0)
+        log_warn("sandbox %s: pidfd_send_signal: %s", sb->id, strerror(errno));
+}
+
+/* ---- creation ------------------------------------------------------------------------------- */
+
+static void create_work_cb(uv_work_t *w)
+{
+    struct create_work *cw = w->data;
+    struct sandbox *sb = cw->sb;
+    struct registry *reg = sb->reg;
+    struct spawn_config *cfg = &cw->cfg;
+    char dir[1200], ws[1300], root[1300];
+    size_t n_procs = 0;
+
+    sandbox_dir(sb, dir, sizeof(dir), NULL);
+    snprintf(ws, sizeof(ws), "%s/workspace", dir);
+    snprintf(root, sizeof(root), "%s/root", dir);
+    spawn_config_init(cfg);
+    snprintf(cfg->hostname, sizeof(cfg->hostname), "%s", sb->name);
+    cfg->host_uid = UID_BASE + sb->uid_slot * UID_RANGE;
+    cfg->host_gid = cfg->host_uid;
+    cfg->id_count = UID_RANGE;
+    cfg->seccomp = reg->seccomp;
+    cfg->init_fd = reg->init_fd;
+
+    snprintf(cw->failed_what, sizeof(cw->failed_what), "state directory");
+    if (snprintf(cfg->root_dir, sizeof(cfg->root_dir), "%s", root) >= (int)sizeof(cfg->root_dir)) {
+        cw->r = -ENAMETOOLONG;
+        goto error;
+    }
+    if (mkdir(dir, 0711) < 0 || mkdir(root, 0755) < 0 || mkdir(ws, 0755) < 0 ||
+        chown(ws, cfg->host_uid, cfg->host_gid) < 0) {
+        cw->r = -errno;
+        goto error;
+    }
+    snprintf(cw->failed_what, sizeof(cw->failed_what), "cgroup");
+    struct cgroup_limits lim = {sb->res.cpus, sb->res.memory_mib << 20, sb->res.pids};
+    char procs[CGROUP_V1_CONTROLLERS][CGROUP_PATH_MAX];
+    if ((cw->r = cgroup_create(reg->cgroups, sb->id, &lim, procs, &n_procs)) < 0)
+        goto error;
+    for (size_t i = 0; i < n_procs && i < SPAWN_MAX_CGROUPS; i++)
+        snprintf(cfg->cgroup_procs[i], sizeof(cfg->cgroup_procs[i]), "%s", procs[i]);
+    cfg->n_cgroups = n_procs;
+    snprintf(cw->failed_what, sizeof(cw->failed_what), "template");
+    if ((cw->r = spawn_config_host_template(cfg, ws)) < 0)
+        goto error;
+    cw->failed_what[0] = '\0';
+    cw->r = spawn_sandbox(cfg, &cw->res, &cw->err);
+    if (cw->r < 0)
+        goto error;
+    return;
+error:
+    cgroup_destroy(reg->cgroups, sb->id);
+    util_remove_tree(dir);
+}
+
+static void create_after_cb(uv_work_t *w, int status)
+{
+    struct create_work *cw = w->data;
+    struct sandbox *sb = cw->sb;
+    struct registry *reg = sb->reg;
+    char msg[1024];
+
+    reg->pending--;
+    if (cw->r < 0) {
+        if (cw->failed_what[0])
+            snprintf(msg, sizeof(msg), "sandbox setup failed: %s: %s", cw->failed_what,
+                     strerror(-cw->r));
+        else
+            snprintf(msg, sizeof(msg), "sandbox setup failed at step '%s'%s%s%s: %s",
+                     spawn_step_name(cw->err.step), cw->err.detail[0] ? " (" : "",
+                     cw->err.detail, cw->err.detail[0] ? ")" : "", strerror(-cw->r));
+        log_error("sandbox %s: %s", sb->id, msg);
+        reg->uid_slots[sb->uid_slot] = 0;
+        list_remove(sb);
+        cw->cb(NULL, 500, "sandbox_setup_failed", msg, cw->arg);
+        sandbox_free(sb);
+        free(cw);
+        registry_check_idle(reg);
+        return;
+    }
+    sb->pid = cw->res.pid;
+    sb->pidfd = cw->res.pidfd;
+    sb->ctl_fd = cw->res.ctl_fd;
+    uv_poll_init(reg->loop, &sb->ctl_poll, sb->ctl_fd);
+    uv_poll_init(reg->loop, &sb->pid_poll, sb->pidfd);
+    sb->ctl_poll.data = sb->pid_poll.data = sb;
+    sb->handles = 2;
+    uv_poll_start(&sb->pid_poll, UV_READABLE, pid_on_event);
+    sb->state = SB_RUNNING;
+    ctl_update_events(sb);
+
+    json_t *desc = sandbox_to_json(sb);
+    char *text = desc ? json_dumps(desc, JSON_COMPACT) : NULL;
+    if (text)
+        store_put_sandbox(reg->store, sb->id, text);
+    free(text);
+    json_decref(desc);
+    log_info("sandbox %s (%s) running, init pid %d", sb->id, sb->name, (int)sb->pid);
+
+    /* Deleted while being created, or the daemon is stopping: it must not stay. */
+    int deleted = sb->waiters != NULL, destroy_now = deleted || reg->idle_cb != NULL;
+    sandbox_ref(sb);
+    if (destroy_now)
+        cw->cb(NULL, deleted ? 409 : 503, deleted ? "conflict" : "unavailable",
+               deleted ? "the sandbox was deleted while it was being created"
+                       : "the daemon is shutting down",
+               cw->arg);
+    else
+        cw->cb(sb, 0, NULL, NULL, cw->arg);
+    free(cw);
+    if (destroy_now)
+        sandbox_destroy(sb, NULL, NULL);
+    sandbox_unref(sb);
+}
+
+static int name_taken(struct registry *reg, const char *name)
+{
+    for (struct sandbox *sb = reg->head; sb; sb = sb->next)
+        if (sb->state != SB_STOPPING && (!strcmp(sb->name, name) || !strcmp(sb->id, name)))
+            return 1;
+    return 0;
+}
+
+int sandbox_create(struct registry *reg, const struct sandbox_spec *spec, sandbox_create_cb cb,
+                   void *arg, const char **msg)
+{
+    if (reg->idle_cb) {
+        *msg = "the daemon is shutting down";
+        return 503;
+    }
+    if (spec->name && name_taken(reg, spec->name)) {
+        *msg = "a sandbox with this name already exists";
+        return 409;
+    }
+    unsigned slot = 0;
+    while (slot < reg->max_sandboxes && reg->uid_slots[slot])
+        slot++;
+    if (slot >= reg->max_sandboxes || reg->count >= reg->max_sandboxes) {
+        *msg = "the daemon runs its maximum number of sandboxes";
+        return 503;
+    }
+    struct sandbox *sb = calloc(1, sizeof(*sb));
+    struct create_work *cw = calloc(1, sizeof(*cw));
+    if (!sb || !cw || util_random_id(sb->id, sizeof(sb->id), "sb-") < 0) {
+        free(sb);
+        free(cw);
+        *msg = "out of memory";
+        return 500;
+    }
+    sb->reg = reg;
+    snprintf(sb->name, sizeof(sb->name), "%s", spec->name ? spec->name : sb->id);
+    snprintf(sb->template_name, sizeof(sb->template_name), "%s", spec->template_name);
+    sb->labels = spec->labels ? json_deep_copy(spec->labels) : json_object();
+    sb->env = spec->env ? json_deep_copy(spec->env) : json_object();
+    sb->res = spec->res;
+    sb->created_at = sb->last_active_at = util_now();
+    sb->uid_slot = slot;
+    sb->pid = 0;
+    sb->pidfd = sb->ctl_fd = -1;
+    sb->state = SB_CREATING;
+    reg->uid_slots[slot] = 1;
+    sb->next = reg->head;
+    if (reg->head)
+        reg->head->prev = sb;
+    reg->head = sb;
+    reg->count++;
+    reg->pending++;
+
+    cw->sb = sb;
+    cw->cb = cb;
+    cw->arg = arg;
+    cw->work.data = cw;
+    uv_queue_work(reg->loop, &cw->work, create_work_cb, create_after_cb);
+    return 0;
+}

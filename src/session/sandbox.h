@@ -1,0 +1,127 @@
+/*
+ * sandbox — the registry of live sandboxes and their lifecycle (create, destroy, death), and the
+ * control channel to each sandbox's init.
+ *
+ * Threading: everything here runs on the loop thread, except the blocking halves of create and
+ * destroy (clone + setup, cgroup and directory removal), which run on the uv thread pool and touch
+ * only their own work item.
+ *
+ * Ownership: the registry owns every struct sandbox. A sandbox is freed only after it was
+ * destroyed (sandbox_destroy) and all its handles are closed; callers must not keep pointers
+ * across loop turns unless they hold a reference (sandbox_ref/sandbox_unref).
+ *
+ * On-disk layout: <state_dir>/sandboxes/<id>/{root,workspace}. `root` is an empty mount point
+ * (the tmpfs root lives only in the sandbox's mount namespace); `workspace` is owned by the
+ * sandbox's host uid.
+ */
+#ifndef WARREN_SESSION_SANDBOX_H
+#define WARREN_SESSION_SANDBOX_H
+
+#include <jansson.h>
+#include <linux/filter.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "sandbox/cgroup.h"
+#include "store/store.h"
+
+#define SANDBOX_ID_MAX 20
+#define SANDBOX_NAME_MAX 64
+
+struct sandbox_resources {
+    double cpus;
+    unsigned long long memory_mib;
+    unsigned long long pids;
+    unsigned long long disk_mib;
+};
+
+enum sandbox_state { SB_CREATING, SB_RUNNING, SB_STOPPING, SB_FAILED };
+
+struct exec;
+struct sandbox;
+
+struct registry {
+    uv_loop_t *loop;
+    char state_dir[1024];
+    const struct sock_fprog *seccomp;
+    const struct cgroup_manager *cgroups;
+    int init_fd;
+    store_t *store;
+    char node[64];
+    unsigned max_sandboxes;
+    struct sandbox_resources defaults;
+    /* private */
+    struct sandbox *head;
+    unsigned count;   /* in the list (any state) */
+    unsigned pending; /* creates and destroys in flight */
+    unsigned char *uid_slots;
+    void (*idle_cb)(struct registry *reg); /* called when count and pending reach 0 */
+};
+
+struct sandbox {
+    struct registry *reg;
+    struct sandbox *prev, *next;
+    char id[SANDBOX_ID_MAX];
+    char name[SANDBOX_NAME_MAX];
+    char template_name[16];
+    enum sandbox_state state;
+    json_t *labels; /* object of strings (owned) */
+    json_t *env;    /* object of strings (owned) */
+    struct sandbox_resources res;
+    double created_at;
+    double last_active_at;
+    unsigned uid_slot;
+    /* running */
+    pid_t pid;
+    int pidfd;
+    int ctl_fd;
+    uv_poll_t ctl_poll;
+    uv_poll_t pid_poll;
+    int handles; /* open uv handles; freed when 0 after destroy */
+    int refs;
+    struct exec *execs; /* in flight */
+    uint32_t next_tag;
+    struct sandbox_waiter *waiters; /* destroy callbacks */
+    struct ctl_out *out_head, *out_tail; /* queued control messages */
+};
+
+struct sandbox_spec {
+    const char *name;    /* NULL → id */
+    const char *template_name;
+    json_t *labels;      /* borrowed; copied */
+    json_t *env;         /* borrowed; copied */
+    struct sandbox_resources res; /* already validated and defaulted */
+};
+
+/* `sb` is NULL on failure; then `status`/`code`/`msg` describe the error for the API. */
+typedef void (*sandbox_create_cb)(struct sandbox *sb, int status, const char *code,
+                                  const char *msg, void *arg);
+typedef void (*sandbox_destroy_cb)(void *arg);
+
+int registry_init(struct registry *reg);
+/* Cleans up what a previous daemon left in the state dir and the store. */
+void registry_recover(struct registry *reg);
+/* Destroys every sandbox; idle_cb fires when all are gone. */
+void registry_shutdown(struct registry *reg, void (*idle_cb)(struct registry *reg));
+void registry_free(struct registry *reg);
+
+/* Starts creating a sandbox. The callback runs on the loop thread later (never before this
+ * returns). Returns 0, or an HTTP status (409 name taken, 503 at capacity) with *msg set. */
+int sandbox_create(struct registry *reg, const struct sandbox_spec *spec, sandbox_create_cb cb,
+                   void *arg, const char **msg);
+/* By id or by name; only sandboxes that are creating or running (or failed) are found. */
+struct sandbox *sandbox_find(struct registry *reg, const char *id_or_name);
+/* Kills every process, removes the cgroup and the directory, forgets the sandbox; `cb` is called
+ * when all of that is done. Safe to call more than once (each callback fires). */
+void sandbox_destroy(struct sandbox *sb, sandbox_destroy_cb cb, void *arg);
+void sandbox_ref(struct sandbox *sb);
+void sandbox_unref(struct sandbox *sb);
+/* The API description (a new reference). */
+json_t *sandbox_to_json(const struct sandbox *sb);
+const char *sandbox_state_name(enum sandbox_state state);
+
+/* Control channel (used by exec.c). Queues a message for the init; returns 0 or -EPIPE when the
+ * sandbox is gone. */
+int sandbox_send(struct sandbox *sb, const void *msg, size_t len);
+
+#endif

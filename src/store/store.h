@@ -1,0 +1,24 @@
+/*
+ * store — the durable registry of sandboxes (SQLite in <state_dir>/warren.db, WAL mode).
+ *
+ * The daemon's in-memory registry (session/) is the source of truth while it runs; the store lets
+ * a restarted daemon know what a previous one left behind (to clean it up) and, later, which
+ * persistent sandboxes to bring back. Writes are small and happen on the loop thread.
+ * Errors: 0 or -errno (-EIO for SQLite errors, which are also logged).
+ */
+#ifndef WARREN_STORE_STORE_H
+#define WARREN_STORE_STORE_H
+
+typedef struct store store_t;
+
+typedef void (*store_sandbox_fn)(const char *id, const char *json, void *arg);
+
+int store_open(store_t **out, const char *state_dir);
+void store_close(store_t *st);
+/* Inserts or replaces the record of sandbox `id` (`json` is its description). */
+int store_put_sandbox(store_t *st, const char *id, const char *json);
+int store_delete_sandbox(store_t *st, const char *id);
+/* Calls fn for every stored sandbox. */
+int store_list_sandboxes(store_t *st, store_sandbox_fn fn, void *arg);
+
+#endif

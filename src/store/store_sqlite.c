@@ -1,0 +1,95 @@
+/*
+ * store_sqlite — store.h on SQLite.
+ */
+#include "store/store.h"
+
+#include <errno.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "core/log.h"
+
+struct store {
+    sqlite3 *db;
+    sqlite3_stmt *put;
+    sqlite3_stmt *del;
+};
+
+static int fail(store_t *st, const char *what)
+{
+    log_error("store: %s: %s", what, sqlite3_errmsg(st->db));
+    return -EIO;
+}
+
+int store_open(store_t **out, const char *state_dir)
+{
+    char path[4096];
+    store_t *st = calloc(1, sizeof(*st));
+    if (!st)
+        return -ENOMEM;
+    snprintf(path, sizeof(path), "%s/warren.db", state_dir);
+    if (sqlite3_open_v2(path, &st->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
+        SQLITE_OK) {
+        log_error("store: cannot open %s: %s", path, st->db ? sqlite3_errmsg(st->db) : "?");
+        store_close(st);
+        return -EIO;
+    }
+    static const char schema[] = "PRAGMA journal_mode=WAL;"
+                                 "PRAGMA synchronous=NORMAL;"
+                                 "CREATE TABLE IF NOT EXISTS sandboxes ("
+                                 " id TEXT PRIMARY KEY, json TEXT NOT NULL);";
+    if (sqlite3_exec(st->db, schema, NULL, NULL, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(st->db, "INSERT OR REPLACE INTO sandboxes(id, json) VALUES(?, ?)", -1,
+                           &st->put, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(st->db, "DELETE FROM sandboxes WHERE id = ?", -1, &st->del, NULL) !=
+            SQLITE_OK) {
+        int r = fail(st, "schema");
+        store_close(st);
+        return r;
+    }
+    sqlite3_busy_timeout(st->db, 2000);
+    *out = st;
+    return 0;
+}
+
+void store_close(store_t *st)
+{
+    if (!st)
+        return;
+    sqlite3_finalize(st->put);
+    sqlite3_finalize(st->del);
+    sqlite3_close(st->db);
+    free(st);
+}
+
+int store_put_sandbox(store_t *st, const char *id, const char *json)
+{
+    sqlite3_reset(st->put);
+    sqlite3_bind_text(st->put, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st->put, 2, json, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st->put);
+    sqlite3_clear_bindings(st->put);
+    return rc == SQLITE_DONE ? 0 : fail(st, "put sandbox");
+}
+
+int store_delete_sandbox(store_t *st, const char *id)
+{
+    sqlite3_reset(st->del);
+    sqlite3_bind_text(st->del, 1, id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st->del);
+    sqlite3_clear_bindings(st->del);
+    return rc == SQLITE_DONE ? 0 : fail(st, "delete sandbox");
+}
+
+int store_list_sandboxes(store_t *st, store_sandbox_fn fn, void *arg)
+{
+    sqlite3_stmt *q;
+    if (sqlite3_prepare_v2(st->db, "SELECT id, json FROM sandboxes", -1, &q, NULL) != SQLITE_OK)
+        return fail(st, "list sandboxes");
+    int rc;
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW)
+        fn((const char *)sqlite3_column_text(q, 0), (const char *)sqlite3_column_text(q, 1), arg);
+    sqlite3_finalize(q);
+    return rc == SQLITE_DONE ? 0 : fail(st, "list sandboxes");
+}

@@ -1,0 +1,463 @@
+"""Fixtures for the warren integration tests.
+
+Every test module gets its own daemon (``daemon``), started on a free port with a fresh state
+dir, and checked on the way out: it must exit 0 on SIGTERM and leave nothing behind (no process
+of its tree, no mount under its state dir, no per-sandbox directory, no cgroup of one of its
+sandboxes). ``fresh_daemon`` is a factory for tests that need a daemon of their own.
+
+Standard library only; run with ``/usr/bin/python3 -m pytest tests/integration``.
+"""
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.parse
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+WARREN_BIN = os.environ.get("WARREN_BIN") or os.path.join(REPO, "build", "warren")
+
+START_TIMEOUT_S = 10
+STOP_TIMEOUT_S = 15
+HTTP_TIMEOUT_S = 60
+
+
+# ---------------------------------------------------------------------------------------------
+# /proc helpers
+
+
+def _read(path, mode="r"):
+    try:
+        with open(path, mode) as f:
+            return f.read()
+    except (OSError, ValueError):
+        return None
+
+
+def proc_pids():
+    return [int(d) for d in os.listdir("/proc") if d.isdigit()]
+
+
+def proc_stat(pid):
+    """(state, ppid, starttime) of a process, or None if it is gone."""
+    s = _read(f"/proc/{pid}/stat")
+    if not s:
+        return None
+    rest = s[s.rindex(")") + 2:].split()
+    return rest[0], int(rest[1]), int(rest[19])
+
+
+def proc_cmdline(pid):
+    b = _read(f"/proc/{pid}/cmdline", "rb")
+    return b.replace(b"\0", b" ").decode("utf-8", "replace").strip() if b else ""
+
+
+def proc_exe(pid):
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return ""
+
+
+def descendants(root_pid):
+    """{pid: starttime} of every live descendant of root_pid (not root_pid itself)."""
+    children = {}
+    for pid in proc_pids():
+        st = proc_stat(pid)
+        if st:
+            children.setdefault(st[1], []).append((pid, st[2]))
+    out, todo = {}, [root_pid]
+    while todo:
+        for pid, start in children.get(todo.pop(), []):
+            if pid not in out:
+                out[pid] = start
+                todo.append(pid)
+    return out
+
+
+def alive_same(pid, starttime):
+    """True if pid is still the same (non-zombie) process."""
+    st = proc_stat(pid)
+    return bool(st) and st[2] == starttime and st[0] not in ("Z", "X")
+
+
+def host_cgroup_mode():
+    if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+        return "v2"
+    if os.path.isdir("/sys/fs/cgroup/memory") or os.path.isdir("/sys/fs/cgroup/pids"):
+        return "v1"
+    return "none"
+
+
+def free_port():
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP client
+
+
+class Response:
+    def __init__(self, status, headers, body):
+        self.status = status
+        self.headers = headers
+        self.body = body
+        try:
+            self.json = json.loads(body) if body else None
+        except ValueError:
+            self.json = None
+
+    @property
+    def error_code(self):
+        try:
+            return self.json["error"]["code"]
+        except (TypeError, KeyError):
+            return None
+
+    @property
+    def error_message(self):
+        try:
+            return self.json["error"]["message"]
+        except (TypeError, KeyError):
+            return None
+
+    def __repr__(self):
+        return f"<Response {self.status} {self.body[:600]!r}>"
+
+
+class Api:
+    def __init__(self, daemon):
+        self.daemon = daemon
+        self.host = "127.0.0.1"
+        self.port = daemon.port
+
+    def request(self, method, path, body=None, headers=None, timeout=HTTP_TIMEOUT_S):
+        if isinstance(body, str):
+            body = body.encode()
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        try:
+            conn.request(method, path, body=body, headers=dict(headers or {}))
+            r = conn.getresponse()
+            data = r.read()
+            resp = Response(r.status, r.headers, data)
+        finally:
+            conn.close()
+        # Remember every sandbox this daemon created, for the leftover checks at teardown.
+        if (method == "POST" and path.split("?")[0].rstrip("/") == "/v1/sandboxes"
+                and resp.status == 201 and isinstance(resp.json, dict) and "id" in resp.json):
+            self.daemon.created_ids.add(resp.json["id"])
+        return resp
+
+    def get(self, path, headers=None):
+        return self.request("GET", path, headers=headers)
+
+    def delete(self, path, headers=None):
+        return self.request("DELETE", path, headers=headers)
+
+    def post(self, path, json_body=None, raw=None, headers=None, timeout=HTTP_TIMEOUT_S):
+        h = {"Content-Type": "application/json"}
+        h.update(headers or {})
+        if raw is not None:
+            body = raw
+        elif json_body is not None:
+            body = json.dumps(json_body).encode()
+        else:
+            body = None
+        return self.request("POST", path, body=body, headers=h, timeout=timeout)
+
+    # conveniences
+    def create(self, **spec):
+        r = self.post("/v1/sandboxes", spec)
+        assert r.status == 201, f"create {spec!r}: {r!r}"
+        return r.json
+
+    def remove(self, sb):
+        r = self.delete("/v1/sandboxes/" + urllib.parse.quote(sb, safe=""))
+        assert r.status in (204, 404), f"delete {sb}: {r!r}"
+        return r
+
+    def healthy(self):
+        try:
+            r = self.get("/healthz")
+        except OSError:
+            return False
+        return r.status == 200 and r.json == {"status": "ok"}
+
+
+def exec_(api, sb_id, **body):
+    """POST /v1/sandboxes/{sb_id}/exec with body; asserts 200 and returns the JSON."""
+    timeout = max(HTTP_TIMEOUT_S, float(body.get("timeout_s", 0) or 0) + 30)
+    r = api.post(f"/v1/sandboxes/{sb_id}/exec", body, timeout=timeout)
+    assert r.status == 200, f"exec {body!r} in {sb_id}: {r!r}"
+    assert isinstance(r.json, dict), r
+    return r.json
+
+
+def sh(api, sb_id, script, **body):
+    """exec_ with ["sh", "-c", script]."""
+    return exec_(api, sb_id, argv=["sh", "-c", script], **body)
+
+
+# ---------------------------------------------------------------------------------------------
+# Daemon
+
+
+class Daemon:
+    def __init__(self, bin_path=WARREN_BIN, extra_args=()):
+        self.bin = bin_path
+        self.base_dir = tempfile.mkdtemp(prefix="warren-test-")
+        # mkdtemp makes the dir 0700; a state dir normally sits in a world-traversable place
+        # (/var/lib/warren), so make ours look like one.
+        os.chmod(self.base_dir, 0o755)
+        self.state_dir = os.path.join(self.base_dir, "state")
+        os.mkdir(self.state_dir, 0o755)
+        self.log_path = os.path.join(self.base_dir, "daemon.log")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.created_ids = set()
+        self.proc = None
+        self.stopped = False
+        self.extra_args = list(extra_args)
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def log(self, limit=20000):
+        data = _read(self.log_path, "rb") or b""
+        return data[-limit:].decode("utf-8", "replace")
+
+    def start(self):
+        if not os.access(self.bin, os.X_OK):
+            pytest.fail(f"warren binary not found or not executable: {self.bin} "
+                        "(build it, or set WARREN_BIN)")
+        argv = [self.bin, "serve", "--listen", f"127.0.0.1:{self.port}",
+                "--state-dir", self.state_dir] + self.extra_args
+        self.logf = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.logf,
+                                     stderr=subprocess.STDOUT, cwd=self.base_dir)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        last = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.stopped = True
+                pytest.fail(f"warren exited with {self.proc.returncode} during start-up; "
+                            f"log ({self.log_path}):\n{self.log()}")
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                conn.request("GET", "/healthz")
+                r = conn.getresponse()
+                r.read()
+                conn.close()
+                if r.status == 200:
+                    return self
+                last = f"status {r.status}"
+            except OSError as e:
+                last = repr(e)
+            time.sleep(0.05)
+        self.proc.kill()
+        self.proc.wait()
+        self.stopped = True
+        pytest.fail(f"warren did not answer GET /healthz within {START_TIMEOUT_S}s ({last}); "
+                    f"log ({self.log_path}):\n{self.log()}")
+
+    # -- leftovers ---------------------------------------------------------------------------
+
+    def _leftovers(self, tree):
+        problems = []
+        me = os.getpid()
+        for pid, start in tree.items():
+            if alive_same(pid, start):
+                problems.append(f"process {pid} of the daemon's tree still alive: "
+                                f"{proc_cmdline(pid)!r} exe={proc_exe(pid)!r}")
+        for pid in proc_pids():
+            if pid == me or pid in tree:
+                continue
+            st = proc_stat(pid)
+            if not st or st[0] in ("Z", "X"):
+                continue
+            cmd = proc_cmdline(pid)
+            if self.state_dir in cmd:
+                problems.append(f"process {pid} mentions the state dir: {cmd!r}")
+                continue
+            cg = _read(f"/proc/{pid}/cgroup") or ""
+            for sid in self.created_ids:
+                if sid in cg:
+                    problems.append(f"process {pid} ({cmd!r}) is still in a cgroup of "
+                                    f"sandbox {sid}: {cg.strip()!r}")
+                    break
+        mounts = _read("/proc/self/mountinfo") or ""
+        for line in mounts.splitlines():
+            if self.base_dir in line:
+                problems.append(f"mount left behind: {line}")
+        sbdir = os.path.join(self.state_dir, "sandboxes")
+        if os.path.isdir(sbdir):
+            left = sorted(os.listdir(sbdir))
+            if left:
+                problems.append(f"per-sandbox dirs left in {sbdir}: {left}")
+        if self.created_ids:
+            problems += self._cgroup_leftovers()
+        return problems
+
+    def _cgroup_leftovers(self):
+        found = []
+        root = "/sys/fs/cgroup"
+
+        def walk(path, depth):
+            if depth > 5:
+                return
+            try:
+                entries = os.scandir(path)
+            except OSError:
+                return
+            with entries:
+                for e in entries:
+                    try:
+                        if not e.is_dir(follow_symlinks=False):
+                            continue
+                    except OSError:
+                        continue
+                    if any(sid in e.name for sid in self.created_ids):
+                        found.append(f"cgroup left behind: {e.path}")
+                    else:
+                        walk(e.path, depth + 1)
+
+        walk(root, 0)
+        return found
+
+    def restart(self):
+        """Replace a dead daemon by a new one (new port and state dir), in place."""
+        self.logf.close()
+        fresh = Daemon(self.bin, self.extra_args)
+        self.__dict__.update(fresh.__dict__)
+        self.start()
+
+    def stop(self, check=True):
+        """SIGTERM, wait, and (if check) assert exit 0 and no leftovers."""
+        if self.stopped:
+            return
+        self.stopped = True
+        problems = []
+        tree = descendants(self.pid)
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout=STOP_TIMEOUT_S)
+            if rc != 0:
+                problems.append(f"daemon exited with status {rc} on SIGTERM (expected 0)")
+        except subprocess.TimeoutExpired:
+            problems.append(f"daemon did not exit within {STOP_TIMEOUT_S}s of SIGTERM")
+            self.proc.kill()
+            self.proc.wait()
+        self.logf.close()
+        # Give orphans a moment to be reaped before calling them leftovers.
+        deadline = time.monotonic() + 3
+        left = self._leftovers(tree)
+        while left and time.monotonic() < deadline:
+            time.sleep(0.2)
+            left = self._leftovers(tree)
+        problems += left
+        if left:
+            # Do not leave processes of ours running on the machine.
+            for pid, start in tree.items():
+                if alive_same(pid, start):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except OSError:
+                        pass
+        mounted = any(self.base_dir in l for l in (_read("/proc/self/mountinfo") or "").splitlines())
+        if not problems and not mounted:
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+        if problems and check:
+            msg = "\n  ".join(problems)
+            pytest.fail(f"warren daemon (state {self.state_dir}) teardown problems:\n  {msg}\n"
+                        f"log ({self.log_path}):\n{self.log()}", pytrace=False)
+
+
+def _start_daemon(**kw):
+    d = Daemon(**kw)
+    d.start()
+    return d
+
+
+@pytest.fixture(scope="module")
+def daemon():
+    d = _start_daemon()
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def fresh_daemon():
+    """Factory: fresh_daemon() -> a new started Daemon, stopped and checked after the test."""
+    started = []
+
+    def make(**kw):
+        d = _start_daemon(**kw)
+        started.append(d)
+        return d
+
+    yield make
+    errors = []
+    for d in started:
+        try:
+            d.stop()
+        except BaseException as e:  # noqa: BLE001 - collect all, report all
+            errors.append(str(e))
+    if errors:
+        pytest.fail("\n".join(errors), pytrace=False)
+
+
+@pytest.fixture
+def api(daemon):
+    if daemon.proc.poll() is not None:
+        # It died during an earlier test. Report that here, once, and give the rest of the
+        # module a new daemon so that one crash does not fail every later test.
+        rc, log, state = daemon.proc.returncode, daemon.log(), daemon.state_dir
+        left = daemon._leftovers({})
+        daemon.restart()
+        pytest.fail(f"the daemon died (status {rc}) during an earlier test; restarted it. "
+                    f"Leftovers of the dead one: {left}\nlog of the dead one ({state}):\n{log}",
+                    pytrace=False)
+    a = Api(daemon)
+    assert a.healthy(), f"daemon not healthy before the test; log:\n{daemon.log()}"
+    return a
+
+
+@pytest.fixture
+def sandbox(api):
+    r = api.post("/v1/sandboxes", {})
+    assert r.status == 201, f"create sandbox: {r!r}"
+    sb = r.json
+    yield sb
+    api.remove(sb["id"])
+
+
+@pytest.fixture
+def new_sandbox(api):
+    """Factory: new_sandbox(**spec) -> Sandbox JSON (asserts 201); all deleted after the test."""
+    made = []
+
+    def make(**spec):
+        sb = api.create(**spec)
+        made.append(sb["id"])
+        return sb
+
+    yield make
+    for sid in made:
+        api.remove(sid)
+
+
+def pytest_report_header(config):
+    return [f"warren binary: {WARREN_BIN}"]
+
