@@ -176,8 +176,7 @@ static int server_start(struct server *srv)
         return r;
     }
     if ((r = cgroup_manager_init(&srv->cgroups, "/sys/fs/cgroup", "/proc/self/cgroup")) < 0)
-        log_warn("no usable cgroup hierarchy (%s): resource limits are not enforced",
-                 strerror(-r));
+        log_warn("no usable cgroup hierarchy (%s): resource limits are not enforced", strerror(-r));
     else
         log_info("cgroup %s: sandboxes under %s", cgroup_mode_name(srv->cgroups.mode),
                  srv->cgroups.base[0][0] ? srv->cgroups.base[0] : srv->cgroups.base[1]);

@@ -25,8 +25,8 @@ void api_handle(http_req_t *req, void *ctx)
     char allow[128], hdr[160];
     const char *method = http_req_method(req);
     int i = router_match(routes, sizeof(routes) / sizeof(routes[0]),
-                         strcmp(method, "HEAD") == 0 ? "GET" : method, http_req_path(req),
-                         &params, allow, sizeof(allow));
+                         strcmp(method, "HEAD") == 0 ? "GET" : method, http_req_path(req), &params,
+                         allow, sizeof(allow));
     if (i == -EPERM) {
         snprintf(hdr, sizeof(hdr), "Allow: %s\r\n", allow);
         json_t *e = json_pack("{s:{s:s, s:s}}", "error", "code", "method_not_allowed", "message",

@@ -57,9 +57,8 @@ static void on_exec_done(struct exec *ex, struct exec_result *res, void *arg)
     json_t *o = json_pack("{s:i, s:o, s:b, s:b, s:b, s:b, s:f}", "exit_code", res->exit_code,
                           "signal", res->signal ? json_integer(res->signal) : json_null(),
                           "stdout_truncated", res->out_truncated, "stderr_truncated",
-                          res->err_truncated, "truncated",
-                          res->out_truncated || res->err_truncated, "timed_out", res->timed_out,
-                          "duration_ms", res->duration_ms);
+                          res->err_truncated, "truncated", res->out_truncated || res->err_truncated,
+                          "timed_out", res->timed_out, "duration_ms", res->duration_ms);
     put_output(o, "stdout", &res->out, res->out_truncated);
     put_output(o, "stderr", &res->err, res->err_truncated);
     http_respond_json(req, 200, o);
@@ -108,9 +107,8 @@ static void free_strv(char **v)
 
 void api_exec(struct server *srv, http_req_t *req, const struct route_params *p)
 {
-    static const char *const keys[] = {"argv",      "shell",     "env",
-                                       "cwd",       "stdin",     "stdin_b64",
-                                       "timeout_s", "max_output_bytes", NULL};
+    static const char *const keys[] = {
+        "argv", "shell", "env", "cwd", "stdin", "stdin_b64", "timeout_s", "max_output_bytes", NULL};
     char err[ERRLEN];
     const char *shell = NULL, *cwd = "/workspace", *stdin_text = NULL, *stdin_b64 = NULL;
     json_t *env = NULL, *argv_json;
@@ -146,8 +144,9 @@ void api_exec(struct server *srv, http_req_t *req, const struct route_params *p)
     if (argv_json && json_is_null(argv_json))
         argv_json = NULL;
     if (!!argv_json == !!shell) {
-        snprintf(err, ERRLEN, "exactly one of 'argv' (array of strings) or 'shell' (string) is "
-                              "required");
+        snprintf(err, ERRLEN,
+                 "exactly one of 'argv' (array of strings) or 'shell' (string) is "
+                 "required");
         goto bad;
     }
     if (argv_json) {
@@ -212,7 +211,9 @@ void api_exec(struct server *srv, http_req_t *req, const struct route_params *p)
         .env = (const char *const *)envv,
         .cwd = cwd,
         .stdin_data = stdin_data ? (const void *)stdin_data : stdin_text,
-        .stdin_len = stdin_data ? stdin_len : stdin_text ? strlen(stdin_text) : 0,
+        .stdin_len = stdin_data   ? stdin_len
+                     : stdin_text ? strlen(stdin_text)
+                                  : 0,
         .timeout_s = timeout,
         .max_output = (size_t)max_out,
     };

@@ -59,8 +59,9 @@ static int parse_resources(struct server *srv, json_t *obj, struct sandbox_resou
     if ((json_object_get(obj, "memory_mib") && mem < 16) ||
         (json_object_get(obj, "pids") && pids < 8) ||
         (json_object_get(obj, "disk_mib") && disk < 1)) {
-        snprintf(err, ERRLEN, "resources below the minimum (memory_mib >= 16, pids >= 8, "
-                              "disk_mib >= 1)");
+        snprintf(err, ERRLEN,
+                 "resources below the minimum (memory_mib >= 16, pids >= 8, "
+                 "disk_mib >= 1)");
         return 400;
     }
     if (cpus > 0)
@@ -107,8 +108,7 @@ static int parse_network(json_t *obj, char *err)
     return 0;
 }
 
-static void on_created(struct sandbox *sb, int status, const char *code, const char *msg,
-                       void *arg)
+static void on_created(struct sandbox *sb, int status, const char *code, const char *msg, void *arg)
 {
     http_req_t *req = arg;
     if (!sb) {

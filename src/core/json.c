@@ -42,8 +42,8 @@ int json_check_keys(json_t *obj, const char *const *allowed, const char *prefix,
             if (strcmp(allowed[i], key) == 0)
                 ok = 1;
         if (!ok) {
-            snprintf(err, errlen, "unknown field '%s%s%s'", prefix ? prefix : "",
-                     prefix ? "." : "", key);
+            snprintf(err, errlen, "unknown field '%s%s%s'", prefix ? prefix : "", prefix ? "." : "",
+                     key);
             return -EINVAL;
         }
     }

@@ -11,8 +11,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/util.h"
+
 const char *const cgroup_v1_controllers[CGROUP_V1_CONTROLLERS] = {"memory", "pids", "cpu",
-                                                                   "freezer"};
+                                                                  "freezer"};
 
 const char *cgroup_mode_name(enum cgroup_mode mode)
 {
@@ -37,25 +39,6 @@ static int write_str(const char *dir, const char *file, const char *value)
     int e = errno;
     close(fd);
     return n < 0 ? -e : 0;
-}
-
-static int mkdir_p(const char *path)
-{
-    char tmp[CGROUP_PATH_MAX];
-    size_t n = strlen(path);
-    if (n >= sizeof(tmp))
-        return -ENAMETOOLONG;
-    memcpy(tmp, path, n + 1);
-    for (size_t i = 1; i <= n; i++) {
-        if (tmp[i] == '/' || tmp[i] == '\0') {
-            char c = tmp[i];
-            tmp[i] = '\0';
-            if (mkdir(tmp, 0755) < 0 && errno != EEXIST)
-                return -errno;
-            tmp[i] = c;
-        }
-    }
-    return 0;
 }
 
 static int is_dir(const char *path)
@@ -111,14 +94,14 @@ static int init_v2(struct cgroup_manager *m, const char *fs_root, const char *se
         /* No processes in inner nodes: the daemon moves to a leaf of its own first. */
         char leaf[CGROUP_PATH_MAX + 16];
         snprintf(leaf, sizeof(leaf), "%s/warren-daemon", dir);
-        if ((r = mkdir_p(leaf)) < 0 || (r = write_str(leaf, "cgroup.procs", "0")) < 0)
+        if ((r = util_mkdir_p(leaf, 0755)) < 0 || (r = write_str(leaf, "cgroup.procs", "0")) < 0)
             return r;
     }
     if ((r = write_str(dir, "cgroup.subtree_control", "+memory +pids +cpu")) < 0)
         return r;
     if (snprintf(m->base[0], sizeof(m->base[0]), "%s/warren", dir) >= (int)sizeof(m->base[0]))
         return -ENAMETOOLONG;
-    if ((r = mkdir_p(m->base[0])) < 0)
+    if ((r = util_mkdir_p(m->base[0], 0755)) < 0)
         return r;
     return write_str(m->base[0], "cgroup.subtree_control", "+memory +pids +cpu");
 }
@@ -135,7 +118,7 @@ static int init_v1(struct cgroup_manager *m, const char *fs_root, const char *se
         if (snprintf(m->base[i], sizeof(m->base[i]), "%s%s/warren", mnt, self) >=
             (int)sizeof(m->base[i]))
             return -ENAMETOOLONG;
-        int r = mkdir_p(m->base[i]);
+        int r = util_mkdir_p(m->base[i], 0755);
         if (r < 0)
             return r;
         found++;

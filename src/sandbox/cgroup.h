@@ -29,9 +29,9 @@ struct cgroup_manager {
 };
 
 struct cgroup_limits {
-    double cpus;                 /* 0 = unlimited */
-    unsigned long long memory;   /* bytes, 0 = unlimited; swap is limited to the same total */
-    unsigned long long pids;     /* 0 = unlimited */
+    double cpus;               /* 0 = unlimited */
+    unsigned long long memory; /* bytes, 0 = unlimited; swap is limited to the same total */
+    unsigned long long pids;   /* 0 = unlimited */
 };
 
 extern const char *const cgroup_v1_controllers[CGROUP_V1_CONTROLLERS];

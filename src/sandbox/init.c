@@ -153,8 +153,8 @@ static void handle_spawn(const struct wproto_spawn *sp, size_t len)
     rep.err = parse_spawn(sp, len, &cwd);
     if (!rep.err && !slot)
         rep.err = EAGAIN;
-    if (!rep.err && (pipe2(in, O_CLOEXEC) < 0 || pipe2(out, O_CLOEXEC) < 0 ||
-                     pipe2(err, O_CLOEXEC) < 0))
+    if (!rep.err &&
+        (pipe2(in, O_CLOEXEC) < 0 || pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0))
         rep.err = errno;
     if (!rep.err) {
         pid_t pid = fork();

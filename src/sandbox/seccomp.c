@@ -97,8 +97,8 @@ static int add_rules(scmp_filter_ctx ctx)
  * rule, so there is one rule per flag. */
 static int add_ns_rules(scmp_filter_ctx ctx)
 {
-    static const unsigned long flags[] = {CLONE_NEWUSER, CLONE_NEWNS,  CLONE_NEWPID,
-                                          CLONE_NEWNET,  CLONE_NEWUTS, CLONE_NEWIPC,
+    static const unsigned long flags[] = {CLONE_NEWUSER,   CLONE_NEWNS,  CLONE_NEWPID,
+                                          CLONE_NEWNET,    CLONE_NEWUTS, CLONE_NEWIPC,
                                           CLONE_NEWCGROUP, CLONE_NEWTIME};
     int r;
     for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++) {
@@ -134,10 +134,9 @@ static int add_personality_rules(scmp_filter_ctx ctx)
      * (READ_IMPLIES_EXEC makes every mapping executable, MMAP_PAGE_ZERO maps page 0, the
      * ADDR_LIMIT flags shrink the address space). The values ordinary programs use (PER_LINUX,
      * the 0xffffffff query, UNAME26, ADDR_NO_RANDOMIZE for setarch/gdb) stay allowed. */
-    static const unsigned long bad_bits[] = {0x0400000 /* READ_IMPLIES_EXEC */,
-                                             0x0800000 /* ADDR_LIMIT_32BIT */,
-                                             0x8000000 /* ADDR_LIMIT_3GB */,
-                                             0x0100000 /* MMAP_PAGE_ZERO */};
+    static const unsigned long bad_bits[] = {
+        0x0400000 /* READ_IMPLIES_EXEC */, 0x0800000 /* ADDR_LIMIT_32BIT */,
+        0x8000000 /* ADDR_LIMIT_3GB */, 0x0100000 /* MMAP_PAGE_ZERO */};
     /* The argument is 32 bits and 0xffffffff (the query) has every bit set, and libseccomp
      * allows one comparison per argument. So: deny "bad bit b set and some other bit j clear",
      * one rule per (b, j). The only value with b set that matches none is 0xffffffff. */
@@ -147,8 +146,7 @@ static int add_personality_rules(scmp_filter_ctx ctx)
             if (other == bad_bits[i])
                 continue;
             int r = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), SCMP_SYS(personality), 1,
-                                     SCMP_A0(SCMP_CMP_MASKED_EQ, bad_bits[i] | other,
-                                             bad_bits[i]));
+                                     SCMP_A0(SCMP_CMP_MASKED_EQ, bad_bits[i] | other, bad_bits[i]));
             if (r < 0)
                 return r;
         }
@@ -164,8 +162,8 @@ int seccomp_filter_build(struct seccomp_filter *f)
     if (!ctx)
         return -ENOMEM;
     if ((r = seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS)) < 0 ||
-        (r = add_rules(ctx)) < 0 || (r = add_ns_rules(ctx)) < 0 ||
-        (r = add_ioctl_rules(ctx)) < 0 || (r = add_personality_rules(ctx)) < 0)
+        (r = add_rules(ctx)) < 0 || (r = add_ns_rules(ctx)) < 0 || (r = add_ioctl_rules(ctx)) < 0 ||
+        (r = add_personality_rules(ctx)) < 0)
         goto error;
 
     /* libseccomp 2.5 can only export to an fd: go through a memfd and read the program back. */

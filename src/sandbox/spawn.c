@@ -83,10 +83,10 @@ const char *spawn_step_name(enum spawn_step step)
 
 unsigned long long spawn_default_caps(void)
 {
-    static const int keep[] = {CAP_CHOWN,  CAP_DAC_OVERRIDE, CAP_FOWNER,           CAP_FSETID,
-                               CAP_KILL,   CAP_SETGID,       CAP_SETUID,           CAP_SETPCAP,
-                               CAP_NET_BIND_SERVICE,         CAP_SYS_CHROOT,       CAP_AUDIT_WRITE,
-                               CAP_SETFCAP};
+    static const int keep[] = {CAP_CHOWN,      CAP_DAC_OVERRIDE, CAP_FOWNER,
+                               CAP_FSETID,     CAP_KILL,         CAP_SETGID,
+                               CAP_SETUID,     CAP_SETPCAP,      CAP_NET_BIND_SERVICE,
+                               CAP_SYS_CHROOT, CAP_AUDIT_WRITE,  CAP_SETFCAP};
     unsigned long long mask = 0;
     for (size_t i = 0; i < sizeof(keep) / sizeof(keep[0]); i++)
         mask |= 1ULL << keep[i];
@@ -132,10 +132,10 @@ int spawn_config_add(struct spawn_config *cfg, enum mount_op_kind kind, const ch
 /* Host /etc entries the `host` template exposes (read-only). Not the whole /etc: no shadow,
  * no machine-id, no ssh keys, nothing of the host's services. */
 static const char *const host_etc[] = {
-    "passwd",        "group",      "resolv.conf", "nsswitch.conf", "ld.so.cache",
-    "ld.so.conf",    "ld.so.conf.d", "ssl/certs",  "alternatives",  "os-release",
-    "localtime",     "protocols",  "services",    "shells",        "host.conf",
-    "debian_version", "inputrc",   "bash.bashrc", "profile",       "environment",
+    "passwd",         "group",        "resolv.conf", "nsswitch.conf", "ld.so.cache",
+    "ld.so.conf",     "ld.so.conf.d", "ssl/certs",   "alternatives",  "os-release",
+    "localtime",      "protocols",    "services",    "shells",        "host.conf",
+    "debian_version", "inputrc",      "bash.bashrc", "profile",       "environment",
 };
 
 /* Adds /etc/<name> as the host has it: a symlink that stays inside /usr (os-release, localtime)
@@ -167,11 +167,11 @@ int spawn_config_host_template(struct spawn_config *cfg, const char *workspace)
     static const char *const top[] = {"bin", "sbin", "lib", "lib32", "lib64", "libx32"};
     static const char *const ro_proc[] = {"proc/sys", "proc/sysrq-trigger", "proc/bus", "proc/fs",
                                           "proc/irq"};
-    static const char *const masked[] = {"proc/kcore",      "proc/keys",     "proc/timer_list",
-                                         "proc/sched_debug", "proc/latency_stats", "proc/kallsyms",
-                                         "proc/kmsg",        "proc/acpi",     "proc/scsi",
-                                         "proc/asound",      "sys/firmware",  "sys/kernel/debug",
-                                         "sys/kernel/security"};
+    static const char *const masked[] = {
+        "proc/kcore",         "proc/keys",     "proc/timer_list", "proc/sched_debug",
+        "proc/latency_stats", "proc/kallsyms", "proc/kmsg",       "proc/acpi",
+        "proc/scsi",          "proc/asound",   "sys/firmware",    "sys/kernel/debug",
+        "sys/kernel/security"};
     static const char *const devs[] = {"null", "zero", "full", "random", "urandom", "tty"};
     const unsigned long nsd = MS_NOSUID | MS_NODEV;
     char a[SPAWN_PATH_MAX], b[SPAWN_PATH_MAX];
@@ -215,8 +215,7 @@ int spawn_config_host_template(struct spawn_config *cfg, const char *workspace)
     for (size_t i = 0; i < sizeof(masked) / sizeof(masked[0]); i++)
         ADD(MOP_MASK, NULL, masked[i], 0, 0, NULL);
 
-    ADD(MOP_TMPFS, "tmpfs", "dev", MS_NOSUID | MS_NOEXEC, 0,
-                          "mode=0755,size=64k");
+    ADD(MOP_TMPFS, "tmpfs", "dev", MS_NOSUID | MS_NOEXEC, 0, "mode=0755,size=64k");
     for (size_t i = 0; i < sizeof(devs) / sizeof(devs[0]); i++) {
         snprintf(a, sizeof(a), "/dev/%s", devs[i]);
         snprintf(b, sizeof(b), "dev/%s", devs[i]);
@@ -259,8 +258,8 @@ struct child_ctx {
     int sync_fd;
     int status_fd;
     int ctl_fd;
-    int early_fd[SPAWN_MAX_MOUNTS];       /* for open_early ops, else -1 */
-    char early_src[SPAWN_PATH_MAX / 8];   /* "/proc/self/fd/N" of the op being mounted */
+    int early_fd[SPAWN_MAX_MOUNTS];     /* for open_early ops, else -1 */
+    char early_src[SPAWN_PATH_MAX / 8]; /* "/proc/self/fd/N" of the op being mounted */
 };
 
 static size_t child_strlen(const char *s)
@@ -634,8 +633,7 @@ idmap:
     return r;
 }
 
-int spawn_sandbox(const struct spawn_config *cfg, struct spawn_result *out,
-                  struct spawn_error *err)
+int spawn_sandbox(const struct spawn_config *cfg, struct spawn_result *out, struct spawn_error *err)
 {
     int sv[2] = {-1, -1}, syncp[2] = {-1, -1}, statusp[2] = {-1, -1}, pidfd = -1;
     pid_t pid = -1;

@@ -25,26 +25,26 @@
 /* The steps of sandbox setup, in order. The names appear in API errors. */
 enum spawn_step {
     SPAWN_STEP_NONE = 0,
-    SPAWN_STEP_PREPARE,    /* parent: fds, socketpair, pipes */
-    SPAWN_STEP_CLONE,      /* parent: clone3 */
-    SPAWN_STEP_IDMAP,      /* parent: uid_map / setgroups / gid_map */
-    SPAWN_STEP_CGROUP,     /* parent: move the child into its cgroup(s) */
-    SPAWN_STEP_SYNC,       /* child: waiting for the parent */
-    SPAWN_STEP_SETUID,     /* child: become root of the user namespace */
-    SPAWN_STEP_CGROUPNS,   /* child: unshare the cgroup namespace */
-    SPAWN_STEP_PROPAGATION,/* child: make every mount private */
-    SPAWN_STEP_ROOT,       /* child: tmpfs for the new root */
-    SPAWN_STEP_MOUNT,      /* child: one of the mount ops (err->detail says which) */
+    SPAWN_STEP_PREPARE,     /* parent: fds, socketpair, pipes */
+    SPAWN_STEP_CLONE,       /* parent: clone3 */
+    SPAWN_STEP_IDMAP,       /* parent: uid_map / setgroups / gid_map */
+    SPAWN_STEP_CGROUP,      /* parent: move the child into its cgroup(s) */
+    SPAWN_STEP_SYNC,        /* child: waiting for the parent */
+    SPAWN_STEP_SETUID,      /* child: become root of the user namespace */
+    SPAWN_STEP_CGROUPNS,    /* child: unshare the cgroup namespace */
+    SPAWN_STEP_PROPAGATION, /* child: make every mount private */
+    SPAWN_STEP_ROOT,        /* child: tmpfs for the new root */
+    SPAWN_STEP_MOUNT,       /* child: one of the mount ops (err->detail says which) */
     SPAWN_STEP_HOSTNAME,
-    SPAWN_STEP_LOOPBACK,   /* child: bring `lo` up */
-    SPAWN_STEP_PIVOT,      /* child: pivot_root and detach the old root */
+    SPAWN_STEP_LOOPBACK, /* child: bring `lo` up */
+    SPAWN_STEP_PIVOT,    /* child: pivot_root and detach the old root */
     SPAWN_STEP_FDS,
-    SPAWN_STEP_CAPS,       /* child: bounding set and capabilities */
-    SPAWN_STEP_NNP,        /* child: no_new_privs */
+    SPAWN_STEP_CAPS, /* child: bounding set and capabilities */
+    SPAWN_STEP_NNP,  /* child: no_new_privs */
     SPAWN_STEP_RLIMIT,
     SPAWN_STEP_SECCOMP,
-    SPAWN_STEP_EXEC,       /* child: exec of the init */
-    SPAWN_STEP_WAIT,       /* parent: reading the child's status */
+    SPAWN_STEP_EXEC, /* child: exec of the init */
+    SPAWN_STEP_WAIT, /* parent: reading the child's status */
 };
 
 const char *spawn_step_name(enum spawn_step step);
@@ -108,7 +108,7 @@ struct spawn_result {
 
 struct spawn_error {
     enum spawn_step step;
-    int err; /* errno */
+    int err;                     /* errno */
     char detail[SPAWN_PATH_MAX]; /* e.g. the mount destination */
 };
 

@@ -79,8 +79,8 @@ static void stream_close(struct exec *ex, int i)
 
 static void send_kill(struct exec *ex, int sig)
 {
-    struct wproto_kill k = {.hdr = {WPROTO_KILL, 0}, .pid = ex->pid, .sig = sig,
-                            .flags = WPROTO_KILL_GROUP};
+    struct wproto_kill k = {
+        .hdr = {WPROTO_KILL, 0}, .pid = ex->pid, .sig = sig, .flags = WPROTO_KILL_GROUP};
     if (ex->pid > 0)
         sandbox_send(ex->sb, &k, sizeof(k));
 }
@@ -135,8 +135,8 @@ static void stream_on_event(uv_poll_t *h, int status, int events)
     int i = (int)(h - ex->polls);
     if (i == STREAM_IN) {
         if (status == 0 && (events & UV_WRITABLE)) {
-            ssize_t n = write(ex->fds[i], ex->stdin_data + ex->stdin_off,
-                              ex->stdin_len - ex->stdin_off);
+            ssize_t n =
+                write(ex->fds[i], ex->stdin_data + ex->stdin_off, ex->stdin_len - ex->stdin_off);
             if (n > 0)
                 ex->stdin_off += (size_t)n;
             if ((n < 0 && errno != EAGAIN && errno != EINTR) || ex->stdin_off >= ex->stdin_len)

@@ -24,22 +24,22 @@
 #include "session/sandbox.h"
 
 struct exec_spec {
-    const char *const *argv;  /* NULL-terminated, non-empty */
-    const char *const *env;   /* NULL-terminated "K=V" list: the complete environment */
+    const char *const *argv; /* NULL-terminated, non-empty */
+    const char *const *env;  /* NULL-terminated "K=V" list: the complete environment */
     const char *cwd;
     const void *stdin_data;
     size_t stdin_len;
-    double timeout_s;         /* > 0 */
-    size_t max_output;        /* per stream */
+    double timeout_s;  /* > 0 */
+    size_t max_output; /* per stream */
 };
 
 struct exec_result {
-    int error;                /* 0, or -errno when the command could not run at all */
-    const char *error_msg;    /* with error: why (static string) */
-    int exit_code;            /* 128 + signal when signalled */
-    int signal;               /* 0 if none */
+    int error;             /* 0, or -errno when the command could not run at all */
+    const char *error_msg; /* with error: why (static string) */
+    int exit_code;         /* 128 + signal when signalled */
+    int signal;            /* 0 if none */
     int timed_out;
-    buf_t out, err;           /* collected output (owned by the exec; valid during the cb) */
+    buf_t out, err; /* collected output (owned by the exec; valid during the cb) */
     int out_truncated, err_truncated;
     double duration_ms;
 };

@@ -202,12 +202,11 @@ json_t *sandbox_to_json(const struct sandbox *sb)
     return json_pack("{s:s, s:s, s:s, s:s, s:{s:f, s:I, s:I, s:I}, s:{s:s, s:[]}, s:O, s:O, "
                      "s:n, s:s, s:s, s:s}",
                      "id", sb->id, "name", sb->name, "state", sandbox_state_name(sb->state),
-                     "template", sb->template_name, "resources", "cpus", sb->res.cpus,
-                     "memory_mib", (json_int_t)sb->res.memory_mib, "pids",
-                     (json_int_t)sb->res.pids, "disk_mib", (json_int_t)sb->res.disk_mib,
-                     "network", "mode", "none", "allow", "labels", sb->labels, "env", sb->env,
-                     "session_id", "created_at", created, "last_active_at", active, "node",
-                     sb->reg->node);
+                     "template", sb->template_name, "resources", "cpus", sb->res.cpus, "memory_mib",
+                     (json_int_t)sb->res.memory_mib, "pids", (json_int_t)sb->res.pids, "disk_mib",
+                     (json_int_t)sb->res.disk_mib, "network", "mode", "none", "allow", "labels",
+                     sb->labels, "env", sb->env, "session_id", "created_at", created,
+                     "last_active_at", active, "node", sb->reg->node);
 }
 
 /* ---- control channel ------------------------------------------------------------------------ */
@@ -304,7 +303,9 @@ static void ctl_read(struct sandbox *sb)
     } u;
     for (;;) {
         struct iovec iov = {.iov_base = msg, .iov_len = sizeof(msg)};
-        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
+        struct msghdr mh = {.msg_iov = &iov,
+                            .msg_iovlen = 1,
+                            .msg_control = u.buf,
                             .msg_controllen = sizeof(u.buf)};
         ssize_t n = recvmsg(sb->ctl_fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
         if (n < 0 && (errno == EAGAIN || errno == EINTR))
@@ -557,8 +558,8 @@ static void create_after_cb(uv_work_t *w, int status)
                      strerror(-cw->r));
         else
             snprintf(msg, sizeof(msg), "sandbox setup failed at step '%s'%s%s%s: %s",
-                     spawn_step_name(cw->err.step), cw->err.detail[0] ? " (" : "",
-                     cw->err.detail, cw->err.detail[0] ? ")" : "", strerror(-cw->r));
+                     spawn_step_name(cw->err.step), cw->err.detail[0] ? " (" : "", cw->err.detail,
+                     cw->err.detail[0] ? ")" : "", strerror(-cw->r));
         log_error("sandbox %s: %s", sb->id, msg);
         reg->uid_slots[sb->uid_slot] = 0;
         list_remove(sb);

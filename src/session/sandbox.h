@@ -81,21 +81,21 @@ struct sandbox {
     int refs;
     struct exec *execs; /* in flight */
     uint32_t next_tag;
-    struct sandbox_waiter *waiters; /* destroy callbacks */
+    struct sandbox_waiter *waiters;      /* destroy callbacks */
     struct ctl_out *out_head, *out_tail; /* queued control messages */
 };
 
 struct sandbox_spec {
-    const char *name;    /* NULL → id */
+    const char *name; /* NULL → id */
     const char *template_name;
-    json_t *labels;      /* borrowed; copied */
-    json_t *env;         /* borrowed; copied */
+    json_t *labels;               /* borrowed; copied */
+    json_t *env;                  /* borrowed; copied */
     struct sandbox_resources res; /* already validated and defaulted */
 };
 
 /* `sb` is NULL on failure; then `status`/`code`/`msg` describe the error for the API. */
-typedef void (*sandbox_create_cb)(struct sandbox *sb, int status, const char *code,
-                                  const char *msg, void *arg);
+typedef void (*sandbox_create_cb)(struct sandbox *sb, int status, const char *code, const char *msg,
+                                  void *arg);
 typedef void (*sandbox_destroy_cb)(void *arg);
 
 int registry_init(struct registry *reg);

@@ -231,6 +231,36 @@ def test_no_new_privs_and_seccomp(api, sandbox):
     assert "Seccomp:\t2" in res["stdout"], res["stdout"]
 
 
+SYSCALLS = {  # name: (x86_64 nr, aarch64 nr, args). Each succeeds or fails with EFAULT when
+    # allowed, even for root in an unprivileged user namespace, so EPERM/ENOSYS means seccomp.
+    "keyctl": (250, 219, (0, -3, 0)),  # KEYCTL_GET_KEYRING_ID of the session keyring
+    "add_key": (248, 217, (0, 0, 0, 0, 0)),
+    "perf_event_open": (298, 241, (0, 0, -1, -1, 0)),
+    "userfaultfd": (323, 282, (1,)),  # UFFD_USER_MODE_ONLY
+    "io_uring_setup": (425, 425, (0, 0)),
+    "name_to_handle_at": (303, 264, (-100, 0, 0, 0, 0)),
+}
+
+
+def test_seccomp_denies_dangerous_syscalls(api, sandbox):
+    arch = os.uname().machine
+    assert arch in ("x86_64", "aarch64"), f"no syscall table for {arch}"
+    idx = 0 if arch == "x86_64" else 1
+    lines = ["import ctypes, errno",
+             "libc = ctypes.CDLL(None, use_errno=True)",
+             "libc.syscall.restype = ctypes.c_long"]
+    for name, v in SYSCALLS.items():
+        args = ", ".join(f"ctypes.c_long({a})" for a in (v[idx],) + v[2])
+        lines.append(f"r = libc.syscall({args}); "
+                     f"print('{name}', r, errno.errorcode.get(ctypes.get_errno()) if r < 0 else 'ok')")
+    res = exec_(api, sandbox["id"], argv=["/usr/bin/python3", "-c", "\n".join(lines)])
+    assert res["exit_code"] == 0, res
+    got = {l.split()[0]: l.split()[1:] for l in res["stdout"].splitlines()}
+    assert set(got) == set(SYSCALLS), res
+    allowed = {n: v for n, v in got.items() if v[0] != "-1" or v[1] not in ("EPERM", "ENOSYS")}
+    assert not allowed, f"syscalls not blocked by seccomp: {allowed}"
+
+
 def test_cannot_unshare(api, sandbox):
     res = exec_(api, sandbox["id"], argv=["unshare", "-U", "true"])
     assert res["exit_code"] != 0, res

@@ -1,0 +1,219 @@
+/*
+ * cgroup: the v2 backend against a fake cgroupfs tree (the CI machines mount v1, so v2 cannot run
+ * for real there), and v1 path handling against a fake per-controller tree.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/util.h"
+#include "sandbox/cgroup.h"
+
+static char root[256];
+
+static void put(const char *rel, const char *content)
+{
+    char p[512];
+    snprintf(p, sizeof(p), "%s/%s", root, rel);
+    FILE *f = fopen(p, "w");
+    assert_non_null(f);
+    fputs(content, f);
+    fclose(f);
+}
+
+static void get(const char *rel, char *out, size_t cap)
+{
+    char p[512];
+    snprintf(p, sizeof(p), "%s/%s", root, rel);
+    FILE *f = fopen(p, "r");
+    assert_non_null(f);
+    size_t n = fread(out, 1, cap - 1, f);
+    out[n] = '\0';
+    fclose(f);
+}
+
+static int exists(const char *rel)
+{
+    char p[512];
+    snprintf(p, sizeof(p), "%s/%s", root, rel);
+    return access(p, F_OK) == 0;
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    snprintf(root, sizeof(root), "/tmp/warren-cgtest-XXXXXX");
+    assert_non_null(mkdtemp(root));
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    util_remove_tree(root);
+    return 0;
+}
+
+/* Pre-creates the files the kernel would create in a new v2 cgroup. */
+static void fake_v2_dir(const char *rel)
+{
+    char p[512];
+    snprintf(p, sizeof(p), "%s/%s", root, rel);
+    util_mkdir_p(p, 0755);
+    static const char *files[] = {"cgroup.procs", "cgroup.subtree_control",
+                                  "memory.max",   "memory.swap.max",
+                                  "pids.max",     "cpu.max",
+                                  "cgroup.kill"};
+    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+        char f[600];
+        snprintf(f, sizeof(f), "%s/%s", rel, files[i]);
+        put(f, "");
+    }
+}
+
+static void test_v2_layout_and_limits(void **state)
+{
+    (void)state;
+    char self[512], buf[256];
+    put("cgroup.controllers", "cpu memory pids\n");
+    fake_v2_dir("system.slice/warren.service");
+    fake_v2_dir("system.slice/warren.service/warren-daemon");
+    fake_v2_dir("system.slice/warren.service/warren");
+    fake_v2_dir("system.slice/warren.service/warren/sb-1");
+    snprintf(self, sizeof(self), "%s/self_cgroup", root);
+    put("self_cgroup", "0::/system.slice/warren.service\n");
+
+    struct cgroup_manager m;
+    assert_int_equal(cgroup_manager_init(&m, root, self), 0);
+    assert_int_equal(m.mode, CGROUP_V2);
+    assert_string_equal(cgroup_mode_name(m.mode), "v2");
+    /* The daemon moved itself into a leaf and delegated controllers. */
+    get("system.slice/warren.service/warren-daemon/cgroup.procs", buf, sizeof(buf));
+    assert_string_equal(buf, "0");
+    get("system.slice/warren.service/cgroup.subtree_control", buf, sizeof(buf));
+    assert_string_equal(buf, "+memory +pids +cpu");
+    get("system.slice/warren.service/warren/cgroup.subtree_control", buf, sizeof(buf));
+    assert_string_equal(buf, "+memory +pids +cpu");
+
+    struct cgroup_limits lim = {1.5, 512ull << 20, 256};
+    char procs[CGROUP_V1_CONTROLLERS][CGROUP_PATH_MAX];
+    size_t n = 0;
+    assert_int_equal(cgroup_create(&m, "sb-1", &lim, procs, &n), 0);
+    assert_int_equal(n, 1);
+    assert_non_null(strstr(procs[0], "/system.slice/warren.service/warren/sb-1/cgroup.procs"));
+    get("system.slice/warren.service/warren/sb-1/memory.max", buf, sizeof(buf));
+    assert_string_equal(buf, "536870912");
+    get("system.slice/warren.service/warren/sb-1/memory.swap.max", buf, sizeof(buf));
+    assert_string_equal(buf, "0");
+    get("system.slice/warren.service/warren/sb-1/pids.max", buf, sizeof(buf));
+    assert_string_equal(buf, "256");
+    get("system.slice/warren.service/warren/sb-1/cpu.max", buf, sizeof(buf));
+    assert_string_equal(buf, "150000 100000");
+
+    /* Destroy kills through cgroup.kill then removes the directory; rmdir of a fake dir with
+     * files fails with ENOTEMPTY, which is reported. */
+    assert_int_not_equal(cgroup_destroy(&m, "sb-1"), 0);
+    get("system.slice/warren.service/warren/sb-1/cgroup.kill", buf, sizeof(buf));
+    assert_string_equal(buf, "1");
+    /* A sandbox whose cgroup is already gone is not an error. */
+    assert_int_equal(cgroup_destroy(&m, "sb-none"), 0);
+}
+
+static void test_v2_root_cgroup(void **state)
+{
+    (void)state;
+    char self[512];
+    put("cgroup.controllers", "cpu memory pids\n");
+    put("cgroup.subtree_control", "");
+    fake_v2_dir("warren");
+    snprintf(self, sizeof(self), "%s/self_cgroup", root);
+    put("self_cgroup", "0::/\n");
+    struct cgroup_manager m;
+    assert_int_equal(cgroup_manager_init(&m, root, self), 0);
+    /* In the root cgroup the daemon stays where it is (the root may hold processes). */
+    assert_false(exists("warren-daemon"));
+    char want[512];
+    snprintf(want, sizeof(want), "%s/warren", root);
+    assert_string_equal(m.base[0], want);
+}
+
+static void test_v1_layout(void **state)
+{
+    (void)state;
+    char self[512], buf[64], p[512];
+    const char *ctrls[] = {"memory", "pids", "cpu", "freezer"};
+    for (int i = 0; i < 4; i++) {
+        snprintf(p, sizeof(p), "%s/%s/job", root, ctrls[i]);
+        util_mkdir_p(p, 0755);
+    }
+    snprintf(self, sizeof(self), "%s/self_cgroup", root);
+    put("self_cgroup", "9:name=systemd:/\n8:pids:/job\n4:memory:/job\n2:cpuacct:/\n1:cpu:/job\n"
+                       "6:freezer:/job\n0::/\n");
+    struct cgroup_manager m;
+    assert_int_equal(cgroup_manager_init(&m, root, self), 0);
+    assert_int_equal(m.mode, CGROUP_V1);
+    snprintf(p, sizeof(p), "%s/memory/job/warren", root);
+    assert_string_equal(m.base[0], p);
+    snprintf(p, sizeof(p), "%s/cpu/job/warren", root);
+    assert_string_equal(m.base[2], p);
+
+    /* Limit files appear when the kernel creates the cgroup; emulate by creating them after the
+     * directory exists: cgroup_create fails cleanly (ENOENT) when they are missing. */
+    struct cgroup_limits lim = {0.5, 64ull << 20, 32};
+    char procs[CGROUP_V1_CONTROLLERS][CGROUP_PATH_MAX];
+    size_t n = 0;
+    assert_int_equal(cgroup_create(&m, "sb-2", &lim, procs, &n), -2 /* -ENOENT */);
+    assert_false(exists("memory/job/warren/sb-2"));
+
+    put("memory/job/warren/x", "");
+    snprintf(p, sizeof(p), "%s/memory/job/warren/sb-3", root);
+    mkdir(p, 0755);
+    put("memory/job/warren/sb-3/memory.limit_in_bytes", "");
+    put("memory/job/warren/sb-3/memory.memsw.limit_in_bytes", "");
+    snprintf(p, sizeof(p), "%s/pids/job/warren/sb-3", root);
+    mkdir(p, 0755);
+    put("pids/job/warren/sb-3/pids.max", "");
+    snprintf(p, sizeof(p), "%s/cpu/job/warren/sb-3", root);
+    mkdir(p, 0755);
+    put("cpu/job/warren/sb-3/cpu.cfs_period_us", "");
+    put("cpu/job/warren/sb-3/cpu.cfs_quota_us", "");
+    assert_int_equal(cgroup_create(&m, "sb-3", &lim, procs, &n), 0);
+    assert_int_equal(n, 4);
+    get("memory/job/warren/sb-3/memory.memsw.limit_in_bytes", buf, sizeof(buf));
+    assert_string_equal(buf, "67108864");
+    get("pids/job/warren/sb-3/pids.max", buf, sizeof(buf));
+    assert_string_equal(buf, "32");
+    get("cpu/job/warren/sb-3/cpu.cfs_quota_us", buf, sizeof(buf));
+    assert_string_equal(buf, "50000");
+}
+
+static void test_none(void **state)
+{
+    (void)state;
+    char self[512];
+    snprintf(self, sizeof(self), "%s/self_cgroup", root);
+    put("self_cgroup", "0::/\n");
+    struct cgroup_manager m;
+    assert_int_equal(cgroup_manager_init(&m, root, self), -2 /* -ENOENT */);
+    assert_int_equal(m.mode, CGROUP_NONE);
+    assert_string_equal(cgroup_mode_name(m.mode), "none");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_v2_layout_and_limits, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_v2_root_cgroup, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_v1_layout, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_none, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
