@@ -17,7 +17,10 @@
  *   warren_delete      the DELETE part of the cycle alone.
  *
  * Usage: bench_core --url http://127.0.0.1:PORT [--rounds N] [--warmup N] [--bwrap PATH]
- *                   [--create-every N] [--json]
+ *                   [--create-every N] [--only LIST] [--json]
+ *
+ * --only fork_exec,bwrap,raw_clone,warren_exec,warren_create keeps just those groups (e.g. to
+ * drive one path under perf or strace); ratios whose inputs were not measured print as 0.
  */
 #include <ctype.h>
 #include <errno.h>
@@ -45,6 +48,8 @@
 
 #include <jansson.h>
 
+static int in_cleanup; /* die() from the atexit handler must not call exit() again */
+
 static __attribute__((noreturn, format(printf, 1, 2))) void die(const char *fmt, ...)
 {
     va_list ap;
@@ -53,6 +58,8 @@ static __attribute__((noreturn, format(printf, 1, 2))) void die(const char *fmt,
     vfprintf(stderr, fmt, ap);
     va_end(ap);
     fputc('\n', stderr);
+    if (in_cleanup)
+        _exit(1);
     exit(1);
 }
 
@@ -158,14 +165,26 @@ static char raw_root[256];
 static unsigned long usr_locked; /* mount flags of /usr a user namespace may not clear */
 
 /* Steps, reported as the child's exit status so a failure names what broke. */
-enum { RC_SYNC = 10, RC_PRIVATE, RC_TMPFS, RC_CHDIR, RC_SETID, RC_USR, RC_USR_RO, RC_LINKS,
-       RC_PROC, RC_PIVOT, RC_UMOUNT, RC_EXEC };
+enum {
+    RC_SYNC = 10,
+    RC_PRIVATE,
+    RC_TMPFS,
+    RC_CHDIR,
+    RC_SETID,
+    RC_USR,
+    RC_USR_RO,
+    RC_LINKS,
+    RC_PROC,
+    RC_PIVOT,
+    RC_UMOUNT,
+    RC_EXEC
+};
 
 static const char *raw_step(int rc)
 {
-    static const char *const names[] = {"sync",     "make-rprivate /", "mount tmpfs root",
-                                        "chdir",    "setresuid/gid",   "bind /usr",
-                                        "ro /usr",  "symlinks",        "mount proc",
+    static const char *const names[] = {"sync",       "make-rprivate /", "mount tmpfs root",
+                                        "chdir",      "setresuid/gid",   "bind /usr",
+                                        "ro /usr",    "symlinks",        "mount proc",
                                         "pivot_root", "umount old root", "execve"};
     if (rc >= RC_SYNC && rc <= RC_EXEC)
         return names[rc - RC_SYNC];
@@ -225,8 +244,8 @@ static double run_raw_clone(void)
         die("pipe2: %s", strerror(errno));
     struct clone_args args;
     memset(&args, 0, sizeof(args));
-    args.flags = CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC |
-                 CLONE_NEWNET;
+    args.flags =
+        CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET;
     args.exit_signal = SIGCHLD;
     pid_t pid = (pid_t)syscall(SYS_clone3, &args, sizeof(args));
     if (pid < 0)
@@ -291,7 +310,7 @@ static void raw_prepare(const char *tmpdir)
 
 struct conn {
     int fd;
-    char host[128];
+    char host[160];
     char buf[65536];
     size_t len; /* bytes in buf not yet consumed */
 };
@@ -366,9 +385,9 @@ static struct resp http(struct conn *c, const char *method, const char *path, co
 {
     char req[1024];
     size_t bl = body ? strlen(body) : 0;
-    int hn = snprintf(req, sizeof(req),
-                      "%s %s HTTP/1.1\r\nHost: %s\r\n%sContent-Length: %zu\r\n\r\n", method, path,
-                      c->host, body ? "Content-Type: application/json\r\n" : "", bl);
+    int hn =
+        snprintf(req, sizeof(req), "%s %s HTTP/1.1\r\nHost: %s\r\n%sContent-Length: %zu\r\n\r\n",
+                 method, path, c->host, body ? "Content-Type: application/json\r\n" : "", bl);
     if (hn < 0 || (size_t)hn + bl >= sizeof(req))
         die("request too large");
     memcpy(req + hn, body ? body : "", bl);
@@ -405,8 +424,7 @@ static struct resp http(struct conn *c, const char *method, const char *path, co
         if ((size_t)(eol - line) > 15 && strncasecmp(line, "content-length:", 15) == 0) {
             clen = strtoul(line + 15, NULL, 10);
             have_clen = 1;
-        } else if ((size_t)(eol - line) > 18 &&
-                   strncasecmp(line, "transfer-encoding:", 18) == 0) {
+        } else if ((size_t)(eol - line) > 18 && strncasecmp(line, "transfer-encoding:", 18) == 0) {
             die("chunked responses are not supported by this client");
         }
         line = eol;
@@ -539,6 +557,7 @@ static char *live_id; /* the exec sandbox, deleted at exit */
 
 static void cleanup(void)
 {
+    in_cleanup = 1;
     if (live_id) {
         /* Best effort: a fresh connection, the old one may be mid-request. */
         struct conn *c = &create_conn;
@@ -560,7 +579,8 @@ static void usage(void)
 {
     fprintf(stderr,
             "usage: bench_core --url http://HOST:PORT [--rounds N] [--warmup N] [--bwrap PATH]\n"
-            "                  [--create-every N] [--json]\n");
+            "                  [--create-every N] [--only LIST] [--json]\n"
+            "groups for --only: fork_exec,bwrap,raw_clone,warren_exec,warren_create\n");
     exit(2);
 }
 
@@ -592,6 +612,7 @@ int main(int argc, char **argv)
     const char *url = NULL, *bwrap = "/usr/bin/bwrap";
     long rounds = 200, warmup = 5, create_every = 1;
     int json = 0;
+    const char *only = NULL;
 
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -613,14 +634,34 @@ int main(int argc, char **argv)
             warmup = strtol(v, NULL, 10);
         else if (!strcmp(a, "--bwrap"))
             bwrap = v;
+        else if (!strcmp(a, "--only"))
+            only = v;
         else if (!strcmp(a, "--create-every"))
             create_every = strtol(v, NULL, 10);
         else
             usage();
     }
-    if (!url || rounds < 1 || warmup < 0 || create_every < 1)
+    static const char *const groups[5] = {"fork_exec", "bwrap", "raw_clone", "warren_exec",
+                                          "warren_create"};
+    int on[5] = {1, 1, 1, 1, 1};
+    if (only) {
+        memset(on, 0, sizeof(on));
+        char *list = strdup(only);
+        for (char *save, *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+            int k = 0;
+            while (k < 5 && strcmp(tok, groups[k]) != 0)
+                k++;
+            if (k == 5)
+                die("--only: unknown group '%s'", tok);
+            on[k] = 1;
+        }
+        free(list);
+    }
+    int need_warren = on[3] || on[4];
+    if ((need_warren && !url) || rounds < 1 || warmup < 0 || create_every < 1)
         usage();
-    parse_url(url);
+    if (need_warren)
+        parse_url(url);
     signal(SIGPIPE, SIG_IGN);
 
     if (!mkdtemp(tmpdir))
@@ -631,25 +672,50 @@ int main(int argc, char **argv)
         die("mkdir %s: %s", workspace, strerror(errno));
     raw_prepare(tmpdir);
 
-    static char *bw[] = {NULL,      "--unshare-all", "--die-with-parent",
-                         "--ro-bind", "/usr",        "/usr",
-                         "--symlink", "usr/bin",     "/bin",
-                         "--symlink", "usr/lib",     "/lib",
-                         "--symlink", "usr/lib64",   "/lib64",
-                         "--symlink", "usr/sbin",    "/sbin",
-                         "--proc",    "/proc",       "--dev",
-                         "/dev",      "--tmpfs",     "/tmp",
-                         "--bind",    NULL,          "/workspace",
-                         "--chdir",   "/workspace",  "--new-session",
-                         "/bin/true", NULL};
+    static char *bw[] = {NULL,
+                         "--unshare-all",
+                         "--die-with-parent",
+                         "--ro-bind",
+                         "/usr",
+                         "/usr",
+                         "--symlink",
+                         "usr/bin",
+                         "/bin",
+                         "--symlink",
+                         "usr/lib",
+                         "/lib",
+                         "--symlink",
+                         "usr/lib64",
+                         "/lib64",
+                         "--symlink",
+                         "usr/sbin",
+                         "/sbin",
+                         "--proc",
+                         "/proc",
+                         "--dev",
+                         "/dev",
+                         "--tmpfs",
+                         "/tmp",
+                         "--bind",
+                         NULL,
+                         "/workspace",
+                         "--chdir",
+                         "/workspace",
+                         "--new-session",
+                         "/bin/true",
+                         NULL};
     bw[0] = (char *)bwrap;
     bw[25] = workspace;
     bwrap_argv = bw;
 
-    conn_open(&exec_conn);
-    conn_open(&create_conn);
-    live_id = create_sandbox(&exec_conn, NULL);
-    snprintf(exec_path, sizeof(exec_path), "/v1/sandboxes/%s/exec", live_id);
+    if (need_warren) {
+        conn_open(&exec_conn);
+        conn_open(&create_conn);
+    }
+    if (on[3]) {
+        live_id = create_sandbox(&exec_conn, NULL);
+        snprintf(exec_path, sizeof(exec_path), "/v1/sandboxes/%s/exec", live_id);
+    }
 
     if (!json) {
         printf("bwrap command: ");
@@ -661,11 +727,16 @@ int main(int argc, char **argv)
 
     /* Warm-up: also proves every measurement works before any timing is kept. */
     for (long i = 0; i < warmup; i++) {
-        run_fork_exec();
-        run_bwrap();
-        run_raw_clone();
-        run_warren_exec();
-        run_warren_cycle();
+        if (on[0])
+            run_fork_exec();
+        if (on[1])
+            run_bwrap();
+        if (on[2])
+            run_raw_clone();
+        if (on[3])
+            run_warren_exec();
+        if (on[4])
+            run_warren_cycle();
     }
 
     double t_start = now_ms();
@@ -673,6 +744,8 @@ int main(int argc, char **argv)
         /* Rotate the order each round so no measurement always follows the same one (e.g. the
          * asynchronous namespace teardown of a clone lands on every neighbour alike). */
         for (int k = 0; k < 5; k++) {
+            if (!on[(k + r) % 5])
+                continue;
             switch ((k + r) % 5) {
             case 0:
                 series_add(&S[S_FORK], run_fork_exec());
@@ -731,12 +804,11 @@ int main(int argc, char **argv)
         for (int i = 0; i < S_N; i++)
             printf("%s\"%s\":{\"n\":%zu,\"min\":%.3f,\"p50\":%.3f,\"p90\":%.3f,\"p99\":%.3f,"
                    "\"max\":%.3f}",
-                   i ? "," : "", S[i].name, S[i].n, pct(&S[i], 0), pct(&S[i], 0.5),
-                   pct(&S[i], 0.9), pct(&S[i], 0.99), S[i].n ? S[i].v[S[i].n - 1] : 0.0);
+                   i ? "," : "", S[i].name, S[i].n, pct(&S[i], 0), pct(&S[i], 0.5), pct(&S[i], 0.9),
+                   pct(&S[i], 0.99), S[i].n ? S[i].v[S[i].n - 1] : 0.0);
         printf("},\"ratios_p50\":{");
         for (size_t i = 0; i < nratios; i++)
-            printf("%s\"%s\":%.3f", i ? "," : "", ratios[i].name,
-                   ratio(ratios[i].a, ratios[i].b));
+            printf("%s\"%s\":%.3f", i ? "," : "", ratios[i].name, ratio(ratios[i].a, ratios[i].b));
         printf("}}\n");
     } else {
         printf("kernel %s, %ld CPUs, %.1f s measured\n\n", un.release,
@@ -744,12 +816,14 @@ int main(int argc, char **argv)
         printf("%-20s %6s %9s %9s %9s %9s %9s\n", "name (ms)", "n", "min", "p50", "p90", "p99",
                "max");
         for (int i = 0; i < S_N; i++)
-            printf("%-20s %6zu %9.3f %9.3f %9.3f %9.3f %9.3f\n", S[i].name, S[i].n,
-                   pct(&S[i], 0), pct(&S[i], 0.5), pct(&S[i], 0.9), pct(&S[i], 0.99),
-                   S[i].n ? S[i].v[S[i].n - 1] : 0.0);
+            if (S[i].n)
+                printf("%-20s %6zu %9.3f %9.3f %9.3f %9.3f %9.3f\n", S[i].name, S[i].n,
+                       pct(&S[i], 0), pct(&S[i], 0.5), pct(&S[i], 0.9), pct(&S[i], 0.99),
+                       S[i].n ? S[i].v[S[i].n - 1] : 0.0);
         printf("\nratios of p50:\n");
         for (size_t i = 0; i < nratios; i++)
-            printf("  %-30s %7.3f\n", ratios[i].name, ratio(ratios[i].a, ratios[i].b));
+            if (ratio(ratios[i].a, ratios[i].b) > 0)
+                printf("  %-30s %7.3f\n", ratios[i].name, ratio(ratios[i].a, ratios[i].b));
     }
     return 0;
 }

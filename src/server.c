@@ -239,6 +239,7 @@ int server_run(const struct server_config *cfg)
     uv_loop_close(&srv->loop);
 
     registry_free(&srv->reg);
+    cgroup_manager_cleanup(&srv->cgroups);
     store_close(srv->store);
     seccomp_filter_free(&srv->seccomp);
     if (srv->init_fd >= 0)

@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -232,6 +233,29 @@ toolong:
     return -ENAMETOOLONG;
 }
 
+/* SIGKILLs every process listed in dir/cgroup.procs (v1 has no cgroup.kill). */
+static void kill_members(const char *dir)
+{
+    char path[CGROUP_PATH_MAX + 32];
+    snprintf(path, sizeof(path), "%s/cgroup.procs", dir);
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return;
+    int pid;
+    while (fscanf(f, "%d", &pid) == 1)
+        if (pid > 1)
+            kill(pid, SIGKILL);
+    fclose(f);
+}
+
+void cgroup_manager_cleanup(const struct cgroup_manager *m)
+{
+    int n = m->mode == CGROUP_V2 ? 1 : CGROUP_V1_CONTROLLERS;
+    for (int i = 0; m->mode != CGROUP_NONE && i < n; i++)
+        if (m->base[i][0])
+            (void)rmdir(m->base[i]); /* fails while another daemon's sandboxes live there */
+}
+
 int cgroup_destroy(const struct cgroup_manager *m, const char *name)
 {
     int n = m->mode == CGROUP_V2 ? 1 : CGROUP_V1_CONTROLLERS, ret = 0;
@@ -242,8 +266,12 @@ int cgroup_destroy(const struct cgroup_manager *m, const char *name)
         if (!m->base[i][0])
             continue;
         snprintf(dir, sizeof(dir), "%s/%s", m->base[i], name);
+        /* Normally empty already (the init's death ended the pid namespace); after a daemon
+         * crash it may not be. */
         if (m->mode == CGROUP_V2)
             (void)write_str(dir, "cgroup.kill", "1");
+        else
+            kill_members(dir);
         /* The init has been reaped, but its last children may still be exiting: retry briefly. */
         for (int tries = 0;; tries++) {
             if (rmdir(dir) == 0 || errno == ENOENT)

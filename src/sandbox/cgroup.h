@@ -46,7 +46,10 @@ int cgroup_manager_init(struct cgroup_manager *m, const char *fs_root, const cha
 int cgroup_create(const struct cgroup_manager *m, const char *name,
                   const struct cgroup_limits *limits, char procs[][CGROUP_PATH_MAX],
                   size_t *n_procs);
-/* Removes the sandbox's cgroup(s); they must be empty. Missing ones are ignored. */
+/* Kills what is left in the sandbox's cgroup(s) and removes them. Missing ones are ignored. */
 int cgroup_destroy(const struct cgroup_manager *m, const char *name);
+
+/* Removes the (empty) warren parent cgroup(s) at daemon exit. */
+void cgroup_manager_cleanup(const struct cgroup_manager *m);
 
 #endif
