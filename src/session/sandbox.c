@@ -52,6 +52,7 @@ struct create_work {
     struct spawn_error err;
     int r;
     char failed_what[64];
+    double t_start;
 };
 
 struct destroy_work {
@@ -501,6 +502,7 @@ static void create_work_cb(uv_work_t *w)
     struct spawn_config *cfg = &cw->cfg;
     char dir[1200], ws[1300], root[1300];
     size_t n_procs = 0;
+    cw->t_start = util_monotonic();
 
     sandbox_dir(sb, dir, sizeof(dir), NULL);
     snprintf(ws, sizeof(ws), "%s/workspace", dir);
@@ -535,7 +537,10 @@ static void create_work_cb(uv_work_t *w)
     if ((cw->r = spawn_config_host_template(cfg, ws)) < 0)
         goto error;
     cw->failed_what[0] = '\0';
+    double t0 = util_monotonic();
     cw->r = spawn_sandbox(cfg, &cw->res, &cw->err);
+    log_debug("sandbox %s: prepare %.2f ms, spawn %.2f ms", sb->id, (t0 - cw->t_start) * 1e3,
+              (util_monotonic() - t0) * 1e3);
     if (cw->r < 0)
         goto error;
     return;
