@@ -2,7 +2,7 @@
  * bench_core — warren's core latency benchmark.
  *
  * Measures, in one run and interleaved round-robin (every round takes one sample of every
- * measurement, in a rotating order, so machine noise hits all of them alike):
+ * measurement, in a random order drawn per round, so machine noise hits all of them alike):
  *
  *   fork_exec          fork + execve("/bin/true") + waitpid: the floor for running anything.
  *   bwrap              fork + exec of bubblewrap running /bin/true with typical agent flags.
@@ -17,12 +17,13 @@
  *   warren_delete      the DELETE part of the cycle alone.
  *
  * Usage: bench_core --url http://127.0.0.1:PORT [--rounds N] [--warmup N] [--bwrap PATH]
- *                   [--create-every N] [--only LIST] [--json]
+ *                   [--create-every N] [--only LIST] [--samples FILE] [--json]
  *
  * --only fork_exec,bwrap,raw_clone,warren_exec,warren_create keeps just those groups (e.g. to
- * drive one path under perf or strace); ratios whose inputs were not measured print as 0.
+ * drive one path under perf or strace); ratios whose inputs were not measured are left out of
+ * the table and are null in --json. --samples FILE writes every kept sample as CSV
+ * (round,slot,name,ms; slot = position in the round) to look at tails and ordering effects.
  */
-#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/sched.h>
@@ -80,8 +81,13 @@ struct series {
     size_t n, cap;
 };
 
+static FILE *samples_out;
+static long cur_round, cur_slot;
+
 static void series_add(struct series *s, double ms)
 {
+    if (samples_out)
+        fprintf(samples_out, "%ld,%ld,%s,%.3f\n", cur_round, cur_slot, s->name, ms);
     if (s->n == s->cap) {
         s->cap = s->cap ? s->cap * 2 : 256;
         s->v = realloc(s->v, s->cap * sizeof(double));
@@ -579,7 +585,7 @@ static void usage(void)
 {
     fprintf(stderr,
             "usage: bench_core --url http://HOST:PORT [--rounds N] [--warmup N] [--bwrap PATH]\n"
-            "                  [--create-every N] [--only LIST] [--json]\n"
+            "                  [--create-every N] [--only LIST] [--samples FILE] [--json]\n"
             "groups for --only: fork_exec,bwrap,raw_clone,warren_exec,warren_create\n");
     exit(2);
 }
@@ -634,7 +640,11 @@ int main(int argc, char **argv)
             warmup = strtol(v, NULL, 10);
         else if (!strcmp(a, "--bwrap"))
             bwrap = v;
-        else if (!strcmp(a, "--only"))
+        else if (!strcmp(a, "--samples")) {
+            if (!(samples_out = fopen(v, "we")))
+                die("%s: %s", v, strerror(errno));
+            fputs("round,slot,name,ms\n", samples_out);
+        } else if (!strcmp(a, "--only"))
             only = v;
         else if (!strcmp(a, "--create-every"))
             create_every = strtol(v, NULL, 10);
@@ -740,13 +750,26 @@ int main(int argc, char **argv)
     }
 
     double t_start = now_ms();
+    uint64_t rng = 0x9e3779b97f4a7c15ull; /* fixed seed: the same orders on every run */
     for (long r = 0; r < rounds; r++) {
-        /* Rotate the order each round so no measurement always follows the same one (e.g. the
-         * asynchronous namespace teardown of a clone lands on every neighbour alike). */
+        /* A fresh random order every round, so each measurement follows every other one equally
+         * often (e.g. the asynchronous namespace teardown after a clone, or a sandbox's cgroup
+         * removal, lands on every neighbour alike) and none has a fixed place in the round. */
+        int order[5] = {0, 1, 2, 3, 4};
+        for (int k = 4; k > 0; k--) {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            int j = (int)(rng % (uint64_t)(k + 1)), tmp = order[k];
+            order[k] = order[j];
+            order[j] = tmp;
+        }
         for (int k = 0; k < 5; k++) {
-            if (!on[(k + r) % 5])
+            if (!on[order[k]])
                 continue;
-            switch ((k + r) % 5) {
+            cur_round = r;
+            cur_slot = k;
+            switch (order[k]) {
             case 0:
                 series_add(&S[S_FORK], run_fork_exec());
                 break;
@@ -776,6 +799,8 @@ int main(int argc, char **argv)
         }
     }
     double elapsed = (now_ms() - t_start) / 1e3;
+    if (samples_out && fclose(samples_out) != 0)
+        die("--samples: %s", strerror(errno));
 
     for (int i = 0; i < S_N; i++)
         qsort(S[i].v, S[i].n, sizeof(double), cmp_double);
@@ -807,8 +832,14 @@ int main(int argc, char **argv)
                    i ? "," : "", S[i].name, S[i].n, pct(&S[i], 0), pct(&S[i], 0.5), pct(&S[i], 0.9),
                    pct(&S[i], 0.99), S[i].n ? S[i].v[S[i].n - 1] : 0.0);
         printf("},\"ratios_p50\":{");
-        for (size_t i = 0; i < nratios; i++)
-            printf("%s\"%s\":%.3f", i ? "," : "", ratios[i].name, ratio(ratios[i].a, ratios[i].b));
+        for (size_t i = 0; i < nratios; i++) {
+            double rv = ratio(ratios[i].a, ratios[i].b);
+            printf("%s\"%s\":", i ? "," : "", ratios[i].name);
+            if (rv > 0)
+                printf("%.3f", rv);
+            else
+                printf("null"); /* an input was not measured (--only) */
+        }
         printf("}}\n");
     } else {
         printf("kernel %s, %ld CPUs, %.1f s measured\n\n", un.release,
