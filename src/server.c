@@ -20,6 +20,7 @@
 #include "api/api.h"
 #include "core/log.h"
 #include "core/util.h"
+#include "sandbox/template.h"
 
 void server_config_defaults(struct server_config *cfg)
 {
@@ -197,6 +198,12 @@ static int server_start(struct server *srv)
     if ((r = registry_init(reg)) < 0)
         return r;
     registry_recover(reg);
+    if ((r = template_host_prepare(&srv->tmpl, srv->state_dir)) < 0) {
+        log_error("cannot prepare the host template in %s/templates: %s", srv->state_dir,
+                  strerror(-r));
+        return r;
+    }
+    reg->tmpl = &srv->tmpl;
 
     struct http_limits limits = {.max_body_bytes = srv->cfg.max_body_bytes};
     if ((r = http_server_new(&srv->http, &srv->loop, &limits, api_handle, srv)) < 0)

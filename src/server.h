@@ -15,6 +15,7 @@
 #include "net/http.h"
 #include "sandbox/cgroup.h"
 #include "sandbox/seccomp.h"
+#include "sandbox/template.h"
 #include "session/sandbox.h"
 #include "store/store.h"
 
@@ -41,6 +42,7 @@ struct server {
     store_t *store;
     struct seccomp_filter seccomp;
     struct cgroup_manager cgroups;
+    struct host_template tmpl;
     struct registry reg;
     int init_fd;
     uv_signal_t sigterm, sigint;

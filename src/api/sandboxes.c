@@ -162,14 +162,14 @@ void api_sandbox_create(struct server *srv, http_req_t *req, const struct route_
     if ((status = parse_resources(srv, res, &spec.res, err)) || (status = parse_network(net, err)))
         goto bad;
 
-    const char *msg = NULL;
-    status = sandbox_create(&srv->reg, &spec, on_created, req, &msg);
+    char msg[1024];
+    status = sandbox_create(&srv->reg, &spec, on_created, req, msg, sizeof(msg));
     json_decref(body);
     if (status)
         http_respond_error(req, status,
                            status == 409   ? "conflict"
                            : status == 503 ? "unavailable"
-                                           : "internal",
+                                           : "sandbox_setup_failed",
                            "%s", msg);
     return;
 bad:

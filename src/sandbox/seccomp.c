@@ -164,8 +164,8 @@ int seccomp_filter_build(struct seccomp_filter *f)
     /* Binary-tree layout: the few syscalls with argument rules (ioctl, clone, personality) are
      * found in O(log n); the kernel's constant-action cache skips the filter for the rest. */
     if ((r = seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS)) < 0 ||
-        (r = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_OPTIMIZE, 2)) < 0 ||
-        (r = add_rules(ctx)) < 0 || (r = add_ns_rules(ctx)) < 0 || (r = add_ioctl_rules(ctx)) < 0 ||
+        (r = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_OPTIMIZE, 2)) < 0 || (r = add_rules(ctx)) < 0 ||
+        (r = add_ns_rules(ctx)) < 0 || (r = add_ioctl_rules(ctx)) < 0 ||
         (r = add_personality_rules(ctx)) < 0)
         goto error;
 

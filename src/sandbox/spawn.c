@@ -27,6 +27,7 @@
 #include <linux/sched.h>
 #include <linux/seccomp.h>
 #include <net/if.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdint.h>
@@ -98,6 +99,13 @@ void spawn_config_init(struct spawn_config *cfg)
     memset(cfg, 0, sizeof(*cfg));
     cfg->id_count = 65536;
     cfg->keep_caps = spawn_default_caps();
+    cfg->cap_last = 63;
+    FILE *f = fopen("/proc/sys/kernel/cap_last_cap", "re");
+    if (f) {
+        if (fscanf(f, "%d", &cfg->cap_last) != 1 || cfg->cap_last < 0 || cfg->cap_last > 63)
+            cfg->cap_last = 63;
+        fclose(f);
+    }
     cfg->init_fd = -1;
     snprintf(cfg->root_opts, sizeof(cfg->root_opts), "mode=0755,uid=0,gid=0");
 }
@@ -111,137 +119,102 @@ static int copy_str(char *dst, size_t cap, const char *src)
     return 0;
 }
 
-int spawn_config_add(struct spawn_config *cfg, enum mount_op_kind kind, const char *src,
-                     const char *dst, unsigned long flags, unsigned mode, const char *data)
+/* True if an earlier op leaves a directory at `path` (which must be relative). */
+static int plan_has_dir(const struct spawn_config *cfg, const char *path, size_t len)
 {
-    if (cfg->n_mounts >= SPAWN_MAX_MOUNTS)
-        return -ENOSPC;
-    struct mount_op *op = &cfg->mounts[cfg->n_mounts];
-    memset(op, 0, sizeof(*op));
-    op->kind = kind;
-    op->flags = flags;
-    op->mode = mode;
-    op->data = data;
-    if (copy_str(op->src, sizeof(op->src), src ? src : "") < 0 ||
-        copy_str(op->dst, sizeof(op->dst), dst) < 0)
-        return -ENAMETOOLONG;
-    cfg->n_mounts++;
+    for (size_t i = 0; i < cfg->n_mounts; i++) {
+        const struct mount_op *op = &cfg->mounts[i];
+        if (strlen(op->dst) != len || memcmp(op->dst, path, len) != 0)
+            continue;
+        switch (op->kind) {
+        case MOP_DIR:
+        case MOP_TMPFS:
+        case MOP_PROC:
+        case MOP_DEVPTS:
+        case MOP_SYSFS:
+            return 1;
+        case MOP_BIND_RO:
+        case MOP_BIND_RW:
+        case MOP_BIND_DEV:
+            return op->src_is_dir;
+        default:
+            break;
+        }
+    }
     return 0;
 }
 
-/* Host /etc entries the `host` template exposes (read-only). Not the whole /etc: no shadow,
- * no machine-id, no ssh keys, nothing of the host's services. */
-static const char *const host_etc[] = {
-    "passwd",         "group",        "resolv.conf", "nsswitch.conf", "ld.so.cache",
-    "ld.so.conf",     "ld.so.conf.d", "ssl/certs",   "alternatives",  "os-release",
-    "localtime",      "protocols",    "services",    "shells",        "host.conf",
-    "debian_version", "inputrc",      "bash.bashrc", "profile",       "environment",
-};
-
-/* Adds /etc/<name> as the host has it: a symlink that stays inside /usr (os-release, localtime)
- * stays a symlink; anything else is bound read-only from its resolved path. */
-static int add_host_etc(struct spawn_config *cfg, const char *name)
+/* The flags of the mount `path` is on, as mount(2) flags: a bind remount must repeat the ones the
+ * kernel locked when the mount came from a more privileged namespace. */
+static unsigned long locked_flags(const char *path)
 {
-    char host[SPAWN_PATH_MAX], dst[SPAWN_PATH_MAX], target[SPAWN_PATH_MAX];
-    struct stat sb;
-    snprintf(host, sizeof(host), "/etc/%s", name);
-    snprintf(dst, sizeof(dst), "etc/%s", name);
-    if (lstat(host, &sb) < 0)
-        return 0; /* not on this host: nothing to expose */
-    if (S_ISLNK(sb.st_mode)) {
-        ssize_t n = readlink(host, target, sizeof(target) - 1);
-        if (n > 0) {
-            target[n] = '\0';
-            if (strncmp(target, "/usr/", 5) == 0 || strncmp(target, "../usr/", 7) == 0)
-                return spawn_config_add(cfg, MOP_SYMLINK, target, dst, 0, 0, NULL);
-        }
-        if (!realpath(host, target))
-            return 0; /* dangling: skip */
-        return spawn_config_add(cfg, MOP_BIND_RO, target, dst, 0, 0, NULL);
-    }
-    return spawn_config_add(cfg, MOP_BIND_RO, host, dst, 0, 0, NULL);
+    struct statvfs sv;
+    unsigned long f = 0;
+    if (statvfs(path, &sv) < 0)
+        return 0;
+    if (sv.f_flag & ST_NOSUID)
+        f |= MS_NOSUID;
+    if (sv.f_flag & ST_NODEV)
+        f |= MS_NODEV;
+    if (sv.f_flag & ST_NOEXEC)
+        f |= MS_NOEXEC;
+    if (sv.f_flag & ST_RDONLY)
+        f |= MS_RDONLY;
+    if (sv.f_flag & ST_NOATIME)
+        f |= MS_NOATIME;
+    if (sv.f_flag & ST_NODIRATIME)
+        f |= MS_NODIRATIME;
+    if (sv.f_flag & ST_RELATIME)
+        f |= MS_RELATIME;
+    return f;
 }
 
-int spawn_config_host_template(struct spawn_config *cfg, const char *workspace)
+static int plan_push(struct spawn_config *cfg, struct mount_op *op)
 {
-    static const char *const top[] = {"bin", "sbin", "lib", "lib32", "lib64", "libx32"};
-    static const char *const ro_proc[] = {"proc/sys", "proc/sysrq-trigger", "proc/bus", "proc/fs",
-                                          "proc/irq"};
-    static const char *const masked[] = {
-        "proc/kcore",         "proc/keys",     "proc/timer_list", "proc/sched_debug",
-        "proc/latency_stats", "proc/kallsyms", "proc/kmsg",       "proc/acpi",
-        "proc/scsi",          "proc/asound",   "sys/firmware",    "sys/kernel/debug",
-        "sys/kernel/security"};
-    static const char *const devs[] = {"null", "zero", "full", "random", "urandom", "tty"};
-    const unsigned long nsd = MS_NOSUID | MS_NODEV;
-    char a[SPAWN_PATH_MAX], b[SPAWN_PATH_MAX];
-    int r = 0;
-/* Appends a mount op unless an earlier one failed; the first error is returned. */
-#define ADD(...) (r = r ? r : spawn_config_add(cfg, __VA_ARGS__))
+    if (cfg->n_mounts >= SPAWN_MAX_MOUNTS)
+        return -ENOSPC;
+    cfg->mounts[cfg->n_mounts++] = *op;
+    return 0;
+}
 
-    ADD(MOP_BIND_RO, "/usr", "usr", 0, 0, NULL);
-    for (size_t i = 0; i < sizeof(top) / sizeof(top[0]); i++) {
+int spawn_config_add(struct spawn_config *cfg, enum mount_op_kind kind, const char *src,
+                     const char *dst, unsigned long flags, unsigned mode, const char *data)
+{
+    struct mount_op op;
+    int r;
+    memset(&op, 0, sizeof(op));
+    op.kind = kind;
+    op.flags = flags;
+    op.mode = mode;
+    op.data = data;
+    if (dst[0] == '/' || copy_str(op.src, sizeof(op.src), src ? src : "") < 0 ||
+        copy_str(op.dst, sizeof(op.dst), dst) < 0)
+        return dst[0] == '/' ? -EINVAL : -ENAMETOOLONG;
+    if (kind == MOP_BIND_RO || kind == MOP_BIND_RW || kind == MOP_BIND_DEV) {
         struct stat sb;
-        snprintf(a, sizeof(a), "/%s", top[i]);
-        if (lstat(a, &sb) < 0)
-            continue;
-        if (S_ISLNK(sb.st_mode)) {
-            ssize_t n = readlink(a, b, sizeof(b) - 1);
-            if (n <= 0)
+        if (stat(op.src, &sb) < 0)
+            return -errno;
+        op.src_is_dir = S_ISDIR(sb.st_mode);
+        op.locked = locked_flags(op.src);
+    }
+    /* Ops inside our own proc/sys mounts need no directories; everything else gets its parents
+     * created by explicit ops, so the child never walks a path twice. */
+    if (kind != MOP_MASK && kind != MOP_READONLY) {
+        for (const char *slash = strchr(dst, '/'); slash; slash = strchr(slash + 1, '/')) {
+            size_t len = (size_t)(slash - dst);
+            if (plan_has_dir(cfg, dst, len))
                 continue;
-            b[n] = '\0';
-            ADD(MOP_SYMLINK, b, top[i], 0, 0, NULL);
-        } else if (S_ISDIR(sb.st_mode)) {
-            ADD(MOP_BIND_RO, a, top[i], 0, 0, NULL);
+            struct mount_op dir;
+            memset(&dir, 0, sizeof(dir));
+            dir.kind = MOP_DIR;
+            dir.mode = 0755;
+            memcpy(dir.dst, dst, len);
+            if ((r = plan_push(cfg, &dir)) < 0)
+                return r;
         }
     }
-
-    ADD(MOP_DIR, NULL, "etc", 0, 0755, NULL);
-    for (size_t i = 0; i < sizeof(host_etc) / sizeof(host_etc[0]); i++)
-        r = r ? r : add_host_etc(cfg, host_etc[i]);
-    snprintf(cfg->etc_hosts, sizeof(cfg->etc_hosts),
-             "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-             "127.0.1.1\t%s\n",
-             cfg->hostname);
-    snprintf(cfg->etc_hostname, sizeof(cfg->etc_hostname), "%s\n", cfg->hostname);
-    ADD(MOP_FILE, NULL, "etc/hosts", 0, 0644, cfg->etc_hosts);
-    ADD(MOP_FILE, NULL, "etc/hostname", 0, 0644, cfg->etc_hostname);
-    ADD(MOP_SYMLINK, "../proc/self/mounts", "etc/mtab", 0, 0, NULL);
-
-    ADD(MOP_PROC, NULL, "proc", 0, 0, NULL);
-    ADD(MOP_SYSFS, NULL, "sys", 0, 0, NULL);
-    for (size_t i = 0; i < sizeof(ro_proc) / sizeof(ro_proc[0]); i++)
-        ADD(MOP_READONLY, NULL, ro_proc[i], 0, 0, NULL);
-    for (size_t i = 0; i < sizeof(masked) / sizeof(masked[0]); i++)
-        ADD(MOP_MASK, NULL, masked[i], 0, 0, NULL);
-
-    ADD(MOP_TMPFS, "tmpfs", "dev", MS_NOSUID | MS_NOEXEC, 0, "mode=0755,size=64k");
-    for (size_t i = 0; i < sizeof(devs) / sizeof(devs[0]); i++) {
-        snprintf(a, sizeof(a), "/dev/%s", devs[i]);
-        snprintf(b, sizeof(b), "dev/%s", devs[i]);
-        ADD(MOP_BIND_DEV, a, b, 0, 0, NULL);
-    }
-    ADD(MOP_DEVPTS, NULL, "dev/pts", 0, 0, NULL);
-    ADD(MOP_SYMLINK, "pts/ptmx", "dev/ptmx", 0, 0, NULL);
-    ADD(MOP_TMPFS, "tmpfs", "dev/shm", nsd, 0, "mode=1777,size=64m");
-    ADD(MOP_SYMLINK, "/proc/self/fd", "dev/fd", 0, 0, NULL);
-    ADD(MOP_SYMLINK, "/proc/self/fd/0", "dev/stdin", 0, 0, NULL);
-    ADD(MOP_SYMLINK, "/proc/self/fd/1", "dev/stdout", 0, 0, NULL);
-    ADD(MOP_SYMLINK, "/proc/self/fd/2", "dev/stderr", 0, 0, NULL);
-
-    ADD(MOP_TMPFS, "tmpfs", "tmp", nsd, 0, "mode=1777,size=1024m");
-    ADD(MOP_BIND_RW, workspace, "workspace", 0, 0, NULL);
-    if (!r)
-        cfg->mounts[cfg->n_mounts - 1].open_early = 1;
-    ADD(MOP_DIR, NULL, "root", 0, 0700, NULL);
-    ADD(MOP_DIR, NULL, "home", 0, 0755, NULL);
-    ADD(MOP_DIR, NULL, "run", 0, 0755, NULL);
-    ADD(MOP_DIR, NULL, "var/tmp", 0, 01777, NULL);
-    ADD(MOP_SYMLINK, "../run", "var/run", 0, 0, NULL);
-    snprintf(cfg->root_opts, sizeof(cfg->root_opts), "mode=0755,size=1024m,uid=0,gid=0");
-    return r;
+    return plan_push(cfg, &op);
 }
-#undef ADD
 
 /* ---------------------------------------------------------------------------------------------
  * Child side. Only system calls from here to child_main's exec.
@@ -286,67 +259,30 @@ static __attribute__((noreturn)) void child_fail(struct child_ctx *c, enum spawn
     _exit(1);
 }
 
-/* mkdir -p of every parent of `path` (relative), and of `path` itself when `self` is set. */
-static int child_mkdirs(const char *path, int self, unsigned mode)
+/* Creates the directory an op mounts on. Its parents exist (spawn_config_add planned them); an
+ * existing directory is fine (e.g. dev/pts inside a read-only /dev snapshot). */
+static int child_mkdir(const char *path, unsigned mode)
 {
-    char tmp[SPAWN_PATH_MAX];
-    size_t n = child_strlen(path);
-    if (n >= sizeof(tmp))
-        return -1;
-    for (size_t i = 0; i <= n; i++) {
-        tmp[i] = path[i];
-        if ((path[i] == '/' && i > 0) || (path[i] == '\0' && self)) {
-            tmp[i] = '\0';
-            if (mkdir(tmp, path[i] == '\0' ? mode : 0755) < 0 && errno != EEXIST)
-                return -1;
-            tmp[i] = path[i];
-        }
-    }
-    return 0;
-}
-
-/* The per-mount flags a bind remount must keep (the kernel refuses to clear flags that are locked
- * because the mount came from a more privileged namespace). */
-static unsigned long child_locked_flags(const char *path)
-{
-    struct statvfs sv;
-    unsigned long f = 0;
-    if (statvfs(path, &sv) < 0)
+    if (mkdir(path, mode) == 0 || errno == EEXIST)
         return 0;
-    if (sv.f_flag & ST_NOSUID)
-        f |= MS_NOSUID;
-    if (sv.f_flag & ST_NODEV)
-        f |= MS_NODEV;
-    if (sv.f_flag & ST_NOEXEC)
-        f |= MS_NOEXEC;
-    if (sv.f_flag & ST_RDONLY)
-        f |= MS_RDONLY;
-    if (sv.f_flag & ST_NOATIME)
-        f |= MS_NOATIME;
-    if (sv.f_flag & ST_NODIRATIME)
-        f |= MS_NODIRATIME;
-    if (sv.f_flag & ST_RELATIME)
-        f |= MS_RELATIME;
-    return f;
+    struct stat sb;
+    return lstat(path, &sb) == 0 && S_ISDIR(sb.st_mode) ? 0 : -1;
 }
 
-static int child_bind(const char *src, const char *dst, unsigned long extra)
+static int child_bind(const struct mount_op *op, const char *src, unsigned long extra)
 {
-    struct stat sb;
-    if (stat(src, &sb) < 0)
-        return -1;
-    if (child_mkdirs(dst, S_ISDIR(sb.st_mode), 0755) < 0)
-        return -1;
-    if (!S_ISDIR(sb.st_mode)) {
-        int fd = open(dst, O_CREAT | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0644);
+    if (op->src_is_dir) {
+        if (child_mkdir(op->dst, 0755) < 0)
+            return -1;
+    } else {
+        int fd = open(op->dst, O_CREAT | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0644);
         if (fd < 0)
             return -1;
         close(fd);
     }
-    if (mount(src, dst, NULL, MS_BIND, NULL) < 0)
+    if (mount(src, op->dst, NULL, MS_BIND, NULL) < 0)
         return -1;
-    unsigned long flags = MS_BIND | MS_REMOUNT | extra | child_locked_flags(dst);
-    return mount(NULL, dst, NULL, flags, NULL);
+    return mount(NULL, op->dst, NULL, MS_BIND | MS_REMOUNT | extra | op->locked, NULL);
 }
 
 /* Formats "/proc/self/fd/<fd>" without stdio. */
@@ -372,63 +308,54 @@ static int child_mount_op(struct child_ctx *c, size_t idx)
 {
     const struct mount_op *op = &c->cfg->mounts[idx];
     const char *dst = op->dst, *src = op->src;
+    const unsigned long own = MS_NOSUID | MS_NODEV | MS_NOEXEC; /* our proc/sys mounts' flags */
     struct stat sb;
     if (c->early_fd[idx] >= 0)
         src = child_fd_path(c->early_src, sizeof(c->early_src), c->early_fd[idx]);
     switch (op->kind) {
     case MOP_BIND_RO:
-        return child_bind(src, dst, MS_RDONLY | MS_NOSUID | MS_NODEV);
+        return child_bind(op, src, MS_RDONLY | MS_NOSUID | MS_NODEV);
     case MOP_BIND_RW:
-        return child_bind(src, dst, MS_NOSUID | MS_NODEV);
+        return child_bind(op, src, MS_NOSUID | MS_NODEV);
     case MOP_BIND_DEV:
-        return child_bind(src, dst, MS_NOSUID | MS_NOEXEC);
+        return child_bind(op, src, MS_NOSUID | MS_NOEXEC | op->flags);
     case MOP_TMPFS:
-        if (child_mkdirs(dst, 1, 0755) < 0)
+        if (child_mkdir(dst, 0755) < 0)
             return -1;
         return mount("tmpfs", dst, "tmpfs", op->flags, op->data);
     case MOP_PROC:
-        if (child_mkdirs(dst, 1, 0555) < 0)
+        if (child_mkdir(dst, 0555) < 0)
             return -1;
-        return mount("proc", dst, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+        return mount("proc", dst, "proc", own, NULL);
     case MOP_DEVPTS:
-        if (child_mkdirs(dst, 1, 0755) < 0)
+        if (child_mkdir(dst, 0755) < 0)
             return -1;
         return mount("devpts", dst, "devpts", MS_NOSUID | MS_NOEXEC,
                      "newinstance,ptmxmode=0666,mode=0620");
     case MOP_SYSFS:
-        if (child_mkdirs(dst, 1, 0555) < 0)
+        if (child_mkdir(dst, 0555) < 0)
             return -1;
         /* Optional: a kernel may refuse sysfs in a user namespace (e.g. when the host's /sys is
          * partly over-mounted). The sandbox then has an empty /sys, which only loses features. */
-        (void)mount("sysfs", dst, "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+        (void)mount("sysfs", dst, "sysfs", MS_RDONLY | own, NULL);
         return 0;
     case MOP_MASK:
         if (lstat(dst, &sb) < 0)
-            return 0;
+            return 0; /* not in this kernel */
         if (S_ISDIR(sb.st_mode))
-            return mount("tmpfs", dst, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
-                         "size=0,mode=0555");
+            return mount("tmpfs", dst, "tmpfs", MS_RDONLY | own, "size=0,mode=0555");
         return mount("/dev/null", dst, NULL, MS_BIND, NULL);
     case MOP_READONLY:
         if (lstat(dst, &sb) < 0)
             return 0;
         if (mount(dst, dst, NULL, MS_BIND | MS_REC, NULL) < 0)
             return -1;
-        return mount(NULL, dst, NULL,
-                     MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC |
-                         child_locked_flags(dst),
-                     NULL);
+        return mount(NULL, dst, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | own, NULL);
     case MOP_DIR:
-        if (child_mkdirs(dst, 1, op->mode) < 0)
-            return -1;
-        return chmod(dst, op->mode); /* mkdir's mode is filtered by the umask */
+        return child_mkdir(dst, op->mode); /* umask is 0 in the child */
     case MOP_SYMLINK:
-        if (child_mkdirs(dst, 0, 0755) < 0)
-            return -1;
         return symlink(op->src, dst);
     case MOP_FILE: {
-        if (child_mkdirs(dst, 0, 0755) < 0)
-            return -1;
         int fd = open(dst, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, op->mode);
         if (fd < 0)
             return -1;
@@ -489,9 +416,9 @@ static int child_setup_fds(struct child_ctx *c)
     return close(null);
 }
 
-static int child_drop_caps(unsigned long long keep)
+static int child_drop_caps(unsigned long long keep, int cap_last)
 {
-    for (int cap = 0; cap < 64; cap++) {
+    for (int cap = 0; cap <= cap_last; cap++) {
         if (keep & (1ULL << cap))
             continue;
         if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL)
@@ -513,9 +440,8 @@ static __attribute__((noreturn)) void child_main(struct child_ctx *c)
     char byte;
 
     errno = 0;
-    if (read(c->sync_fd, &byte, 1) != 1)
+    if (read(c->sync_fd, &byte, 1) != 1) /* uid/gid maps written */
         child_fail(c, SPAWN_STEP_SYNC, NULL);
-    close(c->sync_fd);
 
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
         child_fail(c, SPAWN_STEP_PROPAGATION, NULL);
@@ -533,18 +459,26 @@ static __attribute__((noreturn)) void child_main(struct child_ctx *c)
             child_fail(c, SPAWN_STEP_MOUNT, cfg->mounts[i].src);
     }
 
-    if (setresgid(0, 0, 0) < 0 || setresuid(0, 0, 0) < 0)
+    /* Raw system calls: glibc's wrappers would try to change the ids of every thread of the
+     * process we were cloned from (threads that do not exist in this copy). */
+    if (syscall(SYS_setresgid, 0, 0, 0) < 0 || syscall(SYS_setresuid, 0, 0, 0) < 0)
         child_fail(c, SPAWN_STEP_SETUID, NULL);
+    umask(0); /* modes in the plan are exact */
     /* Set after setresuid, which clears it. Bound to the daemon thread that cloned us: if the
      * daemon dies, the init dies and the kernel kills the whole pid namespace. */
     if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
         child_fail(c, SPAWN_STEP_SETUID, "pdeathsig");
-    if (unshare(CLONE_NEWCGROUP) < 0)
-        child_fail(c, SPAWN_STEP_CGROUPNS, NULL);
 
     for (size_t i = 0; i < cfg->n_mounts; i++)
         if (child_mount_op(c, i) < 0)
             child_fail(c, SPAWN_STEP_MOUNT, cfg->mounts[i].dst);
+
+    /* In our cgroup(s) now: a cgroup namespace rooted there hides the host's hierarchy. */
+    if (read(c->sync_fd, &byte, 1) != 1)
+        child_fail(c, SPAWN_STEP_SYNC, "cgroup");
+    close(c->sync_fd);
+    if (unshare(CLONE_NEWCGROUP) < 0)
+        child_fail(c, SPAWN_STEP_CGROUPNS, NULL);
 
     if (sethostname(cfg->hostname, child_strlen(cfg->hostname)) < 0)
         child_fail(c, SPAWN_STEP_HOSTNAME, cfg->hostname);
@@ -560,7 +494,7 @@ static __attribute__((noreturn)) void child_main(struct child_ctx *c)
 
     if (child_setup_fds(c) < 0)
         child_fail(c, SPAWN_STEP_FDS, NULL);
-    if (child_drop_caps(cfg->keep_caps) < 0)
+    if (child_drop_caps(cfg->keep_caps, cfg->cap_last) < 0)
         child_fail(c, SPAWN_STEP_CAPS, NULL);
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
         child_fail(c, SPAWN_STEP_NNP, NULL);
@@ -601,7 +535,7 @@ static int write_file(const char *path, const char *data)
     return (size_t)w == n ? 0 : -EIO;
 }
 
-static int parent_setup_child(const struct spawn_config *cfg, pid_t pid, struct spawn_error *err)
+static int parent_write_maps(const struct spawn_config *cfg, pid_t pid, struct spawn_error *err)
 {
     char path[64], map[96];
     int r;
@@ -617,15 +551,6 @@ static int parent_setup_child(const struct spawn_config *cfg, pid_t pid, struct 
     snprintf(path, sizeof(path), "/proc/%d/gid_map", (int)pid);
     if ((r = write_file(path, map)) < 0)
         goto idmap;
-
-    snprintf(map, sizeof(map), "%d\n", (int)pid);
-    for (size_t i = 0; i < cfg->n_cgroups; i++) {
-        if ((r = write_file(cfg->cgroup_procs[i], map)) < 0) {
-            err->step = SPAWN_STEP_CGROUP;
-            snprintf(err->detail, sizeof(err->detail), "%s", cfg->cgroup_procs[i]);
-            return r;
-        }
-    }
     return 0;
 idmap:
     err->step = SPAWN_STEP_IDMAP;
@@ -633,13 +558,49 @@ idmap:
     return r;
 }
 
-int spawn_sandbox(const struct spawn_config *cfg, struct spawn_result *out, struct spawn_error *err)
+static int parent_attach_cgroups(const struct spawn_config *cfg, pid_t pid, struct spawn_error *err)
+{
+    char line[32];
+    int r;
+    snprintf(line, sizeof(line), "%d\n", (int)pid);
+    for (size_t i = 0; i < cfg->n_cgroups; i++) {
+        if ((r = write_file(cfg->cgroup_procs[i], line)) < 0) {
+            err->step = SPAWN_STEP_CGROUP;
+            snprintf(err->detail, sizeof(err->detail), "%s", cfg->cgroup_procs[i]);
+            return r;
+        }
+    }
+    return 0;
+}
+
+static void close_fd(int *fd)
+{
+    if (*fd >= 0)
+        close(*fd);
+    *fd = -1;
+}
+
+void spawn_abort(struct spawn_pending *p)
+{
+    if (p->pid > 0) {
+        kill(p->pid, SIGKILL);
+        while (waitpid(p->pid, NULL, __WALL) < 0 && errno == EINTR)
+            ;
+        p->pid = -1;
+    }
+    close_fd(&p->pidfd);
+    close_fd(&p->ctl_fd);
+    close_fd(&p->status_fd);
+}
+
+int spawn_start(const struct spawn_config *cfg, struct spawn_pending *out, struct spawn_error *err)
 {
     int sv[2] = {-1, -1}, syncp[2] = {-1, -1}, statusp[2] = {-1, -1}, pidfd = -1;
-    pid_t pid = -1;
     int r;
 
     memset(err, 0, sizeof(*err));
+    out->pid = -1;
+    out->pidfd = out->ctl_fd = out->status_fd = -1;
     err->step = SPAWN_STEP_PREPARE;
     if (!cfg->seccomp || cfg->init_fd < 0)
         return -EINVAL;
@@ -656,13 +617,13 @@ int spawn_sandbox(const struct spawn_config *cfg, struct spawn_result *out, stru
     args.pidfd = (uint64_t)(uintptr_t)&pidfd;
     args.exit_signal = SIGCHLD;
     err->step = SPAWN_STEP_CLONE;
-    pid = (pid_t)syscall(SYS_clone3, &args, sizeof(args));
+    pid_t pid = (pid_t)syscall(SYS_clone3, &args, sizeof(args));
     if (pid < 0) {
         r = -errno;
         goto error;
     }
     if (pid == 0) {
-        /* Static: the child must not need a 64 KiB+ stack frame, and this is its own copy. */
+        /* Static: the child must not need a large stack frame, and this is its own copy. */
         static struct child_ctx c;
         c.cfg = cfg;
         c.sync_fd = syncp[0];
@@ -673,53 +634,77 @@ int spawn_sandbox(const struct spawn_config *cfg, struct spawn_result *out, stru
         close(sv[0]);
         child_main(&c);
     }
-    close(sv[1]);
-    close(syncp[0]);
-    close(statusp[1]);
-    sv[1] = syncp[0] = statusp[1] = -1;
-
-    if ((r = parent_setup_child(cfg, pid, err)) < 0)
-        goto error;
-    err->step = SPAWN_STEP_SYNC;
-    if (write(syncp[1], "x", 1) != 1) {
-        r = -errno;
-        goto error;
-    }
-    close(syncp[1]);
-    syncp[1] = -1;
-
-    struct child_report rep;
-    ssize_t n;
-    do
-        n = read(statusp[0], &rep, sizeof(rep));
-    while (n < 0 && errno == EINTR);
-    if (n != 0) {
-        err->step = SPAWN_STEP_WAIT;
-        r = n < 0 ? -errno : -EIO;
-        if (n == (ssize_t)sizeof(rep)) {
-            err->step = (enum spawn_step)rep.step;
-            rep.detail[sizeof(rep.detail) - 1] = '\0';
-            snprintf(err->detail, sizeof(err->detail), "%s", rep.detail);
-            r = -rep.err;
-        }
-        goto error;
-    }
-    close(statusp[0]);
-    err->step = SPAWN_STEP_NONE;
     out->pid = pid;
     out->pidfd = pidfd;
     out->ctl_fd = sv[0];
+    out->status_fd = statusp[0];
+    sv[0] = statusp[0] = -1;
+    close_fd(&sv[1]);
+    close_fd(&syncp[0]);
+    close_fd(&statusp[1]);
+
+    /* Two releases: the maps let the child build its file system; attaching to a cgroup can
+     * wait for an RCU grace period (cgroup v1), so it overlaps with that work and the child
+     * waits for it only before it unshares its cgroup namespace. */
+    if ((r = parent_write_maps(cfg, pid, err)) < 0)
+        goto error;
+    err->step = SPAWN_STEP_SYNC;
+    if (write(syncp[1], "m", 1) != 1) {
+        r = -errno;
+        goto error;
+    }
+    if ((r = parent_attach_cgroups(cfg, pid, err)) < 0)
+        goto error;
+    err->step = SPAWN_STEP_SYNC;
+    if (write(syncp[1], "c", 1) != 1) {
+        r = -errno;
+        goto error;
+    }
+    close_fd(&syncp[1]);
     return 0;
 
 error:
-    if (pid > 0) {
-        kill(pid, SIGKILL);
-        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
-            ;
-    }
-    int fds[] = {sv[0], sv[1], syncp[0], syncp[1], statusp[0], statusp[1], pidfd};
+    spawn_abort(out);
+    int fds[] = {sv[0], sv[1], syncp[0], syncp[1], statusp[0], statusp[1]};
     for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++)
         if (fds[i] >= 0)
             close(fds[i]);
     return r;
+}
+
+int spawn_finish(struct spawn_pending *p, struct spawn_error *err)
+{
+    struct child_report rep;
+    ssize_t n;
+    int r;
+    do
+        n = read(p->status_fd, &rep, sizeof(rep));
+    while (n < 0 && errno == EINTR);
+    if (n == 0) {
+        close_fd(&p->status_fd); /* closed by the exec: the init runs */
+        err->step = SPAWN_STEP_NONE;
+        return 0;
+    }
+    err->step = SPAWN_STEP_WAIT;
+    r = n < 0 ? -errno : -EIO;
+    if (n == (ssize_t)sizeof(rep)) {
+        err->step = (enum spawn_step)rep.step;
+        rep.detail[sizeof(rep.detail) - 1] = '\0';
+        snprintf(err->detail, sizeof(err->detail), "%s", rep.detail);
+        r = -rep.err;
+    }
+    spawn_abort(p);
+    return r;
+}
+
+int spawn_sandbox(const struct spawn_config *cfg, struct spawn_pending *out,
+                  struct spawn_error *err)
+{
+    int r = spawn_start(cfg, out, err);
+    if (r < 0)
+        return r;
+    struct pollfd pfd = {.fd = out->status_fd, .events = POLLIN};
+    while (poll(&pfd, 1, -1) < 0 && errno == EINTR)
+        ;
+    return spawn_finish(out, err);
 }

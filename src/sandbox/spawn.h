@@ -52,13 +52,13 @@ const char *spawn_step_name(enum spawn_step step);
 enum mount_op_kind {
     MOP_BIND_RO,  /* bind `src` read-only (nosuid, nodev) onto `dst`; dst created as dir or file */
     MOP_BIND_RW,  /* bind `src` read-write (nosuid, nodev) */
-    MOP_BIND_DEV, /* bind a host device node (file) read-write, nosuid, noexec */
+    MOP_BIND_DEV, /* bind device nodes (a node or a dir of them), nosuid, noexec, + `flags` */
     MOP_TMPFS,    /* tmpfs on `dst` with `data` options and `flags` */
     MOP_PROC,     /* procfs on `dst` */
     MOP_DEVPTS,   /* a new devpts instance on `dst` */
     MOP_SYSFS,    /* sysfs read-only on `dst`; optional: skipped if the kernel refuses */
     MOP_MASK,     /* hide `dst` if it exists: /dev/null over a file, empty ro tmpfs over a dir */
-    MOP_READONLY, /* re-bind `dst` onto itself read-only if it exists */
+    MOP_READONLY, /* re-bind `dst` (inside our own proc/sys mounts) onto itself read-only */
     MOP_DIR,      /* mkdir `dst` with `mode` */
     MOP_SYMLINK,  /* symlink `dst` -> `src` */
     MOP_FILE,     /* create `dst` with `mode` and content `data` */
@@ -72,6 +72,9 @@ struct mount_op {
     char src[SPAWN_PATH_MAX];
     char dst[SPAWN_PATH_MAX];
     const char *data; /* not owned */
+    /* Filled by spawn_config_add for binds, so the child makes no extra system calls: */
+    int src_is_dir;
+    unsigned long locked; /* the source mount's flags a bind remount must keep */
     /* Bind sources below a directory only host root may traverse (the state dir can be 0700)
      * are opened by the child before it becomes the sandbox's root. */
     int open_early;
@@ -85,7 +88,7 @@ struct spawn_config {
     unsigned id_count;
     /* file system */
     char root_dir[SPAWN_PATH_MAX]; /* empty host directory the tmpfs root is mounted on */
-    char root_opts[64];            /* tmpfs options for the root, e.g. "mode=0755,size=1g" */
+    char root_opts[96];            /* tmpfs options for the root, e.g. "mode=0755,size=1g" */
     struct mount_op mounts[SPAWN_MAX_MOUNTS];
     size_t n_mounts;
     /* cgroup seam: files the child's pid is written to before it continues (may be none) */
@@ -94,16 +97,18 @@ struct spawn_config {
     /* policy */
     const struct sock_fprog *seccomp; /* required */
     unsigned long long keep_caps;     /* bit mask of capabilities kept inside */
+    int cap_last;                     /* highest capability this kernel knows */
     int init_fd;                      /* executable fd of warren-init (sealed memfd) */
-    /* storage for generated files (MOP_FILE data points here) */
-    char etc_hosts[256];
-    char etc_hostname[72];
+    /* storage for generated files (MOP_FILE data may point here) */
+    char file_data[2][256];
 };
 
-struct spawn_result {
-    pid_t pid;  /* host pid of the init */
-    int pidfd;  /* pidfd of the init (O_CLOEXEC) */
-    int ctl_fd; /* daemon end of the control socket (SOCK_SEQPACKET, O_CLOEXEC) */
+/* A sandbox whose child is still setting up (between spawn_start and spawn_finish). */
+struct spawn_pending {
+    pid_t pid;     /* host pid of the (future) init */
+    int pidfd;     /* pidfd of the init (O_CLOEXEC) */
+    int ctl_fd;    /* daemon end of the control socket (SOCK_SEQPACKET, O_CLOEXEC) */
+    int status_fd; /* readable when the child has exec'd the init (EOF) or failed (report) */
 };
 
 struct spawn_error {
@@ -112,18 +117,27 @@ struct spawn_error {
     char detail[SPAWN_PATH_MAX]; /* e.g. the mount destination */
 };
 
-/* Sets the defaults: no mounts, no cgroups, docker-like capability set, root_opts "mode=0755". */
+/* Sets the defaults: no mounts, no cgroups, docker-like capability set, root owned by the
+ * sandbox's root. */
 void spawn_config_init(struct spawn_config *cfg);
-/* Appends a mount op; returns 0 or -ENOSPC / -ENAMETOOLONG. */
+/* Appends an op. Parent directories of `dst` that no earlier op creates get their own MOP_DIR
+ * first; bind sources are inspected here (dir or file, locked mount flags). Returns 0 or
+ * -ENOSPC / -ENAMETOOLONG, or -errno when a bind source cannot be inspected. */
 int spawn_config_add(struct spawn_config *cfg, enum mount_op_kind kind, const char *src,
                      const char *dst, unsigned long flags, unsigned mode, const char *data);
-/* Appends the built-in `host` template: read-only /usr, the /bin /sbin /lib* entries as they are
- * on the host (symlinks stay symlinks), a small set of /etc files, /proc with masks, a minimal
- * /dev, tmpfs /tmp, /workspace bound from the host directory `workspace` and /etc/hosts +
- * /etc/hostname for `cfg->hostname`. */
-int spawn_config_host_template(struct spawn_config *cfg, const char *workspace);
 
-int spawn_sandbox(const struct spawn_config *cfg, struct spawn_result *out,
+/* Clones the child and does the parent's part of the setup (id maps, cgroups), then lets the
+ * child continue on its own. Returns without waiting: the caller watches `out->status_fd` and
+ * calls spawn_finish() when it is readable. The config may be freed as soon as this returns
+ * (the child has its own copy). */
+int spawn_start(const struct spawn_config *cfg, struct spawn_pending *out, struct spawn_error *err);
+/* Reads the child's outcome. 0: the init runs; status_fd is closed, the other fds are the
+ * caller's. <0: setup failed (err says where); the child is reaped and every fd closed. */
+int spawn_finish(struct spawn_pending *p, struct spawn_error *err);
+/* Gives up on a pending sandbox: kills and reaps the child and closes every fd. */
+void spawn_abort(struct spawn_pending *p);
+/* spawn_start + blocking wait + spawn_finish. */
+int spawn_sandbox(const struct spawn_config *cfg, struct spawn_pending *out,
                   struct spawn_error *err);
 
 /* Capability mask kept by default (like docker's default set minus MKNOD and NET_RAW). */

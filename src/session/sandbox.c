@@ -19,6 +19,7 @@
 #include "core/util.h"
 #include "sandbox/proto.h"
 #include "sandbox/spawn.h"
+#include "sandbox/template.h"
 #include "session/exec.h"
 
 #ifndef P_PIDFD
@@ -42,17 +43,14 @@ struct ctl_out {
     char data[];
 };
 
-struct create_work {
-    uv_work_t work;
+struct create_op {
     struct sandbox *sb;
     sandbox_create_cb cb;
     void *arg;
-    struct spawn_config cfg;
-    struct spawn_result res;
-    struct spawn_error err;
-    int r;
-    char failed_what[64];
+    struct spawn_pending pending;
+    uv_poll_t status_poll;
     double t_start;
+    double t_started;
 };
 
 struct destroy_work {
@@ -494,89 +492,106 @@ void sandbox_destroy(struct sandbox *sb, sandbox_destroy_cb cb, void *arg)
 
 /* ---- creation ------------------------------------------------------------------------------- */
 
-static void create_work_cb(uv_work_t *w)
+/* Directories, cgroup and spawn config for a new sandbox, then clone. Runs on the loop: each step
+ * is a handful of fast system calls, and the slow part (the child's setup) is waited for through
+ * the status pipe, not by blocking. On failure everything done is undone and *msg says why. */
+static int create_start(struct create_op *op, char *msg, size_t msglen)
 {
-    struct create_work *cw = w->data;
-    struct sandbox *sb = cw->sb;
+    struct sandbox *sb = op->sb;
     struct registry *reg = sb->reg;
-    struct spawn_config *cfg = &cw->cfg;
     char dir[1200], ws[1300], root[1300];
+    struct spawn_config *cfg = NULL;
+    struct spawn_error err;
+    const char *what = "state directory";
     size_t n_procs = 0;
-    cw->t_start = util_monotonic();
+    int r;
 
     sandbox_dir(sb, dir, sizeof(dir), NULL);
     snprintf(ws, sizeof(ws), "%s/workspace", dir);
     snprintf(root, sizeof(root), "%s/root", dir);
-    spawn_config_init(cfg);
-    snprintf(cfg->hostname, sizeof(cfg->hostname), "%s", sb->name);
-    cfg->host_uid = UID_BASE + sb->uid_slot * UID_RANGE;
-    cfg->host_gid = cfg->host_uid;
-    cfg->id_count = UID_RANGE;
-    cfg->seccomp = reg->seccomp;
-    cfg->init_fd = reg->init_fd;
-
-    snprintf(cw->failed_what, sizeof(cw->failed_what), "state directory");
-    if (snprintf(cfg->root_dir, sizeof(cfg->root_dir), "%s", root) >= (int)sizeof(cfg->root_dir)) {
-        cw->r = -ENAMETOOLONG;
-        goto error;
-    }
+    uid_t uid = UID_BASE + sb->uid_slot * UID_RANGE;
     if (mkdir(dir, 0711) < 0 || mkdir(root, 0755) < 0 || mkdir(ws, 0755) < 0 ||
-        chown(ws, cfg->host_uid, cfg->host_gid) < 0) {
-        cw->r = -errno;
+        chown(ws, uid, uid) < 0) {
+        r = -errno;
         goto error;
     }
-    snprintf(cw->failed_what, sizeof(cw->failed_what), "cgroup");
+    what = "cgroup";
     struct cgroup_limits lim = {sb->res.cpus, sb->res.memory_mib << 20, sb->res.pids};
     char procs[CGROUP_V1_CONTROLLERS][CGROUP_PATH_MAX];
-    if ((cw->r = cgroup_create(reg->cgroups, sb->id, &lim, procs, &n_procs)) < 0)
+    if ((r = cgroup_create(reg->cgroups, sb->id, &lim, procs, &n_procs)) < 0)
+        goto error;
+    what = "template";
+    if (!(cfg = malloc(sizeof(*cfg)))) {
+        r = -ENOMEM;
+        goto error;
+    }
+    if ((r = template_host_config(reg->tmpl, cfg, sb->name, root, ws)) < 0)
         goto error;
     for (size_t i = 0; i < n_procs && i < SPAWN_MAX_CGROUPS; i++)
         snprintf(cfg->cgroup_procs[i], sizeof(cfg->cgroup_procs[i]), "%s", procs[i]);
     cfg->n_cgroups = n_procs;
-    snprintf(cw->failed_what, sizeof(cw->failed_what), "template");
-    if ((cw->r = spawn_config_host_template(cfg, ws)) < 0)
+    cfg->host_uid = uid;
+    cfg->host_gid = uid;
+    cfg->id_count = UID_RANGE;
+    cfg->seccomp = reg->seccomp;
+    cfg->init_fd = reg->init_fd;
+    what = NULL;
+    r = spawn_start(cfg, &op->pending, &err);
+    free(cfg);
+    cfg = NULL;
+    if (r < 0)
         goto error;
-    cw->failed_what[0] = '\0';
-    double t0 = util_monotonic();
-    cw->r = spawn_sandbox(cfg, &cw->res, &cw->err);
-    log_debug("sandbox %s: prepare %.2f ms, spawn %.2f ms", sb->id, (t0 - cw->t_start) * 1e3,
-              (util_monotonic() - t0) * 1e3);
-    if (cw->r < 0)
-        goto error;
-    return;
+    return 0;
 error:
+    free(cfg);
+    if (what)
+        snprintf(msg, msglen, "sandbox setup failed: %s: %s", what, strerror(-r));
+    else
+        snprintf(msg, msglen, "sandbox setup failed at step '%s'%s%s%s: %s",
+                 spawn_step_name(err.step), err.detail[0] ? " (" : "", err.detail,
+                 err.detail[0] ? ")" : "", strerror(-r));
     cgroup_destroy(reg->cgroups, sb->id);
     util_remove_tree(dir);
+    return r;
 }
 
-static void create_after_cb(uv_work_t *w, int status)
+static void create_op_closed(uv_handle_t *h)
 {
-    struct create_work *cw = w->data;
-    struct sandbox *sb = cw->sb;
-    struct registry *reg = sb->reg;
-    char msg[1024];
+    free(h->data);
+}
 
+/* The child has exec'd the init, or reported why it could not. */
+static void create_on_status(uv_poll_t *h, int status, int events)
+{
+    struct create_op *op = h->data;
+    struct sandbox *sb = op->sb;
+    struct registry *reg = sb->reg;
+    struct spawn_error err;
+    char msg[1024], dir[1200];
+    (void)status;
+    (void)events;
+
+    uv_close((uv_handle_t *)h, create_op_closed); /* before spawn_finish closes the fd */
+    int r = spawn_finish(&op->pending, &err);
     reg->pending--;
-    if (cw->r < 0) {
-        if (cw->failed_what[0])
-            snprintf(msg, sizeof(msg), "sandbox setup failed: %s: %s", cw->failed_what,
-                     strerror(-cw->r));
-        else
-            snprintf(msg, sizeof(msg), "sandbox setup failed at step '%s'%s%s%s: %s",
-                     spawn_step_name(cw->err.step), cw->err.detail[0] ? " (" : "", cw->err.detail,
-                     cw->err.detail[0] ? ")" : "", strerror(-cw->r));
+    if (r < 0) {
+        snprintf(msg, sizeof(msg), "sandbox setup failed at step '%s'%s%s%s: %s",
+                 spawn_step_name(err.step), err.detail[0] ? " (" : "", err.detail,
+                 err.detail[0] ? ")" : "", strerror(-r));
         log_error("sandbox %s: %s", sb->id, msg);
+        cgroup_destroy(reg->cgroups, sb->id);
+        sandbox_dir(sb, dir, sizeof(dir), NULL);
+        util_remove_tree(dir);
         reg->uid_slots[sb->uid_slot] = 0;
         list_remove(sb);
-        cw->cb(NULL, 500, "sandbox_setup_failed", msg, cw->arg);
+        op->cb(NULL, 500, "sandbox_setup_failed", msg, op->arg);
         sandbox_free(sb);
-        free(cw);
         registry_check_idle(reg);
         return;
     }
-    sb->pid = cw->res.pid;
-    sb->pidfd = cw->res.pidfd;
-    sb->ctl_fd = cw->res.ctl_fd;
+    sb->pid = op->pending.pid;
+    sb->pidfd = op->pending.pidfd;
+    sb->ctl_fd = op->pending.ctl_fd;
     uv_poll_init(reg->loop, &sb->ctl_poll, sb->ctl_fd);
     uv_poll_init(reg->loop, &sb->pid_poll, sb->pidfd);
     sb->ctl_poll.data = sb->pid_poll.data = sb;
@@ -591,19 +606,21 @@ static void create_after_cb(uv_work_t *w, int status)
         store_put_sandbox(reg->store, sb->id, text);
     free(text);
     json_decref(desc);
-    log_info("sandbox %s (%s) running, init pid %d", sb->id, sb->name, (int)sb->pid);
+    log_debug("sandbox %s (%s) running in %.2f ms (%.2f ms until the clone returned), init "
+              "pid %d",
+              sb->id, sb->name, (util_monotonic() - op->t_start) * 1e3,
+              (op->t_started - op->t_start) * 1e3, (int)sb->pid);
 
     /* Deleted while being created, or the daemon is stopping: it must not stay. */
     int deleted = sb->waiters != NULL, destroy_now = deleted || reg->idle_cb != NULL;
     sandbox_ref(sb);
     if (destroy_now)
-        cw->cb(NULL, deleted ? 409 : 503, deleted ? "conflict" : "unavailable",
+        op->cb(NULL, deleted ? 409 : 503, deleted ? "conflict" : "unavailable",
                deleted ? "the sandbox was deleted while it was being created"
                        : "the daemon is shutting down",
-               cw->arg);
+               op->arg);
     else
-        cw->cb(sb, 0, NULL, NULL, cw->arg);
-    free(cw);
+        op->cb(sb, 0, NULL, NULL, op->arg);
     if (destroy_now)
         sandbox_destroy(sb, NULL, NULL);
     sandbox_unref(sb);
@@ -618,29 +635,29 @@ static int name_taken(struct registry *reg, const char *name)
 }
 
 int sandbox_create(struct registry *reg, const struct sandbox_spec *spec, sandbox_create_cb cb,
-                   void *arg, const char **msg)
+                   void *arg, char *msg, size_t msglen)
 {
     if (reg->idle_cb) {
-        *msg = "the daemon is shutting down";
+        snprintf(msg, msglen, "the daemon is shutting down");
         return 503;
     }
     if (spec->name && name_taken(reg, spec->name)) {
-        *msg = "a sandbox with this name already exists";
+        snprintf(msg, msglen, "a sandbox with this name already exists");
         return 409;
     }
     unsigned slot = 0;
     while (slot < reg->max_sandboxes && reg->uid_slots[slot])
         slot++;
     if (slot >= reg->max_sandboxes || reg->count >= reg->max_sandboxes) {
-        *msg = "the daemon runs its maximum number of sandboxes";
+        snprintf(msg, msglen, "the daemon runs its maximum number of sandboxes");
         return 503;
     }
     struct sandbox *sb = calloc(1, sizeof(*sb));
-    struct create_work *cw = calloc(1, sizeof(*cw));
-    if (!sb || !cw || util_random_id(sb->id, sizeof(sb->id), "sb-") < 0) {
+    struct create_op *op = calloc(1, sizeof(*op));
+    if (!sb || !op || util_random_id(sb->id, sizeof(sb->id), "sb-") < 0) {
         free(sb);
-        free(cw);
-        *msg = "out of memory";
+        free(op);
+        snprintf(msg, msglen, "out of memory");
         return 500;
     }
     sb->reg = reg;
@@ -651,9 +668,20 @@ int sandbox_create(struct registry *reg, const struct sandbox_spec *spec, sandbo
     sb->res = spec->res;
     sb->created_at = sb->last_active_at = util_now();
     sb->uid_slot = slot;
-    sb->pid = 0;
     sb->pidfd = sb->ctl_fd = -1;
     sb->state = SB_CREATING;
+    op->sb = sb;
+    op->cb = cb;
+    op->arg = arg;
+    op->t_start = util_monotonic();
+    int cs = create_start(op, msg, msglen);
+    op->t_started = util_monotonic();
+    if (cs < 0) {
+        log_error("sandbox %s: %s", sb->id, msg);
+        sandbox_free(sb);
+        free(op);
+        return 500;
+    }
     reg->uid_slots[slot] = 1;
     sb->next = reg->head;
     if (reg->head)
@@ -661,11 +689,8 @@ int sandbox_create(struct registry *reg, const struct sandbox_spec *spec, sandbo
     reg->head = sb;
     reg->count++;
     reg->pending++;
-
-    cw->sb = sb;
-    cw->cb = cb;
-    cw->arg = arg;
-    cw->work.data = cw;
-    uv_queue_work(reg->loop, &cw->work, create_work_cb, create_after_cb);
+    uv_poll_init(reg->loop, &op->status_poll, op->pending.status_fd);
+    op->status_poll.data = op;
+    uv_poll_start(&op->status_poll, UV_READABLE | UV_DISCONNECT, create_on_status);
     return 0;
 }

@@ -2,9 +2,9 @@
  * sandbox — the registry of live sandboxes and their lifecycle (create, destroy, death), and the
  * control channel to each sandbox's init.
  *
- * Threading: everything here runs on the loop thread, except the blocking halves of create and
- * destroy (clone + setup, cgroup and directory removal), which run on the uv thread pool and touch
- * only their own work item.
+ * Threading: everything here runs on the loop thread. Creation clones on the loop and waits for
+ * the child's setup through its status pipe; destruction removes the sandbox's directory tree
+ * (which may be large) on the uv thread pool.
  *
  * Ownership: the registry owns every struct sandbox. A sandbox is freed only after it was
  * destroyed (sandbox_destroy) and all its handles are closed; callers must not keep pointers
@@ -39,11 +39,13 @@ enum sandbox_state { SB_CREATING, SB_RUNNING, SB_STOPPING, SB_FAILED };
 
 struct exec;
 struct sandbox;
+struct host_template;
 
 struct registry {
     uv_loop_t *loop;
     char state_dir[1024];
     const struct sock_fprog *seccomp;
+    const struct host_template *tmpl;
     const struct cgroup_manager *cgroups;
     int init_fd;
     store_t *store;
@@ -106,9 +108,10 @@ void registry_shutdown(struct registry *reg, void (*idle_cb)(struct registry *re
 void registry_free(struct registry *reg);
 
 /* Starts creating a sandbox. The callback runs on the loop thread later (never before this
- * returns). Returns 0, or an HTTP status (409 name taken, 503 at capacity) with *msg set. */
+ * returns). Returns 0, or an HTTP status (409 name taken, 503 at capacity, 500 setup failed)
+ * with the reason in msg. */
 int sandbox_create(struct registry *reg, const struct sandbox_spec *spec, sandbox_create_cb cb,
-                   void *arg, const char **msg);
+                   void *arg, char *msg, size_t msglen);
 /* By id or by name; only sandboxes that are creating or running (or failed) are found. */
 struct sandbox *sandbox_find(struct registry *reg, const char *id_or_name);
 /* Kills every process, removes the cgroup and the directory, forgets the sandbox; `cb` is called

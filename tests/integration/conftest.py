@@ -217,9 +217,9 @@ class Daemon:
     def __init__(self, bin_path=WARREN_BIN, extra_args=()):
         self.bin = bin_path
         self.base_dir = tempfile.mkdtemp(prefix="warren-test-")
-        # mkdtemp makes the dir 0700; a state dir normally sits in a world-traversable place
-        # (/var/lib/warren), so make ours look like one.
-        os.chmod(self.base_dir, 0o755)
+        # mkdtemp makes the dir 0700, which is the hard case: the sandbox's uid cannot traverse
+        # it, so the daemon must open everything it binds from there before the child drops
+        # to that uid.
         self.state_dir = os.path.join(self.base_dir, "state")
         os.mkdir(self.state_dir, 0o755)
         self.log_path = os.path.join(self.base_dir, "daemon.log")
@@ -240,6 +240,8 @@ class Daemon:
 
     def start(self):
         if not os.access(self.bin, os.X_OK):
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+            self.stopped = True
             pytest.fail(f"warren binary not found or not executable: {self.bin} "
                         "(build it, or set WARREN_BIN)")
         argv = [self.bin, "serve", "--listen", f"127.0.0.1:{self.port}",

@@ -183,6 +183,20 @@ def test_truncation_stderr(api, sandbox):
     assert res["truncated"] is True
 
 
+def test_truncated_output_keeps_draining(api, sandbox):
+    # cutting the returned output must not change what the command does (no SIGPIPE, no stall)
+    res = exec_(api, sandbox["id"], timeout_s=30, max_output_bytes=1000,
+                shell="head -c 5000000 /dev/zero | tr '\\0' a; echo done >&2")
+    assert res["exit_code"] == 0 and res["signal"] is None, res
+    assert res["stderr"] == "done\n" and res["timed_out"] is False, res
+    assert res["stdout"] == "a" * 1000 and res["stdout_truncated"] is True
+    # big stdin in, big output out, small limit: no deadlock between feeding and draining
+    res = exec_(api, sandbox["id"], argv=["cat"], stdin="x" * 3_000_000, max_output_bytes=10,
+                timeout_s=30)
+    assert res["exit_code"] == 0 and res["timed_out"] is False, res
+    assert res["stdout"] == "x" * 10 and res["truncated"] is True
+
+
 def test_output_exactly_at_limit_not_truncated(api, sandbox):
     res = exec_(api, sandbox["id"], shell="head -c 1000 /dev/zero | tr '\\0' a",
                 max_output_bytes=1000)
