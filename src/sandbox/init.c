@@ -26,6 +26,7 @@
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/ioctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -87,13 +88,20 @@ static void child_fail(const char *what, const char *why)
         (void)!write(2, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
 }
 
-/* In the forked child: become the command. Never returns. */
-static void child_exec(const char *cwd, int in_r, int out_w, int err_w)
+/* In the forked child: become the command, with stdio on the given fds or, when pty_slave is
+ * not NULL, on that terminal (which becomes the controlling terminal). Never returns. */
+static void child_exec(const char *cwd, int in_r, int out_w, int err_w, const char *pty_slave)
 {
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
     setsid();
+    if (pty_slave) {
+        int t = open(pty_slave, O_RDWR);
+        if (t < 0 || ioctl(t, TIOCSCTTY, 0) < 0)
+            _exit(126);
+        in_r = out_w = err_w = t;
+    }
     if (dup2(in_r, 0) < 0 || dup2(out_w, 1) < 0 || dup2(err_w, 2) < 0)
         _exit(126);
     closefrom(3);
@@ -143,23 +151,45 @@ static int parse_spawn(const struct wproto_spawn *sp, size_t len, const char **c
     return 0;
 }
 
+/* A new pseudo-terminal of the sandbox's devpts: master fd (close-on-exec) and slave path. */
+static int open_pty(int rows, int cols, char *slave, size_t cap)
+{
+    int m = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (m < 0)
+        return -errno;
+    struct winsize ws = {.ws_row = (unsigned short)rows, .ws_col = (unsigned short)cols};
+    if (unlockpt(m) < 0 || ptsname_r(m, slave, cap) != 0 || ioctl(m, TIOCSWINSZ, &ws) < 0) {
+        int e = errno;
+        close(m);
+        return -e;
+    }
+    return m;
+}
+
 static void handle_spawn(const struct wproto_spawn *sp, size_t len)
 {
     struct wproto_spawned rep = {.hdr = {WPROTO_SPAWNED, sp->hdr.tag}, .pid = 0, .err = 0};
-    int in[2] = {-1, -1}, out[2] = {-1, -1}, err[2] = {-1, -1};
+    int in[2] = {-1, -1}, out[2] = {-1, -1}, err[2] = {-1, -1}, master = -1;
     const char *cwd = "/";
+    char slave[64];
+    int pty = len >= sizeof(*sp) && (sp->flags & WPROTO_SPAWN_PTY);
     struct cmd_slot *slot = slot_find(0);
 
     rep.err = parse_spawn(sp, len, &cwd);
     if (!rep.err && !slot)
         rep.err = EAGAIN;
-    if (!rep.err &&
-        (pipe2(in, O_CLOEXEC) < 0 || pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0))
+    if (!rep.err && pty) {
+        master = open_pty(sp->rows ? sp->rows : 24, sp->cols ? sp->cols : 80, slave, sizeof(slave));
+        if (master < 0)
+            rep.err = -master;
+    } else if (!rep.err && (pipe2(in, O_CLOEXEC) < 0 || pipe2(out, O_CLOEXEC) < 0 ||
+                            pipe2(err, O_CLOEXEC) < 0)) {
         rep.err = errno;
+    }
     if (!rep.err) {
         pid_t pid = fork();
         if (pid == 0)
-            child_exec(cwd, in[0], out[1], err[1]);
+            child_exec(cwd, in[0], out[1], err[1], pty ? slave : NULL);
         if (pid < 0)
             rep.err = errno;
         else {
@@ -169,9 +199,11 @@ static void handle_spawn(const struct wproto_spawn *sp, size_t len)
         }
     }
     int fds[3] = {in[1], out[0], err[0]};
-    send_msg(&rep, sizeof(rep), fds, rep.err ? 0 : 3);
-    int all[6] = {in[0], in[1], out[0], out[1], err[0], err[1]};
-    for (int i = 0; i < 6; i++)
+    if (pty)
+        fds[0] = master;
+    send_msg(&rep, sizeof(rep), fds, rep.err ? 0 : pty ? 1 : 3);
+    int all[7] = {in[0], in[1], out[0], out[1], err[0], err[1], master};
+    for (int i = 0; i < 7; i++)
         if (all[i] >= 0)
             close(all[i]);
 }

@@ -8,17 +8,21 @@
  * belong to. Every integer is in host byte order (both ends run on the same machine).
  *
  *   daemon → init
- *     SPAWN  {tag, flags, argc, envc, data_len, data = cwd\0 argv[0]\0 ... env[0]\0 ...}
+ *     SPAWN  {tag, flags, rows, cols, argc, envc, data_len, data = cwd\0 argv[0]\0 ...
+ *            env[0]\0 ...}
  *            Fork a command: new session and process group (pgid = pid), stdin/stdout/stderr
- *            connected to fresh pipes, cwd, environment exactly as given, argv[0] looked up in the
- *            PATH of that environment. Exec failures do not fail the SPAWN: the command writes
+ *            connected to fresh pipes — or, with WPROTO_SPAWN_PTY, to the slave of a new
+ *            pseudo-terminal of the sandbox's devpts (rows x cols, controlling terminal) —,
+ *            cwd, environment exactly as given, argv[0] looked up in the PATH of that
+ *            environment. Exec failures do not fail the SPAWN: the command writes
  *            "warren: <argv0>: <reason>" to its stderr and exits 127 (not found) or 126.
  *     KILL   {tag=0, pid, sig, flags} send `sig` to `pid`, or to its process group with
  *            WPROTO_KILL_GROUP.
  *   init → daemon
  *     SPAWNED {tag, pid, err} reply to SPAWN, in order. err == 0: pid is the command's pid in the
  *            sandbox and the message carries 3 fds (stdin write end, stdout read end, stderr read
- *            end). err > 0: an errno (e.g. EAGAIN when the pids limit is reached), no fds.
+ *            end), or 1 fd (the terminal's master side) for a PTY spawn. err > 0: an errno (e.g.
+ *            EAGAIN when the pids limit is reached), no fds.
  *     EXIT   {tag, pid, status} a command started by SPAWN ended (status as from waitpid). Sent
  *            exactly once per successful SPAWN, always after its SPAWNED.
  *
@@ -44,6 +48,7 @@ enum wproto_type {
 };
 
 #define WPROTO_KILL_GROUP 1u
+#define WPROTO_SPAWN_PTY 1u
 
 struct wproto_hdr {
     uint32_t type;
@@ -52,7 +57,9 @@ struct wproto_hdr {
 
 struct wproto_spawn {
     struct wproto_hdr hdr;
-    uint32_t flags; /* reserved, 0 */
+    uint32_t flags; /* WPROTO_SPAWN_* */
+    uint16_t rows;  /* terminal size, with WPROTO_SPAWN_PTY */
+    uint16_t cols;
     uint32_t argc;
     uint32_t envc;
     uint32_t data_len;

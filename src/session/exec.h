@@ -1,10 +1,9 @@
 /*
  * exec — one command run to completion in a sandbox, with its output collected in memory.
  *
- * exec_start() sends SPAWN to the sandbox's init; the init answers with the pid and the pipe fds,
- * which the loop then drains into per-stream buffers (bounded by max_output: the rest is read and
- * counted, so the command never blocks on a full pipe). When the init reports the command's exit,
- * what is left in the pipes is read and the callback fires. The command's own background
+ * Built on proc (proc.h): output goes into per-stream buffers bounded by max_output (the rest is
+ * read and dropped, so the command never blocks on a full pipe); the callback fires when the
+ * command's main process has exited and what it wrote is read. The command's own background
  * processes may keep running and holding the pipes; their later output is not collected.
  *
  * A timeout, exec_cancel() (e.g. the HTTP client went away) or the sandbox's death ends the
@@ -52,12 +51,5 @@ int exec_start(struct sandbox *sb, const struct exec_spec *spec, exec_done_cb cb
                struct exec **out);
 /* Kills the command's process group; the callback still fires (with the signal). */
 void exec_cancel(struct exec *ex);
-
-/* Hooks for sandbox.c: messages from the init, and the end of the sandbox. */
-void exec_on_spawned(struct exec *ex, pid_t pid, int err, const int *fds, int nfds);
-void exec_on_exit(struct exec *ex, int status);
-void exec_on_sandbox_gone(struct exec *ex);
-uint32_t exec_tag(const struct exec *ex);
-struct exec *exec_next(const struct exec *ex);
 
 #endif

@@ -20,7 +20,7 @@
 #include "sandbox/proto.h"
 #include "sandbox/spawn.h"
 #include "sandbox/template.h"
-#include "session/exec.h"
+#include "session/proc.h"
 
 #ifndef P_PIDFD
 #define P_PIDFD 3
@@ -265,11 +265,11 @@ int sandbox_send(struct sandbox *sb, const void *msg, size_t len)
     return 0;
 }
 
-static struct exec *find_exec(struct sandbox *sb, uint32_t tag)
+static struct proc *find_proc(struct sandbox *sb, uint32_t tag)
 {
-    for (struct exec *ex = sb->execs; ex; ex = exec_next(ex))
-        if (exec_tag(ex) == tag)
-            return ex;
+    for (struct proc *p = sb->procs; p; p = proc_next(p))
+        if (proc_tag(p) == tag)
+            return p;
     return NULL;
 }
 
@@ -282,15 +282,15 @@ static void close_fds(const int *fds, int n)
 static void ctl_dispatch(struct sandbox *sb, const char *msg, size_t len, const int *fds, int nfds)
 {
     const struct wproto_hdr *h = (const void *)msg;
-    struct exec *ex = len >= sizeof(*h) ? find_exec(sb, h->tag) : NULL;
-    if (len >= sizeof(struct wproto_spawned) && h->type == WPROTO_SPAWNED && ex) {
+    struct proc *p = len >= sizeof(*h) ? find_proc(sb, h->tag) : NULL;
+    if (len >= sizeof(struct wproto_spawned) && h->type == WPROTO_SPAWNED && p) {
         const struct wproto_spawned *sp = (const void *)msg;
-        exec_on_spawned(ex, sp->pid, sp->err, fds, nfds);
+        proc_on_spawned(p, sp->pid, sp->err, fds, nfds);
         return;
     }
     close_fds(fds, nfds);
-    if (len >= sizeof(struct wproto_exit) && h->type == WPROTO_EXIT && ex)
-        exec_on_exit(ex, ((const struct wproto_exit *)msg)->status);
+    if (len >= sizeof(struct wproto_exit) && h->type == WPROTO_EXIT && p)
+        proc_on_exit(p, ((const struct wproto_exit *)msg)->status);
 }
 
 static void ctl_read(struct sandbox *sb)
@@ -353,10 +353,10 @@ static void ctl_on_event(uv_poll_t *h, int status, int events)
 
 /* ---- death and destruction ------------------------------------------------------------------ */
 
-static void fail_execs(struct sandbox *sb)
+static void fail_procs(struct sandbox *sb)
 {
-    while (sb->execs)
-        exec_on_sandbox_gone(sb->execs); /* each removes itself from the list */
+    while (sb->procs)
+        proc_on_sandbox_gone(sb->procs); /* each removes itself from the list */
 }
 
 static void on_handle_closed(uv_handle_t *h)
@@ -455,7 +455,7 @@ static void pid_on_event(uv_poll_t *h, int status, int events)
     if (sb->state == SB_RUNNING) {
         log_warn("sandbox %s: init exited unexpectedly", sb->id);
         sb->state = SB_FAILED;
-        fail_execs(sb);
+        fail_procs(sb);
         on_init_exit(sb);
         return;
     }
@@ -479,7 +479,7 @@ void sandbox_destroy(struct sandbox *sb, sandbox_destroy_cb cb, void *arg)
         return; /* already on its way; a creating sandbox is destroyed when its create ends */
     enum sandbox_state was = sb->state;
     sb->state = SB_STOPPING;
-    fail_execs(sb);
+    fail_procs(sb);
     if (was == SB_FAILED || sb->pidfd < 0) {
         start_cleanup(sb); /* the init is already reaped */
         return;

@@ -37,7 +37,7 @@ struct sandbox_resources {
 
 enum sandbox_state { SB_CREATING, SB_RUNNING, SB_STOPPING, SB_FAILED };
 
-struct exec;
+struct proc;
 struct sandbox;
 struct host_template;
 
@@ -81,7 +81,7 @@ struct sandbox {
     uv_poll_t pid_poll;
     int handles; /* open uv handles; freed when 0 after destroy */
     int refs;
-    struct exec *execs; /* in flight */
+    struct proc *procs; /* processes started and not yet exited */
     uint32_t next_tag;
     struct sandbox_waiter *waiters;      /* destroy callbacks */
     struct ctl_out *out_head, *out_tail; /* queued control messages */
@@ -123,7 +123,7 @@ void sandbox_unref(struct sandbox *sb);
 json_t *sandbox_to_json(const struct sandbox *sb);
 const char *sandbox_state_name(enum sandbox_state state);
 
-/* Control channel (used by exec.c). Queues a message for the init; returns 0 or -EPIPE when the
+/* Control channel (used by proc.c). Queues a message for the init; returns 0 or -EPIPE when the
  * sandbox is gone. */
 int sandbox_send(struct sandbox *sb, const void *msg, size_t len);
 
