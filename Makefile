@@ -21,7 +21,7 @@ DEB_PKGS := build-essential pkg-config clang-format libuv1-dev node-llhttp libws
 	libjansson-dev libseccomp-dev libsqlite3-dev libssl-dev libcmocka-dev \
 	python3-pytest python3-websockets bubblewrap iproute2 procps
 
-PKGS := libuv jansson sqlite3 libseccomp libcrypto
+PKGS := libuv jansson sqlite3 libseccomp libcrypto vterm
 LLHTTP_DIR := /usr/share/llhttp
 LLHTTP_INC := /usr/share/include/llhttp
 

@@ -16,6 +16,11 @@ static const struct route routes[] = {
     {"GET", "/v1/sandboxes/{id}", api_sandbox_get},
     {"DELETE", "/v1/sandboxes/{id}", api_sandbox_delete},
     {"POST", "/v1/sandboxes/{id}/exec", api_exec},
+    {"POST", "/v1/sandboxes/{id}/commands", api_command_start},
+    {"GET", "/v1/sandboxes/{id}/commands", api_command_list},
+    {"GET", "/v1/sandboxes/{id}/commands/{cid}", api_command_get},
+    {"POST", "/v1/sandboxes/{id}/commands/{cid}/kill", api_command_kill},
+    {"POST", "/v1/batch", api_batch},
 };
 
 void api_handle(http_req_t *req, void *ctx)

@@ -28,6 +28,41 @@ struct sandbox *api_find_sandbox(struct server *srv, http_req_t *req,
 /* Environment variable names must be non-empty and contain no '='. Writes the reason to err. */
 int api_valid_env(json_t *env, char *err, size_t errlen);
 
+/* A parsed command request (exec, detached command, batch item, exec/ws). Strings point into
+ * the request body, which must outlive it; argv/env/stdin_data are owned. */
+struct api_run {
+    const char **argv;
+    char **env;
+    const char *cwd;
+    const char *stdin_text;
+    unsigned char *stdin_data;  /* decoded stdin_b64 */
+    const void *stdin_data_ref; /* stdin_text or stdin_data (NULL: none) */
+    size_t stdin_len;
+    double timeout_s;
+    size_t max_output;
+    json_t *describe; /* {"argv": [...]} or {"shell": "..."} */
+};
+/* Validates a command body (argv|shell, env, cwd, stdin|stdin_b64, timeout_s, max_output_bytes,
+ * plus `extra_keys`). Returns 0 or an HTTP status with the reason in err; free with
+ * api_run_free() in both cases. */
+int api_parse_run(struct server *srv, const struct sandbox *sb, json_t *body,
+                  const char *const *extra_keys, struct api_run *run, char *err, size_t errlen);
+void api_run_free(struct api_run *run);
+void api_free_strv(char **v);
+/* The error code string for an HTTP status ("bad_request", ...). */
+const char *api_status_code(int status);
+/* HTTP status and message for a -errno from the session layer. */
+int api_errno_status(int r);
+const char *api_errno_message(int r);
+/* A signal given as a number or a name ("TERM", "SIGTERM"); absent/null keeps *sig. */
+int api_parse_signal(json_t *v, int *sig, char *err, size_t errlen);
+/* The exec result object of the API (or {"error": ...} when it could not run). */
+struct exec_result;
+json_t *api_exec_result_json(const struct exec_result *res);
+/* Finds the {id} sandbox's {cid} command or answers 404 and returns NULL. */
+struct command *api_find_command(struct server *srv, http_req_t *req,
+                                 const struct route_params *params);
+
 /* health.c */
 void api_healthz(struct server *srv, http_req_t *req, const struct route_params *p);
 void api_info(struct server *srv, http_req_t *req, const struct route_params *p);
@@ -38,5 +73,11 @@ void api_sandbox_get(struct server *srv, http_req_t *req, const struct route_par
 void api_sandbox_delete(struct server *srv, http_req_t *req, const struct route_params *p);
 /* commands.c */
 void api_exec(struct server *srv, http_req_t *req, const struct route_params *p);
+void api_command_start(struct server *srv, http_req_t *req, const struct route_params *p);
+void api_command_list(struct server *srv, http_req_t *req, const struct route_params *p);
+void api_command_get(struct server *srv, http_req_t *req, const struct route_params *p);
+void api_command_kill(struct server *srv, http_req_t *req, const struct route_params *p);
+/* batch.c */
+void api_batch(struct server *srv, http_req_t *req, const struct route_params *p);
 
 #endif

@@ -2,12 +2,14 @@
  * commands — POST /v1/sandboxes/{id}/exec: run a command to completion.
  */
 #include <errno.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "api/api.h"
 #include "core/json.h"
 #include "core/util.h"
+#include "session/command.h"
 #include "session/exec.h"
 
 #define ERRLEN 256
@@ -38,21 +40,14 @@ static void put_output(json_t *o, const char *name, const buf_t *b, int truncate
     free(enc);
 }
 
-static void on_exec_done(struct exec *ex, struct exec_result *res, void *arg)
+json_t *api_exec_result_json(const struct exec_result *res)
 {
-    struct exec_call *call = arg;
-    http_req_t *req = call->req;
-    (void)ex;
-    free(call);
-    http_req_set_abort_cb(req, NULL, NULL);
     if (res->error) {
-        int status = res->error == -ESRCH ? 409 : res->error == -EAGAIN ? 429 : 500;
-        http_respond_error(req, status,
-                           status == 409   ? "conflict"
-                           : status == 429 ? "limit_reached"
-                                           : "internal",
-                           "%s", res->error_msg ? res->error_msg : strerror(-res->error));
-        return;
+        int status = api_errno_status(res->error);
+        if (res->error == -ESRCH)
+            status = 409;
+        return json_pack("{s:{s:s, s:s}}", "error", "code", api_status_code(status), "message",
+                         res->error_msg ? res->error_msg : strerror(-res->error));
     }
     json_t *o = json_pack("{s:i, s:o, s:b, s:b, s:b, s:b, s:f}", "exit_code", res->exit_code,
                           "signal", res->signal ? json_integer(res->signal) : json_null(),
@@ -61,7 +56,21 @@ static void on_exec_done(struct exec *ex, struct exec_result *res, void *arg)
                           "timed_out", res->timed_out, "duration_ms", res->duration_ms);
     put_output(o, "stdout", &res->out, res->out_truncated);
     put_output(o, "stderr", &res->err, res->err_truncated);
-    http_respond_json(req, 200, o);
+    return o;
+}
+
+static void on_exec_done(struct exec *ex, struct exec_result *res, void *arg)
+{
+    struct exec_call *call = arg;
+    http_req_t *req = call->req;
+    (void)ex;
+    free(call);
+    http_req_set_abort_cb(req, NULL, NULL);
+    json_t *o = api_exec_result_json(res);
+    int status = 200;
+    if (res->error)
+        status = res->error == -ESRCH ? 409 : api_errno_status(res->error);
+    http_respond_json(req, status, o);
 }
 
 static void on_client_gone(http_req_t *req, void *arg)
@@ -71,11 +80,11 @@ static void on_client_gone(http_req_t *req, void *arg)
     exec_cancel(call->ex); /* the answer would go nowhere: stop the command */
 }
 
-/* Builds the command's environment: defaults < sandbox env < exec env. */
-static char **build_env(const struct sandbox *sb, json_t *exec_env)
+/* Builds the command's environment: defaults < sandbox env < request env. */
+static char **build_env(const struct sandbox *sb, json_t *exec_env, const char *term)
 {
     json_t *all = json_pack("{s:s, s:s, s:s, s:s, s:s}", "PATH", DEFAULT_PATH, "HOME", "/root",
-                            "HOSTNAME", sb->name, "LANG", "C.UTF-8", "TERM", "xterm");
+                            "HOSTNAME", sb->name, "LANG", "C.UTF-8", "TERM", term);
     if (!all)
         return NULL;
     json_object_update(all, sb->env);
@@ -90,35 +99,169 @@ static char **build_env(const struct sandbox *sb, json_t *exec_env)
         if (!env)
             break;
         size_t len = strlen(k) + strlen(json_string_value(v)) + 2;
-        if (!(env[i] = malloc(len)))
+        if (!(env[i] = malloc(len))) {
+            api_free_strv(env);
+            env = NULL;
             break;
+        }
         snprintf(env[i++], len, "%s=%s", k, json_string_value(v));
     }
     json_decref(all);
     return env;
 }
 
-static void free_strv(char **v)
+void api_free_strv(char **v)
 {
     for (size_t i = 0; v && v[i]; i++)
         free(v[i]);
     free(v);
 }
 
+void api_run_free(struct api_run *run)
+{
+    free(run->argv);
+    api_free_strv(run->env);
+    free(run->stdin_data);
+    json_decref(run->describe);
+    memset(run, 0, sizeof(*run));
+}
+
+int api_parse_run(struct server *srv, const struct sandbox *sb, json_t *body,
+                  const char *const *extra_keys, struct api_run *run, char *err, size_t errlen)
+{
+    static const char *const base[] = {"argv",  "shell",     "env",       "cwd",
+                                       "stdin", "stdin_b64", "timeout_s", "max_output_bytes"};
+    const char *keys[32];
+    size_t nk = 0;
+    const char *shell = NULL, *stdin_b64 = NULL, *term = "xterm";
+    json_t *env = NULL, *argv_json;
+    long long max_out = (long long)srv->cfg.max_output_default;
+
+    memset(run, 0, sizeof(*run));
+    run->cwd = "/workspace";
+    run->timeout_s = srv->cfg.exec_timeout_default_s;
+    for (size_t i = 0; i < sizeof(base) / sizeof(base[0]); i++)
+        keys[nk++] = base[i];
+    for (size_t i = 0; extra_keys && extra_keys[i] && nk < 31; i++)
+        keys[nk++] = extra_keys[i];
+    keys[nk] = NULL;
+    if (json_check_keys(body, keys, NULL, err, errlen) ||
+        json_opt_string(body, "shell", "shell", &shell, err, errlen) ||
+        json_opt_string(body, "cwd", "cwd", &run->cwd, err, errlen) ||
+        json_opt_string(body, "stdin", "stdin", &run->stdin_text, err, errlen) ||
+        json_opt_string(body, "stdin_b64", "stdin_b64", &stdin_b64, err, errlen) ||
+        json_opt_string_map(body, "env", "env", &env, err, errlen) ||
+        json_opt_number(body, "timeout_s", "timeout_s", &run->timeout_s, err, errlen) ||
+        json_opt_int(body, "max_output_bytes", "max_output_bytes", &max_out, err, errlen))
+        return 400;
+    if (env && api_valid_env(env, err, errlen) < 0)
+        return 400;
+
+    argv_json = json_object_get(body, "argv");
+    if (argv_json && json_is_null(argv_json))
+        argv_json = NULL;
+    if (!!argv_json == !!shell) {
+        snprintf(err, errlen,
+                 "exactly one of 'argv' (array of strings) or 'shell' (string) is "
+                 "required");
+        return 400;
+    }
+    if (argv_json) {
+        if (!json_is_array(argv_json) || json_array_size(argv_json) == 0) {
+            snprintf(err, errlen, "'argv' must be a non-empty array of strings");
+            return 400;
+        }
+        if (!(run->argv = calloc(json_array_size(argv_json) + 1, sizeof(char *))))
+            goto oom;
+        for (size_t i = 0; i < json_array_size(argv_json); i++) {
+            json_t *a = json_array_get(argv_json, i);
+            if (!json_is_string(a)) {
+                snprintf(err, errlen, "'argv[%zu]' must be a string", i);
+                return 400;
+            }
+            run->argv[i] = json_string_value(a);
+        }
+        if (!*run->argv[0]) {
+            snprintf(err, errlen, "'argv[0]' must not be empty");
+            return 400;
+        }
+        run->describe = json_pack("{s:O}", "argv", argv_json);
+    } else {
+        if (!(run->argv = calloc(4, sizeof(char *))))
+            goto oom;
+        run->argv[0] = "/bin/sh";
+        run->argv[1] = "-c";
+        run->argv[2] = shell;
+        run->describe = json_pack("{s:s}", "shell", shell);
+    }
+    if (run->cwd[0] != '/') {
+        snprintf(err, errlen, "'cwd' must be an absolute path");
+        return 400;
+    }
+    if (run->stdin_text && stdin_b64) {
+        snprintf(err, errlen, "give 'stdin' or 'stdin_b64', not both");
+        return 400;
+    }
+    if (stdin_b64 &&
+        util_base64_decode(stdin_b64, strlen(stdin_b64), &run->stdin_data, &run->stdin_len)) {
+        snprintf(err, errlen, "'stdin_b64' is not valid base64");
+        return 400;
+    }
+    if (run->stdin_text) {
+        run->stdin_data_ref = run->stdin_text;
+        run->stdin_len = strlen(run->stdin_text);
+    } else {
+        run->stdin_data_ref = run->stdin_data;
+    }
+    if (!(run->timeout_s > 0)) {
+        snprintf(err, errlen, "'timeout_s' must be greater than 0");
+        return 400;
+    }
+    if (max_out < 0) {
+        snprintf(err, errlen, "'max_output_bytes' must not be negative");
+        return 400;
+    }
+    if (run->timeout_s > srv->cfg.exec_timeout_max_s || (size_t)max_out > srv->cfg.max_output_max) {
+        snprintf(err, errlen, "above the daemon maxima (timeout_s %g, max_output_bytes %zu)",
+                 srv->cfg.exec_timeout_max_s, srv->cfg.max_output_max);
+        return 422;
+    }
+    run->max_output = (size_t)max_out;
+    if (!(run->env = build_env(sb, env, term)))
+        goto oom;
+    return 0;
+oom:
+    snprintf(err, errlen, "out of memory");
+    return 500;
+}
+
+const char *api_status_code(int status)
+{
+    switch (status) {
+    case 400:
+        return "bad_request";
+    case 404:
+        return "not_found";
+    case 409:
+        return "conflict";
+    case 413:
+        return "payload_too_large";
+    case 422:
+        return "unprocessable";
+    case 429:
+        return "limit_reached";
+    case 503:
+        return "unavailable";
+    default:
+        return "internal";
+    }
+}
+
 void api_exec(struct server *srv, http_req_t *req, const struct route_params *p)
 {
-    static const char *const keys[] = {
-        "argv", "shell", "env", "cwd", "stdin", "stdin_b64", "timeout_s", "max_output_bytes", NULL};
     char err[ERRLEN];
-    const char *shell = NULL, *cwd = "/workspace", *stdin_text = NULL, *stdin_b64 = NULL;
-    json_t *env = NULL, *argv_json;
-    double timeout = srv->cfg.exec_timeout_default_s;
-    long long max_out = (long long)srv->cfg.max_output_default;
-    unsigned char *stdin_data = NULL;
-    size_t stdin_len = 0;
-    const char **argv = NULL;
-    char **envv = NULL;
-    int status = 400;
+    struct api_run run;
+    int status;
 
     if (api_check_query(req, NULL) < 0)
         return;
@@ -128,125 +271,227 @@ void api_exec(struct server *srv, http_req_t *req, const struct route_params *p)
     json_t *body = api_body_object(req);
     if (!body)
         return;
-    if (json_check_keys(body, keys, NULL, err, ERRLEN) ||
-        json_opt_string(body, "shell", "shell", &shell, err, ERRLEN) ||
-        json_opt_string(body, "cwd", "cwd", &cwd, err, ERRLEN) ||
-        json_opt_string(body, "stdin", "stdin", &stdin_text, err, ERRLEN) ||
-        json_opt_string(body, "stdin_b64", "stdin_b64", &stdin_b64, err, ERRLEN) ||
-        json_opt_string_map(body, "env", "env", &env, err, ERRLEN) ||
-        json_opt_number(body, "timeout_s", "timeout_s", &timeout, err, ERRLEN) ||
-        json_opt_int(body, "max_output_bytes", "max_output_bytes", &max_out, err, ERRLEN))
+    if ((status = api_parse_run(srv, sb, body, NULL, &run, err, ERRLEN)) != 0)
         goto bad;
-    if (env && api_valid_env(env, err, ERRLEN) < 0)
-        goto bad;
-
-    argv_json = json_object_get(body, "argv");
-    if (argv_json && json_is_null(argv_json))
-        argv_json = NULL;
-    if (!!argv_json == !!shell) {
-        snprintf(err, ERRLEN,
-                 "exactly one of 'argv' (array of strings) or 'shell' (string) is "
-                 "required");
-        goto bad;
-    }
-    if (argv_json) {
-        if (!json_is_array(argv_json) || json_array_size(argv_json) == 0) {
-            snprintf(err, ERRLEN, "'argv' must be a non-empty array of strings");
-            goto bad;
-        }
-        argv = calloc(json_array_size(argv_json) + 1, sizeof(char *));
-        if (!argv)
-            goto oom;
-        for (size_t i = 0; i < json_array_size(argv_json); i++) {
-            json_t *a = json_array_get(argv_json, i);
-            if (!json_is_string(a)) {
-                snprintf(err, ERRLEN, "'argv[%zu]' must be a string", i);
-                goto bad;
-            }
-            argv[i] = json_string_value(a);
-        }
-        if (!*argv[0]) {
-            snprintf(err, ERRLEN, "'argv[0]' must not be empty");
-            goto bad;
-        }
-    } else {
-        argv = calloc(4, sizeof(char *));
-        if (!argv)
-            goto oom;
-        argv[0] = "/bin/sh";
-        argv[1] = "-c";
-        argv[2] = shell;
-    }
-    if (cwd[0] != '/') {
-        snprintf(err, ERRLEN, "'cwd' must be an absolute path");
-        goto bad;
-    }
-    if (stdin_text && stdin_b64) {
-        snprintf(err, ERRLEN, "give 'stdin' or 'stdin_b64', not both");
-        goto bad;
-    }
-    if (stdin_b64 && util_base64_decode(stdin_b64, strlen(stdin_b64), &stdin_data, &stdin_len)) {
-        snprintf(err, ERRLEN, "'stdin_b64' is not valid base64");
-        goto bad;
-    }
-    if (!(timeout > 0)) {
-        snprintf(err, ERRLEN, "'timeout_s' must be greater than 0");
-        goto bad;
-    }
-    if (max_out < 0) {
-        snprintf(err, ERRLEN, "'max_output_bytes' must not be negative");
-        goto bad;
-    }
-    if (timeout > srv->cfg.exec_timeout_max_s || (size_t)max_out > srv->cfg.max_output_max) {
-        status = 422;
-        snprintf(err, ERRLEN, "above the daemon maxima (timeout_s %g, max_output_bytes %zu)",
-                 srv->cfg.exec_timeout_max_s, srv->cfg.max_output_max);
-        goto bad;
-    }
-    if (!(envv = build_env(sb, env)))
-        goto oom;
 
     struct exec_spec spec = {
-        .argv = argv,
-        .env = (const char *const *)envv,
-        .cwd = cwd,
-        .stdin_data = stdin_data ? (const void *)stdin_data : stdin_text,
-        .stdin_len = stdin_data   ? stdin_len
-                     : stdin_text ? strlen(stdin_text)
-                                  : 0,
-        .timeout_s = timeout,
-        .max_output = (size_t)max_out,
+        .argv = run.argv,
+        .env = (const char *const *)run.env,
+        .cwd = run.cwd,
+        .stdin_data = run.stdin_data_ref,
+        .stdin_len = run.stdin_len,
+        .timeout_s = run.timeout_s,
+        .max_output = run.max_output,
     };
     struct exec_call *call = calloc(1, sizeof(*call));
-    if (!call)
-        goto oom;
-    call->req = req;
-    int r = exec_start(sb, &spec, on_exec_done, call, &call->ex);
+    if (call)
+        call->req = req;
+    int r = call ? exec_start(sb, &spec, on_exec_done, call, &call->ex) : -ENOMEM;
     if (r < 0) {
         free(call);
-        status = r == -E2BIG ? 413 : r == -EPIPE ? 409 : 500;
-        snprintf(err, ERRLEN, "%s",
-                 r == -E2BIG   ? "argv and env are too large (64 KiB at most)"
-                 : r == -EPIPE ? "the sandbox is not running"
-                               : strerror(-r));
+        status = api_errno_status(r);
+        snprintf(err, ERRLEN, "%s", api_errno_message(r));
         goto bad;
     }
     http_req_set_abort_cb(req, on_client_gone, call);
-    goto out;
-oom:
-    status = 500;
-    snprintf(err, ERRLEN, "out of memory");
-bad:
-    http_respond_error(req, status,
-                       status == 422   ? "unprocessable"
-                       : status == 413 ? "payload_too_large"
-                       : status == 409 ? "conflict"
-                       : status == 500 ? "internal"
-                                       : "bad_request",
-                       "%s", err);
-out:
-    free(argv);
-    free_strv(envv);
-    free(stdin_data);
+    api_run_free(&run);
     json_decref(body);
+    return;
+bad:
+    http_respond_error(req, status, api_status_code(status), "%s", err);
+    api_run_free(&run);
+    json_decref(body);
+}
+
+int api_errno_status(int r)
+{
+    return r == -E2BIG ? 413 : r == -EPIPE ? 409 : r == -EAGAIN ? 429 : 500;
+}
+
+const char *api_errno_message(int r)
+{
+    return r == -E2BIG   ? "argv and env are too large (64 KiB at most)"
+           : r == -EPIPE ? "the sandbox is not running"
+                         : strerror(-r);
+}
+
+/* ---- detached commands ---------------------------------------------------------------------- */
+
+struct start_call {
+    http_req_t *req;
+    struct command *cmd;
+    struct command_watch *watch;
+};
+
+static void on_command_update(void *arg)
+{
+    struct start_call *call = arg;
+    struct command *c = call->cmd;
+    if (command_pid(c) <= 0 && command_state(c) == CMD_RUNNING)
+        return;
+    json_t *o = json_pack("{s:s, s:i}", "command_id", command_id(c), "pid", (int)command_pid(c));
+    command_unwatch(call->watch);
+    http_respond_json(call->req, 201, o);
+    free(call);
+}
+
+void api_command_start(struct server *srv, http_req_t *req, const struct route_params *p)
+{
+    static const char *const extra[] = {"buffer_bytes", NULL};
+    char err[ERRLEN];
+    struct api_run run;
+    long long ring = COMMAND_RING_DEFAULT;
+    int status;
+
+    if (api_check_query(req, NULL) < 0)
+        return;
+    struct sandbox *sb = api_find_sandbox(srv, req, p);
+    if (!sb)
+        return;
+    json_t *body = api_body_object(req);
+    if (!body)
+        return;
+    if ((status = api_parse_run(srv, sb, body, extra, &run, err, ERRLEN)) != 0)
+        goto bad;
+    if (json_object_get(body, "max_output_bytes")) {
+        status = 400;
+        snprintf(err, ERRLEN,
+                 "'max_output_bytes' does not apply to detached commands (their "
+                 "output is streamed; see 'buffer_bytes')");
+        goto bad;
+    }
+    if (!json_object_get(body, "timeout_s"))
+        run.timeout_s = 0; /* detached commands run until they end unless asked otherwise */
+    if (json_opt_int(body, "buffer_bytes", "buffer_bytes", &ring, err, ERRLEN)) {
+        status = 400;
+        goto bad;
+    }
+    if (ring < 4096 || ring > (long long)(256u << 20)) {
+        status = ring < 4096 ? 400 : 422;
+        snprintf(err, ERRLEN, "'buffer_bytes' must be between 4096 and 268435456");
+        goto bad;
+    }
+    struct command_spec spec = {
+        .proc = {.argv = run.argv, .env = (const char *const *)run.env, .cwd = run.cwd},
+        .stdin_data = run.stdin_data_ref,
+        .stdin_len = run.stdin_len,
+        .close_stdin = run.stdin_data_ref != NULL,
+        .timeout_s = run.timeout_s,
+        .ring_bytes = (size_t)ring,
+        .describe = run.describe,
+    };
+    struct command *cmd;
+    struct start_call *call = calloc(1, sizeof(*call));
+    int r = call ? command_start(sb, &spec, &cmd) : -ENOMEM;
+    if (r < 0) {
+        free(call);
+        status = api_errno_status(r);
+        snprintf(err, ERRLEN, "%s", api_errno_message(r));
+        goto bad;
+    }
+    /* Answer once the init has reported the pid (a few hundred microseconds). */
+    call->req = req;
+    call->cmd = cmd;
+    if (!(call->watch = command_watch(cmd, 0, on_command_update, call))) {
+        free(call);
+        http_respond_json(
+            req, 201, json_pack("{s:s, s:o}", "command_id", command_id(cmd), "pid", json_null()));
+    }
+    api_run_free(&run);
+    json_decref(body);
+    return;
+bad:
+    http_respond_error(req, status, api_status_code(status), "%s", err);
+    api_run_free(&run);
+    json_decref(body);
+}
+
+void api_command_list(struct server *srv, http_req_t *req, const struct route_params *p)
+{
+    if (api_check_query(req, NULL) < 0)
+        return;
+    struct sandbox *sb = api_find_sandbox(srv, req, p);
+    if (!sb)
+        return;
+    json_t *arr = json_array();
+    for (struct command *c = sb->commands; c; c = command_next(c))
+        json_array_append_new(arr, command_to_json(c));
+    http_respond_json(req, 200, json_pack("{s:o}", "commands", arr));
+}
+
+struct command *api_find_command(struct server *srv, http_req_t *req, const struct route_params *p)
+{
+    struct sandbox *sb = api_find_sandbox(srv, req, p);
+    if (!sb)
+        return NULL;
+    const char *cid = route_param(p, "cid");
+    struct command *c = cid ? command_find(sb, cid) : NULL;
+    if (!c)
+        http_respond_error(req, 404, "not_found", "command '%s' not found in sandbox '%s'",
+                           cid ? cid : "", sb->id);
+    return c;
+}
+
+void api_command_get(struct server *srv, http_req_t *req, const struct route_params *p)
+{
+    if (api_check_query(req, NULL) < 0)
+        return;
+    struct command *c = api_find_command(srv, req, p);
+    if (c)
+        http_respond_json(req, 200, command_to_json(c));
+}
+
+void api_command_kill(struct server *srv, http_req_t *req, const struct route_params *p)
+{
+    static const char *const keys[] = {"signal", NULL};
+    char err[ERRLEN];
+    if (api_check_query(req, NULL) < 0)
+        return;
+    struct command *c = api_find_command(srv, req, p);
+    if (!c)
+        return;
+    json_t *body = api_body_object(req);
+    if (!body)
+        return;
+    int sig = SIGKILL;
+    if (json_check_keys(body, keys, NULL, err, ERRLEN) ||
+        api_parse_signal(json_object_get(body, "signal"), &sig, err, ERRLEN) < 0) {
+        http_respond_error(req, 400, "bad_request", "%s", err);
+        json_decref(body);
+        return;
+    }
+    json_decref(body);
+    command_kill(c, sig);
+    http_respond_json(req, 200, command_to_json(c));
+}
+
+int api_parse_signal(json_t *v, int *sig, char *err, size_t errlen)
+{
+    static const struct {
+        const char *name;
+        int sig;
+    } names[] = {{"HUP", SIGHUP},   {"INT", SIGINT},   {"QUIT", SIGQUIT}, {"KILL", SIGKILL},
+                 {"USR1", SIGUSR1}, {"USR2", SIGUSR2}, {"TERM", SIGTERM}, {"CONT", SIGCONT},
+                 {"STOP", SIGSTOP}, {"TSTP", SIGTSTP}, {"ALRM", SIGALRM}, {"WINCH", SIGWINCH}};
+    if (!v || json_is_null(v))
+        return 0; /* keep the default */
+    if (json_is_integer(v)) {
+        json_int_t n = json_integer_value(v);
+        if (n >= 1 && n < 65) {
+            *sig = (int)n;
+            return 0;
+        }
+    } else if (json_is_string(v)) {
+        const char *s = json_string_value(v);
+        if (strncmp(s, "SIG", 3) == 0)
+            s += 3;
+        for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+            if (strcmp(s, names[i].name) == 0) {
+                *sig = names[i].sig;
+                return 0;
+            }
+        }
+    }
+    snprintf(err, errlen, "'signal' must be a signal number (1-64) or name like \"TERM\"");
+    return -EINVAL;
 }

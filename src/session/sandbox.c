@@ -20,6 +20,7 @@
 #include "sandbox/proto.h"
 #include "sandbox/spawn.h"
 #include "sandbox/template.h"
+#include "session/command.h"
 #include "session/proc.h"
 
 #ifndef P_PIDFD
@@ -395,6 +396,7 @@ static void destroy_after_cb(uv_work_t *w, int status)
     sb->uid_slot = UINT32_MAX;
     list_remove(sb);
     reg->pending--;
+    command_drop_all(sb);
     log_info("sandbox %s deleted", sb->id);
     struct sandbox_waiter *w0 = sb->waiters;
     sb->waiters = NULL;

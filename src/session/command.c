@@ -1,0 +1,366 @@
+/*
+ * command — detached commands with ring-buffered output. See command.h.
+ */
+#include "session/command.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include "core/ring.h"
+#include "core/util.h"
+
+/* Lossless watchers pause the command when fewer than this many bytes of the ring are free, so
+ * that the reads already under way cannot overwrite what they have not seen. */
+#define LOSSLESS_SLACK (512u << 10)
+
+struct command_watch {
+    struct command *cmd;
+    struct command_watch *next;
+    int lossless;
+    uint64_t off[3]; /* by enum proc_stream */
+    void (*on_update)(void *arg);
+    void *arg;
+};
+
+struct command {
+    struct sandbox *sb;
+    struct command *next; /* in the sandbox's list */
+    int in_list;
+    int refs;
+    char id[COMMAND_ID_MAX];
+    struct proc *proc;
+    pid_t pid;
+    enum command_state state;
+    int exit_code, signal, timed_out;
+    const char *error;
+    double started_at, ended_at;
+    json_t *describe;
+    struct ring rings[3]; /* [PROC_STDOUT], [PROC_STDERR] */
+    struct command_watch *watchers;
+    uv_timer_t timer; /* timeout while running, then the grace period before reaping */
+    int timer_open;
+    int paused;
+};
+
+const char *command_id(const struct command *c)
+{
+    return c->id;
+}
+
+struct sandbox *command_sandbox(const struct command *c)
+{
+    return c->sb;
+}
+
+enum command_state command_state(const struct command *c)
+{
+    return c->state;
+}
+
+pid_t command_pid(const struct command *c)
+{
+    return c->pid;
+}
+
+void command_result(const struct command *c, int *exit_code, int *signal, int *timed_out,
+                    const char **error)
+{
+    *exit_code = c->exit_code;
+    *signal = c->signal;
+    *timed_out = c->timed_out;
+    *error = c->error;
+}
+
+uint64_t command_end(const struct command *c, enum proc_stream s)
+{
+    return c->rings[s].end;
+}
+
+size_t command_peek(const struct command *c, enum proc_stream s, uint64_t offset, const char **ptr,
+                    uint64_t *gap)
+{
+    return ring_peek(&c->rings[s], offset, ptr, gap);
+}
+
+static void command_free(struct command *c)
+{
+    struct sandbox *sb = c->sb;
+    ring_free(&c->rings[PROC_STDOUT]);
+    ring_free(&c->rings[PROC_STDERR]);
+    json_decref(c->describe);
+    free(c);
+    sandbox_unref(sb);
+}
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    command_free(h->data);
+}
+
+void command_ref(struct command *c)
+{
+    c->refs++;
+}
+
+void command_unref(struct command *c)
+{
+    if (--c->refs > 0)
+        return;
+    if (c->proc) {
+        /* Nobody can reach it any more: it must not run on unobserved. */
+        proc_kill(c->proc, SIGKILL, 1);
+        proc_release(c->proc);
+        c->proc = NULL;
+    }
+    if (c->timer_open) {
+        c->timer_open = 0;
+        uv_close((uv_handle_t *)&c->timer, on_timer_closed);
+    } else {
+        command_free(c);
+    }
+}
+
+static void list_remove(struct command *c)
+{
+    if (!c->in_list)
+        return;
+    for (struct command **pp = &c->sb->commands; *pp; pp = &(*pp)->next) {
+        if (*pp == c) {
+            *pp = c->next;
+            break;
+        }
+    }
+    c->next = NULL;
+    c->in_list = 0;
+    command_unref(c);
+}
+
+void command_drop_all(struct sandbox *sb)
+{
+    while (sb->commands)
+        list_remove(sb->commands);
+}
+
+struct command *command_next(const struct command *c)
+{
+    return c->next;
+}
+
+struct command *command_find(struct sandbox *sb, const char *id)
+{
+    for (struct command *c = sb->commands; c; c = c->next)
+        if (strcmp(c->id, id) == 0)
+            return c;
+    return NULL;
+}
+
+static void notify(struct command *c)
+{
+    command_ref(c); /* a watcher may unwatch (and drop the last reference) from its callback */
+    for (struct command_watch *w = c->watchers, *next; w; w = next) {
+        next = w->next;
+        w->on_update(w->arg);
+    }
+    command_unref(c);
+}
+
+/* Pauses reading while a lossless watcher would lose data, resumes when none would. */
+static void update_flow(struct command *c)
+{
+    int pause = 0;
+    for (struct command_watch *w = c->watchers; w; w = w->next) {
+        if (!w->lossless)
+            continue;
+        for (int s = PROC_STDOUT; s <= PROC_STDERR; s++) {
+            uint64_t unread = c->rings[s].end - w->off[s];
+            if (unread + LOSSLESS_SLACK >= c->rings[s].cap)
+                pause = 1;
+        }
+    }
+    if (pause != c->paused && c->proc) {
+        c->paused = pause;
+        proc_pause_output(c->proc, pause);
+    }
+}
+
+static void on_output(struct proc *p, enum proc_stream s, const char *data, size_t len, void *arg)
+{
+    struct command *c = arg;
+    ring_write(&c->rings[s], data, len);
+    update_flow(c);
+    notify(c);
+}
+
+static void on_started(struct proc *p, void *arg)
+{
+    struct command *c = arg;
+    c->pid = proc_pid(p);
+    notify(c);
+}
+
+static void on_reap(uv_timer_t *t)
+{
+    list_remove(t->data);
+}
+
+static void on_exit_status(struct proc *p, int status, void *arg)
+{
+    struct command *c = arg;
+    c->ended_at = util_now();
+    if (status < 0) {
+        c->state = CMD_FAILED;
+        c->exit_code = -1;
+        c->error = status == -ESRCH    ? "the sandbox was deleted or stopped"
+                   : status == -EAGAIN ? "the sandbox cannot start more processes"
+                                       : "the sandbox's init could not start the command";
+    } else {
+        c->state = CMD_EXITED;
+        if (WIFSIGNALED(status)) {
+            c->signal = WTERMSIG(status);
+            c->exit_code = 128 + c->signal;
+        } else {
+            c->exit_code = WEXITSTATUS(status);
+        }
+    }
+    c->sb->last_active_at = c->ended_at;
+    proc_release(p);
+    c->proc = NULL;
+    if (c->timer_open) /* from timeout to grace period */
+        uv_timer_start(&c->timer, on_reap, (uint64_t)COMMAND_GRACE_S * 1000, 0);
+    notify(c);
+}
+
+static const struct proc_ops command_ops = {
+    .on_output = on_output, .on_started = on_started, .on_exit = on_exit_status};
+
+static void on_timeout(uv_timer_t *t)
+{
+    struct command *c = t->data;
+    if (c->state != CMD_RUNNING || !c->proc)
+        return;
+    c->timed_out = 1;
+    proc_kill(c->proc, SIGKILL, 1);
+}
+
+int command_start(struct sandbox *sb, const struct command_spec *spec, struct command **out)
+{
+    struct command *c = calloc(1, sizeof(*c));
+    size_t cap = spec->ring_bytes ? spec->ring_bytes : COMMAND_RING_DEFAULT;
+    int r = -ENOMEM;
+    if (!c || util_random_id(c->id, sizeof(c->id), "cmd-") < 0 ||
+        ring_init(&c->rings[PROC_STDOUT], cap) < 0 || ring_init(&c->rings[PROC_STDERR], cap) < 0)
+        goto error;
+    if ((r = proc_start(sb, &spec->proc, &command_ops, c, &c->proc)) < 0)
+        goto error;
+    c->sb = sb;
+    sandbox_ref(sb);
+    c->state = CMD_RUNNING;
+    c->started_at = util_now();
+    c->describe = spec->describe ? json_deep_copy(spec->describe) : json_object();
+    if (spec->stdin_len)
+        proc_write(c->proc, spec->stdin_data, spec->stdin_len);
+    if (spec->close_stdin)
+        proc_close_stdin(c->proc);
+    uv_timer_init(sb->reg->loop, &c->timer);
+    c->timer.data = c;
+    c->timer_open = 1;
+    if (spec->timeout_s > 0)
+        uv_timer_start(&c->timer, on_timeout, (uint64_t)(spec->timeout_s * 1000.0) + 1, 0);
+    c->refs = 1; /* the sandbox's list */
+    c->in_list = 1;
+    c->next = sb->commands;
+    sb->commands = c;
+    *out = c;
+    return 0;
+error:
+    if (c) {
+        ring_free(&c->rings[PROC_STDOUT]);
+        ring_free(&c->rings[PROC_STDERR]);
+    }
+    free(c);
+    return r;
+}
+
+json_t *command_to_json(const struct command *c)
+{
+    char started[32], ended[32];
+    util_format_time(c->started_at, started, sizeof(started));
+    util_format_time(c->ended_at, ended, sizeof(ended));
+    int running = c->state == CMD_RUNNING;
+    json_t *o =
+        json_pack("{s:s, s:i, s:s, s:o, s:o, s:b, s:s, s:o, s:I, s:I}", "command_id", c->id, "pid",
+                  (int)c->pid, "state",
+                  running                  ? "running"
+                  : c->state == CMD_EXITED ? "exited"
+                                           : "failed",
+                  "exit_code", running ? json_null() : json_integer(c->exit_code), "signal",
+                  c->signal ? json_integer(c->signal) : json_null(), "timed_out", c->timed_out,
+                  "started_at", started, "ended_at", running ? json_null() : json_string(ended),
+                  "stdout_bytes", (json_int_t)c->rings[PROC_STDOUT].end, "stderr_bytes",
+                  (json_int_t)c->rings[PROC_STDERR].end);
+    if (o)
+        json_object_update(o, c->describe);
+    if (o && c->error)
+        json_object_set_new(o, "error", json_string(c->error));
+    return o;
+}
+
+int command_write(struct command *c, const void *data, size_t len)
+{
+    return c->proc ? proc_write(c->proc, data, len) : -EPIPE;
+}
+
+void command_close_stdin(struct command *c)
+{
+    if (c->proc)
+        proc_close_stdin(c->proc);
+}
+
+void command_kill(struct command *c, int sig)
+{
+    if (c->proc)
+        proc_kill(c->proc, sig, 1);
+}
+
+struct command_watch *command_watch(struct command *c, int lossless, void (*on_update)(void *arg),
+                                    void *arg)
+{
+    struct command_watch *w = calloc(1, sizeof(*w));
+    if (!w)
+        return NULL;
+    w->cmd = c;
+    w->lossless = lossless;
+    w->on_update = on_update;
+    w->arg = arg;
+    w->off[PROC_STDOUT] = c->rings[PROC_STDOUT].start;
+    w->off[PROC_STDERR] = c->rings[PROC_STDERR].start;
+    w->next = c->watchers;
+    c->watchers = w;
+    command_ref(c);
+    return w;
+}
+
+void command_watch_progress(struct command_watch *w, uint64_t out_off, uint64_t err_off)
+{
+    w->off[PROC_STDOUT] = out_off;
+    w->off[PROC_STDERR] = err_off;
+    if (w->lossless)
+        update_flow(w->cmd);
+}
+
+void command_unwatch(struct command_watch *w)
+{
+    struct command *c = w->cmd;
+    for (struct command_watch **pp = &c->watchers; *pp; pp = &(*pp)->next) {
+        if (*pp == w) {
+            *pp = w->next;
+            break;
+        }
+    }
+    free(w);
+    update_flow(c);
+    command_unref(c);
+}
