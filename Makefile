@@ -18,7 +18,7 @@ SAN ?=
 PREFIX ?= /usr/local
 
 DEB_PKGS := build-essential pkg-config clang-format libuv1-dev node-llhttp libwslay-dev \
-	libjansson-dev libseccomp-dev libsqlite3-dev libssl-dev libcmocka-dev \
+	libjansson-dev libseccomp-dev libsqlite3-dev libssl-dev libcmocka-dev libvterm-dev \
 	python3-pytest python3-websockets bubblewrap iproute2 procps
 
 PKGS := libuv jansson sqlite3 libseccomp libcrypto vterm
@@ -33,7 +33,7 @@ OPT := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize
 endif
 CFLAGS_ALL = -std=gnu11 $(OPT) $(WARN) -D_GNU_SOURCE -Isrc -I$(LLHTTP_INC) \
 	$(shell pkg-config --cflags $(PKGS) 2>/dev/null) $(CFLAGS)
-LDLIBS_ALL = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread $(LDLIBS)
+LDLIBS_ALL = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lwslay -lpthread $(LDLIBS)
 LDFLAGS_ALL = $(OPT) $(LDFLAGS)
 
 # Everything under src/ except the entry points goes into one archive that tests link against.
