@@ -21,6 +21,10 @@ static const struct route routes[] = {
     {"GET", "/v1/sandboxes/{id}/commands/{cid}", api_command_get},
     {"POST", "/v1/sandboxes/{id}/commands/{cid}/kill", api_command_kill},
     {"POST", "/v1/batch", api_batch},
+    {"POST", "/v1/sandboxes/{id}/shells", api_shell_create},
+    {"GET", "/v1/sandboxes/{id}/shells", api_shell_list},
+    {"POST", "/v1/sandboxes/{id}/shells/{sid}/run", api_shell_run},
+    {"DELETE", "/v1/sandboxes/{id}/shells/{sid}", api_shell_delete},
 };
 
 void api_handle(http_req_t *req, void *ctx)

@@ -9,6 +9,7 @@
 #define WARREN_API_API_H
 
 #include "net/http.h"
+#include "core/buf.h"
 #include "net/router.h"
 #include "server.h"
 
@@ -49,6 +50,12 @@ int api_parse_run(struct server *srv, const struct sandbox *sb, json_t *body,
                   const char *const *extra_keys, struct api_run *run, char *err, size_t errlen);
 void api_run_free(struct api_run *run);
 void api_free_strv(char **v);
+/* The environment of a command: defaults (PATH, HOME, HOSTNAME, LANG, TERM=term) < sandbox env <
+ * `env` (may be NULL). malloc'd "K=V" list; free with api_free_strv. */
+char **api_build_env(const struct sandbox *sb, json_t *env, const char *term);
+/* Sets o[name] to the text of b, or o[name] = null and o[name_b64] when it is not UTF-8 (after
+ * dropping a character cut by truncation). */
+void api_put_output(json_t *o, const char *name, const buf_t *b, int truncated);
 /* The error code string for an HTTP status ("bad_request", ...). */
 const char *api_status_code(int status);
 /* HTTP status and message for a -errno from the session layer. */
@@ -77,6 +84,11 @@ void api_command_start(struct server *srv, http_req_t *req, const struct route_p
 void api_command_list(struct server *srv, http_req_t *req, const struct route_params *p);
 void api_command_get(struct server *srv, http_req_t *req, const struct route_params *p);
 void api_command_kill(struct server *srv, http_req_t *req, const struct route_params *p);
+/* shells.c */
+void api_shell_create(struct server *srv, http_req_t *req, const struct route_params *p);
+void api_shell_list(struct server *srv, http_req_t *req, const struct route_params *p);
+void api_shell_run(struct server *srv, http_req_t *req, const struct route_params *p);
+void api_shell_delete(struct server *srv, http_req_t *req, const struct route_params *p);
 /* batch.c */
 void api_batch(struct server *srv, http_req_t *req, const struct route_params *p);
 

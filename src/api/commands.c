@@ -22,7 +22,7 @@ struct exec_call {
 
 /* Adds "stdout"/"stdout_b64" (or stderr) to the result: text when it is valid UTF-8 (after
  * dropping a multi-byte character cut by truncation), base64 of the exact bytes otherwise. */
-static void put_output(json_t *o, const char *name, const buf_t *b, int truncated)
+void api_put_output(json_t *o, const char *name, const buf_t *b, int truncated)
 {
     char b64name[32];
     size_t len = b->len;
@@ -54,8 +54,8 @@ json_t *api_exec_result_json(const struct exec_result *res)
                           "stdout_truncated", res->out_truncated, "stderr_truncated",
                           res->err_truncated, "truncated", res->out_truncated || res->err_truncated,
                           "timed_out", res->timed_out, "duration_ms", res->duration_ms);
-    put_output(o, "stdout", &res->out, res->out_truncated);
-    put_output(o, "stderr", &res->err, res->err_truncated);
+    api_put_output(o, "stdout", &res->out, res->out_truncated);
+    api_put_output(o, "stderr", &res->err, res->err_truncated);
     return o;
 }
 
@@ -81,7 +81,7 @@ static void on_client_gone(http_req_t *req, void *arg)
 }
 
 /* Builds the command's environment: defaults < sandbox env < request env. */
-static char **build_env(const struct sandbox *sb, json_t *exec_env, const char *term)
+char **api_build_env(const struct sandbox *sb, json_t *exec_env, const char *term)
 {
     json_t *all = json_pack("{s:s, s:s, s:s, s:s, s:s}", "PATH", DEFAULT_PATH, "HOME", "/root",
                             "HOSTNAME", sb->name, "LANG", "C.UTF-8", "TERM", term);
@@ -227,7 +227,7 @@ int api_parse_run(struct server *srv, const struct sandbox *sb, json_t *body,
         return 422;
     }
     run->max_output = (size_t)max_out;
-    if (!(run->env = build_env(sb, env, term)))
+    if (!(run->env = api_build_env(sb, env, term)))
         goto oom;
     return 0;
 oom:

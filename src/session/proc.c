@@ -333,6 +333,18 @@ int proc_resize(struct proc *p, int rows, int cols)
     return ioctl(p->fds[S_OUT], TIOCSWINSZ, &ws) < 0 ? -errno : 0;
 }
 
+int proc_tty_groups(struct proc *p, pid_t *fg_pgrp, pid_t *session)
+{
+    if (!p->pty)
+        return -ENOTTY;
+    if (p->fds[S_OUT] < 0)
+        return -EPIPE;
+    /* The kernel reports both in the caller's pid namespace: host pids. */
+    if (ioctl(p->fds[S_OUT], TIOCGPGRP, fg_pgrp) < 0 || ioctl(p->fds[S_OUT], TIOCGSID, session) < 0)
+        return -errno;
+    return 0;
+}
+
 void proc_pause_output(struct proc *p, int paused)
 {
     if (p->paused == !!paused)

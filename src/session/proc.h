@@ -61,6 +61,9 @@ size_t proc_input_pending(const struct proc *p);
 void proc_kill(struct proc *p, int sig, int group);
 /* Terminal size (pty only); -ENOTTY otherwise. */
 int proc_resize(struct proc *p, int rows, int cols);
+/* Terminal only: the foreground process group and the session id of the terminal, as host pids
+ * (so the daemon can signal them directly). -ENOTTY for pipes, -EPIPE once closed. */
+int proc_tty_groups(struct proc *p, pid_t *fg_pgrp, pid_t *session);
 /* Stops (1) or resumes (0) reading the output: the process blocks once its pipe is full. */
 void proc_pause_output(struct proc *p, int paused);
 pid_t proc_pid(const struct proc *p);

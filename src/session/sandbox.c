@@ -22,6 +22,7 @@
 #include "sandbox/template.h"
 #include "session/command.h"
 #include "session/proc.h"
+#include "session/shell.h"
 
 #ifndef P_PIDFD
 #define P_PIDFD 3
@@ -397,6 +398,7 @@ static void destroy_after_cb(uv_work_t *w, int status)
     list_remove(sb);
     reg->pending--;
     command_drop_all(sb);
+    shell_drop_all(sb);
     log_info("sandbox %s deleted", sb->id);
     struct sandbox_waiter *w0 = sb->waiters;
     sb->waiters = NULL;

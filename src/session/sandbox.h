@@ -39,6 +39,7 @@ enum sandbox_state { SB_CREATING, SB_RUNNING, SB_STOPPING, SB_FAILED };
 
 struct proc;
 struct command;
+struct shell;
 struct sandbox;
 struct host_template;
 
@@ -84,6 +85,7 @@ struct sandbox {
     int refs;
     struct proc *procs;       /* processes started and not yet exited */
     struct command *commands; /* detached commands (session/command.h), newest first */
+    struct shell *shells;     /* persistent shells (session/shell.h) */
     uint32_t next_tag;
     struct sandbox_waiter *waiters;      /* destroy callbacks */
     struct ctl_out *out_head, *out_tail; /* queued control messages */
