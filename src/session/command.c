@@ -79,10 +79,10 @@ uint64_t command_end(const struct command *c, enum proc_stream s)
     return c->rings[s].end;
 }
 
-size_t command_peek(const struct command *c, enum proc_stream s, uint64_t offset, const char **ptr,
-                    uint64_t *gap)
+size_t command_read(const struct command *c, enum proc_stream s, uint64_t offset, void *out,
+                    size_t max, uint64_t *gap)
 {
-    return ring_peek(&c->rings[s], offset, ptr, gap);
+    return ring_read(&c->rings[s], offset, out, max, gap);
 }
 
 static void command_free(struct command *c)

@@ -73,9 +73,9 @@ struct command_watch *command_watch(struct command *c, int lossless, void (*on_u
 /* Tells the command how far a watcher has read (it matters for lossless watchers). */
 void command_watch_progress(struct command_watch *w, uint64_t out_off, uint64_t err_off);
 void command_unwatch(struct command_watch *w);
-/* Output access, as ring_peek() on the stream's ring; command_end() is the total written. */
-size_t command_peek(const struct command *c, enum proc_stream s, uint64_t offset, const char **ptr,
-                    uint64_t *gap);
+/* Output: the total written to a stream, and copying access as ring_read(). */
 uint64_t command_end(const struct command *c, enum proc_stream s);
+size_t command_read(const struct command *c, enum proc_stream s, uint64_t offset, void *out,
+                    size_t max, uint64_t *gap);
 
 #endif
