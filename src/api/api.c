@@ -20,6 +20,8 @@ static const struct route routes[] = {
     {"GET", "/v1/sandboxes/{id}/commands", api_command_list},
     {"GET", "/v1/sandboxes/{id}/commands/{cid}", api_command_get},
     {"POST", "/v1/sandboxes/{id}/commands/{cid}/kill", api_command_kill},
+    {"GET", "/v1/sandboxes/{id}/commands/{cid}/stream", api_command_stream},
+    {"GET", "/v1/sandboxes/{id}/exec/ws", api_exec_ws},
     {"POST", "/v1/batch", api_batch},
     {"POST", "/v1/sandboxes/{id}/shells", api_shell_create},
     {"GET", "/v1/sandboxes/{id}/shells", api_shell_list},

@@ -84,6 +84,9 @@ void api_command_start(struct server *srv, http_req_t *req, const struct route_p
 void api_command_list(struct server *srv, http_req_t *req, const struct route_params *p);
 void api_command_get(struct server *srv, http_req_t *req, const struct route_params *p);
 void api_command_kill(struct server *srv, http_req_t *req, const struct route_params *p);
+/* streams.c (WebSocket) */
+void api_command_stream(struct server *srv, http_req_t *req, const struct route_params *p);
+void api_exec_ws(struct server *srv, http_req_t *req, const struct route_params *p);
 /* shells.c */
 void api_shell_create(struct server *srv, http_req_t *req, const struct route_params *p);
 void api_shell_list(struct server *srv, http_req_t *req, const struct route_params *p);

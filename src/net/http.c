@@ -10,6 +10,10 @@
  *     closes first, the request is detached (req->conn = NULL) and freed by the response.
  *   - The server counts every uv handle it opened; `done` runs when the count drops to zero after
  *     http_server_close().
+ *   - A connection taken over by an upgrade (conn->upgraded) keeps its struct, handles, list entry
+ *     and count here, but its I/O and timer belong to the new owner (whose pointer is then in the
+ *     handles' `data`). It is closed by http_takeover_release() or, on http_server_close(), by the
+ *     owner after ops->server_closing; ops->closed runs from the last close callback.
  *
  * Flow control: the parser is fed from conn->in and pauses after every complete request, so the
  * next request is parsed only once the previous response was queued (pipelining in order). While a
@@ -74,6 +78,7 @@ struct http_req {
     int headers_done;
     int keep_alive;
     int http10;
+    int version; /* major * 10 + minor */
     int is_head;
     int gone;
     http_abort_fn abort_cb;
@@ -110,6 +115,9 @@ struct conn {
     unsigned lingering : 1;         /* output flushed, half-closed, draining input */
     unsigned eof : 1;               /* the client sent EOF */
     unsigned counted : 1;           /* counts towards max_connections */
+    unsigned upgraded : 1;          /* taken over (http_req_takeover); see the top of the file */
+    const struct http_takeover_ops *tk_ops;
+    void *tk_owner;
     char peer[PEER_LEN];
 };
 
@@ -553,6 +561,11 @@ const char *http_req_peer(const http_req_t *req)
     return req->peer;
 }
 
+int http_req_version(const http_req_t *req)
+{
+    return req->version;
+}
+
 int http_req_gone(const http_req_t *req)
 {
     return req->gone;
@@ -575,7 +588,8 @@ static void on_write(uv_write_t *w, int status)
     free(wr->data);
     free(wr);
     c->pending_writes--;
-    if (c->closing)
+    /* After a takeover the new owner notices a broken connection through its own I/O. */
+    if (c->closing || c->upgraded)
         return;
     if (status < 0) {
         conn_close(c);
@@ -781,8 +795,13 @@ static int on_headers_complete(llhttp_t *p)
     req->method = llhttp_method_name((llhttp_method_t)llhttp_get_method(p));
     req->is_head = llhttp_get_method(p) == HTTP_HEAD;
     req->http10 = llhttp_get_http_major(p) == 1 && llhttp_get_http_minor(p) == 0;
-    /* Upgrades (CONNECT, WebSocket) are not supported: answer normally, then close. */
-    req->keep_alive = llhttp_should_keep_alive(p) && !p->upgrade;
+    req->version = llhttp_get_http_major(p) * 10 + llhttp_get_http_minor(p);
+    /* An upgrade request goes to the handler, which either takes the connection over
+     * (http_req_takeover) or answers normally; then the connection is closed, as llhttp parses
+     * nothing after an upgrade request and no other protocol is supported. An `Upgrade:` header
+     * without `Connection: upgrade` is treated the same, to keep the rule simple. */
+    req->keep_alive =
+        llhttp_should_keep_alive(p) && !p->upgrade && !http_req_header(req, "Upgrade");
 
     const char *why = "malformed request target";
     int rc = req_parse_target(req, &why);
@@ -857,6 +876,8 @@ static void on_conn_handle_closed(uv_handle_t *h)
     req_free(c->cur);
     req_free(c->ready);
     buf_free(&c->in);
+    if (c->upgraded && c->tk_ops->closed)
+        c->tk_ops->closed(c->tk_owner);
     free(c);
     maybe_done(srv);
 }
@@ -868,6 +889,9 @@ static void conn_close(struct conn *c)
     c->closing = 1;
     if (c->counted)
         c->srv->nconns--;
+    /* A new owner (takeover) may have repointed the handles' data; the close callbacks need c. */
+    c->h.handle.data = c;
+    c->timer.data = c;
     uv_close(&c->h.handle, on_conn_handle_closed);
     uv_close((uv_handle_t *)&c->timer, on_conn_handle_closed);
     http_req_t *req = c->active;
@@ -921,7 +945,7 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
 {
     struct conn *c = s->data;
-    if (c->closing)
+    if (c->closing || c->upgraded)
         return;
     if (nread < 0) {
         c->reading = 0;
@@ -963,7 +987,7 @@ static void conn_set_reading(struct conn *c, int on)
 /* Reconciles reading and the idle timer with the connection's state. */
 static void conn_update(struct conn *c)
 {
-    if (c->closing)
+    if (c->closing || c->upgraded)
         return;
     if (c->lingering) {
         conn_set_reading(c, !c->eof);
@@ -985,7 +1009,8 @@ static void conn_process(struct conn *c)
         return;
     c->processing = 1;
     http_server_t *srv = c->srv;
-    while (!c->closing && !c->close_after_write && !c->active && !srv->closing && c->in.len > 0) {
+    while (!c->closing && !c->close_after_write && !c->active && !c->upgraded && !srv->closing &&
+           c->in.len > 0) {
         if (uv_stream_get_write_queue_size(&c->h.stream) > WRITE_HIGH_WATER)
             break;
         const char *data = c->in.data;
@@ -1359,7 +1384,10 @@ void http_server_close(http_server_t *srv, void (*done)(void *arg), void *arg)
      * callbacks run in between. */
     for (struct conn *c = srv->conns, *next; c; c = next) {
         next = c->next;
-        conn_close(c);
+        if (c->upgraded && !c->closing)
+            c->tk_ops->server_closing(c->tk_owner);
+        else
+            conn_close(c);
     }
     uv_timer_init(srv->loop, &srv->kick);
     srv->kick.data = srv;
@@ -1378,4 +1406,45 @@ void http_server_free(http_server_t *srv)
         return;
     }
     free(srv);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Takeover (protocol upgrades)
+ */
+
+int http_req_takeover(http_req_t *req, const void *response, size_t len,
+                      const struct http_takeover_ops *ops, void *owner, struct http_takeover *out)
+{
+    struct conn *c = req->conn;
+    req_free(req);
+    if (!c)
+        return -ENOTCONN;
+    c->active = NULL;
+    buf_t resp = BUF_INIT;
+    if (buf_append(&resp, response, len) < 0) {
+        conn_close(c);
+        return -ENOMEM;
+    }
+    /* Queued behind any earlier pipelined responses; the owner's writes queue behind it. */
+    int rc = conn_write(c, &resp);
+    if (rc < 0)
+        return rc;
+    c->upgraded = 1;
+    c->tk_ops = ops;
+    c->tk_owner = owner;
+    conn_set_reading(c, 0);
+    uv_timer_stop(&c->timer);
+    out->stream = &c->h.stream;
+    out->timer = &c->timer;
+    /* The parser stopped right after the request, so this is exactly what followed it. */
+    out->pending = c->in;
+    buf_init(&c->in);
+    return 0;
+}
+
+void http_takeover_release(uv_stream_t *stream)
+{
+    /* The stream is the first member of its connection (see struct conn). */
+    struct conn *c = (struct conn *)((char *)stream - offsetof(struct conn, h));
+    conn_close(c);
 }

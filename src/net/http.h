@@ -26,6 +26,8 @@
 #include <uv.h>
 #include <jansson.h>
 
+#include "core/buf.h"
+
 typedef struct http_server http_server_t;
 typedef struct http_req http_req_t;
 
@@ -53,7 +55,9 @@ int http_server_port(const http_server_t *srv);
 unsigned http_server_connections(const http_server_t *srv);
 /* Stops accepting and closes every connection (pending requests get their abort callback). When
  * all handles are closed, `done(arg)` is called; the server may then be freed with
- * http_server_free(). Requests still unanswered stay valid until answered. */
+ * http_server_free(). Requests still unanswered stay valid until answered. Taken-over connections
+ * (WebSockets, see below) are asked to close and `done` waits for them (a WebSocket finishes its
+ * close handshake first, bounded by its close timeout). */
 void http_server_close(http_server_t *srv, void (*done)(void *arg), void *arg);
 void http_server_free(http_server_t *srv);
 
@@ -73,6 +77,8 @@ const char *http_req_header(const http_req_t *req, const char *name);
 const char *http_req_body(const http_req_t *req, size_t *len);
 /* Peer address as text ("127.0.0.1:53412" or "unix"). */
 const char *http_req_peer(const http_req_t *req);
+/* HTTP version of the request as major * 10 + minor: 10 for HTTP/1.0, 11 for HTTP/1.1. */
+int http_req_version(const http_req_t *req);
 /* True once the client has disconnected. */
 int http_req_gone(const http_req_t *req);
 void http_req_set_abort_cb(http_req_t *req, http_abort_fn cb, void *arg);
@@ -89,5 +95,47 @@ void http_respond_error(http_req_t *req, int status, const char *code, const cha
 
 /* The reason phrase for a status code ("Not Found"), "Unknown" if not known. */
 const char *http_status_text(int status);
+
+/* ---------------------------------------------------------------------------------------------
+ * Connection takeover, for protocol upgrades. Internal to net/: net/ws uses it; route handlers
+ * call ws_accept() instead.
+ *
+ * A request that carries an `Upgrade:` header reaches the handler like any other; if it is
+ * answered with http_respond*(), the connection is closed after the response (no other protocol
+ * is supported). http_req_takeover() instead answers it with a raw response (the 101) and hands the
+ * connection to a new owner: from then on the HTTP server neither reads, parses nor times out the
+ * connection. It still counts it (http_server_connections, max_connections), tells the owner when
+ * the server closes, and owns the memory of the stream and timer handles, which it frees only
+ * after http_takeover_release() and the `closed` callback.
+ */
+struct http_takeover_ops {
+    /* http_server_close() was called: the owner should wind the connection up and then call
+     * http_takeover_release(). It may do so right away, from inside this callback. */
+    void (*server_closing)(void *owner);
+    /* Both handles are closed (every callback of theirs has run, pending writes completed with
+     * UV_ECANCELED); this is the last call for the connection, always from a libuv close callback
+     * (never from inside http_takeover_release()). The handles are freed right after it returns. */
+    void (*closed)(void *owner);
+};
+
+struct http_takeover {
+    /* The client connection, reading stopped. The owner may set its `data`, read and write it and
+     * uv_shutdown() it, but must not uv_close() it (use http_takeover_release()). */
+    uv_stream_t *stream;
+    /* A timer on the same loop, stopped, for the owner's use (same rules as `stream`). */
+    uv_timer_t *timer;
+    /* Bytes the client sent after the request (already received, not parsed). The owner takes
+     * the storage (buf_free() it). */
+    buf_t pending;
+};
+
+/* Queues `response` (len bytes, copied: status line, headers and the empty line) and hands the
+ * connection over as described above, filling `out`. Consumes the request in every case. Returns
+ * 0, -ENOTCONN if the client is already gone, or another -errno if the response could not be
+ * queued (the connection is then closed). `ops` must outlive the connection. */
+int http_req_takeover(http_req_t *req, const void *response, size_t len,
+                      const struct http_takeover_ops *ops, void *owner, struct http_takeover *out);
+/* Closes a taken-over connection (a no-op if already closing); ops->closed follows. */
+void http_takeover_release(uv_stream_t *stream);
 
 #endif
