@@ -27,6 +27,15 @@ static const struct route routes[] = {
     {"GET", "/v1/sandboxes/{id}/shells", api_shell_list},
     {"POST", "/v1/sandboxes/{id}/shells/{sid}/run", api_shell_run},
     {"DELETE", "/v1/sandboxes/{id}/shells/{sid}", api_shell_delete},
+    {"POST", "/v1/sandboxes/{id}/terminals", api_terminal_create},
+    {"GET", "/v1/sandboxes/{id}/terminals", api_terminal_list},
+    {"GET", "/v1/sandboxes/{id}/terminals/{tid}", api_terminal_get},
+    {"DELETE", "/v1/sandboxes/{id}/terminals/{tid}", api_terminal_delete},
+    {"POST", "/v1/sandboxes/{id}/terminals/{tid}/keys", api_terminal_keys},
+    {"GET", "/v1/sandboxes/{id}/terminals/{tid}/screen", api_terminal_screen},
+    {"POST", "/v1/sandboxes/{id}/terminals/{tid}/resize", api_terminal_resize},
+    {"GET", "/v1/sandboxes/{id}/terminals/{tid}/recording", api_terminal_recording},
+    {"GET", "/v1/sandboxes/{id}/terminals/{tid}/attach", api_terminal_attach},
 };
 
 void api_handle(http_req_t *req, void *ctx)

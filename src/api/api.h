@@ -87,6 +87,16 @@ void api_command_kill(struct server *srv, http_req_t *req, const struct route_pa
 /* streams.c (WebSocket) */
 void api_command_stream(struct server *srv, http_req_t *req, const struct route_params *p);
 void api_exec_ws(struct server *srv, http_req_t *req, const struct route_params *p);
+/* terminals.c */
+void api_terminal_create(struct server *srv, http_req_t *req, const struct route_params *p);
+void api_terminal_list(struct server *srv, http_req_t *req, const struct route_params *p);
+void api_terminal_get(struct server *srv, http_req_t *req, const struct route_params *p);
+void api_terminal_delete(struct server *srv, http_req_t *req, const struct route_params *p);
+void api_terminal_keys(struct server *srv, http_req_t *req, const struct route_params *p);
+void api_terminal_screen(struct server *srv, http_req_t *req, const struct route_params *p);
+void api_terminal_resize(struct server *srv, http_req_t *req, const struct route_params *p);
+void api_terminal_recording(struct server *srv, http_req_t *req, const struct route_params *p);
+void api_terminal_attach(struct server *srv, http_req_t *req, const struct route_params *p);
 /* shells.c */
 void api_shell_create(struct server *srv, http_req_t *req, const struct route_params *p);
 void api_shell_list(struct server *srv, http_req_t *req, const struct route_params *p);

@@ -23,7 +23,7 @@
 #include "session/command.h"
 #include "session/proc.h"
 #include "session/shell.h"
-
+#include "session/terminal.h"
 
 #ifndef P_PIDFD
 #define P_PIDFD 3
@@ -400,6 +400,7 @@ static void destroy_after_cb(uv_work_t *w, int status)
     reg->pending--;
     command_drop_all(sb);
     shell_drop_all(sb);
+    terminal_drop_all(sb);
 
     log_info("sandbox %s deleted", sb->id);
     struct sandbox_waiter *w0 = sb->waiters;

@@ -40,6 +40,7 @@ enum sandbox_state { SB_CREATING, SB_RUNNING, SB_STOPPING, SB_FAILED };
 struct proc;
 struct command;
 struct shell;
+struct terminal;
 struct sandbox;
 struct host_template;
 
@@ -83,9 +84,10 @@ struct sandbox {
     uv_poll_t pid_poll;
     int handles; /* open uv handles; freed when 0 after destroy */
     int refs;
-    struct proc *procs;       /* processes started and not yet exited */
-    struct command *commands; /* detached commands (session/command.h), newest first */
-    struct shell *shells;     /* persistent shells (session/shell.h) */
+    struct proc *procs;         /* processes started and not yet exited */
+    struct command *commands;   /* detached commands (session/command.h), newest first */
+    struct shell *shells;       /* persistent shells (session/shell.h) */
+    struct terminal *terminals; /* terminals (session/terminal.h) */
     uint32_t next_tag;
     struct sandbox_waiter *waiters;      /* destroy callbacks */
     struct ctl_out *out_head, *out_tail; /* queued control messages */

@@ -353,10 +353,12 @@ int vt_resize(struct vt *vt, int rows, int cols)
      */
     VTermPos cursor, saved;
     vterm_state_get_cursorpos(state, &cursor);
-    feed_str(vt, "\x1b[?6l\x1b[r\x1b[s\x1b" "8");
+    feed_str(vt, "\x1b[?6l\x1b[r\x1b[s\x1b"
+                 "8");
     vterm_state_get_cursorpos(state, &saved);
     move_cursor(vt, saved, rows, cols);
-    feed_str(vt, "\x1b" "7");
+    feed_str(vt, "\x1b"
+                 "7");
     move_cursor(vt, cursor, rows, cols);
     return 0;
 }

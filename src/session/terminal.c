@@ -1,0 +1,279 @@
+/*
+ * terminal — PTY programs with a screen model, recording and viewers. See terminal.h.
+ */
+#include "session/terminal.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "core/util.h"
+#include "session/asciicast.h"
+#include "session/vt.h"
+
+#define HISTORY_LINES 5000
+#define RECORDING_MAX (64u << 20)
+
+struct terminal_watch {
+    struct terminal *t;
+    struct terminal_watch *next;
+    void (*on_output)(const char *data, size_t len, void *arg);
+    void (*on_exit)(void *arg);
+    void *arg;
+};
+
+struct terminal {
+    struct sandbox *sb;
+    struct terminal *next;
+    char id[TERMINAL_ID_MAX];
+    struct proc *proc;
+    struct vt *vt;
+    struct asciicast *cast;
+    double t0;
+    int cols, rows;
+    int running;
+    int exit_code;
+    double created_at;
+    double last_output;
+    struct terminal_watch *watchers;
+};
+
+const char *terminal_id(const struct terminal *t)
+{
+    return t->id;
+}
+
+struct terminal *terminal_next(const struct terminal *t)
+{
+    return t->next;
+}
+
+int terminal_running(const struct terminal *t)
+{
+    return t->running;
+}
+
+double terminal_last_output(const struct terminal *t)
+{
+    return t->last_output;
+}
+
+void terminal_size(const struct terminal *t, int *cols, int *rows)
+{
+    *cols = t->cols;
+    *rows = t->rows;
+}
+
+struct terminal *terminal_find(struct sandbox *sb, const char *id)
+{
+    for (struct terminal *t = sb->terminals; t; t = t->next)
+        if (strcmp(t->id, id) == 0)
+            return t;
+    return NULL;
+}
+
+json_t *terminal_to_json(const struct terminal *t)
+{
+    char created[32];
+    util_format_time(t->created_at, created, sizeof(created));
+    return json_pack("{s:s, s:s, s:o, s:i, s:i, s:b, s:s}", "terminal_id", t->id, "state",
+                     t->running ? "running" : "exited", "exit_code",
+                     t->running ? json_null() : json_integer(t->exit_code), "cols", t->cols, "rows",
+                     t->rows, "recording", t->cast != NULL, "created_at", created);
+}
+
+static void on_output(struct proc *p, enum proc_stream s, const char *data, size_t len, void *arg)
+{
+    struct terminal *t = arg;
+    double now = util_monotonic();
+    t->last_output = now;
+    vt_feed(t->vt, data, len);
+    size_t rlen;
+    char *replies = vt_take_replies(t->vt, &rlen);
+    if (replies) {
+        proc_write(p, replies, rlen);
+        free(replies);
+    }
+    if (t->cast)
+        asciicast_output(t->cast, now - t->t0, data, len);
+    for (struct terminal_watch *w = t->watchers, *next; w; w = next) {
+        next = w->next;
+        w->on_output(data, len, w->arg);
+    }
+}
+
+static void notify_exit(struct terminal *t)
+{
+    for (struct terminal_watch *w = t->watchers, *next; w; w = next) {
+        next = w->next;
+        if (w->on_exit)
+            w->on_exit(w->arg);
+    }
+}
+
+static void on_exit_status(struct proc *p, int status, void *arg)
+{
+    struct terminal *t = arg;
+    t->running = 0;
+    t->exit_code = status < 0            ? -1
+                   : WIFSIGNALED(status) ? 128 + WTERMSIG(status)
+                                         : WEXITSTATUS(status);
+    proc_release(p);
+    t->proc = NULL;
+    notify_exit(t);
+}
+
+static const struct proc_ops terminal_ops = {.on_output = on_output, .on_exit = on_exit_status};
+
+int terminal_create(struct sandbox *sb, const struct terminal_spec *spec, struct terminal **out)
+{
+    static const char *const bash[] = {"/bin/bash", "-i", NULL};
+    static const char *const sh_argv[] = {"/bin/sh", "-i", NULL};
+    struct terminal *t = calloc(1, sizeof(*t));
+    int r = -ENOMEM;
+    if (!t || !(t->vt = vt_new(spec->rows, spec->cols, HISTORY_LINES)))
+        goto error;
+    util_random_id(t->id, sizeof(t->id), "term-");
+    t->cols = spec->cols;
+    t->rows = spec->rows;
+    t->created_at = util_now();
+    t->t0 = t->last_output = util_monotonic();
+    const char *const *argv = spec->argv;
+    if (!argv)
+        argv =
+            access("/usr/bin/bash", X_OK) == 0 || access("/bin/bash", X_OK) == 0 ? bash : sh_argv;
+    if (spec->record && !(t->cast = asciicast_new(spec->cols, spec->rows, t->created_at,
+                                                  "xterm-256color", argv[0], RECORDING_MAX)))
+        goto error;
+    struct proc_spec ps = {.argv = argv,
+                           .env = spec->env,
+                           .cwd = spec->cwd,
+                           .pty = 1,
+                           .rows = spec->rows,
+                           .cols = spec->cols};
+    if ((r = proc_start(sb, &ps, &terminal_ops, t, &t->proc)) < 0)
+        goto error;
+    t->running = 1;
+    t->sb = sb;
+    sandbox_ref(sb);
+    t->next = sb->terminals;
+    sb->terminals = t;
+    *out = t;
+    return 0;
+error:
+    if (t) {
+        if (t->vt)
+            vt_free(t->vt);
+        if (t->cast)
+            asciicast_free(t->cast);
+    }
+    free(t);
+    return r;
+}
+
+int terminal_write(struct terminal *t, const void *data, size_t len)
+{
+    if (!t->proc)
+        return -EPIPE;
+    if (t->cast)
+        asciicast_input(t->cast, util_monotonic() - t->t0, data, len);
+    return proc_write(t->proc, data, len);
+}
+
+int terminal_resize(struct terminal *t, int cols, int rows)
+{
+    int r = vt_resize(t->vt, rows, cols);
+    if (r < 0)
+        return r;
+    t->cols = cols;
+    t->rows = rows;
+    if (t->cast)
+        asciicast_resize(t->cast, util_monotonic() - t->t0, cols, rows);
+    return t->proc ? proc_resize(t->proc, rows, cols) : 0;
+}
+
+char *terminal_screen(struct terminal *t, int with_history, int *row, int *col)
+{
+    vt_cursor(t->vt, row, col);
+    return vt_screen_text(t->vt, with_history);
+}
+
+int terminal_recording(struct terminal *t, uint64_t since, char **text, size_t *len, uint64_t *next)
+{
+    if (!t->cast)
+        return -ENOENT;
+    *text = asciicast_read(t->cast, since, len, next);
+    return *text ? 0 : -ENOMEM;
+}
+
+int terminal_idle(struct terminal *t)
+{
+    pid_t fg, sid;
+    if (!t->proc || proc_tty_groups(t->proc, &fg, &sid) < 0)
+        return 1;
+    return fg == sid;
+}
+
+struct terminal_watch *terminal_watch(struct terminal *t,
+                                      void (*on_output_cb)(const char *data, size_t len, void *arg),
+                                      void (*on_exit_cb)(void *arg), void *arg)
+{
+    struct terminal_watch *w = calloc(1, sizeof(*w));
+    if (!w)
+        return NULL;
+    w->t = t;
+    w->on_output = on_output_cb;
+    w->on_exit = on_exit_cb;
+    w->arg = arg;
+    w->next = t->watchers;
+    t->watchers = w;
+    return w;
+}
+
+void terminal_unwatch(struct terminal_watch *w)
+{
+    struct terminal *t = w->t;
+    for (struct terminal_watch **pp = &t->watchers; *pp; pp = &(*pp)->next) {
+        if (*pp == w) {
+            *pp = w->next;
+            break;
+        }
+    }
+    free(w);
+}
+
+void terminal_destroy(struct terminal *t)
+{
+    for (struct terminal **pp = &t->sb->terminals; *pp; pp = &(*pp)->next) {
+        if (*pp == t) {
+            *pp = t->next;
+            break;
+        }
+    }
+    if (t->proc) {
+        /* Like closing a terminal window: hang-up to the session, which the shell passes on. */
+        proc_kill(t->proc, SIGHUP, 1);
+        proc_kill(t->proc, SIGCONT, 1);
+        proc_release(t->proc);
+        t->proc = NULL;
+    }
+    t->running = 0;
+    notify_exit(t); /* viewers unwatch here */
+    while (t->watchers)
+        terminal_unwatch(t->watchers);
+    vt_free(t->vt);
+    if (t->cast)
+        asciicast_free(t->cast);
+    struct sandbox *sb = t->sb;
+    free(t);
+    sandbox_unref(sb);
+}
+
+void terminal_drop_all(struct sandbox *sb)
+{
+    while (sb->terminals)
+        terminal_destroy(sb->terminals);
+}

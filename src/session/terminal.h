@@ -1,0 +1,73 @@
+/*
+ * terminal — interactive programs on a pseudo-terminal of the sandbox, with a screen model
+ * (libvterm, session/vt.h) that can be read as text, keys that can be sent by name
+ * (session/keys.h), an optional asciicast v2 recording (session/asciicast.h) and any number of
+ * live viewers (WebSocket attach).
+ *
+ * The terminal's output feeds the screen model, the recording and the viewers, in that order;
+ * answers the model owes the program (cursor position reports, ...) are written back to it.
+ * When the program exits the terminal stays (state "exited", with its screen and recording)
+ * until it is deleted or its sandbox is.
+ *
+ * Ownership: the sandbox's list owns its terminals. Viewers are registered with
+ * terminal_watch() and must unwatch before the terminal is destroyed; on destruction they get
+ * on_exit and must unwatch from it. Loop thread only.
+ */
+#ifndef WARREN_SESSION_TERMINAL_H
+#define WARREN_SESSION_TERMINAL_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "session/proc.h"
+
+#define TERMINAL_ID_MAX 20
+#define TERMINAL_MIN_COLS 20
+#define TERMINAL_MAX_COLS 500
+#define TERMINAL_MIN_ROWS 10
+#define TERMINAL_MAX_ROWS 200
+
+struct terminal;
+struct terminal_watch;
+
+struct terminal_spec {
+    const char *const *argv; /* NULL: the sandbox's bash (sh if none) */
+    const char *const *env;  /* complete environment */
+    const char *cwd;
+    int cols, rows;
+    int record;
+};
+
+int terminal_create(struct sandbox *sb, const struct terminal_spec *spec, struct terminal **out);
+struct terminal *terminal_find(struct sandbox *sb, const char *id);
+struct terminal *terminal_next(const struct terminal *t);
+const char *terminal_id(const struct terminal *t);
+/* {terminal_id, state, exit_code, cols, rows, recording, created_at} */
+json_t *terminal_to_json(const struct terminal *t);
+int terminal_running(const struct terminal *t);
+
+/* Input bytes for the program (recorded as "i" events). -EPIPE once it has exited. */
+int terminal_write(struct terminal *t, const void *data, size_t len);
+int terminal_resize(struct terminal *t, int cols, int rows);
+/* The screen as text (see vt_screen_text), and the cursor. malloc'd. */
+char *terminal_screen(struct terminal *t, int with_history, int *row, int *col);
+void terminal_size(const struct terminal *t, int *cols, int *rows);
+/* The recording from `since` (see asciicast_read); -ENOENT when not recording. */
+int terminal_recording(struct terminal *t, uint64_t since, char **text, size_t *len,
+                       uint64_t *next);
+/* True when the terminal's foreground process group is its first process's (a shell at its
+ * prompt, nothing running in the foreground) — or when the program has exited. */
+int terminal_idle(struct terminal *t);
+/* Time of the last output (monotonic seconds). */
+double terminal_last_output(const struct terminal *t);
+
+struct terminal_watch *terminal_watch(struct terminal *t,
+                                      void (*on_output)(const char *data, size_t len, void *arg),
+                                      void (*on_exit)(void *arg), void *arg);
+void terminal_unwatch(struct terminal_watch *w);
+
+void terminal_destroy(struct terminal *t);
+void terminal_drop_all(struct sandbox *sb);
+
+#endif
