@@ -53,8 +53,8 @@ static void send_json(struct stream *st, json_t *o)
 
 static void send_error(struct stream *st, const char *type, const char *msg)
 {
-    send_json(st, json_pack("{s:s, s:s, s:s}", "type", "error", "error_type", type, "message",
-                            msg));
+    send_json(st,
+              json_pack("{s:s, s:s, s:s}", "type", "error", "error_type", type, "message", msg));
 }
 
 /* Copies the valid UTF-8 of [p, p+n) into out, replacing invalid bytes by U+FFFD. A sequence cut
@@ -158,9 +158,9 @@ static void pump(struct stream *st)
         if (state == CMD_FAILED)
             send_error(st, "command_failed", error ? error : "the command could not run");
         else
-            send_json(st, json_pack("{s:s, s:i, s:o, s:b}", "type", "exit", "exit_code", code,
-                                    "signal", sig ? json_integer(sig) : json_null(), "timed_out",
-                                    timed_out));
+            send_json(st,
+                      json_pack("{s:s, s:i, s:o, s:b}", "type", "exit", "exit_code", code, "signal",
+                                sig ? json_integer(sig) : json_null(), "timed_out", timed_out));
         st->closing = 1;
         ws_close(st->ws, 1000, "command ended");
     }
@@ -212,14 +212,14 @@ static long long opt_offset(json_t *o, const char *key)
 
 static void handle_first(struct stream *st, json_t *msg)
 {
-    static const char *const extra[] = {"type", "binary", "kill_on_disconnect", "lossless",
-                                        "buffer_bytes", NULL};
+    static const char *const extra[] = {"type",     "binary",       "kill_on_disconnect",
+                                        "lossless", "buffer_bytes", NULL};
     char err[ERRLEN];
     const char *type = json_string_value(json_object_get(msg, "type"));
     if (type && strcmp(type, "reconnect") == 0) {
-        static const char *const keys[] = {"type",   "command_id",         "stdout_offset",
-                                           "stderr_offset", "binary", "kill_on_disconnect",
-                                           "lossless", NULL};
+        static const char *const keys[] = {"type",          "command_id", "stdout_offset",
+                                           "stderr_offset", "binary",     "kill_on_disconnect",
+                                           "lossless",      NULL};
         const char *cid = json_string_value(json_object_get(msg, "command_id"));
         long long o1 = opt_offset(msg, "stdout_offset"), o2 = opt_offset(msg, "stderr_offset");
         struct command *c = cid ? command_find(st->sb, cid) : NULL;
@@ -318,8 +318,7 @@ static void on_message(ws_conn_t *ws, int binary, const char *data, size_t len, 
         unsigned char *bytes = NULL;
         size_t n = 0;
         if (text) {
-            if (command_write(st->cmd, text, json_string_length(json_object_get(msg, "data"))) <
-                0)
+            if (command_write(st->cmd, text, json_string_length(json_object_get(msg, "data"))) < 0)
                 send_error(st, "conflict", "the command's stdin is closed");
         } else if (b64 && util_base64_decode(b64, strlen(b64), &bytes, &n) == 0) {
             if (command_write(st->cmd, bytes, n) < 0)
@@ -369,8 +368,8 @@ static int parse_flag(http_req_t *req, const char *name, int dflt)
 
 void api_command_stream(struct server *srv, http_req_t *req, const struct route_params *p)
 {
-    static const char *const params[] = {"stdout_offset", "stderr_offset", "binary", "lossless",
-                                         "kill_on_disconnect", NULL};
+    static const char *const params[] = {"stdout_offset", "stderr_offset",      "binary",
+                                         "lossless",      "kill_on_disconnect", NULL};
     if (api_check_query(req, params) < 0)
         return;
     struct command *c = api_find_command(srv, req, p);
