@@ -350,8 +350,16 @@ void api_terminal_keys(struct server *srv, http_req_t *req, const struct route_p
                 goto bad;
             }
             /* Like tmux send-keys: a key name is translated, anything else is typed as is. */
-            if (literal || keys_append(&bytes, json_string_value(k)) == 0)
-                buf_append(&bytes, json_string_value(k), json_string_length(k));
+            int r = literal ? 0 : keys_append(&bytes, json_string_value(k));
+            if (r == 0)
+                r = buf_append(&bytes, json_string_value(k), json_string_length(k));
+            if (r < 0) {
+                json_decref(one);
+                json_decref(body);
+                buf_free(&bytes);
+                http_respond_error(req, 500, "internal", "out of memory");
+                return;
+            }
         }
         json_decref(one);
     }

@@ -29,7 +29,6 @@ struct asciicast {
     size_t head;    /* ev.data[head..ev.len) are the kept events */
     uint64_t first; /* logical offset of ev.data[head] */
     size_t max_bytes;
-    double start;
     double last_t;
     struct pending out_tail, in_tail;
     buf_t line;   /* scratch: the event being formatted */
@@ -166,10 +165,9 @@ static int append_line(struct asciicast *c, const char *line, size_t len)
     return buf_append(&c->ev, line, len);
 }
 
-/* Seconds since the start for an event at `now`, never below the previous event's. */
-static double event_time(struct asciicast *c, double now)
+/* The time written for an event at `t`: never below the previous event's. */
+static double event_time(struct asciicast *c, double t)
 {
-    double t = now - c->start;
     if (!(t >= c->last_t)) /* also catches NaN */
         t = c->last_t;
     if (t > 1e12)
@@ -178,11 +176,11 @@ static double event_time(struct asciicast *c, double now)
     return t;
 }
 
-static int add_event(struct asciicast *c, double now, char type, const char *data, size_t len)
+static int add_event(struct asciicast *c, double t, char type, const char *data, size_t len)
 {
     buf_reset(&c->line);
     char prefix[64];
-    int n = snprintf(prefix, sizeof(prefix), "[%.6f, \"%c\", ", event_time(c, now), type);
+    int n = snprintf(prefix, sizeof(prefix), "[%.6f, \"%c\", ", event_time(c, t), type);
     if (buf_append(&c->line, prefix, (size_t)n) < 0 ||
         append_json_string(&c->line, data, len) < 0 || buf_append(&c->line, "]\n", 2) < 0)
         return -ENOMEM;
@@ -190,7 +188,7 @@ static int add_event(struct asciicast *c, double now, char type, const char *dat
 }
 
 /* Output and input: whole characters only; an incomplete tail waits in `tail`. */
-static int add_text_event(struct asciicast *c, double now, char type, struct pending *tail,
+static int add_text_event(struct asciicast *c, double t, char type, struct pending *tail,
                           const char *data, size_t len)
 {
     const char *s = data;
@@ -204,7 +202,7 @@ static int add_text_event(struct asciicast *c, double now, char type, struct pen
     }
     size_t hold = incomplete_tail((const unsigned char *)s, n);
     if (n - hold > 0) {
-        int rc = add_event(c, now, type, s, n - hold);
+        int rc = add_event(c, t, type, s, n - hold);
         if (rc < 0)
             return rc; /* nothing consumed: the tail stays as it was */
     }
@@ -224,7 +222,6 @@ struct asciicast *asciicast_new(int cols, int rows, double start_time, const cha
     buf_init(&c->line);
     buf_init(&c->joined);
     c->max_bytes = max_bytes;
-    c->start = start_time;
     /* The header's timestamp is an integer; keep the conversion defined for any double. */
     long long ts = start_time >= 0 && start_time < 9e15 ? (long long)start_time : 0;
     int rc = buf_appendf(&c->header,
@@ -264,21 +261,21 @@ void asciicast_free(struct asciicast *c)
     free(c);
 }
 
-int asciicast_output(struct asciicast *c, double now, const char *data, size_t len)
+int asciicast_output(struct asciicast *c, double t, const char *data, size_t len)
 {
-    return add_text_event(c, now, 'o', &c->out_tail, data, len);
+    return add_text_event(c, t, 'o', &c->out_tail, data, len);
 }
 
-int asciicast_input(struct asciicast *c, double now, const char *data, size_t len)
+int asciicast_input(struct asciicast *c, double t, const char *data, size_t len)
 {
-    return add_text_event(c, now, 'i', &c->in_tail, data, len);
+    return add_text_event(c, t, 'i', &c->in_tail, data, len);
 }
 
-int asciicast_resize(struct asciicast *c, double now, int cols, int rows)
+int asciicast_resize(struct asciicast *c, double t, int cols, int rows)
 {
     char size[32];
     int n = snprintf(size, sizeof(size), "%dx%d", cols, rows);
-    return add_event(c, now, 'r', size, (size_t)n);
+    return add_event(c, t, 'r', size, (size_t)n);
 }
 
 uint64_t asciicast_end(const struct asciicast *c)

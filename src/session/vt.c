@@ -30,6 +30,53 @@ struct sb_line {
     char text[];
 };
 
+/*
+ * The input filter. libvterm 0.1.4 (Debian 12) has bugs that program output can trigger, and a
+ * sandboxed program must not be able to crash, hang or corrupt the daemon through its terminal:
+ *   - a CSI with more than 16 parameters writes past its argument array (heap overflow);
+ *   - REP (CSI Pn b) loops forever when the last glyph had width 0 or -1 (e.g. "ESC[b" first);
+ *   - U+0080..U+009F encoded in UTF-8 print as glyphs of width -1, moving the cursor backwards
+ *     and off-screen;
+ *   - parameters overflow its `long` arithmetic, giving negative counts.
+ * So the output goes through a byte-level copy of libvterm's own parser state machine (parser.c)
+ * that passes everything through unchanged except: CSI sequences are held until complete and
+ * then dropped if they have too many parameters, have numbers clamped, and REP is replaced by the
+ * repeated character itself (as xterm's REP behaves); text is re-validated as UTF-8 (invalid
+ * bytes become U+FFFD, C1 code points are dropped, and an incomplete character at the end of a
+ * write is held for the next one). Because the state machine is the same, the filter always knows
+ * what state libvterm is in; to abandon a held CSI it sends CAN, which returns libvterm to its
+ * ground state. (State that goes stale on a resize is repaired in vt_resize.)
+ */
+enum filter_state { F_NORMAL, F_ESC, F_CSI, F_OSC, F_DCS, F_OSC_ESC, F_DCS_ESC };
+enum csi_phase { CSI_LEADER, CSI_ARGS, CSI_INTERMED };
+
+/* Longest CSI body (between "ESC [" and the final byte) passed on; longer ones are dropped. */
+#define VT_CSI_MAX 128
+/* Most parameter separators passed on (libvterm has room for 16 parameters). */
+#define VT_CSI_MAX_SEPS 12
+/* Numeric parameters are clamped to this: more than any screen size, and no overflow. */
+#define VT_CSI_MAX_NUM 65535
+#define CAN "\x18"
+
+struct vt_filter {
+    enum filter_state state;
+    /* F_ESC: the intermediates seen (already passed on), for re-entering the state after an
+     * injection. */
+    char esc_inter[8];
+    size_t n_esc_inter;
+    /* F_CSI: the held body. libvterm has seen only the ESC. */
+    char csi[VT_CSI_MAX];
+    size_t n_csi;
+    enum csi_phase phase;
+    int csi_overflow, csi_leader, csi_inter, csi_seps;
+    /* An incomplete UTF-8 character at the end of the previous write (F_NORMAL only). */
+    unsigned char pend[4];
+    size_t n_pend;
+    /* The last graphic character passed on, for REP. */
+    char last[4];
+    size_t n_last;
+};
+
 struct vt {
     VTerm *term;
     VTermScreen *screen;
@@ -43,13 +90,14 @@ struct vt {
     buf_t replies;
     VTermScreenCell *row_cells; /* scratch row for reading the screen, `row_cells_n` long */
     int row_cells_n;
+    struct vt_filter filter;
 };
 
 static int valid_size(int rows, int cols)
 {
     /* libvterm 0.1.4 writes through a NULL pointer when a wide character is printed in a
      * one-column terminal, hence the minimum of two columns. */
-    return rows >= 1 && cols >= 2 && rows <= VT_MAX_DIM && cols <= VT_MAX_DIM;
+    return rows >= 1 && cols >= VT_MIN_COLS && rows <= VT_MAX_DIM && cols <= VT_MAX_DIM;
 }
 
 /* Encodes one code point; anything that is not a Unicode scalar value becomes U+FFFD. */
@@ -255,7 +303,7 @@ static int on_sb_popline(int cols, VTermScreenCell *cells, void *user)
 static void on_output(const char *s, size_t len, void *user)
 {
     struct vt *vt = user;
-    if (len > VT_MAX_REPLIES - vt->replies.len || vt->replies.len > VT_MAX_REPLIES)
+    if (vt->replies.len > VT_MAX_REPLIES || len > VT_MAX_REPLIES - vt->replies.len)
         return;
     (void)buf_append(&vt->replies, s, len); /* on ENOMEM the reply is lost, as on a full buffer */
 }
@@ -311,29 +359,393 @@ void vt_free(struct vt *vt)
     free(vt);
 }
 
-void vt_feed(struct vt *vt, const char *data, size_t len)
+/* Output to libvterm goes through a small staging buffer; units (a character, a sequence) are
+ * never split across writes. */
+struct out {
+    struct vt *vt;
+    size_t n;
+    char buf[4096];
+};
+
+static void out_write(struct vt *vt, const char *p, size_t n)
 {
-    /* libvterm consumes everything it is given (partial sequences are kept in its parser). */
-    while (len > 0) {
-        size_t n = vterm_input_write(vt->term, data, len);
-        if (n == 0)
+    /* libvterm consumes everything it is given (partial sequences wait in its parser). */
+    while (n > 0) {
+        size_t k = vterm_input_write(vt->term, p, n);
+        if (k == 0)
             break;
-        data += n;
-        len -= n;
+        p += k;
+        n -= k;
     }
 }
 
-static void feed_str(struct vt *vt, const char *s)
+static void out_flush(struct out *o)
 {
-    vt_feed(vt, s, strlen(s));
+    out_write(o->vt, o->buf, o->n);
+    o->n = 0;
 }
 
-static void move_cursor(struct vt *vt, VTermPos pos, int rows, int cols)
+static void out_put(struct out *o, const void *p, size_t n)
+{
+    if (o->n + n > sizeof(o->buf))
+        out_flush(o);
+    if (n > sizeof(o->buf)) {
+        out_write(o->vt, p, n);
+        return;
+    }
+    memcpy(o->buf + o->n, p, n);
+    o->n += n;
+}
+
+enum seq { SEQ_VALID, SEQ_INVALID, SEQ_TRUNCATED };
+
+/* Classifies the UTF-8 sequence at s (n > 0 bytes, s[0] >= 0x80) and stores its length in *len:
+ * the whole sequence if valid, the maximal invalid subpart (>= 1) if invalid, or the bytes present
+ * if it is a valid beginning cut off by the end of the data. Same rules as util_utf8_valid. (The
+ * same function lives in asciicast.c; each module stays self-contained.) */
+static enum seq utf8_seq(const unsigned char *s, size_t n, size_t *len)
+{
+    unsigned char c = s[0], lo = 0x80, hi = 0xBF;
+    size_t need;
+    if (c >= 0xC2 && c <= 0xDF) {
+        need = 1;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+        need = 2;
+        if (c == 0xE0)
+            lo = 0xA0;
+        else if (c == 0xED)
+            hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        need = 3;
+        if (c == 0xF0)
+            lo = 0x90;
+        else if (c == 0xF4)
+            hi = 0x8F;
+    } else {
+        *len = 1;
+        return SEQ_INVALID;
+    }
+    for (size_t i = 1; i <= need; i++) {
+        if (i >= n) {
+            *len = i;
+            return SEQ_TRUNCATED;
+        }
+        if (s[i] < lo || s[i] > hi) {
+            *len = i;
+            return SEQ_INVALID;
+        }
+        lo = 0x80;
+        hi = 0xBF;
+    }
+    *len = need + 1;
+    return SEQ_VALID;
+}
+
+/* Passes on one graphic character (valid UTF-8, n <= 4 bytes). */
+static void put_char(struct vt_filter *f, struct out *o, const void *p, size_t n)
+{
+    const unsigned char *u = p;
+    if (n == 2 && u[0] == 0xC2 && u[1] < 0xA0)
+        return; /* C1 control as a code point: libvterm would print it with width -1 */
+    out_put(o, p, n);
+    memcpy(f->last, p, n);
+    f->n_last = n;
+}
+
+static void put_replacement(struct vt_filter *f, struct out *o)
+{
+    put_char(f, o, "\xef\xbf\xbd", 3);
+}
+
+/* REP: the last graphic character `count` times, at most a screenful. */
+static void emulate_rep(struct vt *vt, struct out *o, long count)
+{
+    int rows, cols;
+    vterm_get_size(vt->term, &rows, &cols);
+    if (count < 1)
+        count = 1;
+    if (count > (long)rows * cols)
+        count = (long)rows * cols;
+    for (long i = 0; i < count && vt->filter.n_last > 0; i++)
+        out_put(o, vt->filter.last, vt->filter.n_last);
+}
+
+/* A complete CSI with final byte `final`: pass it on (numbers clamped), drop it or emulate it. */
+static void csi_dispatch(struct vt *vt, struct out *o, char final)
+{
+    struct vt_filter *f = &vt->filter;
+    if (f->csi_overflow || f->csi_seps > VT_CSI_MAX_SEPS) {
+        out_put(o, CAN, 1);
+        return;
+    }
+    if (final == 'b' && !f->csi_leader && !f->csi_inter) {
+        long count = 0;
+        for (size_t i = 0; i < f->n_csi && f->csi[i] >= '0' && f->csi[i] <= '9'; i++)
+            count = count < VT_CSI_MAX_NUM ? count * 10 + (f->csi[i] - '0') : count;
+        out_put(o, CAN, 1);
+        emulate_rep(vt, o, count);
+        return;
+    }
+    /* Rebuild "[" body final with every run of digits clamped. */
+    char seq[VT_CSI_MAX + 2];
+    size_t n = 0;
+    seq[n++] = '[';
+    for (size_t i = 0; i < f->n_csi;) {
+        if (f->csi[i] < '0' || f->csi[i] > '9') {
+            seq[n++] = f->csi[i++];
+            continue;
+        }
+        size_t j = i;
+        long v = 0;
+        while (j < f->n_csi && f->csi[j] >= '0' && f->csi[j] <= '9') {
+            if (v <= VT_CSI_MAX_NUM)
+                v = v * 10 + (f->csi[j] - '0');
+            j++;
+        }
+        if (v > VT_CSI_MAX_NUM) {
+            /* "65535" is never longer than the run it replaces (which has at least 5 digits). */
+            memcpy(seq + n, "65535", 5);
+            n += 5;
+        } else {
+            memcpy(seq + n, f->csi + i, j - i);
+            n += j - i;
+        }
+        i = j;
+    }
+    seq[n++] = final;
+    out_put(o, seq, n);
+}
+
+static void csi_append(struct vt_filter *f, unsigned char c)
+{
+    if (f->n_csi < VT_CSI_MAX)
+        f->csi[f->n_csi++] = (char)c;
+    else
+        f->csi_overflow = 1;
+}
+
+/* One byte inside a CSI (after the top-level checks), following libvterm's CSI_* states. */
+static void csi_byte(struct vt *vt, struct out *o, unsigned char c)
+{
+    struct vt_filter *f = &vt->filter;
+    if (f->phase == CSI_LEADER) {
+        if (c >= 0x3c && c <= 0x3f) {
+            f->csi_leader = 1;
+            csi_append(f, c);
+            return;
+        }
+        f->phase = CSI_ARGS;
+    }
+    if (f->phase == CSI_ARGS) {
+        if ((c >= '0' && c <= '9') || c == ':' || c == ';') {
+            if (c == ':' || c == ';')
+                f->csi_seps++;
+            csi_append(f, c);
+            return;
+        }
+        f->phase = CSI_INTERMED;
+    }
+    if (c >= 0x20 && c <= 0x2f) {
+        f->csi_inter = 1;
+        csi_append(f, c);
+        return;
+    }
+    f->state = F_NORMAL;
+    if (c >= 0x40 && c <= 0x7e)
+        csi_dispatch(vt, o, (char)c);
+    else
+        out_put(o, CAN, 1); /* an invalid CSI: libvterm swallows it, byte included */
+}
+
+/* One byte that is not text in the ground state, mirroring vterm_input_write(). */
+static void filter_byte(struct vt *vt, struct out *o, unsigned char c)
+{
+    struct vt_filter *f = &vt->filter;
+    int in_string =
+        f->state == F_OSC || f->state == F_DCS || f->state == F_OSC_ESC || f->state == F_DCS_ESC;
+    char b = (char)c;
+    if (c == 0x00 || c == 0x7f) { /* ignored by libvterm, also inside text */
+        if (in_string)
+            out_put(o, &b, 1);
+        return;
+    }
+    if (c == 0x18 || c == 0x1a) { /* CAN, SUB: back to the ground state */
+        if (f->state != F_NORMAL)
+            out_put(o, CAN, 1);
+        f->state = F_NORMAL;
+        return;
+    }
+    if (c == 0x1b) {
+        out_put(o, &b, 1);
+        if (f->state == F_OSC)
+            f->state = F_OSC_ESC;
+        else if (f->state == F_DCS)
+            f->state = F_DCS_ESC;
+        else
+            f->state = F_ESC; /* a held CSI is abandoned: libvterm has only seen its ESC */
+        f->n_esc_inter = 0;
+        return;
+    }
+    if (c == 0x07 && (f->state == F_OSC || f->state == F_DCS)) {
+        out_put(o, &b, 1); /* BEL ends the string */
+        f->state = F_NORMAL;
+        return;
+    }
+    if (c < 0x20) {
+        out_put(o, &b, 1); /* other C0 controls act in every state without changing it */
+        return;
+    }
+    switch (f->state) {
+    case F_OSC_ESC:
+    case F_DCS_ESC:
+        if (c == '\\') {
+            out_put(o, &b, 1);
+            f->state = F_NORMAL;
+            return;
+        }
+        f->state = F_ESC;
+        /* fallthrough */
+    case F_ESC:
+        if (c == '[') {
+            f->state = F_CSI;
+            f->phase = CSI_LEADER;
+            f->n_csi = 0;
+            f->csi_overflow = f->csi_leader = f->csi_inter = f->csi_seps = 0;
+            return; /* held back with the body */
+        }
+        if (c == 'P' || c == ']') {
+            out_put(o, &b, 1);
+            f->state = c == 'P' ? F_DCS : F_OSC;
+        } else if (c <= 0x2f) {
+            out_put(o, &b, 1);
+            if (f->n_esc_inter < sizeof(f->esc_inter))
+                f->esc_inter[f->n_esc_inter++] = b;
+        } else if (c < 0x7f) {
+            out_put(o, &b, 1); /* final byte: an escape sequence, or a 7-bit C1 control */
+            f->state = F_NORMAL;
+        }
+        /* else ignored by libvterm, which stays in the escape state */
+        return;
+    case F_CSI:
+        csi_byte(vt, o, c);
+        return;
+    case F_OSC:
+    case F_DCS:
+        out_put(o, &b, 1);
+        return;
+    case F_NORMAL:
+        put_char(f, o, &b, 1); /* printable ASCII */
+        return;
+    }
+}
+
+void vt_feed(struct vt *vt, const char *data, size_t len)
+{
+    struct vt_filter *f = &vt->filter;
+    const unsigned char *s = (const unsigned char *)data;
+    struct out o;
+    o.vt = vt;
+    o.n = 0;
+    size_t i = 0;
+    while (i < len) {
+        if (f->n_pend > 0) {
+            /* Continue the character the previous write ended in. */
+            unsigned char tmp[5];
+            size_t n;
+            memcpy(tmp, f->pend, f->n_pend);
+            tmp[f->n_pend] = s[i];
+            enum seq st = utf8_seq(tmp, f->n_pend + 1, &n);
+            if (st != SEQ_INVALID) {
+                f->pend[f->n_pend++] = s[i++];
+                if (st == SEQ_VALID) {
+                    put_char(f, &o, f->pend, f->n_pend);
+                    f->n_pend = 0;
+                }
+                continue;
+            }
+            put_replacement(f, &o); /* the byte is not a continuation: process it afresh */
+            f->n_pend = 0;
+        }
+        if (f->state == F_NORMAL && s[i] >= 0x80) {
+            size_t n;
+            enum seq st = utf8_seq(s + i, len - i, &n);
+            if (st == SEQ_VALID) {
+                put_char(f, &o, s + i, n);
+            } else if (st == SEQ_INVALID) {
+                put_replacement(f, &o);
+            } else {
+                memcpy(f->pend, s + i, n);
+                f->n_pend = n;
+            }
+            i += n;
+            continue;
+        }
+        if (f->state == F_NORMAL && s[i] >= 0x20 && s[i] < 0x7f) {
+            /* A run of printable ASCII, the common case, in one piece. */
+            size_t j = i;
+            while (j < len && s[j] >= 0x20 && s[j] < 0x7f)
+                j++;
+            out_put(&o, s + i, j - i);
+            f->last[0] = (char)s[j - 1];
+            f->n_last = 1;
+            i = j;
+            continue;
+        }
+        filter_byte(vt, &o, s[i++]);
+    }
+    out_flush(&o);
+}
+
+/*
+ * Our own sequences (see vt_resize) must not land inside one of the program's: cancel whatever
+ * libvterm is in the middle of, send them, then put libvterm back into the same state. A string
+ * (OSC/DCS) in progress loses its beginning, which costs at most a window title.
+ */
+static void inject_begin(struct vt *vt)
+{
+    if (vt->filter.state != F_NORMAL)
+        out_write(vt, CAN, 1);
+}
+
+static void inject(struct vt *vt, const char *s)
+{
+    out_write(vt, s, strlen(s));
+}
+
+static void inject_end(struct vt *vt)
+{
+    struct vt_filter *f = &vt->filter;
+    switch (f->state) {
+    case F_NORMAL:
+        break;
+    case F_ESC:
+        inject(vt, "\x1b");
+        out_write(vt, f->esc_inter, f->n_esc_inter);
+        break;
+    case F_CSI:
+        inject(vt, "\x1b"); /* the body is still held */
+        break;
+    case F_OSC:
+        inject(vt, "\x1b]");
+        break;
+    case F_DCS:
+        inject(vt, "\x1bP");
+        break;
+    case F_OSC_ESC:
+        inject(vt, "\x1b]\x1b");
+        break;
+    case F_DCS_ESC:
+        inject(vt, "\x1bP\x1b");
+        break;
+    }
+}
+
+static void inject_cursor(struct vt *vt, VTermPos pos, int rows, int cols)
 {
     char cup[32];
     snprintf(cup, sizeof(cup), "\x1b[%d;%dH", (pos.row < rows ? pos.row : rows - 1) + 1,
              (pos.col < cols ? pos.col : cols - 1) + 1);
-    feed_str(vt, cup);
+    inject(vt, cup);
 }
 
 int vt_resize(struct vt *vt, int rows, int cols)
@@ -346,20 +758,21 @@ int vt_resize(struct vt *vt, int rows, int cols)
      * libvterm 0.1.4 clamps the cursor to the new size but neither the scroll margins (a top margin
      * left below the new bottom makes the next scroll memmove a negative length) nor the cursor
      * saved by DECSC / mode 1049 (restoring it puts the cursor off-screen, and the next DECDHL
-     * writes out of bounds). Program output must not be able to corrupt the daemon, so repair
-     * both here. Like xterm's resize: margins reset, origin mode off, cursor kept. The saved
-     * cursor is clamped by restoring it, moving it on-screen and saving it again; this also makes
-     * the saved pen the current one, which only affects colours, not text.
+     * writes out of bounds). Repair both, like xterm's resize does: margins reset, origin mode
+     * off, cursor kept. The saved cursor is clamped by restoring it, moving it on-screen and
+     * saving it again; that also makes the saved pen the current one, which only affects colours.
      */
     VTermPos cursor, saved;
     vterm_state_get_cursorpos(state, &cursor);
-    feed_str(vt, "\x1b[?6l\x1b[r\x1b[s\x1b"
-                 "8");
+    inject_begin(vt);
+    inject(vt, "\x1b[?6l\x1b[r\x1b[s\x1b"
+               "8");
     vterm_state_get_cursorpos(state, &saved);
-    move_cursor(vt, saved, rows, cols);
-    feed_str(vt, "\x1b"
-                 "7");
-    move_cursor(vt, cursor, rows, cols);
+    inject_cursor(vt, saved, rows, cols);
+    inject(vt, "\x1b"
+               "7");
+    inject_cursor(vt, cursor, rows, cols);
+    inject_end(vt);
     return 0;
 }
 

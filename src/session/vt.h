@@ -14,22 +14,27 @@
 
 #include <stddef.h>
 
-/* Upper bound for rows and cols: the screen costs about 80 bytes per cell (main + alternate). */
+/* Bounds for rows (1..VT_MAX_DIM) and cols (VT_MIN_COLS..VT_MAX_DIM): the screen costs about 80
+ * bytes per cell (main + alternate), and libvterm 0.1.4 crashes on a wide character in a
+ * one-column terminal. */
 #define VT_MAX_DIM 1000
+#define VT_MIN_COLS 2
 /* Replies not taken with vt_take_replies are kept up to this many bytes; later ones are dropped
  * (a program flooding queries must not grow the daemon without bound). */
 #define VT_MAX_REPLIES 65536
 
 struct vt;
 
-/* A terminal of rows x cols (1..VT_MAX_DIM each) whose scrollback keeps up to `history` lines
+/* A terminal of rows x cols (see the bounds above) whose scrollback keeps up to `history` lines
  * (0 = none). Returns NULL with errno EINVAL for a bad size or ENOMEM. */
 struct vt *vt_new(int rows, int cols, size_t history);
 /* Frees everything; NULL is fine. */
 void vt_free(struct vt *vt);
 /* Interprets `len` bytes of the program's output. Sequences split across calls (escape sequences,
- * UTF-8) are reassembled. Never fails: should libvterm or the scrollback run out of memory, lines
- * may be lost from the scrollback. */
+ * UTF-8) are reassembled; an incomplete UTF-8 character at the end waits for the next call. Any
+ * input is safe: sequences that would trip known libvterm bugs are dropped or rewritten (see
+ * vt.c), invalid UTF-8 shows as U+FFFD. Never fails: should the scrollback run out of memory,
+ * lines are lost from it. */
 void vt_feed(struct vt *vt, const char *data, size_t len);
 /* Changes the size (as after a SIGWINCH); text is not re-wrapped. Shrinking pushes lines above
  * the cursor into the scrollback, growing pulls them back. Returns 0 or -EINVAL for a bad size. */
