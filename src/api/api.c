@@ -15,6 +15,8 @@ static const struct route routes[] = {
     {"GET", "/v1/sandboxes", api_sandbox_list},
     {"GET", "/v1/sandboxes/{id}", api_sandbox_get},
     {"DELETE", "/v1/sandboxes/{id}", api_sandbox_delete},
+    {"POST", "/v1/sandboxes/{id}/pause", api_sandbox_pause},
+    {"POST", "/v1/sandboxes/{id}/resume", api_sandbox_resume},
     {"POST", "/v1/sandboxes/{id}/exec", api_exec},
     {"POST", "/v1/sandboxes/{id}/commands", api_command_start},
     {"GET", "/v1/sandboxes/{id}/commands", api_command_list},

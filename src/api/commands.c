@@ -49,11 +49,12 @@ json_t *api_exec_result_json(const struct exec_result *res)
         return json_pack("{s:{s:s, s:s}}", "error", "code", api_status_code(status), "message",
                          res->error_msg ? res->error_msg : strerror(-res->error));
     }
-    json_t *o = json_pack("{s:i, s:o, s:b, s:b, s:b, s:b, s:f}", "exit_code", res->exit_code,
-                          "signal", res->signal ? json_integer(res->signal) : json_null(),
-                          "stdout_truncated", res->out_truncated, "stderr_truncated",
-                          res->err_truncated, "truncated", res->out_truncated || res->err_truncated,
-                          "timed_out", res->timed_out, "duration_ms", res->duration_ms);
+    json_t *o =
+        json_pack("{s:i, s:o, s:b, s:b, s:b, s:b, s:b, s:f}", "exit_code", res->exit_code, "signal",
+                  res->signal ? json_integer(res->signal) : json_null(), "stdout_truncated",
+                  res->out_truncated, "stderr_truncated", res->err_truncated, "truncated",
+                  res->out_truncated || res->err_truncated, "timed_out", res->timed_out,
+                  "oom_killed", res->oom_killed, "duration_ms", res->duration_ms);
     api_put_output(o, "stdout", &res->out, res->out_truncated);
     api_put_output(o, "stderr", &res->err, res->err_truncated);
     return o;
@@ -311,7 +312,7 @@ int api_errno_status(int r)
 const char *api_errno_message(int r)
 {
     return r == -E2BIG   ? "argv and env are too large (64 KiB at most)"
-           : r == -EPIPE ? "the sandbox is not running"
+           : r == -EPIPE ? "the sandbox is not running (it is paused, stopping or failed)"
                          : strerror(-r);
 }
 

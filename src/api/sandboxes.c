@@ -230,7 +230,40 @@ void api_sandbox_get(struct server *srv, http_req_t *req, const struct route_par
         return;
     struct sandbox *sb = api_find_sandbox(srv, req, p);
     if (sb)
+        http_respond_json(req, 200, sandbox_to_json_usage(sb));
+}
+
+static void pause_resume(struct server *srv, http_req_t *req, const struct route_params *p,
+                         int pause)
+{
+    if (api_check_query(req, NULL) < 0)
+        return;
+    struct sandbox *sb = api_find_sandbox(srv, req, p);
+    if (!sb)
+        return;
+    int r = pause ? sandbox_pause(sb) : sandbox_resume(sb);
+    if (r == -EINVAL)
+        http_respond_error(req, 409, "conflict", "the sandbox is %s",
+                           sandbox_state_name(sb->state));
+    else if (r == -ENOTSUP)
+        http_respond_error(req, 409, "conflict",
+                           "pausing needs the cgroup freezer, which this "
+                           "daemon does not have");
+    else if (r < 0)
+        http_respond_error(req, 500, "internal", "cannot %s the sandbox: %s",
+                           pause ? "freeze" : "thaw", strerror(-r));
+    else
         http_respond_json(req, 200, sandbox_to_json(sb));
+}
+
+void api_sandbox_pause(struct server *srv, http_req_t *req, const struct route_params *p)
+{
+    pause_resume(srv, req, p, 1);
+}
+
+void api_sandbox_resume(struct server *srv, http_req_t *req, const struct route_params *p)
+{
+    pause_resume(srv, req, p, 0);
 }
 
 static void on_deleted(void *arg)

@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -15,7 +16,8 @@
 #include "core/util.h"
 
 const char *const cgroup_v1_controllers[CGROUP_V1_CONTROLLERS] = {"memory", "pids", "cpu",
-                                                                  "freezer"};
+                                                                  "freezer", "cpuacct"};
+enum { V1_MEMORY, V1_PIDS, V1_CPU, V1_FREEZER, V1_CPUACCT };
 
 const char *cgroup_mode_name(enum cgroup_mode mode)
 {
@@ -31,7 +33,7 @@ const char *cgroup_mode_name(enum cgroup_mode mode)
 
 static int write_str(const char *dir, const char *file, const char *value)
 {
-    char path[CGROUP_PATH_MAX + 64];
+    char path[1024];
     snprintf(path, sizeof(path), "%s/%s", dir, file);
     int fd = open(path, O_WRONLY | O_CLOEXEC);
     if (fd < 0)
@@ -179,7 +181,7 @@ static int set_limits_v1(int ctrl, const char *dir, const struct cgroup_limits *
 {
     char v[64];
     int r = 0;
-    if (ctrl == 0 && l->memory) {
+    if (ctrl == V1_MEMORY && l->memory) {
         snprintf(v, sizeof(v), "%llu", l->memory);
         if ((r = write_str(dir, "memory.limit_in_bytes", v)) < 0)
             return r;
@@ -187,10 +189,10 @@ static int set_limits_v1(int ctrl, const char *dir, const struct cgroup_limits *
          * accounting. */
         if ((r = write_str(dir, "memory.memsw.limit_in_bytes", v)) < 0 && r != -ENOENT)
             return r;
-    } else if (ctrl == 1 && l->pids) {
+    } else if (ctrl == V1_PIDS && l->pids) {
         snprintf(v, sizeof(v), "%llu", l->pids);
         return write_str(dir, "pids.max", v);
-    } else if (ctrl == 2 && l->cpus > 0) {
+    } else if (ctrl == V1_CPU && l->cpus > 0) {
         snprintf(v, sizeof(v), "%llu", (unsigned long long)(l->cpus * 100000.0 + 0.5));
         if ((r = write_str(dir, "cpu.cfs_period_us", "100000")) < 0)
             return r;
@@ -233,10 +235,99 @@ toolong:
     return -ENAMETOOLONG;
 }
 
+static int read_file(const char *dir, const char *file, char *out, size_t cap)
+{
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/%s", dir, file);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    ssize_t n = read(fd, out, cap - 1);
+    int e = errno;
+    close(fd);
+    if (n < 0)
+        return -e;
+    out[n] = '\0';
+    return 0;
+}
+
+static unsigned long long read_number(const char *dir, const char *file)
+{
+    char buf[64];
+    return read_file(dir, file, buf, sizeof(buf)) == 0 ? strtoull(buf, NULL, 10) : 0;
+}
+
+/* The value of "key N" in a flat keyed file (memory.events, cpu.stat, memory.oom_control). */
+static unsigned long long read_key(const char *dir, const char *file, const char *key)
+{
+    char buf[4096];
+    if (read_file(dir, file, buf, sizeof(buf)) < 0)
+        return 0;
+    size_t klen = strlen(key);
+    for (char *line = buf; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL)
+        if (strncmp(line, key, klen) == 0 && line[klen] == ' ')
+            return strtoull(line + klen + 1, NULL, 10);
+    return 0;
+}
+
+int cgroup_usage(const struct cgroup_manager *m, const char *name, struct cgroup_usage *u)
+{
+    char dir[CGROUP_V1_CONTROLLERS][CGROUP_PATH_MAX + 80];
+    memset(u, 0, sizeof(*u));
+    if (m->mode == CGROUP_NONE)
+        return -ENOTSUP;
+    for (int i = 0; i < CGROUP_V1_CONTROLLERS; i++)
+        snprintf(dir[i], sizeof(dir[i]), "%s/%s", m->base[m->mode == CGROUP_V2 ? 0 : i], name);
+    if (m->mode == CGROUP_V2) {
+        u->memory_bytes = read_number(dir[0], "memory.current");
+        u->pids = read_number(dir[0], "pids.current");
+        u->cpu_usec = read_key(dir[0], "cpu.stat", "usage_usec");
+        u->oom_kills = read_key(dir[0], "memory.events", "oom_kill");
+        return 0;
+    }
+    if (m->base[V1_MEMORY][0]) {
+        u->memory_bytes = read_number(dir[V1_MEMORY], "memory.usage_in_bytes");
+        u->oom_kills = read_key(dir[V1_MEMORY], "memory.oom_control", "oom_kill");
+    }
+    if (m->base[V1_PIDS][0])
+        u->pids = read_number(dir[V1_PIDS], "pids.current");
+    if (m->base[V1_CPUACCT][0])
+        u->cpu_usec = read_number(dir[V1_CPUACCT], "cpuacct.usage") / 1000;
+    return 0;
+}
+
+int cgroup_freeze(const struct cgroup_manager *m, const char *name, int frozen)
+{
+    char dir[CGROUP_PATH_MAX + 80], state[64];
+    int r;
+    if (m->mode == CGROUP_V2) {
+        snprintf(dir, sizeof(dir), "%s/%s", m->base[0], name);
+        if ((r = write_str(dir, "cgroup.freeze", frozen ? "1" : "0")) < 0)
+            return r;
+    } else if (m->mode == CGROUP_V1 && m->base[V1_FREEZER][0]) {
+        snprintf(dir, sizeof(dir), "%s/%s", m->base[V1_FREEZER], name);
+        if ((r = write_str(dir, "freezer.state", frozen ? "FROZEN" : "THAWED")) < 0)
+            return r;
+    } else {
+        return -ENOTSUP;
+    }
+    /* Freezing is asynchronous (v1 passes through FREEZING, v2 sets "frozen 1" in
+     * cgroup.events): wait up to a second for it to settle. */
+    for (int i = 0; i < 200 && frozen; i++) {
+        if (m->mode == CGROUP_V2 ? read_key(dir, "cgroup.events", "frozen") == 1
+                                 : read_file(dir, "freezer.state", state, sizeof(state)) == 0 &&
+                                       strncmp(state, "FROZEN", 6) == 0)
+            return 0;
+        struct timespec ts = {0, 5 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    return frozen ? -ETIMEDOUT : 0;
+}
+
 /* SIGKILLs every process listed in dir/cgroup.procs (v1 has no cgroup.kill). */
 static void kill_members(const char *dir)
 {
-    char path[CGROUP_PATH_MAX + 32];
+    char path[1024];
     snprintf(path, sizeof(path), "%s/cgroup.procs", dir);
     FILE *f = fopen(path, "re");
     if (!f)
@@ -262,7 +353,7 @@ int cgroup_destroy(const struct cgroup_manager *m, const char *name)
     if (m->mode == CGROUP_NONE)
         return 0;
     for (int i = 0; i < n; i++) {
-        char dir[CGROUP_PATH_MAX];
+        char dir[CGROUP_PATH_MAX + 80];
         if (!m->base[i][0])
             continue;
         snprintf(dir, sizeof(dir), "%s/%s", m->base[i], name);

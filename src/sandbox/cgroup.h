@@ -5,8 +5,8 @@
  * daemon's own cgroup, so whatever limits the host puts on the daemon also bound its sandboxes:
  *   v2: <daemon cgroup>/warren/<name>  (the daemon moves itself to <daemon cgroup>/warren-daemon
  *       first, because v2 forbids processes in inner nodes that delegate controllers)
- *   v1: <controller mount><daemon cgroup in that controller>/warren/<name> for memory, pids, cpu
- *       and freezer.
+ *   v1: <controller mount><daemon cgroup in that controller>/warren/<name> for memory, pids, cpu,
+ *       freezer and cpuacct.
  * `fs_root` is normally "/sys/fs/cgroup"; unit tests point it at a fake tree.
  *
  * Errors: 0 or -errno. Paths are fixed-size buffers inside the structs (no ownership to track).
@@ -17,7 +17,7 @@
 #include <stddef.h>
 
 #define CGROUP_PATH_MAX 512
-#define CGROUP_V1_CONTROLLERS 4
+#define CGROUP_V1_CONTROLLERS 5
 
 enum cgroup_mode { CGROUP_NONE = 0, CGROUP_V1, CGROUP_V2 };
 
@@ -48,6 +48,18 @@ int cgroup_create(const struct cgroup_manager *m, const char *name,
                   size_t *n_procs);
 /* Kills what is left in the sandbox's cgroup(s) and removes them. Missing ones are ignored. */
 int cgroup_destroy(const struct cgroup_manager *m, const char *name);
+
+struct cgroup_usage {
+    unsigned long long memory_bytes; /* current, page cache and tmpfs included */
+    unsigned long long pids;
+    unsigned long long cpu_usec;  /* CPU time used since creation */
+    unsigned long long oom_kills; /* processes the OOM killer ended in this cgroup */
+};
+/* Reads the sandbox's counters; what a hierarchy does not provide reads as 0. */
+int cgroup_usage(const struct cgroup_manager *m, const char *name, struct cgroup_usage *u);
+/* Freezes (1) or thaws (0) every process of the sandbox, and waits (briefly) until the kernel
+ * reports it done. -ENOTSUP without a freezer. */
+int cgroup_freeze(const struct cgroup_manager *m, const char *name, int frozen);
 
 /* Removes the (empty) warren parent cgroup(s) at daemon exit. */
 void cgroup_manager_cleanup(const struct cgroup_manager *m);

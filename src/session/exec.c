@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 
 #include "core/util.h"
+#include "sandbox/cgroup.h"
 #include "session/proc.h"
 
 struct exec {
@@ -17,6 +18,7 @@ struct exec {
     uv_timer_t timer;
     size_t max_output;
     double t0;
+    unsigned long long oom_before;
     exec_done_cb cb;
     void *arg;
     struct exec_result res;
@@ -56,6 +58,11 @@ static void exec_on_exit(struct proc *p, int status, void *arg)
     } else if (WIFSIGNALED(status)) {
         ex->res.signal = WTERMSIG(status);
         ex->res.exit_code = 128 + ex->res.signal;
+        struct cgroup_usage u;
+        struct sandbox *sb = proc_sandbox(p);
+        if (ex->res.signal == SIGKILL && !ex->res.timed_out &&
+            cgroup_usage(sb->reg->cgroups, sb->id, &u) == 0 && u.oom_kills > ex->oom_before)
+            ex->res.oom_killed = 1;
     } else {
         ex->res.exit_code = WEXITSTATUS(status);
     }
@@ -99,6 +106,9 @@ int exec_start(struct sandbox *sb, const struct exec_spec *spec, exec_done_cb cb
     ex->cb = cb;
     ex->arg = arg;
     ex->t0 = util_monotonic();
+    struct cgroup_usage u;
+    if (cgroup_usage(sb->reg->cgroups, sb->id, &u) == 0)
+        ex->oom_before = u.oom_kills;
     buf_init(&ex->res.out);
     buf_init(&ex->res.err);
     if (spec->stdin_len)

@@ -38,6 +38,7 @@ struct exec_result {
     int exit_code;         /* 128 + signal when signalled */
     int signal;            /* 0 if none */
     int timed_out;
+    int oom_killed; /* SIGKILLed while the sandbox's OOM-kill count went up */
     buf_t out, err; /* collected output (owned by the exec; valid during the cb) */
     int out_truncated, err_truncated;
     double duration_ms;

@@ -134,6 +134,8 @@ const char *sandbox_state_name(enum sandbox_state state)
         return "creating";
     case SB_RUNNING:
         return "running";
+    case SB_PAUSED:
+        return "paused";
     case SB_STOPPING:
         return "stopping";
     case SB_FAILED:
@@ -211,6 +213,42 @@ json_t *sandbox_to_json(const struct sandbox *sb)
                      "last_active_at", active, "node", sb->reg->node);
 }
 
+json_t *sandbox_to_json_usage(const struct sandbox *sb)
+{
+    json_t *o = sandbox_to_json(sb);
+    struct cgroup_usage u;
+    if (o && cgroup_usage(sb->reg->cgroups, sb->id, &u) == 0)
+        json_object_set_new(o, "usage",
+                            json_pack("{s:I, s:I, s:f, s:I}", "memory_bytes",
+                                      (json_int_t)u.memory_bytes, "pids", (json_int_t)u.pids,
+                                      "cpu_seconds", u.cpu_usec / 1e6, "oom_kills",
+                                      (json_int_t)u.oom_kills));
+    return o;
+}
+
+int sandbox_pause(struct sandbox *sb)
+{
+    if (sb->state != SB_RUNNING)
+        return -EINVAL;
+    int r = cgroup_freeze(sb->reg->cgroups, sb->id, 1);
+    if (r < 0) {
+        cgroup_freeze(sb->reg->cgroups, sb->id, 0);
+        return r;
+    }
+    sb->state = SB_PAUSED;
+    return 0;
+}
+
+int sandbox_resume(struct sandbox *sb)
+{
+    if (sb->state != SB_PAUSED)
+        return -EINVAL;
+    int r = cgroup_freeze(sb->reg->cgroups, sb->id, 0);
+    if (r == 0)
+        sb->state = SB_RUNNING;
+    return r;
+}
+
 /* ---- control channel ------------------------------------------------------------------------ */
 
 static void ctl_on_event(uv_poll_t *h, int status, int events);
@@ -243,7 +281,7 @@ static int ctl_flush(struct sandbox *sb)
 
 int sandbox_send(struct sandbox *sb, const void *msg, size_t len)
 {
-    if (sb->state != SB_RUNNING)
+    if (sb->state != SB_RUNNING && sb->state != SB_PAUSED)
         return -EPIPE;
     if (!sb->out_head) {
         ssize_t n = send(sb->ctl_fd, msg, len, MSG_DONTWAIT | MSG_NOSIGNAL);
@@ -331,7 +369,7 @@ static void ctl_read(struct sandbox *sb)
             }
         }
         ctl_dispatch(sb, msg, (size_t)n, fds, nfds);
-        if (sb->state != SB_RUNNING)
+        if (sb->state != SB_RUNNING && sb->state != SB_PAUSED)
             return;
     }
 }
@@ -459,7 +497,7 @@ static void pid_on_event(uv_poll_t *h, int status, int events)
     struct sandbox *sb = h->data;
     (void)status;
     (void)events;
-    if (sb->state == SB_RUNNING) {
+    if (sb->state == SB_RUNNING || sb->state == SB_PAUSED) {
         log_warn("sandbox %s: init exited unexpectedly", sb->id);
         sb->state = SB_FAILED;
         fail_procs(sb);
@@ -485,6 +523,8 @@ void sandbox_destroy(struct sandbox *sb, sandbox_destroy_cb cb, void *arg)
     if (sb->state == SB_STOPPING || sb->state == SB_CREATING)
         return; /* already on its way; a creating sandbox is destroyed when its create ends */
     enum sandbox_state was = sb->state;
+    if (was == SB_PAUSED) /* frozen processes cannot die until thawed */
+        cgroup_freeze(sb->reg->cgroups, sb->id, 0);
     sb->state = SB_STOPPING;
     fail_procs(sb);
     if (was == SB_FAILED || sb->pidfd < 0) {

@@ -35,7 +35,7 @@ struct sandbox_resources {
     unsigned long long disk_mib;
 };
 
-enum sandbox_state { SB_CREATING, SB_RUNNING, SB_STOPPING, SB_FAILED };
+enum sandbox_state { SB_CREATING, SB_RUNNING, SB_PAUSED, SB_STOPPING, SB_FAILED };
 
 struct proc;
 struct command;
@@ -125,8 +125,13 @@ struct sandbox *sandbox_find(struct registry *reg, const char *id_or_name);
 void sandbox_destroy(struct sandbox *sb, sandbox_destroy_cb cb, void *arg);
 void sandbox_ref(struct sandbox *sb);
 void sandbox_unref(struct sandbox *sb);
-/* The API description (a new reference). */
+/* Freezes / thaws every process of a running / paused sandbox (cgroup freezer). Returns 0,
+ * -EINVAL in the wrong state, -ENOTSUP without a freezer, or -errno. */
+int sandbox_pause(struct sandbox *sb);
+int sandbox_resume(struct sandbox *sb);
+/* The API description (a new reference), with current resource usage when `usage`. */
 json_t *sandbox_to_json(const struct sandbox *sb);
+json_t *sandbox_to_json_usage(const struct sandbox *sb);
 const char *sandbox_state_name(enum sandbox_state state);
 
 /* Control channel (used by proc.c). Queues a message for the init; returns 0 or -EPIPE when the

@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -127,6 +128,43 @@ static void test_v2_layout_and_limits(void **state)
     assert_int_equal(cgroup_destroy(&m, "sb-none"), 0);
 }
 
+static void test_v2_usage_and_freeze(void **state)
+{
+    (void)state;
+    char self[512];
+    put("cgroup.controllers", "cpu memory pids\n");
+    put("cgroup.subtree_control", "");
+    fake_v2_dir("warren");
+    fake_v2_dir("warren/sb-9");
+    put("warren/sb-9/memory.current", "1048576\n");
+    put("warren/sb-9/pids.current", "7\n");
+    put("warren/sb-9/cpu.stat", "usage_usec 2500000\nuser_usec 2000000\n");
+    put("warren/sb-9/memory.events", "low 0\nhigh 0\nmax 3\noom 2\noom_kill 2\n");
+    put("warren/sb-9/cgroup.freeze", "");
+    /* The kernel would flip "frozen" asynchronously; the fake tree says it is done already. */
+    put("warren/sb-9/cgroup.events", "populated 1\nfrozen 1\n");
+    snprintf(self, sizeof(self), "%s/self_cgroup", root);
+    put("self_cgroup", "0::/\n");
+    struct cgroup_manager m;
+    assert_int_equal(cgroup_manager_init(&m, root, self), 0);
+    struct cgroup_usage u;
+    assert_int_equal(cgroup_usage(&m, "sb-9", &u), 0);
+    assert_int_equal(u.memory_bytes, 1048576);
+    assert_int_equal(u.pids, 7);
+    assert_int_equal(u.cpu_usec, 2500000);
+    assert_int_equal(u.oom_kills, 2);
+    assert_int_equal(cgroup_freeze(&m, "sb-9", 1), 0);
+    char buf[16];
+    get("warren/sb-9/cgroup.freeze", buf, sizeof(buf));
+    assert_string_equal(buf, "1");
+    assert_int_equal(cgroup_freeze(&m, "sb-9", 0), 0);
+    get("warren/sb-9/cgroup.freeze", buf, sizeof(buf));
+    assert_string_equal(buf, "0");
+    /* A freeze the kernel never confirms times out instead of hanging. */
+    put("warren/sb-9/cgroup.events", "populated 1\nfrozen 0\n");
+    assert_int_equal(cgroup_freeze(&m, "sb-9", 1), -ETIMEDOUT);
+}
+
 static void test_v2_root_cgroup(void **state)
 {
     (void)state;
@@ -211,6 +249,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_v2_layout_and_limits, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_v2_usage_and_freeze, setup, teardown),
         cmocka_unit_test_setup_teardown(test_v2_root_cgroup, setup, teardown),
         cmocka_unit_test_setup_teardown(test_v1_layout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_none, setup, teardown),
