@@ -20,10 +20,24 @@
  * request is with the handler, reading continues (so a client hang-up is noticed and reported with
  * the abort callback) until READ_HIGH_WATER bytes are buffered. Input from a client that does not
  * read its responses is no longer parsed once WRITE_HIGH_WATER bytes are queued for it.
+ *
+ * Streaming bodies: a request claimed by the stream hook is dispatched from a pause in
+ * on_headers_complete and stays conn->body_req (besides conn->active) until its body ended or it
+ * was answered. The parser keeps running for it while the handler has started and not paused the
+ * body; on_body hands the bytes straight to the handler. A pause inside on_body can leave the
+ * parser just before on_message_complete with no input left, so conn->parse_pending then allows
+ * one execute with zero bytes. An answer before the end of the body either skips a small rest
+ * (conn->discarding) or closes the connection.
+ *
+ * User callbacks that may answer (and so free) a request while this file still looks at it run
+ * with req->cb_depth raised: the answer then only marks the request consumed and the caller frees
+ * it afterwards. Work the API must not do synchronously (delivering callbacks from inside
+ * http_req_body_start() and friends) goes through a per-request zero-delay timer (struct kick).
  */
 #include "net/http.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -54,6 +68,9 @@
  * response before the client read it (typical with 413 while the client is still uploading). */
 #define LINGER_MS 2000
 #define PEER_LEN 64
+/* An unread streamed body up to this size is skipped to keep the connection; a bigger one costs
+ * less as a new connection than as bytes to swallow. */
+#define DRAIN_MAX (64 * 1024)
 
 struct hdr {
     buf_t name;
@@ -84,6 +101,40 @@ struct http_req {
     http_abort_fn abort_cb;
     void *abort_arg;
     char peer[PEER_LEN];
+
+    /* Streaming (both directions); see the top of the file. */
+    uv_loop_t *loop;
+    struct kick *kick;      /* created on first use */
+    unsigned cb_depth;      /* user callbacks running that may consume the request */
+    int64_t content_length; /* declared; -1 chunked; 0 no body */
+    http_body_data_fn on_data;
+    http_body_end_fn on_end;
+    void *body_arg;
+    int body_err;                 /* valid once body_ended */
+    unsigned consumed : 1;        /* answered; freed once cb_depth drops to 0 */
+    unsigned streaming : 1;       /* dispatched before its body */
+    unsigned expect_continue : 1; /* streaming and the client waits for a 100 */
+    unsigned continue_sent : 1;   /* that 100 was queued */
+    unsigned body_started : 1;    /* http_req_body_start() called */
+    unsigned body_paused : 1;     /* http_req_body_pause() */
+    unsigned body_ended : 1;      /* no more body (body_err says how it ended) */
+    unsigned body_delivered : 1;  /* a buffered body went to on_data */
+    unsigned end_delivered : 1;   /* on_end ran */
+    unsigned resp_started : 1;    /* http_respond_start() called */
+    unsigned resp_chunked : 1;    /* body written in chunked coding */
+    unsigned resp_nobody : 1;     /* HEAD or a bodyless status: writes are discarded */
+    unsigned resp_close : 1;      /* the headers said Connection: close */
+    unsigned drain_armed : 1;     /* a write left HTTP_RESPOND_HIGH_WATER queued */
+    int64_t resp_remaining;       /* Content-Length bytes still owed; -1 if not announced */
+    void (*drain_cb)(http_req_t *req, void *arg);
+    void *drain_arg;
+};
+
+/* A zero-delay timer that runs req_pump() from the loop. Separate from the request because its
+ * handle outlives it (uv_close is asynchronous); `req` is cleared when the request is freed. */
+struct kick {
+    uv_timer_t timer;
+    http_req_t *req;
 };
 
 struct conn {
@@ -98,10 +149,13 @@ struct conn {
     http_server_t *srv;
     struct conn *prev, *next;
     llhttp_t parser;
-    buf_t in;           /* received, not yet parsed */
-    http_req_t *cur;    /* being parsed */
-    http_req_t *ready;  /* parsed, about to be dispatched */
-    http_req_t *active; /* with the handler */
+    buf_t in;             /* received, not yet parsed */
+    http_req_t *cur;      /* being parsed */
+    http_req_t *ready;    /* parsed, about to be dispatched */
+    http_req_t *active;   /* with the handler */
+    http_req_t *body_req; /* == active while its streamed body is being parsed */
+    size_t out_bytes;     /* bytes in writes not yet completed */
+    int close_err;        /* why the connection is closing (for on_end); 0: -ECONNRESET */
     /* Set by a parser callback that wants the connection answered with an error and closed. */
     int err_status;
     const char *err_code;
@@ -116,6 +170,10 @@ struct conn {
     unsigned eof : 1;               /* the client sent EOF */
     unsigned counted : 1;           /* counts towards max_connections */
     unsigned upgraded : 1;          /* taken over (http_req_takeover); see the top of the file */
+    unsigned discarding : 1;        /* skipping the rest of an answered request's body */
+    unsigned broken : 1;            /* the parser failed inside a streamed body: parse no more */
+    unsigned parse_pending : 1;     /* the parser may progress without input (see top) */
+    unsigned close_soon : 1;        /* closing from the timer (not from inside an API call) */
     const struct http_takeover_ops *tk_ops;
     void *tk_owner;
     char peer[PEER_LEN];
@@ -138,6 +196,7 @@ struct http_server {
     uv_loop_t *loop;
     struct http_limits limits;
     http_handler_fn handler;
+    http_stream_hook_fn wants_stream;
     void *ctx;
     llhttp_settings_t settings;
     struct listener *listeners;
@@ -158,6 +217,7 @@ struct http_server {
 struct wreq {
     uv_write_t req;
     char *data;
+    size_t len;
 };
 
 static void conn_close(struct conn *c);
@@ -165,6 +225,9 @@ static void conn_process(struct conn *c);
 static void conn_update(struct conn *c);
 static void conn_linger(struct conn *c);
 static void maybe_done(http_server_t *srv);
+static void req_pump(http_req_t *req);
+static void on_timer(uv_timer_t *t);
+static void conn_set_reading(struct conn *c, int on);
 
 /* ---------------------------------------------------------------------------------------------
  * Small helpers
@@ -375,10 +438,19 @@ static int format_response(buf_t *out, int status, const char *ctype, const void
  * Requests
  */
 
+static void on_req_kick_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
 static void req_free(http_req_t *req)
 {
     if (!req)
         return;
+    if (req->kick) {
+        req->kick->req = NULL;
+        uv_close((uv_handle_t *)&req->kick->timer, on_req_kick_closed);
+    }
     buf_free(&req->url);
     free(req->path);
     free(req->raw_query);
@@ -397,6 +469,80 @@ static void req_free(http_req_t *req)
     buf_free(&req->hvalue);
     buf_free(&req->body);
     free(req);
+}
+
+/* The request was answered: free it, or let the user callback running on it finish first. */
+static void req_release(http_req_t *req)
+{
+    req->consumed = 1;
+    if (req->cb_depth == 0)
+        req_free(req);
+}
+
+/* Brackets a user callback that may answer the request. req_cb_leave() returns 1 (and frees the
+ * request) if it was answered, so the caller must not touch it any more. */
+static void req_cb_enter(http_req_t *req)
+{
+    req->cb_depth++;
+}
+
+static int req_cb_leave(http_req_t *req)
+{
+    req->cb_depth--;
+    if (!req->consumed)
+        return 0;
+    if (req->cb_depth == 0)
+        req_free(req);
+    return 1;
+}
+
+static void on_kick(uv_timer_t *t)
+{
+    struct kick *k = t->data;
+    if (k->req)
+        req_pump(k->req);
+}
+
+/* Runs req_pump() from the loop soon. */
+static void req_kick(http_req_t *req)
+{
+    if (!req->kick) {
+        struct kick *k = calloc(1, sizeof(*k));
+        if (!k) {
+            /* Delivering synchronously is worse than late, but better than never. */
+            log_error("http: out of memory; delivering request callbacks synchronously");
+            req_pump(req);
+            return;
+        }
+        uv_timer_init(req->loop, &k->timer);
+        k->timer.data = k;
+        k->req = req;
+        req->kick = k;
+    }
+    uv_timer_start(&req->kick->timer, on_kick, 0, 0);
+}
+
+/* Runs on_end if it is due: the body ended (successfully only while not paused). */
+static void req_deliver_end(http_req_t *req)
+{
+    if (!req->body_started || !req->body_ended || req->end_delivered || req->consumed)
+        return;
+    if (req->body_paused && req->body_err == 0)
+        return;
+    req->end_delivered = 1;
+    if (req->on_end)
+        req->on_end(req, req->body_err, req->body_arg);
+}
+
+/* The body ended (err 0) or cannot complete (err < 0); on_end runs now if the handler started
+ * the body, else once it does. May answer and free the request. */
+static void req_end_body(http_req_t *req, int err)
+{
+    if (req->body_ended)
+        return;
+    req->body_ended = 1;
+    req->body_err = err;
+    req_deliver_end(req);
 }
 
 static struct hdr *req_find_header(const http_req_t *req, const char *name)
@@ -577,6 +723,41 @@ void http_req_set_abort_cb(http_req_t *req, http_abort_fn cb, void *arg)
     req->abort_arg = arg;
 }
 
+int http_req_streaming(const http_req_t *req)
+{
+    return req->streaming;
+}
+
+int64_t http_req_content_length(const http_req_t *req)
+{
+    return req->content_length;
+}
+
+/* Delivers whatever is due for `req` from the loop (the kick timer): parsing of a streamed body,
+ * a buffered body, on_end, a drain notification. */
+static void req_pump(http_req_t *req)
+{
+    req_cb_enter(req);
+    struct conn *c = req->conn;
+    if (req->streaming && c && !req->body_ended) {
+        /* Parses what is buffered and restarts reading; on_data and on_end run from there. */
+        conn_process(c);
+    } else if (!req->streaming && req->body_started && !req->body_delivered && !req->body_paused) {
+        req->body_delivered = 1;
+        if (req->body.len && req->on_data)
+            req->on_data(req, req->body.data, req->body.len, req->body_arg);
+    }
+    if (!req->consumed && (req->streaming || req->body_delivered))
+        req_deliver_end(req);
+    c = req->conn;
+    if (!req->consumed && c && req->drain_armed && req->drain_cb &&
+        c->out_bytes < HTTP_RESPOND_LOW_WATER) {
+        req->drain_armed = 0;
+        req->drain_cb(req, req->drain_arg);
+    }
+    req_cb_leave(req);
+}
+
 /* ---------------------------------------------------------------------------------------------
  * Output
  */
@@ -585,6 +766,7 @@ static void on_write(uv_write_t *w, int status)
 {
     struct wreq *wr = (struct wreq *)w;
     struct conn *c = w->data;
+    c->out_bytes -= wr->len;
     free(wr->data);
     free(wr);
     c->pending_writes--;
@@ -592,6 +774,7 @@ static void on_write(uv_write_t *w, int status)
     if (c->closing || c->upgraded)
         return;
     if (status < 0) {
+        c->close_err = status;
         conn_close(c);
         return;
     }
@@ -600,26 +783,32 @@ static void on_write(uv_write_t *w, int status)
             conn_linger(c);
         return;
     }
+    http_req_t *req = c->active;
+    if (req && req->drain_armed && req->drain_cb && c->out_bytes < HTTP_RESPOND_LOW_WATER) {
+        req->drain_armed = 0;
+        req->drain_cb(req, req->drain_arg);
+        if (c->closing)
+            return;
+    }
     /* Parsing may have stopped because too much output was queued. */
     conn_process(c);
 }
 
-/* Queues `out` (taking its storage). On failure the connection is closed and -errno returned. */
-static int conn_write(struct conn *c, buf_t *out)
+/* Queues `out` (taking its storage in every case); returns 0 or -errno. */
+static int conn_write_raw(struct conn *c, buf_t *out)
 {
     struct wreq *wr = malloc(sizeof(*wr));
     if (!wr) {
         buf_free(out);
-        conn_close(c);
         return -ENOMEM;
     }
     size_t len = out->len;
     wr->data = buf_steal(out);
     if (!wr->data) {
         free(wr);
-        conn_close(c);
         return -ENOMEM;
     }
+    wr->len = len;
     /* Not uv_buf_init(): its length parameter is an unsigned int. */
     uv_buf_t b = {.base = wr->data, .len = len};
     wr->req.data = c;
@@ -627,11 +816,61 @@ static int conn_write(struct conn *c, buf_t *out)
     if (rc < 0) {
         free(wr->data);
         free(wr);
-        conn_close(c);
         return rc;
     }
     c->pending_writes++;
+    c->out_bytes += len;
     return 0;
+}
+
+/* Queues `out` (taking its storage). On failure the connection is closed and -errno returned. */
+static int conn_write(struct conn *c, buf_t *out)
+{
+    int rc = conn_write_raw(c, out);
+    if (rc < 0)
+        conn_close(c);
+    return rc;
+}
+
+/* Closes the connection from the loop instead of right away: used inside API calls a handler
+ * makes on a live request, where conn_close() would run its abort callback (which may answer
+ * and free the request) under the caller's feet. Until then the connection counts as gone. */
+static void conn_close_soon(struct conn *c, int err)
+{
+    if (c->closing || c->close_soon)
+        return;
+    c->close_soon = 1;
+    c->close_err = err;
+    conn_set_reading(c, 0);
+    uv_timer_start(&c->timer, on_timer, 0, 0);
+}
+
+/* Whether the unread rest of `req`'s streamed body may be skipped to keep the connection. */
+static int body_skippable(const struct conn *c, const http_req_t *req)
+{
+    /* The client may or may not send a body it was not invited to send: framing is lost. */
+    if (req->expect_continue && !req->continue_sent)
+        return 0;
+    if (c->broken || (c->parser.flags & F_CHUNKED))
+        return 0;
+    return c->parser.content_length <= DRAIN_MAX;
+}
+
+/* Takes an answered request off its connection. Returns 1 if the connection must close after
+ * the response (no keep-alive, or a streamed body left unread that cannot be skipped). */
+static int conn_detach(struct conn *c, http_req_t *req)
+{
+    int close = !req->keep_alive || c->srv->closing;
+    if (c->body_req == req) {
+        c->body_req = NULL;
+        if (!close && body_skippable(c, req))
+            c->discarding = 1;
+        else
+            close = 1;
+    }
+    c->active = NULL;
+    req->conn = NULL;
+    return close;
 }
 
 /* Answers with an error that ends the connection (no request is with the handler). */
@@ -657,21 +896,27 @@ static void conn_fail(struct conn *c, int status, const char *code, const char *
 void http_respond(http_req_t *req, int status, const char *content_type, const void *body,
                   size_t len, const char *extra_headers)
 {
-    struct conn *c = req->conn;
-    if (!c) {
-        /* The client is gone (or this request was never dispatched): discard the answer. */
-        req_free(req);
+    if (req->resp_started) {
+        /* Misuse; ending the started response is the only answer still possible. */
+        log_error("http: http_respond() after http_respond_start(); ending the response");
+        http_respond_end(req);
         return;
     }
-    c->active = NULL;
-    req->conn = NULL;
+    struct conn *c = req->conn;
+    if (!c || c->close_soon) {
+        /* The client is gone (or this request was never dispatched): discard the answer. */
+        if (c)
+            conn_detach(c, req);
+        req_release(req);
+        return;
+    }
+    int close = conn_detach(c, req);
     if (status < 100 || status > 999)
         status = 500;
-    int close = !req->keep_alive || c->srv->closing;
     buf_t out = BUF_INIT;
     int rc = format_response(&out, status, content_type, body, len, extra_headers, close,
                              req->http10 && !close, req->is_head);
-    req_free(req);
+    req_release(req);
     if (rc < 0) {
         buf_free(&out);
         conn_close(c);
@@ -707,6 +952,203 @@ void http_respond_error(http_req_t *req, int status, const char *code, const cha
     va_end(ap);
     http_respond_json(req, status, error_object(code, rc < 0 ? "" : msg.data ? msg.data : ""));
     buf_free(&msg);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Streaming
+ */
+
+void http_server_set_stream_hook(http_server_t *srv, http_stream_hook_fn wants_stream)
+{
+    srv->wants_stream = wants_stream;
+}
+
+void http_req_body_start(http_req_t *req, http_body_data_fn on_data, http_body_end_fn on_end,
+                         void *arg)
+{
+    if (req->body_started || req->consumed)
+        return;
+    req->body_started = 1;
+    req->on_data = on_data;
+    req->on_end = on_end;
+    req->body_arg = arg;
+    struct conn *c = req->conn;
+    /* Only now: a handler that rejects the request without starting the body spares the client
+     * the upload. Pointless once a final response is on its way. */
+    if (c && !c->close_soon && req->expect_continue && !req->continue_sent && !req->body_ended &&
+        !req->resp_started) {
+        req->continue_sent = 1;
+        buf_t out = BUF_INIT;
+        int rc = buf_append_str(&out, "HTTP/1.1 100 Continue\r\n\r\n");
+        rc = rc < 0 ? rc : conn_write_raw(c, &out);
+        if (rc < 0) {
+            buf_free(&out);
+            conn_close_soon(c, rc);
+        }
+    }
+    /* Inside conn_process() for this connection, its loop resumes parsing once the handler
+     * returns; anywhere else, parsing must not start under the caller's feet. */
+    if (c && c->processing && !c->close_soon && req->streaming && !req->body_ended)
+        return;
+    req_kick(req);
+}
+
+void http_req_body_pause(http_req_t *req, int paused)
+{
+    paused = paused != 0;
+    if (req->consumed || (int)req->body_paused == paused)
+        return;
+    req->body_paused = (unsigned)paused;
+    struct conn *c = req->conn;
+    if (paused) {
+        /* Inside conn_process() the parser stops at the end of this chunk and reading stops
+         * when the loop ends; elsewhere stop reading now. */
+        if (c && !c->processing)
+            conn_update(c);
+        return;
+    }
+    if (c && c->processing && !c->close_soon && req->streaming && !req->body_ended)
+        return;
+    req_kick(req);
+}
+
+int http_respond_start(http_req_t *req, int status, const char *content_type,
+                       int64_t content_length, const char *extra_headers)
+{
+    if (req->resp_started || req->consumed)
+        return -EINVAL;
+    req->resp_started = 1;
+    if (status < 100 || status > 999)
+        status = 500;
+    int bodyless = status_bodyless(status);
+    req->resp_nobody = bodyless || req->is_head;
+    req->resp_remaining = -1;
+    struct conn *c = req->conn;
+    if (!c || c->close_soon)
+        return -EPIPE;
+    int close = !req->keep_alive || c->srv->closing;
+    int chunked = 0;
+    buf_t out = BUF_INIT;
+    int rc = buf_appendf(&out, "HTTP/1.1 %d %s\r\n", status, http_status_text(status));
+    if (!rc && !bodyless) {
+        if (content_type && *content_type)
+            rc = buf_appendf(&out, "Content-Type: %s\r\n", content_type);
+        if (!rc && content_length >= 0) {
+            rc = buf_appendf(&out, "Content-Length: %" PRId64 "\r\n", content_length);
+            req->resp_remaining = content_length;
+        } else if (!rc && !req->http10) {
+            rc = buf_append_str(&out, "Transfer-Encoding: chunked\r\n");
+            chunked = 1;
+        } else if (!rc) {
+            close = 1; /* HTTP/1.0 has no chunked coding: the body ends with the connection */
+        }
+    }
+    if (!rc && close)
+        rc = buf_append_str(&out, "Connection: close\r\n");
+    else if (!rc && req->http10)
+        rc = buf_append_str(&out, "Connection: keep-alive\r\n");
+    if (!rc && extra_headers)
+        rc = buf_append_str(&out, extra_headers);
+    if (!rc)
+        rc = buf_append(&out, "\r\n", 2);
+    req->resp_chunked = chunked && !req->resp_nobody;
+    req->resp_close = (unsigned)close;
+    rc = rc < 0 ? rc : conn_write_raw(c, &out);
+    if (rc < 0) {
+        buf_free(&out);
+        conn_close_soon(c, rc);
+    }
+    return rc;
+}
+
+int http_respond_write(http_req_t *req, const void *data, size_t len)
+{
+    if (!req->resp_started || req->consumed)
+        return -EINVAL;
+    struct conn *c = req->conn;
+    if (!c || c->close_soon)
+        return -EPIPE;
+    if (req->resp_nobody || len == 0)
+        return 0; /* (an empty chunk would end a chunked body) */
+    if (req->resp_remaining >= 0 && (uint64_t)len > (uint64_t)req->resp_remaining)
+        return -EINVAL;
+    buf_t out = BUF_INIT;
+    int rc = buf_reserve(&out, len + 32);
+    if (!rc && req->resp_chunked)
+        rc = buf_appendf(&out, "%zx\r\n", len);
+    if (!rc)
+        rc = buf_append(&out, data, len);
+    if (!rc && req->resp_chunked)
+        rc = buf_append(&out, "\r\n", 2);
+    rc = rc < 0 ? rc : conn_write_raw(c, &out);
+    if (rc < 0) {
+        buf_free(&out);
+        conn_close_soon(c, rc);
+        return rc;
+    }
+    if (req->resp_remaining > 0)
+        req->resp_remaining -= (int64_t)len;
+    if (c->out_bytes >= HTTP_RESPOND_HIGH_WATER)
+        req->drain_armed = 1;
+    return 0;
+}
+
+size_t http_respond_buffered(const http_req_t *req)
+{
+    const struct conn *c = req->conn;
+    return c && !c->close_soon ? c->out_bytes : 0;
+}
+
+void http_respond_on_drain(http_req_t *req, void (*cb)(http_req_t *req, void *arg), void *arg)
+{
+    req->drain_cb = cb;
+    req->drain_arg = arg;
+    /* The queue may have drained already, with no write completion left to notice it. */
+    struct conn *c = req->conn;
+    if (cb && req->drain_armed && c && c->out_bytes < HTTP_RESPOND_LOW_WATER)
+        req_kick(req);
+}
+
+void http_respond_end(http_req_t *req)
+{
+    if (req->consumed)
+        return;
+    if (!req->resp_started) {
+        log_error("http: http_respond_end() without http_respond_start(); answering 500");
+        http_respond(req, 500, NULL, NULL, 0, NULL);
+        return;
+    }
+    struct conn *c = req->conn;
+    if (!c || c->close_soon) {
+        if (c)
+            conn_detach(c, req);
+        req_release(req);
+        return;
+    }
+    int close = req->resp_close;
+    /* A short Content-Length body can only be signalled by closing. */
+    if (!req->resp_nobody && req->resp_remaining > 0)
+        close = 1;
+    int chunked = req->resp_chunked;
+    close |= conn_detach(c, req);
+    req_release(req);
+    if (chunked) {
+        buf_t out = BUF_INIT;
+        if (buf_append_str(&out, "0\r\n\r\n") < 0) {
+            buf_free(&out);
+            conn_close(c);
+            return;
+        }
+        if (conn_write(c, &out) < 0)
+            return;
+    }
+    if (close) {
+        c->close_after_write = 1;
+        /* With nothing left in flight no write completion will start the linger. */
+        if (c->pending_writes == 0)
+            conn_linger(c);
+    }
+    conn_process(c);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -746,6 +1188,7 @@ static int on_message_begin(llhttp_t *p)
     if (!req)
         return fail_nomem(p);
     memcpy(req->peer, c->peer, sizeof(req->peer));
+    req->loop = c->srv->loop;
     req_free(c->cur);
     c->cur = req;
     return 0;
@@ -763,6 +1206,8 @@ static int on_url(llhttp_t *p, const char *at, size_t len)
 static int on_header_field(llhttp_t *p, const char *at, size_t len)
 {
     struct conn *c = p->data;
+    if (!c->cur)
+        return 0; /* trailers of a streamed or skipped body: dropped */
     int rc = count_header_bytes(p, len);
     if (rc)
         return rc;
@@ -772,6 +1217,8 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len)
 static int on_header_value(llhttp_t *p, const char *at, size_t len)
 {
     struct conn *c = p->data;
+    if (!c->cur)
+        return 0;
     int rc = count_header_bytes(p, len);
     if (rc)
         return rc;
@@ -781,6 +1228,8 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len)
 static int on_header_value_complete(llhttp_t *p)
 {
     struct conn *c = p->data;
+    if (!c->cur)
+        return 0;
     int rc = count_header_bytes(p, 4); /* ": " and CRLF */
     if (rc)
         return rc;
@@ -813,19 +1262,34 @@ static int on_headers_complete(llhttp_t *p)
         return -1; /* on_headers_complete reports errors with -1, not an errno */
     }
 
-    /* A declared body over the limit is refused before reading any of it. */
-    int has_body = (p->flags & F_CHUNKED) != 0;
-    if (p->flags & F_CONTENT_LENGTH) {
-        if (p->content_length > c->srv->limits.max_body_bytes) {
-            parse_fail(p, 413, "payload_too_large", "request body too large");
-            return -1;
-        }
-        if (p->content_length > 0)
-            has_body = 1;
+    int chunked = (p->flags & F_CHUNKED) != 0;
+    int has_length = (p->flags & F_CONTENT_LENGTH) != 0;
+    int has_body = chunked || (has_length && p->content_length > 0);
+    req->content_length = chunked ? -1 : has_length ? (int64_t)p->content_length : 0;
+    const char *expect = http_req_header(req, "Expect");
+    int wants_continue =
+        expect && has_body && !req->http10 && strcasecmp(expect, "100-continue") == 0;
+
+    /* The hook sees every request (so its answer does not depend on the framing), but only one
+     * with a body goes out early: without one, the complete request is just as quick. */
+    http_server_t *srv = c->srv;
+    int upgrade = p->upgrade || http_req_header(req, "Upgrade");
+    if (srv->wants_stream && !upgrade && srv->wants_stream(req, srv->ctx) == 1 && has_body) {
+        req->streaming = 1;
+        req->expect_continue = (unsigned)wants_continue;
+        c->body_req = req;
+        c->ready = req;
+        c->cur = NULL;
+        return HPE_PAUSED; /* dispatched by conn_process() */
     }
 
-    const char *expect = http_req_header(req, "Expect");
-    if (expect && has_body && !req->http10 && strcasecmp(expect, "100-continue") == 0) {
+    /* A declared body over the limit is refused before reading any of it. */
+    if (has_length && p->content_length > srv->limits.max_body_bytes) {
+        parse_fail(p, 413, "payload_too_large", "request body too large");
+        return -1;
+    }
+
+    if (wants_continue) {
         buf_t out = BUF_INIT;
         if (buf_append_str(&out, "HTTP/1.1 100 Continue\r\n\r\n") < 0) {
             fail_nomem(p);
@@ -840,7 +1304,29 @@ static int on_headers_complete(llhttp_t *p)
 static int on_body(llhttp_t *p, const char *at, size_t len)
 {
     struct conn *c = p->data;
+    if (len == 0 || c->discarding)
+        return 0;
+    if (c->body_req) {
+        http_req_t *req = c->body_req;
+        if (req->on_data) {
+            req_cb_enter(req);
+            req->on_data(req, at, len, req->body_arg);
+            if (req_cb_leave(req)) {
+                c->parse_pending = 1;
+                return HPE_PAUSED; /* answered: conn_process() decides about the rest */
+            }
+        }
+        if (c->closing || req->body_paused || c->body_req != req) {
+            /* Stop right after this chunk. on_message_complete may be next without any input
+             * left: allow conn_process() an execute with zero bytes. */
+            c->parse_pending = 1;
+            return HPE_PAUSED;
+        }
+        return 0;
+    }
     http_req_t *req = c->cur;
+    if (!req)
+        return 0;
     /* Content-Length was checked up front; this catches chunked bodies growing too big. */
     if (len > c->srv->limits.max_body_bytes - req->body.len)
         return parse_fail(p, 413, "payload_too_large", "request body too large");
@@ -850,9 +1336,21 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
 static int on_message_complete(llhttp_t *p)
 {
     struct conn *c = p->data;
+    /* Stop right after this request: the next one is parsed once this one is answered. */
+    if (c->discarding) {
+        c->discarding = 0;
+        return HPE_PAUSED;
+    }
+    if (c->body_req) {
+        http_req_t *req = c->body_req;
+        c->body_req = NULL;
+        req_end_body(req, 0); /* may answer (and free) the request */
+        return HPE_PAUSED;
+    }
     c->ready = c->cur;
     c->cur = NULL;
-    /* Stop right after this request: the next one is parsed once this one is answered. */
+    if (c->ready)
+        c->ready->body_ended = 1;
     return HPE_PAUSED;
 }
 
@@ -895,15 +1393,20 @@ static void conn_close(struct conn *c)
     uv_close(&c->h.handle, on_conn_handle_closed);
     uv_close((uv_handle_t *)&c->timer, on_conn_handle_closed);
     http_req_t *req = c->active;
+    c->body_req = NULL;
     if (req) {
-        /* Detach first: the abort callback may respond (and so free the request) right away. */
+        /* Detach first: the callbacks may respond (and so free the request) right away. */
         c->active = NULL;
         req->conn = NULL;
         req->gone = 1;
+        req_cb_enter(req);
+        /* A streamed body that did not end never will (on_end waits for body_start if need be). */
+        req_end_body(req, c->close_err ? c->close_err : -ECONNRESET);
         http_abort_fn cb = req->abort_cb;
         req->abort_cb = NULL;
-        if (cb)
+        if (cb && !req->consumed)
             cb(req, req->abort_arg);
+        req_cb_leave(req);
     }
 }
 
@@ -950,6 +1453,14 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
     if (nread < 0) {
         c->reading = 0;
         uv_read_stop(s);
+        if (nread == UV_EOF && c->body_req && !c->lingering && !c->close_after_write) {
+            /* The client may have sent its whole body and half-closed: parse what is buffered
+             * first; conn_process() closes if the body cannot complete. No request can follow. */
+            c->eof = 1;
+            c->body_req->keep_alive = 0;
+            conn_process(c);
+            return;
+        }
         if (nread == UV_EOF && !c->active && !c->lingering && c->pending_writes > 0) {
             /* A half-closed client may still be waiting for queued responses: send them. */
             c->eof = 1;
@@ -958,6 +1469,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
         }
         /* A hang-up while the handler works is reported to it (abort callback): we cannot tell
          * a half-close from a close without writing, and long requests must be cancellable. */
+        c->close_err = nread == UV_EOF ? -ECONNRESET : (int)nread;
         conn_close(c);
         return;
     }
@@ -987,19 +1499,48 @@ static void conn_set_reading(struct conn *c, int on)
 /* Reconciles reading and the idle timer with the connection's state. */
 static void conn_update(struct conn *c)
 {
-    if (c->closing || c->upgraded)
+    if (c->closing || c->upgraded || c->close_soon)
         return;
     if (c->lingering) {
         conn_set_reading(c, !c->eof);
         return;
     }
-    conn_set_reading(c, !c->eof && (c->close_after_write || c->in.len < READ_HIGH_WATER));
+    int want = !c->eof && (c->close_after_write || c->in.len < READ_HIGH_WATER);
+    /* A paused body stays in the kernel, so TCP flow control throttles the client. */
+    if (c->body_req && c->body_req->body_started && c->body_req->body_paused)
+        want = 0;
+    conn_set_reading(c, want);
     if (c->closing)
         return;
     if (c->active)
         uv_timer_stop(&c->timer);
     else
         uv_timer_start(&c->timer, on_timer, c->srv->limits.idle_timeout_ms, 0);
+}
+
+/* Whether the parser may run now: for the next request once the previous one was answered, or
+ * for the streamed body of the current one while its handler takes it. */
+static int conn_can_parse(const struct conn *c)
+{
+    if (c->closing || c->close_after_write || c->upgraded || c->broken || c->close_soon ||
+        c->srv->closing)
+        return 0;
+    if (c->in.len == 0 && !c->parse_pending)
+        return 0;
+    if (c->body_req)
+        return c->body_req->body_started && !c->body_req->body_paused;
+    return !c->active;
+}
+
+/* The parser failed inside a streamed body: the handler hears it through on_end and answers;
+ * the connection is closed after that answer. */
+static void conn_body_failed(struct conn *c)
+{
+    http_req_t *req = c->body_req;
+    c->body_req = NULL;
+    c->broken = 1;
+    req->keep_alive = 0;
+    req_end_body(req, -EBADMSG);
 }
 
 /* Feeds buffered input to the parser and dispatches complete requests, one at a time. */
@@ -1009,15 +1550,17 @@ static void conn_process(struct conn *c)
         return;
     c->processing = 1;
     http_server_t *srv = c->srv;
-    while (!c->closing && !c->close_after_write && !c->active && !c->upgraded && !srv->closing &&
-           c->in.len > 0) {
+    while (conn_can_parse(c)) {
         if (uv_stream_get_write_queue_size(&c->h.stream) > WRITE_HIGH_WATER)
             break;
-        const char *data = c->in.data;
-        llhttp_errno_t err = llhttp_execute(&c->parser, data, c->in.len);
+        /* Never NULL, even for a zero-byte execute: llhttp would lose an open body span. */
+        const char *data = c->in.data ? c->in.data : "";
+        size_t avail = c->in.len;
+        c->parse_pending = 0;
+        llhttp_errno_t err = llhttp_execute(&c->parser, data, avail);
         if (c->closing)
             break;
-        size_t used = c->in.len;
+        size_t used = avail;
         if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
             used = (size_t)(llhttp_get_error_pos(&c->parser) - data);
             if (err == HPE_PAUSED)
@@ -1025,6 +1568,10 @@ static void conn_process(struct conn *c)
             else if (c->ready)
                 c->ready->keep_alive = 0;
         } else if (err != HPE_OK) {
+            if (c->body_req) {
+                conn_body_failed(c);
+                break;
+            }
             if (c->err_status) {
                 conn_fail(c, c->err_status, c->err_code, c->err_msg);
             } else {
@@ -1055,6 +1602,12 @@ static void conn_process(struct conn *c)
         }
     }
     c->processing = 0;
+    if (!c->closing && c->eof && c->body_req && c->in.len == 0 && !c->parse_pending) {
+        /* The client half-closed before the end of the body. */
+        c->close_err = -ECONNRESET;
+        conn_close(c);
+        return;
+    }
     conn_update(c);
 }
 
@@ -1384,10 +1937,13 @@ void http_server_close(http_server_t *srv, void (*done)(void *arg), void *arg)
      * callbacks run in between. */
     for (struct conn *c = srv->conns, *next; c; c = next) {
         next = c->next;
-        if (c->upgraded && !c->closing)
+        if (c->upgraded && !c->closing) {
             c->tk_ops->server_closing(c->tk_owner);
-        else
+        } else {
+            if (!c->close_err)
+                c->close_err = -ECONNABORTED;
             conn_close(c);
+        }
     }
     uv_timer_init(srv->loop, &srv->kick);
     srv->kick.data = srv;

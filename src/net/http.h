@@ -10,11 +10,14 @@
  * closed), idle keep-alive timeout. Parse errors answer 400 and close the connection. Output is
  * queued and written with uv_write; a client that stops reading never blocks others.
  *
- * Requests: a complete request (headers and whole body) is passed to the handler. The handler owns
- * the obligation to answer: it must call exactly one http_respond*() for every request, now or
- * later. The http_req_t stays valid until that call, even if the client has gone in between;
- * http_req_set_abort_cb() lets the handler hear that the client disconnected so it can cancel its
- * work (it must still respond; the answer is then discarded and the request freed).
+ * Requests: a complete request (headers and whole body) is passed to the handler, unless the
+ * stream hook (http_server_set_stream_hook) claims it when its headers are complete: then the body
+ * is not buffered and the handler reads it with http_req_body_start() (see "Streaming request
+ * bodies" below). The handler owns the obligation to answer: it must call exactly one
+ * http_respond*() for every request, or http_respond_start() ... http_respond_end(), now or
+ * later. The http_req_t stays valid until that final call, even if the client has gone in
+ * between; http_req_set_abort_cb() lets the handler hear that the client disconnected so it can
+ * cancel its work (it must still respond; the answer is then discarded and the request freed).
  *
  * Errors: functions returning int give 0 or -errno.
  */
@@ -92,6 +95,98 @@ void http_respond_json(http_req_t *req, int status, json_t *obj);
 /* `{"error":{"code":code,"message":message}}` with the given status. */
 void http_respond_error(http_req_t *req, int status, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+
+/* ---------------------------------------------------------------------------------------------
+ * Streaming request bodies.
+ *
+ * The stream hook runs on the loop thread for every request (except upgrades) as soon as its
+ * headers are complete; method, path, query, headers and http_req_content_length() are available.
+ * It must only inspect the request (never answer it). If it returns 1 and the request has a body,
+ * the request goes to the handler right away: the body is neither buffered nor subject to
+ * max_body_bytes (the handler enforces its own limit), `Expect: 100-continue` is not answered
+ * yet, and http_req_body() is empty. A request without a body, or one the hook declines, is
+ * delivered whole as usual. `ctx` is the server's handler context.
+ *
+ * The handler then either reads the body with http_req_body_start(), or answers without reading
+ * it (early rejection: 404, 413, ...). Answering before the body ended discards the rest of it:
+ * if what is left is small (a Content-Length body with at most 64 KiB unread, and no unanswered
+ * 100-continue) it is skipped and the connection kept alive; otherwise the response carries
+ * `Connection: close` (when it was not started earlier) and the connection is closed after it
+ * (after a short linger that discards input, so the response is not destroyed by a TCP reset).
+ * No body callback runs after the request was answered. Until the handler starts the body the
+ * server reads ahead at most 64 KiB of it (enough to notice a hang-up). No idle timeout applies
+ * while the handler holds a request, so a handler streaming from a slow client bounds the time
+ * itself if it must.
+ */
+typedef int (*http_stream_hook_fn)(http_req_t *req, void *ctx);
+typedef void (*http_body_data_fn)(http_req_t *req, const char *data, size_t len, void *arg);
+typedef void (*http_body_end_fn)(http_req_t *req, int err, void *arg);
+
+/* Installs (or, with NULL, removes) the stream hook. */
+void http_server_set_stream_hook(http_server_t *srv, http_stream_hook_fn wants_stream);
+
+/* 1 if the request was handed over before its body (claimed by the stream hook), else 0. */
+int http_req_streaming(const http_req_t *req);
+/* The declared Content-Length; -1 for a chunked body; 0 when there is no body. */
+int64_t http_req_content_length(const http_req_t *req);
+
+/* Starts delivering the body: `on_data` gets the decoded bytes (chunked coding removed; trailers
+ * are dropped) as they arrive, in pieces of any size (the data is valid only during the call),
+ * then `on_end` runs once, unless the request was answered first: err 0 after the whole body, or
+ * err < 0 if the body cannot complete (-ECONNRESET or another -errno: the client went away or
+ * half-closed early, -EBADMSG: malformed chunked coding, after which the connection is closed
+ * once answered; -ECONNABORTED: the server is closing). If the client asked for
+ * `100-continue`, the 100 is sent now. Callbacks never run from inside this call (nor from
+ * http_req_body_pause()); they start from the loop. The callbacks may answer the request (after
+ * which no further callback runs). Calling this a second time does nothing. Works on any request:
+ * for one that was not streamed, the buffered body is delivered as one piece, then on_end(0). On a
+ * client disconnect on_end runs before the abort callback (which runs only if on_end did not answer
+ * the request). */
+void http_req_body_start(http_req_t *req, http_body_data_fn on_data, http_body_end_fn on_end,
+                         void *arg);
+/* Backpressure: while paused no on_data (and no successful on_end) runs and the socket is not
+ * read (the client is throttled by TCP; a hang-up is therefore noticed only after resuming). May
+ * be called from on_data. A paused request still receives on_end with an error when the
+ * connection fails or the server closes. */
+void http_req_body_pause(http_req_t *req, int paused);
+
+/* ---------------------------------------------------------------------------------------------
+ * Streaming responses: http_respond_start(), any number of http_respond_write(), then
+ * http_respond_end(), which consumes the request (http_respond*() after http_respond_start() is
+ * a bug; it only ends the response). The connection stays busy (later pipelined
+ * requests wait) until http_respond_end(). The abort callback and http_req_gone() work as for
+ * any request; after a disconnect, writes fail with -EPIPE and the handler must still call
+ * http_respond_end(). The writer should keep http_respond_buffered() bounded, e.g. write while
+ * it is below HTTP_RESPOND_HIGH_WATER and otherwise wait for the drain callback.
+ */
+#define HTTP_RESPOND_HIGH_WATER (1024 * 1024)
+#define HTTP_RESPOND_LOW_WATER (256 * 1024)
+
+/* Sends the status line and headers. `content_length` >= 0 sends a Content-Length (then exactly
+ * that many bytes must be written); -1 uses chunked coding (for an HTTP/1.0 client: no framing,
+ * the body ends when the connection closes). For HEAD requests and for 1xx/204/304 statuses only
+ * the headers are sent and writes are accepted and discarded. Returns 0, -EPIPE if the client is
+ * gone (the request must still be ended), -EINVAL if a response was already started, or another
+ * -errno (the connection is then closed soon after; the request must still be ended). */
+int http_respond_start(http_req_t *req, int status, const char *content_type,
+                       int64_t content_length, const char *extra_headers);
+/* Queues `len` bytes (copied) as body data. Returns 0, -EPIPE if the client is gone, -EINVAL
+ * before http_respond_start() or when it would exceed the announced Content-Length (nothing is
+ * written then), or another -errno (the connection is then closed). */
+int http_respond_write(http_req_t *req, const void *data, size_t len);
+/* Bytes queued on the connection whose writes have not completed yet (0 once the client is
+ * gone). This is the memory the response holds in the server. */
+size_t http_respond_buffered(const http_req_t *req);
+/* `cb` runs (from the loop) each time the queued output falls below HTTP_RESPOND_LOW_WATER after
+ * a write left at least HTTP_RESPOND_HIGH_WATER queued. It does not run after a disconnect (use
+ * the abort callback). NULL removes it. */
+void http_respond_on_drain(http_req_t *req, void (*cb)(http_req_t *req, void *arg), void *arg);
+/* Finishes the response (the terminating chunk if chunked) and consumes the request. If fewer
+ * bytes than the announced Content-Length were written, the connection is closed after the data
+ * (the client sees a short body), as it is after a close-delimited HTTP/1.0 body. Otherwise the
+ * connection serves the next (pipelined) request. Called without http_respond_start(), it answers
+ * 500. */
+void http_respond_end(http_req_t *req);
 
 /* The reason phrase for a status code ("Not Found"), "Unknown" if not known. */
 const char *http_status_text(int status);

@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -44,6 +45,16 @@ struct fixture {
     atomic_int slow_gone_at_respond;
     atomic_int done_called;
     int stop_sent;
+    /* Streaming handlers (loop thread) report here. */
+    atomic_int up_fail;       /* uploads that ended with an error */
+    atomic_int up_err;        /* the last such error */
+    atomic_int up_violations; /* on_data while paused, or a callback after on_end */
+    atomic_int dl_epipe;      /* downloads whose write failed with -EPIPE */
+    atomic_int dl_other_err;  /* ... with anything else */
+    atomic_int dl_ended;      /* downloads ended with http_respond_end() */
+    atomic_int dl_drains;     /* drain callbacks */
+    atomic_int dl_aborts;
+    atomic_int dl_inval; /* writes past Content-Length refused with -EINVAL */
 };
 
 /* ---------------------------------------------------------------------------------------------
@@ -108,12 +119,221 @@ static void echo(http_req_t *req)
     buf_free(&b);
 }
 
+/* The byte at offset `i` of every streamed test body: not periodic in any small power of two, so
+ * lost, repeated or reordered pieces are caught. */
+static unsigned char pattern(uint64_t i)
+{
+    return (unsigned char)((i * 131) ^ (i >> 9) ^ (i >> 17) ^ (i >> 25));
+}
+
+static uint64_t fnv1a(uint64_t h, const void *data, size_t len)
+{
+    const unsigned char *p = data;
+    for (size_t i = 0; i < len; i++) {
+        h ^= p[i];
+        h *= 0x100000001b3ULL;
+    }
+    return h;
+}
+
+#define FNV_INIT 0xcbf29ce484222325ULL
+
+/* Streamed upload: counts and checksums the body, pausing now and then (`pause_every` bytes) for
+ * 2 ms; optionally starts the body late (`delay` ms) or answers 507 after `fail_after` bytes. */
+struct upload {
+    http_req_t *req;
+    struct fixture *f;
+    uv_timer_t timer;
+    uint64_t bytes, sum;
+    size_t since_pause, pause_every, fail_after;
+    int pauses;
+    int paused;
+    int ended;
+};
+
+static void on_upload_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void upload_done(struct upload *u)
+{
+    uv_close((uv_handle_t *)&u->timer, on_upload_closed);
+}
+
+static void upload_resume(uv_timer_t *t)
+{
+    struct upload *u = t->data;
+    u->paused = 0;
+    http_req_body_pause(u->req, 0);
+}
+
+static void upload_data(http_req_t *req, const char *data, size_t len, void *arg)
+{
+    struct upload *u = arg;
+    if (u->paused || u->ended || len == 0)
+        atomic_fetch_add(&u->f->up_violations, 1);
+    u->bytes += len;
+    u->sum = fnv1a(u->sum, data, len);
+    if (u->fail_after && u->bytes >= u->fail_after) {
+        /* Answering from inside on_data: no callback may follow. */
+        u->ended = 1;
+        http_respond_error(req, 507, "insufficient_storage", "full after %llu bytes",
+                           (unsigned long long)u->bytes);
+        upload_done(u);
+        return;
+    }
+    u->since_pause += len;
+    if (u->pause_every && u->since_pause >= u->pause_every) {
+        u->since_pause = 0;
+        u->paused = 1;
+        u->pauses++;
+        http_req_body_pause(req, 1);
+        uv_timer_start(&u->timer, upload_resume, 2, 0);
+    }
+}
+
+static void upload_end(http_req_t *req, int err, void *arg)
+{
+    struct upload *u = arg;
+    if (u->ended)
+        atomic_fetch_add(&u->f->up_violations, 1);
+    u->ended = 1;
+    if (err < 0) {
+        atomic_store(&u->f->up_err, err);
+        atomic_fetch_add(&u->f->up_fail, 1);
+        http_respond_error(req, 400, "bad_request", "body failed: %d", err);
+    } else {
+        char msg[160];
+        snprintf(msg, sizeof(msg), "bytes=%llu sum=%016llx pauses=%d streaming=%d",
+                 (unsigned long long)u->bytes, (unsigned long long)u->sum, u->pauses,
+                 http_req_streaming(req));
+        http_respond(req, 200, "text/plain", msg, strlen(msg), NULL);
+    }
+    upload_done(u);
+}
+
+static void upload_begin(uv_timer_t *t)
+{
+    struct upload *u = t->data;
+    http_req_body_start(u->req, upload_data, upload_end, u);
+}
+
+static void start_upload(struct fixture *f, http_req_t *req)
+{
+    struct upload *u = calloc(1, sizeof(*u));
+    u->req = req;
+    u->f = f;
+    u->sum = FNV_INIT;
+    const char *v = http_req_query(req, "pause");
+    u->pause_every = v ? strtoul(v, NULL, 10) : 0;
+    v = http_req_query(req, "fail_after");
+    u->fail_after = v ? strtoul(v, NULL, 10) : 0;
+    uv_timer_init(&f->loop, &u->timer);
+    u->timer.data = u;
+    v = http_req_query(req, "delay");
+    if (v)
+        uv_timer_start(&u->timer, upload_begin, strtoul(v, NULL, 10), 0);
+    else
+        http_req_body_start(req, upload_data, upload_end, u);
+}
+
+/* Streamed download of `n` pattern bytes, with Content-Length or chunked (`chunked=1`), written
+ * while less than HTTP_RESPOND_HIGH_WATER is queued and continued from the drain callback.
+ * `short=1` announces n but writes n/2; `over=1` tries one byte too many at the end. */
+struct download {
+    http_req_t *req;
+    struct fixture *f;
+    uint64_t total, sent;
+    int over;
+};
+
+static void download_finish(struct download *d)
+{
+    if (d->over && http_respond_write(d->req, "x", 1) == -EINVAL)
+        atomic_fetch_add(&d->f->dl_inval, 1);
+    http_respond_end(d->req);
+    atomic_fetch_add(&d->f->dl_ended, 1);
+    free(d);
+}
+
+static void download_pump(struct download *d)
+{
+    char piece[65536];
+    while (d->sent < d->total && http_respond_buffered(d->req) < HTTP_RESPOND_HIGH_WATER) {
+        size_t n =
+            d->total - d->sent < sizeof(piece) ? (size_t)(d->total - d->sent) : sizeof(piece);
+        for (size_t i = 0; i < n; i++)
+            piece[i] = (char)pattern(d->sent + i);
+        int rc = http_respond_write(d->req, piece, n);
+        if (rc < 0) {
+            atomic_fetch_add(rc == -EPIPE ? &d->f->dl_epipe : &d->f->dl_other_err, 1);
+            download_finish(d);
+            return;
+        }
+        d->sent += n;
+    }
+    if (d->sent == d->total)
+        download_finish(d);
+}
+
+static void download_drain(http_req_t *req, void *arg)
+{
+    struct download *d = arg;
+    atomic_fetch_add(&d->f->dl_drains, 1);
+    download_pump(d);
+}
+
+static void download_abort(http_req_t *req, void *arg)
+{
+    struct download *d = arg;
+    atomic_fetch_add(&d->f->dl_aborts, 1);
+    /* The next write fails with -EPIPE and the download ends itself. */
+    download_pump(d);
+}
+
+static void start_download(struct fixture *f, http_req_t *req)
+{
+    struct download *d = calloc(1, sizeof(*d));
+    d->req = req;
+    d->f = f;
+    const char *v = http_req_query(req, "n");
+    uint64_t n = v ? strtoull(v, NULL, 10) : 0;
+    int chunked = http_req_query(req, "chunked") != NULL;
+    d->total = http_req_query(req, "short") ? n / 2 : n;
+    d->over = http_req_query(req, "over") != NULL;
+    http_req_set_abort_cb(req, download_abort, d);
+    http_respond_on_drain(req, download_drain, d);
+    int rc = http_respond_start(req, 200, "application/octet-stream", chunked ? -1 : (int64_t)n,
+                                "X-Stream: 1\r\n");
+    if (rc < 0) {
+        atomic_fetch_add(&f->dl_other_err, 1);
+        download_finish(d);
+        return;
+    }
+    download_pump(d);
+}
+
+/* Requests under /up and /reject are streamed; /bup uses the same handler without streaming. */
+static int stream_hook(http_req_t *req, void *ctx)
+{
+    const char *path = http_req_path(req);
+    return strcmp(path, "/up") == 0 || strcmp(path, "/reject") == 0;
+}
+
 static void handler(http_req_t *req, void *ctx)
 {
     struct fixture *f = ctx;
     const char *path = http_req_path(req);
     atomic_fetch_add(&f->handled, 1);
-    if (strcmp(path, "/slow") == 0) {
+    if (strcmp(path, "/up") == 0 || strcmp(path, "/bup") == 0) {
+        start_upload(f, req);
+    } else if (strcmp(path, "/reject") == 0) {
+        /* Early rejection, without reading the body. */
+        http_respond_error(req, 413, "payload_too_large", "no thanks");
+    } else if (strcmp(path, "/down") == 0) {
+        start_download(f, req);
+    } else if (strcmp(path, "/slow") == 0) {
         const char *ms = http_req_query(req, "ms");
         struct slow *s = calloc(1, sizeof(*s));
         s->req = req;
@@ -182,6 +402,7 @@ static int setup_with(void **state, unsigned max_conns, unsigned idle_ms, int wi
     assert_int_equal(uv_loop_init(&f->loop), 0);
     struct http_limits lim = {HDR_LIMIT, BODY_LIMIT, max_conns, idle_ms};
     assert_int_equal(http_server_new(&f->srv, &f->loop, &lim, handler, f), 0);
+    http_server_set_stream_hook(f->srv, stream_hook);
     assert_int_equal(http_server_port(f->srv), -1);
     assert_int_equal(http_server_listen(f->srv, "127.0.0.1:0"), 0);
     f->port = http_server_port(f->srv);
@@ -270,6 +491,9 @@ static void set_timeout(int fd)
 {
     struct timeval tv = {5, 0};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    /* A server that stops reading for good fails the test instead of hanging it. */
+    struct timeval stv = {10, 0};
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &stv, sizeof(stv));
 }
 
 static struct client *client_new(int port)
@@ -1050,6 +1274,486 @@ static void test_unix_socket(void **state)
     client_free(c);
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * Streaming
+ */
+
+#define BIG_STREAM (64u << 20)
+
+/* Sends `n` pattern bytes starting at offset *pos (advanced), adding them to *sum. */
+static void send_pattern(struct client *c, uint64_t *pos, size_t n, uint64_t *sum)
+{
+    static char piece[1 << 17];
+    while (n > 0) {
+        size_t k = n < sizeof(piece) ? n : sizeof(piece);
+        for (size_t i = 0; i < k; i++)
+            piece[i] = (char)pattern(*pos + i);
+        *sum = fnv1a(*sum, piece, k);
+        client_send(c, piece, k);
+        *pos += k;
+        n -= k;
+    }
+}
+
+/* Reads `n` body bytes, checking them against pattern() from offset *pos (advanced). */
+static int read_pattern(struct client *c, uint64_t *pos, uint64_t n)
+{
+    while (n > 0) {
+        if (c->len == 0 && client_fill(c) <= 0)
+            return -1;
+        size_t k = c->len < n ? c->len : (size_t)n;
+        for (size_t i = 0; i < k; i++) {
+            if ((unsigned char)c->buf[i] != pattern(*pos + i))
+                return -1;
+        }
+        memmove(c->buf, c->buf + k, c->len - k);
+        c->len -= k;
+        *pos += k;
+        n -= k;
+    }
+    return 0;
+}
+
+/* Reads a CRLF-terminated line (without the CRLF) into out. */
+static int read_line(struct client *c, char *out, size_t cap)
+{
+    char *eol;
+    while (!(eol = memmem(c->buf, c->len, "\r\n", 2))) {
+        if (client_fill(c) <= 0)
+            return -1;
+    }
+    size_t n = (size_t)(eol - c->buf);
+    if (n >= cap)
+        return -1;
+    memcpy(out, c->buf, n);
+    out[n] = '\0';
+    memmove(c->buf, eol + 2, c->len - n - 2);
+    c->len -= n + 2;
+    return 0;
+}
+
+/* Reads a chunked body of pattern bytes; returns its length or -1. */
+static int64_t read_chunked_pattern(struct client *c)
+{
+    uint64_t pos = 0;
+    char line[64];
+    for (;;) {
+        if (read_line(c, line, sizeof(line)) < 0)
+            return -1;
+        char *end;
+        unsigned long long n = strtoull(line, &end, 16);
+        if (end == line || *end)
+            return -1;
+        if (n == 0)
+            break;
+        if (read_pattern(c, &pos, n) < 0 || read_line(c, line, sizeof(line)) < 0 || line[0])
+            return -1;
+    }
+    if (read_line(c, line, sizeof(line)) < 0 || line[0]) /* no trailers */
+        return -1;
+    return (int64_t)pos;
+}
+
+/* Checks the "bytes=N sum=H pauses=P streaming=S" answer of an upload. */
+static void expect_upload_ok(struct client *c, uint64_t bytes, uint64_t sum, int min_pauses,
+                             int streaming)
+{
+    struct resp r;
+    assert_int_equal(read_response(c, &r, 0), 0);
+    assert_int_equal(r.status, 200);
+    unsigned long long got_bytes, got_sum;
+    int pauses, got_streaming;
+    assert_int_equal(sscanf(r.body, "bytes=%llu sum=%llx pauses=%d streaming=%d", &got_bytes,
+                            &got_sum, &pauses, &got_streaming),
+                     4);
+    assert_int_equal(got_bytes, bytes);
+    assert_true(got_sum == sum);
+    assert_true(pauses >= min_pauses);
+    assert_int_equal(got_streaming, streaming);
+}
+
+static void test_stream_upload(void **state)
+{
+    struct fixture *f = *state;
+    struct client *c = client_new(f->port);
+    char hdr[160];
+
+    /* 64 MiB with Content-Length (the buffered limit is 4 KiB), pausing every 4 MiB. */
+    uint64_t pos = 0, sum = FNV_INIT;
+    snprintf(hdr, sizeof(hdr), "PUT /up?pause=%u HTTP/1.1\r\nContent-Length: %u\r\n\r\n", 4u << 20,
+             BIG_STREAM);
+    client_sends(c, hdr);
+    send_pattern(c, &pos, BIG_STREAM, &sum);
+    expect_upload_ok(c, BIG_STREAM, sum, 15, 1);
+
+    /* 64 MiB chunked, in chunks of awkward sizes (some with extensions), on the same
+     * connection, pausing every MiB. */
+    snprintf(hdr, sizeof(hdr), "POST /up?pause=%u HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+             1u << 20);
+    client_sends(c, hdr);
+    static const size_t sizes[] = {1, 7, 4096, 65536, 100000, 30011, 2, 131072};
+    pos = 0;
+    sum = FNV_INIT;
+    for (size_t i = 0; pos < BIG_STREAM; i++) {
+        size_t n = sizes[i % (sizeof(sizes) / sizeof(sizes[0]))];
+        if (n > BIG_STREAM - pos)
+            n = BIG_STREAM - pos;
+        snprintf(hdr, sizeof(hdr), i % 3 ? "%zx\r\n" : "%zx;ext=%zu\r\n", n, i);
+        client_sends(c, hdr);
+        send_pattern(c, &pos, n, &sum);
+        client_sends(c, "\r\n");
+    }
+    client_sends(c, "0\r\nX-Trailer: 1\r\n\r\n");
+    expect_upload_ok(c, BIG_STREAM, sum, 60, 1);
+
+    /* Small streamed upload with a pipelined request behind it. */
+    client_sends(c, "POST /up HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"
+                    "GET /echo?x=after HTTP/1.1\r\n\r\n");
+    expect_upload_ok(c, 5, fnv1a(FNV_INIT, "hello", 5), 0, 1);
+    struct resp r;
+    assert_int_equal(read_response(c, &r, 0), 0);
+    assert_non_null(strstr(r.body, "first_x=after\n"));
+
+    /* A request without a body, claimed by the hook: delivered whole; on_end(0) right away. */
+    client_sends(c, "GET /up HTTP/1.1\r\n\r\n");
+    expect_upload_ok(c, 0, FNV_INIT, 0, 0);
+
+    /* body_start on a buffered (not streamed) request delivers the buffered body. */
+    client_sends(c, "POST /bup HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    "3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n");
+    expect_upload_ok(c, 5, fnv1a(FNV_INIT, "abcde", 5), 0, 0);
+    client_free(c);
+    assert_int_equal(atomic_load(&f->up_violations), 0);
+    assert_int_equal(atomic_load(&f->up_fail), 0);
+}
+
+static void test_stream_continue(void **state)
+{
+    struct fixture *f = *state;
+    struct client *c = client_new(f->port);
+    struct resp r;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    /* The handler starts the body 300 ms late: no 100 before that. */
+    client_sends(c, "PUT /up?delay=300 HTTP/1.1\r\nContent-Length: 5\r\n"
+                    "Expect: 100-continue\r\n\r\n");
+    assert_true(wait_for(&f->handled, 1, 2000));
+    struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
+    assert_int_equal(poll(&pfd, 1, 150), 0);
+    assert_int_equal(read_response(c, &r, 0), 0);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    long ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+    assert_true(ms >= 250);
+    assert_string_equal(r.head, "HTTP/1.1 100 Continue\r\n\r\n");
+    client_sends(c, "hello");
+    expect_upload_ok(c, 5, fnv1a(FNV_INIT, "hello", 5), 0, 1);
+
+    /* Started at once: the 100 comes at once, the connection stays usable. */
+    client_sends(c, "PUT /up HTTP/1.1\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n");
+    assert_int_equal(read_response(c, &r, 0), 0);
+    assert_int_equal(r.status, 100);
+    client_sends(c, "abc");
+    expect_upload_ok(c, 3, fnv1a(FNV_INIT, "abc", 3), 0, 1);
+    client_free(c);
+}
+
+static void test_stream_reject(void **state)
+{
+    struct fixture *f = *state;
+    struct resp r;
+
+    /* 100-continue and 1 GiB announced: the answer comes without a 100 and without the body,
+     * and the connection closes (the client might still send the body). */
+    struct client *c = client_new(f->port);
+    client_sends(c, "PUT /reject HTTP/1.1\r\nContent-Length: 1073741824\r\n"
+                    "Expect: 100-continue\r\n\r\n");
+    assert_int_equal(read_response(c, &r, 0), 0);
+    assert_int_equal(r.status, 413);
+    assert_true(has_header(&r, "\r\nConnection: close\r\n"));
+    assert_non_null(strstr(r.body, "\"code\":\"payload_too_large\""));
+    assert_true(client_sees_eof(c));
+    client_free(c);
+
+    /* A small body sent anyway is skipped and the connection kept. */
+    c = client_new(f->port);
+    client_sends(c, "PUT /reject HTTP/1.1\r\nContent-Length: 10\r\n\r\n0123456789"
+                    "GET /echo?x=kept HTTP/1.1\r\n\r\n");
+    assert_int_equal(read_response(c, &r, 0), 0);
+    assert_int_equal(r.status, 413);
+    assert_false(has_header(&r, "Connection: close"));
+    assert_int_equal(read_response(c, &r, 0), 0);
+    assert_non_null(strstr(r.body, "first_x=kept\n"));
+    /* Also when the small body arrives only after the answer. */
+    client_sends(c, "PUT /reject HTTP/1.1\r\nContent-Length: 10\r\n\r\n");
+    assert_int_equal(read_response(c, &r, 0), 0);
+    assert_int_equal(r.status, 413);
+    client_sends(c, "0123456789GET /echo?x=kept2 HTTP/1.1\r\n\r\n");
+    assert_int_equal(read_response(c, &r, 0), 0);
+    assert_non_null(strstr(r.body, "first_x=kept2\n"));
+    client_free(c);
+
+    /* A big body being sent: answered, then closed (the client's upload is swallowed while the
+     * server lingers, so it still gets to read the answer). */
+    c = client_new(f->port);
+    size_t big = 1 << 20;
+    char hdr[128];
+    snprintf(hdr, sizeof(hdr), "PUT /reject HTTP/1.1\r\nContent-Length: %zu\r\n\r\n", big);
+    client_sends(c, hdr);
+    uint64_t pos = 0, sum = FNV_INIT;
+    send_pattern(c, &pos, big, &sum);
+    assert_int_equal(read_response(c, &r, 0), 0);
+    assert_int_equal(r.status, 413);
+    assert_true(has_header(&r, "\r\nConnection: close\r\n"));
+    assert_true(client_sees_eof(c));
+    client_free(c);
+
+    /* A chunked body of unknown size: closed. */
+    c = client_new(f->port);
+    client_sends(c, "POST /reject HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n");
+    assert_int_equal(read_response(c, &r, 0), 0);
+    assert_int_equal(r.status, 413);
+    assert_true(has_header(&r, "\r\nConnection: close\r\n"));
+    assert_true(client_sees_eof(c));
+    client_free(c);
+
+    /* The handler answers from on_data after 256 KiB of a 2 MiB body: the rest is discarded,
+     * the connection closed, and no callback follows. */
+    c = client_new(f->port);
+    snprintf(hdr, sizeof(hdr), "PUT /up?fail_after=%u HTTP/1.1\r\nContent-Length: %u\r\n\r\n",
+             256u << 10, 2u << 20);
+    client_sends(c, hdr);
+    pos = 0;
+    send_pattern(c, &pos, 2u << 20, &sum);
+    assert_int_equal(read_response(c, &r, 0), 0);
+    assert_int_equal(r.status, 507);
+    assert_true(has_header(&r, "\r\nConnection: close\r\n"));
+    assert_true(client_sees_eof(c));
+    client_free(c);
+    assert_int_equal(atomic_load(&f->up_violations), 0);
+    assert_int_equal(atomic_load(&f->up_fail), 0);
+}
+
+static void test_stream_upload_errors(void **state)
+{
+    struct fixture *f = *state;
+    struct resp r;
+
+    /* The client vanishes after 1 MiB of 64 MiB: on_end reports an error. */
+    struct client *c = client_new(f->port);
+    char hdr[128];
+    snprintf(hdr, sizeof(hdr), "PUT /up?pause=%u HTTP/1.1\r\nContent-Length: %u\r\n\r\n",
+             256u << 10, BIG_STREAM);
+    client_sends(c, hdr);
+    uint64_t pos = 0, sum = FNV_INIT;
+    send_pattern(c, &pos, 1u << 20, &sum);
+    client_free(c);
+    assert_true(wait_for(&f->up_fail, 1, 3000));
+    assert_true(atomic_load(&f->up_err) < 0);
+
+    /* Vanishing before the handler started the body: on_end(err) once it does. */
+    c = client_new(f->port);
+    client_sends(c, "PUT /up?delay=200 HTTP/1.1\r\nContent-Length: 100\r\n\r\nabc");
+    assert_true(wait_for(&f->handled, 2, 2000));
+    client_free(c);
+    assert_true(wait_for(&f->up_fail, 2, 3000));
+    assert_int_equal(atomic_load(&f->up_err), -ECONNRESET);
+
+    /* Malformed chunked coding in the middle of the body: on_end(-EBADMSG), the handler's
+     * answer is sent and the connection closed. */
+    c = client_new(f->port);
+    client_sends(c, "POST /up HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n");
+    sleep_ms(50);
+    client_sends(c, "zz\r\n");
+    assert_int_equal(read_response(c, &r, 0), 0);
+    assert_int_equal(r.status, 400);
+    assert_true(has_header(&r, "\r\nConnection: close\r\n"));
+    assert_true(client_sees_eof(c));
+    client_free(c);
+    assert_int_equal(atomic_load(&f->up_fail), 3);
+    assert_int_equal(atomic_load(&f->up_err), -EBADMSG);
+
+    /* A half-close right after a complete body is not a hang-up: the answer still comes. */
+    c = client_new(f->port);
+    client_sends(c, "PUT /up?delay=100 HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello");
+    shutdown(c->fd, SHUT_WR);
+    expect_upload_ok(c, 5, fnv1a(FNV_INIT, "hello", 5), 0, 1);
+    assert_true(client_sees_eof(c));
+    client_free(c);
+    assert_int_equal(atomic_load(&f->up_violations), 0);
+    assert_int_equal(atomic_load(&f->up_fail), 3);
+}
+
+static void test_stream_download(void **state)
+{
+    struct fixture *f = *state;
+    struct client *c = client_new(f->port);
+    struct resp r;
+    char req[128];
+    uint64_t pos = 0;
+
+    /* 64 MiB with Content-Length; the server keeps at most ~1 MiB queued (drain callback). */
+    snprintf(req, sizeof(req), "GET /down?n=%u HTTP/1.1\r\n\r\n", BIG_STREAM);
+    client_sends(c, req);
+    assert_int_equal(read_response(c, &r, 1), 0);
+    assert_int_equal(r.status, 200);
+    char want[64];
+    snprintf(want, sizeof(want), "\r\nContent-Length: %u\r\n", BIG_STREAM);
+    assert_true(has_header(&r, want));
+    assert_true(has_header(&r, "\r\nX-Stream: 1\r\n"));
+    assert_false(has_header(&r, "Transfer-Encoding"));
+    sleep_ms(100); /* let the queue fill up */
+    assert_int_equal(read_pattern(c, &pos, BIG_STREAM), 0);
+    assert_true(wait_for(&f->dl_ended, 1, 2000));
+    assert_true(atomic_load(&f->dl_drains) > 0);
+
+    /* 64 MiB chunked, on the same connection. */
+    int drains = atomic_load(&f->dl_drains);
+    snprintf(req, sizeof(req), "GET /down?n=%u&chunked=1 HTTP/1.1\r\n\r\n", BIG_STREAM);
+    client_sends(c, req);
+    assert_int_equal(read_response(c, &r, 1), 0);
+    assert_int_equal(r.status, 200);
+    assert_true(has_header(&r, "\r\nTransfer-Encoding: chunked\r\n"));
+    assert_false(has_header(&r, "Content-Length"));
+    assert_int_equal(read_chunked_pattern(c), BIG_STREAM);
+    assert_true(wait_for(&f->dl_ended, 2, 2000));
+    assert_true(atomic_load(&f->dl_drains) > drains);
+    assert_int_equal(c->len, 0);
+
+    /* Still keep-alive. */
+    client_sends(c, "GET /echo?x=after HTTP/1.1\r\n\r\n");
+    assert_int_equal(read_response(c, &r, 0), 0);
+    assert_non_null(strstr(r.body, "first_x=after\n"));
+    client_free(c);
+    assert_int_equal(atomic_load(&f->dl_epipe), 0);
+    assert_int_equal(atomic_load(&f->dl_other_err), 0);
+}
+
+static void test_stream_download_pipelined(void **state)
+{
+    struct fixture *f = *state;
+    struct client *c = client_new(f->port);
+    struct resp r;
+    uint64_t pos;
+
+    /* Streamed responses (chunked, Content-Length, HEAD of both) between plain ones, all
+     * pipelined in one go. */
+    client_sends(c, "GET /down?n=1000&chunked=1 HTTP/1.1\r\n\r\n"
+                    "GET /down?n=5000 HTTP/1.1\r\n\r\n"
+                    "HEAD /down?n=777 HTTP/1.1\r\n\r\n"
+                    "HEAD /down?n=777&chunked=1 HTTP/1.1\r\n\r\n"
+                    "GET /down?n=0 HTTP/1.1\r\n\r\n"
+                    "GET /down?n=0&chunked=1 HTTP/1.1\r\n\r\n"
+                    "GET /echo?x=last HTTP/1.1\r\n\r\n");
+    assert_int_equal(read_response(c, &r, 1), 0);
+    assert_true(has_header(&r, "\r\nTransfer-Encoding: chunked\r\n"));
+    assert_int_equal(read_chunked_pattern(c), 1000);
+
+    assert_int_equal(read_response(c, &r, 1), 0);
+    assert_true(has_header(&r, "\r\nContent-Length: 5000\r\n"));
+    pos = 0;
+    assert_int_equal(read_pattern(c, &pos, 5000), 0);
+
+    assert_int_equal(read_response(c, &r, 1), 0);
+    assert_int_equal(r.status, 200);
+    assert_true(has_header(&r, "\r\nContent-Length: 777\r\n"));
+    assert_int_equal(read_response(c, &r, 1), 0);
+    assert_int_equal(r.status, 200);
+    assert_true(has_header(&r, "\r\nTransfer-Encoding: chunked\r\n"));
+
+    assert_int_equal(read_response(c, &r, 0), 0);
+    assert_true(has_header(&r, "\r\nContent-Length: 0\r\n"));
+    assert_int_equal(read_response(c, &r, 1), 0);
+    assert_int_equal(read_chunked_pattern(c), 0);
+
+    assert_int_equal(read_response(c, &r, 0), 0);
+    assert_non_null(strstr(r.body, "first_x=last\n"));
+    assert_int_equal(c->len, 0); /* nothing stray after the HEAD answers */
+    client_free(c);
+    assert_true(wait_for(&f->dl_ended, 6, 2000));
+
+    /* Writing past the announced length is refused; writing less closes the connection. */
+    c = client_new(f->port);
+    client_sends(c, "GET /down?n=100&over=1 HTTP/1.1\r\n\r\n");
+    assert_int_equal(read_response(c, &r, 1), 0);
+    pos = 0;
+    assert_int_equal(read_pattern(c, &pos, 100), 0);
+    assert_true(wait_for(&f->dl_inval, 1, 2000));
+    client_sends(c, "GET /down?n=100&short=1 HTTP/1.1\r\n\r\n");
+    assert_int_equal(read_response(c, &r, 1), 0);
+    assert_true(has_header(&r, "\r\nContent-Length: 100\r\n"));
+    pos = 0;
+    assert_int_equal(read_pattern(c, &pos, 50), 0);
+    assert_true(client_sees_eof(c));
+    client_free(c);
+
+    /* HTTP/1.0 has no chunked coding: the body ends with the connection. */
+    c = client_new(f->port);
+    client_sends(c, "GET /down?n=3000&chunked=1 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    assert_int_equal(read_response(c, &r, 1), 0);
+    assert_false(has_header(&r, "Transfer-Encoding"));
+    assert_true(has_header(&r, "\r\nConnection: close\r\n"));
+    pos = 0;
+    assert_int_equal(read_pattern(c, &pos, 3000), 0);
+    assert_true(client_sees_eof(c));
+    client_free(c);
+    assert_int_equal(atomic_load(&f->dl_epipe), 0);
+    assert_int_equal(atomic_load(&f->dl_other_err), 0);
+}
+
+static void test_stream_download_vanish(void **state)
+{
+    struct fixture *f = *state;
+    struct client *c = client_new(f->port);
+    struct resp r;
+    char req[128];
+    snprintf(req, sizeof(req), "GET /down?n=%u HTTP/1.1\r\n\r\n", BIG_STREAM);
+    client_sends(c, req);
+    assert_int_equal(read_response(c, &r, 1), 0);
+    uint64_t pos = 0;
+    assert_int_equal(read_pattern(c, &pos, 2u << 20), 0);
+    client_free(c);
+    /* The abort callback's write fails with -EPIPE and the handler still ends the request. */
+    assert_true(wait_for(&f->dl_ended, 1, 3000));
+    assert_int_equal(atomic_load(&f->dl_epipe), 1);
+    assert_int_equal(atomic_load(&f->dl_aborts), 1);
+    assert_int_equal(atomic_load(&f->dl_other_err), 0);
+
+    /* The server carries on. */
+    c = client_new(f->port);
+    client_sends(c, "GET /echo HTTP/1.1\r\n\r\n");
+    assert_int_equal(read_response(c, &r, 0), 0);
+    assert_int_equal(r.status, 200);
+    client_free(c);
+}
+
+static void test_stream_server_close(void **state)
+{
+    struct fixture *f = *state;
+    /* An upload half-way through and a download nobody reads when the server closes: on_end
+     * reports -ECONNABORTED, the download's write fails with -EPIPE, both still answer, and
+     * the server finishes closing. */
+    struct client *up = client_new(f->port);
+    char hdr[128];
+    snprintf(hdr, sizeof(hdr), "PUT /up HTTP/1.1\r\nContent-Length: %u\r\n\r\n", BIG_STREAM);
+    client_sends(up, hdr);
+    uint64_t pos = 0, sum = FNV_INIT;
+    send_pattern(up, &pos, 1u << 20, &sum);
+    struct client *down = client_new(f->port);
+    snprintf(hdr, sizeof(hdr), "GET /down?n=%u HTTP/1.1\r\n\r\n", BIG_STREAM);
+    client_sends(down, hdr);
+    sleep_ms(100); /* the download is now waiting for a drain */
+    f->stop_sent = 1;
+    uv_async_send(&f->stop);
+    assert_true(wait_for(&f->done_called, 1, 3000));
+    assert_int_equal(atomic_load(&f->up_fail), 1);
+    assert_int_equal(atomic_load(&f->up_err), -ECONNABORTED);
+    assert_int_equal(atomic_load(&f->dl_ended), 1);
+    assert_int_equal(atomic_load(&f->dl_epipe), 1);
+    assert_int_equal(atomic_load(&f->dl_aborts), 1);
+    client_free(up);
+    client_free(down);
+}
+
 static void test_listen_errors(void **state)
 {
     uv_loop_t loop;
@@ -1114,6 +1818,14 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_idle_timeout, setup_idle, teardown),
         cmocka_unit_test_setup_teardown(test_max_connections, setup_maxconn, teardown),
         cmocka_unit_test_setup_teardown(test_unix_socket, setup_unix, teardown),
+        cmocka_unit_test_setup_teardown(test_stream_upload, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stream_continue, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stream_reject, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stream_upload_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stream_download, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stream_download_pipelined, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stream_download_vanish, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stream_server_close, setup, teardown),
         cmocka_unit_test(test_listen_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
