@@ -253,7 +253,7 @@ static void handle_first(struct stream *st, json_t *msg)
     if (status == 0 && json_opt_int(msg, "buffer_bytes", "buffer_bytes", &ring, err, ERRLEN))
         status = 400;
     if (status == 0 && (ring < 4096 || ring > (long long)(256u << 20))) {
-        status = 400;
+        status = ring < 4096 ? 400 : 422;
         snprintf(err, ERRLEN, "'buffer_bytes' must be between 4096 and 268435456");
     }
     if (status) {

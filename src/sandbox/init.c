@@ -95,6 +95,7 @@ static void child_exec(const char *cwd, int in_r, int out_w, int err_w, const ch
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
+    signal(SIGPIPE, SIG_DFL); /* dispositions survive exec: commands start with the defaults */
     setsid();
     if (pty_slave) {
         int t = open(pty_slave, O_RDWR);
@@ -212,7 +213,15 @@ static void handle_kill(const struct wproto_kill *k, size_t len)
 {
     if (len < sizeof(*k) || k->pid <= 1 || k->sig < 0 || k->sig >= NSIG)
         return;
-    kill((k->flags & WPROTO_KILL_GROUP) ? -k->pid : k->pid, k->sig);
+    if (!(k->flags & WPROTO_KILL_GROUP)) {
+        kill(k->pid, k->sig);
+        return;
+    }
+    /* The command becomes its group's leader with setsid() right after the fork; a kill that
+     * arrives before that finds no group. It is still our child (not reaped: it is in the
+     * table) and has started nothing yet, so signalling it alone is the same thing. */
+    if (kill(-k->pid, k->sig) < 0 && errno == ESRCH && slot_find(k->pid))
+        kill(k->pid, k->sig);
 }
 
 /* Returns 1 to keep going, 0 when the daemon has gone. */

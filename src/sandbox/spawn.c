@@ -511,6 +511,17 @@ static __attribute__((noreturn)) void child_main(struct child_ctx *c)
     if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, cfg->seccomp, 0, 0) < 0)
         child_fail(c, SPAWN_STEP_SECCOMP, NULL);
 
+    /* The daemon ignores SIGPIPE and its threads block signals; ignored dispositions and the
+     * mask survive exec, so without this every command would start with them. */
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof(dfl));
+    dfl.sa_handler = SIG_DFL;
+    for (int sig = 1; sig < _NSIG; sig++)
+        (void)sigaction(sig, &dfl, NULL);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+
     char *const argv[] = {"warren-init", NULL};
     char *const envp[] = {NULL};
     syscall(SYS_execveat, 4, "", argv, envp, AT_EMPTY_PATH);

@@ -43,7 +43,8 @@ struct shell {
     enum shell_state state;
     int restarted; /* the current proc replaced one that exited */
     char nonce[24];
-    buf_t scan; /* output since the current run (or the start-up) began */
+    buf_t scan;          /* the tail of the output since the run (or start-up) began */
+    size_t scan_dropped; /* bytes of that output already dropped from the front of scan */
     struct shell_run *queue, *current;
     uv_timer_t timer;
     int stage; /* timeout escalation: 0 none, 1 interrupted, 2 killed */
@@ -159,9 +160,11 @@ static int check_marker(struct shell *sh)
     if (!term || !memchr(term, '\n', (size_t)(end - term)))
         return 0; /* the rest of the marker line has not arrived yet */
     int rc = atoi(num);
-    size_t out_len = (size_t)(hit - sh->scan.data);
+    /* The output is everything before the marker's newline, counted from the run's start. */
+    size_t out_len = sh->scan_dropped + (size_t)(hit - sh->scan.data);
     uv_timer_stop(&sh->timer);
     buf_reset(&sh->scan);
+    sh->scan_dropped = 0;
 
     if (sh->state == SH_STARTING) {
         sh->state = SH_IDLE;
@@ -174,6 +177,7 @@ static int check_marker(struct shell *sh)
         buf_t *o = &run->res.output;
         if (out_len < o->len) /* the marker was partly in the kept output */
             o->len = out_len, o->data[out_len] = '\0';
+        run->res.truncated = out_len > run->max_output;
         run->res.exit_code = rc;
         run_complete(sh, run);
     }
@@ -191,15 +195,15 @@ static void on_output(struct proc *p, enum proc_stream s, const char *data, size
         /* Keep a little beyond the limit: the marker may be in it and is cut off later. */
         size_t take = len < room + 256 ? len : room + 256;
         buf_append(o, data, take);
-        if (o->len > run->max_output)
-            run->res.truncated = 1;
     }
     /* Marker detection works on a bounded window: the last marker length + the new bytes. */
     buf_append(&sh->scan, data, len);
     if (check_marker(sh))
         return;
-    if (sh->scan.len > 4096)
+    if (sh->scan.len > 4096) {
+        sh->scan_dropped += sh->scan.len - 256;
         buf_consume(&sh->scan, sh->scan.len - 256);
+    }
 }
 
 static void on_exit_status(struct proc *p, int status, void *arg)
@@ -209,6 +213,7 @@ static void on_exit_status(struct proc *p, int status, void *arg)
     sh->proc = NULL;
     sh->state = SH_DEAD;
     buf_reset(&sh->scan);
+    sh->scan_dropped = 0;
     uv_timer_stop(&sh->timer);
     struct shell_run *run = sh->current;
     if (run) {
@@ -299,6 +304,7 @@ static void start_next(struct shell *sh)
     sh->stage = 0;
     new_nonce(sh);
     buf_reset(&sh->scan);
+    sh->scan_dropped = 0;
     buf_t line = BUF_INIT;
     buf_append_str(&line, "__warren_cmd=$'");
     ansi_c_quote(&line, run->command);
@@ -328,6 +334,7 @@ static int shell_spawn(struct shell *sh)
     sh->state = SH_STARTING;
     new_nonce(sh);
     buf_reset(&sh->scan);
+    sh->scan_dropped = 0;
     /* Terminal without echo and without \n -> \r\n, no history expansion, aliases on. The
      * marker then says the shell is ready. */
     static const char setup[] = "stty -echo -onlcr 2>/dev/null; set +H 2>/dev/null; "
