@@ -14,8 +14,10 @@
 static void serve_usage(FILE *f)
 {
     fprintf(f, "usage: warren serve [--listen HOST:PORT|unix:PATH] [--state-dir DIR]\n"
-               "                    [--max-sandboxes N] [--log-level debug|info|warn|error]\n"
-               "defaults: --listen 127.0.0.1:7070 --state-dir ./.warren\n");
+               "                    [--max-sandboxes N] [--slots N]\n"
+               "                    [--log-level debug|info|warn|error]\n"
+               "defaults: --listen 127.0.0.1:7070 --state-dir ./.warren --slots 0\n"
+               "--slots N also serves the atropos slot protocol (slot_0..slot_N-1, N <= 256)\n");
 }
 
 static int cmd_serve(int argc, char **argv)
@@ -24,6 +26,7 @@ static int cmd_serve(int argc, char **argv)
         {"listen", required_argument, NULL, 'l'},
         {"state-dir", required_argument, NULL, 's'},
         {"max-sandboxes", required_argument, NULL, 'm'},
+        {"slots", required_argument, NULL, 'S'},
         {"log-level", required_argument, NULL, 'L'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -48,6 +51,16 @@ static int cmd_serve(int argc, char **argv)
                 return 2;
             }
             cfg.max_sandboxes = (unsigned)v;
+            break;
+        }
+        case 'S': {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            if (!*optarg || *end || v < 0 || v > 256) {
+                fprintf(stderr, "warren serve: --slots must be 0..256\n");
+                return 2;
+            }
+            cfg.slots = (unsigned)v;
             break;
         }
         case 'L':

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "api/api.h"
+#include "api/compat_atropos.h"
 #include "core/log.h"
 #include "core/util.h"
 #include "sandbox/template.h"
@@ -204,6 +205,11 @@ static int server_start(struct server *srv)
         return r;
     }
     reg->tmpl = &srv->tmpl;
+    if (srv->cfg.slots > srv->cfg.max_sandboxes) {
+        log_error("--slots %u is more than --max-sandboxes %u", srv->cfg.slots,
+                  srv->cfg.max_sandboxes);
+        return -EINVAL;
+    }
 
     struct http_limits limits = {.max_body_bytes = srv->cfg.max_body_bytes};
     if ((r = http_server_new(&srv->http, &srv->loop, &limits, api_handle, srv)) < 0)
@@ -212,6 +218,11 @@ static int server_start(struct server *srv)
         log_error("cannot listen on %s: %s", srv->cfg.listen, strerror(-r));
         return r;
     }
+    /* The slots' sandboxes are created in the background (once listening, so that a failed
+     * start-up leaves no creation behind): requests are served meanwhile, and a slot's
+     * requests wait for its sandbox. */
+    if (srv->cfg.slots > 0 && (r = atropos_new(srv, srv->cfg.slots, &srv->atropos)) < 0)
+        return r;
     uv_signal_init(&srv->loop, &srv->sigterm);
     uv_signal_init(&srv->loop, &srv->sigint);
     srv->sigterm.data = srv->sigint.data = srv;
@@ -245,6 +256,7 @@ int server_run(const struct server_config *cfg)
     uv_run(&srv->loop, UV_RUN_DEFAULT);
     uv_loop_close(&srv->loop);
 
+    atropos_free(srv->atropos);
     registry_free(&srv->reg);
     cgroup_manager_cleanup(&srv->cgroups);
     store_close(srv->store);

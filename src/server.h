@@ -32,7 +32,10 @@ struct server_config {
     size_t max_output_max;
     struct sandbox_resources defaults;
     struct sandbox_resources maxima;
+    unsigned slots; /* atropos slot protocol: number of slots (0: off) */
 };
+
+struct atropos;
 
 struct server {
     uv_loop_t loop;
@@ -45,6 +48,7 @@ struct server {
     struct host_template tmpl;
     struct registry reg;
     int init_fd;
+    struct atropos *atropos; /* the slot protocol (api/compat_atropos.h), NULL without slots */
     uv_signal_t sigterm, sigint;
     int stopping;
 };

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <string.h>
 
+#include "api/compat_atropos.h"
 #include "core/json.h"
 
 static const struct route routes[] = {
@@ -40,15 +41,34 @@ static const struct route routes[] = {
     {"GET", "/v1/sandboxes/{id}/terminals/{tid}/attach", api_terminal_attach},
 };
 
+/* The atropos slot protocol (api/compat_atropos.h), routed only when the daemon has slots. */
+static const struct route atropos_routes[] = {
+    {"POST", "/execute", atropos_execute},
+    {"POST", "/batch", atropos_batch},
+    {"GET", "/health", atropos_health},
+    {"POST", "/reset", atropos_reset},
+    {"GET", "/slots", atropos_slots},
+    {"POST", "/artifacts/read", atropos_artifacts_read},
+    {"POST", "/artifacts/list", atropos_artifacts_list},
+    {"POST", "/artifacts/archive", atropos_artifacts_archive},
+};
+
 void api_handle(http_req_t *req, void *ctx)
 {
     struct server *srv = ctx;
     struct route_params params;
     char allow[128], hdr[160];
     const char *method = http_req_method(req);
-    int i = router_match(routes, sizeof(routes) / sizeof(routes[0]),
-                         strcmp(method, "HEAD") == 0 ? "GET" : method, http_req_path(req), &params,
-                         allow, sizeof(allow));
+    const struct route *table = routes;
+    if (strcmp(method, "HEAD") == 0)
+        method = "GET";
+    int i = router_match(routes, sizeof(routes) / sizeof(routes[0]), method, http_req_path(req),
+                         &params, allow, sizeof(allow));
+    if ((i == -ENOENT || i == -EMSGSIZE) && srv->atropos) {
+        table = atropos_routes;
+        i = router_match(atropos_routes, sizeof(atropos_routes) / sizeof(atropos_routes[0]), method,
+                         http_req_path(req), &params, allow, sizeof(allow));
+    }
     if (i == -EPERM) {
         snprintf(hdr, sizeof(hdr), "Allow: %s\r\n", allow);
         json_t *e = json_pack("{s:{s:s, s:s}}", "error", "code", "method_not_allowed", "message",
@@ -67,7 +87,7 @@ void api_handle(http_req_t *req, void *ctx)
         http_respond_error(req, 503, "unavailable", "the daemon is shutting down");
         return;
     }
-    ((api_handler_fn)routes[i].handler)(srv, req, &params);
+    ((api_handler_fn)table[i].handler)(srv, req, &params);
 }
 
 json_t *api_body_object(http_req_t *req)

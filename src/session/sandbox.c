@@ -144,6 +144,11 @@ const char *sandbox_state_name(enum sandbox_state state)
     return "unknown";
 }
 
+uid_t sandbox_host_uid(const struct sandbox *sb)
+{
+    return UID_BASE + sb->uid_slot * UID_RANGE;
+}
+
 struct sandbox *sandbox_find(struct registry *reg, const char *id_or_name)
 {
     for (struct sandbox *sb = reg->head; sb; sb = sb->next)

@@ -20,6 +20,7 @@
 #include <jansson.h>
 #include <linux/filter.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <uv.h>
 
 #include "sandbox/cgroup.h"
@@ -133,6 +134,8 @@ int sandbox_resume(struct sandbox *sb);
 json_t *sandbox_to_json(const struct sandbox *sb);
 json_t *sandbox_to_json_usage(const struct sandbox *sb);
 const char *sandbox_state_name(enum sandbox_state state);
+/* The host uid (and gid) the sandbox's root user maps to. */
+uid_t sandbox_host_uid(const struct sandbox *sb);
 
 /* Control channel (used by proc.c). Queues a message for the init; returns 0 or -EPIPE when the
  * sandbox is gone. */
