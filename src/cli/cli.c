@@ -24,6 +24,10 @@ static const char cli_usage_text[] =
     "  run       run a command in a new, temporary sandbox\n"
     "  create    create a sandbox and print its id\n"
     "  exec      run a command in an existing sandbox\n"
+    "  start     start a detached command in a sandbox and print its id\n"
+    "  commands  list the detached commands of a sandbox\n"
+    "  logs      print (or follow) the output of a detached command\n"
+    "  attach    attach to a terminal of a sandbox\n"
     "  ps        list sandboxes\n"
     "  rm        remove sandboxes\n"
     "  info      show the daemon's version, features and limits\n"
@@ -40,17 +44,24 @@ struct cli_help {
 static const struct cli_help cli_helps[] = {
     {"run", "Usage: warren run [OPTIONS] [--] CMD [ARG...]\n"
             "\n"
-            "Create a sandbox, run CMD in it, print its output, remove the sandbox (also when\n"
-            "interrupted) and exit with CMD's exit status (128+N if it was killed by signal N,\n"
-            "124 if it timed out, 125 if the daemon reported an error).\n"
+            "Create a sandbox, run CMD in it with its output streamed live to stdout and\n"
+            "stderr, remove the sandbox (also when interrupted) and exit with CMD's exit status\n"
+            "(128+N if it was killed by signal N, 124 if it timed out, 125 if the daemon\n"
+            "reported an error). CMD's stdin is empty unless -i is given.\n"
+            "\n"
+            "With -t, CMD (default: the sandbox's shell) runs on a terminal; with -it the\n"
+            "local terminal is put in raw mode and everything typed goes to CMD.\n"
             "\n"
             "Options:\n"
             "  -e, --env K=V      set an environment variable in the sandbox (repeatable;\n"
             "                     a bare K copies it from the current environment)\n"
             "      --name N       name (and hostname) of the sandbox\n"
-            "      --timeout S    kill the command after S seconds (daemon default: 300)\n"
-            "  -i, --stdin        send this process's stdin to the command\n"
-            "      --json         print the exec result as JSON instead of the output\n"
+            "  -w, --cwd DIR      working directory (default /workspace)\n"
+            "      --timeout S    kill the command after S seconds (default: no limit;\n"
+            "                     with --json the daemon's default, 300)\n"
+            "  -i, --interactive  send this process's stdin to the command (alias --stdin)\n"
+            "  -t, --tty          run the command on a terminal\n"
+            "      --json         run it to completion and print the result as JSON\n"
             "  -h, --help         show this help\n"},
     {"create", "Usage: warren create [OPTIONS]\n"
                "\n"
@@ -64,18 +75,75 @@ static const struct cli_help cli_helps[] = {
                "  -h, --help         show this help\n"},
     {"exec", "Usage: warren exec [OPTIONS] SANDBOX [--] CMD [ARG...]\n"
              "\n"
-             "Run CMD in an existing sandbox (id or name), print its output and exit with its\n"
-             "exit status (128+N if killed by signal N, 124 on timeout, 125 if the daemon\n"
-             "reported an error). When stdin is not a terminal it is read to the end and sent\n"
-             "to the command.\n"
+             "Run CMD in an existing sandbox (id or name) with its output streamed live to\n"
+             "stdout and stderr, and exit with its exit status (128+N if killed by signal N,\n"
+             "124 on timeout, 125 if the daemon reported an error). CMD's stdin is empty unless\n"
+             "-i is given. If the connection to the daemon drops, the CLI reconnects (up to 5\n"
+             "attempts in a row) and resumes the output where it stopped. Interrupting the CLI\n"
+             "(SIGINT, SIGTERM, SIGHUP) kills CMD.\n"
+             "\n"
+             "With -t, CMD (default: the sandbox's shell) runs on a new terminal of the size of\n"
+             "the local one; with -it the local terminal is put in raw mode (restored on exit)\n"
+             "and everything typed, Ctrl-C included, goes to CMD. Press Ctrl-] then d to\n"
+             "detach (the terminal keeps running: 'warren attach SANDBOX TERMINAL_ID');\n"
+             "Ctrl-] Ctrl-] sends one Ctrl-]. The terminal is removed when CMD exits.\n"
              "\n"
              "Options:\n"
              "  -e, --env K=V      set an environment variable for this command (repeatable)\n"
              "  -w, --cwd DIR      working directory (default /workspace)\n"
-             "      --timeout S    kill the command after S seconds (daemon default: 300)\n"
-             "      --no-stdin     do not read stdin\n"
-             "      --json         print the exec result as JSON instead of the output\n"
+             "      --timeout S    kill the command after S seconds (default: no limit;\n"
+             "                     with --json the daemon's default, 300)\n"
+             "  -i, --interactive  send this process's stdin to the command (alias --stdin)\n"
+             "  -t, --tty          run the command on a terminal\n"
+             "  -d, --detach       start CMD as a detached command and print its id (as\n"
+             "                     'warren start')\n"
+             "      --json         run it to completion and print the result as JSON\n"
              "  -h, --help         show this help\n"},
+    {"start", "Usage: warren start [OPTIONS] SANDBOX [--] CMD [ARG...]\n"
+              "\n"
+              "Start CMD as a detached command of the sandbox and print its command id. It\n"
+              "runs until it ends (or its timeout); see it with 'warren commands SANDBOX' and\n"
+              "its output with 'warren logs [-f] SANDBOX COMMAND_ID'.\n"
+              "\n"
+              "Options:\n"
+              "  -e, --env K=V      set an environment variable for this command (repeatable)\n"
+              "  -w, --cwd DIR      working directory (default /workspace)\n"
+              "      --timeout S    kill the command after S seconds (default: no limit)\n"
+              "  -i, --interactive  read all of stdin now and give it to the command\n"
+              "      --open-stdin   keep the command's stdin open (to be written through the\n"
+              "                     streaming API); by default it is empty\n"
+              "      --json         print the daemon's answer as JSON\n"
+              "  -h, --help         show this help\n"},
+    {"commands", "Usage: warren commands [OPTIONS] SANDBOX\n"
+                 "\n"
+                 "List the detached commands of a sandbox (ended ones stay listed for 10\n"
+                 "minutes).\n"
+                 "\n"
+                 "Options:\n"
+                 "  -q, --quiet        print only the command ids\n"
+                 "      --json         print a JSON array of commands\n"
+                 "  -h, --help         show this help\n"},
+    {"logs", "Usage: warren logs [OPTIONS] SANDBOX COMMAND_ID\n"
+             "\n"
+             "Print the output of a detached command so far: its stdout on stdout, its stderr\n"
+             "on stderr, exactly as written (output older than the daemon's buffer is reported\n"
+             "as lost). With -f, keep printing until the command ends, resuming after a dropped\n"
+             "connection.\n"
+             "\n"
+             "Options:\n"
+             "  -f, --follow       follow the output until the command ends\n"
+             "  -h, --help         show this help\n"},
+    {"attach", "Usage: warren attach [OPTIONS] SANDBOX TERMINAL_ID\n"
+               "\n"
+               "Attach to a terminal of a sandbox: its screen is redrawn, then everything typed\n"
+               "goes to it (the local terminal is in raw mode, restored on exit) and its output\n"
+               "comes back. The local window size is passed on, also when it changes.\n"
+               "Press Ctrl-] then d to detach (Ctrl-] Ctrl-] sends one Ctrl-]). Exits with the\n"
+               "program's exit status when it ends, 0 when detached, 125 on errors.\n"
+               "\n"
+               "Options:\n"
+               "      --no-stdin     only watch: do not send input\n"
+               "  -h, --help         show this help\n"},
     {"ps", "Usage: warren ps [OPTIONS]\n"
            "\n"
            "List sandboxes.\n"
@@ -153,9 +221,13 @@ int cli_main(int argc, char **argv)
         const char *name;
         int (*fn)(int, char **);
     } cmds[] = {
-        {"run", cli_cmd_run},   {"exec", cli_cmd_exec},   {"create", cli_cmd_create},
-        {"ps", cli_cmd_ps},     {"rm", cli_cmd_rm},       {"info", cli_cmd_info},
-        {"help", cli_cmd_help}, {"--help", cli_cmd_help}, {"-h", cli_cmd_help},
+        {"run", cli_cmd_run},       {"exec", cli_cmd_exec},
+        {"create", cli_cmd_create}, {"ps", cli_cmd_ps},
+        {"rm", cli_cmd_rm},         {"info", cli_cmd_info},
+        {"start", cli_cmd_start},   {"commands", cli_cmd_commands},
+        {"logs", cli_cmd_logs},     {"attach", cli_cmd_attach},
+        {"help", cli_cmd_help},     {"--help", cli_cmd_help},
+        {"-h", cli_cmd_help},
     };
 
     if (argc < 1 || !argv[0]) {
@@ -202,7 +274,7 @@ int cli_client_open(struct client *c)
 }
 
 /* The message of an error answer: {"error":{"message":...}} or a description of the status. */
-static void cli_print_api_error(const struct client_response *resp, const char *what)
+void cli_report_api_error(const struct client_response *resp, const char *what)
 {
     const char *msg = NULL;
     json_t *j = NULL;
@@ -271,7 +343,7 @@ enum cli_result cli_api_call(struct client *c, const char *method, const char *p
         return CLI_ETRANSPORT;
     }
     if (resp.status < 200 || resp.status > 299) {
-        cli_print_api_error(&resp, what);
+        cli_report_api_error(&resp, what);
         client_response_free(&resp);
         return CLI_EAPI;
     }

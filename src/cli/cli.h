@@ -10,10 +10,11 @@
 #include <stdio.h>
 
 /* Run one CLI subcommand. argv[0] is the subcommand ("run", "exec", "create", "ps", "rm", "info",
- * "help"; "--help"/"-h" mean "help"), argv[1..argc-1] its arguments. Returns the process exit
- * status: 0 success, 1 failure (API error, daemon unreachable, `rm` of an id that failed),
- * 2 usage error; `run`/`exec` return the command's exit status (128+N if killed by signal N,
- * 124 on timeout, 125 when the daemon reports an error, 128+N when interrupted by signal N). */
+ * "start", "commands", "logs", "attach", "help"; "--help"/"-h" mean "help"), argv[1..argc-1] its
+ * arguments. Returns the process exit status: 0 success, 1 failure (API error, daemon
+ * unreachable, `rm` of an id that failed), 2 usage error; `run`/`exec`/`attach` return the
+ * command's exit status (128+N if killed by signal N, 124 on timeout, 125 when the daemon reports
+ * an error, 128+N when interrupted by signal N; `attach` 0 when detached). */
 int cli_main(int argc, char **argv);
 
 /* The top-level usage text (the list of subcommands), for main() to print when needed. */

@@ -1,10 +1,19 @@
 /*
- * cli_exec — `warren run` (one-shot sandbox) and `warren exec` (command in an existing sandbox).
+ * cli_exec — `warren run` (one-shot sandbox), `warren exec` (command in an existing sandbox) and
+ * `warren start` (= `exec -d`, a detached command).
  *
- * Signals: while a command runs, SIGINT/SIGTERM/SIGHUP are blocked and only delivered inside the
- * client's waits (ppoll with the original mask), where a handler records the signal number. An
- * exec in flight is then abandoned (closing the connection makes the daemon kill the command's
- * process group), `run` removes its sandbox, and the exit status is 128+signal.
+ * run/exec come in three forms:
+ *   - streamed (the default): output is written as it arrives (cli_stream.c, exec/ws); -i sends
+ *     stdin to the command, otherwise the command's stdin is empty;
+ *   - terminal (-t): the command runs on a terminal of the sandbox (cli_tty.c); with -i the local
+ *     terminal is put in raw mode and everything typed goes to it;
+ *   - --json: the one-shot POST .../exec, whose whole result is printed as JSON at the end.
+ *
+ * Signals: while a command runs, SIGINT/SIGTERM/SIGHUP are blocked and only delivered inside
+ * waits (ppoll with the original mask), where a handler records the signal number
+ * (cli_signal.c). The command is then killed (streamed: a "kill" message; --json: the exec
+ * request is abandoned, which makes the daemon kill it; terminal: the terminal is deleted),
+ * `run` removes its sandbox, and the exit status is 128+signal.
  */
 #include "cli/cli_internal.h"
 
@@ -14,63 +23,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-/* The signal that interrupted us (0 if none). The only global mutable state of the CLI. */
-static volatile sig_atomic_t cli_signal_caught;
-
-static void cli_exec_on_signal(int sig)
-{
-    if (!cli_signal_caught)
-        cli_signal_caught = sig;
-}
-
-static const int cli_exec_signals[] = {SIGINT, SIGTERM, SIGHUP};
-#define CLI_EXEC_NSIGNALS (sizeof(cli_exec_signals) / sizeof(cli_exec_signals[0]))
-
-struct cli_exec_sigstate {
-    sigset_t old_mask;  /* the mask before we blocked our signals */
-    sigset_t wait_mask; /* old_mask minus our signals: used while waiting */
-    struct sigaction old_act[CLI_EXEC_NSIGNALS];
-    bool installed[CLI_EXEC_NSIGNALS];
-};
-
-static void cli_exec_signals_setup(struct cli_exec_sigstate *st, struct client *c)
-{
-    sigset_t block;
-    sigemptyset(&block);
-    for (size_t i = 0; i < CLI_EXEC_NSIGNALS; i++)
-        sigaddset(&block, cli_exec_signals[i]);
-    sigprocmask(SIG_BLOCK, &block, &st->old_mask);
-    st->wait_mask = st->old_mask;
-    cli_signal_caught = 0;
-    for (size_t i = 0; i < CLI_EXEC_NSIGNALS; i++) {
-        int sig = cli_exec_signals[i];
-        st->installed[i] = false;
-        if (sigaction(sig, NULL, &st->old_act[i]) < 0)
-            continue;
-        /* A signal ignored by whoever started us (nohup, `cmd &` in a script) stays ignored. */
-        if (st->old_act[i].sa_handler == SIG_IGN)
-            continue;
-        struct sigaction sa = {.sa_handler = cli_exec_on_signal};
-        sigemptyset(&sa.sa_mask);
-        if (sigaction(sig, &sa, NULL) == 0) {
-            st->installed[i] = true;
-            sigdelset(&st->wait_mask, sig);
-        }
-    }
-    c->wait_mask = &st->wait_mask;
-}
-
-static void cli_exec_signals_restore(struct cli_exec_sigstate *st, struct client *c)
-{
-    c->wait_mask = NULL;
-    c->cancel = NULL;
-    /* Deliver anything pending to our handler first, then put the old handlers back. */
-    sigprocmask(SIG_SETMASK, &st->old_mask, NULL);
-    for (size_t i = 0; i < CLI_EXEC_NSIGNALS; i++)
-        if (st->installed[i])
-            sigaction(cli_exec_signals[i], &st->old_act[i], NULL);
-}
 
 /* Read all of fd 0 into `out`. A closed stdin counts as empty. Returns 0 or -errno. */
 static int cli_exec_read_stdin(buf_t *out)
@@ -95,18 +47,30 @@ static int cli_exec_read_stdin(buf_t *out)
 }
 
 struct cli_exec_opts {
-    const char *cmd; /* "run" or "exec" */
-    json_t *env;     /* object: for run the sandbox env, for exec the command env */
+    const char *cmd; /* "run", "exec" or "start" */
+    json_t *env;     /* object: for run the sandbox env, otherwise the command env */
     const char *name;
     const char *cwd;
     double timeout;
     bool has_timeout;
     bool json;
-    bool send_stdin;
+    bool interactive; /* -i */
+    bool tty;         /* -t */
+    bool detach;      /* exec -d */
+    bool open_stdin;  /* start --open-stdin */
 };
 
-/* Build the exec request from CMD... (argv), options and stdin. Returns NULL after printing. */
-static json_t *cli_exec_build_request(struct cli_exec_opts *o, int argc, char **argv, bool with_env)
+/* What to do with stdin in a request body. */
+enum cli_stdin_mode {
+    CLI_STDIN_NONE,  /* no stdin member */
+    CLI_STDIN_READ,  /* read all of fd 0 and send it (stdin_b64; empty: "") */
+    CLI_STDIN_EMPTY, /* "stdin": "" (the command's stdin is closed at once) */
+};
+
+/* Build a request body from CMD... (argv) and the options. with_env: put o->env in it. Returns
+ * NULL after printing. */
+static json_t *cli_exec_build_request(struct cli_exec_opts *o, int argc, char **argv, bool with_env,
+                                      enum cli_stdin_mode stdin_mode)
 {
     json_t *req = json_object();
     json_t *jargv = json_array();
@@ -136,7 +100,7 @@ static json_t *cli_exec_build_request(struct cli_exec_opts *o, int argc, char **
     }
     if (o->has_timeout)
         json_object_set_new(req, "timeout_s", json_real(o->timeout));
-    if (o->send_stdin) {
+    if (stdin_mode == CLI_STDIN_READ) {
         int r = cli_exec_read_stdin(&in);
         if (r < 0) {
             fprintf(stderr, "warren: cannot read stdin: %s\n", strerror(-r));
@@ -146,8 +110,12 @@ static json_t *cli_exec_build_request(struct cli_exec_opts *o, int argc, char **
             if (cli_b64_encode(&b64, in.data, in.len) < 0)
                 goto oom;
             json_object_set_new(req, "stdin_b64", json_stringn(b64.data, b64.len));
+        } else {
+            stdin_mode = CLI_STDIN_EMPTY;
         }
     }
+    if (stdin_mode == CLI_STDIN_EMPTY)
+        json_object_set_new(req, "stdin", json_string(""));
     buf_free(&in);
     buf_free(&b64);
     return req;
@@ -161,29 +129,8 @@ fail:
     return NULL;
 }
 
-/* Write one output stream of an exec result ("stdout"/"stderr", or its "_b64" form) to fd. */
-static void cli_exec_write_stream(json_t *res, const char *key, int fd)
-{
-    json_t *s = json_object_get(res, key);
-    if (json_is_string(s)) {
-        cli_write_all(fd, json_string_value(s), json_string_length(s));
-        return;
-    }
-    char b64key[32];
-    snprintf(b64key, sizeof(b64key), "%s_b64", key);
-    s = json_object_get(res, b64key);
-    if (!json_is_string(s))
-        return;
-    buf_t out = BUF_INIT;
-    if (cli_b64_decode(&out, json_string_value(s), json_string_length(s)) < 0)
-        fprintf(stderr, "warren: malformed %s in the daemon's answer\n", b64key);
-    else
-        cli_write_all(fd, out.data, out.len);
-    buf_free(&out);
-}
-
-/* Present an exec result and compute the exit status. */
-static int cli_exec_report(struct cli_exec_opts *o, json_t *res)
+/* Print a one-shot exec result (--json) and compute the exit status. */
+static int cli_exec_report(json_t *res)
 {
     json_t *jcode = json_object_get(res, "exit_code");
     json_t *jsig = json_object_get(res, "signal");
@@ -201,30 +148,8 @@ static int cli_exec_report(struct cli_exec_opts *o, json_t *res)
     if (timed_out)
         code = CLI_EXIT_TIMEOUT;
 
-    if (o->json) {
-        if (cli_print_json(res) < 0)
-            return CLI_EXIT_API;
-        return code;
-    }
-    cli_exec_write_stream(res, "stdout", 1);
-    cli_exec_write_stream(res, "stderr", 2);
-    if (json_is_true(json_object_get(res, "stdout_truncated")) ||
-        json_is_true(json_object_get(res, "stderr_truncated")) ||
-        json_is_true(json_object_get(res, "truncated"))) {
-        bool so = json_is_true(json_object_get(res, "stdout_truncated"));
-        bool se = json_is_true(json_object_get(res, "stderr_truncated"));
-        fprintf(stderr, "warren: %s was truncated (max_output_bytes)\n",
-                so && se ? "output"
-                : so     ? "stdout"
-                : se     ? "stderr"
-                         : "output");
-    }
-    if (timed_out) {
-        if (o->has_timeout)
-            fprintf(stderr, "warren: command timed out after %g seconds\n", o->timeout);
-        else
-            fprintf(stderr, "warren: command timed out\n");
-    }
+    if (cli_print_json(res) < 0)
+        return CLI_EXIT_API;
     return code;
 }
 
@@ -240,15 +165,19 @@ static int cli_exec_api_exit(enum cli_result r)
     }
 }
 
-/* Parse the options shared by run and exec. Returns -1 to continue, or an exit status. */
+/* Parse the options shared by run, exec and start. Returns -1 to continue, or an exit status. */
 static int cli_exec_parse(struct cli_exec_opts *o, int argc, char **argv, int *first_arg)
 {
-    enum { OPT_NAME = 256, OPT_TIMEOUT, OPT_JSON, OPT_NO_STDIN };
+    enum { OPT_NAME = 256, OPT_TIMEOUT, OPT_JSON, OPT_NO_STDIN, OPT_OPEN_STDIN };
     static const struct option run_opts[] = {
         {"env", required_argument, NULL, 'e'},
         {"name", required_argument, NULL, OPT_NAME},
+        {"cwd", required_argument, NULL, 'w'},
+        {"workdir", required_argument, NULL, 'w'},
         {"timeout", required_argument, NULL, OPT_TIMEOUT},
+        {"interactive", no_argument, NULL, 'i'},
         {"stdin", no_argument, NULL, 'i'},
+        {"tty", no_argument, NULL, 't'},
         {"json", no_argument, NULL, OPT_JSON},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -258,20 +187,43 @@ static int cli_exec_parse(struct cli_exec_opts *o, int argc, char **argv, int *f
         {"cwd", required_argument, NULL, 'w'},
         {"workdir", required_argument, NULL, 'w'},
         {"timeout", required_argument, NULL, OPT_TIMEOUT},
+        {"interactive", no_argument, NULL, 'i'},
+        {"stdin", no_argument, NULL, 'i'},
         {"no-stdin", no_argument, NULL, OPT_NO_STDIN},
+        {"tty", no_argument, NULL, 't'},
+        {"detach", no_argument, NULL, 'd'},
         {"json", no_argument, NULL, OPT_JSON},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    bool is_run = strcmp(o->cmd, "run") == 0;
+    static const struct option start_opts[] = {
+        {"env", required_argument, NULL, 'e'},
+        {"cwd", required_argument, NULL, 'w'},
+        {"workdir", required_argument, NULL, 'w'},
+        {"timeout", required_argument, NULL, OPT_TIMEOUT},
+        {"interactive", no_argument, NULL, 'i'},
+        {"stdin", no_argument, NULL, 'i'},
+        {"open-stdin", no_argument, NULL, OPT_OPEN_STDIN},
+        {"json", no_argument, NULL, OPT_JSON},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const struct option *opts = exec_opts;
+    const char *shorts = "+e:w:itdh";
+    if (strcmp(o->cmd, "run") == 0) {
+        opts = run_opts;
+        shorts = "+e:w:ith";
+    } else if (strcmp(o->cmd, "start") == 0) {
+        opts = start_opts;
+        shorts = "+e:w:ih";
+    }
     char prog[64];
     char **av = cli_getopt_argv(argc, argv, prog, sizeof(prog));
     int ret = -1, opt;
 
     if (!av)
         return CLI_EXIT_FAIL;
-    while ((opt = getopt_long(argc, av, is_run ? "+e:ih" : "+e:w:h", is_run ? run_opts : exec_opts,
-                              NULL)) != -1) {
+    while ((opt = getopt_long(argc, av, shorts, opts, NULL)) != -1) {
         switch (opt) {
         case 'e':
             if (cli_kv_add(o->env, o->cmd, "--env", optarg, true) < 0)
@@ -281,7 +233,13 @@ static int cli_exec_parse(struct cli_exec_opts *o, int argc, char **argv, int *f
             o->cwd = optarg;
             break;
         case 'i':
-            o->send_stdin = true;
+            o->interactive = true;
+            break;
+        case 't':
+            o->tty = true;
+            break;
+        case 'd':
+            o->detach = true;
             break;
         case OPT_NAME:
             o->name = optarg;
@@ -295,7 +253,10 @@ static int cli_exec_parse(struct cli_exec_opts *o, int argc, char **argv, int *f
             o->json = true;
             break;
         case OPT_NO_STDIN:
-            o->send_stdin = false;
+            o->interactive = false;
+            break;
+        case OPT_OPEN_STDIN:
+            o->open_stdin = true;
             break;
         case 'h':
             cli_print_help(o->cmd, stdout);
@@ -311,7 +272,17 @@ static int cli_exec_parse(struct cli_exec_opts *o, int argc, char **argv, int *f
     }
     *first_arg = optind;
     free(av);
-    return ret;
+    if (ret >= 0)
+        return ret;
+    if (o->tty && o->json)
+        return cli_usage_error(o->cmd, "--json cannot be combined with -t");
+    if (o->tty && o->has_timeout)
+        return cli_usage_error(o->cmd, "--timeout cannot be combined with -t");
+    if (o->detach && (o->tty || o->json))
+        return cli_usage_error(o->cmd, "-d cannot be combined with -t or --json");
+    if (o->open_stdin && o->interactive)
+        return cli_usage_error(o->cmd, "--open-stdin cannot be combined with -i");
+    return -1;
 }
 
 /* Skip an optional "--" between SANDBOX and CMD (getopt already ate one before the first
@@ -321,12 +292,103 @@ static int cli_exec_skip_dashes(int argc, char **argv, int i)
     return (i < argc && strcmp(argv[i], "--") == 0) ? i + 1 : i;
 }
 
+/* A JSON array of the strings argv[0..argc-1] (NULL after a usage error). */
+static json_t *cli_exec_argv_json(const char *cmd, int argc, char **argv)
+{
+    json_t *a = json_array();
+    for (int i = 0; a && i < argc; i++) {
+        json_t *s = json_string(argv[i]);
+        if (!s) {
+            cli_usage_error(cmd, "argument %d is not valid UTF-8", i + 1);
+            json_decref(a);
+            return NULL;
+        }
+        json_array_append_new(a, s);
+    }
+    return a;
+}
+
+/* The command in sandbox `sandbox`, once it exists and the signals are set up: streamed, on a
+ * terminal, or one-shot (--json). `req` is the exec request/execute message (NULL with -t).
+ * own_sandbox: `run` (the terminal need not be deleted, and cannot be detached from). */
+static int cli_exec_in(struct client *c, struct cli_sigstate *sigst, struct cli_exec_opts *o,
+                       const char *sandbox, json_t *req, int argc, char **argv, bool own_sandbox)
+{
+    if (o->json) {
+        buf_t path = BUF_INIT;
+        json_t *res = NULL;
+        int ret;
+        if (cli_path_sandbox(&path, sandbox) < 0 || buf_append_str(&path, "/exec") < 0) {
+            buf_free(&path);
+            fprintf(stderr, "warren: out of memory\n");
+            return CLI_EXIT_API;
+        }
+        c->cancel = &cli_signal_caught;
+        enum cli_result r = cli_api_call(c, "POST", path.data, req, &res, NULL);
+        c->cancel = NULL;
+        if (r == CLI_EINTR)
+            ret = 128 + (cli_signal_caught ? cli_signal_caught : SIGINT);
+        else if (r != CLI_OK)
+            ret = cli_exec_api_exit(r);
+        else if (!json_is_object(res)) {
+            fprintf(stderr, "warren: the daemon's exec answer is not an object\n");
+            ret = CLI_EXIT_API;
+        } else
+            ret = cli_exec_report(res);
+        buf_free(&path);
+        json_decref(res);
+        return ret;
+    }
+    if (!o->tty) {
+        struct cli_stream_req sreq = {
+            .sandbox = sandbox,
+            .execute = req,
+            .forward_stdin = o->interactive,
+            .kill_on_abort = true,
+            .sig = sigst,
+            .timeout = o->has_timeout ? o->timeout : 0,
+        };
+        return cli_stream_run(c, &sreq);
+    }
+
+    json_t *jargv = cli_exec_argv_json(o->cmd, argc, argv);
+    char *tid = NULL;
+    int ret;
+    if (!jargv)
+        return CLI_EXIT_USAGE;
+    c->cancel = &cli_signal_caught;
+    enum cli_result r =
+        cli_tty_create(c, sandbox, jargv, own_sandbox ? NULL : o->env, o->cwd, &tid);
+    c->cancel = NULL;
+    json_decref(jargv);
+    if (r == CLI_EINTR)
+        return 128 + (cli_signal_caught ? cli_signal_caught : SIGINT);
+    if (r != CLI_OK)
+        return cli_exec_api_exit(r);
+    struct cli_tty_req treq = {
+        .sandbox = sandbox,
+        .terminal_id = tid,
+        .forward_stdin = o->interactive,
+        .detach_keys = !own_sandbox,
+        .sig = sigst,
+    };
+    bool detached = false;
+    ret = cli_tty_session(c, &treq, &detached);
+    if (detached)
+        fprintf(stderr, "warren: detached from terminal %s; reattach with: warren attach %s %s\n",
+                tid, sandbox, tid);
+    else if (!own_sandbox)
+        cli_tty_delete(c, sandbox, tid);
+    free(tid);
+    return ret;
+}
+
 int cli_cmd_run(int argc, char **argv)
 {
     struct cli_exec_opts o = {.cmd = "run", .env = json_object()};
-    struct cli_exec_sigstate sigst;
+    struct cli_sigstate sigst;
     struct client c;
-    json_t *create = NULL, *req = NULL, *sb = NULL, *res = NULL;
+    json_t *create = NULL, *req = NULL, *sb = NULL;
     buf_t path = BUF_INIT;
     char *id = NULL;
     int first, ret;
@@ -338,7 +400,7 @@ int cli_cmd_run(int argc, char **argv)
     ret = cli_exec_parse(&o, argc, argv, &first);
     if (ret >= 0)
         goto out_nofree;
-    if (first >= argc) {
+    if (first >= argc && !o.tty) {
         ret = cli_usage_error("run", "missing the command to run");
         goto out_nofree;
     }
@@ -356,17 +418,20 @@ int cli_cmd_run(int argc, char **argv)
         }
         json_object_set_new(create, "name", s);
     }
-    req = cli_exec_build_request(&o, argc - first, argv + first, false);
-    if (!req) {
-        ret = CLI_EXIT_USAGE;
-        goto out_nofree;
+    if (!o.tty) {
+        req = cli_exec_build_request(&o, argc - first, argv + first, false,
+                                     o.json && o.interactive ? CLI_STDIN_READ : CLI_STDIN_NONE);
+        if (!req) {
+            ret = CLI_EXIT_USAGE;
+            goto out_nofree;
+        }
     }
     if (cli_client_open(&c) < 0) {
         ret = CLI_EXIT_FAIL;
         goto out_nofree;
     }
 
-    cli_exec_signals_setup(&sigst, &c);
+    cli_signals_setup(&sigst, &c);
     /* Creation is not cancellable: if it is interrupted we could not know which sandbox to
      * remove. A signal arriving meanwhile is acted upon once it is done. */
     enum cli_result r = cli_api_call(&c, "POST", "/v1/sandboxes", create, &sb, NULL);
@@ -380,40 +445,25 @@ int cli_cmd_run(int argc, char **argv)
         ret = CLI_EXIT_API;
         goto out;
     }
-    if (cli_path_sandbox(&path, id) < 0 || buf_append_str(&path, "/exec") < 0)
-        goto oom_close;
 
-    if (!cli_signal_caught) {
-        c.cancel = &cli_signal_caught;
-        r = cli_api_call(&c, "POST", path.data, req, &res, NULL);
-        c.cancel = NULL;
-    } else {
-        r = CLI_EINTR;
-    }
+    if (!cli_signal_caught)
+        ret = cli_exec_in(&c, &sigst, &o, id, req, argc - first, argv + first, true);
+    if (cli_signal_caught)
+        ret = 128 + cli_signal_caught;
 
     /* Always remove the sandbox, even when interrupted (then not cancellable). */
-    buf_reset(&path);
+    c.cancel = NULL;
     if (cli_path_sandbox(&path, id) < 0)
         goto oom_close;
     if (cli_api_call(&c, "DELETE", path.data, NULL, NULL, NULL) != CLI_OK)
         fprintf(stderr, "warren: sandbox %s may not have been removed\n", id);
-
-    if (r == CLI_EINTR)
-        ret = 128 + (cli_signal_caught ? cli_signal_caught : SIGINT);
-    else if (r != CLI_OK)
-        ret = cli_exec_api_exit(r);
-    else if (!json_is_object(res)) {
-        fprintf(stderr, "warren: the daemon's exec answer is not an object\n");
-        ret = CLI_EXIT_API;
-    } else
-        ret = cli_exec_report(&o, res);
     goto out;
 
 oom_close:
     fprintf(stderr, "warren: out of memory\n");
     ret = CLI_EXIT_API;
 out:
-    cli_exec_signals_restore(&sigst, &c);
+    cli_signals_restore(&sigst, &c);
     client_close(&c);
     goto out_nofree;
 oom:
@@ -425,18 +475,64 @@ out_nofree:
     json_decref(create);
     json_decref(req);
     json_decref(sb);
-    json_decref(res);
     json_decref(o.env);
     return ret;
 }
 
-int cli_cmd_exec(int argc, char **argv)
+/* `start` / `exec -d`: POST .../commands and print the command id. */
+static int cli_exec_start(struct cli_exec_opts *o, const char *sandbox, int argc, char **argv)
 {
-    struct cli_exec_opts o = {.cmd = "exec", .env = json_object(), .send_stdin = !isatty(0)};
-    struct cli_exec_sigstate sigst;
     struct client c;
     json_t *req = NULL, *res = NULL;
     buf_t path = BUF_INIT;
+    int ret;
+
+    if (cli_path_sandbox(&path, sandbox) < 0 || buf_append_str(&path, "/commands") < 0) {
+        fprintf(stderr, "warren: out of memory\n");
+        ret = CLI_EXIT_FAIL;
+        goto out;
+    }
+    req = cli_exec_build_request(o, argc, argv, true,
+                                 o->interactive  ? CLI_STDIN_READ
+                                 : o->open_stdin ? CLI_STDIN_NONE
+                                                 : CLI_STDIN_EMPTY);
+    if (!req) {
+        ret = CLI_EXIT_USAGE;
+        goto out;
+    }
+    if (cli_client_open(&c) < 0) {
+        ret = CLI_EXIT_FAIL;
+        goto out;
+    }
+    if (cli_api_call(&c, "POST", path.data, req, &res, NULL) != CLI_OK) {
+        ret = CLI_EXIT_FAIL;
+    } else if (o->json) {
+        ret = cli_print_json(res) < 0 ? CLI_EXIT_FAIL : 0;
+    } else {
+        const char *cid = json_string_value(json_object_get(res, "command_id"));
+        if (!cid) {
+            fprintf(stderr, "warren: the daemon's answer has no command id\n");
+            ret = CLI_EXIT_FAIL;
+        } else {
+            printf("%s\n", cid);
+            ret = fflush(stdout) == 0 ? 0 : CLI_EXIT_FAIL;
+        }
+    }
+    client_close(&c);
+out:
+    buf_free(&path);
+    json_decref(req);
+    json_decref(res);
+    return ret;
+}
+
+/* exec and start: SANDBOX [--] CMD... */
+static int cli_exec_main(const char *cmd, int argc, char **argv)
+{
+    struct cli_exec_opts o = {.cmd = cmd, .env = json_object()};
+    struct cli_sigstate sigst;
+    struct client c;
+    json_t *req = NULL;
     int first, ret;
 
     if (!o.env) {
@@ -447,48 +543,49 @@ int cli_cmd_exec(int argc, char **argv)
     if (ret >= 0)
         goto out;
     if (first >= argc) {
-        ret = cli_usage_error("exec", "missing the sandbox id or name");
+        ret = cli_usage_error(cmd, "missing the sandbox id or name");
         goto out;
     }
     const char *sandbox = argv[first];
     first = cli_exec_skip_dashes(argc, argv, first + 1);
-    if (first >= argc) {
-        ret = cli_usage_error("exec", "missing the command to run");
+    if (first >= argc && !o.tty) {
+        ret = cli_usage_error(cmd, "missing the command to run");
         goto out;
     }
-    if (cli_path_sandbox(&path, sandbox) < 0 || buf_append_str(&path, "/exec") < 0) {
-        fprintf(stderr, "warren: out of memory\n");
-        ret = CLI_EXIT_API;
+    if (o.detach || strcmp(cmd, "start") == 0) {
+        ret = cli_exec_start(&o, sandbox, argc - first, argv + first);
         goto out;
     }
-    req = cli_exec_build_request(&o, argc - first, argv + first, true);
-    if (!req) {
-        ret = CLI_EXIT_USAGE;
-        goto out;
+    if (!o.tty) {
+        req = cli_exec_build_request(&o, argc - first, argv + first, true,
+                                     o.json && o.interactive ? CLI_STDIN_READ : CLI_STDIN_NONE);
+        if (!req) {
+            ret = CLI_EXIT_USAGE;
+            goto out;
+        }
     }
     if (cli_client_open(&c) < 0) {
         ret = CLI_EXIT_FAIL;
         goto out;
     }
-    cli_exec_signals_setup(&sigst, &c);
-    c.cancel = &cli_signal_caught;
-    enum cli_result r = cli_api_call(&c, "POST", path.data, req, &res, NULL);
-    c.cancel = NULL;
-    if (r == CLI_EINTR)
-        ret = 128 + (cli_signal_caught ? cli_signal_caught : SIGINT);
-    else if (r != CLI_OK)
-        ret = cli_exec_api_exit(r);
-    else if (!json_is_object(res)) {
-        fprintf(stderr, "warren: the daemon's exec answer is not an object\n");
-        ret = CLI_EXIT_API;
-    } else
-        ret = cli_exec_report(&o, res);
-    cli_exec_signals_restore(&sigst, &c);
+    cli_signals_setup(&sigst, &c);
+    ret = cli_exec_in(&c, &sigst, &o, sandbox, req, argc - first, argv + first, false);
+    if (cli_signal_caught)
+        ret = 128 + cli_signal_caught;
+    cli_signals_restore(&sigst, &c);
     client_close(&c);
 out:
-    buf_free(&path);
     json_decref(req);
-    json_decref(res);
     json_decref(o.env);
     return ret;
+}
+
+int cli_cmd_exec(int argc, char **argv)
+{
+    return cli_exec_main("exec", argc, argv);
+}
+
+int cli_cmd_start(int argc, char **argv)
+{
+    return cli_exec_main("start", argc, argv);
 }

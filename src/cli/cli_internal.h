@@ -4,8 +4,10 @@
 #ifndef WARREN_CLI_CLI_INTERNAL_H
 #define WARREN_CLI_CLI_INTERNAL_H
 
+#include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 
 #include <jansson.h>
@@ -37,6 +39,10 @@ int cli_cmd_create(int argc, char **argv);
 int cli_cmd_ps(int argc, char **argv);
 int cli_cmd_rm(int argc, char **argv);
 int cli_cmd_info(int argc, char **argv);
+int cli_cmd_start(int argc, char **argv);
+int cli_cmd_commands(int argc, char **argv);
+int cli_cmd_logs(int argc, char **argv);
+int cli_cmd_attach(int argc, char **argv);
 
 /* Print the help text of `cmd` (a known subcommand) to `f`. Returns false if unknown. */
 bool cli_print_help(const char *cmd, FILE *f);
@@ -59,6 +65,9 @@ int cli_client_open(struct client *c);
 enum cli_result cli_api_call(struct client *c, const char *method, const char *path, json_t *body,
                              json_t **out, const char *what);
 
+/* Print the error of a non-2xx answer like cli_api_call() does ("warren: <what>: <message>"). */
+void cli_report_api_error(const struct client_response *resp, const char *what);
+
 /* Append "/v1/sandboxes/<id, escaped>" to `b`. Returns 0 or -ENOMEM. */
 int cli_path_sandbox(buf_t *b, const char *id);
 
@@ -80,5 +89,101 @@ int cli_write_all(int fd, const void *p, size_t n);
 int cli_b64_encode(buf_t *out, const void *p, size_t n);
 /* Decode base64 text into `out`. Returns 0, -EINVAL on malformed input, or -ENOMEM. */
 int cli_b64_decode(buf_t *out, const char *s, size_t n);
+
+/* ---- signals (cli_signal.c) ------------------------------------------------------------ */
+
+/* Signal flags, the CLI's only global mutable state besides the saved terminal mode
+ * (cli_tty.c). cli_signal_caught: the first of SIGINT/SIGTERM/SIGHUP received while the handlers
+ * of cli_signals_setup() are installed (0 if none). cli_winch_caught: set on SIGWINCH, cleared by
+ * whoever acts on it. */
+extern volatile sig_atomic_t cli_signal_caught;
+extern volatile sig_atomic_t cli_winch_caught;
+
+#define CLI_NSIGNALS 4 /* SIGINT, SIGTERM, SIGHUP, SIGWINCH */
+
+/* Saved signal state while a command runs. While installed, SIGINT/SIGTERM/SIGHUP/SIGWINCH are
+ * blocked and only delivered inside waits that use `wait_mask` (ppoll), so a flag can be checked
+ * and a wait entered without a race; SIGPIPE is ignored (a closed stdout shows up as EPIPE). A
+ * signal ignored by whoever started us stays ignored. */
+struct cli_sigstate {
+    sigset_t old_mask;  /* the mask before */
+    sigset_t wait_mask; /* old_mask minus the signals we handle: used while waiting */
+    struct sigaction old_act[CLI_NSIGNALS];
+    bool installed[CLI_NSIGNALS];
+    struct sigaction old_pipe;
+};
+
+/* Install the handlers (clearing both flags) and set c->wait_mask (c may be NULL). */
+void cli_signals_setup(struct cli_sigstate *st, struct client *c);
+/* Deliver what is pending to our handlers, put the old handlers and mask back, and clear
+ * c->wait_mask and c->cancel (c may be NULL). */
+void cli_signals_restore(struct cli_sigstate *st, struct client *c);
+
+/* ---- output of streamed commands (cli_stream.c) ------------------------------------------ */
+
+/* Where a command's two streams stand: the absolute offsets of the next bytes to write to fd 1
+ * (stdout) and fd 2 (stderr). Chunks are placed by their offset, so a chunk received again after
+ * a reconnection is not written twice. */
+struct cli_output {
+    uint64_t off[2];
+    int write_error; /* -errno of the first failed write to fd 1/2, 0 if none */
+};
+
+/* Handle a "stdout"/"stderr" (with data_b64 or data) or "gap" message of the streaming protocol.
+ * Returns 1 when `msg` was one of those (written, or skipped as already seen), 0 when it is
+ * another type, -EPROTO (malformed: reported on stderr) or the -errno of a failed write (also
+ * kept in write_error; not reported). */
+int cli_output_handle(struct cli_output *o, json_t *msg, const char *type);
+
+/* A streamed command (exec/ws) or a detached command's output (commands/{cid}/stream). */
+struct cli_stream_req {
+    const char *sandbox;    /* id or name */
+    json_t *execute;        /* exec: the execute message (borrowed); NULL: attach to command_id */
+    const char *command_id; /* attach mode: the command */
+    bool forward_stdin;     /* exec: send fd 0 as input (then eof); without, eof at once */
+    bool follow;            /* attach mode: until the command ends (else see `until`) */
+    uint64_t until[2];      /* attach mode without follow: stop once both offsets are reached
+                             * (or after 0.5 s of silence, or at the exit message) */
+    bool kill_on_abort;     /* kill the command if we give up (signal, stdout closed, ...) */
+    const struct cli_sigstate *sig; /* installed signal state, or NULL (default handling) */
+    double timeout;                 /* exec: the timeout asked for (0: none), for the message */
+};
+
+/* Run the stream, reconnecting (up to 5 attempts in a row) with the offsets reached when the
+ * connection drops. Exec mode returns the command's exit status (128+N if killed by signal N,
+ * 124 on timeout, 125 for errors, 128+N when we were interrupted by signal N); attach mode
+ * returns 0, 1 for errors, or 128+N. */
+int cli_stream_run(struct client *c, const struct cli_stream_req *req);
+
+/* ---- terminals (cli_tty.c) --------------------------------------------------------------- */
+
+struct cli_tty_req {
+    const char *sandbox;     /* id or name */
+    const char *terminal_id; /* the terminal to attach to */
+    bool forward_stdin;      /* send fd 0 to the terminal (raw mode when it is a tty) */
+    bool detach_keys;        /* Ctrl-] d detaches (the session then returns 0, *detached set) */
+    const struct cli_sigstate *sig; /* installed signal state (required) */
+};
+
+/* The local window size (TIOCGWINSZ of fd 0, 1 or 2; else 80x24), clamped to what the daemon
+ * accepts. */
+void cli_tty_winsize(int *cols, int *rows);
+
+/* Create a terminal: POST .../terminals {cols, rows, argv?, env?, cwd?} (argv/env borrowed, may
+ * be NULL). *tid receives its id (malloc'd). Returns a cli_result (errors printed). */
+enum cli_result cli_tty_create(struct client *c, const char *sandbox, json_t *argv, json_t *env,
+                               const char *cwd, char **tid);
+
+/* Best effort, errors ignored: DELETE the terminal (hangs up its program, removes it). */
+void cli_tty_delete(struct client *c, const char *sandbox, const char *tid);
+
+/* Attach to a terminal and pump bytes both ways until its program exits (returns its exit
+ * status), we detach (0), a signal arrives (128+N) or the connection is lost for good (125).
+ * The local terminal is in raw mode meanwhile and restored on every way out (also from atexit
+ * and from fatal-signal handlers). */
+int cli_tty_session(struct client *c, const struct cli_tty_req *req, bool *detached);
+
+/* Restore the local terminal if cli_tty_session() put it in raw mode. Async-signal-safe. */
+void cli_tty_restore(void);
 
 #endif

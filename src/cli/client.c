@@ -419,8 +419,7 @@ const char *client_response_header(const struct client_response *r, const char *
     return NULL;
 }
 
-/* Does the comma-separated header value contain `token` (case-insensitive)? */
-static bool client_header_has_token(const char *value, const char *token)
+bool client_header_has_token(const char *value, const char *token)
 {
     size_t tl = strlen(token);
     const char *p = value;
@@ -705,12 +704,15 @@ static int client_read_response(struct client *c, const char *method, struct cli
 /* ---- requests ---------------------------------------------------------------------------- */
 
 static int client_build_head(struct client *c, buf_t *h, const char *method, const char *path,
-                             const char *content_type, const void *body, size_t len)
+                             const char *content_type, const char *extra_headers, const void *body,
+                             size_t len)
 {
     int r = buf_appendf(h,
                         "%s %s%s HTTP/1.1\r\nHost: %s\r\nUser-Agent: warren-cli\r\n"
                         "Accept: application/json\r\n",
                         method, c->prefix, path, c->host_header);
+    if (r == 0 && extra_headers)
+        r = buf_append_str(h, extra_headers);
     if (r == 0 && content_type)
         r = buf_appendf(h, "Content-Type: %s\r\n", content_type);
     if (r == 0 && (body || len || strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0 ||
@@ -721,8 +723,12 @@ static int client_build_head(struct client *c, buf_t *h, const char *method, con
     return r;
 }
 
-int client_request(struct client *c, const char *method, const char *path, const char *content_type,
-                   const void *body, size_t len, struct client_response *out)
+/* One exchange. With `upgrade` set, a fresh connection is always used, and a 101 answer hands the
+ * connection over (*fd, `rest`) instead of keeping it. */
+static int client_exchange(struct client *c, const char *method, const char *path,
+                           const char *content_type, const char *extra_headers, const void *body,
+                           size_t len, struct client_response *out, bool upgrade, int *fd,
+                           buf_t *rest)
 {
     buf_t head = BUF_INIT;
     int r;
@@ -734,7 +740,7 @@ int client_request(struct client *c, const char *method, const char *path, const
         client_set_error(c, "invalid request path");
         return -EINVAL;
     }
-    r = client_build_head(c, &head, method, path, content_type, body, len);
+    r = client_build_head(c, &head, method, path, content_type, extra_headers, body, len);
     if (r < 0) {
         client_set_error(c, "out of memory");
         return r;
@@ -743,7 +749,7 @@ int client_request(struct client *c, const char *method, const char *path, const
     for (int attempt = 0;; attempt++) {
         bool reused = false, got_any = false, keep = false;
 
-        if (c->fd >= 0 && client_conn_is_stale(c))
+        if (c->fd >= 0 && (upgrade || client_conn_is_stale(c)))
             client_disconnect(c);
         if (c->fd >= 0) {
             reused = true;
@@ -787,6 +793,17 @@ int client_request(struct client *c, const char *method, const char *path, const
                 client_set_error(c, "interrupted");
             goto fail;
         }
+        if (upgrade && out->status == 101) {
+            if (c->in.len > 0 && buf_append(rest, c->in.data, c->in.len) < 0) {
+                client_set_error(c, "out of memory");
+                r = -ENOMEM;
+                goto fail;
+            }
+            *fd = c->fd;
+            c->fd = -1;
+            client_disconnect(c);
+            break;
+        }
         if (keep && c->in.len == 0)
             c->conn_requests++;
         else
@@ -799,6 +816,19 @@ int client_request(struct client *c, const char *method, const char *path, const
     }
     buf_free(&head);
     return r;
+}
+
+int client_request(struct client *c, const char *method, const char *path, const char *content_type,
+                   const void *body, size_t len, struct client_response *out)
+{
+    return client_exchange(c, method, path, content_type, NULL, body, len, out, false, NULL, NULL);
+}
+
+int client_upgrade(struct client *c, const char *path, const char *extra_headers,
+                   struct client_response *out, int *fd, buf_t *rest)
+{
+    *fd = -1;
+    return client_exchange(c, "GET", path, NULL, extra_headers, NULL, 0, out, true, fd, rest);
 }
 
 int client_append_escaped(buf_t *b, const char *s, int query)

@@ -22,6 +22,7 @@
 #define WARREN_CLI_CLIENT_H
 
 #include <signal.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "core/buf.h"
@@ -82,6 +83,20 @@ int client_open(struct client *c, const char *base_url);
  * failure the connection is closed; the next request opens a new one. */
 int client_request(struct client *c, const char *method, const char *path, const char *content_type,
                    const void *body, size_t len, struct client_response *out);
+
+/* An HTTP/1.1 upgrade (used by the WebSocket client, src/cli/wsclient.h): send `GET path` with
+ * `extra_headers` (complete "Name: value\r\n" lines, may be NULL) on a new connection (any
+ * kept-alive one is closed first) and read the answer's head. If the status is 101, the
+ * connection is handed over: *fd receives the socket (non-blocking, close-on-exec; the caller
+ * owns it) and the bytes received after the head are appended to `rest`; the client itself is
+ * left disconnected (and usable for further requests). Any other answer is read completely into
+ * `out` as by client_request(), and *fd is -1. `out` must be released with
+ * client_response_free() in every case. Errors as for client_request(). */
+int client_upgrade(struct client *c, const char *path, const char *extra_headers,
+                   struct client_response *out, int *fd, buf_t *rest);
+
+/* Does the comma-separated header value contain `token` (case-insensitive)? */
+bool client_header_has_token(const char *value, const char *token);
 
 /* The value of the first header called `name` (case-insensitive), or NULL. The string belongs to
  * `r` and lives until client_response_free(r). */

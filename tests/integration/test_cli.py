@@ -276,17 +276,22 @@ def test_exec_piped_stdin(daemon, api):
     assert r.status == 201, r
     sid = r.json["id"]
     try:
-        p = cli(daemon, "exec", sid, "--", "cat", input=b"hello")
+        # stdin is forwarded only with -i (like docker exec).
+        p = cli(daemon, "exec", "-i", sid, "--", "cat", input=b"hello")
         assert p.returncode == 0, describe(p)
         assert p.stdout == b"hello", describe(p)
 
         data = random.Random(7).randbytes(300_000)
-        p = cli(daemon, "exec", sid, "--", "sha256sum", input=data)
+        p = cli(daemon, "exec", "-i", sid, "--", "sha256sum", input=data)
         assert p.returncode == 0, describe(p)
         assert p.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
 
+        # Without -i the command's stdin is empty, even when ours is not.
+        p = cli(daemon, "exec", sid, "--", "cat", input=b"ignored")
+        assert p.returncode == 0 and p.stdout == b"", describe(p)
+
         # No stdin at all (DEVNULL) is an empty stdin: cat ends at once.
-        p = cli(daemon, "exec", sid, "--", "cat")
+        p = cli(daemon, "exec", "-i", sid, "--", "cat")
         assert p.returncode == 0 and p.stdout == b"", describe(p)
     finally:
         api.delete("/v1/sandboxes/" + sid)
