@@ -214,6 +214,7 @@ static int server_start(struct server *srv)
     struct http_limits limits = {.max_body_bytes = srv->cfg.max_body_bytes};
     if ((r = http_server_new(&srv->http, &srv->loop, &limits, api_handle, srv)) < 0)
         return r;
+    http_server_set_stream_hook(srv->http, api_files_wants_stream);
     if ((r = http_server_listen(srv->http, srv->cfg.listen)) < 0) {
         log_error("cannot listen on %s: %s", srv->cfg.listen, strerror(-r));
         return r;

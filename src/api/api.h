@@ -89,6 +89,15 @@ void api_command_kill(struct server *srv, http_req_t *req, const struct route_pa
 /* streams.c (WebSocket) */
 void api_command_stream(struct server *srv, http_req_t *req, const struct route_params *p);
 void api_exec_ws(struct server *srv, http_req_t *req, const struct route_params *p);
+/* files.c */
+void api_files_get(struct server *srv, http_req_t *req, const struct route_params *p);
+void api_files_put(struct server *srv, http_req_t *req, const struct route_params *p);
+void api_files_delete(struct server *srv, http_req_t *req, const struct route_params *p);
+void api_files_list(struct server *srv, http_req_t *req, const struct route_params *p);
+void api_archive_get(struct server *srv, http_req_t *req, const struct route_params *p);
+void api_archive_put(struct server *srv, http_req_t *req, const struct route_params *p);
+/* The HTTP stream hook: PUT files and PUT archive read their bodies as streams. */
+int api_files_wants_stream(http_req_t *req, void *ctx);
 /* terminals.c */
 void api_terminal_create(struct server *srv, http_req_t *req, const struct route_params *p);
 void api_terminal_list(struct server *srv, http_req_t *req, const struct route_params *p);

@@ -17,6 +17,7 @@
  * as data_b64. After the exit message the server closes with 1000.
  */
 #include <errno.h>
+#include <openssl/evp.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,7 +28,7 @@
 #include "net/ws.h"
 #include "session/command.h"
 
-#define CHUNK 65536
+#define CHUNK (256u << 10)
 #define ERRLEN 256
 
 struct stream {
@@ -85,6 +86,36 @@ static size_t utf8_sanitize(const char *p, size_t n, int final, buf_t *out)
     return keep;
 }
 
+/* Appends `p` (valid UTF-8) as the body of a JSON string. */
+static void json_escape(buf_t *out, const char *p, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t run = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)p[i];
+        if (c >= 0x20 && c != '"' && c != '\\')
+            continue;
+        buf_append(out, p + run, i - run);
+        run = i + 1;
+        char esc[7] = {'\\', (char)c, 0};
+        if (c == '\n')
+            esc[1] = 'n';
+        else if (c == '\r')
+            esc[1] = 'r';
+        else if (c == '\t')
+            esc[1] = 't';
+        else if (c < 0x20) {
+            memcpy(esc, "\\u00", 4);
+            esc[4] = hex[c >> 4];
+            esc[5] = hex[c & 15];
+            buf_append(out, esc, 6);
+            continue;
+        }
+        buf_append(out, esc, 2);
+    }
+    buf_append(out, p + run, n - run);
+}
+
 static const char *stream_name(enum proc_stream s)
 {
     return s == PROC_STDOUT ? "stdout" : "stderr";
@@ -103,27 +134,32 @@ static int pump_stream(struct stream *st, enum proc_stream s, char *chunk)
     }
     if (n == 0)
         return gap != 0;
-    json_t *msg;
+    /* Built by hand: this is the hot path of streaming, and a JSON library here costs more
+     * than everything else together. */
+    buf_t msg = BUF_INIT;
     size_t used = n;
+    buf_appendf(&msg, "{\"type\":\"%s\",\"offset\":%llu,\"%s\":\"", stream_name(s),
+                (unsigned long long)st->off[s], st->binary ? "data_b64" : "data");
     if (st->binary) {
-        char *b64 = util_base64_encode(chunk, n);
-        msg = json_pack("{s:s, s:s, s:I}", "type", stream_name(s), "data_b64", b64 ? b64 : "",
-                        "offset", (json_int_t)st->off[s]);
-        free(b64);
+        if (buf_reserve(&msg, 4 * ((n + 2) / 3) + 3) == 0)
+            msg.len += (size_t)EVP_EncodeBlock((unsigned char *)msg.data + msg.len,
+                                               (const unsigned char *)chunk, (int)n);
     } else {
         buf_t text = BUF_INIT;
         /* The final bytes of an ended command are flushed even if they are a cut character. */
         int final = !running && st->off[s] + n >= command_end(st->cmd, s);
         used = utf8_sanitize(chunk, n, final, &text);
+        json_escape(&msg, text.data ? text.data : "", text.len);
+        buf_free(&text);
         if (used == 0) {
-            buf_free(&text);
+            buf_free(&msg);
             return 0; /* only the start of a character: wait for the rest */
         }
-        msg = json_pack("{s:s, s:s%, s:I}", "type", stream_name(s), "data",
-                        text.data ? text.data : "", text.len, "offset", (json_int_t)st->off[s]);
-        buf_free(&text);
     }
-    send_json(st, msg);
+    buf_append_str(&msg, "\"}");
+    if (msg.data)
+        ws_send_text(st->ws, msg.data, msg.len);
+    buf_free(&msg);
     st->off[s] += used;
     return 1;
 }

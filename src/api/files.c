@@ -1,0 +1,857 @@
+/*
+ * files — the files API of a sandbox: GET/PUT/DELETE files (with ?stat=1 and Range), files/list,
+ * GET/PUT archive (tar.gz).
+ *
+ * Every path is resolved inside the sandbox by session/files.c, with the sandbox root's
+ * credentials, on the thread pool. Data moves without buffering whole files:
+ *  - single files: the fd opened by the files layer is read/written with uv_fs_read/uv_fs_write
+ *    (thread pool) in 256 KiB pieces, paced by the HTTP output queue (downloads) or by pausing the
+ *    request body while a write is in flight (uploads);
+ *  - archives: libarchive runs on a thread-pool thread and exchanges bytes with the loop through
+ *    a pipe, whose blocking read/write on the worker side is the backpressure.
+ * Uploads are limited to the sandbox's disk_mib (413); PUT writes atomically (temp file +
+ * rename), so a failed upload leaves the old file.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "api/api.h"
+#include "core/log.h"
+#include "session/files.h"
+
+#define CHUNK (256u << 10)
+#define MAX_ARCHIVE_ENTRIES 100000
+
+enum xfer_op { X_GET, X_STAT, X_PUT, X_DELETE, X_LIST, X_ARCHIVE_GET, X_ARCHIVE_PUT };
+
+struct xfer {
+    struct server *srv;
+    http_req_t *req;
+    struct sandbox *sb; /* ref held */
+    struct files_root root;
+    enum xfer_op op;
+    char *path;
+    /* options */
+    int with_sha256, recursive, mkdirs;
+    mode_t mode;
+    size_t max_entries;
+    uint64_t limit;
+    /* worker results */
+    uv_work_t work;
+    int r;
+    json_t *result;
+    char err[256];
+    int fd;
+    struct stat st;
+    struct files_tmp tmp;
+    size_t entries;
+    /* transfer state */
+    uv_fs_t fs;
+    char *chunk;
+    uint64_t offset, remaining, written;
+    int busy;     /* a uv_fs request or the worker is running */
+    int answered; /* the HTTP request was consumed */
+    int body_ended;
+    int body_err;
+    buf_t pending; /* upload bytes not yet handed to a write */
+    /* archives */
+    int pipe_r, pipe_w;
+    uv_poll_t poll;
+    int poll_open;
+    int started; /* the streamed response was started */
+};
+
+static void xfer_free(struct xfer *x)
+{
+    if (x->fd >= 0)
+        close(x->fd);
+    if (x->pipe_r >= 0)
+        close(x->pipe_r);
+    if (x->pipe_w >= 0)
+        close(x->pipe_w);
+    files_root_close(&x->root);
+    json_decref(x->result);
+    buf_free(&x->pending);
+    free(x->chunk);
+    free(x->path);
+    sandbox_unref(x->sb);
+    free(x);
+}
+
+static void on_poll_closed(uv_handle_t *h)
+{
+    struct xfer *x = h->data;
+    x->poll_open = 0;
+    if (!x->busy && x->answered)
+        xfer_free(x);
+}
+
+/* Frees the transfer once nothing refers to it any more. */
+static void xfer_maybe_free(struct xfer *x)
+{
+    if (x->busy || !x->answered)
+        return;
+    if (x->poll_open) {
+        if (!uv_is_closing((uv_handle_t *)&x->poll))
+            uv_close((uv_handle_t *)&x->poll, on_poll_closed);
+        return;
+    }
+    xfer_free(x);
+}
+
+static int errno_status(int r)
+{
+    switch (-r) {
+    case ENOENT:
+    case ENOTDIR:
+        return 404;
+    case EACCES:
+    case EPERM:
+    case ELOOP:
+        return 403;
+    case EEXIST:
+    case EBUSY:
+    case ENOTEMPTY:
+        return 409;
+    case EFBIG:
+    case E2BIG:
+    case ENOSPC:
+    case EDQUOT:
+        return 413;
+    case EROFS:
+        return 403;
+    default:
+        return r == -EINVAL || r == -EISDIR || r == -ENAMETOOLONG ? 400 : 500;
+    }
+}
+
+static void answer_error(struct xfer *x, int r, const char *detail)
+{
+    int status = errno_status(r);
+    const char *why = -r == EISDIR   ? "is a directory"
+                      : -r == EINVAL ? "not a regular file, or an invalid path"
+                      : -r == ELOOP  ? "refused (a /proc magic link or too many symlinks)"
+                                     : strerror(-r);
+    x->answered = 1;
+    http_respond_error(x->req, status, api_status_code(status), "%s: %s", x->path,
+                       detail && *detail ? detail : why);
+}
+
+static void answer_json(struct xfer *x, int status, json_t *o)
+{
+    x->answered = 1;
+    http_respond_json(x->req, status, o);
+}
+
+/* ---- downloads: GET files ---------------------------------------------------------------- */
+
+static void download_next(struct xfer *x);
+
+static void on_download_drain(http_req_t *req, void *arg)
+{
+    download_next(arg);
+}
+
+static void on_read(uv_fs_t *fs)
+{
+    struct xfer *x = fs->data;
+    ssize_t n = fs->result;
+    uv_fs_req_cleanup(fs);
+    x->busy = 0;
+    if (n <= 0 || http_respond_write(x->req, x->chunk, (size_t)n) < 0) {
+        if (n < 0)
+            log_warn("files: reading %s: %s", x->path, strerror((int)-n));
+        x->answered = 1;
+        http_respond_end(x->req); /* short body: the client sees the truncation */
+        xfer_maybe_free(x);
+        return;
+    }
+    x->offset += (uint64_t)n;
+    x->remaining -= (uint64_t)n;
+    download_next(x);
+}
+
+static void download_next(struct xfer *x)
+{
+    if (x->busy || x->answered)
+        return;
+    if (x->remaining == 0 || http_req_gone(x->req)) {
+        x->answered = 1;
+        http_respond_end(x->req);
+        xfer_maybe_free(x);
+        return;
+    }
+    if (http_respond_buffered(x->req) >= HTTP_RESPOND_HIGH_WATER)
+        return; /* the drain callback resumes */
+    size_t want = x->remaining < CHUNK ? (size_t)x->remaining : CHUNK;
+    uv_buf_t b = uv_buf_init(x->chunk, (unsigned)want);
+    x->busy = 1;
+    x->fs.data = x;
+    if (uv_fs_read(x->srv->reg.loop, &x->fs, x->fd, &b, 1, (int64_t)x->offset, on_read) < 0) {
+        x->busy = 0;
+        x->answered = 1;
+        http_respond_end(x->req);
+        xfer_maybe_free(x);
+    }
+}
+
+/* Parses "bytes=a-b", "bytes=a-", "bytes=-n" against `size`. 0 ok, -1 unsatisfiable, -2 ignore
+ * (malformed or several ranges: the whole file is sent, as RFC 9110 allows). */
+static int parse_range(const char *h, uint64_t size, uint64_t *start, uint64_t *len)
+{
+    unsigned long long a = 0, b = 0;
+    char *end;
+    if (strncmp(h, "bytes=", 6) != 0 || strchr(h, ','))
+        return -2;
+    h += 6;
+    if (*h == '-') {
+        b = strtoull(h + 1, &end, 10);
+        if (end == h + 1 || *end)
+            return -2;
+        if (b == 0)
+            return -1;
+        *start = b >= size ? 0 : size - b;
+        *len = size - *start;
+        return size ? 0 : -1;
+    }
+    a = strtoull(h, &end, 10);
+    if (end == h || *end != '-')
+        return -2;
+    if (end[1]) {
+        char *e2;
+        b = strtoull(end + 1, &e2, 10);
+        if (*e2 || b < a)
+            return -2;
+    } else {
+        b = size ? size - 1 : 0;
+    }
+    if (a >= size)
+        return -1;
+    if (b >= size)
+        b = size - 1;
+    *start = a;
+    *len = b - a + 1;
+    return 0;
+}
+
+static void start_download(struct xfer *x)
+{
+    uint64_t size = (uint64_t)x->st.st_size, start = 0, len = size;
+    const char *range = http_req_header(x->req, "Range");
+    char hdr[256];
+    int status = 200;
+    int pr = range ? parse_range(range, size, &start, &len) : -2;
+    if (pr == -1) {
+        snprintf(hdr, sizeof(hdr), "Content-Range: bytes */%" PRIu64 "\r\n", size);
+        x->answered = 1;
+        json_t *e = json_pack("{s:{s:s, s:s}}", "error", "code", "range_not_satisfiable", "message",
+                              "the requested range is outside the file");
+        char *body = json_dumps(e, JSON_COMPACT);
+        json_decref(e);
+        http_respond(x->req, 416, "application/json", body, body ? strlen(body) : 0, hdr);
+        free(body);
+        xfer_maybe_free(x);
+        return;
+    }
+    if (pr == 0) {
+        status = 206;
+        snprintf(hdr, sizeof(hdr),
+                 "Accept-Ranges: bytes\r\nContent-Range: bytes %" PRIu64 "-%" PRIu64 "/%" PRIu64
+                 "\r\n",
+                 start, start + len - 1, size);
+    } else {
+        snprintf(hdr, sizeof(hdr), "Accept-Ranges: bytes\r\n");
+    }
+    x->offset = start;
+    x->remaining = len;
+    if (!(x->chunk = malloc(CHUNK)) ||
+        http_respond_start(x->req, status, "application/octet-stream", (int64_t)len, hdr) < 0 ||
+        strcmp(http_req_method(x->req), "HEAD") == 0)
+        x->remaining = 0;
+    http_respond_on_drain(x->req, on_download_drain, x);
+    download_next(x);
+}
+
+/* ---- uploads: PUT files ------------------------------------------------------------------- */
+
+static void upload_flush(struct xfer *x);
+
+static void on_commit_done(uv_work_t *w, int status)
+{
+    struct xfer *x = w->data;
+    x->busy = 0;
+    if (!x->answered) {
+        if (x->r < 0)
+            answer_error(x, x->r, x->err);
+        else
+            answer_json(x, 200,
+                        json_pack("{s:s, s:I}", "path", x->path, "size", (json_int_t)x->written));
+    }
+    xfer_maybe_free(x);
+}
+
+/* Commits the temporary file, or removes it after an error (on the thread pool: the files
+ * layer switches to the sandbox's credentials). */
+static void commit_work(uv_work_t *w)
+{
+    struct xfer *x = w->data;
+    if (x->r == 0 && x->body_err)
+        x->r = x->body_err;
+    if (x->r < 0)
+        files_abort(&x->tmp);
+    else
+        x->r = files_commit(&x->tmp);
+}
+
+static void upload_finish(struct xfer *x)
+{
+    x->busy = 1;
+    x->work.data = x;
+    uv_queue_work(x->srv->reg.loop, &x->work, commit_work, on_commit_done);
+}
+
+static void on_write(uv_fs_t *fs)
+{
+    struct xfer *x = fs->data;
+    ssize_t n = fs->result;
+    uv_fs_req_cleanup(fs);
+    x->busy = 0;
+    if (n < 0 && x->r == 0)
+        x->r = (int)n; /* e.g. -ENOSPC: reported when the body ends */
+    else if (n > 0)
+        x->written += (uint64_t)n;
+    if (!x->body_ended && !x->answered)
+        http_req_body_pause(x->req, 0);
+    upload_flush(x);
+}
+
+/* Hands the pending bytes to one write at a time; finishes once the body has ended. */
+static void upload_flush(struct xfer *x)
+{
+    if (x->busy)
+        return;
+    if (x->pending.len && x->r == 0 && (x->pending.len >= CHUNK || x->body_ended)) {
+        /* Move the pending bytes into the write buffer: uv_fs_write needs them to stay put. */
+        size_t n = x->pending.len < CHUNK ? x->pending.len : CHUNK;
+        memcpy(x->chunk, x->pending.data, n);
+        buf_consume(&x->pending, n);
+        uv_buf_t b = uv_buf_init(x->chunk, (unsigned)n);
+        x->busy = 1;
+        x->fs.data = x;
+        if (uv_fs_write(x->srv->reg.loop, &x->fs, x->tmp.fd, &b, 1, -1, on_write) < 0) {
+            x->busy = 0;
+            x->r = -EIO;
+        } else {
+            return;
+        }
+    }
+    if (x->body_ended && (x->pending.len == 0 || x->r < 0))
+        upload_finish(x);
+}
+
+static void on_upload_data(http_req_t *req, const char *data, size_t len, void *arg)
+{
+    struct xfer *x = arg;
+    if (x->r < 0)
+        return; /* a write failed: drop the rest, report at the end */
+    if (x->written + x->pending.len + len > x->limit) {
+        /* Answer now (the server discards the rest of the body); no body callback follows, so
+         * the temporary file is removed from here. */
+        x->r = -EFBIG;
+        snprintf(x->err, sizeof(x->err), "larger than the sandbox's disk limit (%" PRIu64 " bytes)",
+                 x->limit);
+        answer_error(x, x->r, x->err);
+        x->body_ended = 1;
+        upload_flush(x);
+        return;
+    }
+    buf_append(&x->pending, data, len);
+    if (x->pending.len >= 4 * CHUNK)
+        http_req_body_pause(req, 1); /* resumed when a write completes */
+    upload_flush(x);
+}
+
+static void on_upload_end(http_req_t *req, int err, void *arg)
+{
+    struct xfer *x = arg;
+    x->body_ended = 1;
+    if (err < 0)
+        x->body_err = err;
+    upload_flush(x);
+}
+
+/* ---- archives ------------------------------------------------------------------------------ */
+
+static ssize_t pipe_write_cb(const void *data, size_t len, void *arg)
+{
+    struct xfer *x = arg;
+    const char *p = data;
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = write(x->pipe_w, p + done, len - done);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno; /* EPIPE: the client went away */
+        }
+        done += (size_t)n;
+    }
+    return (ssize_t)len;
+}
+
+static ssize_t pipe_read_cb(void *buf, size_t len, void *arg)
+{
+    struct xfer *x = arg;
+    for (;;) {
+        ssize_t n = read(x->pipe_r, buf, len);
+        if (n >= 0 || errno != EINTR)
+            return n < 0 ? -errno : n;
+    }
+}
+
+static void archive_pump(struct xfer *x);
+
+static void on_archive_drain(http_req_t *req, void *arg)
+{
+    struct xfer *x = arg;
+    if (x->poll_open && !uv_is_closing((uv_handle_t *)&x->poll))
+        archive_pump(x);
+}
+
+static void archive_end(struct xfer *x)
+{
+    if (x->answered)
+        return;
+    if (x->poll_open && !uv_is_closing((uv_handle_t *)&x->poll))
+        uv_poll_stop(&x->poll);
+    if (x->busy)
+        return; /* on_archive_created answers */
+    if (!x->started) {
+        if (x->r < 0) {
+            answer_error(x, x->r, x->err);
+        } else { /* nothing was produced (cannot happen with gzip, which has a header) */
+            http_respond_start(x->req, 200, "application/gzip", 0, NULL);
+            x->answered = 1;
+            http_respond_end(x->req);
+        }
+    } else {
+        if (x->r < 0)
+            log_warn("files: archive of %s failed after %" PRIu64 " bytes: %s", x->path, x->written,
+                     strerror(-x->r));
+        x->answered = 1;
+        http_respond_end(x->req);
+    }
+    xfer_maybe_free(x);
+}
+
+static void on_pipe_readable(uv_poll_t *h, int status, int events)
+{
+    archive_pump(h->data);
+}
+
+static void archive_pump(struct xfer *x)
+{
+    while (!x->answered) {
+        if (x->started && http_respond_buffered(x->req) >= HTTP_RESPOND_HIGH_WATER) {
+            uv_poll_stop(&x->poll); /* resumed by the drain callback */
+            return;
+        }
+        ssize_t n = read(x->pipe_r, x->chunk, CHUNK);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+            uv_poll_start(&x->poll, UV_READABLE | UV_DISCONNECT, on_pipe_readable);
+            return;
+        }
+        if (n <= 0) { /* EOF: the worker is done writing */
+            archive_end(x);
+            return;
+        }
+        if (!x->started) {
+            x->started = 1;
+            http_respond_start(x->req, 200, "application/gzip", -1, NULL);
+            http_respond_on_drain(x->req, on_archive_drain, x);
+        }
+        x->written += (uint64_t)n;
+        if (http_respond_write(x->req, x->chunk, (size_t)n) < 0) {
+            /* The client is gone: closing our end makes the worker's writes fail. */
+            uv_poll_stop(&x->poll);
+            close(x->pipe_r);
+            x->pipe_r = -1;
+            archive_end(x);
+            return;
+        }
+    }
+}
+
+static void archive_create_work(uv_work_t *w)
+{
+    struct xfer *x = w->data;
+    x->r = files_archive_create(&x->root, x->path, 0, 0, 0, pipe_write_cb, x, &x->entries);
+    close(x->pipe_w); /* EOF for the loop */
+    x->pipe_w = -1;
+}
+
+static void on_archive_created(uv_work_t *w, int status)
+{
+    struct xfer *x = w->data;
+    x->busy = 0;
+    /* The loop may not have read everything yet: let the pump finish from the pipe. */
+    if (x->pipe_r >= 0 && !x->answered)
+        archive_pump(x);
+    else
+        archive_end(x);
+}
+
+static void archive_extract_work(uv_work_t *w)
+{
+    struct xfer *x = w->data;
+    x->r = files_archive_extract(&x->root, x->path, pipe_read_cb, x, x->limit, MAX_ARCHIVE_ENTRIES,
+                                 &x->entries, x->err, sizeof(x->err));
+    close(x->pipe_r); /* the loop's writes now fail with EPIPE */
+    x->pipe_r = -1;
+}
+
+static void extract_feed(struct xfer *x);
+
+static void on_pipe_writable(uv_poll_t *h, int status, int events)
+{
+    extract_feed(h->data);
+}
+
+static void extract_feed(struct xfer *x)
+{
+    while (x->pending.len && x->pipe_w >= 0) {
+        ssize_t n = write(x->pipe_w, x->pending.data, x->pending.len);
+        if (n < 0 && errno == EAGAIN) {
+            uv_poll_start(&x->poll, UV_WRITABLE, on_pipe_writable);
+            http_req_body_pause(x->req, 1);
+            return;
+        }
+        if (n < 0) { /* EPIPE: the extractor stopped (error or done) */
+            buf_reset(&x->pending);
+            break;
+        }
+        buf_consume(&x->pending, (size_t)n);
+    }
+    if (x->poll_open && !uv_is_closing((uv_handle_t *)&x->poll))
+        uv_poll_stop(&x->poll);
+    if (!x->body_ended)
+        http_req_body_pause(x->req, 0);
+    else if (x->pipe_w >= 0) {
+        close(x->pipe_w); /* EOF for the extractor */
+        x->pipe_w = -1;
+    }
+}
+
+static void on_extract_data(http_req_t *req, const char *data, size_t len, void *arg)
+{
+    struct xfer *x = arg;
+    if (x->pipe_w < 0)
+        return;
+    buf_append(&x->pending, data, len);
+    extract_feed(x);
+}
+
+static void on_extract_end(http_req_t *req, int err, void *arg)
+{
+    struct xfer *x = arg;
+    x->body_ended = 1;
+    if (err < 0)
+        x->body_err = err;
+    if (err < 0 && x->pipe_w >= 0) {
+        /* A broken upload: closing the pipe makes the extractor see a truncated archive. */
+        buf_reset(&x->pending);
+    }
+    extract_feed(x);
+}
+
+static void on_extracted(uv_work_t *w, int status)
+{
+    struct xfer *x = w->data;
+    x->busy = 0;
+    if (x->pipe_w >= 0) {
+        if (x->poll_open && !uv_is_closing((uv_handle_t *)&x->poll))
+            uv_poll_stop(&x->poll);
+        close(x->pipe_w);
+        x->pipe_w = -1;
+    }
+    if (x->body_err && x->r == 0)
+        x->r = x->body_err;
+    if (x->r < 0)
+        answer_error(x, x->r, x->err);
+    else
+        answer_json(x, 200,
+                    json_pack("{s:s, s:I}", "path", x->path, "entries", (json_int_t)x->entries));
+    xfer_maybe_free(x);
+}
+
+static int open_pipe(struct xfer *x, int nonblock_read)
+{
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) < 0)
+        return -errno;
+    x->pipe_r = p[0];
+    x->pipe_w = p[1];
+    int loop_end = nonblock_read ? p[0] : p[1];
+    fcntl(loop_end, F_SETFL, fcntl(loop_end, F_GETFL) | O_NONBLOCK);
+    uv_poll_init(x->srv->reg.loop, &x->poll, loop_end);
+    x->poll.data = x;
+    x->poll_open = 1;
+    return 0;
+}
+
+/* ---- the first step of every operation, on the thread pool ---------------------------------- */
+
+static void first_work(uv_work_t *w)
+{
+    struct xfer *x = w->data;
+    switch (x->op) {
+    case X_GET:
+        x->r = x->fd = files_open_read(&x->root, x->path, &x->st);
+        if (x->fd < 0)
+            x->fd = -1;
+        else
+            x->r = 0;
+        break;
+    case X_STAT:
+        x->r = files_stat(&x->root, x->path, x->with_sha256, &x->result);
+        break;
+    case X_PUT:
+        x->r = files_open_write(&x->root, x->path, x->mode, x->mkdirs, &x->tmp);
+        break;
+    case X_DELETE:
+        x->r = files_remove(&x->root, x->path, x->recursive);
+        break;
+    case X_LIST: {
+        int truncated = 0;
+        json_t *entries = NULL;
+        x->r = files_list(&x->root, x->path, x->recursive, x->max_entries, &entries, &truncated);
+        if (x->r == 0)
+            x->result = json_pack("{s:s, s:o, s:b}", "path", x->path, "entries", entries,
+                                  "truncated", truncated);
+        break;
+    }
+    default:
+        break;
+    }
+}
+
+static void after_first(uv_work_t *w, int status)
+{
+    struct xfer *x = w->data;
+    x->busy = 0;
+    if (x->r < 0) {
+        answer_error(x, x->r, NULL);
+        xfer_maybe_free(x);
+        return;
+    }
+    switch (x->op) {
+    case X_GET:
+        start_download(x);
+        return;
+    case X_STAT:
+    case X_LIST:
+        answer_json(x, 200, json_incref(x->result));
+        break;
+    case X_DELETE:
+        x->answered = 1;
+        http_respond(x->req, 204, NULL, NULL, 0, NULL);
+        break;
+    case X_PUT:
+        if (!(x->chunk = malloc(CHUNK))) {
+            x->r = -ENOMEM;
+            x->body_ended = 1;
+            upload_finish(x);
+            return;
+        }
+        http_req_body_start(x->req, on_upload_data, on_upload_end, x);
+        return;
+    default:
+        break;
+    }
+    xfer_maybe_free(x);
+}
+
+/* ---- request parsing ------------------------------------------------------------------------ */
+
+static struct xfer *xfer_new(struct server *srv, http_req_t *req, const struct route_params *p,
+                             const char *const *params, enum xfer_op op)
+{
+    if (api_check_query(req, params) < 0)
+        return NULL;
+    struct sandbox *sb = api_find_sandbox(srv, req, p);
+    if (!sb)
+        return NULL;
+    const char *path = http_req_query(req, "path");
+    if (op == X_ARCHIVE_GET || op == X_ARCHIVE_PUT || op == X_LIST)
+        path = path ? path : "/workspace";
+    if (!path || !*path) {
+        http_respond_error(req, 400, "bad_request", "the 'path' query parameter is required");
+        return NULL;
+    }
+    if (sb->state != SB_RUNNING && sb->state != SB_PAUSED) {
+        http_respond_error(req, 409, "conflict", "the sandbox is %s",
+                           sandbox_state_name(sb->state));
+        return NULL;
+    }
+    struct xfer *x = calloc(1, sizeof(*x));
+    if (!x || !(x->path = strdup(path))) {
+        free(x);
+        http_respond_error(req, 500, "internal", "out of memory");
+        return NULL;
+    }
+    x->srv = srv;
+    x->req = req;
+    x->sb = sb;
+    sandbox_ref(sb);
+    x->op = op;
+    x->fd = x->pipe_r = x->pipe_w = -1;
+    x->root.root_fd = -1;
+    x->limit = sb->res.disk_mib << 20;
+    x->mode = 0644;
+    buf_init(&x->pending);
+    uid_t uid = sandbox_host_uid(sb);
+    int r = files_root_open(sb->pid, uid, uid, &x->root);
+    if (r < 0) {
+        answer_error(x, r, "cannot reach the sandbox's file system");
+        xfer_maybe_free(x);
+        return NULL;
+    }
+    return x;
+}
+
+static int flag(http_req_t *req, const char *name)
+{
+    const char *v = http_req_query(req, name);
+    return v && strcmp(v, "0") != 0 && strcmp(v, "false") != 0;
+}
+
+static void queue_first(struct xfer *x)
+{
+    x->busy = 1;
+    x->work.data = x;
+    uv_queue_work(x->srv->reg.loop, &x->work, first_work, after_first);
+}
+
+void api_files_get(struct server *srv, http_req_t *req, const struct route_params *p)
+{
+    static const char *const params[] = {"path", "stat", "sha256", NULL};
+    struct xfer *x = xfer_new(srv, req, p, params, X_GET);
+    if (!x)
+        return;
+    if (flag(req, "stat")) {
+        x->op = X_STAT;
+        x->with_sha256 = flag(req, "sha256");
+    }
+    queue_first(x);
+}
+
+void api_files_put(struct server *srv, http_req_t *req, const struct route_params *p)
+{
+    static const char *const params[] = {"path", "mode", "mkdir", NULL};
+    struct xfer *x = xfer_new(srv, req, p, params, X_PUT);
+    if (!x)
+        return;
+    const char *mode = http_req_query(req, "mode");
+    char *end;
+    x->mkdirs = flag(req, "mkdir");
+    if (mode) {
+        unsigned long m = strtoul(mode, &end, 8);
+        if (!*mode || *end || m > 07777) {
+            answer_error(x, -EINVAL, "'mode' must be an octal file mode such as 0644");
+            xfer_maybe_free(x);
+            return;
+        }
+        x->mode = (mode_t)m;
+    }
+    int64_t cl = http_req_content_length(req);
+    if (cl > 0 && (uint64_t)cl > x->limit) {
+        char msg[128];
+        snprintf(msg, sizeof(msg), "larger than the sandbox's disk limit (%" PRIu64 " bytes)",
+                 x->limit);
+        answer_error(x, -EFBIG, msg);
+        xfer_maybe_free(x);
+        return;
+    }
+    queue_first(x);
+}
+
+void api_files_delete(struct server *srv, http_req_t *req, const struct route_params *p)
+{
+    static const char *const params[] = {"path", "recursive", NULL};
+    struct xfer *x = xfer_new(srv, req, p, params, X_DELETE);
+    if (!x)
+        return;
+    x->recursive = flag(req, "recursive");
+    queue_first(x);
+}
+
+void api_files_list(struct server *srv, http_req_t *req, const struct route_params *p)
+{
+    static const char *const params[] = {"path", "recursive", "max_entries", NULL};
+    struct xfer *x = xfer_new(srv, req, p, params, X_LIST);
+    if (!x)
+        return;
+    x->recursive = flag(req, "recursive");
+    x->max_entries = 10000;
+    const char *m = http_req_query(req, "max_entries");
+    if (m) {
+        char *end;
+        unsigned long long v = strtoull(m, &end, 10);
+        if (!*m || *end || v == 0 || v > 1000000) {
+            answer_error(x, -EINVAL, "'max_entries' must be 1..1000000");
+            xfer_maybe_free(x);
+            return;
+        }
+        x->max_entries = (size_t)v;
+    }
+    queue_first(x);
+}
+
+void api_archive_get(struct server *srv, http_req_t *req, const struct route_params *p)
+{
+    static const char *const params[] = {"path", NULL};
+    struct xfer *x = xfer_new(srv, req, p, params, X_ARCHIVE_GET);
+    if (!x)
+        return;
+    if (!(x->chunk = malloc(CHUNK)) || open_pipe(x, 1) < 0) {
+        answer_error(x, -ENOMEM, NULL);
+        xfer_maybe_free(x);
+        return;
+    }
+    uv_poll_start(&x->poll, UV_READABLE | UV_DISCONNECT, on_pipe_readable);
+    x->busy = 1;
+    x->work.data = x;
+    uv_queue_work(srv->reg.loop, &x->work, archive_create_work, on_archive_created);
+}
+
+void api_archive_put(struct server *srv, http_req_t *req, const struct route_params *p)
+{
+    static const char *const params[] = {"path", NULL};
+    struct xfer *x = xfer_new(srv, req, p, params, X_ARCHIVE_PUT);
+    if (!x)
+        return;
+    if (open_pipe(x, 0) < 0) {
+        answer_error(x, -ENOMEM, NULL);
+        xfer_maybe_free(x);
+        return;
+    }
+    x->busy = 1;
+    x->work.data = x;
+    uv_queue_work(srv->reg.loop, &x->work, archive_extract_work, on_extracted);
+    http_req_body_start(req, on_extract_data, on_extract_end, x);
+}
+
+int api_files_wants_stream(http_req_t *req, void *ctx)
+{
+    const char *path = http_req_path(req);
+    size_t n = strlen(path);
+    (void)ctx;
+    if (strcmp(http_req_method(req), "PUT") != 0 || strncmp(path, "/v1/sandboxes/", 14) != 0)
+        return 0;
+    return (n > 6 && strcmp(path + n - 6, "/files") == 0) ||
+           (n > 8 && strcmp(path + n - 8, "/archive") == 0);
+}
