@@ -15,6 +15,7 @@ static void serve_usage(FILE *f)
 {
     fprintf(f, "usage: warren serve [--listen HOST:PORT|unix:PATH] [--state-dir DIR]\n"
                "                    [--max-sandboxes N] [--slots N]\n"
+               "                    [--secrets-dir DIR]\n"
                "                    [--log-level debug|info|warn|error]\n"
                "defaults: --listen 127.0.0.1:7070 --state-dir ./.warren --slots 0\n"
                "--slots N also serves the atropos slot protocol (slot_0..slot_N-1, N <= 256)\n");
@@ -25,6 +26,7 @@ static int cmd_serve(int argc, char **argv)
     static const struct option opts[] = {
         {"listen", required_argument, NULL, 'l'},
         {"state-dir", required_argument, NULL, 's'},
+        {"secrets-dir", required_argument, NULL, 'K'},
         {"max-sandboxes", required_argument, NULL, 'm'},
         {"slots", required_argument, NULL, 'S'},
         {"log-level", required_argument, NULL, 'L'},
@@ -42,6 +44,9 @@ static int cmd_serve(int argc, char **argv)
             break;
         case 's':
             cfg.state_dir = optarg;
+            break;
+        case 'K':
+            cfg.secrets_dir = optarg;
             break;
         case 'm': {
             char *end;

@@ -205,6 +205,15 @@ static int server_start(struct server *srv)
         return r;
     }
     reg->tmpl = &srv->tmpl;
+    if (srv->cfg.secrets_dir) {
+        char err[512];
+        if ((r = secrets_load(&srv->secrets, srv->cfg.secrets_dir, err, sizeof(err))) < 0) {
+            log_error("%s", err);
+            return r;
+        }
+        log_info("%zu secrets loaded from %s", srv->secrets.count, srv->cfg.secrets_dir);
+    }
+    reg->secrets = &srv->secrets;
     if (srv->cfg.slots > srv->cfg.max_sandboxes) {
         log_error("--slots %u is more than --max-sandboxes %u", srv->cfg.slots,
                   srv->cfg.max_sandboxes);
@@ -259,6 +268,7 @@ int server_run(const struct server_config *cfg)
 
     atropos_free(srv->atropos);
     registry_free(&srv->reg);
+    secrets_free(&srv->secrets);
     cgroup_manager_cleanup(&srv->cgroups);
     store_close(srv->store);
     seccomp_filter_free(&srv->seccomp);

@@ -17,13 +17,15 @@
 #include "sandbox/seccomp.h"
 #include "sandbox/template.h"
 #include "session/sandbox.h"
+#include "session/secrets.h"
 #include "store/store.h"
 
 #define WARREN_VERSION "0.1.0"
 
 struct server_config {
-    const char *listen;    /* "127.0.0.1:7070" */
-    const char *state_dir; /* created if missing */
+    const char *listen;      /* "127.0.0.1:7070" */
+    const char *state_dir;   /* created if missing */
+    const char *secrets_dir; /* NULL: no secrets */
     unsigned max_sandboxes;
     size_t max_body_bytes;
     double exec_timeout_default_s;
@@ -46,6 +48,7 @@ struct server {
     struct seccomp_filter seccomp;
     struct cgroup_manager cgroups;
     struct host_template tmpl;
+    struct secrets secrets;
     struct registry reg;
     int init_fd;
     struct atropos *atropos; /* the slot protocol (api/compat_atropos.h), NULL without slots */

@@ -11,6 +11,7 @@
 #include "core/util.h"
 #include "session/command.h"
 #include "session/exec.h"
+#include "session/secrets.h"
 
 #define ERRLEN 256
 #define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -89,6 +90,14 @@ char **api_build_env(const struct sandbox *sb, json_t *exec_env, const char *ter
     if (!all)
         return NULL;
     json_object_update(all, sb->env);
+    size_t si;
+    json_t *name;
+    json_array_foreach(sb->secrets, si, name)
+    {
+        const char *value = secrets_get(sb->reg->secrets, json_string_value(name));
+        if (value)
+            json_object_set_new(all, json_string_value(name), json_string(value));
+    }
     if (exec_env)
         json_object_update(all, exec_env);
     size_t n = json_object_size(all), i = 0;

@@ -7,6 +7,7 @@
 
 #include "api/api.h"
 #include "core/json.h"
+#include "session/secrets.h"
 
 #define ERRLEN 256
 
@@ -83,6 +84,32 @@ static int parse_resources(struct server *srv, json_t *obj, struct sandbox_resou
     return 0;
 }
 
+/* `secrets`: names of secrets the daemon holds (422 for one it does not know). */
+static int parse_secrets(struct server *srv, json_t *v, json_t **out, char *err)
+{
+    size_t i;
+    json_t *name;
+    if (!v || json_is_null(v))
+        return 0;
+    if (!json_is_array(v)) {
+        snprintf(err, ERRLEN, "'secrets' must be an array of secret names");
+        return 400;
+    }
+    json_array_foreach(v, i, name)
+    {
+        if (!json_is_string(name) || !secrets_valid_name(json_string_value(name))) {
+            snprintf(err, ERRLEN, "'secrets[%zu]' must be a secret name", i);
+            return 400;
+        }
+        if (!secrets_get(&srv->secrets, json_string_value(name))) {
+            snprintf(err, ERRLEN, "unknown secret '%s'", json_string_value(name));
+            return 422;
+        }
+    }
+    *out = v;
+    return 0;
+}
+
 static int parse_network(json_t *obj, char *err)
 {
     static const char *const keys[] = {"mode", "allow", NULL};
@@ -126,8 +153,8 @@ static void on_created(struct sandbox *sb, int status, const char *code, const c
 
 void api_sandbox_create(struct server *srv, http_req_t *req, const struct route_params *p)
 {
-    static const char *const keys[] = {"name",      "template", "env", "labels",
-                                       "resources", "network",  NULL};
+    static const char *const keys[] = {"name",      "template", "env",     "labels",
+                                       "resources", "network",  "secrets", NULL};
     char err[ERRLEN];
     struct sandbox_spec spec = {0};
     json_t *res = NULL, *net = NULL;
@@ -159,6 +186,9 @@ void api_sandbox_create(struct server *srv, http_req_t *req, const struct route_
     }
     if (spec.env && api_valid_env(spec.env, err, ERRLEN) < 0)
         goto bad;
+    if ((status = parse_secrets(srv, json_object_get(body, "secrets"), &spec.secrets, err)))
+        goto bad;
+    status = 400;
     if ((status = parse_resources(srv, res, &spec.res, err)) || (status = parse_network(net, err)))
         goto bad;
 

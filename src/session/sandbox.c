@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -22,6 +23,7 @@
 #include "sandbox/template.h"
 #include "session/command.h"
 #include "session/proc.h"
+#include "session/secrets.h"
 #include "session/shell.h"
 #include "session/terminal.h"
 
@@ -175,6 +177,7 @@ static void sandbox_free(struct sandbox *sb)
 {
     json_decref(sb->labels);
     json_decref(sb->env);
+    json_decref(sb->secrets);
     while (sb->out_head) {
         struct ctl_out *o = sb->out_head;
         sb->out_head = o->next;
@@ -209,13 +212,13 @@ json_t *sandbox_to_json(const struct sandbox *sb)
     util_format_time(sb->created_at, created, sizeof(created));
     util_format_time(sb->last_active_at, active, sizeof(active));
     return json_pack("{s:s, s:s, s:s, s:s, s:{s:f, s:I, s:I, s:I}, s:{s:s, s:[]}, s:O, s:O, "
-                     "s:n, s:s, s:s, s:s}",
+                     "s:O, s:n, s:s, s:s, s:s}",
                      "id", sb->id, "name", sb->name, "state", sandbox_state_name(sb->state),
                      "template", sb->template_name, "resources", "cpus", sb->res.cpus, "memory_mib",
                      (json_int_t)sb->res.memory_mib, "pids", (json_int_t)sb->res.pids, "disk_mib",
                      (json_int_t)sb->res.disk_mib, "network", "mode", "none", "allow", "labels",
-                     sb->labels, "env", sb->env, "session_id", "created_at", created,
-                     "last_active_at", active, "node", sb->reg->node);
+                     sb->labels, "env", sb->env, "secrets", sb->secrets, "session_id", "created_at",
+                     created, "last_active_at", active, "node", sb->reg->node);
 }
 
 json_t *sandbox_to_json_usage(const struct sandbox *sb)
@@ -579,6 +582,23 @@ static int create_start(struct create_op *op, char *msg, size_t msglen)
     }
     if ((r = template_host_config(reg->tmpl, cfg, sb->name, root, ws)) < 0)
         goto error;
+    /* Secrets: a small private tmpfs with one 0400 file per secret. */
+    if (json_array_size(sb->secrets) > 0) {
+        size_t i;
+        json_t *name;
+        char dst[SPAWN_PATH_MAX];
+        r = spawn_config_add(cfg, MOP_TMPFS, "tmpfs", "run/secrets",
+                             MS_NOSUID | MS_NODEV | MS_NOEXEC, 0, "mode=0700,size=1m");
+        json_array_foreach(sb->secrets, i, name)
+        {
+            const char *value = secrets_get(reg->secrets, json_string_value(name));
+            snprintf(dst, sizeof(dst), "run/secrets/%s", json_string_value(name));
+            if (r == 0 && value)
+                r = spawn_config_add(cfg, MOP_FILE, NULL, dst, 0, 0400, value);
+        }
+        if (r < 0)
+            goto error;
+    }
     for (size_t i = 0; i < n_procs && i < SPAWN_MAX_CGROUPS; i++)
         snprintf(cfg->cgroup_procs[i], sizeof(cfg->cgroup_procs[i]), "%s", procs[i]);
     cfg->n_cgroups = n_procs;
@@ -717,6 +737,7 @@ int sandbox_create(struct registry *reg, const struct sandbox_spec *spec, sandbo
     snprintf(sb->template_name, sizeof(sb->template_name), "%s", spec->template_name);
     sb->labels = spec->labels ? json_deep_copy(spec->labels) : json_object();
     sb->env = spec->env ? json_deep_copy(spec->env) : json_object();
+    sb->secrets = spec->secrets ? json_deep_copy(spec->secrets) : json_array();
     sb->res = spec->res;
     sb->created_at = sb->last_active_at = util_now();
     sb->uid_slot = slot;

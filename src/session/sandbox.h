@@ -44,12 +44,14 @@ struct shell;
 struct terminal;
 struct sandbox;
 struct host_template;
+struct secrets;
 
 struct registry {
     uv_loop_t *loop;
     char state_dir[1024];
     const struct sock_fprog *seccomp;
     const struct host_template *tmpl;
+    const struct secrets *secrets; /* names and values; values never leave the daemon */
     const struct cgroup_manager *cgroups;
     int init_fd;
     store_t *store;
@@ -71,8 +73,9 @@ struct sandbox {
     char name[SANDBOX_NAME_MAX];
     char template_name[16];
     enum sandbox_state state;
-    json_t *labels; /* object of strings (owned) */
-    json_t *env;    /* object of strings (owned) */
+    json_t *labels;  /* object of strings (owned) */
+    json_t *env;     /* object of strings (owned) */
+    json_t *secrets; /* array of secret names (owned); the values stay in reg->secrets */
     struct sandbox_resources res;
     double created_at;
     double last_active_at;
@@ -99,6 +102,7 @@ struct sandbox_spec {
     const char *template_name;
     json_t *labels;               /* borrowed; copied */
     json_t *env;                  /* borrowed; copied */
+    json_t *secrets;              /* array of existing secret names; borrowed; copied */
     struct sandbox_resources res; /* already validated and defaulted */
 };
 
