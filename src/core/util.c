@@ -110,6 +110,28 @@ int util_utf8_valid(const char *s, size_t len)
     return 1;
 }
 
+char *util_utf8_lossy(const char *s, size_t len)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    char *out = malloc(len * 3 + 1), *o = out;
+    if (!out)
+        return NULL;
+    for (size_t i = 0; i < len;) {
+        int n = p[i] < 0x80 ? 1 : utf8_seq(p + i, len - i);
+        if (n > 0) {
+            memcpy(o, p + i, (size_t)n);
+            o += n;
+            i += (size_t)n;
+        } else {
+            memcpy(o, "\xef\xbf\xbd", 3);
+            o += 3;
+            i++;
+        }
+    }
+    *o = '\0';
+    return out;
+}
+
 size_t util_utf8_complete_prefix(const char *s, size_t len)
 {
     /* A sequence is at most 4 bytes: only the last 3 bytes can start a cut one. */

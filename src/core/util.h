@@ -17,6 +17,9 @@ double util_monotonic(void);
 void util_format_time(double t, char *out, size_t cap);
 /* True if [s, s+len) is valid UTF-8 (no overlongs, surrogates or code points above U+10FFFF). */
 int util_utf8_valid(const char *s, size_t len);
+/* A malloc'd copy of [s, s+len) as valid UTF-8, each invalid byte replaced by U+FFFD. NULL on
+ * ENOMEM. */
+char *util_utf8_lossy(const char *s, size_t len);
 /* Length of the longest prefix of [s, s+len) that does not end inside a multi-byte sequence. */
 size_t util_utf8_complete_prefix(const char *s, size_t len);
 /* Base64 (standard alphabet, padded). encode returns a malloc'd NUL-terminated string or NULL;

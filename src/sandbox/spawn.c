@@ -521,6 +521,7 @@ static __attribute__((noreturn)) void child_main(struct child_ctx *c)
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
+    umask(022); /* the plan ran with 0 for exact modes; commands get the conventional mask */
 
     char *const argv[] = {"warren-init", NULL};
     char *const envp[] = {NULL};

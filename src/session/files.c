@@ -612,6 +612,22 @@ static const char *type_name(mode_t m)
     return S_ISREG(m) ? "file" : S_ISDIR(m) ? "dir" : S_ISLNK(m) ? "symlink" : "other";
 }
 
+/* o[key] = text; a name that is not UTF-8 (file names are bytes) is shown with U+FFFD for the
+ * bad bytes, and o[key_b64] carries the exact bytes. */
+static int set_text(json_t *o, const char *key, const char *text)
+{
+    size_t len = strlen(text);
+    if (util_utf8_valid(text, len))
+        return json_object_set_new(o, key, json_stringn(text, len));
+    char *lossy = util_utf8_lossy(text, len), *b64 = util_base64_encode(text, len), k[64];
+    snprintf(k, sizeof(k), "%s_b64", key);
+    int bad = !lossy || !b64 || json_object_set_new(o, key, json_string(lossy)) ||
+              json_object_set_new(o, k, json_string(b64));
+    free(lossy);
+    free(b64);
+    return bad ? -1 : 0;
+}
+
 static json_t *entry_json(const char *path, const struct stat *sb, const char *link,
                           const char *sha256)
 {
@@ -621,13 +637,13 @@ static json_t *entry_json(const char *path, const struct stat *sb, const char *l
     json_t *o = json_object();
     if (!o)
         return NULL;
-    int bad = json_object_set_new(o, "path", json_string(path));
+    int bad = set_text(o, "path", path);
     bad |= json_object_set_new(o, "type", json_string(type_name(sb->st_mode)));
     bad |= json_object_set_new(o, "size", json_integer((json_int_t)sb->st_size));
     bad |= json_object_set_new(o, "mode", json_string(mode));
     bad |= json_object_set_new(o, "mtime", json_string(mtime));
     if (link)
-        bad |= json_object_set_new(o, "link_target", json_stringn(link, strlen(link)));
+        bad |= set_text(o, "link_target", link);
     if (sha256)
         bad |= json_object_set_new(o, "sha256", json_string(sha256));
     if (bad) {

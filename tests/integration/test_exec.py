@@ -388,3 +388,15 @@ def test_many_simultaneous_connections(api, daemon):
             s.close()
     assert api.healthy()
 
+
+
+def test_commands_get_conventional_process_state(api, sandbox):
+    """umask 022 and default signal dispositions, whatever the daemon itself runs with."""
+    r = sh(api, sandbox["id"], "umask; grep -E 'SigIgn|SigBlk' /proc/self/status; "
+                              "yes | head -n 1")
+    assert r["exit_code"] == 0, r
+    lines = r["stdout"].splitlines()
+    assert lines[0] == "0022"
+    assert lines[1].split()[1] == "0000000000000000"  # nothing ignored (SIGPIPE above all)
+    assert lines[2].split()[1] == "0000000000000000"  # nothing blocked
+    assert lines[3] == "y" and r["stderr"] == ""

@@ -44,6 +44,18 @@ static void test_utf8_complete_prefix(void **state)
     assert_int_equal(util_utf8_complete_prefix("ab\xff", 3), 3);
 }
 
+static void test_utf8_lossy(void **state)
+{
+    (void)state;
+    char *s = util_utf8_lossy("ok \xc3\xa9 bad\xff\xfe end\xe2\x82", 19);
+    assert_string_equal(s, "ok \xc3\xa9 bad\xef\xbf\xbd\xef\xbf\xbd end\xef\xbf\xbd\xef\xbf\xbd");
+    assert_true(util_utf8_valid(s, strlen(s)));
+    free(s);
+    s = util_utf8_lossy("", 0);
+    assert_string_equal(s, "");
+    free(s);
+}
+
 static void test_base64(void **state)
 {
     (void)state;
@@ -155,6 +167,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_utf8),
         cmocka_unit_test(test_utf8_complete_prefix),
+        cmocka_unit_test(test_utf8_lossy),
         cmocka_unit_test(test_base64),
         cmocka_unit_test(test_random_id),
         cmocka_unit_test(test_remove_tree_no_follow),
