@@ -263,37 +263,54 @@ void api_sandbox_get(struct server *srv, http_req_t *req, const struct route_par
         http_respond_json(req, 200, sandbox_to_json_usage(sb));
 }
 
-static void pause_resume(struct server *srv, http_req_t *req, const struct route_params *p,
-                         int pause)
+static void pause_error(http_req_t *req, struct sandbox *sb, int r)
+{
+    if (r == -EINVAL)
+        http_respond_error(req, 409, "conflict", "the sandbox is %s%s",
+                           sandbox_state_name(sb->state), sb->pausing ? " (pausing)" : "");
+    else if (r == -ENOTSUP)
+        http_respond_error(req, 409, "conflict",
+                           "pausing needs the cgroup freezer, which this "
+                           "daemon does not have");
+    else if (r == -ESRCH)
+        http_respond_error(req, 409, "conflict", "the sandbox was deleted while pausing");
+    else
+        http_respond_error(req, 500, "internal", "cannot %s the sandbox: %s",
+                           r == -ETIMEDOUT ? "freeze (in time)" : "freeze or thaw", strerror(-r));
+}
+
+static void on_paused(struct sandbox *sb, int err, void *arg)
+{
+    if (err < 0)
+        pause_error(arg, sb, err);
+    else
+        http_respond_json(arg, 200, sandbox_to_json(sb));
+}
+
+void api_sandbox_pause(struct server *srv, http_req_t *req, const struct route_params *p)
 {
     if (api_check_query(req, NULL) < 0)
         return;
     struct sandbox *sb = api_find_sandbox(srv, req, p);
     if (!sb)
         return;
-    int r = pause ? sandbox_pause(sb) : sandbox_resume(sb);
-    if (r == -EINVAL)
-        http_respond_error(req, 409, "conflict", "the sandbox is %s",
-                           sandbox_state_name(sb->state));
-    else if (r == -ENOTSUP)
-        http_respond_error(req, 409, "conflict",
-                           "pausing needs the cgroup freezer, which this "
-                           "daemon does not have");
-    else if (r < 0)
-        http_respond_error(req, 500, "internal", "cannot %s the sandbox: %s",
-                           pause ? "freeze" : "thaw", strerror(-r));
-    else
-        http_respond_json(req, 200, sandbox_to_json(sb));
-}
-
-void api_sandbox_pause(struct server *srv, http_req_t *req, const struct route_params *p)
-{
-    pause_resume(srv, req, p, 1);
+    int r = sandbox_pause(sb, on_paused, req);
+    if (r < 0)
+        pause_error(req, sb, r);
 }
 
 void api_sandbox_resume(struct server *srv, http_req_t *req, const struct route_params *p)
 {
-    pause_resume(srv, req, p, 0);
+    if (api_check_query(req, NULL) < 0)
+        return;
+    struct sandbox *sb = api_find_sandbox(srv, req, p);
+    if (!sb)
+        return;
+    int r = sandbox_resume(sb);
+    if (r < 0)
+        pause_error(req, sb, r);
+    else
+        http_respond_json(req, 200, sandbox_to_json(sb));
 }
 
 static void on_deleted(void *arg)

@@ -41,6 +41,8 @@ struct stream {
     int binary, lossless, kill_on_disconnect;
     int started_sent, exit_sent, closing;
     int in_pump;
+    char *chunk; /* CHUNK bytes, and the message being built: kept for the connection's life */
+    buf_t msg;
 };
 
 static void send_json(struct stream *st, json_t *o)
@@ -136,10 +138,11 @@ static int pump_stream(struct stream *st, enum proc_stream s, char *chunk)
         return gap != 0;
     /* Built by hand: this is the hot path of streaming, and a JSON library here costs more
      * than everything else together. */
-    buf_t msg = BUF_INIT;
+    buf_t msg = st->msg; /* reused: its storage stays faulted in */
+    msg.len = 0;
     size_t used = n;
-    buf_appendf(&msg, "{\"type\":\"%s\",\"offset\":%llu,\"%s\":\"", stream_name(s),
-                (unsigned long long)st->off[s], st->binary ? "data_b64" : "data");
+    buf_appendf(&msg, "{\"type\":\"%s\",\"%s\":\"", stream_name(s),
+                st->binary ? "data_b64" : "data");
     if (st->binary) {
         if (buf_reserve(&msg, 4 * ((n + 2) / 3) + 3) == 0)
             msg.len += (size_t)EVP_EncodeBlock((unsigned char *)msg.data + msg.len,
@@ -152,14 +155,14 @@ static int pump_stream(struct stream *st, enum proc_stream s, char *chunk)
         json_escape(&msg, text.data ? text.data : "", text.len);
         buf_free(&text);
         if (used == 0) {
-            buf_free(&msg);
+            st->msg = msg;
             return 0; /* only the start of a character: wait for the rest */
         }
     }
-    buf_append_str(&msg, "\"}");
+    buf_appendf(&msg, "\",\"offset\":%llu}", (unsigned long long)st->off[s]);
     if (msg.data)
         ws_send_text(st->ws, msg.data, msg.len);
-    buf_free(&msg);
+    st->msg = msg;
     st->off[s] += used;
     return 1;
 }
@@ -169,7 +172,9 @@ static void pump(struct stream *st)
     if (!st->cmd || st->closing || st->in_pump)
         return;
     st->in_pump = 1; /* sending can re-enter through callbacks */
-    char *chunk = malloc(CHUNK);
+    if (!st->chunk)
+        st->chunk = malloc(CHUNK);
+    char *chunk = st->chunk;
     if (!st->started_sent && command_pid(st->cmd) > 0) {
         send_json(st, json_pack("{s:s, s:s, s:i}", "type", "started", "command_id",
                                 command_id(st->cmd), "pid", (int)command_pid(st->cmd)));
@@ -181,7 +186,6 @@ static void pump(struct stream *st)
         if (!a && !b)
             break;
     }
-    free(chunk);
     command_watch_progress(st->watch, st->off[PROC_STDOUT], st->off[PROC_STDERR]);
     enum command_state state = command_state(st->cmd);
     if (state != CMD_RUNNING && !st->exit_sent && !st->closing &&
@@ -234,6 +238,8 @@ static void on_close(ws_conn_t *ws, int code, void *arg)
         command_unwatch(st->watch);
     if (st->sb)
         sandbox_unref(st->sb);
+    free(st->chunk);
+    buf_free(&st->msg);
     free(st);
 }
 

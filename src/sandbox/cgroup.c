@@ -296,32 +296,40 @@ int cgroup_usage(const struct cgroup_manager *m, const char *name, struct cgroup
     return 0;
 }
 
+/* The directory of the sandbox's freezer, or -ENOTSUP. */
+static int freezer_dir(const struct cgroup_manager *m, const char *name, char *dir, size_t cap)
+{
+    if (m->mode == CGROUP_V2)
+        snprintf(dir, cap, "%s/%s", m->base[0], name);
+    else if (m->mode == CGROUP_V1 && m->base[V1_FREEZER][0])
+        snprintf(dir, cap, "%s/%s", m->base[V1_FREEZER], name);
+    else
+        return -ENOTSUP;
+    return 0;
+}
+
 int cgroup_freeze(const struct cgroup_manager *m, const char *name, int frozen)
 {
+    char dir[CGROUP_PATH_MAX + 80];
+    int r = freezer_dir(m, name, dir, sizeof(dir));
+    if (r < 0)
+        return r;
+    if (m->mode == CGROUP_V2)
+        return write_str(dir, "cgroup.freeze", frozen ? "1" : "0");
+    return write_str(dir, "freezer.state", frozen ? "FROZEN" : "THAWED");
+}
+
+int cgroup_is_frozen(const struct cgroup_manager *m, const char *name)
+{
     char dir[CGROUP_PATH_MAX + 80], state[64];
-    int r;
-    if (m->mode == CGROUP_V2) {
-        snprintf(dir, sizeof(dir), "%s/%s", m->base[0], name);
-        if ((r = write_str(dir, "cgroup.freeze", frozen ? "1" : "0")) < 0)
-            return r;
-    } else if (m->mode == CGROUP_V1 && m->base[V1_FREEZER][0]) {
-        snprintf(dir, sizeof(dir), "%s/%s", m->base[V1_FREEZER], name);
-        if ((r = write_str(dir, "freezer.state", frozen ? "FROZEN" : "THAWED")) < 0)
-            return r;
-    } else {
-        return -ENOTSUP;
-    }
-    /* Freezing is asynchronous (v1 passes through FREEZING, v2 sets "frozen 1" in
-     * cgroup.events): wait up to a second for it to settle. */
-    for (int i = 0; i < 200 && frozen; i++) {
-        if (m->mode == CGROUP_V2 ? read_key(dir, "cgroup.events", "frozen") == 1
-                                 : read_file(dir, "freezer.state", state, sizeof(state)) == 0 &&
-                                       strncmp(state, "FROZEN", 6) == 0)
-            return 0;
-        struct timespec ts = {0, 5 * 1000 * 1000};
-        nanosleep(&ts, NULL);
-    }
-    return frozen ? -ETIMEDOUT : 0;
+    int r = freezer_dir(m, name, dir, sizeof(dir));
+    if (r < 0)
+        return r;
+    if (m->mode == CGROUP_V2)
+        return read_key(dir, "cgroup.events", "frozen") == 1;
+    if ((r = read_file(dir, "freezer.state", state, sizeof(state))) < 0)
+        return r;
+    return strncmp(state, "FROZEN", 6) == 0;
 }
 
 /* SIGKILLs every process listed in dir/cgroup.procs (v1 has no cgroup.kill). */

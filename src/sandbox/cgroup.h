@@ -57,9 +57,12 @@ struct cgroup_usage {
 };
 /* Reads the sandbox's counters; what a hierarchy does not provide reads as 0. */
 int cgroup_usage(const struct cgroup_manager *m, const char *name, struct cgroup_usage *u);
-/* Freezes (1) or thaws (0) every process of the sandbox, and waits (briefly) until the kernel
- * reports it done. -ENOTSUP without a freezer. */
+/* Asks the kernel to freeze (1) or thaw (0) every process of the sandbox. Thawing is immediate;
+ * freezing completes asynchronously: poll cgroup_is_frozen() (and, on v1, asking again while the
+ * state is FREEZING is how stragglers are retried). -ENOTSUP without a freezer. */
 int cgroup_freeze(const struct cgroup_manager *m, const char *name, int frozen);
+/* 1 once every process of the sandbox is frozen, 0 while freezing, -errno. */
+int cgroup_is_frozen(const struct cgroup_manager *m, const char *name);
 
 /* Removes the (empty) warren parent cgroup(s) at daemon exit. */
 void cgroup_manager_cleanup(const struct cgroup_manager *m);

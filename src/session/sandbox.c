@@ -234,16 +234,80 @@ json_t *sandbox_to_json_usage(const struct sandbox *sb)
     return o;
 }
 
-int sandbox_pause(struct sandbox *sb)
+#define PAUSE_POLL_MS 10
+#define PAUSE_RETRY_MS 100
+#define PAUSE_TIMEOUT_S 10.0
+
+struct pause_op {
+    uv_timer_t timer;
+    struct sandbox *sb;
+    sandbox_pause_cb cb;
+    void *arg;
+    double t0, last_request;
+};
+
+static void pause_op_closed(uv_handle_t *h)
 {
-    if (sb->state != SB_RUNNING)
+    struct pause_op *op = h->data;
+    sandbox_unref(op->sb);
+    free(op);
+}
+
+static void pause_finish(struct pause_op *op, int err)
+{
+    struct sandbox *sb = op->sb;
+    sb->pausing = 0;
+    if (err == 0)
+        sb->state = SB_PAUSED;
+    else if (err == -ETIMEDOUT)
+        cgroup_freeze(sb->reg->cgroups, sb->id, 0);
+    uv_timer_stop(&op->timer);
+    op->cb(sb, err, op->arg);
+    uv_close((uv_handle_t *)&op->timer, pause_op_closed);
+}
+
+static void pause_tick(uv_timer_t *t)
+{
+    struct pause_op *op = t->data;
+    struct sandbox *sb = op->sb;
+    double now = util_monotonic();
+    if (sb->state != SB_RUNNING) {
+        pause_finish(op, -ESRCH);
+        return;
+    }
+    int frozen = cgroup_is_frozen(sb->reg->cgroups, sb->id);
+    if (frozen == 1) {
+        pause_finish(op, 0);
+    } else if (frozen < 0 || now - op->t0 > PAUSE_TIMEOUT_S) {
+        pause_finish(op, frozen < 0 ? frozen : -ETIMEDOUT);
+    } else if ((now - op->last_request) * 1000 >= PAUSE_RETRY_MS) {
+        /* v1 retries tasks that could not be frozen yet when asked again. */
+        cgroup_freeze(sb->reg->cgroups, sb->id, 1);
+        op->last_request = now;
+    }
+}
+
+int sandbox_pause(struct sandbox *sb, sandbox_pause_cb cb, void *arg)
+{
+    if (sb->state != SB_RUNNING || sb->pausing)
         return -EINVAL;
+    struct pause_op *op = calloc(1, sizeof(*op));
+    if (!op)
+        return -ENOMEM;
     int r = cgroup_freeze(sb->reg->cgroups, sb->id, 1);
     if (r < 0) {
-        cgroup_freeze(sb->reg->cgroups, sb->id, 0);
+        free(op);
         return r;
     }
-    sb->state = SB_PAUSED;
+    op->sb = sb;
+    op->cb = cb;
+    op->arg = arg;
+    op->t0 = op->last_request = util_monotonic();
+    sandbox_ref(sb);
+    sb->pausing = 1;
+    uv_timer_init(sb->reg->loop, &op->timer);
+    op->timer.data = op;
+    uv_timer_start(&op->timer, pause_tick, 0, PAUSE_POLL_MS);
     return 0;
 }
 
@@ -531,7 +595,7 @@ void sandbox_destroy(struct sandbox *sb, sandbox_destroy_cb cb, void *arg)
     if (sb->state == SB_STOPPING || sb->state == SB_CREATING)
         return; /* already on its way; a creating sandbox is destroyed when its create ends */
     enum sandbox_state was = sb->state;
-    if (was == SB_PAUSED) /* frozen processes cannot die until thawed */
+    if (was == SB_PAUSED || sb->pausing) /* frozen processes cannot die until thawed */
         cgroup_freeze(sb->reg->cgroups, sb->id, 0);
     sb->state = SB_STOPPING;
     fail_procs(sb);

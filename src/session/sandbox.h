@@ -88,6 +88,7 @@ struct sandbox {
     uv_poll_t pid_poll;
     int handles; /* open uv handles; freed when 0 after destroy */
     int refs;
+    int pausing;                /* a pause is waiting for the freezer */
     struct proc *procs;         /* processes started and not yet exited */
     struct command *commands;   /* detached commands (session/command.h), newest first */
     struct shell *shells;       /* persistent shells (session/shell.h) */
@@ -130,9 +131,13 @@ struct sandbox *sandbox_find(struct registry *reg, const char *id_or_name);
 void sandbox_destroy(struct sandbox *sb, sandbox_destroy_cb cb, void *arg);
 void sandbox_ref(struct sandbox *sb);
 void sandbox_unref(struct sandbox *sb);
-/* Freezes / thaws every process of a running / paused sandbox (cgroup freezer). Returns 0,
- * -EINVAL in the wrong state, -ENOTSUP without a freezer, or -errno. */
-int sandbox_pause(struct sandbox *sb);
+/* Freezes every process of a running sandbox (cgroup freezer). Returns -EINVAL in the wrong
+ * state or while a pause is under way, -ENOTSUP without a freezer, or 0: then `cb` reports the
+ * outcome later (0 once frozen; -ETIMEDOUT after 10 s, the sandbox thawed again; -ESRCH if it
+ * was deleted meanwhile). */
+typedef void (*sandbox_pause_cb)(struct sandbox *sb, int err, void *arg);
+int sandbox_pause(struct sandbox *sb, sandbox_pause_cb cb, void *arg);
+/* Thaws a paused sandbox (immediate). 0, -EINVAL if not paused, or -errno. */
 int sandbox_resume(struct sandbox *sb);
 /* The API description (a new reference), with current resource usage when `usage`. */
 json_t *sandbox_to_json(const struct sandbox *sb);

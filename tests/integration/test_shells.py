@@ -305,7 +305,10 @@ def test_queued_count(api, shell):
 def test_delete_shell_kills_jobs(api, shell):
     sid, shid = shell
     out(api, sid, shid, "sleep 1000 & sleep 1001 & disown; echo started")
-    assert len(pgrep(api, sid, "sleep 100[01]")) == 2
+    deadline = time.monotonic() + 5  # the jobs may not have exec'd sleep yet
+    while len(pgrep(api, sid, "sleep 100[01]")) != 2:
+        assert time.monotonic() < deadline, pgrep(api, sid, "sleep 100[01]")
+        time.sleep(0.1)
     r = api.delete(f"/v1/sandboxes/{sid}/shells/{shid}")
     assert r.status == 204, r
     r = run_raw(api, sid, shid, "echo hi")
