@@ -2,6 +2,7 @@
  * commands — POST /v1/sandboxes/{id}/exec: run a command to completion.
  */
 #include <errno.h>
+#include <openssl/evp.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,13 @@ struct exec_call {
 
 /* Adds "stdout"/"stdout_b64" (or stderr) to the result: text when it is valid UTF-8 (after
  * dropping a multi-byte character cut by truncation), base64 of the exact bytes otherwise. */
+/* Text is valid UTF-8 without NUL bytes; anything else travels as base64 (NULs would cost six
+ * bytes each as JSON escapes, and binary output is better read exactly). */
+static int output_is_text(const char *data, size_t len)
+{
+    return util_utf8_valid(data, len) && !memchr(data, '\0', len);
+}
+
 void api_put_output(json_t *o, const char *name, const buf_t *b, int truncated)
 {
     char b64name[32];
@@ -30,7 +38,7 @@ void api_put_output(json_t *o, const char *name, const buf_t *b, int truncated)
     const char *data = b->data ? b->data : "";
     if (truncated)
         len = util_utf8_complete_prefix(data, len);
-    if (util_utf8_valid(data, len)) {
+    if (output_is_text(data, len)) {
         json_object_set_new(o, name, json_stringn(data, len));
         return;
     }
@@ -61,6 +69,74 @@ json_t *api_exec_result_json(const struct exec_result *res)
     return o;
 }
 
+#define PIECE (256u << 10)
+
+/* Queues what `out` holds once it is large, so the response is never held twice in full. */
+static void flush_piece(http_req_t *req, buf_t *out, int force)
+{
+    if (out->len && (force || out->len >= PIECE)) {
+        http_respond_write(req, out->data, out->len);
+        out->len = 0;
+    }
+}
+
+static void write_output(http_req_t *req, buf_t *out, const char *name, const buf_t *b,
+                         int truncated)
+{
+    const char *data = b->data ? b->data : "";
+    size_t len = truncated ? util_utf8_complete_prefix(data, b->len) : b->len;
+    if (output_is_text(data, len)) {
+        buf_appendf(out, ",\"%s\":\"", name);
+        for (size_t off = 0; off < len; off += PIECE) {
+            json_escape_append(out, data + off, len - off < PIECE ? len - off : PIECE);
+            flush_piece(req, out, 0);
+        }
+        buf_append_str(out, "\"");
+        return;
+    }
+    buf_appendf(out, ",\"%s\":null,\"%s_b64\":\"", name, name);
+    const size_t step = PIECE / 4 * 3; /* whole base64 groups per piece */
+    for (size_t off = 0; off < b->len; off += step) {
+        size_t n = b->len - off < step ? b->len - off : step;
+        if (buf_reserve(out, 4 * ((n + 2) / 3) + 1) < 0)
+            break;
+        out->len += (size_t)EVP_EncodeBlock((unsigned char *)out->data + out->len,
+                                            (const unsigned char *)data + off, (int)n);
+        flush_piece(req, out, 0);
+    }
+    buf_append_str(out, "\"");
+}
+
+/* The exec result, written as a chunked stream of pieces: a result with 64 MiB of output must
+ * not be copied several times in memory, nor stall the loop building one huge string. Same
+ * fields and order as api_exec_result_json(). */
+static void respond_exec_result(http_req_t *req, struct exec_result *res)
+{
+    buf_t out = BUF_INIT;
+    char sig[16] = "null";
+    if (res->signal)
+        snprintf(sig, sizeof(sig), "%d", res->signal);
+    if (http_respond_start(req, 200, "application/json", -1, NULL) < 0) {
+        http_respond_end(req);
+        return;
+    }
+    buf_appendf(&out,
+                "{\"exit_code\":%d,\"signal\":%s,\"stdout_truncated\":%s,"
+                "\"stderr_truncated\":%s,\"truncated\":%s,\"timed_out\":%s,"
+                "\"oom_killed\":%s,\"duration_ms\":%.3f",
+                res->exit_code, sig, res->out_truncated ? "true" : "false",
+                res->err_truncated ? "true" : "false",
+                res->out_truncated || res->err_truncated ? "true" : "false",
+                res->timed_out ? "true" : "false", res->oom_killed ? "true" : "false",
+                res->duration_ms);
+    write_output(req, &out, "stdout", &res->out, res->out_truncated);
+    write_output(req, &out, "stderr", &res->err, res->err_truncated);
+    buf_append_str(&out, "}\n");
+    flush_piece(req, &out, 1);
+    buf_free(&out);
+    http_respond_end(req);
+}
+
 static void on_exec_done(struct exec *ex, struct exec_result *res, void *arg)
 {
     struct exec_call *call = arg;
@@ -68,11 +144,12 @@ static void on_exec_done(struct exec *ex, struct exec_result *res, void *arg)
     (void)ex;
     free(call);
     http_req_set_abort_cb(req, NULL, NULL);
-    json_t *o = api_exec_result_json(res);
-    int status = 200;
-    if (res->error)
-        status = res->error == -ESRCH ? 409 : api_errno_status(res->error);
-    http_respond_json(req, status, o);
+    if (res->error) {
+        int status = res->error == -ESRCH ? 409 : api_errno_status(res->error);
+        http_respond_json(req, status, api_exec_result_json(res));
+        return;
+    }
+    respond_exec_result(req, res);
 }
 
 static void on_client_gone(http_req_t *req, void *arg)

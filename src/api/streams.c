@@ -88,36 +88,6 @@ static size_t utf8_sanitize(const char *p, size_t n, int final, buf_t *out)
     return keep;
 }
 
-/* Appends `p` (valid UTF-8) as the body of a JSON string. */
-static void json_escape(buf_t *out, const char *p, size_t n)
-{
-    static const char hex[] = "0123456789abcdef";
-    size_t run = 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)p[i];
-        if (c >= 0x20 && c != '"' && c != '\\')
-            continue;
-        buf_append(out, p + run, i - run);
-        run = i + 1;
-        char esc[7] = {'\\', (char)c, 0};
-        if (c == '\n')
-            esc[1] = 'n';
-        else if (c == '\r')
-            esc[1] = 'r';
-        else if (c == '\t')
-            esc[1] = 't';
-        else if (c < 0x20) {
-            memcpy(esc, "\\u00", 4);
-            esc[4] = hex[c >> 4];
-            esc[5] = hex[c & 15];
-            buf_append(out, esc, 6);
-            continue;
-        }
-        buf_append(out, esc, 2);
-    }
-    buf_append(out, p + run, n - run);
-}
-
 static const char *stream_name(enum proc_stream s)
 {
     return s == PROC_STDOUT ? "stdout" : "stderr";
@@ -152,7 +122,7 @@ static int pump_stream(struct stream *st, enum proc_stream s, char *chunk)
         /* The final bytes of an ended command are flushed even if they are a cut character. */
         int final = !running && st->off[s] + n >= command_end(st->cmd, s);
         used = utf8_sanitize(chunk, n, final, &text);
-        json_escape(&msg, text.data ? text.data : "", text.len);
+        json_escape_append(&msg, text.data ? text.data : "", text.len);
         buf_free(&text);
         if (used == 0) {
             st->msg = msg;

@@ -133,3 +133,32 @@ int json_opt_object(json_t *obj, const char *key, const char *field, json_t **ou
     *out = v;
     return 0;
 }
+
+int json_escape_append(buf_t *out, const char *p, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t run = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)p[i];
+        if (c >= 0x20 && c != '"' && c != '\\')
+            continue;
+        char esc[6] = {'\\', (char)c};
+        size_t len = 2;
+        if (c == '\n')
+            esc[1] = 'n';
+        else if (c == '\r')
+            esc[1] = 'r';
+        else if (c == '\t')
+            esc[1] = 't';
+        else if (c < 0x20) {
+            memcpy(esc, "\\u00", 4);
+            esc[4] = hex[c >> 4];
+            esc[5] = hex[c & 15];
+            len = 6;
+        }
+        if (buf_append(out, p + run, i - run) < 0 || buf_append(out, esc, len) < 0)
+            return -ENOMEM;
+        run = i + 1;
+    }
+    return buf_append(out, p + run, n - run);
+}

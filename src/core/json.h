@@ -10,6 +10,8 @@
 #include <jansson.h>
 #include <stddef.h>
 
+#include "core/buf.h"
+
 /* Parses `body` as a JSON object. An empty body yields an empty object. New reference or NULL. */
 json_t *json_parse_object(const char *body, size_t len, char *err, size_t errlen);
 /* Fails naming the first key of `obj` not in the NULL-terminated `allowed` list. */
@@ -28,5 +30,9 @@ int json_opt_string_map(json_t *obj, const char *key, const char *field, json_t 
 /* An object member; *out borrowed or NULL when absent. */
 int json_opt_object(json_t *obj, const char *key, const char *field, json_t **out, char *err,
                     size_t errlen);
+
+/* Appends [p, p+n) — valid UTF-8 — to `out` as the body of a JSON string (quotes, backslashes
+ * and control characters escaped; everything else copied as is). 0 or -ENOMEM. */
+int json_escape_append(buf_t *out, const char *p, size_t n);
 
 #endif
