@@ -327,6 +327,8 @@ const char *api_status_code(int status)
     switch (status) {
     case 400:
         return "bad_request";
+    case 403:
+        return "forbidden";
     case 404:
         return "not_found";
     case 409:

@@ -82,12 +82,30 @@ static void xfer_free(struct xfer *x)
     free(x);
 }
 
+/* The loop's end of an archive pipe (the one the poll handle watches). It is closed only from
+ * the handle's close callback: closing it earlier would let the number be reused while libuv
+ * still has it registered, and a later uv_close would then unregister someone else's fd. */
+static int *loop_end(struct xfer *x)
+{
+    return x->op == X_ARCHIVE_GET ? &x->pipe_r : &x->pipe_w;
+}
+
 static void on_poll_closed(uv_handle_t *h)
 {
     struct xfer *x = h->data;
+    int *fd = loop_end(x);
     x->poll_open = 0;
+    if (*fd >= 0)
+        close(*fd); /* the worker's next read sees EOF, its next write EPIPE */
+    *fd = -1;
     if (!x->busy && x->answered)
         xfer_free(x);
+}
+
+static void close_loop_end(struct xfer *x)
+{
+    if (x->poll_open && !uv_is_closing((uv_handle_t *)&x->poll))
+        uv_close((uv_handle_t *)&x->poll, on_poll_closed);
 }
 
 /* Frees the transfer once nothing refers to it any more. */
@@ -96,8 +114,7 @@ static void xfer_maybe_free(struct xfer *x)
     if (x->busy || !x->answered)
         return;
     if (x->poll_open) {
-        if (!uv_is_closing((uv_handle_t *)&x->poll))
-            uv_close((uv_handle_t *)&x->poll, on_poll_closed);
+        close_loop_end(x);
         return;
     }
     xfer_free(x);
@@ -154,6 +171,18 @@ static void download_next(struct xfer *x);
 static void on_download_drain(http_req_t *req, void *arg)
 {
     download_next(arg);
+}
+
+/* The client left. A read in flight ends the transfer when it completes (its write fails);
+ * otherwise the transfer was waiting for a drain that will never come: end it now. */
+static void on_download_gone(http_req_t *req, void *arg)
+{
+    struct xfer *x = arg;
+    if (x->busy || x->answered)
+        return;
+    x->answered = 1;
+    http_respond_end(x->req);
+    xfer_maybe_free(x);
 }
 
 static void on_read(uv_fs_t *fs)
@@ -273,6 +302,7 @@ static void start_download(struct xfer *x)
         strcmp(http_req_method(x->req), "HEAD") == 0)
         x->remaining = 0;
     http_respond_on_drain(x->req, on_download_drain, x);
+    http_req_set_abort_cb(x->req, on_download_gone, x);
     download_next(x);
 }
 
@@ -415,6 +445,15 @@ static ssize_t pipe_read_cb(void *buf, size_t len, void *arg)
 
 static void archive_pump(struct xfer *x);
 
+static void archive_end(struct xfer *x);
+
+static void on_archive_gone(http_req_t *req, void *arg)
+{
+    struct xfer *x = arg;
+    close_loop_end(x); /* a worker blocked on the full pipe gets EPIPE */
+    archive_end(x);
+}
+
 static void on_archive_drain(http_req_t *req, void *arg)
 {
     struct xfer *x = arg;
@@ -424,11 +463,13 @@ static void on_archive_drain(http_req_t *req, void *arg)
 
 static void archive_end(struct xfer *x)
 {
-    if (x->answered)
+    if (x->answered) {
+        xfer_maybe_free(x); /* e.g. the worker finished after the client left */
         return;
+    }
     if (x->poll_open && !uv_is_closing((uv_handle_t *)&x->poll))
         uv_poll_stop(&x->poll);
-    if (x->busy)
+    if (x->busy && !http_req_gone(x->req))
         return; /* on_archive_created answers */
     if (!x->started) {
         if (x->r < 0) {
@@ -477,9 +518,7 @@ static void archive_pump(struct xfer *x)
         x->written += (uint64_t)n;
         if (http_respond_write(x->req, x->chunk, (size_t)n) < 0) {
             /* The client is gone: closing our end makes the worker's writes fail. */
-            uv_poll_stop(&x->poll);
-            close(x->pipe_r);
-            x->pipe_r = -1;
+            close_loop_end(x);
             archive_end(x);
             return;
         }
@@ -499,7 +538,7 @@ static void on_archive_created(uv_work_t *w, int status)
     struct xfer *x = w->data;
     x->busy = 0;
     /* The loop may not have read everything yet: let the pump finish from the pipe. */
-    if (x->pipe_r >= 0 && !x->answered)
+    if (x->poll_open && !uv_is_closing((uv_handle_t *)&x->poll) && !x->answered)
         archive_pump(x);
     else
         archive_end(x);
@@ -523,7 +562,8 @@ static void on_pipe_writable(uv_poll_t *h, int status, int events)
 
 static void extract_feed(struct xfer *x)
 {
-    while (x->pending.len && x->pipe_w >= 0) {
+    int open = x->poll_open && !uv_is_closing((uv_handle_t *)&x->poll);
+    while (x->pending.len && open) {
         ssize_t n = write(x->pipe_w, x->pending.data, x->pending.len);
         if (n < 0 && errno == EAGAIN) {
             uv_poll_start(&x->poll, UV_WRITABLE, on_pipe_writable);
@@ -536,20 +576,18 @@ static void extract_feed(struct xfer *x)
         }
         buf_consume(&x->pending, (size_t)n);
     }
-    if (x->poll_open && !uv_is_closing((uv_handle_t *)&x->poll))
+    if (open)
         uv_poll_stop(&x->poll);
     if (!x->body_ended)
         http_req_body_pause(x->req, 0);
-    else if (x->pipe_w >= 0) {
-        close(x->pipe_w); /* EOF for the extractor */
-        x->pipe_w = -1;
-    }
+    else
+        close_loop_end(x); /* EOF for the extractor */
 }
 
 static void on_extract_data(http_req_t *req, const char *data, size_t len, void *arg)
 {
     struct xfer *x = arg;
-    if (x->pipe_w < 0)
+    if (!x->poll_open || uv_is_closing((uv_handle_t *)&x->poll))
         return;
     buf_append(&x->pending, data, len);
     extract_feed(x);
@@ -572,12 +610,7 @@ static void on_extracted(uv_work_t *w, int status)
 {
     struct xfer *x = w->data;
     x->busy = 0;
-    if (x->pipe_w >= 0) {
-        if (x->poll_open && !uv_is_closing((uv_handle_t *)&x->poll))
-            uv_poll_stop(&x->poll);
-        close(x->pipe_w);
-        x->pipe_w = -1;
-    }
+    close_loop_end(x);
     if (x->body_err && x->r == 0)
         x->r = x->body_err;
     if (x->r < 0)
@@ -823,6 +856,7 @@ void api_archive_get(struct server *srv, http_req_t *req, const struct route_par
         return;
     }
     uv_poll_start(&x->poll, UV_READABLE | UV_DISCONNECT, on_pipe_readable);
+    http_req_set_abort_cb(req, on_archive_gone, x);
     x->busy = 1;
     x->work.data = x;
     uv_queue_work(srv->reg.loop, &x->work, archive_create_work, on_archive_created);
