@@ -28,6 +28,7 @@ static const char cli_usage_text[] =
     "  commands  list the detached commands of a sandbox\n"
     "  logs      print (or follow) the output of a detached command\n"
     "  attach    attach to a terminal of a sandbox\n"
+    "  cp        copy files and directories between the local machine and a sandbox\n"
     "  ps        list sandboxes\n"
     "  rm        remove sandboxes\n"
     "  info      show the daemon's version, features and limits\n"
@@ -144,6 +145,45 @@ static const struct cli_help cli_helps[] = {
                "Options:\n"
                "      --no-stdin     only watch: do not send input\n"
                "  -h, --help         show this help\n"},
+    {"cp", "Usage: warren cp [OPTIONS] LOCAL SANDBOX:PATH\n"
+           "       warren cp [OPTIONS] SANDBOX:PATH LOCAL\n"
+           "\n"
+           "Copy a file or a directory tree into or out of a sandbox (id or name), like\n"
+           "'docker cp'. A relative (or empty) PATH is relative to /workspace. An argument\n"
+           "is local when it starts with '/' or '.' or has no ':' (write ./a:b for a local\n"
+           "name with a colon).\n"
+           "\n"
+           "SRC a file:\n"
+           "  DEST is an existing directory  the file is copied into it, under its name\n"
+           "  DEST ends with '/' and is not  error\n"
+           "  otherwise                      the file is written as DEST (replaced if it\n"
+           "                                 exists; its parent must exist)\n"
+           "SRC a directory:\n"
+           "  DEST does not exist            DEST is created (its parent must exist) with\n"
+           "                                 the contents of SRC\n"
+           "  DEST is an existing directory  SRC is copied into it as DEST/<name of SRC>;\n"
+           "                                 with SRC ending in '/.', its contents go into\n"
+           "                                 DEST itself\n"
+           "  DEST is a file                 error\n"
+           "\n"
+           "Files keep their permission bits. Symlinks given as SRC are followed; symlinks\n"
+           "inside a directory are copied as links (the daemon refuses links that point\n"
+           "out of the copied tree, and hard links). Into the sandbox, files belong to its\n"
+           "root user; out of it, to the user running warren. A file is downloaded to a\n"
+           "temporary file next to DEST and renamed at the end, so a failed copy leaves\n"
+           "nothing behind; directories are sent and received as tar.gz streams through\n"
+           "'tar' (which must be installed) and are not atomic.\n"
+           "\n"
+           "LOCAL '-': 'warren cp - SANDBOX:DIR' extracts a tar or tar.gz read from stdin\n"
+           "into DIR (created if missing); 'warren cp SANDBOX:PATH -' writes a tar.gz of\n"
+           "PATH to stdout.\n"
+           "\n"
+           "A progress bar is shown on stderr when it is a terminal and more than 4 MiB\n"
+           "are transferred. Exits with 0 on success, 1 on errors.\n"
+           "\n"
+           "Options:\n"
+           "  -q, --quiet        no progress bar\n"
+           "  -h, --help         show this help\n"},
     {"ps", "Usage: warren ps [OPTIONS]\n"
            "\n"
            "List sandboxes.\n"
@@ -226,8 +266,8 @@ int cli_main(int argc, char **argv)
         {"rm", cli_cmd_rm},         {"info", cli_cmd_info},
         {"start", cli_cmd_start},   {"commands", cli_cmd_commands},
         {"logs", cli_cmd_logs},     {"attach", cli_cmd_attach},
-        {"help", cli_cmd_help},     {"--help", cli_cmd_help},
-        {"-h", cli_cmd_help},
+        {"cp", cli_cmd_cp},         {"help", cli_cmd_help},
+        {"--help", cli_cmd_help},   {"-h", cli_cmd_help},
     };
 
     if (argc < 1 || !argv[0]) {

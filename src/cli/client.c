@@ -195,8 +195,8 @@ void client_close(struct client *c)
 /* ---- waiting and raw I/O ----------------------------------------------------------------- */
 
 /* Wait for `events` on c->fd. deadline_ms: absolute CLOCK_MONOTONIC ms, or -1 for none.
- * Returns 0 when ready, -ETIMEDOUT, -EINTR (cancelled) or -errno. */
-static int client_wait(struct client *c, short events, int64_t deadline_ms)
+ * Returns the revents (> 0) when ready, 0 at the deadline, -EINTR (cancelled) or -errno. */
+static int client_poll(struct client *c, short events, int64_t deadline_ms)
 {
     struct pollfd p = {.fd = c->fd, .events = events};
 
@@ -207,7 +207,7 @@ static int client_wait(struct client *c, short events, int64_t deadline_ms)
         if (deadline_ms >= 0) {
             int64_t left = deadline_ms - client_now_ms();
             if (left <= 0)
-                return -ETIMEDOUT;
+                return 0;
             struct timespec ts = {.tv_sec = left / 1000, .tv_nsec = (left % 1000) * 1000000};
             r = c->wait_mask ? ppoll(&p, 1, &ts, c->wait_mask)
                              : poll(&p, 1, left > INT_MAX ? INT_MAX : (int)left);
@@ -215,10 +215,18 @@ static int client_wait(struct client *c, short events, int64_t deadline_ms)
             r = c->wait_mask ? ppoll(&p, 1, NULL, c->wait_mask) : poll(&p, 1, -1);
         }
         if (r > 0)
-            return 0;
+            return p.revents ? p.revents : events;
         if (r < 0 && errno != EINTR)
             return -errno;
     }
+}
+
+/* Wait for `events` on c->fd. deadline_ms: absolute CLOCK_MONOTONIC ms, or -1 for none.
+ * Returns 0 when ready, -ETIMEDOUT, -EINTR (cancelled) or -errno. */
+static int client_wait(struct client *c, short events, int64_t deadline_ms)
+{
+    int r = client_poll(c, events, deadline_ms);
+    return r > 0 ? 0 : r == 0 ? -ETIMEDOUT : r;
 }
 
 /* Receive into `dst` at most `max` bytes. Returns the count (> 0), 0 at EOF, or -errno. */
@@ -476,9 +484,57 @@ static ssize_t client_read_until(struct client *c, const char *delim, size_t max
     }
 }
 
-/* Move exactly `n` body bytes to `dst` (first from c->in, then straight from the socket). */
-static int client_read_exact(struct client *c, buf_t *dst, size_t n)
+/* Where a response body goes: collected in `buf` (at most CLIENT_MAX_BODY bytes), or handed to
+ * `fn` piece by piece (streamed responses, no limit). */
+struct client_sink {
+    buf_t *buf;
+    client_write_body_fn fn;
+    void *arg;
+};
+
+/* Hand the first `n` bytes of c->in to a streaming sink and drop them. */
+static int client_sink_deliver(struct client *c, struct client_sink *s, size_t n)
 {
+    int r = s->fn(s->arg, c->in.data, n);
+    if (r < 0) {
+        client_set_error(c, "%s", strerror(-r));
+        return r;
+    }
+    buf_consume(&c->in, n);
+    return 0;
+}
+
+/* Receive more into c->in for a streaming sink. 0 or -errno (-ECONNRESET at EOF). */
+static int client_sink_fill(struct client *c)
+{
+    ssize_t got = client_recv_some(c, &c->in, CLIENT_READ_CHUNK * 4);
+    if (got == 0) {
+        client_set_error(c, "connection closed by the server before the response was complete");
+        return -ECONNRESET;
+    }
+    if (got < 0) {
+        client_set_error(c, "%s", strerror((int)-got));
+        return (int)got;
+    }
+    return 0;
+}
+
+/* Move exactly `n` body bytes to the sink (first from c->in, then from the socket). */
+static int client_read_exact(struct client *c, struct client_sink *s, size_t n)
+{
+    if (s->fn) {
+        while (n > 0) {
+            int r = c->in.len > 0 ? 0 : client_sink_fill(c);
+            if (r < 0)
+                return r;
+            size_t take = c->in.len < n ? c->in.len : n;
+            if ((r = client_sink_deliver(c, s, take)) < 0)
+                return r;
+            n -= take;
+        }
+        return 0;
+    }
+    buf_t *dst = s->buf;
     if (dst->len + n > CLIENT_MAX_BODY || dst->len + n < dst->len) {
         client_set_error(c, "response too large");
         return -EFBIG;
@@ -510,7 +566,7 @@ static int client_read_exact(struct client *c, buf_t *dst, size_t n)
     return 0;
 }
 
-static int client_read_chunked(struct client *c, buf_t *dst)
+static int client_read_chunked(struct client *c, struct client_sink *dst)
 {
     for (;;) {
         ssize_t ll = client_read_until(c, "\r\n", 1024, NULL);
@@ -558,8 +614,25 @@ static int client_read_chunked(struct client *c, buf_t *dst)
     }
 }
 
-static int client_read_to_eof(struct client *c, buf_t *dst)
+static int client_read_to_eof(struct client *c, struct client_sink *s)
 {
+    if (s->fn) {
+        for (;;) {
+            if (c->in.len > 0) {
+                int r = client_sink_deliver(c, s, c->in.len);
+                if (r < 0)
+                    return r;
+            }
+            ssize_t n = client_recv_some(c, &c->in, CLIENT_READ_CHUNK * 4);
+            if (n == 0)
+                return 0;
+            if (n < 0) {
+                client_set_error(c, "%s", strerror((int)-n));
+                return (int)n;
+            }
+        }
+    }
+    buf_t *dst = s->buf;
     if (c->in.len > 0) {
         int r = buf_append(dst, c->in.data, c->in.len);
         if (r < 0)
@@ -642,9 +715,10 @@ bad:
     return -EPROTO;
 }
 
-/* Read one complete response. *keep is set to whether the connection may be reused. */
+/* Read one complete response. *keep is set to whether the connection may be reused. With `st`
+ * (streamed requests), the body of a 2xx answer goes to st->write_body when it is set. */
 static int client_read_response(struct client *c, const char *method, struct client_response *out,
-                                bool *got_any, bool *keep)
+                                bool *got_any, bool *keep, const struct client_stream *st)
 {
     for (;;) {
         ssize_t hl = client_read_until(c, "\r\n\r\n", CLIENT_MAX_HEAD, got_any);
@@ -670,6 +744,16 @@ static int client_read_response(struct client *c, const char *method, struct cli
         else
             *keep = !(conn && client_header_has_token(conn, "close"));
 
+        struct client_sink sink = {.buf = &out->body};
+        if (st && st->write_body && out->status >= 200 && out->status <= 299) {
+            if (st->on_head && (r = st->on_head(st->arg, out)) < 0) {
+                client_set_error(c, "%s", strerror(-r));
+                return r;
+            }
+            sink.fn = st->write_body;
+            sink.arg = st->arg;
+        }
+
         if (strcmp(method, "HEAD") == 0 || out->status == 204 || out->status == 304 ||
             out->status == 101)
             return 0;
@@ -680,7 +764,7 @@ static int client_read_response(struct client *c, const char *method, struct cli
                 client_set_error(c, "unsupported Transfer-Encoding '%s'", te);
                 return -EPROTO;
             }
-            return client_read_chunked(c, &out->body);
+            return client_read_chunked(c, &sink);
         }
         if (cl) {
             char *end;
@@ -690,14 +774,14 @@ static int client_read_response(struct client *c, const char *method, struct cli
                 client_set_error(c, "malformed response: bad Content-Length");
                 return -EPROTO;
             }
-            if (n > CLIENT_MAX_BODY) {
+            if (n > (sink.fn ? SIZE_MAX : CLIENT_MAX_BODY)) {
                 client_set_error(c, "response too large (%llu bytes)", n);
                 return -EFBIG;
             }
-            return client_read_exact(c, &out->body, (size_t)n);
+            return client_read_exact(c, &sink, (size_t)n);
         }
         *keep = false;
-        return client_read_to_eof(c, &out->body);
+        return client_read_to_eof(c, &sink);
     }
 }
 
@@ -769,7 +853,7 @@ static int client_exchange(struct client *c, const char *method, const char *pat
             /* The server may have answered before closing (e.g. it rejected an oversized body
              * early): use that answer if there is one. */
             int sent_err = r;
-            r = client_read_response(c, method, out, &got_any, &keep);
+            r = client_read_response(c, method, out, &got_any, &keep, NULL);
             keep = false;
             if (r < 0) {
                 r = sent_err;
@@ -778,7 +862,7 @@ static int client_exchange(struct client *c, const char *method, const char *pat
         } else if (r < 0) {
             client_set_error(c, "%s", r == -EINTR ? "interrupted" : strerror(-r));
         } else {
-            r = client_read_response(c, method, out, &got_any, &keep);
+            r = client_read_response(c, method, out, &got_any, &keep, NULL);
         }
         if (r == CLIENT_ECLOSED_EARLY) {
             if (reused && attempt == 0) {
@@ -829,6 +913,203 @@ int client_upgrade(struct client *c, const char *path, const char *extra_headers
 {
     *fd = -1;
     return client_exchange(c, "GET", path, NULL, extra_headers, NULL, 0, out, true, fd, rest);
+}
+
+/* ---- streamed requests ------------------------------------------------------------------- */
+
+/* The server sent something while the body is (about to be) sent: read its head. An interim
+ * answer (100 Continue) is dropped: returns 0 (go on sending). A final answer stays in c->in for
+ * client_read_response(): returns 1 (stop sending). Or -errno. */
+static int client_take_interim(struct client *c)
+{
+    for (;;) {
+        bool got_any = false;
+        ssize_t hl = client_read_until(c, "\r\n\r\n", CLIENT_MAX_HEAD, &got_any);
+        if (hl == CLIENT_ECLOSED_EARLY) {
+            client_set_error(c, "connection closed by the server without a response");
+            return -ECONNRESET;
+        }
+        if (hl < 0)
+            return (int)hl;
+        const char *h = c->in.data;
+        if (hl < 12 || strncmp(h, "HTTP/1.", 7) != 0 || h[9] != '1' ||
+            (h[10] == '0' && h[11] == '1'))
+            return 1;
+        buf_consume(&c->in, (size_t)hl);
+        if (c->in.len == 0)
+            return 0;
+    }
+}
+
+/* Send `n` bytes of body unless the server answers first. Returns 0 (sent), 1 (a final answer is
+ * waiting: stop sending) or -errno. */
+static int client_send_piece(struct client *c, const char *p, size_t n)
+{
+    while (n > 0) {
+        int ev = client_poll(c, POLLOUT | POLLIN, -1);
+        if (ev < 0)
+            return ev;
+        if (ev & (POLLIN | POLLHUP | POLLERR)) {
+            int r = client_take_interim(c);
+            if (r != 0)
+                return r;
+            continue;
+        }
+        ssize_t w = send(c->fd, p, n, MSG_NOSIGNAL);
+        if (w < 0) {
+            if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)
+                continue;
+            int e = errno;
+            client_set_error(c, "%s", strerror(e));
+            return -e;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* Send the whole body from s->read_body (Content-Length or chunked). 0, 1 (answered early) or
+ * -errno. */
+static int client_send_stream_body(struct client *c, const struct client_stream *s)
+{
+    enum { PIECE = 256 * 1024, ROOM = 16 };
+    char *buf = malloc(ROOM + PIECE + 2);
+    long long left = s->body_len;
+    int r = 0;
+
+    if (!buf) {
+        client_set_error(c, "out of memory");
+        return -ENOMEM;
+    }
+    for (;;) {
+        size_t want = PIECE;
+        if (s->body_len >= 0) {
+            if (left == 0)
+                break;
+            if ((long long)want > left)
+                want = (size_t)left;
+        }
+        char *data = buf + ROOM;
+        ssize_t n = s->read_body(s->arg, data, want);
+        if (n < 0) {
+            r = (int)n;
+            client_set_error(c, "%s", strerror(-r));
+            break;
+        }
+        if (n == 0) {
+            if (s->body_len >= 0) {
+                client_set_error(c, "the request body ended %lld bytes early", left);
+                r = -EIO;
+            } else {
+                r = client_send_piece(c, "0\r\n\r\n", 5);
+            }
+            break;
+        }
+        if ((size_t)n > want) {
+            client_set_error(c, "the request body callback overran its buffer");
+            r = -EIO;
+            break;
+        }
+        if (s->body_len >= 0) {
+            left -= n;
+            r = client_send_piece(c, data, (size_t)n);
+        } else {
+            char line[ROOM];
+            int hl = snprintf(line, sizeof(line), "%zx\r\n", (size_t)n);
+            memcpy(data - hl, line, (size_t)hl);
+            memcpy(data + n, "\r\n", 2);
+            r = client_send_piece(c, data - hl, (size_t)hl + (size_t)n + 2);
+        }
+        if (r != 0)
+            break;
+    }
+    free(buf);
+    return r;
+}
+
+int client_request_stream(struct client *c, const char *method, const char *path,
+                          const char *content_type, const struct client_stream *s,
+                          struct client_response *out)
+{
+    buf_t head = BUF_INIT;
+    bool got_any = false, keep = false, body_done = !s->read_body;
+    int r;
+
+    client_response_init(out);
+    c->connect_failed = 0;
+    c->error[0] = '\0';
+    if (!path || path[0] != '/' || strpbrk(path, " \t\r\n") || strpbrk(method, " \t\r\n")) {
+        client_set_error(c, "invalid request path");
+        return -EINVAL;
+    }
+    r = buf_appendf(&head,
+                    "%s %s%s HTTP/1.1\r\nHost: %s\r\nUser-Agent: warren-cli\r\nAccept: */*\r\n",
+                    method, c->prefix, path, c->host_header);
+    if (r == 0 && content_type)
+        r = buf_appendf(&head, "Content-Type: %s\r\n", content_type);
+    if (r == 0 && s->read_body)
+        r = s->body_len >= 0
+                ? buf_appendf(&head, "Content-Length: %lld\r\nExpect: 100-continue\r\n",
+                              s->body_len)
+                : buf_append_str(&head, "Transfer-Encoding: chunked\r\nExpect: 100-continue\r\n");
+    if (r == 0)
+        r = buf_append_str(&head, "\r\n");
+    if (r < 0) {
+        buf_free(&head);
+        client_set_error(c, "out of memory");
+        return r;
+    }
+
+    client_disconnect(c);
+    r = client_connect(c);
+    if (r < 0) {
+        c->connect_failed = r != -EINTR;
+        buf_free(&head);
+        return r;
+    }
+    r = client_send_all(c, head.data, head.len, NULL, 0);
+    buf_free(&head);
+    if (r == 0 && s->read_body) {
+        /* Wait (at most 1 s) for the 100 Continue, or for an early final answer. */
+        int ev = client_poll(c, POLLIN, client_now_ms() + 1000);
+        r = ev < 0 ? ev : ev > 0 ? client_take_interim(c) : 0;
+        if (r == 0)
+            r = client_send_stream_body(c, s);
+        if (r == 0)
+            body_done = true;
+        if (r == 1)
+            r = 0; /* answered before the body was complete */
+    }
+    if (r == -EPIPE || r == -ECONNRESET) {
+        /* The server may have answered before closing (e.g. it rejected the body early). */
+        int sent_err = r;
+        r = client_read_response(c, method, out, &got_any, &keep, s);
+        if (r < 0) {
+            r = sent_err;
+            client_set_error(c, "%s", strerror(-r));
+        }
+    } else if (r == 0) {
+        r = client_read_response(c, method, out, &got_any, &keep, s);
+    } else if (!c->error[0]) {
+        client_set_error(c, "%s", r == -EINTR ? "interrupted" : strerror(-r));
+    }
+    if (r == CLIENT_ECLOSED_EARLY) {
+        client_set_error(c, "connection closed by the server without a response");
+        r = -ECONNRESET;
+    }
+    if (r < 0) {
+        if (r == -EINTR)
+            client_set_error(c, "interrupted");
+        client_response_free(out);
+        client_disconnect(c);
+        return r;
+    }
+    if (keep && body_done && c->in.len == 0)
+        c->conn_requests++;
+    else
+        client_disconnect(c);
+    return 0;
 }
 
 int client_append_escaped(buf_t *b, const char *s, int query)

@@ -24,6 +24,7 @@
 #include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <sys/types.h>
 
 #include "core/buf.h"
 
@@ -94,6 +95,38 @@ int client_request(struct client *c, const char *method, const char *path, const
  * client_response_free() in every case. Errors as for client_request(). */
 int client_upgrade(struct client *c, const char *path, const char *extra_headers,
                    struct client_response *out, int *fd, buf_t *rest);
+
+/* Streamed transfers (warren cp): a request body produced piece by piece and/or a response body
+ * consumed piece by piece, neither held in memory.
+ *
+ * read_body: fills `buf` with at most `len` bytes of the request body; returns the count, 0 at
+ *   the end, or -errno to abandon the request (client_request_stream() returns that value).
+ * write_body: receives the body of a 2xx answer in pieces; returns 0, or -errno to abandon.
+ * on_head: if set, runs once with the head of a 2xx answer (status, headers) before any
+ *   write_body; returns 0 or -errno to abandon. */
+typedef ssize_t (*client_read_body_fn)(void *arg, void *buf, size_t len);
+typedef int (*client_write_body_fn)(void *arg, const void *data, size_t len);
+
+struct client_stream {
+    client_read_body_fn read_body;   /* NULL: no request body */
+    long long body_len;              /* with read_body: >= 0 sent as Content-Length (read_body must
+                                      * produce exactly that many bytes, else -EIO), -1 chunked */
+    client_write_body_fn write_body; /* NULL: a 2xx body goes to out->body as usual */
+    int (*on_head)(void *arg, const struct client_response *resp);
+    void *arg;
+};
+
+/* Like client_request(), with the body and/or the response streamed through `s`. It always uses a
+ * new connection and is never retried (a streamed body cannot be sent twice). A request with a
+ * body carries `Expect: 100-continue`: the body is sent once the server asks for it (or after 1 s
+ * without an answer), and sending stops as soon as the server answers (an early rejection such
+ * as 404 or 413 is then returned normally). A non-2xx answer is always read into out->body (for
+ * its error message); only a 2xx body goes to write_body (the response size limit of
+ * client_request() does not apply to it). Errors as for client_request(), plus those of the
+ * callbacks (c->error then names the failure). */
+int client_request_stream(struct client *c, const char *method, const char *path,
+                          const char *content_type, const struct client_stream *s,
+                          struct client_response *out);
 
 /* Does the comma-separated header value contain `token` (case-insensitive)? */
 bool client_header_has_token(const char *value, const char *token);
