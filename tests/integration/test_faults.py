@@ -363,6 +363,7 @@ def test_client_stops_reading_large_exec_response(api, daemon, sandbox):
     base = quiet_fds(daemon)
     before = fd_targets(daemon)
     hwm0 = vm_kib(daemon, "VmHWM")
+    rss0 = vm_kib(daemon, "VmRSS")
     body = json.dumps({"argv": ["head", "-c", "50000000", "/dev/zero"],
                        "max_output_bytes": 67108864}).encode()
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -396,9 +397,12 @@ def test_client_stops_reading_large_exec_response(api, daemon, sandbox):
     assert not problems, "; ".join(problems)
     # Once the client is gone, the memory and the connection are given back.
     deadline = time.monotonic() + 30
-    while vm_kib(daemon, "VmRSS") > 100 * 1024 and time.monotonic() < deadline:
+    # Freed memory is given back (relative to before the test: sanitizer builds keep a bounded
+    # quarantine of freed blocks, see .ci/run).
+    limit = rss0 + 80 * 1024
+    while vm_kib(daemon, "VmRSS") > limit and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert vm_kib(daemon, "VmRSS") <= 100 * 1024, "daemon RSS stays high after the client left"
+    assert vm_kib(daemon, "VmRSS") <= limit, "daemon RSS stays high after the client left"
     assert_fds_back(daemon, base, "a client that stopped reading", before)
     assert_serving(api, daemon)
 
