@@ -253,9 +253,11 @@ int server_run(const struct server_config *cfg)
     srv->init_fd = -1;
     signal(SIGPIPE, SIG_IGN);
     /* Streaming moves many short-lived buffers of a few hundred KiB; from the heap they are
-     * reused warm instead of being mmap'd and faulted in anew each time. */
-    mallopt(M_MMAP_THRESHOLD, 8 << 20);
-    mallopt(M_TRIM_THRESHOLD, 64 << 20);
+     * reused warm instead of being mmap'd and faulted in anew each time. Larger ones (a big exec
+     * result) still get their own mapping, which goes back to the system when freed, and at
+     * most a few MiB of free heap are kept. */
+    mallopt(M_MMAP_THRESHOLD, 1 << 20);
+    mallopt(M_TRIM_THRESHOLD, 8 << 20);
     /* Sandbox creation and teardown block in the thread pool; allow a few in parallel. */
     setenv("UV_THREADPOOL_SIZE", "8", 0);
     uv_loop_init(&srv->loop);

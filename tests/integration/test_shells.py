@@ -415,7 +415,10 @@ def test_shells_of_deleted_sandbox_are_gone(api, daemon):
     try:
         shid = new_shell(api, sid)
         out(api, sid, shid, "sleep 9601 & echo ok")
-        assert _shell_host_procs(daemon, "sleep 9601")
+        deadline = time.monotonic() + 5  # the job may not have exec'd sleep yet
+        while not _shell_host_procs(daemon, "sleep 9601"):
+            assert time.monotonic() < deadline, "the shell's job never started"
+            time.sleep(0.1)
     except BaseException:
         api.remove(sid)
         raise
