@@ -2,7 +2,6 @@
  * commands — POST /v1/sandboxes/{id}/exec: run a command to completion.
  */
 #include <errno.h>
-#include <openssl/evp.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -100,8 +99,7 @@ static void write_output(http_req_t *req, buf_t *out, const char *name, const bu
         size_t n = b->len - off < step ? b->len - off : step;
         if (buf_reserve(out, 4 * ((n + 2) / 3) + 1) < 0)
             break;
-        out->len += (size_t)EVP_EncodeBlock((unsigned char *)out->data + out->len,
-                                            (const unsigned char *)data + off, (int)n);
+        out->len += util_base64_encode_to(out->data + out->len, data + off, n);
         flush_piece(req, out, 0);
     }
     buf_append_str(out, "\"");

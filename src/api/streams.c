@@ -17,7 +17,6 @@
  * as data_b64. After the exit message the server closes with 1000.
  */
 #include <errno.h>
-#include <openssl/evp.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -115,8 +114,7 @@ static int pump_stream(struct stream *st, enum proc_stream s, char *chunk)
                 st->binary ? "data_b64" : "data");
     if (st->binary) {
         if (buf_reserve(&msg, 4 * ((n + 2) / 3) + 3) == 0)
-            msg.len += (size_t)EVP_EncodeBlock((unsigned char *)msg.data + msg.len,
-                                               (const unsigned char *)chunk, (int)n);
+            msg.len += util_base64_encode_to(msg.data + msg.len, chunk, n);
     } else {
         buf_t text = BUF_INIT;
         /* The final bytes of an ended command are flushed even if they are a cut character. */

@@ -25,6 +25,8 @@ size_t util_utf8_complete_prefix(const char *s, size_t len);
 /* Base64 (standard alphabet, padded). encode returns a malloc'd NUL-terminated string or NULL;
  * decode returns 0 and a malloc'd buffer in out and out_len, or -EINVAL for invalid input. */
 char *util_base64_encode(const void *data, size_t len);
+/* Encodes into dst (room for 4 * ((len + 2) / 3) bytes; no NUL); returns the bytes written. */
+size_t util_base64_encode_to(char *dst, const void *data, size_t len);
 int util_base64_decode(const char *s, size_t len, unsigned char **out, size_t *out_len);
 /* Removes `path` and everything below it without following symlinks; a missing path is not an
  * error. Safe against a tree that is being changed by a sandbox (it never leaves the tree). */
