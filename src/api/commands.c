@@ -79,15 +79,35 @@ static void flush_piece(http_req_t *req, buf_t *out, int force)
     }
 }
 
-static void write_output(http_req_t *req, buf_t *out, const char *name, const buf_t *b,
-                         int truncated)
+/* What write_output() sends for one stream, decided once: its exact length is needed for the
+ * Content-Length before anything is written. */
+struct out_plan {
+    const char *data;
+    size_t len;   /* bytes of the stream sent */
+    int text;     /* as a JSON string, else as base64 */
+    size_t bytes; /* what it adds to the body */
+};
+
+static void plan_output(struct out_plan *pl, const char *name, const buf_t *b, int truncated)
 {
-    const char *data = b->data ? b->data : "";
-    size_t len = truncated ? util_utf8_complete_prefix(data, b->len) : b->len;
-    if (output_is_text(data, len)) {
+    pl->data = b->data ? b->data : "";
+    pl->len = truncated ? util_utf8_complete_prefix(pl->data, b->len) : b->len;
+    pl->text = output_is_text(pl->data, pl->len);
+    if (pl->text) {
+        pl->bytes = strlen(name) + 6 + json_escape_len(pl->data, pl->len); /* ,"name":"..." */
+    } else {
+        pl->len = b->len;
+        /* ,"name":null,"name_b64":"..." */
+        pl->bytes = 2 * strlen(name) + 18 + 4 * ((pl->len + 2) / 3);
+    }
+}
+
+static void write_output(http_req_t *req, buf_t *out, const char *name, const struct out_plan *pl)
+{
+    if (pl->text) {
         buf_appendf(out, ",\"%s\":\"", name);
-        for (size_t off = 0; off < len; off += PIECE) {
-            json_escape_append(out, data + off, len - off < PIECE ? len - off : PIECE);
+        for (size_t off = 0; off < pl->len; off += PIECE) {
+            json_escape_append(out, pl->data + off, pl->len - off < PIECE ? pl->len - off : PIECE);
             flush_piece(req, out, 0);
         }
         buf_append_str(out, "\"");
@@ -95,29 +115,26 @@ static void write_output(http_req_t *req, buf_t *out, const char *name, const bu
     }
     buf_appendf(out, ",\"%s\":null,\"%s_b64\":\"", name, name);
     const size_t step = PIECE / 4 * 3; /* whole base64 groups per piece */
-    for (size_t off = 0; off < b->len; off += step) {
-        size_t n = b->len - off < step ? b->len - off : step;
+    for (size_t off = 0; off < pl->len; off += step) {
+        size_t n = pl->len - off < step ? pl->len - off : step;
         if (buf_reserve(out, 4 * ((n + 2) / 3) + 1) < 0)
             break;
-        out->len += util_base64_encode_to(out->data + out->len, data + off, n);
+        out->len += util_base64_encode_to(out->data + out->len, pl->data + off, n);
         flush_piece(req, out, 0);
     }
     buf_append_str(out, "\"");
 }
 
-/* The exec result, written as a chunked stream of pieces: a result with 64 MiB of output must
- * not be copied several times in memory, nor stall the loop building one huge string. Same
- * fields and order as api_exec_result_json(). */
+/* The exec result, written as a stream of pieces with an exact Content-Length: a result with
+ * 64 MiB of output must not be copied several times in memory, nor stall the loop building one
+ * huge string. Same fields and order as api_exec_result_json(). */
 static void respond_exec_result(http_req_t *req, struct exec_result *res)
 {
     buf_t out = BUF_INIT;
     char sig[16] = "null";
+    struct out_plan po, pe;
     if (res->signal)
         snprintf(sig, sizeof(sig), "%d", res->signal);
-    if (http_respond_start(req, 200, "application/json", -1, NULL) < 0) {
-        http_respond_end(req);
-        return;
-    }
     buf_appendf(&out,
                 "{\"exit_code\":%d,\"signal\":%s,\"stdout_truncated\":%s,"
                 "\"stderr_truncated\":%s,\"truncated\":%s,\"timed_out\":%s,"
@@ -127,8 +144,16 @@ static void respond_exec_result(http_req_t *req, struct exec_result *res)
                 res->out_truncated || res->err_truncated ? "true" : "false",
                 res->timed_out ? "true" : "false", res->oom_killed ? "true" : "false",
                 res->duration_ms);
-    write_output(req, &out, "stdout", &res->out, res->out_truncated);
-    write_output(req, &out, "stderr", &res->err, res->err_truncated);
+    plan_output(&po, "stdout", &res->out, res->out_truncated);
+    plan_output(&pe, "stderr", &res->err, res->err_truncated);
+    int64_t total = (int64_t)(out.len + po.bytes + pe.bytes + 2); /* + "}\n" */
+    if (http_respond_start(req, 200, "application/json", total, NULL) < 0) {
+        buf_free(&out);
+        http_respond_end(req);
+        return;
+    }
+    write_output(req, &out, "stdout", &po);
+    write_output(req, &out, "stderr", &pe);
     buf_append_str(&out, "}\n");
     flush_piece(req, &out, 1);
     buf_free(&out);

@@ -162,3 +162,15 @@ int json_escape_append(buf_t *out, const char *p, size_t n)
     }
     return buf_append(out, p + run, n - run);
 }
+
+size_t json_escape_len(const char *p, size_t n)
+{
+    size_t len = n;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)p[i];
+        if (c >= 0x20 && c != '"' && c != '\\')
+            continue;
+        len += c == '"' || c == '\\' || c == '\n' || c == '\r' || c == '\t' ? 1 : 5;
+    }
+    return len;
+}

@@ -34,5 +34,7 @@ int json_opt_object(json_t *obj, const char *key, const char *field, json_t **ou
 /* Appends [p, p+n) — valid UTF-8 — to `out` as the body of a JSON string (quotes, backslashes
  * and control characters escaped; everything else copied as is). 0 or -ENOMEM. */
 int json_escape_append(buf_t *out, const char *p, size_t n);
+/* The number of bytes json_escape_append() would append. */
+size_t json_escape_len(const char *p, size_t n);
 
 #endif
