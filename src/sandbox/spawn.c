@@ -27,7 +27,6 @@
 #include <linux/sched.h>
 #include <linux/seccomp.h>
 #include <net/if.h>
-#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdint.h>
@@ -707,16 +706,4 @@ int spawn_finish(struct spawn_pending *p, struct spawn_error *err)
     }
     spawn_abort(p);
     return r;
-}
-
-int spawn_sandbox(const struct spawn_config *cfg, struct spawn_pending *out,
-                  struct spawn_error *err)
-{
-    int r = spawn_start(cfg, out, err);
-    if (r < 0)
-        return r;
-    struct pollfd pfd = {.fd = out->status_fd, .events = POLLIN};
-    while (poll(&pfd, 1, -1) < 0 && errno == EINTR)
-        ;
-    return spawn_finish(out, err);
 }

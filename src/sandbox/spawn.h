@@ -2,13 +2,13 @@
  * spawn — creates a sandbox: one clone3() into new namespaces, the root filesystem, then exec of
  * the init (see init.c). Everything that runs between clone and exec lives in spawn.c.
  *
- * Usage: fill a struct spawn_config (spawn_config_init() sets the built-in `host` template), call
- * spawn_sandbox() from a thread that may block (it waits for the child to finish its setup, a few
- * milliseconds). All strings, paths and buffers the child needs are prepared before clone3(), so
- * the child only makes system calls (it runs in a copy of a multi-threaded process).
+ * Usage: fill a struct spawn_config (sandbox/template.c builds the `host` template's plan), call
+ * spawn_start(), watch the status fd, then spawn_finish(). All strings, paths and buffers the
+ * child needs are prepared before clone3(), so the child only makes system calls (it runs in a
+ * copy of a multi-threaded process).
  *
- * Errors: spawn_sandbox() returns 0, or -errno with `err->step` naming the step that failed (the
- * child reports its failing step and errno through a status pipe before it _exit()s).
+ * Errors: 0, or -errno with `err->step` naming the step that failed (the child reports its
+ * failing step and errno through a status pipe before it _exit()s).
  * Nothing is left behind on failure: the child is killed and reaped, fds are closed.
  */
 #ifndef WARREN_SANDBOX_SPAWN_H
@@ -136,9 +136,6 @@ int spawn_start(const struct spawn_config *cfg, struct spawn_pending *out, struc
 int spawn_finish(struct spawn_pending *p, struct spawn_error *err);
 /* Gives up on a pending sandbox: kills and reaps the child and closes every fd. */
 void spawn_abort(struct spawn_pending *p);
-/* spawn_start + blocking wait + spawn_finish. */
-int spawn_sandbox(const struct spawn_config *cfg, struct spawn_pending *out,
-                  struct spawn_error *err);
 
 /* Capability mask kept by default (like docker's default set minus MKNOD and NET_RAW). */
 unsigned long long spawn_default_caps(void);

@@ -60,11 +60,6 @@ pid_t proc_pid(const struct proc *p)
     return p->pid;
 }
 
-int proc_running(const struct proc *p)
-{
-    return !p->exited;
-}
-
 struct sandbox *proc_sandbox(const struct proc *p)
 {
     return p->sb;

@@ -67,7 +67,6 @@ int proc_tty_groups(struct proc *p, pid_t *fg_pgrp, pid_t *session);
 /* Stops (1) or resumes (0) reading the output: the process blocks once its pipe is full. */
 void proc_pause_output(struct proc *p, int paused);
 pid_t proc_pid(const struct proc *p);
-int proc_running(const struct proc *p);
 struct sandbox *proc_sandbox(const struct proc *p);
 
 /* Hooks for sandbox.c: messages from the init, and the end of the sandbox. */
