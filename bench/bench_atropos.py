@@ -40,12 +40,10 @@ Environment: BUILD (default build), KEEP_LOG=1 keeps the daemon log.
 """
 
 import argparse
-import http.client
 import json
 import os
 import random
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -54,7 +52,7 @@ import tempfile
 import time
 import uuid
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from warren_daemon import ROOT, Daemon
 NSLOTS = 4
 
 
@@ -64,64 +62,6 @@ def log(msg):
 
 # ---------------------------------------------------------------------------------------------
 # daemon
-
-
-class Daemon:
-    def __init__(self, build, slots):
-        self.bin = os.path.join(ROOT, build, "warren")
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        self.port = s.getsockname()[1]
-        s.close()
-        self.slots = slots
-        self.state = tempfile.mkdtemp(prefix="warren-bench.")
-        self.log_path = self.state + ".log"
-        self.proc = None
-        self.argv = [self.bin, "serve", "--listen", f"127.0.0.1:{self.port}", "--state-dir",
-                     self.state, "--slots", str(slots)]
-
-    def start(self):
-        self.logf = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self.logf,
-                                     stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"daemon exited during start-up:\n{open(self.log_path).read()}")
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
-                c.request("GET", "/health")
-                r = c.getresponse()
-                h = json.loads(r.read())
-                c.close()
-                if r.status == 200 and h.get("slots") == self.slots:
-                    log(f"daemon pid {self.proc.pid} on 127.0.0.1:{self.port} "
-                        f"(--slots {self.slots}), state {self.state}")
-                    return
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.1)
-        raise SystemExit("daemon did not answer GET /health within 20 s")
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                log("daemon did not stop on SIGTERM, killing")
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc:
-            self.logf.close()
-        shutil.rmtree(self.state, ignore_errors=True)
-        if os.environ.get("KEEP_LOG") == "1":
-            log(f"daemon log kept in {self.log_path}")
-        else:
-            try:
-                os.unlink(self.log_path)
-            except OSError:
-                pass
 
 
 class Conn:
@@ -420,7 +360,8 @@ def main():
     os.mkdir(workspace)
     bw = bwrap_command(args.bwrap, workspace, False)
     bw_net = bwrap_command(args.bwrap, workspace, True)
-    d = Daemon(build, NSLOTS)
+    d = Daemon(build, log, extra_args=["--slots", str(NSLOTS)], ready_path="/health",
+               ready=lambda status, body: status == 200 and json.loads(body).get("slots") == NSLOTS)
     samples = {g: [] for g in GROUPS}
     try:
         d.start()

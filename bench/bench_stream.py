@@ -29,17 +29,13 @@ import http.client
 import json
 import os
 import random
-import shutil
-import signal
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+from warren_daemon import ROOT, Daemon
 
 
 def log(msg):
@@ -48,65 +44,6 @@ def log(msg):
 
 # ---------------------------------------------------------------------------------------------
 # daemon
-
-
-class Daemon:
-    def __init__(self, build):
-        self.bin = os.path.join(ROOT, build, "warren")
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        self.port = s.getsockname()[1]
-        s.close()
-        self.state = tempfile.mkdtemp(prefix="warren-bench.")
-        self.log_path = self.state + ".log"
-        self.proc = None
-
-    def start(self):
-        self.logf = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [self.bin, "serve", "--listen", f"127.0.0.1:{self.port}", "--state-dir", self.state],
-            stdin=subprocess.DEVNULL, stdout=self.logf, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"daemon exited during start-up:\n{open(self.log_path).read()}")
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
-                c.request("GET", "/healthz")
-                if c.getresponse().status == 200:
-                    c.close()
-                    log(f"daemon pid {self.proc.pid} on 127.0.0.1:{self.port}, "
-                        f"state {self.state}")
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise SystemExit("daemon did not answer /healthz within 10 s")
-
-    def cpu_s(self):
-        with open(f"/proc/{self.proc.pid}/stat") as f:
-            rest = f.read().rsplit(")", 1)[1].split()
-        return (int(rest[11]) + int(rest[12])) / CLK_TCK
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                log("daemon did not stop on SIGTERM, killing")
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc:
-            self.logf.close()
-        shutil.rmtree(self.state, ignore_errors=True)
-        if os.environ.get("KEEP_LOG") == "1":
-            log(f"daemon log kept in {self.log_path}")
-        else:
-            try:
-                os.unlink(self.log_path)
-            except OSError:
-                pass
 
 
 class Http:
@@ -256,7 +193,7 @@ def main():
         subprocess.run(["make", "--no-print-directory", "-C", ROOT, f"BUILD={build}", "all",
                         f"{build}/bench/bench_ws"], check=True, stdout=sys.stderr)
 
-    d = Daemon(build)
+    d = Daemon(build, log)
     results = {"bytes": args.bytes, "python_bytes": args.python_bytes, "runs": []}
     try:
         d.start()
