@@ -1206,3 +1206,20 @@ def test_archive_download_disconnect_keeps_daemon_healthy(fresh_daemon):
     extra = _wait_fds_back(daemon.pid, before)
     assert not extra, f"fds still open 5 s after 10 aborted archive downloads: {extra}"
     api.remove(sid)
+
+
+def test_full_disk_keeps_old_file(api, sandbox):
+    """A write that runs out of space (the sandbox's /dev/shm is a 64 MiB tmpfs) answers 413, leaves
+    the previous file as it was, no temporary file behind, and the space free again."""
+    sid = sandbox["id"]
+    url = q(sid, path="/dev/shm/f")
+    assert api.request("PUT", url, body=b"old").status == 200
+    r = api.request("PUT", url, body=b"\0" * (70 << 20))
+    assert r.status == 413, r
+    assert r.json["error"]["code"] == "payload_too_large"
+    assert "No space left" in r.json["error"]["message"]
+    assert api.get(url).body == b"old"
+    names = [e["path"] for e in api.get(q(sid, "files/list", path="/dev/shm")).json["entries"]]
+    assert names == ["f"], names
+    df = api.post(f"/v1/sandboxes/{sid}/exec", {"shell": "df -k /dev/shm | tail -1"}).json
+    assert int(df["stdout"].split()[2]) < 1024, df  # used KiB: the partial upload is gone
