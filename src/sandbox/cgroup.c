@@ -215,12 +215,21 @@ int cgroup_create(const struct cgroup_manager *m, const char *name,
             continue;
         if (snprintf(dir, sizeof(dir), "%s/%s", m->base[i], name) >= (int)sizeof(dir) - 16)
             goto toolong;
-        if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
-            int r = -errno;
+        int r = mkdir(dir, 0755) < 0 && errno != EEXIST ? -errno : 0;
+        if (r == -ENOENT) {
+            /* Another daemon sharing this parent removed it when it exited empty: make it
+             * again (with its controllers on v2) and retry. */
+            r = util_mkdir_p(m->base[i], 0755);
+            if (r == 0 && m->mode == CGROUP_V2)
+                r = write_str(m->base[i], "cgroup.subtree_control", "+memory +pids +cpu");
+            if (r == 0 && mkdir(dir, 0755) < 0 && errno != EEXIST)
+                r = -errno;
+        }
+        if (r < 0) {
             cgroup_destroy(m, name);
             return r;
         }
-        int r = m->mode == CGROUP_V2 ? set_limits_v2(dir, limits) : set_limits_v1(i, dir, limits);
+        r = m->mode == CGROUP_V2 ? set_limits_v2(dir, limits) : set_limits_v1(i, dir, limits);
         if (r < 0) {
             cgroup_destroy(m, name);
             return r;

@@ -67,3 +67,16 @@ def test_crash_then_restart_cleans_up():
         api2.remove(sb2["id"])
     finally:
         d2.stop(check=True)
+
+
+def test_daemons_sharing_cgroup_parents(fresh_daemon):
+    """Two daemons on one host share the parent `warren` cgroups where they sit in the same
+    cgroup; one stopping (and removing the then-empty parents) must not break the other."""
+    a, b = fresh_daemon(), fresh_daemon()
+    api_b = Api(b)
+    sb = api_b.create()
+    api_b.remove(sb["id"])
+    a.stop(check=True)
+    sb = api_b.create()
+    assert sh(api_b, sb["id"], "echo ok")["stdout"] == "ok\n"
+    api_b.remove(sb["id"])

@@ -235,6 +235,32 @@ static void test_v1_layout(void **state)
     assert_string_equal(buf, "50000");
 }
 
+static void test_v1_parent_removed_by_another_daemon(void **state)
+{
+    (void)state;
+    char self[512], p[512];
+    const char *ctrls[] = {"memory", "pids", "cpu", "freezer", "cpuacct"};
+    for (int i = 0; i < 5; i++) {
+        snprintf(p, sizeof(p), "%s/%s", root, ctrls[i]);
+        util_mkdir_p(p, 0755);
+    }
+    snprintf(self, sizeof(self), "%s/self_cgroup", root);
+    put("self_cgroup", "8:pids:/\n4:memory:/\n1:cpu:/\n6:freezer:/\n2:cpuacct:/\n0::/\n");
+    struct cgroup_manager m;
+    assert_int_equal(cgroup_manager_init(&m, root, self), 0);
+    /* Another daemon sharing these parents exits and removes them while they are empty. */
+    struct cgroup_manager other = m;
+    cgroup_manager_cleanup(&other);
+    snprintf(p, sizeof(p), "%s/pids/warren", root);
+    assert_int_equal(access(p, F_OK), -1);
+    struct cgroup_limits none = {0, 0, 0};
+    char procs[CGROUP_V1_CONTROLLERS][CGROUP_PATH_MAX];
+    size_t n = 0;
+    assert_int_equal(cgroup_create(&m, "sb-5", &none, procs, &n), 0);
+    assert_int_equal(n, 5);
+    assert_true(exists("pids/warren/sb-5") && exists("memory/warren/sb-5"));
+}
+
 static void test_none(void **state)
 {
     (void)state;
@@ -254,6 +280,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_v2_usage_and_freeze, setup, teardown),
         cmocka_unit_test_setup_teardown(test_v2_root_cgroup, setup, teardown),
         cmocka_unit_test_setup_teardown(test_v1_layout, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_v1_parent_removed_by_another_daemon, setup, teardown),
         cmocka_unit_test_setup_teardown(test_none, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
