@@ -15,10 +15,54 @@ static void serve_usage(FILE *f)
 {
     fprintf(f, "usage: warren serve [--listen HOST:PORT|unix:PATH] [--state-dir DIR]\n"
                "                    [--max-sandboxes N] [--slots N]\n"
-               "                    [--secrets-dir DIR]\n"
+               "                    [--secrets-dir DIR] [--egress-hosts FILE]\n"
+               "                    [--defaults RES] [--maxima RES]\n"
                "                    [--log-level debug|info|warn|error]\n"
                "defaults: --listen 127.0.0.1:7070 --state-dir ./.warren --slots 0\n"
-               "--slots N also serves the atropos slot protocol (slot_0..slot_N-1, N <= 256)\n");
+               "--slots N also serves the atropos slot protocol (slot_0..slot_N-1, N <= 256)\n"
+               "RES is cpus=C,memory_mib=M,pids=P,disk_mib=D (any subset): the resources of a\n"
+               "  sandbox that asks for none (defaults 1, 512, 256, 1024) and the most one may\n"
+               "  ask for (maxima 64, 65536, 65536, 1048576)\n"
+               "--egress-hosts FILE: hosts-file lines (IP NAME...) the egress proxy resolves\n"
+               "  before DNS\n");
+}
+
+/* Parses "cpus=1.5,memory_mib=512,..." into *res (fields not named keep their value). */
+static int parse_resources_flag(const char *flag, const char *arg, struct sandbox_resources *res)
+{
+    char buf[256];
+    if (snprintf(buf, sizeof(buf), "%s", arg) >= (int)sizeof(buf))
+        goto bad;
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok;
+         tok = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(tok, '='), *end;
+        if (!eq || !eq[1])
+            goto bad;
+        *eq = '\0';
+        if (!strcmp(tok, "cpus")) {
+            double v = strtod(eq + 1, &end);
+            if (*end || !(v >= 0.01 && v <= 1024))
+                goto bad;
+            res->cpus = v;
+            continue;
+        }
+        unsigned long long v = strtoull(eq + 1, &end, 10);
+        if (*end || v < 1 || eq[1] == '-' || v > (1ull << 40))
+            goto bad;
+        if (!strcmp(tok, "memory_mib"))
+            res->memory_mib = v;
+        else if (!strcmp(tok, "pids"))
+            res->pids = v;
+        else if (!strcmp(tok, "disk_mib"))
+            res->disk_mib = v;
+        else
+            goto bad;
+    }
+    return 0;
+bad:
+    fprintf(stderr, "warren serve: --%s wants cpus=C,memory_mib=M,pids=P,disk_mib=D, got '%s'\n",
+            flag, arg);
+    return -1;
 }
 
 static int cmd_serve(int argc, char **argv)
@@ -27,6 +71,9 @@ static int cmd_serve(int argc, char **argv)
         {"listen", required_argument, NULL, 'l'},
         {"state-dir", required_argument, NULL, 's'},
         {"secrets-dir", required_argument, NULL, 'K'},
+        {"egress-hosts", required_argument, NULL, 'E'},
+        {"defaults", required_argument, NULL, 'D'},
+        {"maxima", required_argument, NULL, 'X'},
         {"max-sandboxes", required_argument, NULL, 'm'},
         {"slots", required_argument, NULL, 'S'},
         {"log-level", required_argument, NULL, 'L'},
@@ -47,6 +94,17 @@ static int cmd_serve(int argc, char **argv)
             break;
         case 'K':
             cfg.secrets_dir = optarg;
+            break;
+        case 'E':
+            cfg.egress_hosts = optarg;
+            break;
+        case 'D':
+            if (parse_resources_flag("defaults", optarg, &cfg.defaults) < 0)
+                return 2;
+            break;
+        case 'X':
+            if (parse_resources_flag("maxima", optarg, &cfg.maxima) < 0)
+                return 2;
             break;
         case 'm': {
             char *end;
@@ -85,6 +143,12 @@ static int cmd_serve(int argc, char **argv)
     if (optind < argc) {
         fprintf(stderr, "warren serve: unexpected argument '%s'\n", argv[optind]);
         serve_usage(stderr);
+        return 2;
+    }
+    const struct sandbox_resources *d = &cfg.defaults, *m = &cfg.maxima;
+    if (d->cpus > m->cpus || d->memory_mib > m->memory_mib || d->pids > m->pids ||
+        d->disk_mib > m->disk_mib) {
+        fprintf(stderr, "warren serve: --defaults exceed --maxima\n");
         return 2;
     }
     log_set_level(level);

@@ -8,12 +8,14 @@
 #include <grp.h>
 #include <libgen.h>
 #include <malloc.h>
+#include <sched.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -22,6 +24,9 @@
 #include "api/compat_atropos.h"
 #include "core/log.h"
 #include "core/util.h"
+#include "sandbox/disk.h"
+#include "sandbox/egress.h"
+#include "sandbox/netns.h"
 #include "sandbox/template.h"
 
 void server_config_defaults(struct server_config *cfg)
@@ -172,17 +177,29 @@ static int server_start(struct server *srv)
         log_error("setgroups: %s", strerror(errno));
         return -errno;
     }
+    /* Sandbox disks are mounted in a mount namespace of our own: their mounts never propagate to
+     * the host (where another namespace could pin them and their loop devices), and they all go
+     * when the daemon dies. Host mounts still propagate to us. This must run before any thread
+     * exists: unshare(CLONE_NEWNS) needs a file system context nobody else shares. */
+    if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0) {
+        log_error("cannot make the daemon's mount namespace: %s", strerror(errno));
+        return -errno;
+    }
     if ((r = load_init_binary(&srv->init_fd)) < 0)
         return r;
     if ((r = seccomp_filter_build(&srv->seccomp)) < 0) {
         log_error("cannot build the seccomp filter: %s", strerror(-r));
         return r;
     }
-    if ((r = cgroup_manager_init(&srv->cgroups, "/sys/fs/cgroup", "/proc/self/cgroup")) < 0)
-        log_warn("no usable cgroup hierarchy (%s): resource limits are not enforced", strerror(-r));
-    else
-        log_info("cgroup %s: sandboxes under %s", cgroup_mode_name(srv->cgroups.mode),
-                 srv->cgroups.base[0][0] ? srv->cgroups.base[0] : srv->cgroups.base[1]);
+    if ((r = cgroup_manager_init(&srv->cgroups, "/sys/fs/cgroup", "/proc/self/cgroup")) < 0) {
+        log_error("no usable cgroup hierarchy under /sys/fs/cgroup (%s): sandboxes cannot be "
+                  "limited; warren needs cgroup v2 with a delegated subtree, or cgroup v1 with the "
+                  "memory, pids, cpu and freezer controllers",
+                  strerror(-r));
+        return r;
+    }
+    log_info("cgroup %s: sandboxes under %s", cgroup_mode_name(srv->cgroups.mode),
+             srv->cgroups.base[0][0] ? srv->cgroups.base[0] : srv->cgroups.base[1]);
     if ((r = store_open(&srv->store, srv->state_dir)) < 0)
         return r;
 
@@ -200,6 +217,23 @@ static int server_start(struct server *srv)
     if ((r = registry_init(reg)) < 0)
         return r;
     registry_recover(reg);
+    char msg[512];
+    if ((r = disk_manager_new(srv->state_dir, &srv->disks, msg, sizeof(msg))) < 0) {
+        log_error("cannot give sandboxes disks: %s", msg);
+        return r;
+    }
+    reg->disks = srv->disks;
+    if ((reg->host_netns = netns_open_current()) < 0) {
+        log_error("cannot open the daemon's network namespace: %s", strerror(-reg->host_netns));
+        return reg->host_netns;
+    }
+    if (srv->cfg.egress_hosts) {
+        if ((r = egress_hosts_load(srv->cfg.egress_hosts, &srv->egress_hosts)) < 0) {
+            log_error("--egress-hosts %s: %s", srv->cfg.egress_hosts, strerror(-r));
+            return r;
+        }
+        reg->egress_hosts = srv->egress_hosts;
+    }
     if ((r = template_host_prepare(&srv->tmpl, srv->state_dir)) < 0) {
         log_error("cannot prepare the host template in %s/templates: %s", srv->state_dir,
                   strerror(-r));
@@ -251,6 +285,7 @@ int server_run(const struct server_config *cfg)
         return 1;
     srv->cfg = *cfg;
     srv->init_fd = -1;
+    srv->reg.host_netns = -1;
     signal(SIGPIPE, SIG_IGN);
     /* Streaming moves many short-lived buffers of a few hundred KiB; from the heap they are
      * reused warm instead of being mmap'd and faulted in anew each time. Larger ones (a big exec
@@ -277,6 +312,10 @@ int server_run(const struct server_config *cfg)
     registry_free(&srv->reg);
     secrets_free(&srv->secrets);
     cgroup_manager_cleanup(&srv->cgroups);
+    disk_manager_free(srv->disks);
+    egress_hosts_free(srv->egress_hosts);
+    if (srv->reg.host_netns >= 0)
+        close(srv->reg.host_netns);
     store_close(srv->store);
     seccomp_filter_free(&srv->seccomp);
     if (srv->init_fd >= 0)

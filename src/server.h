@@ -23,9 +23,10 @@
 #define WARREN_VERSION "0.1.0"
 
 struct server_config {
-    const char *listen;      /* "127.0.0.1:7070" */
-    const char *state_dir;   /* created if missing */
-    const char *secrets_dir; /* NULL: no secrets */
+    const char *listen;       /* "127.0.0.1:7070" */
+    const char *state_dir;    /* created if missing */
+    const char *secrets_dir;  /* NULL: no secrets */
+    const char *egress_hosts; /* NULL: the egress proxy resolves through DNS only */
     unsigned max_sandboxes;
     size_t max_body_bytes;
     double exec_timeout_default_s;
@@ -47,6 +48,8 @@ struct server {
     store_t *store;
     struct seccomp_filter seccomp;
     struct cgroup_manager cgroups;
+    struct disk_manager *disks;
+    struct egress_hosts *egress_hosts; /* --egress-hosts, or NULL */
     struct host_template tmpl;
     struct secrets secrets;
     struct registry reg;

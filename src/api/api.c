@@ -16,6 +16,7 @@ static const struct route routes[] = {
     {"GET", "/v1/sandboxes", api_sandbox_list},
     {"GET", "/v1/sandboxes/{id}", api_sandbox_get},
     {"DELETE", "/v1/sandboxes/{id}", api_sandbox_delete},
+    {"PATCH", "/v1/sandboxes/{id}", api_sandbox_patch},
     {"POST", "/v1/sandboxes/{id}/pause", api_sandbox_pause},
     {"GET", "/v1/sandboxes/{id}/files", api_files_get},
     {"PUT", "/v1/sandboxes/{id}/files", api_files_put},

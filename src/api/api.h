@@ -78,6 +78,7 @@ void api_sandbox_create(struct server *srv, http_req_t *req, const struct route_
 void api_sandbox_list(struct server *srv, http_req_t *req, const struct route_params *p);
 void api_sandbox_get(struct server *srv, http_req_t *req, const struct route_params *p);
 void api_sandbox_delete(struct server *srv, http_req_t *req, const struct route_params *p);
+void api_sandbox_patch(struct server *srv, http_req_t *req, const struct route_params *p);
 void api_sandbox_pause(struct server *srv, http_req_t *req, const struct route_params *p);
 void api_sandbox_resume(struct server *srv, http_req_t *req, const struct route_params *p);
 /* commands.c */

@@ -9,6 +9,7 @@
 #include "api/api.h"
 #include "core/json.h"
 #include "core/util.h"
+#include "sandbox/egress.h"
 #include "session/command.h"
 #include "session/exec.h"
 #include "session/secrets.h"
@@ -189,6 +190,15 @@ char **api_build_env(const struct sandbox *sb, json_t *exec_env, const char *ter
                             "HOSTNAME", sb->name, "LANG", "C.UTF-8", "TERM", term);
     if (!all)
         return NULL;
+    /* With an egress proxy, the usual variables point at it; the sandbox's env may override. */
+    if (egress_policy_mode(sb->network) != EGRESS_NONE) {
+        static const char *const names[] = {"HTTP_PROXY", "HTTPS_PROXY", "http_proxy",
+                                            "https_proxy"};
+        for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+            json_object_set_new(all, names[i], json_string("http://127.0.0.1:3128"));
+        json_object_set_new(all, "NO_PROXY", json_string("localhost,127.0.0.1,::1"));
+        json_object_set_new(all, "no_proxy", json_string("localhost,127.0.0.1,::1"));
+    }
     json_object_update(all, sb->env);
     size_t si;
     json_t *name;

@@ -350,10 +350,17 @@ static void on_write(uv_fs_t *fs)
     ssize_t n = fs->result;
     uv_fs_req_cleanup(fs);
     x->busy = 0;
-    if (n < 0 && x->r == 0)
-        x->r = (int)n; /* e.g. -ENOSPC: reported when the body ends */
-    else if (n > 0)
+    if (n < 0 && x->r == 0) {
+        x->r = (int)n; /* e.g. -ENOSPC: the sandbox's disk is full */
+        if (!x->body_ended && !x->answered) {
+            /* Answer now instead of reading a body that cannot be stored: the server discards
+             * the rest and no body callback follows, as for an upload over the limit. */
+            answer_error(x, x->r, NULL);
+            x->body_ended = 1;
+        }
+    } else if (n > 0) {
         x->written += (uint64_t)n;
+    }
     if (!x->body_ended && !x->answered)
         http_req_body_pause(x->req, 0);
     upload_flush(x);

@@ -7,6 +7,7 @@
 
 #include "api/api.h"
 #include "core/json.h"
+#include "sandbox/egress.h"
 #include "session/secrets.h"
 
 #define ERRLEN 256
@@ -110,29 +111,13 @@ static int parse_secrets(struct server *srv, json_t *v, json_t **out, char *err)
     return 0;
 }
 
-static int parse_network(json_t *obj, char *err)
+/* The `network` field: 400 with the parser's message on bad input. */
+static int parse_network(json_t *obj, struct egress_policy **out, char *err)
 {
-    static const char *const keys[] = {"mode", "allow", NULL};
-    const char *mode = "none";
-    if (!obj)
-        return 0;
-    if (json_check_keys(obj, keys, "network", err, ERRLEN) ||
-        json_opt_string(obj, "mode", "network.mode", &mode, err, ERRLEN))
-        return 400;
-    json_t *allow = json_object_get(obj, "allow");
-    if (allow && !json_is_null(allow) && !json_is_array(allow)) {
-        snprintf(err, ERRLEN, "'network.allow' must be an array of strings");
-        return 400;
-    }
-    if (strcmp(mode, "none") != 0) {
-        snprintf(err, ERRLEN, "unsupported 'network.mode' '%s' (supported: none)", mode);
-        return 400;
-    }
-    if (allow && json_is_array(allow) && json_array_size(allow) > 0) {
-        snprintf(err, ERRLEN, "'network.allow' needs network.mode 'allowlist'");
-        return 400;
-    }
-    return 0;
+    int r = egress_policy_parse(obj, out, err, ERRLEN);
+    if (r == -ENOMEM)
+        snprintf(err, ERRLEN, "out of memory");
+    return r == 0 ? 0 : r == -ENOMEM ? 500 : 400;
 }
 
 static void on_created(struct sandbox *sb, int status, const char *code, const char *msg, void *arg)
@@ -189,11 +174,14 @@ void api_sandbox_create(struct server *srv, http_req_t *req, const struct route_
     if ((status = parse_secrets(srv, json_object_get(body, "secrets"), &spec.secrets, err)))
         goto bad;
     status = 400;
-    if ((status = parse_resources(srv, res, &spec.res, err)) || (status = parse_network(net, err)))
+    if ((status = parse_resources(srv, res, &spec.res, err)) ||
+        (status = parse_network(net, &spec.network, err)))
         goto bad;
 
     char msg[1024];
     status = sandbox_create(&srv->reg, &spec, on_created, req, msg, sizeof(msg));
+    if (status)
+        egress_policy_free(spec.network);
     json_decref(body);
     if (status)
         http_respond_error(req, status,
@@ -311,6 +299,46 @@ void api_sandbox_resume(struct server *srv, http_req_t *req, const struct route_
         pause_error(req, sb, r);
     else
         http_respond_json(req, 200, sandbox_to_json(sb));
+}
+
+void api_sandbox_patch(struct server *srv, http_req_t *req, const struct route_params *p)
+{
+    static const char *const keys[] = {"network", NULL};
+    char err[ERRLEN];
+    struct egress_policy *policy = NULL;
+    json_t *net = NULL;
+    int status = 400;
+    if (api_check_query(req, NULL) < 0)
+        return;
+    struct sandbox *sb = api_find_sandbox(srv, req, p);
+    if (!sb)
+        return;
+    json_t *body = api_body_object(req);
+    if (!body)
+        return;
+    if (json_check_keys(body, keys, NULL, err, ERRLEN) ||
+        json_opt_object(body, "network", "network", &net, err, ERRLEN))
+        goto bad;
+    if (!net) {
+        snprintf(err, ERRLEN, "nothing to change: PATCH takes {\"network\": {...}}");
+        goto bad;
+    }
+    if ((status = parse_network(net, &policy, err)))
+        goto bad;
+    json_decref(body);
+    int r = sandbox_set_network(sb, policy);
+    if (r == -EINVAL)
+        http_respond_error(req, 409, "conflict", "the sandbox is %s",
+                           sandbox_state_name(sb->state));
+    else if (r < 0)
+        http_respond_error(req, 500, "internal", "cannot apply the network policy: %s",
+                           strerror(-r));
+    else
+        http_respond_json(req, 200, sandbox_to_json(sb));
+    return;
+bad:
+    json_decref(body);
+    http_respond_error(req, status, status == 500 ? "internal" : "bad_request", "%s", err);
 }
 
 static void on_deleted(void *arg)

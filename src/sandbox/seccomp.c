@@ -128,6 +128,25 @@ static int add_ioctl_rules(scmp_filter_ctx ctx)
                             SCMP_A1(SCMP_CMP_MASKED_EQ, 0xffffffffUL, TIOCLINUX));
 }
 
+static int add_ptrace_rules(scmp_filter_ctx ctx)
+{
+    /* Only descendants may be traced (what Yama's ptrace_scope 1 gives; kernels without Yama
+     * allow any process of the same user). A tracer takes a running process with PTRACE_ATTACH
+     * or PTRACE_SEIZE, which can name any process of the sandbox, so both are denied; a child can
+     * still ask its parent to trace it (PTRACE_TRACEME), which is how gdb runs programs and how
+     * strace does when SEIZE is refused. process_vm_readv/writev reach another process's memory
+     * under the same access check as ptrace: denied too. */
+    static const unsigned long requests[] = {16 /* PTRACE_ATTACH */, 0x4206 /* PTRACE_SEIZE */};
+    int r;
+    for (size_t i = 0; i < sizeof(requests) / sizeof(requests[0]); i++)
+        if ((r = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), SCMP_SYS(ptrace), 1,
+                                  SCMP_A0(SCMP_CMP_EQ, requests[i]))) < 0)
+            return r;
+    if ((r = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), SCMP_SYS(process_vm_readv), 0)) < 0)
+        return r;
+    return seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), SCMP_SYS(process_vm_writev), 0);
+}
+
 static int add_personality_rules(scmp_filter_ctx ctx)
 {
     /* personality() can switch to legacy behaviour that weakens exploit mitigations
@@ -161,12 +180,13 @@ int seccomp_filter_build(struct seccomp_filter *f)
     memset(f, 0, sizeof(*f));
     if (!ctx)
         return -ENOMEM;
-    /* Binary-tree layout: the few syscalls with argument rules (ioctl, clone, personality) are
+    /* Binary-tree layout: the few syscalls with argument rules (ioctl, clone, ptrace,
+     * personality) are
      * found in O(log n); the kernel's constant-action cache skips the filter for the rest. */
     if ((r = seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS)) < 0 ||
         (r = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_OPTIMIZE, 2)) < 0 || (r = add_rules(ctx)) < 0 ||
         (r = add_ns_rules(ctx)) < 0 || (r = add_ioctl_rules(ctx)) < 0 ||
-        (r = add_personality_rules(ctx)) < 0)
+        (r = add_ptrace_rules(ctx)) < 0 || (r = add_personality_rules(ctx)) < 0)
         goto error;
 
     /* libseccomp 2.5 can only export to an fd: go through a memfd and read the program back. */

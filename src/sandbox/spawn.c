@@ -9,9 +9,9 @@
  * Order matters, and why:
  *  1. parent: clone3(NEWUSER|NEWPID|NEWNS|NEWUTS|NEWIPC|NEWNET), writes uid/gid maps (with
  *     setgroups denied) and moves the child into its cgroups, then releases it.
- *  2. child, still host uid 0 by credentials: make mounts private, mount the root tmpfs on the
- *     sandbox's root directory and chdir into it. This has to happen before setresuid because the
- *     state directory may be 0700 (only host root may traverse it).
+ *  2. child, still host uid 0 by credentials: make mounts private, make the sandbox's root
+ *     directory a mount (a tmpfs, or the directory bound on itself) and chdir into it. This has to
+ * happen before setresuid because the state directory may be 0700 (only host root may traverse it).
  *  3. child: setresuid(0) inside the namespace (= the unprivileged host range), so every inode it
  *     creates from now on belongs to the sandbox. Every later path is relative to the new root.
  *  4. child: unshare the cgroup namespace (after the move into the cgroup, so it is rooted there),
@@ -444,8 +444,13 @@ static __attribute__((noreturn)) void child_main(struct child_ctx *c)
 
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
         child_fail(c, SPAWN_STEP_PROPAGATION, NULL);
-    /* uid=0,gid=0 are read in the new user namespace: the root belongs to the sandbox's root. */
-    if (mount("tmpfs", cfg->root_dir, "tmpfs", MS_NOSUID | MS_NODEV, cfg->root_opts) < 0)
+    /* A tmpfs (uid=0,gid=0 are read in the new user namespace: it belongs to the sandbox's
+     * root), or the directory itself bound on itself, because pivot_root needs a mount point. */
+    if (cfg->root_opts[0]
+            ? mount("tmpfs", cfg->root_dir, "tmpfs", MS_NOSUID | MS_NODEV, cfg->root_opts) < 0
+            : mount(cfg->root_dir, cfg->root_dir, NULL, MS_BIND, NULL) < 0 ||
+                  mount(NULL, cfg->root_dir, NULL,
+                        MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | MS_NOATIME, NULL) < 0)
         child_fail(c, SPAWN_STEP_ROOT, cfg->root_dir);
     if (chdir(cfg->root_dir) < 0)
         child_fail(c, SPAWN_STEP_ROOT, cfg->root_dir);
@@ -506,6 +511,10 @@ static __attribute__((noreturn)) void child_main(struct child_ctx *c)
     nofile.rlim_cur = nofile.rlim_max;
     if (setrlimit(RLIMIT_NOFILE, &nofile) < 0)
         child_fail(c, SPAWN_STEP_RLIMIT, "nofile");
+    /* Defence in depth: no file may grow past the disk (a sparse one could otherwise). */
+    struct rlimit fsize = {cfg->fsize_limit, cfg->fsize_limit};
+    if (cfg->fsize_limit && setrlimit(RLIMIT_FSIZE, &fsize) < 0)
+        child_fail(c, SPAWN_STEP_RLIMIT, "fsize");
 
     if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, cfg->seccomp, 0, 0) < 0)
         child_fail(c, SPAWN_STEP_SECCOMP, NULL);

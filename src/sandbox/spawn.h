@@ -86,9 +86,11 @@ struct spawn_config {
     uid_t host_uid; /* sandbox uid 0 maps here; `id_count` ids are mapped */
     gid_t host_gid;
     unsigned id_count;
+    unsigned long long fsize_limit; /* RLIMIT_FSIZE in bytes; 0: unchanged */
     /* file system */
-    char root_dir[SPAWN_PATH_MAX]; /* empty host directory the tmpfs root is mounted on */
-    char root_opts[96];            /* tmpfs options for the root, e.g. "mode=0755,size=1g" */
+    char root_dir[SPAWN_PATH_MAX]; /* host directory that becomes the root (see root_opts) */
+    char root_opts[96]; /* tmpfs options for a tmpfs root, e.g. "mode=0755,size=1g"; empty: bind
+                           root_dir itself (a directory the sandbox's root owns) */
     struct mount_op mounts[SPAWN_MAX_MOUNTS];
     size_t n_mounts;
     /* cgroup seam: files the child's pid is written to before it continues (may be none) */

@@ -12,12 +12,16 @@
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "core/log.h"
 #include "core/util.h"
+#include "sandbox/disk.h"
+#include "sandbox/egress.h"
+#include "sandbox/netns.h"
 #include "sandbox/proto.h"
 #include "sandbox/spawn.h"
 #include "sandbox/template.h"
@@ -52,6 +56,9 @@ struct create_op {
     struct sandbox *sb;
     sandbox_create_cb cb;
     void *arg;
+    uv_work_t disk_work; /* the sandbox's disk is made on the pool, then the clone on the loop */
+    int disk_err;
+    const char *disk_what;
     struct spawn_pending pending;
     uv_poll_t status_poll;
     double t_start;
@@ -69,6 +76,22 @@ static void sandbox_dir(const struct sandbox *sb, char *out, size_t cap, const c
              sub ? sub : "");
 }
 
+/* The disk image mounted on the sandbox's directory (see sandbox/disk.h). */
+static void sandbox_image(const struct registry *reg, const char *id, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s/sandboxes/%s.img", reg->state_dir, id);
+}
+
+/* Unmounts and deletes the sandbox's disk, then removes its directory. Returns the first -errno. */
+static int remove_sandbox_files(const struct registry *reg, const char *id)
+{
+    char dir[1200], image[1200];
+    snprintf(dir, sizeof(dir), "%s/sandboxes/%s", reg->state_dir, id);
+    sandbox_image(reg, id, image, sizeof(image));
+    int r = disk_destroy(image, dir), r2 = util_remove_tree(dir);
+    return r < 0 ? r : r2;
+}
+
 int registry_init(struct registry *reg)
 {
     char dir[1100];
@@ -83,19 +106,18 @@ static void recover_one(const char *id, const char *json, void *arg)
 {
     (void)json;
     struct registry *reg = arg;
-    char dir[1200];
-    snprintf(dir, sizeof(dir), "%s/sandboxes/%s", reg->state_dir, id);
     log_info("recovery: removing sandbox %s left by a previous daemon", id);
     cgroup_destroy(reg->cgroups, id);
-    util_remove_tree(dir);
+    remove_sandbox_files(reg, id);
     store_delete_sandbox(reg->store, id);
 }
 
 void registry_recover(struct registry *reg)
 {
     /* The previous daemon's sandboxes died with it (their init has PDEATHSIG=SIGKILL, which ends
-     * the pid namespace); their mounts lived only in their own mount namespaces. What can remain
-     * is their directories, cgroups and store records. */
+     * the pid namespace); their mounts, disks included, lived only in their own mount namespaces
+     * and the previous daemon's. What can remain is their directories, disk images, cgroups and
+     * store records. */
     store_list_sandboxes(reg->store, recover_one, reg);
     char dir[1100];
     snprintf(dir, sizeof(dir), "%s/sandboxes", reg->state_dir);
@@ -175,6 +197,7 @@ static void list_remove(struct sandbox *sb)
 
 static void sandbox_free(struct sandbox *sb)
 {
+    egress_policy_free(sb->network);
     json_decref(sb->labels);
     json_decref(sb->env);
     json_decref(sb->secrets);
@@ -211,26 +234,34 @@ json_t *sandbox_to_json(const struct sandbox *sb)
     char created[32], active[32];
     util_format_time(sb->created_at, created, sizeof(created));
     util_format_time(sb->last_active_at, active, sizeof(active));
-    return json_pack("{s:s, s:s, s:s, s:s, s:{s:f, s:I, s:I, s:I}, s:{s:s, s:[]}, s:O, s:O, "
-                     "s:O, s:n, s:s, s:s, s:s}",
+    return json_pack("{s:s, s:s, s:s, s:s, s:{s:f, s:I, s:I, s:I}, s:o, s:O, s:O, s:O, s:n, "
+                     "s:s, s:s, s:s}",
                      "id", sb->id, "name", sb->name, "state", sandbox_state_name(sb->state),
                      "template", sb->template_name, "resources", "cpus", sb->res.cpus, "memory_mib",
                      (json_int_t)sb->res.memory_mib, "pids", (json_int_t)sb->res.pids, "disk_mib",
-                     (json_int_t)sb->res.disk_mib, "network", "mode", "none", "allow", "labels",
-                     sb->labels, "env", sb->env, "secrets", sb->secrets, "session_id", "created_at",
-                     created, "last_active_at", active, "node", sb->reg->node);
+                     (json_int_t)sb->res.disk_mib, "network", egress_policy_to_json(sb->network),
+                     "labels", sb->labels, "env", sb->env, "secrets", sb->secrets, "session_id",
+                     "created_at", created, "last_active_at", active, "node", sb->reg->node);
 }
 
 json_t *sandbox_to_json_usage(const struct sandbox *sb)
 {
     json_t *o = sandbox_to_json(sb);
     struct cgroup_usage u;
-    if (o && cgroup_usage(sb->reg->cgroups, sb->id, &u) == 0)
-        json_object_set_new(o, "usage",
-                            json_pack("{s:I, s:I, s:f, s:I}", "memory_bytes",
-                                      (json_int_t)u.memory_bytes, "pids", (json_int_t)u.pids,
-                                      "cpu_seconds", u.cpu_usec / 1e6, "oom_kills",
-                                      (json_int_t)u.oom_kills));
+    struct statvfs sv;
+    char dir[1200];
+    if (o && cgroup_usage(sb->reg->cgroups, sb->id, &u) == 0) {
+        json_t *usage =
+            json_pack("{s:I, s:I, s:f, s:I}", "memory_bytes", (json_int_t)u.memory_bytes, "pids",
+                      (json_int_t)u.pids, "cpu_seconds", u.cpu_usec / 1e6, "oom_kills",
+                      (json_int_t)u.oom_kills);
+        sandbox_dir(sb, dir, sizeof(dir), NULL);
+        if (usage && statvfs(dir, &sv) == 0)
+            json_object_set_new(
+                usage, "disk_bytes",
+                json_integer((json_int_t)((sv.f_blocks - sv.f_bfree) * sv.f_frsize)));
+        json_object_set_new(o, "usage", usage);
+    }
     return o;
 }
 
@@ -487,13 +518,11 @@ static void destroy_work_cb(uv_work_t *w)
 {
     struct destroy_work *dw = w->data;
     struct sandbox *sb = dw->sb;
-    char dir[1200];
     int r = cgroup_destroy(sb->reg->cgroups, sb->id);
     if (r < 0)
         log_warn("sandbox %s: removing cgroup: %s", sb->id, strerror(-r));
-    sandbox_dir(sb, dir, sizeof(dir), NULL);
-    if ((r = util_remove_tree(dir)) < 0)
-        log_warn("sandbox %s: removing %s: %s", sb->id, dir, strerror(-r));
+    if ((r = remove_sandbox_files(sb->reg, sb->id)) < 0)
+        log_warn("sandbox %s: removing its disk and directory: %s", sb->id, strerror(-r));
 }
 
 static void destroy_after_cb(uv_work_t *w, int status)
@@ -595,6 +624,10 @@ void sandbox_destroy(struct sandbox *sb, sandbox_destroy_cb cb, void *arg)
     if (sb->state == SB_STOPPING || sb->state == SB_CREATING)
         return; /* already on its way; a creating sandbox is destroyed when its create ends */
     enum sandbox_state was = sb->state;
+    if (sb->proxy) {
+        egress_proxy_close(sb->proxy);
+        sb->proxy = NULL;
+    }
     if (was == SB_PAUSED || sb->pausing) /* frozen processes cannot die until thawed */
         cgroup_freeze(sb->reg->cgroups, sb->id, 0);
     sb->state = SB_STOPPING;
@@ -609,31 +642,147 @@ void sandbox_destroy(struct sandbox *sb, sandbox_destroy_cb cb, void *arg)
         log_warn("sandbox %s: pidfd_send_signal: %s", sb->id, strerror(errno));
 }
 
+/* ---- network -------------------------------------------------------------------------------- */
+
+/* Makes the sandbox's egress proxy match sb->network: none → no proxy (nothing listens on the
+ * sandbox's 127.0.0.1:3128); otherwise a proxy with a copy of the policy. */
+static int apply_network(struct sandbox *sb)
+{
+    struct registry *reg = sb->reg;
+    struct egress_policy *copy = NULL;
+    int r;
+    if (egress_policy_mode(sb->network) == EGRESS_NONE) {
+        if (sb->proxy)
+            egress_proxy_close(sb->proxy);
+        sb->proxy = NULL;
+        return 0;
+    }
+    char err[256];
+    json_t *j = egress_policy_to_json(sb->network);
+    r = j ? egress_policy_parse(j, &copy, err, sizeof(err)) : -ENOMEM;
+    json_decref(j);
+    if (r < 0)
+        return r;
+    if (sb->proxy) {
+        egress_proxy_set_policy(sb->proxy, copy);
+        return 0;
+    }
+    int fd = netns_listen(sb->pidfd, reg->host_netns, EGRESS_PROXY_PORT);
+    if (fd < 0) {
+        egress_policy_free(copy);
+        return fd;
+    }
+    struct egress_options opt = {.sandbox_id = sb->id,
+                                 .hosts = reg->egress_hosts,
+                                 .on_decision = reg->on_egress,
+                                 .ud = reg->on_egress_ud};
+    return egress_proxy_start(reg->loop, fd, &opt, copy, &sb->proxy);
+}
+
+int sandbox_set_network(struct sandbox *sb, struct egress_policy *policy)
+{
+    if (sb->state != SB_RUNNING && sb->state != SB_PAUSED) {
+        egress_policy_free(policy);
+        return -EINVAL;
+    }
+    struct egress_policy *old = sb->network;
+    sb->network = policy;
+    int r = apply_network(sb);
+    if (r < 0) {
+        sb->network = old;
+        egress_policy_free(policy);
+        return r;
+    }
+    egress_policy_free(old);
+    return 0;
+}
+
 /* ---- creation ------------------------------------------------------------------------------- */
 
-/* Directories, cgroup and spawn config for a new sandbox, then clone. Runs on the loop: each step
- * is a handful of fast system calls, and the slow part (the child's setup) is waited for through
- * the status pipe, not by blocking. On failure everything done is undone and *msg says why. */
+/* Creation failed after the sandbox was listed: undo what was done, answer, and run the delete
+ * callbacks of anyone who asked to delete it meanwhile. */
+static void create_fail(struct create_op *op, const char *msg)
+{
+    struct sandbox *sb = op->sb;
+    struct registry *reg = sb->reg;
+    log_error("sandbox %s: %s", sb->id, msg);
+    cgroup_destroy(reg->cgroups, sb->id);
+    remove_sandbox_files(reg, sb->id);
+    reg->uid_slots[sb->uid_slot] = 0;
+    list_remove(sb);
+    op->cb(NULL, 500, "sandbox_setup_failed", msg, op->arg);
+    for (struct sandbox_waiter *w = sb->waiters, *next; w; w = next) {
+        next = w->next;
+        if (w->cb)
+            w->cb(w->arg);
+        free(w);
+    }
+    sb->waiters = NULL;
+    sandbox_free(sb);
+    registry_check_idle(reg);
+}
+
+/* Pool thread: the sandbox's directory and its disk mounted on it, holding the root file system
+ * (`root`) and the workspace (`workspace`), both owned by the sandbox's root. */
+static void create_disk_work(uv_work_t *w)
+{
+    struct create_op *op = w->data;
+    struct sandbox *sb = op->sb;
+    char dir[1200], image[1200];
+    static const char *const subdirs[] = {"root", "workspace", NULL};
+    sandbox_dir(sb, dir, sizeof(dir), NULL);
+    sandbox_image(sb->reg, sb->id, image, sizeof(image));
+    op->disk_what = "state directory";
+    if (mkdir(dir, 0711) < 0)
+        op->disk_err = -errno;
+    else
+        op->disk_err = disk_create(sb->reg->disks, image, dir, sb->res.disk_mib, subdirs,
+                                   sandbox_host_uid(sb), &op->disk_what);
+}
+
+static int create_start(struct create_op *op, char *msg, size_t msglen);
+static void create_on_status(uv_poll_t *h, int status, int events);
+
+static void create_disk_done(uv_work_t *w, int status)
+{
+    struct create_op *op = w->data;
+    struct registry *reg = op->sb->reg;
+    char msg[1024];
+    reg->pending--;
+    if (status < 0 && !op->disk_err)
+        op->disk_err = status;
+    if (op->disk_err < 0) {
+        snprintf(msg, sizeof(msg), "sandbox setup failed: %s: %s", op->disk_what,
+                 strerror(-op->disk_err));
+    } else if (create_start(op, msg, sizeof(msg)) == 0) {
+        op->t_started = util_monotonic();
+        reg->pending++;
+        uv_poll_init(reg->loop, &op->status_poll, op->pending.status_fd);
+        op->status_poll.data = op;
+        uv_poll_start(&op->status_poll, UV_READABLE | UV_DISCONNECT, create_on_status);
+        return;
+    }
+    create_fail(op, msg);
+    free(op);
+}
+
+/* Cgroup and spawn config for a new sandbox, then clone. Runs on the loop: each step is a handful
+ * of fast system calls, and the slow part (the child's setup) is waited for through the status
+ * pipe, not by blocking. On failure *msg says why; the caller undoes everything. */
 static int create_start(struct create_op *op, char *msg, size_t msglen)
 {
     struct sandbox *sb = op->sb;
     struct registry *reg = sb->reg;
-    char dir[1200], ws[1300], root[1300];
+    char ws[1300], root[1300];
     struct spawn_config *cfg = NULL;
     struct spawn_error err;
-    const char *what = "state directory";
+    const char *what;
     size_t n_procs = 0;
     int r;
 
-    sandbox_dir(sb, dir, sizeof(dir), NULL);
-    snprintf(ws, sizeof(ws), "%s/workspace", dir);
-    snprintf(root, sizeof(root), "%s/root", dir);
-    uid_t uid = UID_BASE + sb->uid_slot * UID_RANGE;
-    if (mkdir(dir, 0711) < 0 || mkdir(root, 0755) < 0 || mkdir(ws, 0755) < 0 ||
-        chown(ws, uid, uid) < 0) {
-        r = -errno;
-        goto error;
-    }
+    sandbox_dir(sb, ws, sizeof(ws), "workspace");
+    sandbox_dir(sb, root, sizeof(root), "root");
+    uid_t uid = sandbox_host_uid(sb);
     what = "cgroup";
     struct cgroup_limits lim = {sb->res.cpus, sb->res.memory_mib << 20, sb->res.pids};
     char procs[CGROUP_V1_CONTROLLERS][CGROUP_PATH_MAX];
@@ -669,6 +818,7 @@ static int create_start(struct create_op *op, char *msg, size_t msglen)
     cfg->host_uid = uid;
     cfg->host_gid = uid;
     cfg->id_count = UID_RANGE;
+    cfg->fsize_limit = sb->res.disk_mib << 20;
     cfg->seccomp = reg->seccomp;
     cfg->init_fd = reg->init_fd;
     what = NULL;
@@ -686,8 +836,6 @@ error:
         snprintf(msg, msglen, "sandbox setup failed at step '%s'%s%s%s: %s",
                  spawn_step_name(err.step), err.detail[0] ? " (" : "", err.detail,
                  err.detail[0] ? ")" : "", strerror(-r));
-    cgroup_destroy(reg->cgroups, sb->id);
-    util_remove_tree(dir);
     return r;
 }
 
@@ -703,7 +851,7 @@ static void create_on_status(uv_poll_t *h, int status, int events)
     struct sandbox *sb = op->sb;
     struct registry *reg = sb->reg;
     struct spawn_error err;
-    char msg[1024], dir[1200];
+    char msg[1024];
     (void)status;
     (void)events;
 
@@ -714,15 +862,7 @@ static void create_on_status(uv_poll_t *h, int status, int events)
         snprintf(msg, sizeof(msg), "sandbox setup failed at step '%s'%s%s%s: %s",
                  spawn_step_name(err.step), err.detail[0] ? " (" : "", err.detail,
                  err.detail[0] ? ")" : "", strerror(-r));
-        log_error("sandbox %s: %s", sb->id, msg);
-        cgroup_destroy(reg->cgroups, sb->id);
-        sandbox_dir(sb, dir, sizeof(dir), NULL);
-        util_remove_tree(dir);
-        reg->uid_slots[sb->uid_slot] = 0;
-        list_remove(sb);
-        op->cb(NULL, 500, "sandbox_setup_failed", msg, op->arg);
-        sandbox_free(sb);
-        registry_check_idle(reg);
+        create_fail(op, msg);
         return;
     }
     sb->pid = op->pending.pid;
@@ -735,6 +875,13 @@ static void create_on_status(uv_poll_t *h, int status, int events)
     uv_poll_start(&sb->pid_poll, UV_READABLE, pid_on_event);
     sb->state = SB_RUNNING;
     ctl_update_events(sb);
+    if ((r = apply_network(sb)) < 0) {
+        snprintf(msg, sizeof(msg), "sandbox setup failed: egress proxy: %s", strerror(-r));
+        log_error("sandbox %s: %s", sb->id, msg);
+        op->cb(NULL, 500, "sandbox_setup_failed", msg, op->arg);
+        sandbox_destroy(sb, NULL, NULL);
+        return;
+    }
 
     json_t *desc = sandbox_to_json(sb);
     char *text = desc ? json_dumps(desc, JSON_COMPACT) : NULL;
@@ -770,6 +917,34 @@ static int name_taken(struct registry *reg, const char *name)
     return 0;
 }
 
+/* Sandbox disks are sparse: refuse one whose size, added to what the others may still claim,
+ * would not fit on the host with DISK_HOST_RESERVE to spare. */
+#define DISK_HOST_RESERVE (512ll << 20)
+static int disk_room(struct registry *reg, unsigned long long mib, char *msg, size_t msglen)
+{
+    char dir[1100], image[1200];
+    int64_t avail, claims = (int64_t)(mib << 20);
+    snprintf(dir, sizeof(dir), "%s/sandboxes", reg->state_dir);
+    int r = disk_host_free(dir, &avail);
+    if (r < 0) {
+        snprintf(msg, msglen, "cannot measure the host disk: %s: %s", dir, strerror(-r));
+        return r;
+    }
+    for (struct sandbox *sb = reg->head; sb; sb = sb->next) {
+        sandbox_image(reg, sb->id, image, sizeof(image));
+        claims += disk_unclaimed(image, sb->res.disk_mib);
+    }
+    if (claims + DISK_HOST_RESERVE > avail) {
+        snprintf(msg, msglen,
+                 "not enough host disk for disk_mib %llu: %lld MiB free, %lld MiB promised to "
+                 "sandboxes with this one, %lld MiB kept in reserve",
+                 mib, (long long)(avail >> 20), (long long)(claims >> 20),
+                 (long long)(DISK_HOST_RESERVE >> 20));
+        return -ENOSPC;
+    }
+    return 0;
+}
+
 int sandbox_create(struct registry *reg, const struct sandbox_spec *spec, sandbox_create_cb cb,
                    void *arg, char *msg, size_t msglen)
 {
@@ -788,9 +963,12 @@ int sandbox_create(struct registry *reg, const struct sandbox_spec *spec, sandbo
         snprintf(msg, msglen, "the daemon runs its maximum number of sandboxes");
         return 503;
     }
+    if (disk_room(reg, spec->res.disk_mib, msg, msglen) < 0)
+        return 503;
     struct sandbox *sb = calloc(1, sizeof(*sb));
     struct create_op *op = calloc(1, sizeof(*op));
-    if (!sb || !op || util_random_id(sb->id, sizeof(sb->id), "sb-") < 0) {
+    if (!sb || !op || util_random_id(sb->id, sizeof(sb->id), "sb-") < 0 ||
+        (!spec->network && !(sb->network = egress_policy_new(EGRESS_NONE)))) {
         free(sb);
         free(op);
         snprintf(msg, msglen, "out of memory");
@@ -803,6 +981,8 @@ int sandbox_create(struct registry *reg, const struct sandbox_spec *spec, sandbo
     sb->env = spec->env ? json_deep_copy(spec->env) : json_object();
     sb->secrets = spec->secrets ? json_deep_copy(spec->secrets) : json_array();
     sb->res = spec->res;
+    if (spec->network)
+        sb->network = spec->network;
     sb->created_at = sb->last_active_at = util_now();
     sb->uid_slot = slot;
     sb->pidfd = sb->ctl_fd = -1;
@@ -811,14 +991,7 @@ int sandbox_create(struct registry *reg, const struct sandbox_spec *spec, sandbo
     op->cb = cb;
     op->arg = arg;
     op->t_start = util_monotonic();
-    int cs = create_start(op, msg, msglen);
-    op->t_started = util_monotonic();
-    if (cs < 0) {
-        log_error("sandbox %s: %s", sb->id, msg);
-        sandbox_free(sb);
-        free(op);
-        return 500;
-    }
+    op->disk_work.data = op;
     reg->uid_slots[slot] = 1;
     sb->next = reg->head;
     if (reg->head)
@@ -826,8 +999,6 @@ int sandbox_create(struct registry *reg, const struct sandbox_spec *spec, sandbo
     reg->head = sb;
     reg->count++;
     reg->pending++;
-    uv_poll_init(reg->loop, &op->status_poll, op->pending.status_fd);
-    op->status_poll.data = op;
-    uv_poll_start(&op->status_poll, UV_READABLE | UV_DISCONNECT, create_on_status);
+    uv_queue_work(reg->loop, &op->disk_work, create_disk_work, create_disk_done);
     return 0;
 }

@@ -45,6 +45,11 @@ struct terminal;
 struct sandbox;
 struct host_template;
 struct secrets;
+struct disk_manager;
+struct egress_policy;
+struct egress_proxy;
+struct egress_hosts;
+struct egress_decision;
 
 struct registry {
     uv_loop_t *loop;
@@ -53,6 +58,12 @@ struct registry {
     const struct host_template *tmpl;
     const struct secrets *secrets; /* names and values; values never leave the daemon */
     const struct cgroup_manager *cgroups;
+    struct disk_manager *disks;              /* each sandbox's disk image (sandbox/disk.h) */
+    const struct egress_hosts *egress_hosts; /* names the egress proxy resolves itself, or NULL */
+    int host_netns;                          /* the loop thread's network namespace */
+    /* Told every egress proxy decision, for the audit log (may be NULL). */
+    void (*on_egress)(void *ud, const struct egress_decision *d);
+    void *on_egress_ud;
     int init_fd;
     store_t *store;
     char node[64];
@@ -77,6 +88,8 @@ struct sandbox {
     json_t *env;     /* object of strings (owned) */
     json_t *secrets; /* array of secret names (owned); the values stay in reg->secrets */
     struct sandbox_resources res;
+    struct egress_policy *network; /* owned; never NULL once created (mode none at least) */
+    struct egress_proxy *proxy;    /* serving 127.0.0.1:3128 inside unless the mode is none */
     double created_at;
     double last_active_at;
     unsigned uid_slot;
@@ -101,10 +114,11 @@ struct sandbox {
 struct sandbox_spec {
     const char *name; /* NULL → id */
     const char *template_name;
-    json_t *labels;               /* borrowed; copied */
-    json_t *env;                  /* borrowed; copied */
-    json_t *secrets;              /* array of existing secret names; borrowed; copied */
-    struct sandbox_resources res; /* already validated and defaulted */
+    json_t *labels;                /* borrowed; copied */
+    json_t *env;                   /* borrowed; copied */
+    json_t *secrets;               /* array of existing secret names; borrowed; copied */
+    struct sandbox_resources res;  /* already validated and defaulted */
+    struct egress_policy *network; /* taken over when sandbox_create() returns 0 */
 };
 
 /* `sb` is NULL on failure; then `status`/`code`/`msg` describe the error for the API. */
@@ -137,6 +151,11 @@ void sandbox_unref(struct sandbox *sb);
  * was deleted meanwhile). */
 typedef void (*sandbox_pause_cb)(struct sandbox *sb, int err, void *arg);
 int sandbox_pause(struct sandbox *sb, sandbox_pause_cb cb, void *arg);
+/* Replaces the network policy of a running or paused sandbox (taking `policy` over in every case):
+ * starts, re-points or stops its egress proxy. Connections the new policy forbids are closed.
+ * Returns 0, -EINVAL if the sandbox is not running or paused, or -errno from setting up the proxy
+ * (the old policy then stays). */
+int sandbox_set_network(struct sandbox *sb, struct egress_policy *policy);
 /* Thaws a paused sandbox (immediate). 0, -EINVAL if not paused, or -errno. */
 int sandbox_resume(struct sandbox *sb);
 /* The API description (a new reference), with current resource usage when `usage`. */

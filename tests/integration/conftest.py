@@ -8,6 +8,7 @@ sandboxes). ``fresh_daemon`` is a factory for tests that need a daemon of their 
 Standard library only; run with ``/usr/bin/python3 -m pytest tests/integration``.
 """
 
+import glob
 import http.client
 import json
 import os
@@ -234,6 +235,11 @@ class Daemon:
     def pid(self):
         return self.proc.pid
 
+    def sandbox_path(self, sid, *rel):
+        """A path in a sandbox's directory as the daemon sees it: its disk is mounted in the
+        daemon's own mount namespace, so the host reaches it through /proc/PID/root."""
+        return os.path.join(f"/proc/{self.pid}/root" + self.state_dir, "sandboxes", sid, *rel)
+
     def log(self, limit=20000):
         data = _read(self.log_path, "rb") or b""
         return data[-limit:].decode("utf-8", "replace")
@@ -303,6 +309,11 @@ class Daemon:
         for line in mounts.splitlines():
             if self.base_dir in line:
                 problems.append(f"mount left behind: {line}")
+        # Sandbox disks are loop-mounted images: every loop device must be released.
+        for dev in glob.glob("/sys/block/loop*/loop/backing_file"):
+            backing = _read(dev) or ""
+            if self.base_dir in backing:
+                problems.append(f"loop device left behind: {dev} -> {backing.strip()}")
         sbdir = os.path.join(self.state_dir, "sandboxes")
         if os.path.isdir(sbdir):
             left = sorted(os.listdir(sbdir))

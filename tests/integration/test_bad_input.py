@@ -196,10 +196,12 @@ def test_unsupported_template_and_network(api):
     n = count_sandboxes(api)
     r = api.post("/v1/sandboxes", {"template": "nope"})
     check_error(r, 400, "bad_request", names="template")
-    r = api.post("/v1/sandboxes", {"network": {"mode": "open"}})
+    r = api.post("/v1/sandboxes", {"network": {"mode": "sideways"}})
     check_error(r, 400, "bad_request", names="network.mode")
-    r = api.post("/v1/sandboxes", {"network": {"mode": "allowlist", "allow": ["example.com"]}})
-    check_error(r, 400, "bad_request", names="network.mode")
+    r = api.post("/v1/sandboxes", {"network": {"mode": "none", "allow": ["example.com"]}})
+    check_error(r, 400, "bad_request", names="network.allow")
+    r = api.post("/v1/sandboxes", {"network": {"mode": "allowlist", "allow": ["http://x/"]}})
+    check_error(r, 400, "bad_request", names="network.allow[0]")
     assert count_sandboxes(api) == n
 
 

@@ -104,7 +104,7 @@ def test_workspace_owned_by_unprivileged_host_uid(api, sandbox, daemon):
     name = f"owned-{rnd()}"
     res = sh(api, sandbox["id"], f"echo hi > /workspace/{name} && stat -c %u /workspace/{name}")
     assert res["exit_code"] == 0 and res["stdout"] == "0\n", res
-    path = os.path.join(daemon.state_dir, "sandboxes", sandbox["id"], "workspace", name)
+    path = daemon.sandbox_path(sandbox["id"], "workspace", name)
     st = os.stat(path)
     assert st.st_uid != 0 and st.st_uid >= 100000, f"{path} owned by host uid {st.st_uid}"
     assert st.st_gid != 0, f"{path} owned by host gid {st.st_gid}"

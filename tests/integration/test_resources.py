@@ -47,7 +47,7 @@ def test_pause_and_resume(daemon, api, new_sandbox):
     r = api.post(f"/v1/sandboxes/{sid}/commands",
                  {"shell": "i=0; while :; do i=$((i+1)); echo $i > /workspace/n; sleep 0.05; done"})
     assert r.status == 201
-    counter = os.path.join(daemon.state_dir, "sandboxes", sid, "workspace", "n")
+    counter = daemon.sandbox_path(sid, "workspace", "n")
     time.sleep(0.5)
     p = api.post(f"/v1/sandboxes/{sid}/pause")
     assert p.status == 200 and p.json["state"] == "paused"

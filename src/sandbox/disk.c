@@ -1,0 +1,325 @@
+#include "sandbox/disk.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/loop.h>
+#include <pthread.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "core/util.h"
+
+/* Distinct sizes whose formatted image is kept for copying; rarer sizes are formatted directly. */
+#define DISK_MAX_BASES 32
+
+struct disk_manager {
+    char dir[1100]; /* <state>/disks */
+    char mkfs[64];
+    pthread_mutex_t lock; /* guards bases[] and the building of a base image */
+    unsigned long long bases[DISK_MAX_BASES];
+    size_t n_bases;
+};
+
+static const char *const mkfs_paths[] = {"/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"};
+
+int disk_manager_new(const char *state_dir, struct disk_manager **out, char *msg, size_t msglen)
+{
+    struct disk_manager *dm = calloc(1, sizeof(*dm));
+    int r, fd;
+    if (!dm)
+        return -ENOMEM;
+    for (size_t i = 0; i < sizeof(mkfs_paths) / sizeof(mkfs_paths[0]) && !dm->mkfs[0]; i++)
+        if (access(mkfs_paths[i], X_OK) == 0)
+            snprintf(dm->mkfs, sizeof(dm->mkfs), "%s", mkfs_paths[i]);
+    if (!dm->mkfs[0]) {
+        snprintf(msg, msglen,
+                 "mkfs.ext4 not found (install e2fsprogs): sandbox disks are ext4 "
+                 "images");
+        r = -ENOENT;
+        goto error;
+    }
+    if ((fd = open("/dev/loop-control", O_RDWR | O_CLOEXEC)) < 0) {
+        r = -errno;
+        snprintf(msg, msglen,
+                 "/dev/loop-control: %s (sandbox disks are loop-mounted images: load the loop "
+                 "module or give the daemon access to loop devices)",
+                 strerror(-r));
+        goto error;
+    }
+    close(fd);
+    /* Old bases are rebuilt rather than trusted: a new e2fsprogs may format differently. */
+    snprintf(dm->dir, sizeof(dm->dir), "%s/disks", state_dir);
+    if ((r = util_remove_tree(dm->dir)) < 0 || (r = util_mkdir_p(dm->dir, 0700)) < 0) {
+        snprintf(msg, msglen, "%s: %s", dm->dir, strerror(-r));
+        goto error;
+    }
+    pthread_mutex_init(&dm->lock, NULL);
+    *out = dm;
+    return 0;
+error:
+    free(dm);
+    return r;
+}
+
+void disk_manager_free(struct disk_manager *dm)
+{
+    if (!dm)
+        return;
+    pthread_mutex_destroy(&dm->lock);
+    free(dm);
+}
+
+/* Formats `path` (created here, sparse, mib MiB) as ext4. No journal: a sandbox's disk does not
+ * outlive a crash of the daemon (recovery deletes it), so crash consistency buys nothing and the
+ * journal would cost 4-64 MiB of each disk. No reserved blocks: there is no root to reserve them
+ * for. lazy_itable_init plus the noinit_itable mount option keep the image sparse. */
+static int format_image(const struct disk_manager *dm, const char *path, unsigned long long mib)
+{
+    char *argv[] = {(char *)dm->mkfs,
+                    "-q",
+                    "-F",
+                    "-m",
+                    "0",
+                    "-O",
+                    "^has_journal",
+                    "-E",
+                    "lazy_itable_init=1,nodiscard,root_owner=0:0",
+                    (char *)path,
+                    NULL};
+    char *envp[] = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin", NULL};
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600), status, r;
+    if (fd < 0)
+        return -errno;
+    r = ftruncate(fd, (off_t)(mib << 20)) < 0 ? -errno : 0;
+    close(fd);
+    if (r < 0)
+        goto error;
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
+    pid_t pid;
+    r = -posix_spawn(&pid, dm->mkfs, &fa, NULL, argv, envp);
+    posix_spawn_file_actions_destroy(&fa);
+    if (r < 0)
+        goto error;
+    while (waitpid(pid, &status, 0) < 0)
+        if (errno != EINTR) {
+            r = -errno;
+            goto error;
+        }
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        log_error("%s %s (%llu MiB) failed with status %d", dm->mkfs, path, mib, status);
+        r = -EIO;
+        goto error;
+    }
+    return 0;
+error:
+    unlink(path);
+    return r;
+}
+
+/* Copies the data extents of `src` into the new file `dst` and gives it src's size: holes stay
+ * holes, so a fresh 1 GiB disk occupies what mkfs wrote (well under a MiB). */
+static int copy_sparse(const char *src, const char *dst)
+{
+    int in = open(src, O_RDONLY | O_CLOEXEC), out = -1, r = 0;
+    struct stat st;
+    if (in < 0)
+        return -errno;
+    if (fstat(in, &st) < 0 ||
+        (out = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600)) < 0 ||
+        ftruncate(out, st.st_size) < 0) {
+        r = -errno;
+        goto done;
+    }
+    for (off_t pos = 0; pos < st.st_size;) {
+        off_t data = lseek(in, pos, SEEK_DATA), hole;
+        if (data < 0) {
+            if (errno != ENXIO) /* ENXIO: only a hole is left */
+                r = -errno;
+            break;
+        }
+        if ((hole = lseek(in, data, SEEK_HOLE)) < 0) {
+            r = -errno;
+            break;
+        }
+        for (loff_t a = data, b = data; a < hole;) {
+            ssize_t n = copy_file_range(in, &a, out, &b, (size_t)(hole - a), 0);
+            if (n <= 0) {
+                r = n < 0 ? -errno : -EIO;
+                goto done;
+            }
+        }
+        pos = hole;
+    }
+done:
+    close(in);
+    if (out >= 0)
+        close(out);
+    if (r < 0 && out >= 0)
+        unlink(dst);
+    return r;
+}
+
+/* Makes `image` a fresh file system of mib MiB: a copy of the cached base of that size (built on
+ * first use), or formatted directly when too many sizes are cached already. */
+static int make_image(struct disk_manager *dm, const char *image, unsigned long long mib)
+{
+    char base[1200];
+    int r = 0, cached = 0;
+    snprintf(base, sizeof(base), "%s/ext4-%llu.img", dm->dir, mib);
+    pthread_mutex_lock(&dm->lock);
+    for (size_t i = 0; i < dm->n_bases && !cached; i++)
+        cached = dm->bases[i] == mib;
+    if (!cached && dm->n_bases < DISK_MAX_BASES) {
+        if ((r = format_image(dm, base, mib)) == 0) {
+            dm->bases[dm->n_bases++] = mib;
+            cached = 1;
+        }
+    }
+    pthread_mutex_unlock(&dm->lock);
+    if (r < 0)
+        return r;
+    return cached ? copy_sparse(base, image) : format_image(dm, image, mib);
+}
+
+/* Attaches `image` to a free loop device and returns an open fd of the device. Auto-clear: the
+ * device is released when its last user (our fd, then the mount) goes. */
+static int loop_attach(const char *image, char *dev, size_t devlen)
+{
+    int ctl = -1, img = -1, lfd = -1, r = 0;
+    if ((ctl = open("/dev/loop-control", O_RDWR | O_CLOEXEC)) < 0 ||
+        (img = open(image, O_RDWR | O_CLOEXEC)) < 0) {
+        r = -errno;
+        goto done;
+    }
+    struct loop_config lc;
+    memset(&lc, 0, sizeof(lc));
+    lc.fd = (unsigned)img;
+    /* Direct I/O: the image's pages are cached once, by the ext4 above the loop device, and not a
+     * second time by the host file below it. */
+    lc.info.lo_flags = LO_FLAGS_AUTOCLEAR | LO_FLAGS_DIRECT_IO;
+    /* Pool threads race for free devices: LOOP_CTL_GET_FREE may hand the same one to two of us,
+     * and the loser's LOOP_CONFIGURE fails with EBUSY. */
+    for (int attempt = 0; attempt < 64; attempt++) {
+        int n = ioctl(ctl, LOOP_CTL_GET_FREE);
+        if (n < 0) {
+            r = -errno;
+            goto done;
+        }
+        snprintf(dev, devlen, "/dev/loop%d", n);
+        if ((lfd = open(dev, O_RDWR | O_CLOEXEC)) < 0) {
+            r = -errno;
+            if (errno == ENOENT) /* devtmpfs has not created the node yet */
+                continue;
+            goto done;
+        }
+        if (ioctl(lfd, LOOP_CONFIGURE, &lc) == 0) {
+            r = 0;
+            goto done;
+        }
+        r = -errno;
+        if (r == -EINVAL && (lc.info.lo_flags & LO_FLAGS_DIRECT_IO)) {
+            lc.info.lo_flags &= ~LO_FLAGS_DIRECT_IO; /* the host file system cannot do it */
+            attempt--;
+        } else if (r != -EBUSY) {
+            close(lfd);
+            lfd = -1;
+            goto done;
+        }
+        close(lfd);
+        lfd = -1;
+    }
+done:
+    if (img >= 0)
+        close(img);
+    if (ctl >= 0)
+        close(ctl);
+    return lfd >= 0 ? lfd : (r < 0 ? r : -EBUSY);
+}
+
+int disk_create(struct disk_manager *dm, const char *image, const char *mountpoint,
+                unsigned long long mib, const char *const *subdirs, uid_t owner, const char **what)
+{
+    char dev[64], path[1400];
+    int lfd = -1, mounted = 0, r;
+    *what = "disk image";
+    if ((r = make_image(dm, image, mib)) < 0)
+        goto error;
+    *what = "loop device";
+    if ((lfd = r = loop_attach(image, dev, sizeof(dev))) < 0)
+        goto error;
+    *what = "disk mount";
+    /* noinit_itable: the kernel would otherwise zero every inode table in the background, making
+     * each sparse image occupy its inode tables on the host. discard: space a sandbox frees is
+     * punched out of the image, so it returns to the host. */
+    if (mount(dev, mountpoint, "ext4", MS_NOSUID | MS_NODEV | MS_NOATIME,
+              "noinit_itable,discard,errors=remount-ro") < 0) {
+        r = -errno;
+        goto error;
+    }
+    mounted = 1;
+    close(lfd);
+    lfd = -1;
+    *what = "disk layout";
+    if (chmod(mountpoint, 0711) < 0) {
+        r = -errno;
+        goto error;
+    }
+    for (size_t i = 0; subdirs && subdirs[i]; i++) {
+        snprintf(path, sizeof(path), "%s/%s", mountpoint, subdirs[i]);
+        if (mkdir(path, 0755) < 0 || chown(path, owner, owner) < 0) {
+            r = -errno;
+            goto error;
+        }
+    }
+    return 0;
+error:
+    if (lfd >= 0)
+        close(lfd);
+    if (mounted)
+        umount2(mountpoint, MNT_DETACH);
+    unlink(image);
+    return r;
+}
+
+int disk_destroy(const char *image, const char *mountpoint)
+{
+    int r = 0;
+    if (umount2(mountpoint, 0) < 0 && errno != EINVAL && errno != ENOENT) {
+        /* Still busy (a file operation of the API holds it): detach now, the kernel finishes when
+         * the last user lets go, and the loop device clears itself then. */
+        if (errno != EBUSY || umount2(mountpoint, MNT_DETACH) < 0)
+            r = -errno;
+    }
+    if (unlink(image) < 0 && errno != ENOENT && !r)
+        r = -errno;
+    return r;
+}
+
+int disk_host_free(const char *dir, int64_t *out)
+{
+    struct statvfs sv;
+    if (statvfs(dir, &sv) < 0)
+        return -errno;
+    *out = (int64_t)sv.f_bavail * (int64_t)sv.f_frsize;
+    return 0;
+}
+
+int64_t disk_unclaimed(const char *image, unsigned long long mib)
+{
+    struct stat st;
+    int64_t used = stat(image, &st) == 0 ? (int64_t)st.st_blocks * 512 : 0;
+    int64_t size = (int64_t)(mib << 20);
+    return size > used ? size - used : 0;
+}

@@ -1,0 +1,56 @@
+/*
+ * disk — the writable file system of a sandbox: a sparse ext4 image of exactly disk_mib,
+ * loop-mounted by the daemon. Everything a sandbox can write to lasting storage (its root with
+ * /tmp, /var/tmp, /root and /home, and /workspace) lives in it, so filling it gives ENOSPC inside
+ * and nothing else: no host disk, no neighbour, no memory.
+ *
+ * Why an image and not the alternatives: a size-limited tmpfs is charged to the memory cgroup, so
+ * a full disk would end in the OOM killer instead of ENOSPC, and a 1 GiB disk would need 1 GiB of
+ * RAM; project quotas need a quota-enabled file system (and this kernel has no CONFIG_QUOTA). A
+ * loop-mounted image needs only loop devices and ext4, bounds blocks *and* inodes, and is freed by
+ * unlinking one file. Costs: one image copy (sparse, ~600 KiB of metadata), one LOOP_CONFIGURE and
+ * one mount per sandbox (about a millisecond each), done on the thread pool.
+ *
+ * Images are sparse, so the host only pays for what sandboxes write; disk_available() lets the
+ * caller refuse a sandbox whose promised size the host disk could not hold (admission control).
+ *
+ * Mounts are made in the daemon's own mount namespace (server start-up unshares one), so they
+ * never propagate to the host and die with the daemon; the loop devices are auto-clearing, so they
+ * are released when the last mount of the image goes.
+ *
+ * Thread-safety: disk_create() and disk_destroy() may run on several pool threads at once; the
+ * base images are built under a mutex.
+ */
+#ifndef WARREN_SANDBOX_DISK_H
+#define WARREN_SANDBOX_DISK_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+struct disk_manager;
+
+/* Checks that loop devices and mkfs.ext4 are usable and prepares `<state_dir>/disks` for the base
+ * images (one formatted image per size, copied for each sandbox). On failure returns -errno and
+ * writes a message naming what is missing into msg. *out is freed with disk_manager_free(). */
+int disk_manager_new(const char *state_dir, struct disk_manager **out, char *msg, size_t msglen);
+void disk_manager_free(struct disk_manager *dm);
+
+/* Creates the sparse image `image` of `mib` MiB (a copy of the base image of that size), attaches
+ * it to a free loop device and mounts it on the existing directory `mountpoint` (nosuid, nodev).
+ * The file system's root is left mode 0711 owned by host root; `subdirs` (NULL-terminated,
+ * relative) are created in it mode 0755 owned by owner:owner. On failure nothing is left behind
+ * and *what names the step that failed. Returns 0 or -errno. */
+int disk_create(struct disk_manager *dm, const char *image, const char *mountpoint,
+                unsigned long long mib, const char *const *subdirs, uid_t owner, const char **what);
+
+/* Unmounts `mountpoint` (lazily if something still holds it) and unlinks `image`. Missing pieces
+ * are not errors. Returns 0 or the first -errno. */
+int disk_destroy(const char *image, const char *mountpoint);
+
+/* Admission control, so that sparse images can never fill the host disk together: the bytes free
+ * for an unprivileged user on the file system holding `dir`, and the part of an image's size
+ * (mib MiB) it does not occupy on the host yet (what it may still claim). */
+int disk_host_free(const char *dir, int64_t *out);
+int64_t disk_unclaimed(const char *image, unsigned long long mib);
+
+#endif
