@@ -29,6 +29,7 @@
 #include "api/api.h"
 #include "core/log.h"
 #include "core/util.h"
+#include "sandbox/egress.h"
 #include "session/exec.h"
 #include "session/files.h"
 #include "session/keys.h"
@@ -84,6 +85,7 @@ struct atr_job {
     struct atr_wait *wait;
     struct atr_fwork *fw;
     unsigned long long since; /* bash: start, in clock ticks after boot (as /proc/<pid>/stat) */
+    int network;              /* bash: ran with allow_network (egress mode open) */
 };
 
 struct atr_slot {
@@ -937,10 +939,9 @@ static void bash_done(struct exec *ex, struct exec_result *res, void *arg)
         py_strip(all.data, all.len, &a, &b);
         if (res->exit_code != 0)
             snprintf(err, sizeof(err), "Exit code: %d", res->exit_code);
-        /* No network whatever allow_network says: slot sandboxes run in network mode none. */
         resp = xresp(res->exit_code == 0, all.data + a, b - a, err,
                      json_pack("{s:i, s:b, s:b}", "exit_code", res->exit_code, "sandboxed", 1,
-                               "network_isolated", 1));
+                               "network_isolated", !job->network));
         buf_free(&o);
         buf_free(&e);
         buf_free(&all);
@@ -980,6 +981,20 @@ static void tool_bash(struct atr_job *job, json_t *args)
                                                  "sandboxed", 1)));
         return;
     }
+    /* allow_network (default true, Python truthiness): the slot's sandbox gets egress mode open
+     * (public destinations through the daemon's proxy, never the host or private networks) or
+     * none, for this command. A slot runs one job at a time, so the mode is the command's. */
+    json_t *an = json_object_get(args, "allow_network");
+    job->network = !an || py_truthy(an);
+    struct egress_policy *policy = egress_policy_new(job->network ? EGRESS_OPEN : EGRESS_NONE);
+    int r = policy ? sandbox_set_network(s->sb, policy) : -ENOMEM;
+    if (r < 0) {
+        job_finish(job, 200,
+                   xfail_meta(json_pack("{s:b}", "sandboxed", 1),
+                              "Failed to execute sandboxed command: network policy: %s",
+                              api_errno_message(r)));
+        return;
+    }
     const char *argv[] = {"/bin/sh", "-c", command, NULL};
     char **env = api_build_env(s->sb, NULL, "xterm");
     struct exec_spec spec = {.argv = argv,
@@ -988,7 +1003,7 @@ static void tool_bash(struct atr_job *job, json_t *args)
                              .timeout_s = cap_timeout(job, timeout),
                              .max_output = COLLECT_BYTES};
     job->since = boot_ticks();
-    int r = env ? exec_start(s->sb, &spec, bash_done, job, &job->ex) : -ENOMEM;
+    r = env ? exec_start(s->sb, &spec, bash_done, job, &job->ex) : -ENOMEM;
     api_free_strv(env);
     if (r < 0)
         job_finish(job, 200,

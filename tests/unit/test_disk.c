@@ -1,0 +1,169 @@
+/*
+ * disk: real images, real loop devices, real ext4 mounts (the unit tests run as root), in a
+ * private mount namespace of this test process so nothing shows on the host.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <glob.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/util.h"
+#include "sandbox/disk.h"
+
+struct fixture {
+    char dir[64];
+    char image[128];
+    char mnt[128];
+    struct disk_manager *dm;
+};
+
+static int setup(void **state)
+{
+    static struct fixture f;
+    char msg[256];
+    memset(&f, 0, sizeof(f));
+    if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+        return -1;
+    snprintf(f.dir, sizeof(f.dir), "/tmp/warren-disk-XXXXXX");
+    if (!mkdtemp(f.dir))
+        return -1;
+    snprintf(f.image, sizeof(f.image), "%s/d.img", f.dir);
+    snprintf(f.mnt, sizeof(f.mnt), "%s/mnt", f.dir);
+    if (mkdir(f.mnt, 0711) < 0 || disk_manager_new(f.dir, &f.dm, msg, sizeof(msg)) < 0) {
+        fprintf(stderr, "disk_manager_new: %s\n", msg);
+        return -1;
+    }
+    *state = &f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fixture *f = *state;
+    disk_manager_free(f->dm);
+    util_remove_tree(f->dir);
+    return 0;
+}
+
+/* Loop devices whose backing file is under `dir`. */
+static int loops_backed_by(const char *dir)
+{
+    glob_t g;
+    int n = 0;
+    if (glob("/sys/block/loop*/loop/backing_file", 0, NULL, &g) != 0)
+        return 0;
+    for (size_t i = 0; i < g.gl_pathc; i++) {
+        char buf[512] = "";
+        FILE *fp = fopen(g.gl_pathv[i], "r");
+        if (fp) {
+            if (!fgets(buf, sizeof(buf), fp))
+                buf[0] = '\0';
+            fclose(fp);
+        }
+        n += strstr(buf, dir) != NULL;
+    }
+    globfree(&g);
+    return n;
+}
+
+static void test_create_fill_destroy(void **state)
+{
+    struct fixture *f = *state;
+    static const char *const subdirs[] = {"root", "workspace", NULL};
+    const char *what = NULL;
+    char path[256];
+    struct stat st;
+    assert_int_equal(disk_create(f->dm, f->image, f->mnt, 8, subdirs, 4242, &what), 0);
+    assert_int_equal(loops_backed_by(f->dir), 1);
+    /* sparse: the image is 8 MiB long but occupies far less */
+    assert_int_equal(stat(f->image, &st), 0);
+    assert_int_equal(st.st_size, 8 << 20);
+    assert_true(st.st_blocks * 512 < (1 << 20));
+    assert_true(disk_unclaimed(f->image, 8) > (7 << 20));
+    /* the layout: root 0711 host root, subdirs owned by the sandbox */
+    assert_int_equal(stat(f->mnt, &st), 0);
+    assert_int_equal(st.st_mode & 07777, 0711);
+    snprintf(path, sizeof(path), "%s/workspace", f->mnt);
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_uid, 4242);
+    /* full → ENOSPC, with at most the disk's size written */
+    snprintf(path, sizeof(path), "%s/workspace/fill", f->mnt);
+    int fd = open(path, O_WRONLY | O_CREAT, 0600);
+    assert_true(fd >= 0);
+    static char block[65536];
+    size_t total = 0;
+    ssize_t n;
+    while ((n = write(fd, block, sizeof(block))) > 0)
+        total += (size_t)n;
+    assert_int_equal(n, -1);
+    assert_int_equal(errno, ENOSPC);
+    close(fd);
+    assert_true(total > (6 << 20) && total <= (8 << 20));
+    assert_int_equal(disk_destroy(f->image, f->mnt), 0);
+    assert_int_equal(access(f->image, F_OK), -1);
+    assert_int_equal(loops_backed_by(f->dir), 0);
+    /* destroying again is not an error */
+    assert_int_equal(disk_destroy(f->image, f->mnt), 0);
+}
+
+static void test_sizes_and_reuse(void **state)
+{
+    struct fixture *f = *state;
+    const char *what = NULL;
+    /* several sizes, each twice (the second copy comes from the cached base image) */
+    for (int round = 0; round < 2; round++) {
+        for (unsigned long long mib = 1; mib <= 64; mib *= 4) {
+            assert_int_equal(disk_create(f->dm, f->image, f->mnt, mib, NULL, 0, &what), 0);
+            struct stat st;
+            assert_int_equal(stat(f->image, &st), 0);
+            assert_int_equal((unsigned long long)st.st_size, mib << 20);
+            assert_int_equal(disk_destroy(f->image, f->mnt), 0);
+        }
+    }
+    assert_int_equal(loops_backed_by(f->dir), 0);
+}
+
+static void test_failure_leaves_nothing(void **state)
+{
+    struct fixture *f = *state;
+    const char *what = NULL;
+    char missing[160];
+    snprintf(missing, sizeof(missing), "%s/no-such-dir", f->dir);
+    assert_true(disk_create(f->dm, f->image, missing, 4, NULL, 0, &what) < 0);
+    assert_string_equal(what, "disk mount");
+    assert_int_equal(access(f->image, F_OK), -1);
+    assert_int_equal(loops_backed_by(f->dir), 0);
+}
+
+static void test_host_free(void **state)
+{
+    (void)state;
+    int64_t avail = -1;
+    assert_int_equal(disk_host_free("/tmp", &avail), 0);
+    assert_true(avail > 0);
+    assert_int_equal(disk_host_free("/no/such/dir", &avail), -ENOENT);
+    assert_int_equal(disk_unclaimed("/no/such/image", 2), 2 << 20);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_create_fill_destroy),
+        cmocka_unit_test(test_sizes_and_reuse),
+        cmocka_unit_test(test_failure_leaves_nothing),
+        cmocka_unit_test(test_host_free),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
