@@ -2,6 +2,7 @@
  * main — the `warren` binary: `warren serve` runs the daemon; every other subcommand is the
  * client (src/cli/).
  */
+#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,6 +11,7 @@
 #include "cli/cli.h"
 #include "core/log.h"
 #include "server.h"
+#include "store/audit.h"
 
 static void serve_usage(FILE *f)
 {
@@ -17,9 +19,14 @@ static void serve_usage(FILE *f)
                "                    [--max-sandboxes N] [--slots N]\n"
                "                    [--secrets-dir DIR] [--egress-hosts FILE]\n"
                "                    [--defaults RES] [--maxima RES]\n"
+               "                    [--audit-max-bytes N] [--audit-keep N]\n"
                "                    [--log-level debug|info|warn|error]\n"
                "defaults: --listen 127.0.0.1:7070 --state-dir ./.warren --slots 0\n"
+               "          --audit-max-bytes 67108864 --audit-keep 4\n"
                "--slots N also serves the atropos slot protocol (slot_0..slot_N-1, N <= 256)\n"
+               "the audit log is STATE-DIR/audit/audit.log (JSON lines, GET /v1/audit); above\n"
+               "--audit-max-bytes (>= 1024) it is rotated to audit.log.1 .. audit.log.N,\n"
+               "N = --audit-keep (0..100)\n"
                "RES is cpus=C,memory_mib=M,pids=P,disk_mib=D (any subset): the resources of a\n"
                "  sandbox that asks for none (defaults 1, 512, 256, 1024) and the most one may\n"
                "  ask for (maxima 64, 65536, 65536, 1048576)\n"
@@ -76,6 +83,8 @@ static int cmd_serve(int argc, char **argv)
         {"maxima", required_argument, NULL, 'X'},
         {"max-sandboxes", required_argument, NULL, 'm'},
         {"slots", required_argument, NULL, 'S'},
+        {"audit-max-bytes", required_argument, NULL, 'A'},
+        {"audit-keep", required_argument, NULL, 'k'},
         {"log-level", required_argument, NULL, 'L'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -124,6 +133,27 @@ static int cmd_serve(int argc, char **argv)
                 return 2;
             }
             cfg.slots = (unsigned)v;
+            break;
+        }
+        case 'A': {
+            char *end;
+            errno = 0;
+            unsigned long long v = strtoull(optarg, &end, 10);
+            if (!*optarg || *end || *optarg == '-' || errno || v < 1024 || v > (1ull << 50)) {
+                fprintf(stderr, "warren serve: --audit-max-bytes must be 1024..2^50\n");
+                return 2;
+            }
+            cfg.audit_max_bytes = (size_t)v;
+            break;
+        }
+        case 'k': {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            if (!*optarg || *end || v < 0 || v > AUDIT_KEEP_MAX) {
+                fprintf(stderr, "warren serve: --audit-keep must be 0..%d\n", AUDIT_KEEP_MAX);
+                return 2;
+            }
+            cfg.audit_keep = (int)v;
             break;
         }
         case 'L':

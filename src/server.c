@@ -28,6 +28,7 @@
 #include "sandbox/egress.h"
 #include "sandbox/netns.h"
 #include "sandbox/template.h"
+#include "store/audit.h"
 
 void server_config_defaults(struct server_config *cfg)
 {
@@ -42,6 +43,8 @@ void server_config_defaults(struct server_config *cfg)
     cfg->max_output_max = 64u << 20;
     cfg->defaults = (struct sandbox_resources){1.0, 512, 256, 1024};
     cfg->maxima = (struct sandbox_resources){64.0, 65536, 65536, 1048576};
+    cfg->audit_max_bytes = AUDIT_DEFAULT_MAX_BYTES;
+    cfg->audit_keep = AUDIT_DEFAULT_KEEP;
 }
 
 /* Finds warren-init next to this binary (build tree) or in ../libexec/warren (installed) and
@@ -156,6 +159,18 @@ static void on_signal(uv_signal_t *h, int signum)
     registry_shutdown(&srv->reg, on_registry_idle);
 }
 
+/* Every egress proxy decision goes to the audit log (the proxy also logs it). */
+static void on_egress_decision(void *ud, const struct egress_decision *d)
+{
+    struct server *srv = ud;
+    struct sandbox *sb = sandbox_find(&srv->reg, d->sandbox_id);
+    json_t *fields =
+        json_pack("{s:b, s:s, s:s, s:i, s:s, s:s}", "ok", 1, "method", d->method, "host", d->host,
+                  "port", (int)d->port, "address", d->address, "reason", d->reason);
+    audit_record(srv->audit, d->allowed ? "egress.allow" : "egress.deny", d->sandbox_id,
+                 sb ? sb->labels : NULL, fields, NULL);
+}
+
 static int server_start(struct server *srv)
 {
     char abs[PATH_MAX];
@@ -202,6 +217,12 @@ static int server_start(struct server *srv)
              srv->cgroups.base[0][0] ? srv->cgroups.base[0] : srv->cgroups.base[1]);
     if ((r = store_open(&srv->store, srv->state_dir)) < 0)
         return r;
+    /* Refuse to run unaudited: a daemon that cannot open its audit log does not start. */
+    snprintf(abs, sizeof(abs), "%s/audit", srv->state_dir);
+    if ((r = audit_open(abs, srv->cfg.audit_max_bytes, srv->cfg.audit_keep, &srv->audit)) < 0) {
+        log_error("cannot open the audit log in %s: %s", abs, strerror(-r));
+        return r;
+    }
 
     struct registry *reg = &srv->reg;
     reg->loop = &srv->loop;
@@ -234,6 +255,8 @@ static int server_start(struct server *srv)
         }
         reg->egress_hosts = srv->egress_hosts;
     }
+    reg->on_egress = on_egress_decision;
+    reg->on_egress_ud = srv;
     if ((r = template_host_prepare(&srv->tmpl, srv->state_dir)) < 0) {
         log_error("cannot prepare the host template in %s/templates: %s", srv->state_dir,
                   strerror(-r));
@@ -317,6 +340,7 @@ int server_run(const struct server_config *cfg)
     if (srv->reg.host_netns >= 0)
         close(srv->reg.host_netns);
     store_close(srv->store);
+    audit_close(srv->audit);
     seccomp_filter_free(&srv->seccomp);
     if (srv->init_fd >= 0)
         close(srv->init_fd);

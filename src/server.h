@@ -35,10 +35,13 @@ struct server_config {
     size_t max_output_max;
     struct sandbox_resources defaults;
     struct sandbox_resources maxima;
-    unsigned slots; /* atropos slot protocol: number of slots (0: off) */
+    unsigned slots;         /* atropos slot protocol: number of slots (0: off) */
+    size_t audit_max_bytes; /* <state_dir>/audit/audit.log is rotated above this size */
+    int audit_keep;         /* rotated audit files kept */
 };
 
 struct atropos;
+struct audit;
 
 struct server {
     uv_loop_t loop;
@@ -55,6 +58,7 @@ struct server {
     struct registry reg;
     int init_fd;
     struct atropos *atropos; /* the slot protocol (api/compat_atropos.h), NULL without slots */
+    struct audit *audit;     /* the audit log (store/audit.h) */
     uv_signal_t sigterm, sigint;
     int stopping;
 };

@@ -46,6 +46,7 @@ static const struct route routes[] = {
     {"POST", "/v1/sandboxes/{id}/terminals/{tid}/resize", api_terminal_resize},
     {"GET", "/v1/sandboxes/{id}/terminals/{tid}/recording", api_terminal_recording},
     {"GET", "/v1/sandboxes/{id}/terminals/{tid}/attach", api_terminal_attach},
+    {"GET", "/v1/audit", api_audit_get},
 };
 
 /* The atropos slot protocol (api/compat_atropos.h), routed only when the daemon has slots. */

@@ -70,6 +70,25 @@ json_t *api_exec_result_json(const struct exec_result *res);
 struct command *api_find_command(struct server *srv, http_req_t *req,
                                  const struct route_params *params);
 
+/* audit.c: the audit log (store/audit.h). api_audit() records `event` about `sb` (may be NULL:
+ * then no sandbox and labels) with the request's peer as the caller (req may be NULL). Unless
+ * `fields` (stolen, may be NULL) has "ok" already, it gets "ok": status < 400 and, for a
+ * refusal, "error": api_status_code(status). Call it before answering (the answer consumes req).
+ * Never put environment values, secret values, stdin or file contents in `fields`. */
+void api_audit(struct server *srv, http_req_t *req, const char *event, const struct sandbox *sb,
+               int status, json_t *fields);
+/* The same with the caller's address given (for a WebSocket, whose request is gone). */
+void api_audit_caller(struct server *srv, const char *caller, const char *event,
+                      const struct sandbox *sb, int status, json_t *fields);
+/* The command of an exec-like body for the audit log: {"argv": [...]} or {"shell": "..."}, at
+ * most 1 KiB of it (then "command_truncated": true), "cwd" and "timeout_s" (from `run` once
+ * parsed, else as the body gives them). New object. */
+json_t *api_audit_command(json_t *body, const struct api_run *run);
+/* The audit summary of a sandbox spec: name, template, resources, network {mode, allow?} and
+ * secret names. New object. */
+json_t *api_audit_sandbox_spec(const struct sandbox_spec *spec);
+void api_audit_get(struct server *srv, http_req_t *req, const struct route_params *p);
+
 /* health.c */
 void api_healthz(struct server *srv, http_req_t *req, const struct route_params *p);
 void api_info(struct server *srv, http_req_t *req, const struct route_params *p);

@@ -61,6 +61,14 @@ static void set_error(struct batch *b, size_t idx, int status, const char *msg)
 
 static void on_item_done(struct exec *ex, struct exec_result *res, void *arg);
 
+/* The audit fields of an item: its command and its place in the batch. */
+static json_t *audit_item(const struct item *it, const struct api_run *run)
+{
+    json_t *o = api_audit_command(it->body, run);
+    json_object_set_new(o, "index", json_integer((json_int_t)it->idx));
+    return o;
+}
+
 /* Starts item `idx` or, if it cannot start, records why and moves on along its lane. Returns 1
  * if an exec is now running for the lane, 0 if the lane is finished. */
 static int lane_run(struct batch *b, size_t idx)
@@ -74,6 +82,7 @@ static int lane_run(struct batch *b, size_t idx)
             continue;
         }
         if (it->sb->state != SB_RUNNING) {
+            api_audit(b->srv, b->req, "batch", it->sb, 409, audit_item(it, NULL));
             set_error(b, idx, 409, "the sandbox is not running");
             continue;
         }
@@ -95,6 +104,8 @@ static int lane_run(struct batch *b, size_t idx)
                 snprintf(err, ERRLEN, "%s", api_errno_message(r));
             }
         }
+        api_audit(b->srv, b->req, "batch", it->sb, status ? status : 200,
+                  audit_item(it, status ? NULL : &run));
         api_run_free(&run);
         if (status == 0)
             return 1;

@@ -416,10 +416,12 @@ void api_exec(struct server *srv, http_req_t *req, const struct route_params *p)
         goto bad;
     }
     http_req_set_abort_cb(req, on_client_gone, call);
+    api_audit(srv, req, "exec", sb, 200, api_audit_command(body, &run));
     api_run_free(&run);
     json_decref(body);
     return;
 bad:
+    api_audit(srv, req, "exec", sb, status, api_audit_command(body, NULL));
     http_respond_error(req, status, api_status_code(status), "%s", err);
     api_run_free(&run);
     json_decref(body);
@@ -511,6 +513,9 @@ void api_command_start(struct server *srv, http_req_t *req, const struct route_p
         snprintf(err, ERRLEN, "%s", api_errno_message(r));
         goto bad;
     }
+    json_t *audit = api_audit_command(body, &run);
+    json_object_set_new(audit, "command_id", json_string(command_id(cmd)));
+    api_audit(srv, req, "command.start", sb, 201, audit);
     /* Answer once the init has reported the pid (a few hundred microseconds). */
     call->req = req;
     call->cmd = cmd;
@@ -523,6 +528,7 @@ void api_command_start(struct server *srv, http_req_t *req, const struct route_p
     json_decref(body);
     return;
 bad:
+    api_audit(srv, req, "command.start", sb, status, api_audit_command(body, NULL));
     http_respond_error(req, status, api_status_code(status), "%s", err);
     api_run_free(&run);
     json_decref(body);
@@ -583,6 +589,8 @@ void api_command_kill(struct server *srv, http_req_t *req, const struct route_pa
         return;
     }
     json_decref(body);
+    api_audit(srv, req, "command.kill", command_sandbox(c), 200,
+              json_pack("{s:s, s:i}", "command_id", command_id(c), "signal", sig));
     command_kill(c, sig);
     http_respond_json(req, 200, command_to_json(c));
 }

@@ -2341,12 +2341,32 @@ static void tool_file(struct atr_job *job, json_t *args, int write)
 
 /* ---- jobs ----------------------------------------------------------------------------------- */
 
+static void done_single(struct atr_job *job, int status, json_t *resp);
+
+/* Records a tool call in the audit log: the slot, the tool, and the command or path it acts on
+ * (never file contents or keys typed). */
+static void execute_audit(struct atr_job *job, const char *tool, json_t *args)
+{
+    struct atr_slot *s = job->slot;
+    http_req_t *req = job->done == done_single ? job->owner : ((struct atr_batch *)job->owner)->req;
+    json_t *cmd = json_object_get(args, "command"), *path = json_object_get(args, "path");
+    json_t *desc = json_is_string(cmd) ? json_pack("{s:O}", "shell", cmd) : json_object();
+    json_t *o = api_audit_command(desc, NULL);
+    json_decref(desc);
+    json_object_set_new(o, "slot", json_string(s->name));
+    json_object_set_new(o, "tool", tool ? json_string(tool) : json_null());
+    if (json_is_string(path))
+        json_object_set(o, "path", path);
+    api_audit(s->a->srv, req, "atropos.execute", s->sb, 200, o);
+}
+
 static void execute_start(struct atr_job *job)
 {
     json_t *tv = json_object_get(job->body, "tool");
     json_t *args = json_object_get(job->body, "args");
     const char *tool = json_is_string(tv) ? json_string_value(tv) : NULL;
     json_t *empty = NULL;
+    execute_audit(job, tool, args);
     if (!args || json_is_null(args))
         args = empty = json_object();
     if (!json_is_object(args)) {

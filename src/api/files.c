@@ -146,9 +146,37 @@ static int errno_status(int r)
     }
 }
 
+/* Records a change (PUT and DELETE files, PUT archive) in the audit log; reads are not recorded.
+ * Never the data: its path and size. */
+static void xfer_audit(struct xfer *x, int status)
+{
+    char mode[16];
+    json_t *o;
+    switch (x->op) {
+    case X_PUT:
+        snprintf(mode, sizeof(mode), "%04o", (unsigned)x->mode);
+        o = json_pack("{s:s, s:I, s:s, s:b}", "path", x->path, "bytes", (json_int_t)x->written,
+                      "mode", mode, "mkdir", x->mkdirs);
+        api_audit(x->srv, x->req, "file.write", x->sb, status, o);
+        break;
+    case X_DELETE:
+        o = json_pack("{s:s, s:b}", "path", x->path, "recursive", x->recursive);
+        api_audit(x->srv, x->req, "file.delete", x->sb, status, o);
+        break;
+    case X_ARCHIVE_PUT:
+        o = json_pack("{s:s, s:I, s:I}", "path", x->path, "bytes", (json_int_t)x->written,
+                      "entries", (json_int_t)x->entries);
+        api_audit(x->srv, x->req, "files.extract", x->sb, status, o);
+        break;
+    default:
+        break;
+    }
+}
+
 static void answer_error(struct xfer *x, int r, const char *detail)
 {
     int status = errno_status(r);
+    xfer_audit(x, status);
     const char *why = -r == EISDIR   ? "is a directory"
                       : -r == EINVAL ? "not a regular file, or an invalid path"
                       : -r == ELOOP  ? "refused (a /proc magic link or too many symlinks)"
@@ -317,9 +345,11 @@ static void on_commit_done(uv_work_t *w, int status)
     if (!x->answered) {
         if (x->r < 0)
             answer_error(x, x->r, x->err);
-        else
+        else {
+            xfer_audit(x, 200);
             answer_json(x, 200,
                         json_pack("{s:s, s:I}", "path", x->path, "size", (json_int_t)x->written));
+        }
     }
     xfer_maybe_free(x);
 }
@@ -596,6 +626,7 @@ static void on_extract_data(http_req_t *req, const char *data, size_t len, void 
     struct xfer *x = arg;
     if (!x->poll_open || uv_is_closing((uv_handle_t *)&x->poll))
         return;
+    x->written += len; /* received, for the audit log */
     buf_append(&x->pending, data, len);
     extract_feed(x);
 }
@@ -620,11 +651,13 @@ static void on_extracted(uv_work_t *w, int status)
     close_loop_end(x);
     if (x->body_err && x->r == 0)
         x->r = x->body_err;
-    if (x->r < 0)
+    if (x->r < 0) {
         answer_error(x, x->r, x->err);
-    else
+    } else {
+        xfer_audit(x, 200);
         answer_json(x, 200,
                     json_pack("{s:s, s:I}", "path", x->path, "entries", (json_int_t)x->entries));
+    }
     xfer_maybe_free(x);
 }
 
@@ -697,6 +730,7 @@ static void after_first(uv_work_t *w, int status)
         answer_json(x, 200, json_incref(x->result));
         break;
     case X_DELETE:
+        xfer_audit(x, 204);
         x->answered = 1;
         http_respond(x->req, 204, NULL, NULL, 0, NULL);
         break;

@@ -3,6 +3,7 @@
  */
 #include <ctype.h>
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "api/api.h"
@@ -120,9 +121,30 @@ static int parse_network(json_t *obj, struct egress_policy **out, char *err)
     return r == 0 ? 0 : r == -ENOMEM ? 500 : 400;
 }
 
+/* What a creation carries to its callback: the audit record is written when the outcome is known
+ * (the id exists only then). */
+struct create_call {
+    struct server *srv;
+    http_req_t *req;
+    json_t *audit;  /* api_audit_sandbox_spec() */
+    json_t *labels; /* of the request, for a creation that failed */
+};
+
 static void on_created(struct sandbox *sb, int status, const char *code, const char *msg, void *arg)
 {
-    http_req_t *req = arg;
+    struct create_call *call = arg;
+    http_req_t *req = call->req;
+    if (!sb) {
+        json_object_set_new(call->audit, "ok", json_false());
+        json_object_set_new(call->audit, "error", json_string(code));
+        json_object_set(call->audit, "labels", call->labels);
+    } else if (http_req_gone(req)) {
+        json_object_set_new(call->audit, "ok", json_false());
+        json_object_set_new(call->audit, "error", json_string("client_gone"));
+    }
+    api_audit(call->srv, req, "sandbox.create", sb, 201, call->audit);
+    json_decref(call->labels);
+    free(call);
     if (!sb) {
         http_respond_error(req, status, code, "%s", msg);
         return;
@@ -179,18 +201,29 @@ void api_sandbox_create(struct server *srv, http_req_t *req, const struct route_
         goto bad;
 
     char msg[1024];
-    status = sandbox_create(&srv->reg, &spec, on_created, req, msg, sizeof(msg));
+    struct create_call *call = malloc(sizeof(*call));
+    if (!call) {
+        egress_policy_free(spec.network);
+        json_decref(body);
+        http_respond_error(req, 500, "internal", "out of memory");
+        return;
+    }
+    *call =
+        (struct create_call){srv, req, api_audit_sandbox_spec(&spec), json_deep_copy(spec.labels)};
+    status = sandbox_create(&srv->reg, &spec, on_created, call, msg, sizeof(msg));
     if (status)
         egress_policy_free(spec.network);
     json_decref(body);
     if (status)
-        http_respond_error(req, status,
-                           status == 409   ? "conflict"
-                           : status == 503 ? "unavailable"
-                                           : "sandbox_setup_failed",
-                           "%s", msg);
+        on_created(NULL, status,
+                   status == 409   ? "conflict"
+                   : status == 503 ? "unavailable"
+                                   : "sandbox_setup_failed",
+                   msg, call);
     return;
 bad:
+    api_audit(srv, req, "sandbox.create", NULL, status,
+              json_pack("{s:s*, s:O*}", "name", spec.name, "labels", spec.labels));
     json_decref(body);
     http_respond_error(req, status, status == 422 ? "unprocessable" : "bad_request", "%s", err);
 }
@@ -267,8 +300,16 @@ static void pause_error(http_req_t *req, struct sandbox *sb, int r)
                            r == -ETIMEDOUT ? "freeze (in time)" : "freeze or thaw", strerror(-r));
 }
 
+static int pause_status(int r)
+{
+    return r == -EINVAL || r == -ENOTSUP || r == -ESRCH ? 409 : r < 0 ? 500 : 200;
+}
+
 static void on_paused(struct sandbox *sb, int err, void *arg)
 {
+    /* The registry is the server's (server.h): find the server to record the outcome. */
+    struct server *srv = (struct server *)((char *)sb->reg - offsetof(struct server, reg));
+    api_audit(srv, arg, "sandbox.pause", sb, pause_status(err), NULL);
     if (err < 0)
         pause_error(arg, sb, err);
     else
@@ -283,8 +324,10 @@ void api_sandbox_pause(struct server *srv, http_req_t *req, const struct route_p
     if (!sb)
         return;
     int r = sandbox_pause(sb, on_paused, req);
-    if (r < 0)
+    if (r < 0) {
+        api_audit(srv, req, "sandbox.pause", sb, pause_status(r), NULL);
         pause_error(req, sb, r);
+    }
 }
 
 void api_sandbox_resume(struct server *srv, http_req_t *req, const struct route_params *p)
@@ -295,6 +338,7 @@ void api_sandbox_resume(struct server *srv, http_req_t *req, const struct route_
     if (!sb)
         return;
     int r = sandbox_resume(sb);
+    api_audit(srv, req, "sandbox.resume", sb, pause_status(r), NULL);
     if (r < 0)
         pause_error(req, sb, r);
     else
@@ -351,6 +395,8 @@ void api_sandbox_delete(struct server *srv, http_req_t *req, const struct route_
     if (api_check_query(req, NULL) < 0)
         return;
     struct sandbox *sb = api_find_sandbox(srv, req, p);
-    if (sb)
-        sandbox_destroy(sb, on_deleted, req);
+    if (!sb)
+        return;
+    api_audit(srv, req, "sandbox.delete", sb, 204, NULL);
+    sandbox_destroy(sb, on_deleted, req);
 }

@@ -30,6 +30,7 @@ void api_shell_create(struct server *srv, http_req_t *req, const struct route_pa
         json_opt_string_map(body, "env", "env", &env, err, ERRLEN) ||
         (env && api_valid_env(env, err, ERRLEN) < 0) ||
         (cwd[0] != '/' && snprintf(err, ERRLEN, "'cwd' must be an absolute path"))) {
+        api_audit(srv, req, "shell.create", sb, 400, NULL);
         http_respond_error(req, 400, "bad_request", "%s", err);
         json_decref(body);
         return;
@@ -38,6 +39,8 @@ void api_shell_create(struct server *srv, http_req_t *req, const struct route_pa
     struct shell *sh;
     int r = envv ? shell_create(sb, (const char *const *)envv, cwd, &sh) : -ENOMEM;
     api_free_strv(envv);
+    api_audit(srv, req, "shell.create", sb, r < 0 ? api_errno_status(r) : 201,
+              json_pack("{s:s, s:s*}", "cwd", cwd, "shell_id", r < 0 ? NULL : shell_id(sh)));
     json_decref(body);
     if (r < 0) {
         http_respond_error(req, api_errno_status(r), api_status_code(api_errno_status(r)), "%s",
@@ -106,6 +109,23 @@ static void on_client_gone(http_req_t *req, void *arg)
     shell_run_cancel(call->run);
 }
 
+/* The audit fields of a run: the shell, the command (as an exec's shell), the timeout. */
+static json_t *audit_run(const struct shell *sh, json_t *body, double timeout)
+{
+    json_t *cmd = json_object_get(body, "command");
+    json_t *desc = json_is_string(cmd) ? json_pack("{s:O}", "shell", cmd) : json_object();
+    json_t *o = api_audit_command(desc, NULL);
+    json_decref(desc);
+    if (json_object_get(o, "shell")) { /* it is not a shell of its own: call it the command */
+        json_object_set(o, "command", json_object_get(o, "shell"));
+        json_object_del(o, "shell");
+    }
+    json_object_set_new(o, "shell_id", json_string(shell_id(sh)));
+    if (timeout > 0)
+        json_object_set_new(o, "timeout_s", json_real(timeout));
+    return o;
+}
+
 void api_shell_run(struct server *srv, http_req_t *req, const struct route_params *p)
 {
     static const char *const keys[] = {"command", "timeout_s", "max_output_bytes", NULL};
@@ -119,6 +139,7 @@ void api_shell_run(struct server *srv, http_req_t *req, const struct route_param
     struct shell *sh = find_shell(srv, req, p);
     if (!sh)
         return;
+    struct sandbox *sb = sandbox_find(&srv->reg, route_param(p, "id"));
     json_t *body = api_body_object(req);
     if (!body)
         return;
@@ -152,6 +173,8 @@ void api_shell_run(struct server *srv, http_req_t *req, const struct route_param
         goto bad;
     }
     call->req = req;
+    /* Recorded first: the run may complete (and answer) at once. */
+    api_audit(srv, req, "shell.run", sb, 200, audit_run(sh, body, timeout));
     /* Set first: the run may complete at once (then on_run_done clears it and answers). */
     http_req_set_abort_cb(req, on_client_gone, call);
     int r = shell_run(sh, command, timeout, (size_t)max_out, on_run_done, call, &call->run);
@@ -160,11 +183,13 @@ void api_shell_run(struct server *srv, http_req_t *req, const struct route_param
         free(call);
         status = 500;
         snprintf(err, ERRLEN, "%s", strerror(-r));
-        goto bad;
+        goto answer; /* ENOMEM: already recorded */
     }
     json_decref(body);
     return;
 bad:
+    api_audit(srv, req, "shell.run", sb, status, audit_run(sh, body, -1));
+answer:
     http_respond_error(req, status, api_status_code(status), "%s", err);
     json_decref(body);
 }

@@ -42,6 +42,7 @@ struct stream {
     int in_pump;
     char *chunk; /* CHUNK bytes, and the message being built: kept for the connection's life */
     buf_t msg;
+    char caller[64]; /* the client's address, for the audit log (the request is gone by then) */
 };
 
 static void send_json(struct stream *st, json_t *o)
@@ -244,6 +245,8 @@ static void handle_first(struct stream *st, json_t *msg)
             send_error(st, "not_found", "no such command in this sandbox");
             goto close;
         }
+        api_audit_caller(st->srv, st->caller, "command.stream", st->sb, 200,
+                         json_pack("{s:s, s:s}", "command_id", cid, "via", "exec/ws reconnect"));
         st->binary = json_is_true(json_object_get(msg, "binary"));
         st->lossless = json_is_true(json_object_get(msg, "lossless"));
         st->kill_on_disconnect = json_is_true(json_object_get(msg, "kill_on_disconnect"));
@@ -267,6 +270,8 @@ static void handle_first(struct stream *st, json_t *msg)
         snprintf(err, ERRLEN, "'buffer_bytes' must be between 4096 and 268435456");
     }
     if (status) {
+        api_audit_caller(st->srv, st->caller, "exec.ws", st->sb, status,
+                         api_audit_command(msg, NULL));
         send_error(st, api_status_code(status), err);
         api_run_free(&run);
         goto close;
@@ -285,6 +290,13 @@ static void handle_first(struct stream *st, json_t *msg)
     };
     struct command *c;
     int r = st->sb->state == SB_RUNNING ? command_start(st->sb, &spec, &c) : -EPIPE;
+    json_t *audit = api_audit_command(msg, &run);
+    if (!spec.timeout_s)
+        json_object_set_new(audit, "timeout_s", json_null());
+    if (r == 0)
+        json_object_set_new(audit, "command_id", json_string(command_id(c)));
+    api_audit_caller(st->srv, st->caller, "exec.ws", st->sb, r < 0 ? api_errno_status(r) : 200,
+                     audit);
     api_run_free(&run);
     if (r < 0) {
         send_error(st, api_status_code(api_errno_status(r)), api_errno_message(r));
@@ -357,13 +369,14 @@ static void on_message(ws_conn_t *ws, int binary, const char *data, size_t len, 
 static const struct ws_callbacks stream_callbacks = {
     .on_message = on_message, .on_close = on_close, .on_drain = on_drain};
 
-static struct stream *stream_new(struct server *srv, struct sandbox *sb)
+static struct stream *stream_new(struct server *srv, struct sandbox *sb, http_req_t *req)
 {
     struct stream *st = calloc(1, sizeof(*st));
     if (!st)
         return NULL;
     st->srv = srv;
     st->sb = sb;
+    snprintf(st->caller, sizeof(st->caller), "%s", http_req_peer(req));
     sandbox_ref(sb);
     return st;
 }
@@ -400,11 +413,13 @@ void api_command_stream(struct server *srv, http_req_t *req, const struct route_
             return;
         }
     }
-    struct stream *st = stream_new(srv, command_sandbox(c));
+    struct stream *st = stream_new(srv, command_sandbox(c), req);
     if (!st) {
         http_respond_error(req, 500, "internal", "out of memory");
         return;
     }
+    api_audit(srv, req, "command.stream", st->sb, 200,
+              json_pack("{s:s, s:s}", "command_id", command_id(c), "via", "stream"));
     st->binary = parse_flag(req, "binary", 0);
     st->lossless = parse_flag(req, "lossless", 0);
     st->kill_on_disconnect = parse_flag(req, "kill_on_disconnect", 0);
@@ -430,7 +445,7 @@ void api_exec_ws(struct server *srv, http_req_t *req, const struct route_params 
         http_respond_error(req, 400, "bad_request", "this endpoint is a WebSocket");
         return;
     }
-    struct stream *st = stream_new(srv, sb);
+    struct stream *st = stream_new(srv, sb, req);
     if (!st) {
         http_respond_error(req, 500, "internal", "out of memory");
         return;

@@ -92,6 +92,13 @@ void api_terminal_create(struct server *srv, http_req_t *req, const struct route
     int r = envv ? terminal_create(sb, &spec, &t) : -ENOMEM;
     api_free_strv(envv);
     free(argv);
+    json_t *audit = api_audit_command(body, NULL);
+    json_object_set_new(audit, "cols", json_integer(cols));
+    json_object_set_new(audit, "rows", json_integer(rows));
+    json_object_set_new(audit, "record", json_boolean(spec.record));
+    if (r == 0)
+        json_object_set_new(audit, "terminal_id", json_string(terminal_id(t)));
+    api_audit(srv, req, "terminal.create", sb, r < 0 ? api_errno_status(r) : 201, audit);
     json_decref(body);
     if (r < 0) {
         http_respond_error(req, api_errno_status(r), api_status_code(api_errno_status(r)), "%s",
@@ -101,6 +108,7 @@ void api_terminal_create(struct server *srv, http_req_t *req, const struct route
     http_respond_json(req, 201, terminal_to_json(t));
     return;
 bad:
+    api_audit(srv, req, "terminal.create", sb, 400, api_audit_command(body, NULL));
     free(argv);
     json_decref(body);
     http_respond_error(req, 400, "bad_request", "%s", err);
@@ -370,6 +378,10 @@ void api_terminal_keys(struct server *srv, http_req_t *req, const struct route_p
         http_respond_error(req, 409, "conflict", "the terminal's program has exited");
         return;
     }
+    /* What was typed is not recorded (it may be a password), only how much. */
+    api_audit(
+        srv, req, "terminal.input", sandbox_find(&srv->reg, route_param(p, "id")), 200,
+        json_pack("{s:s, s:I}", "terminal_id", terminal_id(t), "bytes", (json_int_t)bytes.len));
     terminal_write(t, bytes.data ? bytes.data : "", bytes.len);
     buf_free(&bytes);
     if (!block) {

@@ -335,13 +335,20 @@ def test_create_bad_network(napi):
 
 
 def test_decisions_are_logged(napi, net_daemon):
-    sb = napi.make({"mode": "allowlist", "allow": ["www.internet.test"]})
+    sb = napi.make({"mode": "allowlist", "allow": ["www.internet.test"]}, labels={"team": "net"})
     curl(napi, sb["id"], "http://www.internet.test/")
     curl(napi, sb["id"], "http://api.internet.test/")
     log = net_daemon.log(200000)
     lines = [ln for ln in log.splitlines() if sb["id"] in ln and "egress" in ln]
     assert any("www.internet.test" in ln and "allow" in ln for ln in lines), lines
     assert any("api.internet.test" in ln and "den" in ln for ln in lines), lines
+    # ... and audited, with the sandbox's labels.
+    ev = napi.get(f"/v1/audit?sandbox={sb['id']}&event=egress.*").json["events"]
+    allow = [e for e in ev if e["event"] == "egress.allow"]
+    deny = [e for e in ev if e["event"] == "egress.deny"]
+    assert allow and allow[0]["host"] == "www.internet.test" and allow[0]["port"] == 80, ev
+    assert deny and deny[0]["host"] == "api.internet.test", ev
+    assert deny[0]["reason"] and deny[0]["labels"] == {"team": "net"}, ev
 
 
 def test_delete_with_open_tunnel_leaks_nothing(napi, net_daemon):
