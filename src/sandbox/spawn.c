@@ -511,7 +511,7 @@ static __attribute__((noreturn)) void child_main(struct child_ctx *c)
     nofile.rlim_cur = nofile.rlim_max;
     if (setrlimit(RLIMIT_NOFILE, &nofile) < 0)
         child_fail(c, SPAWN_STEP_RLIMIT, "nofile");
-    /* Defence in depth: no file may grow past the disk (a sparse one could otherwise). */
+    /* Defence in depth (see sandbox.c for the value). */
     struct rlimit fsize = {cfg->fsize_limit, cfg->fsize_limit};
     if (cfg->fsize_limit && setrlimit(RLIMIT_FSIZE, &fsize) < 0)
         child_fail(c, SPAWN_STEP_RLIMIT, "fsize");

@@ -40,6 +40,11 @@
 #define UID_BASE 1048576u
 #define UID_RANGE 65536u
 
+/* RLIMIT_FSIZE of every sandbox process, as defence in depth: the disk bounds what files occupy,
+ * this bounds how large a sparse file may claim to be (and so what reading one back through the
+ * files API can cost). Generous: sparse files larger than the disk are legitimate. */
+#define FSIZE_LIMIT (1ull << 40)
+
 struct sandbox_waiter {
     struct sandbox_waiter *next;
     sandbox_destroy_cb cb;
@@ -818,7 +823,7 @@ static int create_start(struct create_op *op, char *msg, size_t msglen)
     cfg->host_uid = uid;
     cfg->host_gid = uid;
     cfg->id_count = UID_RANGE;
-    cfg->fsize_limit = sb->res.disk_mib << 20;
+    cfg->fsize_limit = FSIZE_LIMIT;
     cfg->seccomp = reg->seccomp;
     cfg->init_fd = reg->init_fd;
     what = NULL;
