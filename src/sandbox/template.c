@@ -11,7 +11,6 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
-#include <sys/statvfs.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
@@ -183,16 +182,18 @@ static int snapshot_dev(const char *dev)
 }
 
 /* The shared plan, in mount order. */
-static int build_plan(struct host_template *t, int dev_snapshot)
+static int build_plan(struct host_template *t)
 {
     static const char *const top[] = {"bin", "sbin", "lib", "lib32", "lib64", "libx32"};
     static const char *const ro_proc[] = {"proc/sys", "proc/sysrq-trigger", "proc/bus", "proc/fs",
                                           "proc/irq"};
     static const char *const masked[] = {
-        "proc/kcore",         "proc/keys",     "proc/timer_list", "proc/sched_debug",
-        "proc/latency_stats", "proc/kallsyms", "proc/kmsg",       "proc/acpi",
-        "proc/scsi",          "proc/asound",   "sys/firmware",    "sys/kernel/debug",
-        "sys/kernel/security"};
+        "proc/kcore", "proc/keys", "proc/timer_list", "proc/sched_debug", "proc/latency_stats",
+        "proc/kallsyms", "proc/kmsg", "proc/acpi", "proc/scsi", "proc/asound", "sys/firmware",
+        "sys/kernel/debug", "sys/kernel/security",
+        /* Block devices are not namespaced: the loop devices' backing_file would name every
+         * sandbox's disk image (and the daemon's state directory). */
+        "sys/devices/virtual/block", "sys/block"};
     const unsigned long nsd = MS_NOSUID | MS_NODEV;
     struct spawn_config *cfg = &t->plan;
     char a[SPAWN_PATH_MAX + 16], b[SPAWN_PATH_MAX];
@@ -228,27 +229,13 @@ static int build_plan(struct host_template *t, int dev_snapshot)
     for (size_t i = 0; i < sizeof(masked) / sizeof(masked[0]); i++)
         ADD(MOP_MASK, NULL, masked[i], 0, 0, NULL);
 
-    if (dev_snapshot) {
-        snprintf(a, sizeof(a), "%s/dev", t->dir);
-        ADD(MOP_BIND_RO, a, "dev", 0, 0, NULL);
-        if (!r) {
-            /* Read-only, but device nodes must stay usable: no nodev on this bind. */
-            cfg->mounts[cfg->n_mounts - 1].open_early = 1;
-            cfg->mounts[cfg->n_mounts - 1].kind = MOP_BIND_DEV;
-            cfg->mounts[cfg->n_mounts - 1].flags = MS_RDONLY;
-        }
-    } else {
-        ADD(MOP_TMPFS, "tmpfs", "dev", MS_NOSUID | MS_NOEXEC, 0, "mode=0755,size=64k");
-        for (size_t i = 0; i < sizeof(dev_nodes) / sizeof(dev_nodes[0]); i++) {
-            snprintf(a, sizeof(a), "/dev/%s", dev_nodes[i].name);
-            snprintf(b, sizeof(b), "dev/%s", dev_nodes[i].name);
-            ADD(MOP_BIND_DEV, a, b, 0, 0, NULL);
-        }
-        ADD(MOP_SYMLINK, "pts/ptmx", "dev/ptmx", 0, 0, NULL);
-        ADD(MOP_SYMLINK, "/proc/self/fd", "dev/fd", 0, 0, NULL);
-        ADD(MOP_SYMLINK, "/proc/self/fd/0", "dev/stdin", 0, 0, NULL);
-        ADD(MOP_SYMLINK, "/proc/self/fd/1", "dev/stdout", 0, 0, NULL);
-        ADD(MOP_SYMLINK, "/proc/self/fd/2", "dev/stderr", 0, 0, NULL);
+    snprintf(a, sizeof(a), "%s/dev", t->dir);
+    ADD(MOP_BIND_RO, a, "dev", 0, 0, NULL);
+    if (!r) {
+        /* Read-only, but device nodes must stay usable: no nodev on this bind. */
+        cfg->mounts[cfg->n_mounts - 1].open_early = 1;
+        cfg->mounts[cfg->n_mounts - 1].kind = MOP_BIND_DEV;
+        cfg->mounts[cfg->n_mounts - 1].flags = MS_RDONLY;
     }
     ADD(MOP_DEVPTS, NULL, "dev/pts", 0, 0, NULL);
     ADD(MOP_TMPFS, "tmpfs", "dev/shm", nsd, 0, "mode=1777,size=64m");
@@ -271,23 +258,26 @@ static int build_plan(struct host_template *t, int dev_snapshot)
 int template_host_prepare(struct host_template *t, const char *state_dir)
 {
     char p[SPAWN_PATH_MAX + 16];
-    struct statvfs sv;
     int r;
     memset(t, 0, sizeof(*t));
     if (snprintf(t->dir, sizeof(t->dir), "%s/templates/host", state_dir) >= (int)sizeof(t->dir))
         return -ENAMETOOLONG;
     if ((r = util_remove_tree(t->dir)) < 0 || (r = util_mkdir_p(t->dir, 0755)) < 0)
         return r;
+    /* The snapshots live on a tmpfs of their own (in the daemon's mount namespace): a bind
+     * mount's source path shows in the sandbox's /proc/self/mountinfo relative to its file
+     * system, so from here it reads "/etc", not the host path of the state directory. It also
+     * allows the device nodes of the /dev snapshot whatever the state directory's mount says. */
+    if (mount("tmpfs", t->dir, "tmpfs", MS_NOSUID, "mode=0755,size=16m") < 0)
+        return -errno;
     snprintf(p, sizeof(p), "%s/etc", t->dir);
     if ((r = snapshot_etc(p)) < 0)
         return r;
-    /* Device nodes in the snapshot work only if the state dir's file system allows devices. */
-    int dev_snapshot = statvfs(t->dir, &sv) == 0 && !(sv.f_flag & ST_NODEV);
     snprintf(p, sizeof(p), "%s/dev", t->dir);
-    if (dev_snapshot && (r = snapshot_dev(p)) < 0)
+    if ((r = snapshot_dev(p)) < 0)
         return r;
     spawn_config_init(&t->plan);
-    return build_plan(t, dev_snapshot);
+    return build_plan(t);
 }
 
 int template_host_config(const struct host_template *t, struct spawn_config *cfg,

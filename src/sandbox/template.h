@@ -1,14 +1,15 @@
 /*
  * template — the built-in `host` template: what a sandbox's file system is made of.
  *
- * template_host_prepare() runs once at daemon start-up. It inspects the host (which of /bin,
- * /lib*, ... are symlinks) and writes two snapshots under <state_dir>/templates/host/:
+ * template_host_prepare() runs once at daemon start-up, in the daemon's own mount namespace. It
+ * inspects the host (which of /bin, /lib*, ... are symlinks), mounts a small tmpfs on
+ * <state_dir>/templates/host/ (so the sandboxes' mountinfo never names the state directory) and
+ * writes two snapshots there:
  *   etc/  copies of a small set of host /etc files (not the whole /etc): passwd, group,
  *         resolv.conf, nsswitch.conf, ld.so.*, ssl/certs, alternatives, ...; `hosts` and
  *         `hostname` are symlinks to per-sandbox files in /run/warren.
  *   dev/  the minimal device nodes (null zero full random urandom tty), mount points for pts and
- *         shm, and the usual symlinks — skipped when the state dir's file system is nodev, in
- *         which case each node is bound from the host's /dev instead.
+ *         shm, and the usual symlinks.
  * Each becomes one read-only bind in every sandbox, instead of one bind per file: sandbox
  * creation is dominated by mount system calls. The snapshot is taken at start-up; restart the
  * daemon to pick up changes to the host's /etc.

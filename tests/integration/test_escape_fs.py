@@ -547,3 +547,14 @@ def test_archive_upload_stays_inside(api, box, members):
     res = sh(api, sid, "ls /tmp/warren-escape-tar /usr/warren-escape-tar /tmp/x /etc/passwd.x "
                        "2>/dev/null; true")
     assert res["stdout"] == "", res
+
+
+def test_disk_images_not_named_inside(api, daemon, new_sandbox):
+    """Block devices are not namespaced: /sys would show every loop device's backing file, which
+    names the sandboxes' disk images and the daemon's state directory. Masked."""
+    a = new_sandbox()
+    new_sandbox()  # a neighbour with its own disk
+    r = sh(api, a["id"], "cat /sys/block/*/loop/backing_file /sys/class/block/*/loop/backing_file "
+                         "/sys/devices/virtual/block/*/loop/backing_file 2>/dev/null; "
+                         "cat /proc/self/mountinfo /proc/mounts")
+    assert daemon.state_dir not in r["stdout"] and ".img" not in r["stdout"], r["stdout"]
