@@ -5,6 +5,7 @@
 
 #include "api/api.h"
 #include "sandbox/cgroup.h"
+#include "sandbox/egress.h"
 
 void api_healthz(struct server *srv, http_req_t *req, const struct route_params *p)
 {
@@ -34,5 +35,17 @@ void api_info(struct server *srv, http_req_t *req, const struct route_params *p)
         "defaults", "cpus", srv->cfg.defaults.cpus, "memory_mib",
         (json_int_t)srv->cfg.defaults.memory_mib, "pids", (json_int_t)srv->cfg.defaults.pids,
         "disk_mib", (json_int_t)srv->cfg.defaults.disk_mib);
+    const struct sandbox_resources *m = &srv->cfg.maxima;
+    json_object_set_new(info, "maxima",
+                        json_pack("{s:f, s:I, s:I, s:I}", "cpus", m->cpus, "memory_mib",
+                                  (json_int_t)m->memory_mib, "pids", (json_int_t)m->pids,
+                                  "disk_mib", (json_int_t)m->disk_mib));
+    /* How the limits are enforced, for operators: one ext4 image per sandbox, an egress proxy
+     * for the network modes that go out, the audit log. */
+    json_object_set_new(info, "disk", json_pack("{s:s}", "backend", "ext4-image"));
+    json_object_set_new(info, "network",
+                        json_pack("{s:[sss], s:s, s:i}", "modes", "none", "allowlist", "open",
+                                  "proxy", "127.0.0.1", "proxy_port", EGRESS_PROXY_PORT));
+    json_object_set_new(info, "audit", json_true());
     http_respond_json(req, 200, info);
 }

@@ -3,7 +3,6 @@
 Everything writable outside memory (/, /tmp, /var/tmp, /root, /workspace) shares it; filling it
 gives ENOSPC inside and nothing else; the image is sparse on the host and goes with the sandbox.
 """
-import json
 import os
 import shutil
 import subprocess
@@ -116,7 +115,10 @@ def test_defaults_and_maxima_flags(fresh_daemon):
     sb = api.create()
     assert sb["resources"]["disk_mib"] == 64 and sb["resources"]["pids"] == 100
     info = api.get("/v1/info").json
-    assert json.dumps(info)  # reported, whatever its shape
+    assert info["defaults"]["disk_mib"] == 64 and info["defaults"]["pids"] == 100, info
+    assert info["maxima"]["disk_mib"] == 128 and info["maxima"]["memory_mib"] == 1024, info
+    assert info["disk"] == {"backend": "ext4-image"}, info
+    assert info["network"]["modes"] == ["none", "allowlist", "open"], info
     r = api.post("/v1/sandboxes", {"resources": {"disk_mib": 129}})
     assert r.status == 422 and "disk_mib" in r.error_message, r
     r = api.post("/v1/sandboxes", {"resources": {"memory_mib": 2048}})
