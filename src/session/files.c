@@ -837,7 +837,9 @@ static int list_dir(struct list_ctx *c, int fd, size_t len, int recursive, int d
         }
         int sub = openat(dirfd(d), de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (sub < 0) {
-            if (errno == ENOENT)
+            /* Gone, or closed to the sandbox's root (another user's 0700 directory, a process's
+             * /proc entries): listed, not descended into, as find(1) would go on. */
+            if (errno == ENOENT || errno == EACCES || errno == EPERM)
                 continue;
             r = -errno;
             break;

@@ -370,6 +370,19 @@ def test_list(api, sandbox):
         assert r.status == 400, (bad, r)
 
 
+def test_recursive_list_skips_what_root_cannot_open(api, new_sandbox):
+    # A directory of another user of the sandbox (0700) cannot be opened by the files API, which
+    # acts as the sandbox's root without capabilities; nor can /proc entries of such a process.
+    sid = new_sandbox()["id"]
+    in_sb(api, sid, "mkdir -p /workspace/s/mine /workspace/s/theirs && echo x > /workspace/s/f && "
+                    "echo y > /workspace/s/theirs/hidden && chown -R 1000:1000 /workspace/s/theirs"
+                    " && chmod 700 /workspace/s/theirs")
+    r = listing(api, sid, "/workspace/s", recursive=1)
+    assert r.status == 200 and names(r) == ["f", "mine", "theirs"], r
+    r = listing(api, sid, "/", recursive=1, max_entries=100000)
+    assert r.status == 200 and "workspace/s/f" in names(r), r
+
+
 def test_delete(api, sandbox):
     sid = sandbox["id"]
     in_sb(api, sid, "cd /workspace && mkdir -p t/sub e && echo x > t/sub/f && echo y > f "
