@@ -20,13 +20,21 @@
 
 /* Distinct sizes whose formatted image is kept for copying; rarer sizes are formatted directly. */
 #define DISK_MAX_BASES 32
+#define DISK_POOL_MAX 8
 
 struct disk_manager {
     char dir[1100]; /* <state>/disks */
     char mkfs[64];
-    pthread_mutex_t lock; /* guards bases[] and the building of a base image */
+    pthread_mutex_t lock; /* guards everything below, and the building of a base image */
     unsigned long long bases[DISK_MAX_BASES];
     size_t n_bases;
+    /* Ready disks of pool_mib, mounted on <dir>/pool-<seq> with their image <dir>/pool-<seq>.img;
+     * pool[0..n_ready) are ready to take. */
+    unsigned long long pool_mib;
+    size_t pool_want;
+    unsigned pool[DISK_POOL_MAX];
+    size_t n_ready;
+    unsigned pool_seq;
 };
 
 static const char *const mkfs_paths[] = {"/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"};
@@ -70,10 +78,23 @@ error:
     return r;
 }
 
+static void pool_paths(const struct disk_manager *dm, unsigned seq, char *image, char *mnt,
+                       size_t cap)
+{
+    snprintf(image, cap, "%s/pool-%u.img", dm->dir, seq);
+    snprintf(mnt, cap, "%s/pool-%u", dm->dir, seq);
+}
+
 void disk_manager_free(struct disk_manager *dm)
 {
+    char image[1200], mnt[1200];
     if (!dm)
         return;
+    for (size_t i = 0; i < dm->n_ready; i++) {
+        pool_paths(dm, dm->pool[i], image, mnt, sizeof(image));
+        disk_destroy(image, mnt);
+        rmdir(mnt);
+    }
     pthread_mutex_destroy(&dm->lock);
     free(dm);
 }
@@ -322,4 +343,91 @@ int64_t disk_unclaimed(const char *image, unsigned long long mib)
     int64_t used = stat(image, &st) == 0 ? (int64_t)st.st_blocks * 512 : 0;
     int64_t size = (int64_t)(mib << 20);
     return size > used ? size - used : 0;
+}
+
+void disk_pool_configure(struct disk_manager *dm, unsigned long long mib, size_t n)
+{
+    pthread_mutex_lock(&dm->lock);
+    dm->pool_mib = mib;
+    dm->pool_want = n < DISK_POOL_MAX ? n : DISK_POOL_MAX;
+    pthread_mutex_unlock(&dm->lock);
+}
+
+int disk_pool_fill(struct disk_manager *dm)
+{
+    char image[1200], mnt[1200];
+    const char *what;
+    for (;;) {
+        pthread_mutex_lock(&dm->lock);
+        int full = dm->n_ready >= dm->pool_want;
+        unsigned seq = dm->pool_seq++;
+        unsigned long long mib = dm->pool_mib;
+        pthread_mutex_unlock(&dm->lock);
+        if (full)
+            return 0;
+        pool_paths(dm, seq, image, mnt, sizeof(image));
+        int r = mkdir(mnt, 0711) < 0 ? -errno : disk_create(dm, image, mnt, mib, NULL, 0, &what);
+        if (r < 0) {
+            rmdir(mnt);
+            return r;
+        }
+        pthread_mutex_lock(&dm->lock);
+        int kept = dm->n_ready < DISK_POOL_MAX && mib == dm->pool_mib;
+        if (kept)
+            dm->pool[dm->n_ready++] = seq;
+        pthread_mutex_unlock(&dm->lock);
+        if (!kept) { /* reconfigured meanwhile */
+            disk_destroy(image, mnt);
+            rmdir(mnt);
+        }
+    }
+}
+
+int disk_pool_take(struct disk_manager *dm, const char *image, const char *mountpoint,
+                   unsigned long long mib, const char *const *subdirs, uid_t owner)
+{
+    char pimage[1200], pmnt[1200], path[1400];
+    int r;
+    pthread_mutex_lock(&dm->lock);
+    if (mib != dm->pool_mib || dm->n_ready == 0) {
+        pthread_mutex_unlock(&dm->lock);
+        return -ENOENT;
+    }
+    unsigned seq = dm->pool[--dm->n_ready];
+    pthread_mutex_unlock(&dm->lock);
+    pool_paths(dm, seq, pimage, pmnt, sizeof(pimage));
+    /* The loop device holds the image open: renaming the file changes nothing for it. */
+    if (rename(pimage, image) < 0) {
+        r = -errno;
+        goto error;
+    }
+    if (mkdir(mountpoint, 0711) < 0 || mount(pmnt, mountpoint, NULL, MS_MOVE, NULL) < 0) {
+        r = -errno;
+        rename(image, pimage);
+        rmdir(mountpoint);
+        goto error;
+    }
+    rmdir(pmnt);
+    for (size_t i = 0; subdirs && subdirs[i]; i++) {
+        snprintf(path, sizeof(path), "%s/%s", mountpoint, subdirs[i]);
+        if (mkdir(path, 0755) < 0 || chown(path, owner, owner) < 0) {
+            r = -errno;
+            disk_destroy(image, mountpoint);
+            rmdir(mountpoint);
+            return r;
+        }
+    }
+    return 0;
+error:
+    disk_destroy(pimage, pmnt);
+    rmdir(pmnt);
+    return r;
+}
+
+int64_t disk_pool_claims(struct disk_manager *dm)
+{
+    pthread_mutex_lock(&dm->lock);
+    int64_t n = (int64_t)(dm->n_ready * (dm->pool_mib << 20));
+    pthread_mutex_unlock(&dm->lock);
+    return n;
 }

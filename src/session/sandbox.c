@@ -737,12 +737,44 @@ static void create_disk_work(uv_work_t *w)
     static const char *const subdirs[] = {"root", "workspace", NULL};
     sandbox_dir(sb, dir, sizeof(dir), NULL);
     sandbox_image(sb->reg, sb->id, image, sizeof(image));
+    op->disk_what = "disk from the pool";
+    op->disk_err =
+        disk_pool_take(sb->reg->disks, image, dir, sb->res.disk_mib, subdirs, sandbox_host_uid(sb));
+    if (op->disk_err != -ENOENT)
+        return;
     op->disk_what = "state directory";
     if (mkdir(dir, 0711) < 0)
         op->disk_err = -errno;
     else
         op->disk_err = disk_create(sb->reg->disks, image, dir, sb->res.disk_mib, subdirs,
                                    sandbox_host_uid(sb), &op->disk_what);
+}
+
+static void pool_fill_work(uv_work_t *w)
+{
+    struct registry *reg = w->data;
+    int r = disk_pool_fill(reg->disks);
+    if (r < 0)
+        log_warn("cannot make a disk for the pool: %s", strerror(-r));
+}
+
+static void pool_fill_done(uv_work_t *w, int status)
+{
+    struct registry *reg = w->data;
+    (void)status;
+    reg->pending--;
+    reg->pool_filling = 0;
+    registry_check_idle(reg);
+}
+
+void registry_fill_disk_pool(struct registry *reg)
+{
+    if (reg->pool_filling || reg->idle_cb)
+        return;
+    reg->pool_filling = 1;
+    reg->pending++;
+    reg->pool_work.data = reg;
+    uv_queue_work(reg->loop, &reg->pool_work, pool_fill_work, pool_fill_done);
 }
 
 static int create_start(struct create_op *op, char *msg, size_t msglen);
@@ -754,6 +786,7 @@ static void create_disk_done(uv_work_t *w, int status)
     struct registry *reg = op->sb->reg;
     char msg[1024];
     reg->pending--;
+    registry_fill_disk_pool(reg); /* replace what this creation may have taken */
     if (status < 0 && !op->disk_err)
         op->disk_err = status;
     if (op->disk_err < 0) {
@@ -928,7 +961,7 @@ static int name_taken(struct registry *reg, const char *name)
 static int disk_room(struct registry *reg, unsigned long long mib, char *msg, size_t msglen)
 {
     char dir[1100], image[1200];
-    int64_t avail, claims = (int64_t)(mib << 20);
+    int64_t avail, claims = (int64_t)(mib << 20) + disk_pool_claims(reg->disks);
     snprintf(dir, sizeof(dir), "%s/sandboxes", reg->state_dir);
     int r = disk_host_free(dir, &avail);
     if (r < 0) {

@@ -75,6 +75,8 @@ struct registry {
     unsigned pending; /* creates and destroys in flight */
     unsigned char *uid_slots;
     void (*idle_cb)(struct registry *reg); /* called when count and pending reach 0 */
+    uv_work_t pool_work;                   /* refilling the disk pool */
+    int pool_filling;
 };
 
 struct sandbox {
@@ -132,6 +134,8 @@ void registry_recover(struct registry *reg);
 /* Destroys every sandbox; idle_cb fires when all are gone. */
 void registry_shutdown(struct registry *reg, void (*idle_cb)(struct registry *reg));
 void registry_free(struct registry *reg);
+/* Tops the disk pool up in the background (sandbox/disk.h), unless that is running already. */
+void registry_fill_disk_pool(struct registry *reg);
 
 /* Starts creating a sandbox. The callback runs on the loop thread later (never before this
  * returns). Returns 0, or an HTTP status (409 name taken, 503 at capacity, 500 setup failed)

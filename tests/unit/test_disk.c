@@ -147,6 +147,42 @@ static void test_failure_leaves_nothing(void **state)
     assert_int_equal(loops_backed_by(f->dir), 0);
 }
 
+static void test_pool(void **state)
+{
+    struct fixture *f = *state;
+    static const char *const subdirs[] = {"root", "workspace", NULL};
+    char msg[256], path[256];
+    struct disk_manager *dm;
+    struct stat st;
+    /* a manager of its own, so that freeing it with disks still pooled is tested too */
+    assert_int_equal(disk_manager_new(f->dir, &dm, msg, sizeof(msg)), 0);
+    disk_pool_configure(dm, 4, 2);
+    assert_int_equal(disk_pool_fill(dm), 0);
+    assert_int_equal(loops_backed_by(f->dir), 2);
+    assert_true(disk_pool_claims(dm) > (6 << 20));
+    assert_int_equal(disk_pool_take(dm, f->image, f->mnt, 8, subdirs, 7), -ENOENT); /* size */
+    rmdir(f->mnt);
+    assert_int_equal(disk_pool_take(dm, f->image, f->mnt, 4, subdirs, 7), 0);
+    assert_int_equal(stat(f->image, &st), 0);
+    assert_int_equal(st.st_size, 4 << 20);
+    snprintf(path, sizeof(path), "%s/workspace", f->mnt);
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_uid, 7);
+    assert_int_equal(disk_destroy(f->image, f->mnt), 0);
+    rmdir(f->mnt);
+    assert_int_equal(loops_backed_by(f->dir), 1);
+    /* one left: take it, then the pool is empty until filled again */
+    assert_int_equal(disk_pool_take(dm, f->image, f->mnt, 4, NULL, 0), 0);
+    assert_int_equal(disk_destroy(f->image, f->mnt), 0);
+    rmdir(f->mnt);
+    assert_int_equal(disk_pool_take(dm, f->image, f->mnt, 4, NULL, 0), -ENOENT);
+    assert_int_equal(disk_pool_fill(dm), 0);
+    assert_int_equal(loops_backed_by(f->dir), 2);
+    disk_manager_free(dm); /* unmounts the pooled disks */
+    assert_int_equal(loops_backed_by(f->dir), 0);
+    mkdir(f->mnt, 0711);
+}
+
 static void test_host_free(void **state)
 {
     (void)state;
@@ -163,6 +199,7 @@ int main(void)
         cmocka_unit_test(test_create_fill_destroy),
         cmocka_unit_test(test_sizes_and_reuse),
         cmocka_unit_test(test_failure_leaves_nothing),
+        cmocka_unit_test(test_pool),
         cmocka_unit_test(test_host_free),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
