@@ -244,9 +244,6 @@ static int server_start(struct server *srv)
         return r;
     }
     reg->disks = srv->disks;
-    /* Two disks of the default size wait ready: creations rarely come faster than one every
-     * couple of milliseconds, which is how long the pool takes to make one. */
-    disk_pool_configure(srv->disks, srv->cfg.defaults.disk_mib, 2);
     if ((reg->host_netns = netns_open_current()) < 0) {
         log_error("cannot open the daemon's network namespace: %s", strerror(-reg->host_netns));
         return reg->host_netns;
@@ -299,7 +296,9 @@ static int server_start(struct server *srv)
     srv->sigterm.data = srv->sigint.data = srv;
     uv_signal_start(&srv->sigterm, on_signal, SIGTERM);
     uv_signal_start(&srv->sigint, on_signal, SIGINT);
-    registry_fill_disk_pool(&srv->reg);
+    /* Two disks of the default size wait ready: creations rarely come faster than one every
+     * couple of milliseconds, which is how long the pool takes to make one. */
+    registry_start_disk_pool(&srv->reg, 2);
     log_info("warren %s listening on %s, state in %s", WARREN_VERSION, srv->cfg.listen,
              srv->state_dir);
     return 0;

@@ -31,10 +31,15 @@ struct disk_manager {
     /* Ready disks of pool_mib, mounted on <dir>/pool-<seq> with their image <dir>/pool-<seq>.img;
      * pool[0..n_ready) are ready to take. */
     unsigned long long pool_mib;
+    const char *const *pool_subdirs;
     size_t pool_want;
     unsigned pool[DISK_POOL_MAX];
     size_t n_ready;
     unsigned pool_seq;
+    /* Mount points of taken disks, removed by the next fill: an rmdir on the host's file system
+     * can take milliseconds, which the creation that took the disk should not wait for. */
+    unsigned stale[DISK_POOL_MAX];
+    size_t n_stale;
 };
 
 static const char *const mkfs_paths[] = {"/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"};
@@ -93,6 +98,10 @@ void disk_manager_free(struct disk_manager *dm)
     for (size_t i = 0; i < dm->n_ready; i++) {
         pool_paths(dm, dm->pool[i], image, mnt, sizeof(image));
         disk_destroy(image, mnt);
+        rmdir(mnt);
+    }
+    for (size_t i = 0; i < dm->n_stale; i++) {
+        pool_paths(dm, dm->stale[i], image, mnt, sizeof(image));
         rmdir(mnt);
     }
     pthread_mutex_destroy(&dm->lock);
@@ -345,10 +354,12 @@ int64_t disk_unclaimed(const char *image, unsigned long long mib)
     return size > used ? size - used : 0;
 }
 
-void disk_pool_configure(struct disk_manager *dm, unsigned long long mib, size_t n)
+void disk_pool_configure(struct disk_manager *dm, unsigned long long mib,
+                         const char *const *subdirs, size_t n)
 {
     pthread_mutex_lock(&dm->lock);
     dm->pool_mib = mib;
+    dm->pool_subdirs = subdirs;
     dm->pool_want = n < DISK_POOL_MAX ? n : DISK_POOL_MAX;
     pthread_mutex_unlock(&dm->lock);
 }
@@ -359,14 +370,22 @@ int disk_pool_fill(struct disk_manager *dm)
     const char *what;
     for (;;) {
         pthread_mutex_lock(&dm->lock);
+        while (dm->n_stale > 0) {
+            pool_paths(dm, dm->stale[--dm->n_stale], image, mnt, sizeof(image));
+            rmdir(mnt);
+        }
         int full = dm->n_ready >= dm->pool_want;
         unsigned seq = dm->pool_seq++;
         unsigned long long mib = dm->pool_mib;
+        const char *const *subdirs = dm->pool_subdirs;
         pthread_mutex_unlock(&dm->lock);
         if (full)
             return 0;
         pool_paths(dm, seq, image, mnt, sizeof(image));
-        int r = mkdir(mnt, 0711) < 0 ? -errno : disk_create(dm, image, mnt, mib, NULL, 0, &what);
+        /* The subdirectories are made now, owned by root, and handed over by the take: the first
+         * directories of a fresh ext4 land in block groups whose metadata is not cached yet, and
+         * reading it through the loop device costs about a millisecond each. */
+        int r = mkdir(mnt, 0711) < 0 ? -errno : disk_create(dm, image, mnt, mib, subdirs, 0, &what);
         if (r < 0) {
             rmdir(mnt);
             return r;
@@ -384,7 +403,7 @@ int disk_pool_fill(struct disk_manager *dm)
 }
 
 int disk_pool_take(struct disk_manager *dm, const char *image, const char *mountpoint,
-                   unsigned long long mib, const char *const *subdirs, uid_t owner)
+                   unsigned long long mib, uid_t owner)
 {
     char pimage[1200], pmnt[1200], path[1400];
     int r;
@@ -394,6 +413,7 @@ int disk_pool_take(struct disk_manager *dm, const char *image, const char *mount
         return -ENOENT;
     }
     unsigned seq = dm->pool[--dm->n_ready];
+    const char *const *subdirs = dm->pool_subdirs;
     pthread_mutex_unlock(&dm->lock);
     pool_paths(dm, seq, pimage, pmnt, sizeof(pimage));
     /* The loop device holds the image open: renaming the file changes nothing for it. */
@@ -407,10 +427,13 @@ int disk_pool_take(struct disk_manager *dm, const char *image, const char *mount
         rmdir(mountpoint);
         goto error;
     }
-    rmdir(pmnt);
+    pthread_mutex_lock(&dm->lock);
+    if (dm->n_stale < DISK_POOL_MAX)
+        dm->stale[dm->n_stale++] = seq;
+    pthread_mutex_unlock(&dm->lock);
     for (size_t i = 0; subdirs && subdirs[i]; i++) {
         snprintf(path, sizeof(path), "%s/%s", mountpoint, subdirs[i]);
-        if (mkdir(path, 0755) < 0 || chown(path, owner, owner) < 0) {
+        if (chown(path, owner, owner) < 0) {
             r = -errno;
             disk_destroy(image, mountpoint);
             rmdir(mountpoint);

@@ -50,16 +50,19 @@ int disk_destroy(const char *image, const char *mountpoint);
 /* A pool of ready disks of one size (the daemon's default disk_mib), so that most creations take
  * a mounted disk instead of making one: taking is a rename and a mount move (microseconds, fine on
  * the loop thread); making is a copy, a loop device and a mount (about 2 ms, on the pool).
- * disk_pool_configure() sets the size and how many to keep ready (at most 8). disk_pool_fill()
- * makes disks until that many are ready (blocking: run it on a pool thread, one at a time);
- * returns 0 or the first -errno. disk_pool_take() moves a ready disk to `image` and
- * `mountpoint` (created here) as disk_create() would have made it; -ENOENT if none of that size
- * is ready (then make one). disk_manager_free() unmounts the ready ones. disk_pool_claims() is
- * what the ready disks may still claim on the host, for admission control. */
-void disk_pool_configure(struct disk_manager *dm, unsigned long long mib, size_t n);
+ * disk_pool_configure() sets the size, the subdirectories (as for disk_create(); the array must
+ * outlive the manager) and how many disks to keep ready (at most 8). disk_pool_fill() makes disks
+ * until that many are ready (blocking: run it on a pool thread, one at a time); returns 0 or the
+ * first -errno. disk_pool_take() moves a ready disk to `image` and `mountpoint` (created here)
+ * and gives its subdirectories to owner, as disk_create() would have made it; -ENOENT if none of
+ * that size is ready (then make one). disk_manager_free() unmounts the ready ones.
+ * disk_pool_claims() is what the ready disks may still claim on the host, for admission
+ * control. */
+void disk_pool_configure(struct disk_manager *dm, unsigned long long mib,
+                         const char *const *subdirs, size_t n);
 int disk_pool_fill(struct disk_manager *dm);
 int disk_pool_take(struct disk_manager *dm, const char *image, const char *mountpoint,
-                   unsigned long long mib, const char *const *subdirs, uid_t owner);
+                   unsigned long long mib, uid_t owner);
 int64_t disk_pool_claims(struct disk_manager *dm);
 
 /* Admission control, so that sparse images can never fill the host disk together: the bytes free

@@ -67,6 +67,7 @@ struct create_op {
     struct spawn_pending pending;
     uv_poll_t status_poll;
     double t_start;
+    double t_disk; /* the disk was ready */
     double t_started;
 };
 
@@ -80,6 +81,9 @@ static void sandbox_dir(const struct sandbox *sb, char *out, size_t cap, const c
     snprintf(out, cap, "%s/sandboxes/%s%s%s", sb->reg->state_dir, sb->id, sub ? "/" : "",
              sub ? sub : "");
 }
+
+/* What a sandbox's disk holds: its root file system and its workspace (bound on /workspace). */
+static const char *const disk_dirs[] = {"root", "workspace", NULL};
 
 /* The disk image mounted on the sandbox's directory (see sandbox/disk.h). */
 static void sandbox_image(const struct registry *reg, const char *id, char *out, size_t cap)
@@ -734,19 +738,13 @@ static void create_disk_work(uv_work_t *w)
     struct create_op *op = w->data;
     struct sandbox *sb = op->sb;
     char dir[1200], image[1200];
-    static const char *const subdirs[] = {"root", "workspace", NULL};
     sandbox_dir(sb, dir, sizeof(dir), NULL);
     sandbox_image(sb->reg, sb->id, image, sizeof(image));
-    op->disk_what = "disk from the pool";
-    op->disk_err =
-        disk_pool_take(sb->reg->disks, image, dir, sb->res.disk_mib, subdirs, sandbox_host_uid(sb));
-    if (op->disk_err != -ENOENT)
-        return;
     op->disk_what = "state directory";
     if (mkdir(dir, 0711) < 0)
         op->disk_err = -errno;
     else
-        op->disk_err = disk_create(sb->reg->disks, image, dir, sb->res.disk_mib, subdirs,
+        op->disk_err = disk_create(sb->reg->disks, image, dir, sb->res.disk_mib, disk_dirs,
                                    sandbox_host_uid(sb), &op->disk_what);
 }
 
@@ -767,6 +765,12 @@ static void pool_fill_done(uv_work_t *w, int status)
     registry_check_idle(reg);
 }
 
+void registry_start_disk_pool(struct registry *reg, size_t n)
+{
+    disk_pool_configure(reg->disks, reg->defaults.disk_mib, disk_dirs, n);
+    registry_fill_disk_pool(reg);
+}
+
 void registry_fill_disk_pool(struct registry *reg)
 {
     if (reg->pool_filling || reg->idle_cb)
@@ -780,28 +784,36 @@ void registry_fill_disk_pool(struct registry *reg)
 static int create_start(struct create_op *op, char *msg, size_t msglen);
 static void create_on_status(uv_poll_t *h, int status, int events);
 
+/* The clone is on its way: wait for the child's status. */
+static void create_wait_child(struct create_op *op)
+{
+    struct registry *reg = op->sb->reg;
+    op->t_started = util_monotonic();
+    reg->pending++;
+    uv_poll_init(reg->loop, &op->status_poll, op->pending.status_fd);
+    op->status_poll.data = op;
+    uv_poll_start(&op->status_poll, UV_READABLE | UV_DISCONNECT, create_on_status);
+}
+
 static void create_disk_done(uv_work_t *w, int status)
 {
     struct create_op *op = w->data;
     struct registry *reg = op->sb->reg;
     char msg[1024];
+    op->t_disk = util_monotonic();
     reg->pending--;
-    registry_fill_disk_pool(reg); /* replace what this creation may have taken */
     if (status < 0 && !op->disk_err)
         op->disk_err = status;
     if (op->disk_err < 0) {
         snprintf(msg, sizeof(msg), "sandbox setup failed: %s: %s", op->disk_what,
                  strerror(-op->disk_err));
     } else if (create_start(op, msg, sizeof(msg)) == 0) {
-        op->t_started = util_monotonic();
-        reg->pending++;
-        uv_poll_init(reg->loop, &op->status_poll, op->pending.status_fd);
-        op->status_poll.data = op;
-        uv_poll_start(&op->status_poll, UV_READABLE | UV_DISCONNECT, create_on_status);
+        create_wait_child(op);
         return;
     }
     create_fail(op, msg);
     free(op);
+    registry_fill_disk_pool(reg);
 }
 
 /* Cgroup and spawn config for a new sandbox, then clone. Runs on the loop: each step is a handful
@@ -896,6 +908,9 @@ static void create_on_status(uv_poll_t *h, int status, int events)
     uv_close((uv_handle_t *)h, create_op_closed); /* before spawn_finish closes the fd */
     int r = spawn_finish(&op->pending, &err);
     reg->pending--;
+    /* Replace the disk this creation may have taken from the pool, now that its clone is done
+     * (making one competes for the same kernel locks and CPUs). */
+    registry_fill_disk_pool(reg);
     if (r < 0) {
         snprintf(msg, sizeof(msg), "sandbox setup failed at step '%s'%s%s%s: %s",
                  spawn_step_name(err.step), err.detail[0] ? " (" : "", err.detail,
@@ -927,10 +942,10 @@ static void create_on_status(uv_poll_t *h, int status, int events)
         store_put_sandbox(reg->store, sb->id, text);
     free(text);
     json_decref(desc);
-    log_debug("sandbox %s (%s) running in %.2f ms (%.2f ms until the clone returned), init "
-              "pid %d",
+    log_debug("sandbox %s (%s) running in %.2f ms (disk ready at %.2f ms, clone returned at "
+              "%.2f ms), init pid %d",
               sb->id, sb->name, (util_monotonic() - op->t_start) * 1e3,
-              (op->t_started - op->t_start) * 1e3, (int)sb->pid);
+              (op->t_disk - op->t_start) * 1e3, (op->t_started - op->t_start) * 1e3, (int)sb->pid);
 
     /* Deleted while being created, or the daemon is stopping: it must not stay. */
     int deleted = sb->waiters != NULL, destroy_now = deleted || reg->idle_cb != NULL;
@@ -1036,7 +1051,32 @@ int sandbox_create(struct registry *reg, const struct sandbox_spec *spec, sandbo
         reg->head->prev = sb;
     reg->head = sb;
     reg->count++;
-    reg->pending++;
-    uv_queue_work(reg->loop, &op->disk_work, create_disk_work, create_disk_done);
+
+    /* A disk from the pool is a rename and a mount move: done here, and the clone follows at
+     * once. Otherwise the disk is made on the thread pool first. */
+    char dir[1200], image[1200];
+    sandbox_dir(sb, dir, sizeof(dir), NULL);
+    sandbox_image(reg, sb->id, image, sizeof(image));
+    int r = disk_pool_take(reg->disks, image, dir, sb->res.disk_mib, sandbox_host_uid(sb));
+    if (r == -ENOENT) {
+        reg->pending++;
+        uv_queue_work(reg->loop, &op->disk_work, create_disk_work, create_disk_done);
+        return 0;
+    }
+    op->t_disk = util_monotonic();
+    if (r < 0)
+        snprintf(msg, msglen, "sandbox setup failed: disk from the pool: %s", strerror(-r));
+    if (r < 0 || create_start(op, msg, msglen) < 0) {
+        /* Undone here, and said through the return value: the callback must not run yet. */
+        log_error("sandbox %s: %s", sb->id, msg);
+        cgroup_destroy(reg->cgroups, sb->id);
+        remove_sandbox_files(reg, sb->id);
+        reg->uid_slots[slot] = 0;
+        list_remove(sb);
+        sandbox_free(sb);
+        free(op);
+        return 500;
+    }
+    create_wait_child(op);
     return 0;
 }

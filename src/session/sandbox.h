@@ -134,7 +134,9 @@ void registry_recover(struct registry *reg);
 /* Destroys every sandbox; idle_cb fires when all are gone. */
 void registry_shutdown(struct registry *reg, void (*idle_cb)(struct registry *reg));
 void registry_free(struct registry *reg);
-/* Tops the disk pool up in the background (sandbox/disk.h), unless that is running already. */
+/* Keeps n disks of the default size ready (sandbox/disk.h), made in the background. */
+void registry_start_disk_pool(struct registry *reg, size_t n);
+/* Tops the disk pool up in the background, unless that is running already. */
 void registry_fill_disk_pool(struct registry *reg);
 
 /* Starts creating a sandbox. The callback runs on the loop thread later (never before this

@@ -156,13 +156,13 @@ static void test_pool(void **state)
     struct stat st;
     /* a manager of its own, so that freeing it with disks still pooled is tested too */
     assert_int_equal(disk_manager_new(f->dir, &dm, msg, sizeof(msg)), 0);
-    disk_pool_configure(dm, 4, 2);
+    disk_pool_configure(dm, 4, subdirs, 2);
     assert_int_equal(disk_pool_fill(dm), 0);
     assert_int_equal(loops_backed_by(f->dir), 2);
     assert_true(disk_pool_claims(dm) > (6 << 20));
-    assert_int_equal(disk_pool_take(dm, f->image, f->mnt, 8, subdirs, 7), -ENOENT); /* size */
+    assert_int_equal(disk_pool_take(dm, f->image, f->mnt, 8, 7), -ENOENT); /* size */
     rmdir(f->mnt);
-    assert_int_equal(disk_pool_take(dm, f->image, f->mnt, 4, subdirs, 7), 0);
+    assert_int_equal(disk_pool_take(dm, f->image, f->mnt, 4, 7), 0);
     assert_int_equal(stat(f->image, &st), 0);
     assert_int_equal(st.st_size, 4 << 20);
     snprintf(path, sizeof(path), "%s/workspace", f->mnt);
@@ -172,10 +172,10 @@ static void test_pool(void **state)
     rmdir(f->mnt);
     assert_int_equal(loops_backed_by(f->dir), 1);
     /* one left: take it, then the pool is empty until filled again */
-    assert_int_equal(disk_pool_take(dm, f->image, f->mnt, 4, NULL, 0), 0);
+    assert_int_equal(disk_pool_take(dm, f->image, f->mnt, 4, 0), 0);
     assert_int_equal(disk_destroy(f->image, f->mnt), 0);
     rmdir(f->mnt);
-    assert_int_equal(disk_pool_take(dm, f->image, f->mnt, 4, NULL, 0), -ENOENT);
+    assert_int_equal(disk_pool_take(dm, f->image, f->mnt, 4, 0), -ENOENT);
     assert_int_equal(disk_pool_fill(dm), 0);
     assert_int_equal(loops_backed_by(f->dir), 2);
     disk_manager_free(dm); /* unmounts the pooled disks */
