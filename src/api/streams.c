@@ -129,8 +129,8 @@ static int pump_stream(struct stream *st, enum proc_stream s, char *chunk)
         }
     }
     buf_appendf(&msg, "\",\"offset\":%llu}", (unsigned long long)st->off[s]);
-    if (msg.data)
-        ws_send_text(st->ws, msg.data, msg.len);
+    if (msg.data) /* ASCII around base64, or sanitized text escaped: valid UTF-8 by making */
+        ws_send_text_valid(st->ws, msg.data, msg.len);
     st->msg = msg;
     st->off[s] += used;
     return 1;

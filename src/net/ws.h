@@ -78,6 +78,9 @@ ws_conn_t *ws_accept(http_req_t *req, const struct ws_callbacks *cb, void *arg, 
 /* Queue a message; -EPIPE once closing/closed, -EINVAL for text that is not valid UTF-8,
  * -ENOMEM. Data is copied. */
 int ws_send_text(ws_conn_t *ws, const char *data, size_t len);
+/* ws_send_text() for text the caller built as valid UTF-8 (base64, escaped JSON of sanitized
+ * text): the hot path of streaming, where a second pass over every byte is measurable. */
+int ws_send_text_valid(ws_conn_t *ws, const char *data, size_t len);
 int ws_send_binary(ws_conn_t *ws, const void *data, size_t len);
 
 /* Bytes queued for the socket and not yet written: handed to uv_write and not completed, plus
