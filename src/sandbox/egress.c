@@ -54,6 +54,9 @@
 #define MAX_CANDIDATES 16
 #define METHOD_MAX 32
 #define KEEPALIVE_S 60
+/* Name lookups of one proxy in flight at once; more get 503. */
+#define MAX_RESOLVING 2
+
 /* Clients over the cap are answered 503 while they are at most this many more; the rest are
  * dropped without an answer (each answer costs a connection struct for a moment). */
 #define REJECT_SLACK 64u
@@ -117,7 +120,8 @@ struct egress_proxy {
     struct egress_policy *policy;
     struct egress_local *local;
     struct econn *conns;
-    unsigned nconns; /* structs in `conns`, closing ones included */
+    unsigned nconns;    /* structs in `conns`, closing ones included */
+    unsigned resolving; /* getaddrinfo calls in flight (each holds a thread of the pool) */
     unsigned listener_open : 1;
     unsigned closing : 1;
     /* One read buffer for all connections: libuv calls alloc_cb and read_cb back to back for one
@@ -474,6 +478,7 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
     size_t n = 0;
 
     c->gai_pending = 0;
+    c->px->resolving--;
     if (c->closing || c->state != ST_RESOLVING) {
         uv_freeaddrinfo(res);
         conn_maybe_free(c);
@@ -625,6 +630,13 @@ static void conn_decide(struct econn *c)
         .ai_protocol = IPPROTO_TCP,
         .ai_flags = AI_ADDRCONFIG,
     };
+    /* Lookups block threads of the daemon's pool, which sandbox creation and deletion need too:
+     * one sandbox gets a few at a time. */
+    if (px->resolving >= MAX_RESOLVING) {
+        conn_respond(c, 503, "Service Unavailable", NULL,
+                     "warren egress: too many name lookups in flight, retry\n");
+        return;
+    }
     c->gai.data = c;
     int rc = uv_getaddrinfo(px->loop, &c->gai, on_resolved, c->target.host, NULL, &hints);
     if (rc < 0) {
@@ -632,6 +644,7 @@ static void conn_decide(struct econn *c)
         return;
     }
     c->gai_pending = 1;
+    px->resolving++;
 }
 
 /* ---------------------------------------------------------------------------------------------
