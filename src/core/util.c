@@ -155,14 +155,58 @@ size_t util_utf8_complete_prefix(const char *s, size_t len)
     return len;
 }
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+/* 12 input bytes → 16 base64 characters per step with SSSE3 (the method of W. Muła and
+ * D. Lemire, "Faster Base64 Encoding and Decoding Using AVX2 Instructions", 2018):
+ *  1. a byte shuffle puts each 3-byte group s0 s1 s2 into a 32-bit lane as s1 s0 s2 s1, so that
+ *     each 16-bit half holds two of the four 6-bit fields at known bit positions;
+ *  2. two masks and two 16-bit multiplies (high half, low half) shift each field to the bottom
+ *     of its own byte: the lane becomes the four indices 0..63;
+ *  3. indices become ASCII by adding an offset chosen per range (A-Z, a-z, 0-9, '+', '/'), the
+ *     range found with a saturating subtract and a compare, the offset with a 16-entry shuffle.
+ * Reads 16 bytes per step (uses 12): the caller keeps 4 bytes of slack. Returns the input bytes
+ * consumed, a multiple of 12. */
+__attribute__((target("ssse3"))) static size_t
+base64_encode_ssse3(char *dst, const unsigned char *in, size_t len)
+{
+    const __m128i shuf = _mm_set_epi8(10, 11, 9, 10, 7, 8, 6, 7, 4, 5, 3, 4, 1, 2, 0, 1);
+    const __m128i offsets =
+        _mm_setr_epi8('a' - 26, '0' - 52, '0' - 52, '0' - 52, '0' - 52, '0' - 52, '0' - 52,
+                      '0' - 52, '0' - 52, '0' - 52, '0' - 52, '+' - 62, '/' - 63, 'A', 0, 0);
+    size_t i = 0;
+    for (; i + 16 <= len; i += 12, dst += 16) {
+        __m128i v = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(in + i)), shuf);
+        __m128i hi = _mm_mulhi_epu16(_mm_and_si128(v, _mm_set1_epi32(0x0fc0fc00)),
+                                     _mm_set1_epi32(0x04000040));
+        __m128i lo = _mm_mullo_epi16(_mm_and_si128(v, _mm_set1_epi32(0x003f03f0)),
+                                     _mm_set1_epi32(0x01000010));
+        __m128i idx = _mm_or_si128(hi, lo);
+        __m128i range = _mm_subs_epu8(idx, _mm_set1_epi8(51)); /* 0: A-Z or a-z; 1..12 */
+        __m128i upper = _mm_cmpgt_epi8(_mm_set1_epi8(26), idx);
+        range = _mm_or_si128(range, _mm_and_si128(upper, _mm_set1_epi8(13)));
+        _mm_storeu_si128((__m128i *)dst, _mm_add_epi8(_mm_shuffle_epi8(offsets, range), idx));
+    }
+    return i;
+}
+#endif
+
 size_t util_base64_encode_to(char *dst, const void *data, size_t len)
 {
     static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     const unsigned char *in = data;
     char *o = dst;
     size_t i = 0;
-    /* Streaming sends everything through here: a plain loop over 3-byte groups is several times
-     * faster than the generic encoder of libcrypto. */
+#if defined(__x86_64__)
+    /* Streaming sends everything through here (it was a third of the daemon's CPU time). */
+    if (__builtin_cpu_supports("ssse3")) {
+        i = base64_encode_ssse3(o, in, len);
+        o += i / 3 * 4;
+    }
+#endif
+    /* The rest (or everything): a plain loop over 3-byte groups, several times faster than the
+     * generic encoder of libcrypto. */
     for (; i + 3 <= len; i += 3) {
         unsigned v = (unsigned)in[i] << 16 | (unsigned)in[i + 1] << 8 | in[i + 2];
         o[0] = tab[v >> 18];

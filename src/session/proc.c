@@ -20,9 +20,9 @@ enum { S_IN, S_OUT, S_ERR, S_COUNT };
 /* Read at most this much per readiness event and stream, so one chatty process cannot
  * monopolise the loop; and drain at most this many chunks after the exit (a background writer
  * could keep the pipe full forever). */
-#define READ_CHUNK 65536
-#define READS_PER_EVENT 4
-#define DRAIN_CHUNKS 16
+#define READ_CHUNK (256 << 10)
+#define READS_PER_EVENT 2
+#define DRAIN_CHUNKS 4
 
 struct proc {
     struct sandbox *sb;
