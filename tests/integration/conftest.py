@@ -89,6 +89,33 @@ def alive_same(pid, starttime):
     return bool(st) and st[2] == starttime and st[0] not in ("Z", "X")
 
 
+def cgroup_dirs_of(ids, depth=6):
+    """Cgroup directories under /sys/fs/cgroup whose name contains one of `ids` (v1: one per
+    controller; v2: one)."""
+    found = []
+
+    def walk(path, level):
+        if level > depth:
+            return
+        try:
+            entries = list(os.scandir(path))
+        except OSError:
+            return
+        for e in entries:
+            try:
+                if not e.is_dir(follow_symlinks=False):
+                    continue
+            except OSError:
+                continue
+            if any(i in e.name for i in ids):
+                found.append(e.path)
+            else:
+                walk(e.path, level + 1)
+
+    walk("/sys/fs/cgroup", 0)
+    return found
+
+
 def host_cgroup_mode():
     if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
         return "v2"
@@ -324,30 +351,7 @@ class Daemon:
         return problems
 
     def _cgroup_leftovers(self):
-        found = []
-        root = "/sys/fs/cgroup"
-
-        def walk(path, depth):
-            if depth > 5:
-                return
-            try:
-                entries = os.scandir(path)
-            except OSError:
-                return
-            with entries:
-                for e in entries:
-                    try:
-                        if not e.is_dir(follow_symlinks=False):
-                            continue
-                    except OSError:
-                        continue
-                    if any(sid in e.name for sid in self.created_ids):
-                        found.append(f"cgroup left behind: {e.path}")
-                    else:
-                        walk(e.path, depth + 1)
-
-        walk(root, 0)
-        return found
+        return [f"cgroup left behind: {d}" for d in cgroup_dirs_of(self.created_ids)]
 
     def restart(self):
         """Replace a dead daemon by a new one (new port and state dir), in place."""

@@ -24,7 +24,8 @@ import threading
 import time
 import urllib.parse
 
-from conftest import alive_same, exec_, host_cgroup_mode, proc_cmdline, proc_stat
+from conftest import (alive_same, cgroup_dirs_of, exec_, host_cgroup_mode, proc_cmdline,
+                      proc_stat)
 
 RTT_FLOOR_S = 0.010  # baseline p50 floor, see the module docstring
 RTT_FACTOR = 3
@@ -268,29 +269,8 @@ def sandbox_host_pids(sid):
 
 
 def sandbox_cgroup_dirs(sid):
-    """Cgroup directories named `sid` (v1: one per controller; v2: one)."""
-    found = []
-
-    def walk(path, depth):
-        if depth > 6:
-            return
-        try:
-            entries = list(os.scandir(path))
-        except OSError:
-            return
-        for e in entries:
-            try:
-                if not e.is_dir(follow_symlinks=False):
-                    continue
-            except OSError:
-                continue
-            if e.name == sid:
-                found.append(e.path)
-            else:
-                walk(e.path, depth + 1)
-
-    walk("/sys/fs/cgroup", 0)
-    return found
+    """Cgroup directories of sandbox `sid` (v1: one per controller; v2: one)."""
+    return cgroup_dirs_of([sid])
 
 
 def sandbox_cgroup_file(sid, name):

@@ -22,7 +22,7 @@ import time
 import pytest
 import websockets
 
-from conftest import Api, exec_, proc_cmdline
+from conftest import Api, cgroup_dirs_of, exec_, proc_cmdline
 
 MiB = 1 << 20
 FD_SLACK = 3  # fds the daemon may legitimately hold on to a little longer
@@ -189,32 +189,6 @@ def sandbox_pids(ids):
             continue
         if any(i in cg for i in ids):
             found.append(int(d))
-    return found
-
-
-def cgroup_dirs_of(ids):
-    """Cgroup directories named after one of the ids (as conftest's teardown check looks)."""
-    found = []
-
-    def walk(path, depth):
-        if depth > 5:
-            return
-        try:
-            entries = list(os.scandir(path))
-        except OSError:
-            return
-        for e in entries:
-            try:
-                if not e.is_dir(follow_symlinks=False):
-                    continue
-            except OSError:
-                continue
-            if any(i in e.name for i in ids):
-                found.append(e.path)
-            else:
-                walk(e.path, depth + 1)
-
-    walk("/sys/fs/cgroup", 0)
     return found
 
 

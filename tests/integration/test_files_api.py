@@ -9,7 +9,6 @@ link to the sandbox's own name inside), /etc/shadow (absent inside) and a random
 created in the host's /root for the test (the sandbox's /root is its own, empty directory).
 """
 
-import gzip
 import hashlib
 import http.client
 import io

@@ -1,5 +1,4 @@
 """Resource accounting and control: usage, OOM detection, pids limit, pause/resume."""
-import os
 import time
 
 from conftest import exec_, sh
