@@ -21,6 +21,7 @@
 /* Distinct sizes whose formatted image is kept for copying; rarer sizes are formatted directly. */
 #define DISK_MAX_BASES 32
 #define DISK_POOL_MAX 8
+#define DISK_TRASH_MAX 64
 
 struct disk_manager {
     char dir[1100]; /* <state>/disks */
@@ -40,6 +41,9 @@ struct disk_manager {
      * can take milliseconds, which the creation that took the disk should not wait for. */
     unsigned stale[DISK_POOL_MAX];
     size_t n_stale;
+    /* Retired disks, still mounted on <dir>/pool-<seq>, unmounted and deleted by the next fill. */
+    unsigned trash[DISK_TRASH_MAX];
+    size_t n_trash;
 };
 
 static const char *const mkfs_paths[] = {"/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"};
@@ -102,6 +106,11 @@ void disk_manager_free(struct disk_manager *dm)
     }
     for (size_t i = 0; i < dm->n_stale; i++) {
         pool_paths(dm, dm->stale[i], image, mnt, sizeof(image));
+        rmdir(mnt);
+    }
+    for (size_t i = 0; i < dm->n_trash; i++) {
+        pool_paths(dm, dm->trash[i], image, mnt, sizeof(image));
+        disk_destroy(image, mnt);
         rmdir(mnt);
     }
     pthread_mutex_destroy(&dm->lock);
@@ -374,6 +383,13 @@ int disk_pool_fill(struct disk_manager *dm)
             pool_paths(dm, dm->stale[--dm->n_stale], image, mnt, sizeof(image));
             rmdir(mnt);
         }
+        while (dm->n_trash > 0) {
+            pool_paths(dm, dm->trash[--dm->n_trash], image, mnt, sizeof(image));
+            pthread_mutex_unlock(&dm->lock);
+            disk_destroy(image, mnt);
+            rmdir(mnt);
+            pthread_mutex_lock(&dm->lock);
+        }
         int full = dm->n_ready >= dm->pool_want;
         unsigned seq = dm->pool_seq++;
         unsigned long long mib = dm->pool_mib;
@@ -451,6 +467,40 @@ int64_t disk_pool_claims(struct disk_manager *dm)
 {
     pthread_mutex_lock(&dm->lock);
     int64_t n = (int64_t)(dm->n_ready * (dm->pool_mib << 20));
+    pthread_mutex_unlock(&dm->lock);
+    return n;
+}
+
+int disk_retire(struct disk_manager *dm, const char *image, const char *mountpoint)
+{
+    char timage[1200], tmnt[1200];
+    pthread_mutex_lock(&dm->lock);
+    if (dm->n_trash >= DISK_TRASH_MAX) {
+        pthread_mutex_unlock(&dm->lock);
+        return -ENOSPC;
+    }
+    unsigned seq = dm->pool_seq++;
+    pthread_mutex_unlock(&dm->lock);
+    pool_paths(dm, seq, timage, tmnt, sizeof(timage));
+    if (mkdir(tmnt, 0700) < 0)
+        return -errno;
+    if (mount(mountpoint, tmnt, NULL, MS_MOVE, NULL) < 0) {
+        int r = -errno;
+        rmdir(tmnt);
+        return r;
+    }
+    if (rename(image, timage) < 0)
+        unlink(image); /* the loop device keeps the file; only the name goes */
+    pthread_mutex_lock(&dm->lock);
+    dm->trash[dm->n_trash++] = seq;
+    pthread_mutex_unlock(&dm->lock);
+    return 0;
+}
+
+size_t disk_trash_count(struct disk_manager *dm)
+{
+    pthread_mutex_lock(&dm->lock);
+    size_t n = dm->n_trash;
     pthread_mutex_unlock(&dm->lock);
     return n;
 }

@@ -101,6 +101,18 @@ static int remove_sandbox_files(const struct registry *reg, const char *id)
     return r < 0 ? r : r2;
 }
 
+/* remove_sandbox_files() for a deleted sandbox, with the slow part (unmounting and deleting the
+ * disk) left to the pool's next fill, which the caller starts once it has answered. */
+static int retire_sandbox_files(const struct registry *reg, const char *id)
+{
+    char dir[1200], image[1200];
+    snprintf(dir, sizeof(dir), "%s/sandboxes/%s", reg->state_dir, id);
+    sandbox_image(reg, id, image, sizeof(image));
+    if (disk_retire(reg->disks, image, dir) < 0)
+        return remove_sandbox_files(reg, id);
+    return util_remove_tree(dir);
+}
+
 int registry_init(struct registry *reg)
 {
     char dir[1100];
@@ -530,7 +542,7 @@ static void destroy_work_cb(uv_work_t *w)
     int r = cgroup_destroy(sb->reg->cgroups, sb->id);
     if (r < 0)
         log_warn("sandbox %s: removing cgroup: %s", sb->id, strerror(-r));
-    if ((r = remove_sandbox_files(sb->reg, sb->id)) < 0)
+    if ((r = retire_sandbox_files(sb->reg, sb->id)) < 0)
         log_warn("sandbox %s: removing its disk and directory: %s", sb->id, strerror(-r));
 }
 
@@ -562,6 +574,7 @@ static void destroy_after_cb(uv_work_t *w, int status)
         w0 = next;
     }
     sandbox_unref(sb);
+    registry_fill_disk_pool(reg); /* unmounts and deletes the retired disk */
     registry_check_idle(reg);
 }
 
@@ -762,6 +775,8 @@ static void pool_fill_done(uv_work_t *w, int status)
     (void)status;
     reg->pending--;
     reg->pool_filling = 0;
+    if (disk_trash_count(reg->disks) > 0) /* retired while the fill was past its trash */
+        registry_fill_disk_pool(reg);
     registry_check_idle(reg);
 }
 

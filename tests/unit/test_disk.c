@@ -183,6 +183,23 @@ static void test_pool(void **state)
     mkdir(f->mnt, 0711);
 }
 
+static void test_retire(void **state)
+{
+    struct fixture *f = *state;
+    const char *what = NULL;
+    assert_int_equal(disk_create(f->dm, f->image, f->mnt, 4, NULL, 0, &what), 0);
+    assert_int_equal(disk_retire(f->dm, f->image, f->mnt), 0);
+    /* gone from where it was at once; still mounted (elsewhere) until the next fill */
+    assert_int_equal(access(f->image, F_OK), -1);
+    assert_int_equal(rmdir(f->mnt), 0);
+    assert_int_equal(disk_trash_count(f->dm), 1);
+    assert_int_equal(loops_backed_by(f->dir), 1);
+    assert_int_equal(disk_pool_fill(f->dm), 0); /* no pool configured: only the trash */
+    assert_int_equal(disk_trash_count(f->dm), 0);
+    assert_int_equal(loops_backed_by(f->dir), 0);
+    assert_int_equal(mkdir(f->mnt, 0711), 0);
+}
+
 static void test_host_free(void **state)
 {
     (void)state;
@@ -200,6 +217,7 @@ int main(void)
         cmocka_unit_test(test_sizes_and_reuse),
         cmocka_unit_test(test_failure_leaves_nothing),
         cmocka_unit_test(test_pool),
+        cmocka_unit_test(test_retire),
         cmocka_unit_test(test_host_free),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
