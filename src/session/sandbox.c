@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -764,7 +765,13 @@ static void create_disk_work(uv_work_t *w)
 static void pool_fill_work(uv_work_t *w)
 {
     struct registry *reg = w->data;
+    /* Background work: at the lowest priority, so that it never competes with the commands of
+     * the sandbox just created (its first exec follows at once) on a busy machine. */
+    pid_t tid = (pid_t)syscall(SYS_gettid);
+    int old = getpriority(PRIO_PROCESS, (id_t)tid);
+    (void)setpriority(PRIO_PROCESS, (id_t)tid, 19);
     int r = disk_pool_fill(reg->disks);
+    (void)setpriority(PRIO_PROCESS, (id_t)tid, old);
     if (r < 0)
         log_warn("cannot make a disk for the pool: %s", strerror(-r));
 }
