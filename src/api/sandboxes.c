@@ -370,7 +370,9 @@ void api_sandbox_patch(struct server *srv, http_req_t *req, const struct route_p
     if ((status = parse_network(net, &policy, err)))
         goto bad;
     json_decref(body);
+    json_t *fields = json_pack("{s:o}", "network", egress_policy_to_json(policy));
     int r = sandbox_set_network(sb, policy);
+    api_audit(srv, req, "sandbox.network", sb, r == 0 ? 200 : r == -EINVAL ? 409 : 500, fields);
     if (r == -EINVAL)
         http_respond_error(req, 409, "conflict", "the sandbox is %s",
                            sandbox_state_name(sb->state));

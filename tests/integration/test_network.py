@@ -290,6 +290,9 @@ def test_patch_changes_policy_of_running_sandbox(napi, internet):
     assert r.status == 200 and r.json["network"] == {"mode": "none", "allow": []}
     code, out = curl(napi, sid, "http://api.internet.test/", "-x", "http://127.0.0.1:3128")
     assert code == 7, out
+    changes = napi.get(f"/v1/audit?sandbox={sid}&event=sandbox.network").json["events"]
+    assert [e["network"]["mode"] for e in changes] == ["allowlist", "allowlist", "none"], changes
+    assert all(e["ok"] is True for e in changes), changes
 
 
 def test_patch_to_none_cuts_open_tunnels(napi):
