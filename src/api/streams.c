@@ -74,10 +74,8 @@ static size_t utf8_sanitize(const char *p, size_t n, int final, buf_t *out)
         i = j;
         if (i >= keep)
             break;
-        size_t len = 1;
-        unsigned char c = (unsigned char)p[i];
-        len = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc0 ? 2 : 1;
-        if (i + len <= keep && util_utf8_valid(p + i, len)) {
+        size_t len;
+        if (util_utf8_seq((const unsigned char *)p + i, keep - i, &len) == UTIL_UTF8_VALID) {
             buf_append(out, p + i, len);
             i += len;
         } else {

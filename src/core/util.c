@@ -52,44 +52,48 @@ void util_format_time(double t, char *out, size_t cap)
     strftime(out, cap, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
-/* Length of the valid UTF-8 sequence starting at s (at most len bytes), 0 if invalid, or -1 if
- * the sequence is valid so far but cut by the end of the input. */
-static int utf8_seq(const unsigned char *s, size_t len)
+enum util_utf8_seq util_utf8_seq(const unsigned char *s, size_t n, size_t *len)
 {
-    unsigned c = s[0];
-    int n;
-    unsigned min;
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xc2 && c <= 0xdf)
-        n = 2, min = 0x80;
-    else if (c >= 0xe0 && c <= 0xef)
-        n = 3, min = 0x800;
-    else if (c >= 0xf0 && c <= 0xf4)
-        n = 4, min = 0x10000;
-    else
-        return 0;
-    unsigned cp = c & (0xff >> (n + 1));
-    for (int i = 1; i < n; i++) {
-        if ((size_t)i >= len)
-            return -1;
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (s[i] & 0x3f);
-        /* Reject early what can no longer become valid, so a cut sequence is reported as cut
-         * only if it could still complete. */
-        if (i == 1 && n == 3 && c == 0xe0 && s[1] < 0xa0)
-            return 0;
-        if (i == 1 && n == 3 && c == 0xed && s[1] >= 0xa0)
-            return 0;
-        if (i == 1 && n == 4 && c == 0xf0 && s[1] < 0x90)
-            return 0;
-        if (i == 1 && n == 4 && c == 0xf4 && s[1] >= 0x90)
-            return 0;
+    unsigned char c = s[0], lo = 0x80, hi = 0xBF;
+    size_t need;
+    if (c < 0x80) {
+        *len = 1;
+        return UTIL_UTF8_VALID;
     }
-    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;
-    return n;
+    /* The allowed range of the second byte excludes overlongs (E0, F0), surrogates (ED) and code
+     * points above U+10FFFF (F4), so a cut sequence counts as cut only if it could complete. */
+    if (c >= 0xC2 && c <= 0xDF) {
+        need = 1;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+        need = 2;
+        if (c == 0xE0)
+            lo = 0xA0;
+        else if (c == 0xED)
+            hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        need = 3;
+        if (c == 0xF0)
+            lo = 0x90;
+        else if (c == 0xF4)
+            hi = 0x8F;
+    } else {
+        *len = 1;
+        return UTIL_UTF8_INVALID;
+    }
+    for (size_t i = 1; i <= need; i++) {
+        if (i >= n) {
+            *len = i;
+            return UTIL_UTF8_TRUNCATED;
+        }
+        if (s[i] < lo || s[i] > hi) {
+            *len = i;
+            return UTIL_UTF8_INVALID;
+        }
+        lo = 0x80;
+        hi = 0xBF;
+    }
+    *len = need + 1;
+    return UTIL_UTF8_VALID;
 }
 
 int util_utf8_valid(const char *s, size_t len)
@@ -111,10 +115,10 @@ int util_utf8_valid(const char *s, size_t len)
             i++;
             continue;
         }
-        int n = utf8_seq(p + i, len - i);
-        if (n <= 0)
+        size_t n;
+        if (util_utf8_seq(p + i, len - i, &n) != UTIL_UTF8_VALID)
             return 0;
-        i += (size_t)n;
+        i += n;
     }
     return 1;
 }
@@ -126,11 +130,11 @@ char *util_utf8_lossy(const char *s, size_t len)
     if (!out)
         return NULL;
     for (size_t i = 0; i < len;) {
-        int n = p[i] < 0x80 ? 1 : utf8_seq(p + i, len - i);
-        if (n > 0) {
-            memcpy(o, p + i, (size_t)n);
+        size_t n;
+        if (util_utf8_seq(p + i, len - i, &n) == UTIL_UTF8_VALID) {
+            memcpy(o, p + i, n);
             o += n;
-            i += (size_t)n;
+            i += n;
         } else {
             memcpy(o, "\xef\xbf\xbd", 3);
             o += 3;
@@ -149,7 +153,8 @@ size_t util_utf8_complete_prefix(const char *s, size_t len)
     for (size_t i = start; i < len; i++) {
         if ((p[i] & 0xc0) == 0x80)
             continue;
-        if (p[i] >= 0xc0 && utf8_seq(p + i, len - i) == -1)
+        size_t n;
+        if (p[i] >= 0xc0 && util_utf8_seq(p + i, len - i, &n) == UTIL_UTF8_TRUNCATED)
             return i;
     }
     return len;

@@ -15,6 +15,12 @@ double util_now(void);
 double util_monotonic(void);
 /* RFC 3339 UTC with second precision: "2026-11-23T10:00:00Z" (out must hold 21 bytes). */
 void util_format_time(double t, char *out, size_t cap);
+/* The UTF-8 sequence at s (n > 0 bytes available): *len is the whole sequence if valid, the
+ * maximal invalid subpart (>= 1 byte) if invalid, or the bytes present if it is a valid beginning
+ * cut off by the end of the data. Valid means no overlongs, surrogates or code points above
+ * U+10FFFF; ASCII is a valid sequence of 1. */
+enum util_utf8_seq { UTIL_UTF8_VALID, UTIL_UTF8_INVALID, UTIL_UTF8_TRUNCATED };
+enum util_utf8_seq util_utf8_seq(const unsigned char *s, size_t n, size_t *len);
 /* True if [s, s+len) is valid UTF-8 (no overlongs, surrogates or code points above U+10FFFF). */
 int util_utf8_valid(const char *s, size_t len);
 /* A malloc'd copy of [s, s+len) as valid UTF-8, each invalid byte replaced by U+FFFD. NULL on

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "core/buf.h"
+#include "core/util.h"
 
 /* Bytes of an incomplete UTF-8 sequence held back between calls (at most 3 are ever needed). */
 #define PENDING_MAX 4
@@ -35,61 +36,6 @@ struct asciicast {
     buf_t joined; /* scratch: held-back tail + new data */
 };
 
-enum seq { SEQ_VALID, SEQ_INVALID, SEQ_TRUNCATED };
-
-/* Classifies the UTF-8 sequence at s (n > 0 bytes available, s[0] >= 0x80) and stores its length
- * in *len: the whole sequence if valid, the maximal invalid subpart (>= 1) if invalid, or the
- * bytes present if it is a valid beginning cut off by the end of the data. Same rules as
- * util_utf8_valid: no overlongs, surrogates or code points above U+10FFFF. */
-static enum seq utf8_seq(const unsigned char *s, size_t n, size_t *len)
-{
-    unsigned char c = s[0], lo = 0x80, hi = 0xBF;
-    size_t need;
-    if (c >= 0xC2 && c <= 0xDF) {
-        need = 1;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        need = 2;
-        if (c == 0xE0)
-            lo = 0xA0; /* overlong */
-        else if (c == 0xED)
-            hi = 0x9F; /* surrogates */
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        need = 3;
-        if (c == 0xF0)
-            lo = 0x90; /* overlong */
-        else if (c == 0xF4)
-            hi = 0x8F; /* above U+10FFFF */
-    } else {
-        *len = 1;
-        return SEQ_INVALID;
-    }
-    for (size_t i = 1; i <= need; i++) {
-        if (i >= n) {
-            *len = i;
-            return SEQ_TRUNCATED;
-        }
-        if (s[i] < lo || s[i] > hi) {
-            *len = i;
-            return SEQ_INVALID;
-        }
-        lo = 0x80;
-        hi = 0xBF;
-    }
-    *len = need + 1;
-    return SEQ_VALID;
-}
-
-/* Length of the incomplete sequence at the end of [s, s+n), 0 if there is none. */
-static size_t incomplete_tail(const unsigned char *s, size_t n)
-{
-    for (size_t j = n > 3 ? n - 3 : 0; j < n; j++) {
-        size_t len;
-        if (s[j] >= 0xC2 && s[j] <= 0xF4 && utf8_seq(s + j, n - j, &len) == SEQ_TRUNCATED)
-            return n - j;
-    }
-    return 0;
-}
-
 /* Appends s as a JSON string literal, replacing invalid UTF-8 with U+FFFD. */
 static int append_json_string(buf_t *out, const char *str, size_t n)
 {
@@ -108,7 +54,7 @@ static int append_json_string(buf_t *out, const char *str, size_t n)
             continue;
         }
         if (ch >= 0x80) {
-            if (utf8_seq(s + i, n - i, &adv) == SEQ_VALID) {
+            if (util_utf8_seq(s + i, n - i, &adv) == UTIL_UTF8_VALID) {
                 i += adv;
                 continue;
             }
@@ -200,7 +146,7 @@ static int add_text_event(struct asciicast *c, double t, char type, struct pendi
         s = c->joined.data;
         n = c->joined.len;
     }
-    size_t hold = incomplete_tail((const unsigned char *)s, n);
+    size_t hold = n - util_utf8_complete_prefix(s, n); /* a cut character waits */
     if (n - hold > 0) {
         int rc = add_event(c, t, type, s, n - hold);
         if (rc < 0)

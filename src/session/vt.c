@@ -11,6 +11,7 @@
 #include <vterm.h>
 
 #include "core/buf.h"
+#include "core/util.h"
 
 /* libvterm marks the right half of a wide character with this value in chars[0]. */
 #define VT_WIDE_TAIL ((uint32_t)-1)
@@ -397,50 +398,6 @@ static void out_put(struct out *o, const void *p, size_t n)
     o->n += n;
 }
 
-enum seq { SEQ_VALID, SEQ_INVALID, SEQ_TRUNCATED };
-
-/* Classifies the UTF-8 sequence at s (n > 0 bytes, s[0] >= 0x80) and stores its length in *len:
- * the whole sequence if valid, the maximal invalid subpart (>= 1) if invalid, or the bytes present
- * if it is a valid beginning cut off by the end of the data. Same rules as util_utf8_valid. (The
- * same function lives in asciicast.c; each module stays self-contained.) */
-static enum seq utf8_seq(const unsigned char *s, size_t n, size_t *len)
-{
-    unsigned char c = s[0], lo = 0x80, hi = 0xBF;
-    size_t need;
-    if (c >= 0xC2 && c <= 0xDF) {
-        need = 1;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        need = 2;
-        if (c == 0xE0)
-            lo = 0xA0;
-        else if (c == 0xED)
-            hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        need = 3;
-        if (c == 0xF0)
-            lo = 0x90;
-        else if (c == 0xF4)
-            hi = 0x8F;
-    } else {
-        *len = 1;
-        return SEQ_INVALID;
-    }
-    for (size_t i = 1; i <= need; i++) {
-        if (i >= n) {
-            *len = i;
-            return SEQ_TRUNCATED;
-        }
-        if (s[i] < lo || s[i] > hi) {
-            *len = i;
-            return SEQ_INVALID;
-        }
-        lo = 0x80;
-        hi = 0xBF;
-    }
-    *len = need + 1;
-    return SEQ_VALID;
-}
-
 /* Passes on one graphic character (valid UTF-8, n <= 4 bytes). */
 static void put_char(struct vt_filter *f, struct out *o, const void *p, size_t n)
 {
@@ -654,10 +611,10 @@ void vt_feed(struct vt *vt, const char *data, size_t len)
             size_t n;
             memcpy(tmp, f->pend, f->n_pend);
             tmp[f->n_pend] = s[i];
-            enum seq st = utf8_seq(tmp, f->n_pend + 1, &n);
-            if (st != SEQ_INVALID) {
+            enum util_utf8_seq st = util_utf8_seq(tmp, f->n_pend + 1, &n);
+            if (st != UTIL_UTF8_INVALID) {
                 f->pend[f->n_pend++] = s[i++];
-                if (st == SEQ_VALID) {
+                if (st == UTIL_UTF8_VALID) {
                     put_char(f, &o, f->pend, f->n_pend);
                     f->n_pend = 0;
                 }
@@ -668,10 +625,10 @@ void vt_feed(struct vt *vt, const char *data, size_t len)
         }
         if (f->state == F_NORMAL && s[i] >= 0x80) {
             size_t n;
-            enum seq st = utf8_seq(s + i, len - i, &n);
-            if (st == SEQ_VALID) {
+            enum util_utf8_seq st = util_utf8_seq(s + i, len - i, &n);
+            if (st == UTIL_UTF8_VALID) {
                 put_char(f, &o, s + i, n);
-            } else if (st == SEQ_INVALID) {
+            } else if (st == UTIL_UTF8_INVALID) {
                 put_replacement(f, &o);
             } else {
                 memcpy(f->pend, s + i, n);
