@@ -134,3 +134,9 @@ struct sandbox *api_find_sandbox(struct server *srv, http_req_t *req,
         http_respond_error(req, 404, "not_found", "sandbox '%s' not found", id ? id : "");
     return sb;
 }
+
+struct sandbox *api_sandbox_of(struct server *srv, http_req_t *req,
+                               const struct route_params *params)
+{
+    return api_check_query(req, NULL) < 0 ? NULL : api_find_sandbox(srv, req, params);
+}

@@ -25,6 +25,10 @@ int api_check_query(http_req_t *req, const char *const *allowed);
 /* Finds the sandbox named by the {id} route parameter or answers 404 and returns NULL. */
 struct sandbox *api_find_sandbox(struct server *srv, http_req_t *req,
                                  const struct route_params *params);
+/* The usual start of a handler on one sandbox: answers 400 for any query parameter, else finds
+ * the sandbox as api_find_sandbox() does. NULL when it answered. */
+struct sandbox *api_sandbox_of(struct server *srv, http_req_t *req,
+                               const struct route_params *params);
 
 /* Environment variable names must be non-empty and contain no '='. Writes the reason to err. */
 int api_valid_env(json_t *env, char *err, size_t errlen);

@@ -385,9 +385,7 @@ void api_exec(struct server *srv, http_req_t *req, const struct route_params *p)
     struct api_run run;
     int status;
 
-    if (api_check_query(req, NULL) < 0)
-        return;
-    struct sandbox *sb = api_find_sandbox(srv, req, p);
+    struct sandbox *sb = api_sandbox_of(srv, req, p);
     if (!sb)
         return;
     json_t *body = api_body_object(req);
@@ -467,9 +465,7 @@ void api_command_start(struct server *srv, http_req_t *req, const struct route_p
     long long ring = COMMAND_RING_DEFAULT;
     int status;
 
-    if (api_check_query(req, NULL) < 0)
-        return;
-    struct sandbox *sb = api_find_sandbox(srv, req, p);
+    struct sandbox *sb = api_sandbox_of(srv, req, p);
     if (!sb)
         return;
     json_t *body = api_body_object(req);
@@ -536,9 +532,7 @@ bad:
 
 void api_command_list(struct server *srv, http_req_t *req, const struct route_params *p)
 {
-    if (api_check_query(req, NULL) < 0)
-        return;
-    struct sandbox *sb = api_find_sandbox(srv, req, p);
+    struct sandbox *sb = api_sandbox_of(srv, req, p);
     if (!sb)
         return;
     json_t *arr = json_array();

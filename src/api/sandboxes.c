@@ -277,9 +277,7 @@ void api_sandbox_list(struct server *srv, http_req_t *req, const struct route_pa
 
 void api_sandbox_get(struct server *srv, http_req_t *req, const struct route_params *p)
 {
-    if (api_check_query(req, NULL) < 0)
-        return;
-    struct sandbox *sb = api_find_sandbox(srv, req, p);
+    struct sandbox *sb = api_sandbox_of(srv, req, p);
     if (sb)
         http_respond_json(req, 200, sandbox_to_json_usage(sb));
 }
@@ -318,9 +316,7 @@ static void on_paused(struct sandbox *sb, int err, void *arg)
 
 void api_sandbox_pause(struct server *srv, http_req_t *req, const struct route_params *p)
 {
-    if (api_check_query(req, NULL) < 0)
-        return;
-    struct sandbox *sb = api_find_sandbox(srv, req, p);
+    struct sandbox *sb = api_sandbox_of(srv, req, p);
     if (!sb)
         return;
     int r = sandbox_pause(sb, on_paused, req);
@@ -332,9 +328,7 @@ void api_sandbox_pause(struct server *srv, http_req_t *req, const struct route_p
 
 void api_sandbox_resume(struct server *srv, http_req_t *req, const struct route_params *p)
 {
-    if (api_check_query(req, NULL) < 0)
-        return;
-    struct sandbox *sb = api_find_sandbox(srv, req, p);
+    struct sandbox *sb = api_sandbox_of(srv, req, p);
     if (!sb)
         return;
     int r = sandbox_resume(sb);
@@ -352,9 +346,7 @@ void api_sandbox_patch(struct server *srv, http_req_t *req, const struct route_p
     struct egress_policy *policy = NULL;
     json_t *net = NULL;
     int status = 400;
-    if (api_check_query(req, NULL) < 0)
-        return;
-    struct sandbox *sb = api_find_sandbox(srv, req, p);
+    struct sandbox *sb = api_sandbox_of(srv, req, p);
     if (!sb)
         return;
     json_t *body = api_body_object(req);
@@ -394,9 +386,7 @@ static void on_deleted(void *arg)
 
 void api_sandbox_delete(struct server *srv, http_req_t *req, const struct route_params *p)
 {
-    if (api_check_query(req, NULL) < 0)
-        return;
-    struct sandbox *sb = api_find_sandbox(srv, req, p);
+    struct sandbox *sb = api_sandbox_of(srv, req, p);
     if (!sb)
         return;
     api_audit(srv, req, "sandbox.delete", sb, 204, NULL);

@@ -17,9 +17,7 @@ void api_shell_create(struct server *srv, http_req_t *req, const struct route_pa
     char err[ERRLEN];
     const char *cwd = "/workspace";
     json_t *env = NULL;
-    if (api_check_query(req, NULL) < 0)
-        return;
-    struct sandbox *sb = api_find_sandbox(srv, req, p);
+    struct sandbox *sb = api_sandbox_of(srv, req, p);
     if (!sb)
         return;
     json_t *body = api_body_object(req);
@@ -52,9 +50,7 @@ void api_shell_create(struct server *srv, http_req_t *req, const struct route_pa
 
 void api_shell_list(struct server *srv, http_req_t *req, const struct route_params *p)
 {
-    if (api_check_query(req, NULL) < 0)
-        return;
-    struct sandbox *sb = api_find_sandbox(srv, req, p);
+    struct sandbox *sb = api_sandbox_of(srv, req, p);
     if (!sb)
         return;
     json_t *arr = json_array();

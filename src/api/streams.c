@@ -434,9 +434,7 @@ void api_command_stream(struct server *srv, http_req_t *req, const struct route_
 
 void api_exec_ws(struct server *srv, http_req_t *req, const struct route_params *p)
 {
-    if (api_check_query(req, NULL) < 0)
-        return;
-    struct sandbox *sb = api_find_sandbox(srv, req, p);
+    struct sandbox *sb = api_sandbox_of(srv, req, p);
     if (!sb)
         return;
     if (!ws_is_upgrade(req)) {

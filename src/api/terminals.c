@@ -43,9 +43,7 @@ void api_terminal_create(struct server *srv, http_req_t *req, const struct route
     json_t *env = NULL, *argv_json;
     const char **argv = NULL;
     int cols = 80, rows = 24;
-    if (api_check_query(req, NULL) < 0)
-        return;
-    struct sandbox *sb = api_find_sandbox(srv, req, p);
+    struct sandbox *sb = api_sandbox_of(srv, req, p);
     if (!sb)
         return;
     json_t *body = api_body_object(req);
@@ -116,9 +114,7 @@ bad:
 
 void api_terminal_list(struct server *srv, http_req_t *req, const struct route_params *p)
 {
-    if (api_check_query(req, NULL) < 0)
-        return;
-    struct sandbox *sb = api_find_sandbox(srv, req, p);
+    struct sandbox *sb = api_sandbox_of(srv, req, p);
     if (!sb)
         return;
     json_t *arr = json_array();
