@@ -52,6 +52,7 @@ import tempfile
 import time
 import uuid
 
+from stats import summary
 from warren_daemon import ROOT, Daemon
 NSLOTS = 4
 
@@ -320,18 +321,6 @@ def bwrap_command(bwrap, workspace, share_net):
     if share_net:
         argv += ["--share-net"]
     return argv + ["/bin/sh", "-c", "true"]
-
-
-def percentile(sorted_v, p):
-    """Nearest-rank percentile."""
-    k = max(0, min(len(sorted_v) - 1, int(-(-p * len(sorted_v) // 100)) - 1))
-    return sorted_v[k]
-
-
-def summary(v):
-    s = sorted(v)
-    return {"n": len(s), "min": s[0], "p50": percentile(s, 50), "p90": percentile(s, 90),
-            "p99": percentile(s, 99), "max": s[-1], "mean": statistics.fmean(s)}
 
 
 GROUPS = ("execute", "native_exec", "bwrap", "bwrap_net", "fork_exec", "batch4", "batch16",

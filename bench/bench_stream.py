@@ -35,6 +35,7 @@ import subprocess
 import sys
 import time
 
+from stats import summary
 from warren_daemon import ROOT, Daemon
 
 
@@ -124,18 +125,6 @@ def ws_python(daemon, sid, nbytes):
     res["daemon_cpu_s"] = daemon.cpu_s() - cpu0
     res["client_cpu_s"] = time.process_time() - c0
     return res
-
-
-def percentile(sorted_v, p):
-    """Nearest-rank percentile."""
-    k = max(0, min(len(sorted_v) - 1, int(-(-p * len(sorted_v) // 100)) - 1))
-    return sorted_v[k]
-
-
-def summary(v):
-    s = sorted(v)
-    return {"n": len(s), "min": s[0], "p50": percentile(s, 50), "p90": percentile(s, 90),
-            "p99": percentile(s, 99), "max": s[-1], "mean": statistics.fmean(s)}
 
 
 def rtt(daemon, sid, rounds, warmup):

@@ -89,6 +89,24 @@ def alive_same(pid, starttime):
     return bool(st) and st[2] == starttime and st[0] not in ("Z", "X")
 
 
+def daemon_fd_count(daemon):
+    return len(os.listdir(f"/proc/{daemon.pid}/fd"))
+
+
+def daemon_fds_quiet(daemon, timeout=2.0):
+    """The daemon's fd count once it stops changing (connections of earlier requests are closed
+    asynchronously): two equal readings 100 ms apart, or the last one after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    last = daemon_fd_count(daemon)
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = daemon_fd_count(daemon)
+        if now == last:
+            return now
+        last = now
+    return last
+
+
 def cgroup_dirs_of(ids, depth=6):
     """Cgroup directories under /sys/fs/cgroup whose name contains one of `ids` (v1: one per
     controller; v2: one)."""

@@ -24,8 +24,8 @@ import threading
 import time
 import urllib.parse
 
-from conftest import (alive_same, cgroup_dirs_of, exec_, host_cgroup_mode, proc_cmdline,
-                      proc_stat)
+from conftest import (alive_same, cgroup_dirs_of, daemon_fd_count, exec_, host_cgroup_mode,
+                      proc_cmdline, proc_stat)
 
 RTT_FLOOR_S = 0.010  # baseline p50 floor, see the module docstring
 RTT_FACTOR = 3
@@ -206,24 +206,6 @@ def daemon_cpu_s(daemon):
         s = f.read()
     fields = s[s.rindex(")") + 2:].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def daemon_fd_count(daemon):
-    return len(os.listdir(f"/proc/{daemon.pid}/fd"))
-
-
-def daemon_fds_quiet(daemon, timeout=2.0):
-    """The daemon's fd count once it stops changing: two equal readings 100 ms apart, or the
-    last one after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    last = daemon_fd_count(daemon)
-    while time.monotonic() < deadline:
-        time.sleep(0.1)
-        now = daemon_fd_count(daemon)
-        if now == last:
-            return now
-        last = now
-    return last
 
 
 def daemon_fds_settled(daemon, above, timeout=3.0):

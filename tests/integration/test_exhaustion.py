@@ -34,10 +34,10 @@ import time
 import pytest
 import websockets
 
-from conftest import exec_, host_cgroup_mode, sh
+from conftest import daemon_fd_count, daemon_fds_quiet, exec_, host_cgroup_mode, sh
 from neighbour import (MiB, Neighbour, Poller, assert_deleted_clean, daemon_cpu_s,
-                       daemon_fd_count, daemon_fds_quiet, daemon_fds_settled, daemon_rss_kib,
-                       host_free_bytes, host_free_inodes, sandbox_cgroup_file, sandbox_host_pids)
+                       daemon_fds_settled, daemon_rss_kib, host_free_bytes, host_free_inodes,
+                       sandbox_cgroup_file, sandbox_host_pids)
 
 RSS_GROWTH_MAX_KIB = 64 * 1024  # the daemon's RSS may grow this much during an output flood
 HOST_DISK_SLACK = 32 * MiB  # other work shares the host disk: free space drifts a little

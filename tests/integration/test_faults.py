@@ -22,7 +22,7 @@ import time
 import pytest
 import websockets
 
-from conftest import Api, cgroup_dirs_of, exec_, proc_cmdline
+from conftest import Api, cgroup_dirs_of, daemon_fd_count, daemon_fds_quiet, exec_, proc_cmdline
 
 MiB = 1 << 20
 FD_SLACK = 3  # fds the daemon may legitimately hold on to a little longer
@@ -44,31 +44,13 @@ def fd_targets(daemon):
     return out
 
 
-def fd_count(daemon):
-    return len(os.listdir(f"/proc/{daemon.pid}/fd"))
-
-
-def quiet_fds(daemon, timeout=FD_SETTLE_S):
-    """The daemon's fd count once it stops changing (connections from earlier requests are
-    closed asynchronously): two equal readings 100 ms apart, or the last one after `timeout`."""
-    deadline = time.monotonic() + timeout
-    last = fd_count(daemon)
-    while time.monotonic() < deadline:
-        time.sleep(0.1)
-        now = fd_count(daemon)
-        if now == last:
-            return now
-        last = now
-    return last
-
-
 def assert_fds_back(daemon, base, what, before=None):
     """The daemon's fd count comes back to at most base + FD_SLACK within FD_SETTLE_S."""
     deadline = time.monotonic() + FD_SETTLE_S
-    n = fd_count(daemon)
+    n = daemon_fd_count(daemon)
     while n > base + FD_SLACK and time.monotonic() < deadline:
         time.sleep(0.05)
-        n = fd_count(daemon)
+        n = daemon_fd_count(daemon)
     if n > base + FD_SLACK:
         now = fd_targets(daemon)
         extra = sorted((fd, t) for fd, t in now.items() if before is None or before.get(fd) != t)
@@ -218,7 +200,7 @@ def warm(daemon):
 
 
 def test_partial_request_lines_vanish(api, daemon):
-    base = quiet_fds(daemon)
+    base = daemon_fds_quiet(daemon, FD_SETTLE_S)
     before = fd_targets(daemon)
     partials = [b"G", b"GET /heal", b"GET /healthz HTT", b"POST /v1/sandboxes HTTP/1.1\r\nHo",
                 b"GET /healthz HTTP/1.1\r\n", b"DELETE /v1/sandboxes/sb-aaaaaaaaaaaa"]
@@ -229,9 +211,9 @@ def test_partial_request_lines_vanish(api, daemon):
         socks.append(s)
     # All 200 are open now: the daemon holds them, and still serves everyone else.
     deadline = time.monotonic() + 5
-    while fd_count(daemon) < base + 150 and time.monotonic() < deadline:
+    while daemon_fd_count(daemon) < base + 150 and time.monotonic() < deadline:
         time.sleep(0.05)
-    held = fd_count(daemon)
+    held = daemon_fd_count(daemon)
     t = healthz_time(daemon.port, timeout=2)
     for i, s in enumerate(socks):
         vanish(s, reset=i % 2 == 1)
@@ -244,7 +226,7 @@ def test_partial_request_lines_vanish(api, daemon):
 def test_post_exec_disconnect_mid_body(api, daemon, sandbox):
     sid = sandbox["id"]
     exec_(api, sid, argv=["true"])
-    base = quiet_fds(daemon)
+    base = daemon_fds_quiet(daemon, FD_SETTLE_S)
     before = fd_targets(daemon)
     for i in range(100):
         body = json.dumps({"shell": f"touch /workspace/partial-{i}",
@@ -272,7 +254,7 @@ def test_post_exec_disconnect_mid_body(api, daemon, sandbox):
 def test_websocket_handshakes_disconnect(api, daemon, sandbox):
     sid = sandbox["id"]
     path = f"/v1/sandboxes/{sid}/exec/ws"
-    base = quiet_fds(daemon)
+    base = daemon_fds_quiet(daemon, FD_SETTLE_S)
     before = fd_targets(daemon)
     for i in range(50):
         s = connect(daemon)
@@ -291,7 +273,7 @@ def test_websocket_handshakes_disconnect(api, daemon, sandbox):
 def test_exec_ws_execute_then_vanish_kills_commands(api, daemon, sandbox):
     sid = sandbox["id"]
     path = f"/v1/sandboxes/{sid}/exec/ws"
-    base = quiet_fds(daemon)
+    base = daemon_fds_quiet(daemon, FD_SETTLE_S)
     before = fd_targets(daemon)
     acked = 0
     for i in range(50):
@@ -334,7 +316,7 @@ def test_client_stops_reading_large_exec_response(api, daemon, sandbox):
     the daemon keeps its memory bounded and keeps answering other clients meanwhile."""
     sid = sandbox["id"]
     exec_(api, sid, argv=["true"])
-    base = quiet_fds(daemon)
+    base = daemon_fds_quiet(daemon, FD_SETTLE_S)
     before = fd_targets(daemon)
     hwm0 = vm_kib(daemon, "VmHWM")
     rss0 = vm_kib(daemon, "VmRSS")
@@ -387,7 +369,7 @@ def test_client_stops_reading_large_exec_response(api, daemon, sandbox):
 
 def test_command_closes_stdout_and_stderr_and_keeps_running(api, daemon, sandbox):
     sid = sandbox["id"]
-    base = quiet_fds(daemon)
+    base = daemon_fds_quiet(daemon, FD_SETTLE_S)
     before = fd_targets(daemon)
     res = exec_(api, sid, shell="echo early; echo err >&2; exec 1>&- 2>&-; sleep 2")
     assert res["exit_code"] == 0 and res["signal"] is None and not res["timed_out"], res
@@ -401,7 +383,7 @@ def test_command_closes_stdout_and_stderr_and_keeps_running(api, daemon, sandbox
 
 def test_output_flood_then_exit(api, daemon, sandbox):
     sid = sandbox["id"]
-    base = quiet_fds(daemon)
+    base = daemon_fds_quiet(daemon, FD_SETTLE_S)
     before = fd_targets(daemon)
     # Exactly what was written, when it fits.
     res = exec_(api, sid, shell="head -c 3000000 /dev/zero | tr '\\0' a",
@@ -424,7 +406,7 @@ def test_output_flood_then_exit(api, daemon, sandbox):
 
 def test_command_kills_itself(api, daemon, sandbox):
     sid = sandbox["id"]
-    base = quiet_fds(daemon)
+    base = daemon_fds_quiet(daemon, FD_SETTLE_S)
     before = fd_targets(daemon)
     res = exec_(api, sid, shell="echo before; kill -9 $$; echo after")
     assert res["signal"] == 9 and res["exit_code"] == 137 and not res["timed_out"], res
@@ -437,7 +419,7 @@ def test_command_kills_itself(api, daemon, sandbox):
 
 def test_writes_to_a_closed_pipe(api, daemon, sandbox):
     sid = sandbox["id"]
-    base = quiet_fds(daemon)
+    base = daemon_fds_quiet(daemon, FD_SETTLE_S)
     before = fd_targets(daemon)
     # In the sandbox: the consumer exits, the producer gets SIGPIPE (default disposition).
     res = exec_(api, sid, argv=["bash", "-c", 'yes | head -n 3; echo "yes=${PIPESTATUS[0]}"'])
@@ -465,7 +447,7 @@ def _delete_checked(api, daemon, sid):
 
 
 def test_delete_during_exec(api, daemon):
-    base = quiet_fds(daemon)
+    base = daemon_fds_quiet(daemon, FD_SETTLE_S)
     before = fd_targets(daemon)
     sid = api.create()["id"]
     out = {}
@@ -486,7 +468,7 @@ def test_delete_during_exec(api, daemon):
 
 
 def test_delete_during_exec_ws_stream(api, daemon):
-    base = quiet_fds(daemon)
+    base = daemon_fds_quiet(daemon, FD_SETTLE_S)
     before = fd_targets(daemon)
     sid = api.create()["id"]
 
@@ -518,7 +500,7 @@ def test_delete_during_exec_ws_stream(api, daemon):
 
 
 def test_delete_during_shell_run(api, daemon):
-    base = quiet_fds(daemon)
+    base = daemon_fds_quiet(daemon, FD_SETTLE_S)
     before = fd_targets(daemon)
     sid = api.create()["id"]
     r = api.post(f"/v1/sandboxes/{sid}/shells", {})
@@ -542,7 +524,7 @@ def test_delete_during_shell_run(api, daemon):
 
 
 def test_delete_during_terminal_attach(api, daemon):
-    base = quiet_fds(daemon)
+    base = daemon_fds_quiet(daemon, FD_SETTLE_S)
     before = fd_targets(daemon)
     sid = api.create()["id"]
     r = api.post(f"/v1/sandboxes/{sid}/terminals", {"cols": 80, "rows": 24})
@@ -581,7 +563,7 @@ def test_delete_during_terminal_attach(api, daemon):
 
 
 def test_parallel_create_delete_twice(api, daemon):
-    base = quiet_fds(daemon)
+    base = daemon_fds_quiet(daemon, FD_SETTLE_S)
     before = fd_targets(daemon)
     all_ids = []
 
@@ -666,7 +648,7 @@ def test_malformed_json_at_volume(api, daemon, sandbox):
     sid = sandbox["id"]
     exec_(api, sid, argv=["true"])
     n_before = len(api.get("/v1/sandboxes").json["sandboxes"])
-    base = quiet_fds(daemon)
+    base = daemon_fds_quiet(daemon, FD_SETTLE_S)
     before = fd_targets(daemon)
     valid_create = [b'{"name":"fz","labels":{"a":"b"},"resources":{"cpus":1,"pids":64}}',
                     b'{"env":{"A":"1"},"network":{"mode":"none","allow":[]},"ttl_s":60}']
