@@ -986,8 +986,12 @@ static void tool_bash(struct atr_job *job, json_t *args)
      * none, for this command. A slot runs one job at a time, so the mode is the command's. */
     json_t *an = json_object_get(args, "allow_network");
     job->network = !an || py_truthy(an);
-    struct egress_policy *policy = egress_policy_new(job->network ? EGRESS_OPEN : EGRESS_NONE);
-    int r = policy ? sandbox_set_network(s->sb, policy) : -ENOMEM;
+    enum egress_mode mode = job->network ? EGRESS_OPEN : EGRESS_NONE;
+    int r = 0;
+    if (egress_policy_mode(s->sb->network) != mode) { /* usually the same as the last command's */
+        struct egress_policy *policy = egress_policy_new(mode);
+        r = policy ? sandbox_set_network(s->sb, policy) : -ENOMEM;
+    }
     if (r < 0) {
         job_finish(job, 200,
                    xfail_meta(json_pack("{s:b}", "sandboxed", 1),

@@ -9,6 +9,7 @@ TLS-less echo server (ports 443 and 7000) run. Names resolve through the daemon'
 import json
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -366,3 +367,52 @@ def test_delete_with_open_tunnel_leaks_nothing(napi, net_daemon):
     assert napi.delete(f"/v1/sandboxes/{sb['id']}").status == 204
     fds = os.listdir(f"/proc/{net_daemon.pid}/fd")
     assert len(fds) < 200
+
+
+def test_atropos_allow_network_goes_through_the_proxy(internet, tmp_path):
+    """allow_network (default true) runs the slot's command with egress mode open: public
+    destinations through the proxy; false: no proxy at all. Neither reaches the host."""
+    from atropos_client import SlotsClient
+    hosts = tmp_path / "hosts"
+    internet.hosts_file(str(hosts))
+    d = Daemon(extra_args=["--slots", "1", "--egress-hosts", str(hosts)])
+    d.start()
+    try:
+        slots = SlotsClient(d)
+        cmd = "curl -sS -m 10 http://www.internet.test/ 2>&1"
+        r = slots.bash("slot_0", cmd)
+        assert "origin saw" in r["output"] and r["metadata"]["network_isolated"] is False, r
+        r = slots.bash("slot_0", cmd, allow_network=False)
+        assert "origin saw" not in r["output"] and r["metadata"]["network_isolated"] is True, r
+        r = slots.bash("slot_0", f"curl -sS -m 10 http://{internet.host_ip}:{internet.host_port}/"
+                                 " 2>&1")
+        assert "host side" not in r["output"] and "not allowed" in r["output"], r
+    finally:
+        d.stop()
+
+
+def test_bad_egress_hosts_file_stops_the_daemon(tmp_path):
+    bad = tmp_path / "bad.hosts"
+    bad.write_text("not-an-ip www.example\n")
+    for path in (str(bad), str(tmp_path / "missing.hosts")):
+        d = Daemon(extra_args=["--egress-hosts", path])
+        argv = [d.bin, "serve", "--listen", f"127.0.0.1:{d.port}", "--state-dir", d.state_dir,
+                "--egress-hosts", path]
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        assert p.returncode != 0 and "--egress-hosts" in p.stderr, (path, p.returncode, p.stderr)
+        shutil.rmtree(d.base_dir, ignore_errors=True)
+
+
+def test_patch_on_a_paused_sandbox_and_after_delete(napi):
+    sb = napi.make()
+    sid = sb["id"]
+    assert napi.post(f"/v1/sandboxes/{sid}/pause").status == 200
+    r = napi.request("PATCH", f"/v1/sandboxes/{sid}",
+                     json.dumps({"network": {"mode": "allowlist", "allow": ["www.internet.test"]}}))
+    assert r.status == 200 and r.json["state"] == "paused", r
+    assert napi.post(f"/v1/sandboxes/{sid}/resume").status == 200
+    code, out = curl(napi, sid, "http://www.internet.test/")
+    assert code == 0 and "origin saw" in out, out
+    assert napi.delete(f"/v1/sandboxes/{sid}").status == 204
+    r = napi.request("PATCH", f"/v1/sandboxes/{sid}", json.dumps({"network": {"mode": "open"}}))
+    assert r.status == 404, r
