@@ -466,6 +466,39 @@ int cli_print_json(json_t *j)
     return 0;
 }
 
+int cli_print_list(const char *path, const char *key, const char *id_key, bool json, bool quiet,
+                   void (*print_table)(json_t *list))
+{
+    struct client c;
+    json_t *resp = NULL;
+    int ret = CLI_EXIT_FAIL;
+    if (cli_client_open(&c) < 0)
+        return CLI_EXIT_FAIL;
+    if (cli_api_call(&c, "GET", path, NULL, &resp, NULL) == CLI_OK) {
+        json_t *list = json_object_get(resp, key), *e;
+        size_t i;
+        if (!json_is_array(list)) {
+            fprintf(stderr, "warren: the daemon's answer has no '%s' list\n", key);
+        } else if (json) {
+            ret = cli_print_json(list) < 0 ? CLI_EXIT_FAIL : 0;
+        } else {
+            if (quiet) {
+                json_array_foreach(list, i, e)
+                {
+                    const char *id = json_string_value(json_object_get(e, id_key));
+                    printf("%s\n", id ? id : "-");
+                }
+            } else {
+                print_table(list);
+            }
+            ret = fflush(stdout) == 0 ? 0 : CLI_EXIT_FAIL;
+        }
+    }
+    client_close(&c);
+    json_decref(resp);
+    return ret;
+}
+
 int cli_write_all(int fd, const void *p, size_t n)
 {
     const char *s = p;

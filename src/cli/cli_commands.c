@@ -141,8 +141,6 @@ int cli_cmd_commands(int argc, char **argv)
     bool json = false, quiet = false;
     int ret = -1, opt;
     buf_t path = BUF_INIT;
-    json_t *resp = NULL;
-    struct client c;
 
     if (!av)
         return CLI_EXIT_FAIL;
@@ -169,39 +167,11 @@ int cli_cmd_commands(int argc, char **argv)
         ret = CLI_EXIT_FAIL;
         goto out;
     }
-    if (cli_client_open(&c) < 0) {
-        ret = CLI_EXIT_FAIL;
-        goto out;
-    }
-    if (cli_api_call(&c, "GET", path.data, NULL, &resp, NULL) != CLI_OK) {
-        ret = CLI_EXIT_FAIL;
-    } else {
-        json_t *list = json_object_get(resp, "commands");
-        if (!json_is_array(list)) {
-            fprintf(stderr, "warren: the daemon's answer has no command list\n");
-            ret = CLI_EXIT_FAIL;
-        } else if (json) {
-            ret = cli_print_json(list) < 0 ? CLI_EXIT_FAIL : 0;
-        } else {
-            if (quiet) {
-                size_t i;
-                json_t *cmd;
-                json_array_foreach(list, i, cmd)
-                {
-                    const char *id = json_string_value(json_object_get(cmd, "command_id"));
-                    printf("%s\n", id ? id : "-");
-                }
-            } else {
-                cli_commands_print_table(list);
-            }
-            ret = fflush(stdout) == 0 ? 0 : CLI_EXIT_FAIL;
-        }
-    }
-    client_close(&c);
+    ret =
+        cli_print_list(path.data, "commands", "command_id", json, quiet, cli_commands_print_table);
 out:
     free(av);
     buf_free(&path);
-    json_decref(resp);
     return ret;
 }
 

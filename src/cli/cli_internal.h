@@ -83,6 +83,11 @@ int cli_parse_seconds(const char *cmd, const char *opt, const char *arg, double 
 /* Print `j` to stdout as indented JSON plus a newline. Returns 0 or -1 on a write error. */
 int cli_print_json(json_t *j);
 
+/* `ps` and `commands`: GETs `path` and prints its array `key` as JSON (json), one `id_key` per
+ * line (quiet), or with print_table. Returns the exit status; failures are reported. */
+int cli_print_list(const char *path, const char *key, const char *id_key, bool json, bool quiet,
+                   void (*print_table)(json_t *list));
+
 /* Write all of `p` to `fd` (retrying short writes and EINTR). Returns 0 or -errno. */
 int cli_write_all(int fd, const void *p, size_t n);
 

@@ -159,8 +159,6 @@ int cli_cmd_ps(int argc, char **argv)
     char prog[64];
     char **av = cli_getopt_argv(argc, argv, prog, sizeof(prog));
     int ret = -1, opt;
-    json_t *resp = NULL;
-    struct client c;
 
     if (!av || buf_append_str(&path, "/v1/sandboxes") < 0) {
         ret = CLI_EXIT_FAIL;
@@ -197,35 +195,10 @@ int cli_cmd_ps(int argc, char **argv)
         ret = cli_usage_error("ps", "unexpected argument '%s'", av[optind]);
         goto out;
     }
-    if (cli_client_open(&c) < 0) {
-        ret = CLI_EXIT_FAIL;
-        goto out;
-    }
-    if (cli_api_call(&c, "GET", path.data, NULL, &resp, NULL) != CLI_OK) {
-        ret = CLI_EXIT_FAIL;
-    } else {
-        json_t *list = json_object_get(resp, "sandboxes");
-        if (!json_is_array(list)) {
-            fprintf(stderr, "warren: the daemon's answer has no sandbox list\n");
-            ret = CLI_EXIT_FAIL;
-        } else if (json) {
-            ret = cli_print_json(list) < 0 ? CLI_EXIT_FAIL : 0;
-        } else {
-            if (quiet) {
-                size_t i;
-                json_t *sb;
-                json_array_foreach(list, i, sb) printf("%s\n", cli_sandbox_field(sb, "id"));
-            } else {
-                cli_sandbox_print_table(list);
-            }
-            ret = fflush(stdout) == 0 ? 0 : CLI_EXIT_FAIL;
-        }
-    }
-    client_close(&c);
+    ret = cli_print_list(path.data, "sandboxes", "id", json, quiet, cli_sandbox_print_table);
 out:
     free(av);
     buf_free(&path);
-    json_decref(resp);
     return ret;
 }
 
