@@ -11,7 +11,11 @@
  *
  * Each connection reads the command's rings from its own offsets and sends while the socket's
  * queue is below the high watermark; it resumes when the queue drains or new output arrives, so a
- * slow client costs at most its rings plus one watermark of memory. Text data is always valid
+ * slow client costs at most its rings plus one watermark of memory. A client that is attached gets
+ * every byte: while it is a ring behind, the command's pipes are not read and the command blocks
+ * in write, as it would with a slow reader on a pipe. Gaps are only for output nobody was
+ * reading (before an attach, while disconnected) or for a client that asked lossless=false
+ * (never slow the command down; see a gap instead). Text data is always valid
  * UTF-8: a multi-byte character is never split across messages (its start waits for the rest),
  * and bytes that are not UTF-8 are replaced by U+FFFD — ask for binary=true to get exact bytes
  * as data_b64. After the exit message the server closes with 1000.
@@ -246,7 +250,7 @@ static void handle_first(struct stream *st, json_t *msg)
         api_audit_caller(st->srv, st->caller, "command.stream", st->sb, 200,
                          json_pack("{s:s, s:s}", "command_id", cid, "via", "exec/ws reconnect"));
         st->binary = json_is_true(json_object_get(msg, "binary"));
-        st->lossless = json_is_true(json_object_get(msg, "lossless"));
+        st->lossless = !json_is_false(json_object_get(msg, "lossless"));
         st->kill_on_disconnect = json_is_true(json_object_get(msg, "kill_on_disconnect"));
         if (attach(st, c, (uint64_t)o1, (uint64_t)o2) < 0)
             goto close;
@@ -277,7 +281,7 @@ static void handle_first(struct stream *st, json_t *msg)
     json_t *kod = json_object_get(msg, "kill_on_disconnect");
     st->kill_on_disconnect = kod ? json_is_true(kod) : 1;
     st->binary = json_is_true(json_object_get(msg, "binary"));
-    st->lossless = json_is_true(json_object_get(msg, "lossless"));
+    st->lossless = !json_is_false(json_object_get(msg, "lossless"));
     struct command_spec spec = {
         .proc = {.argv = run.argv, .env = (const char *const *)run.env, .cwd = run.cwd},
         .stdin_data = run.stdin_data_ref,
@@ -419,7 +423,7 @@ void api_command_stream(struct server *srv, http_req_t *req, const struct route_
     api_audit(srv, req, "command.stream", st->sb, 200,
               json_pack("{s:s, s:s}", "command_id", command_id(c), "via", "stream"));
     st->binary = parse_flag(req, "binary", 0);
-    st->lossless = parse_flag(req, "lossless", 0);
+    st->lossless = parse_flag(req, "lossless", 1);
     st->kill_on_disconnect = parse_flag(req, "kill_on_disconnect", 0);
     if (!(st->ws = ws_accept(req, &stream_callbacks, st, WS_DEFAULT_MAX_MESSAGE))) {
         sandbox_unref(st->sb);

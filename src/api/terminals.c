@@ -16,7 +16,6 @@
 #define ERRLEN 256
 #define BLOCK_POLL_MS 50
 #define BLOCK_QUIET_S 0.15 /* no output for this long, with the shell in the foreground */
-#define VIEWER_MAX_BUFFERED (8u << 20) /* a viewer this far behind is disconnected */
 
 static int parse_size(json_t *body, int *cols, int *rows, char *err)
 {
@@ -418,11 +417,16 @@ struct viewer {
 static void viewer_output(const char *data, size_t len, void *arg)
 {
     struct viewer *v = arg;
-    if (ws_buffered(v->ws) > VIEWER_MAX_BUFFERED) {
-        ws_close(v->ws, 1013, "viewer too slow");
-        return;
-    }
     ws_send_binary(v->ws, data, len);
+    if (ws_buffered(v->ws) > WS_HIGH_WATERMARK)
+        terminal_watch_hold(v->watch, 1);
+}
+
+static void viewer_drain(ws_conn_t *ws, void *arg)
+{
+    struct viewer *v = arg;
+    if (v->watch)
+        terminal_watch_hold(v->watch, 0);
 }
 
 static void viewer_exit(void *arg)
@@ -481,8 +485,8 @@ static void viewer_close(ws_conn_t *ws, int code, void *arg)
     free(v);
 }
 
-static const struct ws_callbacks viewer_callbacks = {.on_message = viewer_message,
-                                                     .on_close = viewer_close};
+static const struct ws_callbacks viewer_callbacks = {
+    .on_message = viewer_message, .on_close = viewer_close, .on_drain = viewer_drain};
 
 void api_terminal_attach(struct server *srv, http_req_t *req, const struct route_params *p)
 {

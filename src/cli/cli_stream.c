@@ -11,8 +11,8 @@
  * the query) and nothing is lost or written twice. That is only possible because exec mode asks
  * for kill_on_disconnect=false: the command survives a dropped connection, and the CLI kills it
  * explicitly (a "kill" message, or POST .../kill) when it gives up on its own (a signal, a closed
- * stdout). Exec mode also asks for lossless=true: a slow reader slows the command down instead
- * of losing output, as with a local pipe.
+ * stdout). In both modes the daemon delivers losslessly to an attached client: a slow reader
+ * slows the command down instead of losing output, as with a local pipe.
  *
  * One loop multiplexes the socket, fd 0 (exec with forward_stdin: "input" messages, "eof" at
  * the end) and the signals (ppoll with the installed signal mask).
@@ -240,7 +240,6 @@ static int cli_stream_connect(struct cli_stream *s, bool again)
     if (!first)
         goto oom_nobuf;
     json_object_set_new(first, "binary", json_true());
-    json_object_set_new(first, "lossless", json_true());
     json_object_set_new(first, "kill_on_disconnect", json_false());
     r = cli_stream_send_json(s, first);
     /* Without stdin forwarding the command reads an empty stdin. The eof is sent again after a

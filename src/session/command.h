@@ -4,10 +4,10 @@
  * from their own offsets, reconnecting at will. It outlives its clients; after its exit it stays
  * listable for a grace period, then it is reaped.
  *
- * Flow control: output is read as fast as the command writes and the rings overwrite their
- * oldest bytes (a slow watcher sees a gap), unless a watcher asked for lossless delivery: then the
- * command's pipes stop being read while that watcher is more than a ring's worth behind, and the
- * command blocks on its full pipe until the watcher catches up.
+ * Flow control: with no lossless watcher, output is read as fast as the command writes and the
+ * rings overwrite their oldest bytes (whoever attaches later sees a gap). While a lossless watcher
+ * (what an attached client is, unless it opted out) is more than a ring's worth behind, the
+ * command's pipes stop being read and the command blocks on its full pipe until it catches up.
  *
  * Ownership: the sandbox's list holds a reference to each command until the command is reaped or
  * the sandbox is destroyed; every watcher holds one too. A command holds a reference to its

@@ -23,6 +23,7 @@ struct terminal_watch {
     void (*on_output)(const char *data, size_t len, void *arg);
     void (*on_exit)(void *arg);
     void *arg;
+    int held;
 };
 
 struct terminal {
@@ -233,6 +234,24 @@ struct terminal_watch *terminal_watch(struct terminal *t,
     return w;
 }
 
+/* The program's output is read only while no viewer holds it back. */
+static void update_flow(struct terminal *t)
+{
+    int held = 0;
+    for (struct terminal_watch *w = t->watchers; w && !held; w = w->next)
+        held = w->held;
+    if (t->proc)
+        proc_pause_output(t->proc, held);
+}
+
+void terminal_watch_hold(struct terminal_watch *w, int held)
+{
+    if (w->held == !!held)
+        return;
+    w->held = !!held;
+    update_flow(w->t);
+}
+
 void terminal_unwatch(struct terminal_watch *w)
 {
     struct terminal *t = w->t;
@@ -242,7 +261,10 @@ void terminal_unwatch(struct terminal_watch *w)
             break;
         }
     }
+    int held = w->held;
     free(w);
+    if (held)
+        update_flow(t);
 }
 
 void terminal_destroy(struct terminal *t)

@@ -65,6 +65,11 @@ double terminal_last_output(const struct terminal *t);
 struct terminal_watch *terminal_watch(struct terminal *t,
                                       void (*on_output)(const char *data, size_t len, void *arg),
                                       void (*on_exit)(void *arg), void *arg);
+/* Backpressure from a viewer that cannot take more now (its connection is backed up): while any
+ * watcher holds, the program's output is not read, so the program blocks once the pseudo-terminal
+ * is full, and nothing is ever dropped for a slow viewer. A viewer must release (or unwatch) once
+ * it drains. */
+void terminal_watch_hold(struct terminal_watch *w, int held);
 void terminal_unwatch(struct terminal_watch *w);
 
 void terminal_destroy(struct terminal *t);
