@@ -46,7 +46,8 @@ BENCH_SRCS := $(wildcard bench/*.c)
 BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRCS))
 HDRS := $(wildcard src/*.h src/*/*.h)
 
-.PHONY: all deps run test test-unit test-integration bench format format-check clean install
+.PHONY: all deps run test test-unit test-integration bench format format-check check-layers clean \
+	install
 
 all: $(BUILD)/warren $(BUILD)/warren-init warren warren-init
 
@@ -97,7 +98,7 @@ run: deps
 	exec ./$(BUILD)/warren serve --listen 127.0.0.1:7070 --state-dir ./.warren
 
 test: deps
-	@$(MAKE) --no-print-directory all $(UNIT_BINS) format-check
+	@$(MAKE) --no-print-directory all $(UNIT_BINS) format-check check-layers
 	@$(MAKE) --no-print-directory test-unit test-integration
 
 test-unit: $(UNIT_BINS)
@@ -107,6 +108,10 @@ test-integration: $(BUILD)/warren $(BUILD)/warren-init
 	WARREN_BIN=$(CURDIR)/$(BUILD)/warren /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/integration
 
 bench: all $(BENCH_BINS)
+
+# The include arrows of DESIGN.md §3.
+check-layers:
+	@/usr/bin/python3 tests/check_layers.py
 
 format:
 	clang-format -i $(wildcard src/*.[ch] src/*/*.[ch] tests/unit/*.[ch] bench/*.[ch])

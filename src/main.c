@@ -11,7 +11,7 @@
 #include "cli/cli.h"
 #include "core/log.h"
 #include "server.h"
-#include "store/audit.h"
+#include "session/audit.h"
 
 static void serve_usage(FILE *f)
 {
@@ -108,11 +108,11 @@ static int cmd_serve(int argc, char **argv)
             cfg.egress_hosts = optarg;
             break;
         case 'D':
-            if (parse_resources_flag("defaults", optarg, &cfg.defaults) < 0)
+            if (parse_resources_flag("defaults", optarg, &cfg.limits.defaults) < 0)
                 return 2;
             break;
         case 'X':
-            if (parse_resources_flag("maxima", optarg, &cfg.maxima) < 0)
+            if (parse_resources_flag("maxima", optarg, &cfg.limits.maxima) < 0)
                 return 2;
             break;
         case 'm': {
@@ -122,7 +122,7 @@ static int cmd_serve(int argc, char **argv)
                 fprintf(stderr, "warren serve: --max-sandboxes must be 1..65000\n");
                 return 2;
             }
-            cfg.max_sandboxes = (unsigned)v;
+            cfg.limits.max_sandboxes = (unsigned)v;
             break;
         }
         case 'S': {
@@ -175,7 +175,7 @@ static int cmd_serve(int argc, char **argv)
         serve_usage(stderr);
         return 2;
     }
-    const struct sandbox_resources *d = &cfg.defaults, *m = &cfg.maxima;
+    const struct sandbox_resources *d = &cfg.limits.defaults, *m = &cfg.limits.maxima;
     if (d->cpus > m->cpus || d->memory_mib > m->memory_mib || d->pids > m->pids ||
         d->disk_mib > m->disk_mib) {
         fprintf(stderr, "warren serve: --defaults exceed --maxima\n");

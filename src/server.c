@@ -28,21 +28,21 @@
 #include "sandbox/egress.h"
 #include "sandbox/netns.h"
 #include "sandbox/template.h"
-#include "store/audit.h"
+#include "session/audit.h"
 
 void server_config_defaults(struct server_config *cfg)
 {
     memset(cfg, 0, sizeof(*cfg));
     cfg->listen = "127.0.0.1:7070";
     cfg->state_dir = "./.warren";
-    cfg->max_sandboxes = 1024;
-    cfg->max_body_bytes = 16u << 20;
-    cfg->exec_timeout_default_s = 300;
-    cfg->exec_timeout_max_s = 86400;
-    cfg->max_output_default = 1u << 20;
-    cfg->max_output_max = 64u << 20;
-    cfg->defaults = (struct sandbox_resources){1.0, 512, 256, 1024};
-    cfg->maxima = (struct sandbox_resources){64.0, 65536, 65536, 1048576};
+    cfg->limits.max_sandboxes = 1024;
+    cfg->limits.max_body_bytes = 16u << 20;
+    cfg->limits.exec_timeout_default_s = 300;
+    cfg->limits.exec_timeout_max_s = 86400;
+    cfg->limits.max_output_default = 1u << 20;
+    cfg->limits.max_output_max = 64u << 20;
+    cfg->limits.defaults = (struct sandbox_resources){1.0, 512, 256, 1024};
+    cfg->limits.maxima = (struct sandbox_resources){64.0, 65536, 65536, 1048576};
     cfg->audit_max_bytes = AUDIT_DEFAULT_MAX_BYTES;
     cfg->audit_keep = AUDIT_DEFAULT_KEEP;
 }
@@ -149,9 +149,11 @@ static void on_registry_idle(struct registry *reg)
 static void on_signal(uv_signal_t *h, int signum)
 {
     struct server *srv = h->data;
-    if (srv->stopping)
+    if (srv->api.stopping)
         return;
-    srv->stopping = 1;
+    srv->api.stopping = 1;
+    if (srv->atropos)
+        atropos_shutdown(srv->atropos);
     log_info("received %s: stopping (deleting %u sandboxes)", strsignal(signum), srv->reg.count);
     uv_signal_stop(&srv->sigterm);
     uv_signal_stop(&srv->sigint);
@@ -169,6 +171,16 @@ static void on_egress_decision(void *ud, const struct egress_decision *d)
                   "port", (int)d->port, "address", d->address, "reason", d->reason);
     audit_record(srv->audit, d->allowed ? "egress.allow" : "egress.deny", d->sandbox_id,
                  sb ? sb->labels : NULL, fields, NULL);
+}
+
+/* The http server's handler: the atropos slot protocol's routes when the daemon has slots, the
+ * native API for everything else. */
+static void server_handle(http_req_t *req, void *ctx)
+{
+    struct server *srv = ctx;
+    if (srv->atropos && atropos_route(srv->atropos, req))
+        return;
+    api_handle(req, &srv->api);
 }
 
 static int server_start(struct server *srv)
@@ -231,8 +243,8 @@ static int server_start(struct server *srv)
     reg->cgroups = &srv->cgroups;
     reg->init_fd = srv->init_fd;
     reg->store = srv->store;
-    reg->max_sandboxes = srv->cfg.max_sandboxes;
-    reg->defaults = srv->cfg.defaults;
+    reg->max_sandboxes = srv->cfg.limits.max_sandboxes;
+    reg->defaults = srv->cfg.limits.defaults;
     if (gethostname(reg->node, sizeof(reg->node) - 1) < 0)
         snprintf(reg->node, sizeof(reg->node), "localhost");
     if ((r = registry_init(reg)) < 0)
@@ -272,14 +284,18 @@ static int server_start(struct server *srv)
         log_info("%zu secrets loaded from %s", srv->secrets.count, srv->cfg.secrets_dir);
     }
     reg->secrets = &srv->secrets;
-    if (srv->cfg.slots > srv->cfg.max_sandboxes) {
+    if (srv->cfg.slots > srv->cfg.limits.max_sandboxes) {
         log_error("--slots %u is more than --max-sandboxes %u", srv->cfg.slots,
-                  srv->cfg.max_sandboxes);
+                  srv->cfg.limits.max_sandboxes);
         return -EINVAL;
     }
 
-    struct http_limits limits = {.max_body_bytes = srv->cfg.max_body_bytes};
-    if ((r = http_server_new(&srv->http, &srv->loop, &limits, api_handle, srv)) < 0)
+    struct http_limits limits = {.max_body_bytes = srv->cfg.limits.max_body_bytes};
+    srv->api = (struct api_ctx){.reg = &srv->reg,
+                                .audit = srv->audit,
+                                .limits = &srv->cfg.limits,
+                                .version = WARREN_VERSION};
+    if ((r = http_server_new(&srv->http, &srv->loop, &limits, server_handle, srv)) < 0)
         return r;
     http_server_set_stream_hook(srv->http, api_files_wants_stream);
     if ((r = http_server_listen(srv->http, srv->cfg.listen)) < 0) {
@@ -289,7 +305,8 @@ static int server_start(struct server *srv)
     /* The slots' sandboxes are created in the background (once listening, so that a failed
      * start-up leaves no creation behind): requests are served meanwhile, and a slot's
      * requests wait for its sandbox. */
-    if (srv->cfg.slots > 0 && (r = atropos_new(srv, srv->cfg.slots, &srv->atropos)) < 0)
+    if (srv->cfg.slots > 0 && (r = atropos_new(&srv->reg, srv->audit, &srv->cfg.limits,
+                                               srv->cfg.slots, &srv->atropos)) < 0)
         return r;
     uv_signal_init(&srv->loop, &srv->sigterm);
     uv_signal_init(&srv->loop, &srv->sigint);

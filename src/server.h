@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <uv.h>
 
+#include "api/api.h"
 #include "net/http.h"
 #include "sandbox/cgroup.h"
 #include "sandbox/seccomp.h"
@@ -27,14 +28,7 @@ struct server_config {
     const char *state_dir;    /* created if missing */
     const char *secrets_dir;  /* NULL: no secrets */
     const char *egress_hosts; /* NULL: the egress proxy resolves through DNS only */
-    unsigned max_sandboxes;
-    size_t max_body_bytes;
-    double exec_timeout_default_s;
-    double exec_timeout_max_s;
-    size_t max_output_default;
-    size_t max_output_max;
-    struct sandbox_resources defaults;
-    struct sandbox_resources maxima;
+    struct session_limits limits;
     unsigned slots;         /* atropos slot protocol: number of slots (0: off) */
     size_t audit_max_bytes; /* <state_dir>/audit/audit.log is rotated above this size */
     int audit_keep;         /* rotated audit files kept */
@@ -58,9 +52,9 @@ struct server {
     struct registry reg;
     int init_fd;
     struct atropos *atropos; /* the slot protocol (api/compat_atropos.h), NULL without slots */
-    struct audit *audit;     /* the audit log (store/audit.h) */
+    struct audit *audit;     /* the audit log (session/audit.h) */
+    struct api_ctx api;      /* what the native API's handlers see; api.stopping once stopping */
     uv_signal_t sigterm, sigint;
-    int stopping;
 };
 
 void server_config_defaults(struct server_config *cfg);

@@ -6,8 +6,8 @@
 #include <errno.h>
 #include <string.h>
 
-#include "api/compat_atropos.h"
 #include "core/json.h"
+#include "net/dispatch.h"
 
 static const struct route routes[] = {
     {"GET", "/healthz", api_healthz},
@@ -49,53 +49,22 @@ static const struct route routes[] = {
     {"GET", "/v1/audit", api_audit_get},
 };
 
-/* The atropos slot protocol (api/compat_atropos.h), routed only when the daemon has slots. */
-static const struct route atropos_routes[] = {
-    {"POST", "/execute", atropos_execute},
-    {"POST", "/batch", atropos_batch},
-    {"GET", "/health", atropos_health},
-    {"POST", "/reset", atropos_reset},
-    {"GET", "/slots", atropos_slots},
-    {"POST", "/artifacts/read", atropos_artifacts_read},
-    {"POST", "/artifacts/list", atropos_artifacts_list},
-    {"POST", "/artifacts/archive", atropos_artifacts_archive},
-};
-
-void api_handle(http_req_t *req, void *ctx)
+void api_handle(http_req_t *req, void *arg)
 {
-    struct server *srv = ctx;
+    struct api_ctx *ctx = arg;
     struct route_params params;
-    char allow[128], hdr[160];
-    const char *method = http_req_method(req);
-    const struct route *table = routes;
-    if (strcmp(method, "HEAD") == 0)
-        method = "GET";
-    int i = router_match(routes, sizeof(routes) / sizeof(routes[0]), method, http_req_path(req),
-                         &params, allow, sizeof(allow));
-    if ((i == -ENOENT || i == -EMSGSIZE) && srv->atropos) {
-        table = atropos_routes;
-        i = router_match(atropos_routes, sizeof(atropos_routes) / sizeof(atropos_routes[0]), method,
-                         http_req_path(req), &params, allow, sizeof(allow));
-    }
-    if (i == -EPERM) {
-        snprintf(hdr, sizeof(hdr), "Allow: %s\r\n", allow);
-        json_t *e = json_pack("{s:{s:s, s:s}}", "error", "code", "method_not_allowed", "message",
-                              "method not allowed for this resource");
-        char *body = json_dumps(e, JSON_COMPACT);
-        json_decref(e);
-        http_respond(req, 405, "application/json", body, body ? strlen(body) : 0, hdr);
-        free(body);
+    int i = dispatch_match(routes, sizeof(routes) / sizeof(routes[0]), req, &params);
+    if (i == -EPERM)
         return;
-    }
     if (i < 0) {
         http_respond_error(req, 404, "not_found", "no such resource: %s", http_req_path(req));
         return;
     }
-    if (srv->stopping) {
+    if (ctx->stopping) {
         http_respond_error(req, 503, "unavailable", "the daemon is shutting down");
         return;
     }
-    ((api_handler_fn)table[i].handler)(srv, req, &params);
+    ((api_handler_fn)routes[i].handler)(ctx, req, &params);
 }
 
 json_t *api_body_object(http_req_t *req)
@@ -125,18 +94,18 @@ int api_check_query(http_req_t *req, const char *const *allowed)
     return 0;
 }
 
-struct sandbox *api_find_sandbox(struct server *srv, http_req_t *req,
+struct sandbox *api_find_sandbox(struct api_ctx *ctx, http_req_t *req,
                                  const struct route_params *params)
 {
     const char *id = route_param(params, "id");
-    struct sandbox *sb = id ? sandbox_find(&srv->reg, id) : NULL;
+    struct sandbox *sb = id ? sandbox_find(ctx->reg, id) : NULL;
     if (!sb)
         http_respond_error(req, 404, "not_found", "sandbox '%s' not found", id ? id : "");
     return sb;
 }
 
-struct sandbox *api_sandbox_of(struct server *srv, http_req_t *req,
+struct sandbox *api_sandbox_of(struct api_ctx *ctx, http_req_t *req,
                                const struct route_params *params)
 {
-    return api_check_query(req, NULL) < 0 ? NULL : api_find_sandbox(srv, req, params);
+    return api_check_query(req, NULL) < 0 ? NULL : api_find_sandbox(ctx, req, params);
 }

@@ -1,9 +1,10 @@
 /*
  * api — the HTTP API v1 (docs/API.md): routing, request validation, JSON responses.
  *
- * api_handle() is the http server's handler (ctx = struct server *). Each api/<resource>.c file
+ * api_handle() is the http server's handler for the native API. Each api/<resource>.c file
  * implements the handlers of one resource; they validate input completely before touching the
- * session layer and answer every request exactly once.
+ * session layer and answer every request exactly once. Handlers see the daemon only through
+ * struct api_ctx: the registry (session/sandbox.h), the audit log and the limits.
  */
 #ifndef WARREN_API_API_H
 #define WARREN_API_API_H
@@ -11,11 +12,22 @@
 #include "net/http.h"
 #include "core/buf.h"
 #include "net/router.h"
-#include "server.h"
+#include "session/audit.h"
+#include "session/limits.h"
+#include "session/sandbox.h"
 
-typedef void (*api_handler_fn)(struct server *srv, http_req_t *req,
+struct api_ctx {
+    struct registry *reg;
+    struct audit *audit; /* may be NULL: nothing is recorded */
+    const struct session_limits *limits;
+    const char *version;
+    int stopping; /* set by the daemon when it shuts down: new requests get 503 */
+};
+
+typedef void (*api_handler_fn)(struct api_ctx *ctx, http_req_t *req,
                                const struct route_params *params);
 
+/* The http server's handler; `ctx` is a struct api_ctx that outlives every request. */
 void api_handle(http_req_t *req, void *ctx);
 
 /* Parses the body as a JSON object or answers 400 and returns NULL. */
@@ -23,11 +35,11 @@ json_t *api_body_object(http_req_t *req);
 /* Answers 400 if the request has a query parameter not in `allowed` (NULL-terminated). */
 int api_check_query(http_req_t *req, const char *const *allowed);
 /* Finds the sandbox named by the {id} route parameter or answers 404 and returns NULL. */
-struct sandbox *api_find_sandbox(struct server *srv, http_req_t *req,
+struct sandbox *api_find_sandbox(struct api_ctx *ctx, http_req_t *req,
                                  const struct route_params *params);
 /* The usual start of a handler on one sandbox: answers 400 for any query parameter, else finds
  * the sandbox as api_find_sandbox() does. NULL when it answered. */
-struct sandbox *api_sandbox_of(struct server *srv, http_req_t *req,
+struct sandbox *api_sandbox_of(struct api_ctx *ctx, http_req_t *req,
                                const struct route_params *params);
 
 /* Environment variable names must be non-empty and contain no '='. Writes the reason to err. */
@@ -50,39 +62,37 @@ struct api_run {
 /* Validates a command body (argv|shell, env, cwd, stdin|stdin_b64, timeout_s, max_output_bytes,
  * plus `extra_keys`). Returns 0 or an HTTP status with the reason in err; free with
  * api_run_free() in both cases. */
-int api_parse_run(struct server *srv, const struct sandbox *sb, json_t *body,
+int api_parse_run(struct api_ctx *ctx, const struct sandbox *sb, json_t *body,
                   const char *const *extra_keys, struct api_run *run, char *err, size_t errlen);
 void api_run_free(struct api_run *run);
-void api_free_strv(char **v);
-/* The environment of a command: defaults (PATH, HOME, HOSTNAME, LANG, TERM=term) < sandbox env <
- * `env` (may be NULL). malloc'd "K=V" list; free with api_free_strv. */
-char **api_build_env(const struct sandbox *sb, json_t *env, const char *term);
 /* Sets o[name] to the text of b, or o[name] = null and o[name_b64] when it is not UTF-8 (after
  * dropping a character cut by truncation). */
 void api_put_output(json_t *o, const char *name, const buf_t *b, int truncated);
-/* The error code string for an HTTP status ("bad_request", ...). */
+/* errors.c: the one table from session errors to HTTP. The error code string for an HTTP status
+ * ("bad_request", ...). */
 const char *api_status_code(int status);
-/* HTTP status and message for a -errno from the session layer. */
+/* HTTP status and API error code of a session error (creating a sandbox). */
+int api_session_status(enum session_err e, const char **code);
+/* HTTP status for a -errno from the session layer (session_strerror() says it for a person). */
 int api_errno_status(int r);
-const char *api_errno_message(int r);
 /* A signal given as a number or a name ("TERM", "SIGTERM"); absent/null keeps *sig. */
 int api_parse_signal(json_t *v, int *sig, char *err, size_t errlen);
 /* The exec result object of the API (or {"error": ...} when it could not run). */
 struct exec_result;
 json_t *api_exec_result_json(const struct exec_result *res);
 /* Finds the {id} sandbox's {cid} command or answers 404 and returns NULL. */
-struct command *api_find_command(struct server *srv, http_req_t *req,
+struct command *api_find_command(struct api_ctx *ctx, http_req_t *req,
                                  const struct route_params *params);
 
-/* audit.c: the audit log (store/audit.h). api_audit() records `event` about `sb` (may be NULL:
+/* audit.c: the audit log (session/audit.h). api_audit() records `event` about `sb` (may be NULL:
  * then no sandbox and labels) with the request's peer as the caller (req may be NULL). Unless
  * `fields` (stolen, may be NULL) has "ok" already, it gets "ok": status < 400 and, for a
  * refusal, "error": api_status_code(status). Call it before answering (the answer consumes req).
  * Never put environment values, secret values, stdin or file contents in `fields`. */
-void api_audit(struct server *srv, http_req_t *req, const char *event, const struct sandbox *sb,
+void api_audit(struct api_ctx *ctx, http_req_t *req, const char *event, const struct sandbox *sb,
                int status, json_t *fields);
 /* The same with the caller's address given (for a WebSocket, whose request is gone). */
-void api_audit_caller(struct server *srv, const char *caller, const char *event,
+void api_audit_caller(struct api_ctx *ctx, const char *caller, const char *event,
                       const struct sandbox *sb, int status, json_t *fields);
 /* The command of an exec-like body for the audit log: {"argv": [...]} or {"shell": "..."}, at
  * most 1 KiB of it (then "command_truncated": true), "cwd" and "timeout_s" (from `run` once
@@ -91,53 +101,53 @@ json_t *api_audit_command(json_t *body, const struct api_run *run);
 /* The audit summary of a sandbox spec: name, template, resources, network {mode, allow?} and
  * secret names. New object. */
 json_t *api_audit_sandbox_spec(const struct sandbox_spec *spec);
-void api_audit_get(struct server *srv, http_req_t *req, const struct route_params *p);
+void api_audit_get(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 
 /* health.c */
-void api_healthz(struct server *srv, http_req_t *req, const struct route_params *p);
-void api_info(struct server *srv, http_req_t *req, const struct route_params *p);
+void api_healthz(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_info(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 /* sandboxes.c */
-void api_sandbox_create(struct server *srv, http_req_t *req, const struct route_params *p);
-void api_sandbox_list(struct server *srv, http_req_t *req, const struct route_params *p);
-void api_sandbox_get(struct server *srv, http_req_t *req, const struct route_params *p);
-void api_sandbox_delete(struct server *srv, http_req_t *req, const struct route_params *p);
-void api_sandbox_patch(struct server *srv, http_req_t *req, const struct route_params *p);
-void api_sandbox_pause(struct server *srv, http_req_t *req, const struct route_params *p);
-void api_sandbox_resume(struct server *srv, http_req_t *req, const struct route_params *p);
+void api_sandbox_create(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_sandbox_list(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_sandbox_get(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_sandbox_delete(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_sandbox_patch(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_sandbox_pause(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_sandbox_resume(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 /* commands.c */
-void api_exec(struct server *srv, http_req_t *req, const struct route_params *p);
-void api_command_start(struct server *srv, http_req_t *req, const struct route_params *p);
-void api_command_list(struct server *srv, http_req_t *req, const struct route_params *p);
-void api_command_get(struct server *srv, http_req_t *req, const struct route_params *p);
-void api_command_kill(struct server *srv, http_req_t *req, const struct route_params *p);
+void api_exec(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_command_start(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_command_list(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_command_get(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_command_kill(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 /* streams.c (WebSocket) */
-void api_command_stream(struct server *srv, http_req_t *req, const struct route_params *p);
-void api_exec_ws(struct server *srv, http_req_t *req, const struct route_params *p);
+void api_command_stream(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_exec_ws(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 /* files.c */
-void api_files_get(struct server *srv, http_req_t *req, const struct route_params *p);
-void api_files_put(struct server *srv, http_req_t *req, const struct route_params *p);
-void api_files_delete(struct server *srv, http_req_t *req, const struct route_params *p);
-void api_files_list(struct server *srv, http_req_t *req, const struct route_params *p);
-void api_archive_get(struct server *srv, http_req_t *req, const struct route_params *p);
-void api_archive_put(struct server *srv, http_req_t *req, const struct route_params *p);
+void api_files_get(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_files_put(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_files_delete(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_files_list(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_archive_get(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_archive_put(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 /* The HTTP stream hook: PUT files and PUT archive read their bodies as streams. */
 int api_files_wants_stream(http_req_t *req, void *ctx);
 /* terminals.c */
-void api_terminal_create(struct server *srv, http_req_t *req, const struct route_params *p);
-void api_terminal_list(struct server *srv, http_req_t *req, const struct route_params *p);
-void api_terminal_get(struct server *srv, http_req_t *req, const struct route_params *p);
-void api_terminal_delete(struct server *srv, http_req_t *req, const struct route_params *p);
-void api_terminal_keys(struct server *srv, http_req_t *req, const struct route_params *p);
-void api_terminal_screen(struct server *srv, http_req_t *req, const struct route_params *p);
-void api_terminal_resize(struct server *srv, http_req_t *req, const struct route_params *p);
-void api_terminal_recording(struct server *srv, http_req_t *req, const struct route_params *p);
-void api_terminal_attach(struct server *srv, http_req_t *req, const struct route_params *p);
+void api_terminal_create(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_terminal_list(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_terminal_get(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_terminal_delete(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_terminal_keys(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_terminal_screen(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_terminal_resize(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_terminal_recording(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_terminal_attach(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 /* shells.c */
-void api_shell_create(struct server *srv, http_req_t *req, const struct route_params *p);
-void api_shell_list(struct server *srv, http_req_t *req, const struct route_params *p);
-void api_shell_run(struct server *srv, http_req_t *req, const struct route_params *p);
-void api_shell_delete(struct server *srv, http_req_t *req, const struct route_params *p);
+void api_shell_create(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_shell_list(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_shell_run(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_shell_delete(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 /* batch.c */
-void api_batch(struct server *srv, http_req_t *req, const struct route_params *p);
+void api_batch(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 
 #endif

@@ -1,5 +1,5 @@
 /*
- * audit — what the API records in the audit log (store/audit.h), and GET /v1/audit.
+ * audit — what the API records in the audit log (session/audit.h), and GET /v1/audit.
  *
  * Handlers call api_audit() where an action succeeded or was refused (after the sandbox was
  * found: requests naming no existing sandbox are not recorded), before answering, since the
@@ -16,23 +16,22 @@
 #include "api/api.h"
 #include "core/log.h"
 #include "core/util.h"
-#include "sandbox/egress.h"
-#include "store/audit.h"
+#include "session/network.h"
+#include "session/audit.h"
 
-#define COMMAND_MAX 1024 /* bytes of argv or shell kept */
 #define LIMIT_DEFAULT 1000
 #define LIMIT_MAX 10000
 
-void api_audit(struct server *srv, http_req_t *req, const char *event, const struct sandbox *sb,
+void api_audit(struct api_ctx *ctx, http_req_t *req, const char *event, const struct sandbox *sb,
                int status, json_t *fields)
 {
-    api_audit_caller(srv, req ? http_req_peer(req) : NULL, event, sb, status, fields);
+    api_audit_caller(ctx, req ? http_req_peer(req) : NULL, event, sb, status, fields);
 }
 
-void api_audit_caller(struct server *srv, const char *caller, const char *event,
+void api_audit_caller(struct api_ctx *ctx, const char *caller, const char *event,
                       const struct sandbox *sb, int status, json_t *fields)
 {
-    if (!srv->audit) {
+    if (!ctx->audit) {
         json_decref(fields);
         return;
     }
@@ -43,62 +42,16 @@ void api_audit_caller(struct server *srv, const char *caller, const char *event,
         if (status >= 400)
             json_object_set_new(fields, "error", json_string(api_status_code(status)));
     }
-    audit_record(srv->audit, event, sb ? sb->id : NULL, sb ? sb->labels : NULL, fields, caller);
-}
-
-/* A copy of s cut to at most `max` bytes, never inside a UTF-8 character. */
-static json_t *cut_string(const char *s, size_t len, size_t max, int *cut)
-{
-    if (len > max) {
-        len = util_utf8_complete_prefix(s, max);
-        *cut = 1;
-    }
-    return json_stringn(s, len);
+    audit_record(ctx->audit, event, sb ? sb->id : NULL, sb ? sb->labels : NULL, fields, caller);
 }
 
 json_t *api_audit_command(json_t *body, const struct api_run *run)
 {
-    json_t *o = json_object(), *argv = json_object_get(body, "argv");
-    json_t *shell = json_object_get(body, "shell"), *v;
-    size_t budget = COMMAND_MAX, i;
-    int cut = 0;
-    if (!o)
-        return NULL;
-    if (json_is_array(argv)) {
-        json_t *out = json_array();
-        json_array_foreach(argv, i, v)
-        {
-            if (!json_is_string(v))
-                continue;
-            if (budget == 0) {
-                cut = 1;
-                break;
-            }
-            size_t len = json_string_length(v);
-            json_array_append_new(out, cut_string(json_string_value(v), len, budget, &cut));
-            budget -= len < budget ? len : budget;
-        }
-        json_object_set_new(o, "argv", out);
-    } else if (json_is_string(shell)) {
-        json_object_set_new(
-            o, "shell",
-            cut_string(json_string_value(shell), json_string_length(shell), COMMAND_MAX, &cut));
-    }
-    if (cut)
-        json_object_set_new(o, "command_truncated", json_true());
-    json_t *cwd = json_object_get(body, "cwd"), *timeout = json_object_get(body, "timeout_s");
-    if (run) {
+    json_t *o = audit_command(body);
+    if (o && run) {
         json_object_set_new(o, "cwd", json_string(run->cwd));
         json_object_set_new(o, "timeout_s",
                             run->timeout_s > 0 ? json_real(run->timeout_s) : json_null());
-    } else {
-        int cwd_cut = 0; /* not the command's */
-        if (json_is_string(cwd))
-            json_object_set_new(
-                o, "cwd",
-                cut_string(json_string_value(cwd), json_string_length(cwd), COMMAND_MAX, &cwd_cut));
-        if (json_is_number(timeout))
-            json_object_set(o, "timeout_s", timeout);
     }
     return o;
 }
@@ -106,7 +59,7 @@ json_t *api_audit_command(json_t *body, const struct api_run *run)
 json_t *api_audit_sandbox_spec(const struct sandbox_spec *spec)
 {
     json_t *secrets = spec->secrets ? json_deep_copy(spec->secrets) : json_array();
-    json_t *net = egress_policy_to_json(spec->network); /* normalised; NULL: mode none */
+    json_t *net = network_to_json(spec->network); /* normalised; NULL: mode none */
     return json_pack("{s:s*, s:s*, s:{s:f, s:I, s:I, s:I}, s:o, s:o}", "name", spec->name,
                      "template", spec->template_name, "resources", "cpus", spec->res.cpus,
                      "memory_mib", (json_int_t)spec->res.memory_mib, "pids",
@@ -117,7 +70,7 @@ json_t *api_audit_sandbox_spec(const struct sandbox_spec *spec)
 /* ---- GET /v1/audit ------------------------------------------------------------------------- */
 
 struct audit_query {
-    struct server *srv;
+    struct api_ctx *ctx;
     http_req_t *req;
     uv_work_t work;
     char *sandbox, *since, *until, *event;
@@ -140,7 +93,7 @@ static void query_free(struct audit_query *q)
 static void query_work(uv_work_t *w)
 {
     struct audit_query *q = w->data;
-    q->r = audit_read(q->srv->audit, q->sandbox, q->since, q->until, q->event, q->limit, &q->events,
+    q->r = audit_read(q->ctx->audit, q->sandbox, q->since, q->until, q->event, q->limit, &q->events,
                       &q->truncated);
 }
 
@@ -171,7 +124,7 @@ static int valid_event_filter(const char *s)
     return 1;
 }
 
-void api_audit_get(struct server *srv, http_req_t *req, const struct route_params *p)
+void api_audit_get(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
 {
     static const char *const params[] = {"sandbox", "since", "until", "event", "limit", NULL};
     int64_t since_ms = INT64_MIN, until_ms = INT64_MAX;
@@ -224,12 +177,12 @@ void api_audit_get(struct server *srv, http_req_t *req, const struct route_param
         }
         limit = (size_t)v;
     }
-    if (!srv->audit) {
+    if (!ctx->audit) {
         http_respond_error(req, 503, "unavailable", "the audit log is not open");
         return;
     }
     /* A live sandbox may be named by its name; records carry ids. */
-    struct sandbox *sb = sandbox ? sandbox_find(&srv->reg, sandbox) : NULL;
+    struct sandbox *sb = sandbox ? sandbox_find(ctx->reg, sandbox) : NULL;
     struct audit_query *q = calloc(1, sizeof(*q));
     if (!q || (sandbox && !(q->sandbox = strdup(sb ? sb->id : sandbox))) ||
         (since && !(q->since = strdup(since))) || (until && !(q->until = strdup(until))) ||
@@ -239,11 +192,11 @@ void api_audit_get(struct server *srv, http_req_t *req, const struct route_param
         http_respond_error(req, 500, "internal", "out of memory");
         return;
     }
-    q->srv = srv;
+    q->ctx = ctx;
     q->req = req;
     q->limit = limit;
     q->work.data = q;
-    int r = uv_queue_work(&srv->loop, &q->work, query_work, query_done);
+    int r = uv_queue_work(ctx->reg->loop, &q->work, query_work, query_done);
     if (r < 0) {
         query_free(q);
         http_respond_error(req, 500, "internal", "cannot queue the read: %s", uv_strerror(r));

@@ -33,7 +33,7 @@ struct batch {
     size_t n;
     size_t running; /* lanes in flight */
     int gone;
-    struct server *srv;
+    struct api_ctx *ctx;
 };
 
 static void batch_finish(struct batch *b)
@@ -82,12 +82,12 @@ static int lane_run(struct batch *b, size_t idx)
             continue;
         }
         if (it->sb->state != SB_RUNNING) {
-            api_audit(b->srv, b->req, "batch", it->sb, 409, audit_item(it, NULL));
+            api_audit(b->ctx, b->req, "batch", it->sb, 409, audit_item(it, NULL));
             set_error(b, idx, 409, "the sandbox is not running");
             continue;
         }
         static const char *const extra[] = {"sandbox", NULL};
-        int status = api_parse_run(b->srv, it->sb, it->body, extra, &run, err, ERRLEN);
+        int status = api_parse_run(b->ctx, it->sb, it->body, extra, &run, err, ERRLEN);
         if (status == 0) {
             struct exec_spec spec = {
                 .argv = run.argv,
@@ -101,10 +101,10 @@ static int lane_run(struct batch *b, size_t idx)
             int r = exec_start(it->sb, &spec, on_item_done, it, &it->ex);
             if (r < 0) {
                 status = api_errno_status(r);
-                snprintf(err, ERRLEN, "%s", api_errno_message(r));
+                snprintf(err, ERRLEN, "%s", session_strerror(r));
             }
         }
-        api_audit(b->srv, b->req, "batch", it->sb, status ? status : 200,
+        api_audit(b->ctx, b->req, "batch", it->sb, status ? status : 200,
                   audit_item(it, status ? NULL : &run));
         api_run_free(&run);
         if (status == 0)
@@ -135,7 +135,7 @@ static void on_client_gone(http_req_t *req, void *arg)
             exec_cancel(b->items[i].ex);
 }
 
-void api_batch(struct server *srv, http_req_t *req, const struct route_params *p)
+void api_batch(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
 {
     size_t len;
     json_error_t je;
@@ -172,7 +172,7 @@ void api_batch(struct server *srv, http_req_t *req, const struct route_params *p
     }
     b->req = req;
     b->body = body;
-    b->srv = srv;
+    b->ctx = ctx;
     b->items = items;
     b->n = n;
     b->results = json_array();
@@ -197,7 +197,7 @@ void api_batch(struct server *srv, http_req_t *req, const struct route_params *p
             set_error(b, i, 400, "'sandbox' (id or name) is required");
             continue;
         }
-        if (!(it->sb = sandbox_find(&srv->reg, name)) || it->sb->state != SB_RUNNING) {
+        if (!(it->sb = sandbox_find(ctx->reg, name)) || it->sb->state != SB_RUNNING) {
             char msg[300];
             snprintf(msg, sizeof(msg), "sandbox '%s' not found", name);
             it->sb = NULL;

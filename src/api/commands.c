@@ -9,13 +9,10 @@
 #include "api/api.h"
 #include "core/json.h"
 #include "core/util.h"
-#include "sandbox/egress.h"
 #include "session/command.h"
 #include "session/exec.h"
-#include "session/secrets.h"
 
 #define ERRLEN 256
-#define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 struct exec_call {
     http_req_t *req;
@@ -183,70 +180,16 @@ static void on_client_gone(http_req_t *req, void *arg)
     exec_cancel(call->ex); /* the answer would go nowhere: stop the command */
 }
 
-/* Builds the command's environment: defaults < sandbox env < request env. */
-char **api_build_env(const struct sandbox *sb, json_t *exec_env, const char *term)
-{
-    json_t *all = json_pack("{s:s, s:s, s:s, s:s, s:s}", "PATH", DEFAULT_PATH, "HOME", "/root",
-                            "HOSTNAME", sb->name, "LANG", "C.UTF-8", "TERM", term);
-    if (!all)
-        return NULL;
-    /* With an egress proxy, the usual variables point at it; the sandbox's env may override. */
-    if (egress_policy_mode(sb->network) != EGRESS_NONE) {
-        static const char *const names[] = {"HTTP_PROXY", "HTTPS_PROXY", "http_proxy",
-                                            "https_proxy"};
-        for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-            json_object_set_new(all, names[i], json_string("http://127.0.0.1:3128"));
-        json_object_set_new(all, "NO_PROXY", json_string("localhost,127.0.0.1,::1"));
-        json_object_set_new(all, "no_proxy", json_string("localhost,127.0.0.1,::1"));
-    }
-    json_object_update(all, sb->env);
-    size_t si;
-    json_t *name;
-    json_array_foreach(sb->secrets, si, name)
-    {
-        const char *value = secrets_get(sb->reg->secrets, json_string_value(name));
-        if (value)
-            json_object_set_new(all, json_string_value(name), json_string(value));
-    }
-    if (exec_env)
-        json_object_update(all, exec_env);
-    size_t n = json_object_size(all), i = 0;
-    char **env = calloc(n + 1, sizeof(char *));
-    const char *k;
-    json_t *v;
-    json_object_foreach(all, k, v)
-    {
-        if (!env)
-            break;
-        size_t len = strlen(k) + strlen(json_string_value(v)) + 2;
-        if (!(env[i] = malloc(len))) {
-            api_free_strv(env);
-            env = NULL;
-            break;
-        }
-        snprintf(env[i++], len, "%s=%s", k, json_string_value(v));
-    }
-    json_decref(all);
-    return env;
-}
-
-void api_free_strv(char **v)
-{
-    for (size_t i = 0; v && v[i]; i++)
-        free(v[i]);
-    free(v);
-}
-
 void api_run_free(struct api_run *run)
 {
     free(run->argv);
-    api_free_strv(run->env);
+    util_free_strv(run->env);
     free(run->stdin_data);
     json_decref(run->describe);
     memset(run, 0, sizeof(*run));
 }
 
-int api_parse_run(struct server *srv, const struct sandbox *sb, json_t *body,
+int api_parse_run(struct api_ctx *ctx, const struct sandbox *sb, json_t *body,
                   const char *const *extra_keys, struct api_run *run, char *err, size_t errlen)
 {
     static const char *const base[] = {"argv",  "shell",     "env",       "cwd",
@@ -255,11 +198,11 @@ int api_parse_run(struct server *srv, const struct sandbox *sb, json_t *body,
     size_t nk = 0;
     const char *shell = NULL, *stdin_b64 = NULL, *term = "xterm";
     json_t *env = NULL, *argv_json;
-    long long max_out = (long long)srv->cfg.max_output_default;
+    long long max_out = (long long)ctx->limits->max_output_default;
 
     memset(run, 0, sizeof(*run));
     run->cwd = "/workspace";
-    run->timeout_s = srv->cfg.exec_timeout_default_s;
+    run->timeout_s = ctx->limits->exec_timeout_default_s;
     for (size_t i = 0; i < sizeof(base) / sizeof(base[0]); i++)
         keys[nk++] = base[i];
     for (size_t i = 0; extra_keys && extra_keys[i] && nk < 31; i++)
@@ -341,13 +284,14 @@ int api_parse_run(struct server *srv, const struct sandbox *sb, json_t *body,
         snprintf(err, errlen, "'max_output_bytes' must not be negative");
         return 400;
     }
-    if (run->timeout_s > srv->cfg.exec_timeout_max_s || (size_t)max_out > srv->cfg.max_output_max) {
+    if (run->timeout_s > ctx->limits->exec_timeout_max_s ||
+        (size_t)max_out > ctx->limits->max_output_max) {
         snprintf(err, errlen, "above the daemon maxima (timeout_s %g, max_output_bytes %zu)",
-                 srv->cfg.exec_timeout_max_s, srv->cfg.max_output_max);
+                 ctx->limits->exec_timeout_max_s, ctx->limits->max_output_max);
         return 422;
     }
     run->max_output = (size_t)max_out;
-    if (!(run->env = api_build_env(sb, env, term)))
+    if (!(run->env = exec_build_env(sb, env, term)))
         goto oom;
     return 0;
 oom:
@@ -355,43 +299,19 @@ oom:
     return 500;
 }
 
-const char *api_status_code(int status)
-{
-    switch (status) {
-    case 400:
-        return "bad_request";
-    case 403:
-        return "forbidden";
-    case 404:
-        return "not_found";
-    case 409:
-        return "conflict";
-    case 413:
-        return "payload_too_large";
-    case 422:
-        return "unprocessable";
-    case 429:
-        return "limit_reached";
-    case 503:
-        return "unavailable";
-    default:
-        return "internal";
-    }
-}
-
-void api_exec(struct server *srv, http_req_t *req, const struct route_params *p)
+void api_exec(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
 {
     char err[ERRLEN];
     struct api_run run;
     int status;
 
-    struct sandbox *sb = api_sandbox_of(srv, req, p);
+    struct sandbox *sb = api_sandbox_of(ctx, req, p);
     if (!sb)
         return;
     json_t *body = api_body_object(req);
     if (!body)
         return;
-    if ((status = api_parse_run(srv, sb, body, NULL, &run, err, ERRLEN)) != 0)
+    if ((status = api_parse_run(ctx, sb, body, NULL, &run, err, ERRLEN)) != 0)
         goto bad;
 
     struct exec_spec spec = {
@@ -410,31 +330,19 @@ void api_exec(struct server *srv, http_req_t *req, const struct route_params *p)
     if (r < 0) {
         free(call);
         status = api_errno_status(r);
-        snprintf(err, ERRLEN, "%s", api_errno_message(r));
+        snprintf(err, ERRLEN, "%s", session_strerror(r));
         goto bad;
     }
     http_req_set_abort_cb(req, on_client_gone, call);
-    api_audit(srv, req, "exec", sb, 200, api_audit_command(body, &run));
+    api_audit(ctx, req, "exec", sb, 200, api_audit_command(body, &run));
     api_run_free(&run);
     json_decref(body);
     return;
 bad:
-    api_audit(srv, req, "exec", sb, status, api_audit_command(body, NULL));
+    api_audit(ctx, req, "exec", sb, status, api_audit_command(body, NULL));
     http_respond_error(req, status, api_status_code(status), "%s", err);
     api_run_free(&run);
     json_decref(body);
-}
-
-int api_errno_status(int r)
-{
-    return r == -E2BIG ? 413 : r == -EPIPE ? 409 : r == -EAGAIN ? 429 : 500;
-}
-
-const char *api_errno_message(int r)
-{
-    return r == -E2BIG   ? "argv and env are too large (64 KiB at most)"
-           : r == -EPIPE ? "the sandbox is not running (it is paused, stopping or failed)"
-                         : strerror(-r);
 }
 
 /* ---- detached commands ---------------------------------------------------------------------- */
@@ -457,7 +365,7 @@ static void on_command_update(void *arg)
     free(call);
 }
 
-void api_command_start(struct server *srv, http_req_t *req, const struct route_params *p)
+void api_command_start(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
 {
     static const char *const extra[] = {"buffer_bytes", NULL};
     char err[ERRLEN];
@@ -465,13 +373,13 @@ void api_command_start(struct server *srv, http_req_t *req, const struct route_p
     long long ring = COMMAND_RING_DEFAULT;
     int status;
 
-    struct sandbox *sb = api_sandbox_of(srv, req, p);
+    struct sandbox *sb = api_sandbox_of(ctx, req, p);
     if (!sb)
         return;
     json_t *body = api_body_object(req);
     if (!body)
         return;
-    if ((status = api_parse_run(srv, sb, body, extra, &run, err, ERRLEN)) != 0)
+    if ((status = api_parse_run(ctx, sb, body, extra, &run, err, ERRLEN)) != 0)
         goto bad;
     if (json_object_get(body, "max_output_bytes")) {
         status = 400;
@@ -506,12 +414,12 @@ void api_command_start(struct server *srv, http_req_t *req, const struct route_p
     if (r < 0) {
         free(call);
         status = api_errno_status(r);
-        snprintf(err, ERRLEN, "%s", api_errno_message(r));
+        snprintf(err, ERRLEN, "%s", session_strerror(r));
         goto bad;
     }
     json_t *audit = api_audit_command(body, &run);
     json_object_set_new(audit, "command_id", json_string(command_id(cmd)));
-    api_audit(srv, req, "command.start", sb, 201, audit);
+    api_audit(ctx, req, "command.start", sb, 201, audit);
     /* Answer once the init has reported the pid (a few hundred microseconds). */
     call->req = req;
     call->cmd = cmd;
@@ -524,15 +432,15 @@ void api_command_start(struct server *srv, http_req_t *req, const struct route_p
     json_decref(body);
     return;
 bad:
-    api_audit(srv, req, "command.start", sb, status, api_audit_command(body, NULL));
+    api_audit(ctx, req, "command.start", sb, status, api_audit_command(body, NULL));
     http_respond_error(req, status, api_status_code(status), "%s", err);
     api_run_free(&run);
     json_decref(body);
 }
 
-void api_command_list(struct server *srv, http_req_t *req, const struct route_params *p)
+void api_command_list(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
 {
-    struct sandbox *sb = api_sandbox_of(srv, req, p);
+    struct sandbox *sb = api_sandbox_of(ctx, req, p);
     if (!sb)
         return;
     json_t *arr = json_array();
@@ -541,9 +449,9 @@ void api_command_list(struct server *srv, http_req_t *req, const struct route_pa
     http_respond_json(req, 200, json_pack("{s:o}", "commands", arr));
 }
 
-struct command *api_find_command(struct server *srv, http_req_t *req, const struct route_params *p)
+struct command *api_find_command(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
 {
-    struct sandbox *sb = api_find_sandbox(srv, req, p);
+    struct sandbox *sb = api_find_sandbox(ctx, req, p);
     if (!sb)
         return NULL;
     const char *cid = route_param(p, "cid");
@@ -554,22 +462,22 @@ struct command *api_find_command(struct server *srv, http_req_t *req, const stru
     return c;
 }
 
-void api_command_get(struct server *srv, http_req_t *req, const struct route_params *p)
+void api_command_get(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
 {
     if (api_check_query(req, NULL) < 0)
         return;
-    struct command *c = api_find_command(srv, req, p);
+    struct command *c = api_find_command(ctx, req, p);
     if (c)
         http_respond_json(req, 200, command_to_json(c));
 }
 
-void api_command_kill(struct server *srv, http_req_t *req, const struct route_params *p)
+void api_command_kill(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
 {
     static const char *const keys[] = {"signal", NULL};
     char err[ERRLEN];
     if (api_check_query(req, NULL) < 0)
         return;
-    struct command *c = api_find_command(srv, req, p);
+    struct command *c = api_find_command(ctx, req, p);
     if (!c)
         return;
     json_t *body = api_body_object(req);
@@ -583,7 +491,7 @@ void api_command_kill(struct server *srv, http_req_t *req, const struct route_pa
         return;
     }
     json_decref(body);
-    api_audit(srv, req, "command.kill", command_sandbox(c), 200,
+    api_audit(ctx, req, "command.kill", command_sandbox(c), 200,
               json_pack("{s:s, s:i}", "command_id", command_id(c), "signal", sig));
     command_kill(c, sig);
     http_respond_json(req, 200, command_to_json(c));

@@ -26,13 +26,15 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "api/api.h"
+#include "core/json.h"
 #include "core/log.h"
 #include "core/util.h"
-#include "sandbox/egress.h"
+#include "net/dispatch.h"
+#include "session/audit.h"
 #include "session/exec.h"
 #include "session/files.h"
 #include "session/keys.h"
+#include "session/network.h"
 #include "session/shell.h"
 #include "session/terminal.h"
 
@@ -104,7 +106,10 @@ struct atr_slot {
 };
 
 struct atropos {
-    struct server *srv;
+    struct registry *reg;
+    struct audit *audit;
+    const struct session_limits *limits;
+    int stopping;
     unsigned n;
     struct atr_slot *slots;
 };
@@ -605,13 +610,13 @@ static void slot_fail_waiting(struct atr_slot *s, const char *why)
     s->pumping = was;
 }
 
-static void on_slot_created(struct sandbox *sb, int status, const char *code, const char *msg,
-                            void *arg)
+static void on_slot_created(struct sandbox *sb, enum session_err e, const char *msg, void *arg)
 {
     struct atr_slot *s = arg;
     s->creating = 0;
     if (!sb) {
-        log_warn("atropos: creating the sandbox of %s failed: %s", s->name, msg ? msg : code);
+        log_warn("atropos: creating the sandbox of %s failed: %s", s->name,
+                 msg ? msg : session_err_name(e));
         slot_fail_waiting(s, msg ? msg : "sandbox creation failed");
         return;
     }
@@ -624,12 +629,14 @@ static void on_slot_created(struct sandbox *sb, int status, const char *code, co
 
 static void slot_create(struct atr_slot *s)
 {
-    struct server *srv = s->a->srv;
+    struct atropos *a = s->a;
     char msg[512];
     json_t *labels = json_pack("{s:s}", "slot", s->name);
     struct sandbox_spec spec = {
-        .name = s->name, .template_name = "host", .labels = labels, .res = srv->cfg.defaults};
-    int st = labels ? sandbox_create(&srv->reg, &spec, on_slot_created, s, msg, sizeof(msg)) : 500;
+        .name = s->name, .template_name = "host", .labels = labels, .res = a->limits->defaults};
+    enum session_err st = labels
+                              ? sandbox_create(a->reg, &spec, on_slot_created, s, msg, sizeof(msg))
+                              : SESSION_ERR_NOMEM;
     json_decref(labels);
     if (st) {
         if (!labels)
@@ -658,7 +665,7 @@ static int slot_ready(struct atr_slot *s)
         s->sb = NULL;
         slot_forget_session(s);
     }
-    if (s->a->srv->stopping) {
+    if (s->a->stopping) {
         slot_fail_waiting(s, "the daemon is shutting down");
         return 0;
     }
@@ -779,7 +786,7 @@ static json_t *timed_out_resp(struct atr_job *job, json_t *meta)
 
 static double cap_timeout(struct atr_job *job, double t)
 {
-    double max = job->slot->a->srv->cfg.exec_timeout_max_s;
+    double max = job->slot->a->limits->exec_timeout_max_s;
     return t > max ? max : t;
 }
 
@@ -909,7 +916,7 @@ static void reap_then_finish(struct atr_job *job, json_t *resp)
     rw->init_pid = sb->pid;
     rw->since = job->since;
     rw->work.data = rw;
-    uv_queue_work(job->slot->a->srv->reg.loop, &rw->work, reap_run, reap_after);
+    uv_queue_work(job->slot->a->reg->loop, &rw->work, reap_run, reap_after);
 }
 
 static void bash_done(struct exec *ex, struct exec_result *res, void *arg)
@@ -986,21 +993,16 @@ static void tool_bash(struct atr_job *job, json_t *args)
      * none, for this command. A slot runs one job at a time, so the mode is the command's. */
     json_t *an = json_object_get(args, "allow_network");
     job->network = !an || py_truthy(an);
-    enum egress_mode mode = job->network ? EGRESS_OPEN : EGRESS_NONE;
-    int r = 0;
-    if (egress_policy_mode(s->sb->network) != mode) { /* usually the same as the last command's */
-        struct egress_policy *policy = egress_policy_new(mode);
-        r = policy ? sandbox_set_network(s->sb, policy) : -ENOMEM;
-    }
+    int r = network_set_open(s->sb, job->network); /* usually the same as the last command's */
     if (r < 0) {
         job_finish(job, 200,
                    xfail_meta(json_pack("{s:b}", "sandboxed", 1),
                               "Failed to execute sandboxed command: network policy: %s",
-                              api_errno_message(r)));
+                              session_strerror(r)));
         return;
     }
     const char *argv[] = {"/bin/sh", "-c", command, NULL};
-    char **env = api_build_env(s->sb, NULL, "xterm");
+    char **env = exec_build_env(s->sb, NULL, "xterm");
     struct exec_spec spec = {.argv = argv,
                              .env = (const char *const *)env,
                              .cwd = "/workspace",
@@ -1008,11 +1010,11 @@ static void tool_bash(struct atr_job *job, json_t *args)
                              .max_output = COLLECT_BYTES};
     job->since = boot_ticks();
     r = env ? exec_start(s->sb, &spec, bash_done, job, &job->ex) : -ENOMEM;
-    api_free_strv(env);
+    util_free_strv(env);
     if (r < 0)
         job_finish(job, 200,
                    xfail_meta(json_pack("{s:b}", "sandboxed", 1),
-                              "Failed to execute sandboxed command: %s", api_errno_message(r)));
+                              "Failed to execute sandboxed command: %s", session_strerror(r)));
 }
 
 /* ---- bash_stateful -------------------------------------------------------------------------- */
@@ -1081,9 +1083,9 @@ static void tool_stateful(struct atr_job *job, json_t *args)
     struct shell *sh = slot_shell(s);
     int r = 0;
     if (!sh) {
-        char **env = api_build_env(s->sb, NULL, "dumb");
+        char **env = exec_build_env(s->sb, NULL, "dumb");
         r = env ? shell_create(s->sb, (const char *const *)env, "/workspace", &sh) : -ENOMEM;
-        api_free_strv(env);
+        util_free_strv(env);
         if (r == 0)
             snprintf(s->shell_id, sizeof(s->shell_id), "%s", shell_id(sh));
     }
@@ -1099,7 +1101,7 @@ static void tool_stateful(struct atr_job *job, json_t *args)
     if (r < 0)
         job_finish(job, 200,
                    xfail_meta(json_pack("{s:b}", "stateful", 1),
-                              "Failed to start stateful session: %s", api_errno_message(r)));
+                              "Failed to start stateful session: %s", session_strerror(r)));
 }
 
 /* ---- tmux ----------------------------------------------------------------------------------- */
@@ -1172,7 +1174,7 @@ static int wait_start(struct atr_job *job, int block, double min_wait, double ma
     w->t0 = util_monotonic();
     w->min_wait = min_wait;
     w->max_wait = max_wait;
-    uv_timer_init(job->slot->a->srv->reg.loop, &w->timer);
+    uv_timer_init(job->slot->a->reg->loop, &w->timer);
     w->timer.data = w;
     job->wait = w;
     uv_timer_start(&w->timer, wait_poll, POLL_MS, POLL_MS);
@@ -1210,14 +1212,14 @@ static int tmux_ensure(struct atr_slot *s, json_t *args, struct terminal **out)
         *out = t;
         return 0;
     }
-    char **env = api_build_env(s->sb, NULL, "xterm-256color");
+    char **env = exec_build_env(s->sb, NULL, "xterm-256color");
     struct terminal_spec spec = {.env = (const char *const *)env,
                                  .cwd = "/workspace",
                                  .cols = s->pane_w,
                                  .rows = s->pane_h,
                                  .record = 1};
     int r = env ? terminal_create(s->sb, &spec, &t) : -ENOMEM;
-    api_free_strv(env);
+    util_free_strv(env);
     if (r < 0)
         return r;
     snprintf(s->term_id, sizeof(s->term_id), "%s", terminal_id(t));
@@ -1242,7 +1244,7 @@ static void tmux_send_keys(struct atr_job *job, struct terminal *t, json_t *args
         min_wait = 0;
     if (py_truthy(xv) && py_float(xv, &max_wait) < 0)
         max_wait = timeout;
-    double cap = job->slot->a->srv->cfg.exec_timeout_max_s;
+    double cap = job->slot->a->limits->exec_timeout_max_s;
     min_wait = min_wait < 0 ? 0 : min_wait > cap ? cap : min_wait;
     max_wait = max_wait < 0 ? 0 : max_wait > cap ? cap : max_wait;
 
@@ -1356,7 +1358,7 @@ static void tool_tmux(struct atr_job *job, json_t *args)
     if (r < 0) {
         job_finish(job, 200,
                    xfail_meta(json_pack("{s:b}", "stateful", 1),
-                              "Failed to ensure tmux session: %s", api_errno_message(r)));
+                              "Failed to ensure tmux session: %s", session_strerror(r)));
         goto out;
     }
     if (strcmp(act, "start") == 0) {
@@ -2274,7 +2276,7 @@ static void fw_start(struct atr_job *job, struct atr_fwork *fw)
     fw->job = job;
     job->fw = fw;
     fw->work.data = fw;
-    uv_queue_work(s->a->srv->reg.loop, &fw->work, fw_run, fw_after);
+    uv_queue_work(s->a->reg->loop, &fw->work, fw_run, fw_after);
 }
 
 static struct atr_fwork *fw_new(enum fw_op op, json_t *path, const char *def)
@@ -2355,13 +2357,15 @@ static void execute_audit(struct atr_job *job, const char *tool, json_t *args)
     http_req_t *req = job->done == done_single ? job->owner : ((struct atr_batch *)job->owner)->req;
     json_t *cmd = json_object_get(args, "command"), *path = json_object_get(args, "path");
     json_t *desc = json_is_string(cmd) ? json_pack("{s:O}", "shell", cmd) : json_object();
-    json_t *o = api_audit_command(desc, NULL);
+    json_t *o = audit_command(desc);
     json_decref(desc);
     json_object_set_new(o, "slot", json_string(s->name));
     json_object_set_new(o, "tool", tool ? json_string(tool) : json_null());
     if (json_is_string(path))
         json_object_set(o, "path", path);
-    api_audit(s->a->srv, req, "atropos.execute", s->sb, 200, o);
+    json_object_set_new(o, "ok", json_true());
+    audit_record(s->a->audit, "atropos.execute", s->sb ? s->sb->id : NULL,
+                 s->sb ? s->sb->labels : NULL, o, http_req_peer(req));
 }
 
 static void execute_start(struct atr_job *job)
@@ -2435,17 +2439,17 @@ static void reset_start(struct atr_job *job)
         terminal_destroy(t);
     slot_forget_session(s);
     static const char *const argv[] = {"/bin/sh", "-c", "kill -9 -1 2>/dev/null; exit 0", NULL};
-    char **env = api_build_env(s->sb, NULL, "dumb");
+    char **env = exec_build_env(s->sb, NULL, "dumb");
     struct exec_spec spec = {.argv = argv,
                              .env = (const char *const *)env,
                              .cwd = "/",
                              .timeout_s = 10,
                              .max_output = 4096};
     int r = env ? exec_start(s->sb, &spec, reset_killed, job, &job->ex) : -ENOMEM;
-    api_free_strv(env);
+    util_free_strv(env);
     if (r < 0) {
         log_warn("atropos: %s: reset: could not stop leftover processes: %s", s->name,
-                 api_errno_message(r));
+                 session_strerror(r));
         reset_empty_workspace(job);
     }
 }
@@ -2543,14 +2547,14 @@ static json_t *unknown_slot(json_t *id)
     return o;
 }
 
-void atropos_execute(struct server *srv, http_req_t *req, const struct route_params *p)
+static void atropos_execute(struct atropos *a, http_req_t *req, const struct route_params *p)
 {
     (void)p;
     json_t *body = parse_object(req);
     if (!body)
         return;
     json_t *sid = json_object_get(body, "slot_id");
-    struct atr_slot *s = find_slot(srv->atropos, sid);
+    struct atr_slot *s = find_slot(a, sid);
     if (!s) {
         json_t *o = unknown_slot(sid);
         json_t *eid = json_object_get(body, "execution_id");
@@ -2562,14 +2566,14 @@ void atropos_execute(struct server *srv, http_req_t *req, const struct route_par
     json_decref(body);
 }
 
-void atropos_reset(struct server *srv, http_req_t *req, const struct route_params *p)
+static void atropos_reset(struct atropos *a, http_req_t *req, const struct route_params *p)
 {
     (void)p;
     json_t *body = parse_object(req);
     if (!body)
         return;
     json_t *sid = json_object_get(body, "slot_id");
-    struct atr_slot *s = find_slot(srv->atropos, sid);
+    struct atr_slot *s = find_slot(a, sid);
     if (!s)
         respond(req, 200, unknown_slot(sid));
     else
@@ -2577,13 +2581,13 @@ void atropos_reset(struct server *srv, http_req_t *req, const struct route_param
     json_decref(body);
 }
 
-static void artifacts(struct server *srv, http_req_t *req, enum job_kind kind)
+static void artifacts(struct atropos *a, http_req_t *req, enum job_kind kind)
 {
     json_t *body = parse_object(req);
     if (!body)
         return;
     json_t *sid = json_object_get(body, "slot_id");
-    struct atr_slot *s = find_slot(srv->atropos, sid);
+    struct atr_slot *s = find_slot(a, sid);
     if (!s) {
         buf_t b = BUF_INIT;
         if (sid)
@@ -2612,22 +2616,23 @@ static void artifacts(struct server *srv, http_req_t *req, enum job_kind kind)
     json_decref(body);
 }
 
-void atropos_artifacts_read(struct server *srv, http_req_t *req, const struct route_params *p)
+static void atropos_artifacts_read(struct atropos *a, http_req_t *req, const struct route_params *p)
 {
     (void)p;
-    artifacts(srv, req, JOB_ART_READ);
+    artifacts(a, req, JOB_ART_READ);
 }
 
-void atropos_artifacts_list(struct server *srv, http_req_t *req, const struct route_params *p)
+static void atropos_artifacts_list(struct atropos *a, http_req_t *req, const struct route_params *p)
 {
     (void)p;
-    artifacts(srv, req, JOB_ART_LIST);
+    artifacts(a, req, JOB_ART_LIST);
 }
 
-void atropos_artifacts_archive(struct server *srv, http_req_t *req, const struct route_params *p)
+static void atropos_artifacts_archive(struct atropos *a, http_req_t *req,
+                                      const struct route_params *p)
 {
     (void)p;
-    artifacts(srv, req, JOB_ART_ARCHIVE);
+    artifacts(a, req, JOB_ART_ARCHIVE);
 }
 
 /* ---- batch ---------------------------------------------------------------------------------- */
@@ -2666,7 +2671,7 @@ static void on_batch_gone(http_req_t *req, void *arg)
         batch_respond(b);
 }
 
-void atropos_batch(struct server *srv, http_req_t *req, const struct route_params *p)
+static void atropos_batch(struct atropos *a, http_req_t *req, const struct route_params *p)
 {
     (void)p;
     json_t *body = parse_body(req);
@@ -2701,7 +2706,7 @@ void atropos_batch(struct server *srv, http_req_t *req, const struct route_param
         struct atr_slot *s = NULL;
         if (!json_is_object(item))
             res = xfail("Expected an object");
-        else if (!(s = find_slot(srv->atropos, json_object_get(item, "slot_id")))) {
+        else if (!(s = find_slot(a, json_object_get(item, "slot_id")))) {
             res = unknown_slot(json_object_get(item, "slot_id"));
             json_t *eid = json_object_get(item, "execution_id");
             json_object_set(res, "execution_id", eid ? eid : json_null());
@@ -2717,28 +2722,27 @@ void atropos_batch(struct server *srv, http_req_t *req, const struct route_param
     for (size_t i = 0; i < n; i++)
         if (jobs[i])
             job_enqueue(jobs[i]);
-    for (unsigned k = 0; k < srv->atropos->n; k++)
-        slot_pump(&srv->atropos->slots[k]);
+    for (unsigned k = 0; k < a->n; k++)
+        slot_pump(&a->slots[k]);
     if (--b->pending == 0)
         batch_respond(b);
 }
 
 /* ---- health, slots -------------------------------------------------------------------------- */
 
-static void sandboxes_dir(struct server *srv, buf_t *out)
+static void sandboxes_dir(struct atropos *a, buf_t *out)
 {
-    buf_appendf(out, "%s/sandboxes", srv->state_dir);
+    buf_appendf(out, "%s/sandboxes", a->reg->state_dir);
 }
 
-void atropos_health(struct server *srv, http_req_t *req, const struct route_params *p)
+static void atropos_health(struct atropos *a, http_req_t *req, const struct route_params *p)
 {
     (void)p;
-    struct atropos *a = srv->atropos;
     unsigned busy = 0;
     for (unsigned i = 0; i < a->n; i++)
         busy += a->slots[i].cur != NULL;
     buf_t dir = BUF_INIT;
-    sandboxes_dir(srv, &dir);
+    sandboxes_dir(a, &dir);
     /* bwrap_available: warren's own isolation, which every slot always runs under. */
     respond(req, 200,
             json_pack("{s:s, s:i, s:i, s:i, s:s, s:b, s:s}", "status", "ok", "slots", (int)a->n,
@@ -2747,18 +2751,17 @@ void atropos_health(struct server *srv, http_req_t *req, const struct route_para
     buf_free(&dir);
 }
 
-void atropos_slots(struct server *srv, http_req_t *req, const struct route_params *p)
+static void atropos_slots(struct atropos *a, http_req_t *req, const struct route_params *p)
 {
     (void)p;
-    struct atropos *a = srv->atropos;
     json_t *arr = json_array();
     for (unsigned i = 0; i < a->n; i++) {
         struct atr_slot *s = &a->slots[i];
         /* The host directory of the slot's workspace (of the sandbox being created, if any). */
         struct sandbox *sb =
-            s->sb && s->sb->state == SB_RUNNING ? s->sb : sandbox_find(&srv->reg, s->name);
+            s->sb && s->sb->state == SB_RUNNING ? s->sb : sandbox_find(a->reg, s->name);
         buf_t dir = BUF_INIT;
-        sandboxes_dir(srv, &dir);
+        sandboxes_dir(a, &dir);
         buf_appendf(&dir, "/%s%s", sb ? sb->id : s->name, sb ? "/workspace" : "");
         json_t *eid = s->cur && s->cur->kind == JOB_EXECUTE
                           ? json_object_get(s->cur->body, "execution_id")
@@ -2774,7 +2777,8 @@ void atropos_slots(struct server *srv, http_req_t *req, const struct route_param
 
 /* ---- set-up --------------------------------------------------------------------------------- */
 
-int atropos_new(struct server *srv, unsigned nslots, struct atropos **out)
+int atropos_new(struct registry *reg, struct audit *audit, const struct session_limits *limits,
+                unsigned nslots, struct atropos **out)
 {
     if (nslots == 0 || nslots > MAX_SLOTS)
         return -EINVAL;
@@ -2783,7 +2787,9 @@ int atropos_new(struct server *srv, unsigned nslots, struct atropos **out)
         free(a);
         return -ENOMEM;
     }
-    a->srv = srv;
+    a->reg = reg;
+    a->audit = audit;
+    a->limits = limits;
     a->n = nslots;
     for (unsigned i = 0; i < nslots; i++) {
         struct atr_slot *s = &a->slots[i];
@@ -2816,4 +2822,36 @@ void atropos_free(struct atropos *a)
     }
     free(a->slots);
     free(a);
+}
+
+void atropos_shutdown(struct atropos *a)
+{
+    a->stopping = 1;
+}
+
+typedef void (*atropos_handler_fn)(struct atropos *a, http_req_t *req,
+                                   const struct route_params *p);
+
+static const struct route routes[] = {
+    {"POST", "/execute", atropos_execute},
+    {"POST", "/batch", atropos_batch},
+    {"GET", "/health", atropos_health},
+    {"POST", "/reset", atropos_reset},
+    {"GET", "/slots", atropos_slots},
+    {"POST", "/artifacts/read", atropos_artifacts_read},
+    {"POST", "/artifacts/list", atropos_artifacts_list},
+    {"POST", "/artifacts/archive", atropos_artifacts_archive},
+};
+
+int atropos_route(struct atropos *a, http_req_t *req)
+{
+    struct route_params params;
+    int i = dispatch_match(routes, sizeof(routes) / sizeof(routes[0]), req, &params);
+    if (i == -ENOENT)
+        return 0;
+    if (i >= 0 && a->stopping)
+        http_respond_error(req, 503, "unavailable", "the daemon is shutting down");
+    else if (i >= 0)
+        ((atropos_handler_fn)routes[i].handler)(a, req, &params);
+    return 1;
 }

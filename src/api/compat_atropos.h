@@ -29,23 +29,21 @@
 #include "net/http.h"
 #include "net/router.h"
 
-struct server;
 struct atropos;
+struct audit;
+struct registry;
+struct session_limits;
 
-/* Sets up `nslots` slots (1..256) and starts creating their sandboxes; the registry and the
- * template must be ready. Returns 0 or -errno. */
-int atropos_new(struct server *srv, unsigned nslots, struct atropos **out);
+/* Sets up `nslots` slots (1..256) and starts creating their sandboxes; the registry must be
+ * ready. `audit` (may be NULL) and `limits` must outlive the atropos. Returns 0 or -errno. */
+int atropos_new(struct registry *reg, struct audit *audit, const struct session_limits *limits,
+                unsigned nslots, struct atropos **out);
+/* The daemon is stopping: slots whose sandbox goes away are not re-created. */
+void atropos_shutdown(struct atropos *a);
 /* Frees the slot state once the loop has ended (every request answered). NULL is fine. */
 void atropos_free(struct atropos *a);
-
-/* Route handlers (api.c routes to them only when the daemon has slots). */
-void atropos_execute(struct server *srv, http_req_t *req, const struct route_params *p);
-void atropos_batch(struct server *srv, http_req_t *req, const struct route_params *p);
-void atropos_health(struct server *srv, http_req_t *req, const struct route_params *p);
-void atropos_reset(struct server *srv, http_req_t *req, const struct route_params *p);
-void atropos_slots(struct server *srv, http_req_t *req, const struct route_params *p);
-void atropos_artifacts_read(struct server *srv, http_req_t *req, const struct route_params *p);
-void atropos_artifacts_list(struct server *srv, http_req_t *req, const struct route_params *p);
-void atropos_artifacts_archive(struct server *srv, http_req_t *req, const struct route_params *p);
+/* Serves `req` if it is one of the protocol's routes (a 405 for a known path with another
+ * method included) and returns 1; returns 0, answering nothing, for any other path. */
+int atropos_route(struct atropos *a, http_req_t *req);
 
 #endif

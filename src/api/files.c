@@ -29,7 +29,7 @@
 enum xfer_op { X_GET, X_STAT, X_PUT, X_DELETE, X_LIST, X_ARCHIVE_GET, X_ARCHIVE_PUT };
 
 struct xfer {
-    struct server *srv;
+    struct api_ctx *ctx;
     http_req_t *req;
     struct sandbox *sb; /* ref held */
     struct files_root root;
@@ -120,32 +120,6 @@ static void xfer_maybe_free(struct xfer *x)
     xfer_free(x);
 }
 
-static int errno_status(int r)
-{
-    switch (-r) {
-    case ENOENT:
-    case ENOTDIR:
-        return 404;
-    case EACCES:
-    case EPERM:
-    case ELOOP:
-        return 403;
-    case EEXIST:
-    case EBUSY:
-    case ENOTEMPTY:
-        return 409;
-    case EFBIG:
-    case E2BIG:
-    case ENOSPC:
-    case EDQUOT:
-        return 413;
-    case EROFS:
-        return 403;
-    default:
-        return r == -EINVAL || r == -EISDIR || r == -ENAMETOOLONG ? 400 : 500;
-    }
-}
-
 /* Records a change (PUT and DELETE files, PUT archive) in the audit log; reads are not recorded.
  * Never the data: its path and size. */
 static void xfer_audit(struct xfer *x, int status)
@@ -157,16 +131,16 @@ static void xfer_audit(struct xfer *x, int status)
         snprintf(mode, sizeof(mode), "%04o", (unsigned)x->mode);
         o = json_pack("{s:s, s:I, s:s, s:b}", "path", x->path, "bytes", (json_int_t)x->written,
                       "mode", mode, "mkdir", x->mkdirs);
-        api_audit(x->srv, x->req, "file.write", x->sb, status, o);
+        api_audit(x->ctx, x->req, "file.write", x->sb, status, o);
         break;
     case X_DELETE:
         o = json_pack("{s:s, s:b}", "path", x->path, "recursive", x->recursive);
-        api_audit(x->srv, x->req, "file.delete", x->sb, status, o);
+        api_audit(x->ctx, x->req, "file.delete", x->sb, status, o);
         break;
     case X_ARCHIVE_PUT:
         o = json_pack("{s:s, s:I, s:I}", "path", x->path, "bytes", (json_int_t)x->written,
                       "entries", (json_int_t)x->entries);
-        api_audit(x->srv, x->req, "files.extract", x->sb, status, o);
+        api_audit(x->ctx, x->req, "files.extract", x->sb, status, o);
         break;
     default:
         break;
@@ -175,7 +149,7 @@ static void xfer_audit(struct xfer *x, int status)
 
 static void answer_error(struct xfer *x, int r, const char *detail)
 {
-    int status = errno_status(r);
+    int status = api_errno_status(r);
     xfer_audit(x, status);
     const char *why = -r == EISDIR   ? "is a directory"
                       : -r == EINVAL ? "not a regular file, or an invalid path"
@@ -248,7 +222,7 @@ static void download_next(struct xfer *x)
     uv_buf_t b = uv_buf_init(x->chunk, (unsigned)want);
     x->busy = 1;
     x->fs.data = x;
-    if (uv_fs_read(x->srv->reg.loop, &x->fs, x->fd, &b, 1, (int64_t)x->offset, on_read) < 0) {
+    if (uv_fs_read(x->ctx->reg->loop, &x->fs, x->fd, &b, 1, (int64_t)x->offset, on_read) < 0) {
         x->busy = 0;
         x->answered = 1;
         http_respond_end(x->req);
@@ -371,7 +345,7 @@ static void upload_finish(struct xfer *x)
 {
     x->busy = 1;
     x->work.data = x;
-    uv_queue_work(x->srv->reg.loop, &x->work, commit_work, on_commit_done);
+    uv_queue_work(x->ctx->reg->loop, &x->work, commit_work, on_commit_done);
 }
 
 static void on_write(uv_fs_t *fs)
@@ -409,7 +383,7 @@ static void upload_flush(struct xfer *x)
         uv_buf_t b = uv_buf_init(x->chunk, (unsigned)n);
         x->busy = 1;
         x->fs.data = x;
-        if (uv_fs_write(x->srv->reg.loop, &x->fs, x->tmp.fd, &b, 1, -1, on_write) < 0) {
+        if (uv_fs_write(x->ctx->reg->loop, &x->fs, x->tmp.fd, &b, 1, -1, on_write) < 0) {
             x->busy = 0;
             x->r = -EIO;
         } else {
@@ -670,7 +644,7 @@ static int open_pipe(struct xfer *x, int nonblock_read)
     x->pipe_w = p[1];
     int loop_end = nonblock_read ? p[0] : p[1];
     fcntl(loop_end, F_SETFL, fcntl(loop_end, F_GETFL) | O_NONBLOCK);
-    uv_poll_init(x->srv->reg.loop, &x->poll, loop_end);
+    uv_poll_init(x->ctx->reg->loop, &x->poll, loop_end);
     x->poll.data = x;
     x->poll_open = 1;
     return 0;
@@ -751,12 +725,12 @@ static void after_first(uv_work_t *w, int status)
 
 /* ---- request parsing ------------------------------------------------------------------------ */
 
-static struct xfer *xfer_new(struct server *srv, http_req_t *req, const struct route_params *p,
+static struct xfer *xfer_new(struct api_ctx *ctx, http_req_t *req, const struct route_params *p,
                              const char *const *params, enum xfer_op op)
 {
     if (api_check_query(req, params) < 0)
         return NULL;
-    struct sandbox *sb = api_find_sandbox(srv, req, p);
+    struct sandbox *sb = api_find_sandbox(ctx, req, p);
     if (!sb)
         return NULL;
     const char *path = http_req_query(req, "path");
@@ -777,7 +751,7 @@ static struct xfer *xfer_new(struct server *srv, http_req_t *req, const struct r
         http_respond_error(req, 500, "internal", "out of memory");
         return NULL;
     }
-    x->srv = srv;
+    x->ctx = ctx;
     x->req = req;
     x->sb = sb;
     sandbox_ref(sb);
@@ -807,13 +781,13 @@ static void queue_first(struct xfer *x)
 {
     x->busy = 1;
     x->work.data = x;
-    uv_queue_work(x->srv->reg.loop, &x->work, first_work, after_first);
+    uv_queue_work(x->ctx->reg->loop, &x->work, first_work, after_first);
 }
 
-void api_files_get(struct server *srv, http_req_t *req, const struct route_params *p)
+void api_files_get(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
 {
     static const char *const params[] = {"path", "stat", "sha256", NULL};
-    struct xfer *x = xfer_new(srv, req, p, params, X_GET);
+    struct xfer *x = xfer_new(ctx, req, p, params, X_GET);
     if (!x)
         return;
     if (flag(req, "stat")) {
@@ -823,10 +797,10 @@ void api_files_get(struct server *srv, http_req_t *req, const struct route_param
     queue_first(x);
 }
 
-void api_files_put(struct server *srv, http_req_t *req, const struct route_params *p)
+void api_files_put(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
 {
     static const char *const params[] = {"path", "mode", "mkdir", NULL};
-    struct xfer *x = xfer_new(srv, req, p, params, X_PUT);
+    struct xfer *x = xfer_new(ctx, req, p, params, X_PUT);
     if (!x)
         return;
     const char *mode = http_req_query(req, "mode");
@@ -853,20 +827,20 @@ void api_files_put(struct server *srv, http_req_t *req, const struct route_param
     queue_first(x);
 }
 
-void api_files_delete(struct server *srv, http_req_t *req, const struct route_params *p)
+void api_files_delete(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
 {
     static const char *const params[] = {"path", "recursive", NULL};
-    struct xfer *x = xfer_new(srv, req, p, params, X_DELETE);
+    struct xfer *x = xfer_new(ctx, req, p, params, X_DELETE);
     if (!x)
         return;
     x->recursive = flag(req, "recursive");
     queue_first(x);
 }
 
-void api_files_list(struct server *srv, http_req_t *req, const struct route_params *p)
+void api_files_list(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
 {
     static const char *const params[] = {"path", "recursive", "max_entries", NULL};
-    struct xfer *x = xfer_new(srv, req, p, params, X_LIST);
+    struct xfer *x = xfer_new(ctx, req, p, params, X_LIST);
     if (!x)
         return;
     x->recursive = flag(req, "recursive");
@@ -885,10 +859,10 @@ void api_files_list(struct server *srv, http_req_t *req, const struct route_para
     queue_first(x);
 }
 
-void api_archive_get(struct server *srv, http_req_t *req, const struct route_params *p)
+void api_archive_get(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
 {
     static const char *const params[] = {"path", NULL};
-    struct xfer *x = xfer_new(srv, req, p, params, X_ARCHIVE_GET);
+    struct xfer *x = xfer_new(ctx, req, p, params, X_ARCHIVE_GET);
     if (!x)
         return;
     if (!(x->chunk = malloc(CHUNK)) || open_pipe(x, 1) < 0) {
@@ -900,13 +874,13 @@ void api_archive_get(struct server *srv, http_req_t *req, const struct route_par
     http_req_set_abort_cb(req, on_archive_gone, x);
     x->busy = 1;
     x->work.data = x;
-    uv_queue_work(srv->reg.loop, &x->work, archive_create_work, on_archive_created);
+    uv_queue_work(ctx->reg->loop, &x->work, archive_create_work, on_archive_created);
 }
 
-void api_archive_put(struct server *srv, http_req_t *req, const struct route_params *p)
+void api_archive_put(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
 {
     static const char *const params[] = {"path", NULL};
-    struct xfer *x = xfer_new(srv, req, p, params, X_ARCHIVE_PUT);
+    struct xfer *x = xfer_new(ctx, req, p, params, X_ARCHIVE_PUT);
     if (!x)
         return;
     if (open_pipe(x, 0) < 0) {
@@ -916,7 +890,7 @@ void api_archive_put(struct server *srv, http_req_t *req, const struct route_par
     }
     x->busy = 1;
     x->work.data = x;
-    uv_queue_work(srv->reg.loop, &x->work, archive_extract_work, on_extracted);
+    uv_queue_work(ctx->reg->loop, &x->work, archive_extract_work, on_extracted);
     http_req_body_start(req, on_extract_data, on_extract_end, x);
 }
 

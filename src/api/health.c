@@ -4,38 +4,38 @@
 #include <string.h>
 
 #include "api/api.h"
-#include "sandbox/cgroup.h"
-#include "sandbox/egress.h"
+#include "session/network.h"
 
-void api_healthz(struct server *srv, http_req_t *req, const struct route_params *p)
+void api_healthz(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
 {
-    (void)srv;
+    (void)ctx;
     (void)p;
     if (api_check_query(req, NULL) < 0)
         return;
     http_respond_json(req, 200, json_pack("{s:s}", "status", "ok"));
 }
 
-void api_info(struct server *srv, http_req_t *req, const struct route_params *p)
+void api_info(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
 {
     (void)p;
     if (api_check_query(req, NULL) < 0)
         return;
     /* Every namespace is required (there is no unsandboxed mode), so if the daemon runs, they
      * all work: sandbox creation fails loudly otherwise. */
-    json_t *info = json_pack(
-        "{s:s, s:s, s:{s:b, s:b, s:b, s:b, s:b, s:b, s:b}, s:{s:s}, s:b, s:b, s:i, "
-        "s:{s:i, s:I, s:I, s:f}, s:{s:f, s:I, s:I, s:I}}",
-        "version", WARREN_VERSION, "node", srv->reg.node, "namespaces", "user", 1, "pid", 1,
-        "mount", 1, "uts", 1, "ipc", 1, "net", 1, "cgroup", 1, "cgroup", "mode",
-        cgroup_mode_name(srv->cgroups.mode), "seccomp", 1, "no_new_privs", 1, "sandboxes",
-        (int)srv->reg.count, "limits", "max_sandboxes", (int)srv->cfg.max_sandboxes,
-        "max_body_bytes", (json_int_t)srv->cfg.max_body_bytes, "max_output_bytes",
-        (json_int_t)srv->cfg.max_output_max, "max_timeout_s", srv->cfg.exec_timeout_max_s,
-        "defaults", "cpus", srv->cfg.defaults.cpus, "memory_mib",
-        (json_int_t)srv->cfg.defaults.memory_mib, "pids", (json_int_t)srv->cfg.defaults.pids,
-        "disk_mib", (json_int_t)srv->cfg.defaults.disk_mib);
-    const struct sandbox_resources *m = &srv->cfg.maxima;
+    json_t *info =
+        json_pack("{s:s, s:s, s:{s:b, s:b, s:b, s:b, s:b, s:b, s:b}, s:{s:s}, s:b, s:b, s:i, "
+                  "s:{s:i, s:I, s:I, s:f}, s:{s:f, s:I, s:I, s:I}}",
+                  "version", ctx->version, "node", ctx->reg->node, "namespaces", "user", 1, "pid",
+                  1, "mount", 1, "uts", 1, "ipc", 1, "net", 1, "cgroup", 1, "cgroup", "mode",
+                  registry_cgroup_mode(ctx->reg), "seccomp", 1, "no_new_privs", 1, "sandboxes",
+                  (int)ctx->reg->count, "limits", "max_sandboxes", (int)ctx->limits->max_sandboxes,
+                  "max_body_bytes", (json_int_t)ctx->limits->max_body_bytes, "max_output_bytes",
+                  (json_int_t)ctx->limits->max_output_max, "max_timeout_s",
+                  ctx->limits->exec_timeout_max_s, "defaults", "cpus", ctx->limits->defaults.cpus,
+                  "memory_mib", (json_int_t)ctx->limits->defaults.memory_mib, "pids",
+                  (json_int_t)ctx->limits->defaults.pids, "disk_mib",
+                  (json_int_t)ctx->limits->defaults.disk_mib);
+    const struct sandbox_resources *m = &ctx->limits->maxima;
     json_object_set_new(info, "maxima",
                         json_pack("{s:f, s:I, s:I, s:I}", "cpus", m->cpus, "memory_mib",
                                   (json_int_t)m->memory_mib, "pids", (json_int_t)m->pids,
@@ -45,7 +45,7 @@ void api_info(struct server *srv, http_req_t *req, const struct route_params *p)
     json_object_set_new(info, "disk", json_pack("{s:s}", "backend", "ext4-image"));
     json_object_set_new(info, "network",
                         json_pack("{s:[sss], s:s, s:i}", "modes", "none", "allowlist", "open",
-                                  "proxy", "127.0.0.1", "proxy_port", EGRESS_PROXY_PORT));
+                                  "proxy", "127.0.0.1", "proxy_port", network_proxy_port()));
     json_object_set_new(info, "audit", json_true());
     http_respond_json(req, 200, info);
 }

@@ -8,7 +8,7 @@
 
 #include "api/api.h"
 #include "core/json.h"
-#include "sandbox/egress.h"
+#include "session/network.h"
 #include "session/secrets.h"
 
 #define ERRLEN 256
@@ -39,14 +39,14 @@ int api_valid_env(json_t *env, char *err, size_t errlen)
 }
 
 /* Validates `resources` into *res (starting from the defaults). Returns 0, 400 or 422. */
-static int parse_resources(struct server *srv, json_t *obj, struct sandbox_resources *res,
+static int parse_resources(struct api_ctx *ctx, json_t *obj, struct sandbox_resources *res,
                            char *err)
 {
     static const char *const keys[] = {"cpus", "memory_mib", "pids", "disk_mib", NULL};
-    const struct sandbox_resources *max = &srv->cfg.maxima;
+    const struct sandbox_resources *max = &ctx->limits->maxima;
     long long mem = -1, pids = -1, disk = -1;
     double cpus = -1;
-    *res = srv->cfg.defaults;
+    *res = ctx->limits->defaults;
     if (!obj)
         return 0;
     if (json_check_keys(obj, keys, "resources", err, ERRLEN) ||
@@ -87,7 +87,7 @@ static int parse_resources(struct server *srv, json_t *obj, struct sandbox_resou
 }
 
 /* `secrets`: names of secrets the daemon holds (422 for one it does not know). */
-static int parse_secrets(struct server *srv, json_t *v, json_t **out, char *err)
+static int parse_secrets(struct api_ctx *ctx, json_t *v, json_t **out, char *err)
 {
     size_t i;
     json_t *name;
@@ -103,7 +103,7 @@ static int parse_secrets(struct server *srv, json_t *v, json_t **out, char *err)
             snprintf(err, ERRLEN, "'secrets[%zu]' must be a secret name", i);
             return 400;
         }
-        if (!secrets_get(&srv->secrets, json_string_value(name))) {
+        if (!secrets_get(ctx->reg->secrets, json_string_value(name))) {
             snprintf(err, ERRLEN, "unknown secret '%s'", json_string_value(name));
             return 422;
         }
@@ -115,7 +115,7 @@ static int parse_secrets(struct server *srv, json_t *v, json_t **out, char *err)
 /* The `network` field: 400 with the parser's message on bad input. */
 static int parse_network(json_t *obj, struct egress_policy **out, char *err)
 {
-    int r = egress_policy_parse(obj, out, err, ERRLEN);
+    int r = network_parse(obj, out, err, ERRLEN);
     if (r == -ENOMEM)
         snprintf(err, ERRLEN, "out of memory");
     return r == 0 ? 0 : r == -ENOMEM ? 500 : 400;
@@ -124,16 +124,18 @@ static int parse_network(json_t *obj, struct egress_policy **out, char *err)
 /* What a creation carries to its callback: the audit record is written when the outcome is known
  * (the id exists only then). */
 struct create_call {
-    struct server *srv;
+    struct api_ctx *ctx;
     http_req_t *req;
     json_t *audit;  /* api_audit_sandbox_spec() */
     json_t *labels; /* of the request, for a creation that failed */
 };
 
-static void on_created(struct sandbox *sb, int status, const char *code, const char *msg, void *arg)
+static void on_created(struct sandbox *sb, enum session_err e, const char *msg, void *arg)
 {
     struct create_call *call = arg;
     http_req_t *req = call->req;
+    const char *code = NULL;
+    int status = sb ? 201 : api_session_status(e, &code);
     if (!sb) {
         json_object_set_new(call->audit, "ok", json_false());
         json_object_set_new(call->audit, "error", json_string(code));
@@ -142,7 +144,7 @@ static void on_created(struct sandbox *sb, int status, const char *code, const c
         json_object_set_new(call->audit, "ok", json_false());
         json_object_set_new(call->audit, "error", json_string("client_gone"));
     }
-    api_audit(call->srv, req, "sandbox.create", sb, 201, call->audit);
+    api_audit(call->ctx, req, "sandbox.create", sb, 201, call->audit);
     json_decref(call->labels);
     free(call);
     if (!sb) {
@@ -158,7 +160,7 @@ static void on_created(struct sandbox *sb, int status, const char *code, const c
     http_respond_json(req, 201, sandbox_to_json(sb));
 }
 
-void api_sandbox_create(struct server *srv, http_req_t *req, const struct route_params *p)
+void api_sandbox_create(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
 {
     static const char *const keys[] = {"name",      "template", "env",     "labels",
                                        "resources", "network",  "secrets", NULL};
@@ -193,36 +195,32 @@ void api_sandbox_create(struct server *srv, http_req_t *req, const struct route_
     }
     if (spec.env && api_valid_env(spec.env, err, ERRLEN) < 0)
         goto bad;
-    if ((status = parse_secrets(srv, json_object_get(body, "secrets"), &spec.secrets, err)))
+    if ((status = parse_secrets(ctx, json_object_get(body, "secrets"), &spec.secrets, err)))
         goto bad;
     status = 400;
-    if ((status = parse_resources(srv, res, &spec.res, err)) ||
+    if ((status = parse_resources(ctx, res, &spec.res, err)) ||
         (status = parse_network(net, &spec.network, err)))
         goto bad;
 
     char msg[1024];
     struct create_call *call = malloc(sizeof(*call));
     if (!call) {
-        egress_policy_free(spec.network);
+        network_free(spec.network);
         json_decref(body);
         http_respond_error(req, 500, "internal", "out of memory");
         return;
     }
     *call =
-        (struct create_call){srv, req, api_audit_sandbox_spec(&spec), json_deep_copy(spec.labels)};
-    status = sandbox_create(&srv->reg, &spec, on_created, call, msg, sizeof(msg));
-    if (status)
-        egress_policy_free(spec.network);
+        (struct create_call){ctx, req, api_audit_sandbox_spec(&spec), json_deep_copy(spec.labels)};
+    enum session_err e = sandbox_create(ctx->reg, &spec, on_created, call, msg, sizeof(msg));
+    if (e)
+        network_free(spec.network);
     json_decref(body);
-    if (status)
-        on_created(NULL, status,
-                   status == 409   ? "conflict"
-                   : status == 503 ? "unavailable"
-                                   : "sandbox_setup_failed",
-                   msg, call);
+    if (e)
+        on_created(NULL, e, msg, call);
     return;
 bad:
-    api_audit(srv, req, "sandbox.create", NULL, status,
+    api_audit(ctx, req, "sandbox.create", NULL, status,
               json_pack("{s:s*, s:O*}", "name", spec.name, "labels", spec.labels));
     json_decref(body);
     http_respond_error(req, status, status == 422 ? "unprocessable" : "bad_request", "%s", err);
@@ -241,7 +239,7 @@ static int label_matches(const struct sandbox *sb, const char *filter)
     return v && strcmp(json_string_value(v), eq + 1) == 0;
 }
 
-void api_sandbox_list(struct server *srv, http_req_t *req, const struct route_params *p)
+void api_sandbox_list(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
 {
     static const char *const params[] = {"label", "state", "session_id", NULL};
     (void)p;
@@ -257,7 +255,7 @@ void api_sandbox_list(struct server *srv, http_req_t *req, const struct route_pa
     const char *state = http_req_query(req, "state");
     const char *session = http_req_query(req, "session_id");
     json_t *arr = json_array();
-    for (struct sandbox *sb = srv->reg.head; sb; sb = sb->next) {
+    for (struct sandbox *sb = ctx->reg->head; sb; sb = sb->next) {
         if (sb->state == SB_STOPPING || sb->state == SB_CREATING)
             continue;
         if (state && strcmp(state, sandbox_state_name(sb->state)) != 0)
@@ -275,9 +273,9 @@ void api_sandbox_list(struct server *srv, http_req_t *req, const struct route_pa
     http_respond_json(req, 200, json_pack("{s:o}", "sandboxes", arr));
 }
 
-void api_sandbox_get(struct server *srv, http_req_t *req, const struct route_params *p)
+void api_sandbox_get(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
 {
-    struct sandbox *sb = api_sandbox_of(srv, req, p);
+    struct sandbox *sb = api_sandbox_of(ctx, req, p);
     if (sb)
         http_respond_json(req, 200, sandbox_to_json_usage(sb));
 }
@@ -303,50 +301,63 @@ static int pause_status(int r)
     return r == -EINVAL || r == -ENOTSUP || r == -ESRCH ? 409 : r < 0 ? 500 : 200;
 }
 
+struct pause_call {
+    struct api_ctx *ctx;
+    http_req_t *req;
+};
+
 static void on_paused(struct sandbox *sb, int err, void *arg)
 {
-    /* The registry is the server's (server.h): find the server to record the outcome. */
-    struct server *srv = (struct server *)((char *)sb->reg - offsetof(struct server, reg));
-    api_audit(srv, arg, "sandbox.pause", sb, pause_status(err), NULL);
+    struct pause_call *call = arg;
+    http_req_t *req = call->req;
+    api_audit(call->ctx, req, "sandbox.pause", sb, pause_status(err), NULL);
+    free(call);
     if (err < 0)
-        pause_error(arg, sb, err);
+        pause_error(req, sb, err);
     else
-        http_respond_json(arg, 200, sandbox_to_json(sb));
+        http_respond_json(req, 200, sandbox_to_json(sb));
 }
 
-void api_sandbox_pause(struct server *srv, http_req_t *req, const struct route_params *p)
+void api_sandbox_pause(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
 {
-    struct sandbox *sb = api_sandbox_of(srv, req, p);
+    struct sandbox *sb = api_sandbox_of(ctx, req, p);
     if (!sb)
         return;
-    int r = sandbox_pause(sb, on_paused, req);
+    struct pause_call *call = malloc(sizeof(*call));
+    if (!call) {
+        http_respond_error(req, 500, "internal", "out of memory");
+        return;
+    }
+    *call = (struct pause_call){ctx, req};
+    int r = sandbox_pause(sb, on_paused, call);
     if (r < 0) {
-        api_audit(srv, req, "sandbox.pause", sb, pause_status(r), NULL);
+        free(call);
+        api_audit(ctx, req, "sandbox.pause", sb, pause_status(r), NULL);
         pause_error(req, sb, r);
     }
 }
 
-void api_sandbox_resume(struct server *srv, http_req_t *req, const struct route_params *p)
+void api_sandbox_resume(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
 {
-    struct sandbox *sb = api_sandbox_of(srv, req, p);
+    struct sandbox *sb = api_sandbox_of(ctx, req, p);
     if (!sb)
         return;
     int r = sandbox_resume(sb);
-    api_audit(srv, req, "sandbox.resume", sb, pause_status(r), NULL);
+    api_audit(ctx, req, "sandbox.resume", sb, pause_status(r), NULL);
     if (r < 0)
         pause_error(req, sb, r);
     else
         http_respond_json(req, 200, sandbox_to_json(sb));
 }
 
-void api_sandbox_patch(struct server *srv, http_req_t *req, const struct route_params *p)
+void api_sandbox_patch(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
 {
     static const char *const keys[] = {"network", NULL};
     char err[ERRLEN];
     struct egress_policy *policy = NULL;
     json_t *net = NULL;
     int status = 400;
-    struct sandbox *sb = api_sandbox_of(srv, req, p);
+    struct sandbox *sb = api_sandbox_of(ctx, req, p);
     if (!sb)
         return;
     json_t *body = api_body_object(req);
@@ -362,9 +373,9 @@ void api_sandbox_patch(struct server *srv, http_req_t *req, const struct route_p
     if ((status = parse_network(net, &policy, err)))
         goto bad;
     json_decref(body);
-    json_t *fields = json_pack("{s:o}", "network", egress_policy_to_json(policy));
+    json_t *fields = json_pack("{s:o}", "network", network_to_json(policy));
     int r = sandbox_set_network(sb, policy);
-    api_audit(srv, req, "sandbox.network", sb, r == 0 ? 200 : r == -EINVAL ? 409 : 500, fields);
+    api_audit(ctx, req, "sandbox.network", sb, r == 0 ? 200 : r == -EINVAL ? 409 : 500, fields);
     if (r == -EINVAL)
         http_respond_error(req, 409, "conflict", "the sandbox is %s",
                            sandbox_state_name(sb->state));
@@ -384,11 +395,11 @@ static void on_deleted(void *arg)
     http_respond(arg, 204, NULL, NULL, 0, NULL);
 }
 
-void api_sandbox_delete(struct server *srv, http_req_t *req, const struct route_params *p)
+void api_sandbox_delete(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
 {
-    struct sandbox *sb = api_sandbox_of(srv, req, p);
+    struct sandbox *sb = api_sandbox_of(ctx, req, p);
     if (!sb)
         return;
-    api_audit(srv, req, "sandbox.delete", sb, 204, NULL);
+    api_audit(ctx, req, "sandbox.delete", sb, 204, NULL);
     sandbox_destroy(sb, on_deleted, req);
 }

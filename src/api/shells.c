@@ -6,18 +6,20 @@
 #include <string.h>
 
 #include "api/api.h"
+#include "core/util.h"
+#include "session/exec.h"
 #include "core/json.h"
 #include "session/shell.h"
 
 #define ERRLEN 256
 
-void api_shell_create(struct server *srv, http_req_t *req, const struct route_params *p)
+void api_shell_create(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
 {
     static const char *const keys[] = {"env", "cwd", NULL};
     char err[ERRLEN];
     const char *cwd = "/workspace";
     json_t *env = NULL;
-    struct sandbox *sb = api_sandbox_of(srv, req, p);
+    struct sandbox *sb = api_sandbox_of(ctx, req, p);
     if (!sb)
         return;
     json_t *body = api_body_object(req);
@@ -28,29 +30,29 @@ void api_shell_create(struct server *srv, http_req_t *req, const struct route_pa
         json_opt_string_map(body, "env", "env", &env, err, ERRLEN) ||
         (env && api_valid_env(env, err, ERRLEN) < 0) ||
         (cwd[0] != '/' && snprintf(err, ERRLEN, "'cwd' must be an absolute path"))) {
-        api_audit(srv, req, "shell.create", sb, 400, NULL);
+        api_audit(ctx, req, "shell.create", sb, 400, NULL);
         http_respond_error(req, 400, "bad_request", "%s", err);
         json_decref(body);
         return;
     }
-    char **envv = api_build_env(sb, env, "dumb");
+    char **envv = exec_build_env(sb, env, "dumb");
     struct shell *sh;
     int r = envv ? shell_create(sb, (const char *const *)envv, cwd, &sh) : -ENOMEM;
-    api_free_strv(envv);
-    api_audit(srv, req, "shell.create", sb, r < 0 ? api_errno_status(r) : 201,
+    util_free_strv(envv);
+    api_audit(ctx, req, "shell.create", sb, r < 0 ? api_errno_status(r) : 201,
               json_pack("{s:s, s:s*}", "cwd", cwd, "shell_id", r < 0 ? NULL : shell_id(sh)));
     json_decref(body);
     if (r < 0) {
         http_respond_error(req, api_errno_status(r), api_status_code(api_errno_status(r)), "%s",
-                           api_errno_message(r));
+                           session_strerror(r));
         return;
     }
     http_respond_json(req, 201, shell_to_json(sh));
 }
 
-void api_shell_list(struct server *srv, http_req_t *req, const struct route_params *p)
+void api_shell_list(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
 {
-    struct sandbox *sb = api_sandbox_of(srv, req, p);
+    struct sandbox *sb = api_sandbox_of(ctx, req, p);
     if (!sb)
         return;
     json_t *arr = json_array();
@@ -59,9 +61,9 @@ void api_shell_list(struct server *srv, http_req_t *req, const struct route_para
     http_respond_json(req, 200, json_pack("{s:o}", "shells", arr));
 }
 
-static struct shell *find_shell(struct server *srv, http_req_t *req, const struct route_params *p)
+static struct shell *find_shell(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
 {
-    struct sandbox *sb = api_find_sandbox(srv, req, p);
+    struct sandbox *sb = api_find_sandbox(ctx, req, p);
     if (!sb)
         return NULL;
     const char *sid = route_param(p, "sid");
@@ -122,20 +124,20 @@ static json_t *audit_run(const struct shell *sh, json_t *body, double timeout)
     return o;
 }
 
-void api_shell_run(struct server *srv, http_req_t *req, const struct route_params *p)
+void api_shell_run(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
 {
     static const char *const keys[] = {"command", "timeout_s", "max_output_bytes", NULL};
     char err[ERRLEN];
     const char *command = NULL;
-    double timeout = srv->cfg.exec_timeout_default_s;
-    long long max_out = (long long)srv->cfg.max_output_default;
+    double timeout = ctx->limits->exec_timeout_default_s;
+    long long max_out = (long long)ctx->limits->max_output_default;
     int status = 400;
     if (api_check_query(req, NULL) < 0)
         return;
-    struct shell *sh = find_shell(srv, req, p);
+    struct shell *sh = find_shell(ctx, req, p);
     if (!sh)
         return;
-    struct sandbox *sb = sandbox_find(&srv->reg, route_param(p, "id"));
+    struct sandbox *sb = sandbox_find(ctx->reg, route_param(p, "id"));
     json_t *body = api_body_object(req);
     if (!body)
         return;
@@ -156,10 +158,11 @@ void api_shell_run(struct server *srv, http_req_t *req, const struct route_param
         snprintf(err, ERRLEN, "'timeout_s' must be > 0 and 'max_output_bytes' >= 0");
         goto bad;
     }
-    if (timeout > srv->cfg.exec_timeout_max_s || (size_t)max_out > srv->cfg.max_output_max) {
+    if (timeout > ctx->limits->exec_timeout_max_s ||
+        (size_t)max_out > ctx->limits->max_output_max) {
         status = 422;
         snprintf(err, ERRLEN, "above the daemon maxima (timeout_s %g, max_output_bytes %zu)",
-                 srv->cfg.exec_timeout_max_s, srv->cfg.max_output_max);
+                 ctx->limits->exec_timeout_max_s, ctx->limits->max_output_max);
         goto bad;
     }
     struct run_call *call = calloc(1, sizeof(*call));
@@ -170,7 +173,7 @@ void api_shell_run(struct server *srv, http_req_t *req, const struct route_param
     }
     call->req = req;
     /* Recorded first: the run may complete (and answer) at once. */
-    api_audit(srv, req, "shell.run", sb, 200, audit_run(sh, body, timeout));
+    api_audit(ctx, req, "shell.run", sb, 200, audit_run(sh, body, timeout));
     /* Set first: the run may complete at once (then on_run_done clears it and answers). */
     http_req_set_abort_cb(req, on_client_gone, call);
     int r = shell_run(sh, command, timeout, (size_t)max_out, on_run_done, call, &call->run);
@@ -184,17 +187,17 @@ void api_shell_run(struct server *srv, http_req_t *req, const struct route_param
     json_decref(body);
     return;
 bad:
-    api_audit(srv, req, "shell.run", sb, status, audit_run(sh, body, -1));
+    api_audit(ctx, req, "shell.run", sb, status, audit_run(sh, body, -1));
 answer:
     http_respond_error(req, status, api_status_code(status), "%s", err);
     json_decref(body);
 }
 
-void api_shell_delete(struct server *srv, http_req_t *req, const struct route_params *p)
+void api_shell_delete(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
 {
     if (api_check_query(req, NULL) < 0)
         return;
-    struct shell *sh = find_shell(srv, req, p);
+    struct shell *sh = find_shell(ctx, req, p);
     if (!sh)
         return;
     shell_destroy(sh);

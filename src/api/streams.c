@@ -35,7 +35,7 @@
 #define ERRLEN 256
 
 struct stream {
-    struct server *srv;
+    struct api_ctx *ctx;
     struct sandbox *sb; /* exec/ws before the first message; ref held */
     ws_conn_t *ws;
     struct command *cmd;
@@ -247,7 +247,7 @@ static void handle_first(struct stream *st, json_t *msg)
             send_error(st, "not_found", "no such command in this sandbox");
             goto close;
         }
-        api_audit_caller(st->srv, st->caller, "command.stream", st->sb, 200,
+        api_audit_caller(st->ctx, st->caller, "command.stream", st->sb, 200,
                          json_pack("{s:s, s:s}", "command_id", cid, "via", "exec/ws reconnect"));
         st->binary = json_is_true(json_object_get(msg, "binary"));
         st->lossless = !json_is_false(json_object_get(msg, "lossless"));
@@ -263,7 +263,7 @@ static void handle_first(struct stream *st, json_t *msg)
         goto close;
     }
     struct api_run run;
-    int status = api_parse_run(st->srv, st->sb, msg, extra, &run, err, ERRLEN);
+    int status = api_parse_run(st->ctx, st->sb, msg, extra, &run, err, ERRLEN);
     long long ring = COMMAND_RING_DEFAULT;
     if (status == 0 && json_opt_int(msg, "buffer_bytes", "buffer_bytes", &ring, err, ERRLEN))
         status = 400;
@@ -272,7 +272,7 @@ static void handle_first(struct stream *st, json_t *msg)
         snprintf(err, ERRLEN, "'buffer_bytes' must be between 4096 and 268435456");
     }
     if (status) {
-        api_audit_caller(st->srv, st->caller, "exec.ws", st->sb, status,
+        api_audit_caller(st->ctx, st->caller, "exec.ws", st->sb, status,
                          api_audit_command(msg, NULL));
         send_error(st, api_status_code(status), err);
         api_run_free(&run);
@@ -297,11 +297,11 @@ static void handle_first(struct stream *st, json_t *msg)
         json_object_set_new(audit, "timeout_s", json_null());
     if (r == 0)
         json_object_set_new(audit, "command_id", json_string(command_id(c)));
-    api_audit_caller(st->srv, st->caller, "exec.ws", st->sb, r < 0 ? api_errno_status(r) : 200,
+    api_audit_caller(st->ctx, st->caller, "exec.ws", st->sb, r < 0 ? api_errno_status(r) : 200,
                      audit);
     api_run_free(&run);
     if (r < 0) {
-        send_error(st, api_status_code(api_errno_status(r)), api_errno_message(r));
+        send_error(st, api_status_code(api_errno_status(r)), session_strerror(r));
         goto close;
     }
     if (attach(st, c, 0, 0) == 0)
@@ -371,12 +371,12 @@ static void on_message(ws_conn_t *ws, int binary, const char *data, size_t len, 
 static const struct ws_callbacks stream_callbacks = {
     .on_message = on_message, .on_close = on_close, .on_drain = on_drain};
 
-static struct stream *stream_new(struct server *srv, struct sandbox *sb, http_req_t *req)
+static struct stream *stream_new(struct api_ctx *ctx, struct sandbox *sb, http_req_t *req)
 {
     struct stream *st = calloc(1, sizeof(*st));
     if (!st)
         return NULL;
-    st->srv = srv;
+    st->ctx = ctx;
     st->sb = sb;
     snprintf(st->caller, sizeof(st->caller), "%s", http_req_peer(req));
     sandbox_ref(sb);
@@ -391,13 +391,13 @@ static int parse_flag(http_req_t *req, const char *name, int dflt)
     return strcmp(v, "1") == 0 || strcmp(v, "true") == 0 || strcmp(v, "") == 0;
 }
 
-void api_command_stream(struct server *srv, http_req_t *req, const struct route_params *p)
+void api_command_stream(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
 {
     static const char *const params[] = {"stdout_offset", "stderr_offset",      "binary",
                                          "lossless",      "kill_on_disconnect", NULL};
     if (api_check_query(req, params) < 0)
         return;
-    struct command *c = api_find_command(srv, req, p);
+    struct command *c = api_find_command(ctx, req, p);
     if (!c)
         return;
     if (!ws_is_upgrade(req)) {
@@ -415,12 +415,12 @@ void api_command_stream(struct server *srv, http_req_t *req, const struct route_
             return;
         }
     }
-    struct stream *st = stream_new(srv, command_sandbox(c), req);
+    struct stream *st = stream_new(ctx, command_sandbox(c), req);
     if (!st) {
         http_respond_error(req, 500, "internal", "out of memory");
         return;
     }
-    api_audit(srv, req, "command.stream", st->sb, 200,
+    api_audit(ctx, req, "command.stream", st->sb, 200,
               json_pack("{s:s, s:s}", "command_id", command_id(c), "via", "stream"));
     st->binary = parse_flag(req, "binary", 0);
     st->lossless = parse_flag(req, "lossless", 1);
@@ -436,16 +436,16 @@ void api_command_stream(struct server *srv, http_req_t *req, const struct route_
     }
 }
 
-void api_exec_ws(struct server *srv, http_req_t *req, const struct route_params *p)
+void api_exec_ws(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
 {
-    struct sandbox *sb = api_sandbox_of(srv, req, p);
+    struct sandbox *sb = api_sandbox_of(ctx, req, p);
     if (!sb)
         return;
     if (!ws_is_upgrade(req)) {
         http_respond_error(req, 400, "bad_request", "this endpoint is a WebSocket");
         return;
     }
-    struct stream *st = stream_new(srv, sb, req);
+    struct stream *st = stream_new(ctx, sb, req);
     if (!st) {
         http_respond_error(req, 500, "internal", "out of memory");
         return;

@@ -7,8 +7,9 @@
 #include <string.h>
 
 #include "api/api.h"
-#include "core/json.h"
 #include "core/util.h"
+#include "session/exec.h"
+#include "core/json.h"
 #include "net/ws.h"
 #include "session/keys.h"
 #include "session/terminal.h"
@@ -34,7 +35,7 @@ static int parse_size(json_t *body, int *cols, int *rows, char *err)
     return 0;
 }
 
-void api_terminal_create(struct server *srv, http_req_t *req, const struct route_params *p)
+void api_terminal_create(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
 {
     static const char *const keys[] = {"cols", "rows", "argv", "record", "env", "cwd", NULL};
     char err[ERRLEN];
@@ -42,7 +43,7 @@ void api_terminal_create(struct server *srv, http_req_t *req, const struct route
     json_t *env = NULL, *argv_json;
     const char **argv = NULL;
     int cols = 80, rows = 24;
-    struct sandbox *sb = api_sandbox_of(srv, req, p);
+    struct sandbox *sb = api_sandbox_of(ctx, req, p);
     if (!sb)
         return;
     json_t *body = api_body_object(req);
@@ -78,7 +79,7 @@ void api_terminal_create(struct server *srv, http_req_t *req, const struct route
             argv[i] = json_string_value(json_array_get(argv_json, i));
         }
     }
-    char **envv = api_build_env(sb, env, "xterm-256color");
+    char **envv = exec_build_env(sb, env, "xterm-256color");
     struct terminal_spec spec = {.argv = argv,
                                  .env = (const char *const *)envv,
                                  .cwd = cwd,
@@ -87,7 +88,7 @@ void api_terminal_create(struct server *srv, http_req_t *req, const struct route
                                  .record = json_is_true(record)};
     struct terminal *t;
     int r = envv ? terminal_create(sb, &spec, &t) : -ENOMEM;
-    api_free_strv(envv);
+    util_free_strv(envv);
     free(argv);
     json_t *audit = api_audit_command(body, NULL);
     json_object_set_new(audit, "cols", json_integer(cols));
@@ -95,25 +96,25 @@ void api_terminal_create(struct server *srv, http_req_t *req, const struct route
     json_object_set_new(audit, "record", json_boolean(spec.record));
     if (r == 0)
         json_object_set_new(audit, "terminal_id", json_string(terminal_id(t)));
-    api_audit(srv, req, "terminal.create", sb, r < 0 ? api_errno_status(r) : 201, audit);
+    api_audit(ctx, req, "terminal.create", sb, r < 0 ? api_errno_status(r) : 201, audit);
     json_decref(body);
     if (r < 0) {
         http_respond_error(req, api_errno_status(r), api_status_code(api_errno_status(r)), "%s",
-                           api_errno_message(r));
+                           session_strerror(r));
         return;
     }
     http_respond_json(req, 201, terminal_to_json(t));
     return;
 bad:
-    api_audit(srv, req, "terminal.create", sb, 400, api_audit_command(body, NULL));
+    api_audit(ctx, req, "terminal.create", sb, 400, api_audit_command(body, NULL));
     free(argv);
     json_decref(body);
     http_respond_error(req, 400, "bad_request", "%s", err);
 }
 
-void api_terminal_list(struct server *srv, http_req_t *req, const struct route_params *p)
+void api_terminal_list(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
 {
-    struct sandbox *sb = api_sandbox_of(srv, req, p);
+    struct sandbox *sb = api_sandbox_of(ctx, req, p);
     if (!sb)
         return;
     json_t *arr = json_array();
@@ -122,10 +123,10 @@ void api_terminal_list(struct server *srv, http_req_t *req, const struct route_p
     http_respond_json(req, 200, json_pack("{s:o}", "terminals", arr));
 }
 
-static struct terminal *find_terminal(struct server *srv, http_req_t *req,
+static struct terminal *find_terminal(struct api_ctx *ctx, http_req_t *req,
                                       const struct route_params *p)
 {
-    struct sandbox *sb = api_find_sandbox(srv, req, p);
+    struct sandbox *sb = api_find_sandbox(ctx, req, p);
     if (!sb)
         return NULL;
     const char *tid = route_param(p, "tid");
@@ -136,32 +137,32 @@ static struct terminal *find_terminal(struct server *srv, http_req_t *req,
     return t;
 }
 
-void api_terminal_get(struct server *srv, http_req_t *req, const struct route_params *p)
+void api_terminal_get(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
 {
     if (api_check_query(req, NULL) < 0)
         return;
-    struct terminal *t = find_terminal(srv, req, p);
+    struct terminal *t = find_terminal(ctx, req, p);
     if (t)
         http_respond_json(req, 200, terminal_to_json(t));
 }
 
-void api_terminal_delete(struct server *srv, http_req_t *req, const struct route_params *p)
+void api_terminal_delete(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
 {
     if (api_check_query(req, NULL) < 0)
         return;
-    struct terminal *t = find_terminal(srv, req, p);
+    struct terminal *t = find_terminal(ctx, req, p);
     if (!t)
         return;
     terminal_destroy(t);
     http_respond(req, 204, NULL, NULL, 0, NULL);
 }
 
-void api_terminal_screen(struct server *srv, http_req_t *req, const struct route_params *p)
+void api_terminal_screen(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
 {
     static const char *const params[] = {"history", NULL};
     if (api_check_query(req, params) < 0)
         return;
-    struct terminal *t = find_terminal(srv, req, p);
+    struct terminal *t = find_terminal(ctx, req, p);
     if (!t)
         return;
     const char *h = http_req_query(req, "history");
@@ -180,13 +181,13 @@ void api_terminal_screen(struct server *srv, http_req_t *req, const struct route
     free(text);
 }
 
-void api_terminal_resize(struct server *srv, http_req_t *req, const struct route_params *p)
+void api_terminal_resize(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
 {
     static const char *const keys[] = {"cols", "rows", NULL};
     char err[ERRLEN];
     if (api_check_query(req, NULL) < 0)
         return;
-    struct terminal *t = find_terminal(srv, req, p);
+    struct terminal *t = find_terminal(ctx, req, p);
     if (!t)
         return;
     json_t *body = api_body_object(req);
@@ -204,12 +205,12 @@ void api_terminal_resize(struct server *srv, http_req_t *req, const struct route
     http_respond_json(req, 200, terminal_to_json(t));
 }
 
-void api_terminal_recording(struct server *srv, http_req_t *req, const struct route_params *p)
+void api_terminal_recording(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
 {
     static const char *const params[] = {"since", NULL};
     if (api_check_query(req, params) < 0)
         return;
-    struct terminal *t = find_terminal(srv, req, p);
+    struct terminal *t = find_terminal(ctx, req, p);
     if (!t)
         return;
     const char *since_s = http_req_query(req, "since");
@@ -302,7 +303,7 @@ static void keys_client_gone(http_req_t *req, void *arg)
     keys_finish(arg, 1, 0);
 }
 
-void api_terminal_keys(struct server *srv, http_req_t *req, const struct route_params *p)
+void api_terminal_keys(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
 {
     static const char *const kk[] = {"keys",       "text",       "literal", "block",
                                      "min_wait_s", "max_wait_s", NULL};
@@ -311,7 +312,7 @@ void api_terminal_keys(struct server *srv, http_req_t *req, const struct route_p
     buf_t bytes = BUF_INIT;
     if (api_check_query(req, NULL) < 0)
         return;
-    struct terminal *t = find_terminal(srv, req, p);
+    struct terminal *t = find_terminal(ctx, req, p);
     if (!t)
         return;
     json_t *body = api_body_object(req);
@@ -375,7 +376,7 @@ void api_terminal_keys(struct server *srv, http_req_t *req, const struct route_p
     }
     /* What was typed is not recorded (it may be a password), only how much. */
     api_audit(
-        srv, req, "terminal.input", sandbox_find(&srv->reg, route_param(p, "id")), 200,
+        ctx, req, "terminal.input", sandbox_find(ctx->reg, route_param(p, "id")), 200,
         json_pack("{s:s, s:I}", "terminal_id", terminal_id(t), "bytes", (json_int_t)bytes.len));
     terminal_write(t, bytes.data ? bytes.data : "", bytes.len);
     buf_free(&bytes);
@@ -395,7 +396,7 @@ void api_terminal_keys(struct server *srv, http_req_t *req, const struct route_p
     kc->min_wait = min_wait;
     kc->max_wait = max_wait;
     kc->watch = terminal_watch(t, keys_output, keys_terminal_exit, kc);
-    uv_timer_init(srv->reg.loop, &kc->timer);
+    uv_timer_init(ctx->reg->loop, &kc->timer);
     kc->timer.data = kc;
     uv_timer_start(&kc->timer, keys_poll, BLOCK_POLL_MS, BLOCK_POLL_MS);
     http_req_set_abort_cb(req, keys_client_gone, kc);
@@ -488,11 +489,11 @@ static void viewer_close(ws_conn_t *ws, int code, void *arg)
 static const struct ws_callbacks viewer_callbacks = {
     .on_message = viewer_message, .on_close = viewer_close, .on_drain = viewer_drain};
 
-void api_terminal_attach(struct server *srv, http_req_t *req, const struct route_params *p)
+void api_terminal_attach(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
 {
     if (api_check_query(req, NULL) < 0)
         return;
-    struct terminal *t = find_terminal(srv, req, p);
+    struct terminal *t = find_terminal(ctx, req, p);
     if (!t)
         return;
     if (!ws_is_upgrade(req)) {

@@ -357,3 +357,10 @@ int util_mkdir_p(const char *path, unsigned mode)
     }
     return 0;
 }
+
+void util_free_strv(char **v)
+{
+    for (size_t i = 0; v && v[i]; i++)
+        free(v[i]);
+    free(v);
+}

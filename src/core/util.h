@@ -40,4 +40,7 @@ int util_remove_tree(const char *path);
 /* mkdir -p with `mode` for the created components. */
 int util_mkdir_p(const char *path, unsigned mode);
 
+/* Frees a NULL-terminated array of malloc'd strings and the array (NULL is fine). */
+void util_free_strv(char **v);
+
 #endif

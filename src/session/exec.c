@@ -5,13 +5,18 @@
 
 #include <errno.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 
 #include "core/util.h"
 #include "sandbox/cgroup.h"
+#include "sandbox/egress.h"
 #include "session/proc.h"
+#include "session/secrets.h"
+
+#define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 struct exec {
     struct proc *proc;
@@ -121,4 +126,51 @@ int exec_start(struct sandbox *sb, const struct exec_spec *spec, exec_done_cb cb
     if (out)
         *out = ex;
     return 0;
+}
+
+/* Builds the command's environment: defaults < sandbox env < request env. */
+char **exec_build_env(const struct sandbox *sb, json_t *exec_env, const char *term)
+{
+    json_t *all = json_pack("{s:s, s:s, s:s, s:s, s:s}", "PATH", DEFAULT_PATH, "HOME", "/root",
+                            "HOSTNAME", sb->name, "LANG", "C.UTF-8", "TERM", term);
+    if (!all)
+        return NULL;
+    /* With an egress proxy, the usual variables point at it; the sandbox's env may override. */
+    if (egress_policy_mode(sb->network) != EGRESS_NONE) {
+        static const char *const names[] = {"HTTP_PROXY", "HTTPS_PROXY", "http_proxy",
+                                            "https_proxy"};
+        for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+            json_object_set_new(all, names[i], json_string("http://127.0.0.1:3128"));
+        json_object_set_new(all, "NO_PROXY", json_string("localhost,127.0.0.1,::1"));
+        json_object_set_new(all, "no_proxy", json_string("localhost,127.0.0.1,::1"));
+    }
+    json_object_update(all, sb->env);
+    size_t si;
+    json_t *name;
+    json_array_foreach(sb->secrets, si, name)
+    {
+        const char *value = secrets_get(sb->reg->secrets, json_string_value(name));
+        if (value)
+            json_object_set_new(all, json_string_value(name), json_string(value));
+    }
+    if (exec_env)
+        json_object_update(all, exec_env);
+    size_t n = json_object_size(all), i = 0;
+    char **env = calloc(n + 1, sizeof(char *));
+    const char *k;
+    json_t *v;
+    json_object_foreach(all, k, v)
+    {
+        if (!env)
+            break;
+        size_t len = strlen(k) + strlen(json_string_value(v)) + 2;
+        if (!(env[i] = malloc(len))) {
+            util_free_strv(env);
+            env = NULL;
+            break;
+        }
+        snprintf(env[i++], len, "%s=%s", k, json_string_value(v));
+    }
+    json_decref(all);
+    return env;
 }

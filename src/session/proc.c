@@ -13,7 +13,6 @@
 #include <unistd.h>
 
 #include "core/buf.h"
-#include "sandbox/proto.h"
 
 enum { S_IN, S_OUT, S_ERR, S_COUNT };
 
@@ -225,9 +224,7 @@ static void finish(struct proc *p, int status)
 
 static void send_kill(struct proc *p, int sig, int group)
 {
-    struct wproto_kill k = {
-        .hdr = {WPROTO_KILL, 0}, .pid = p->pid, .sig = sig, .flags = group ? WPROTO_KILL_GROUP : 0};
-    sandbox_send(p->sb, &k, sizeof(k));
+    sandbox_ctl_kill(p->sb, p->pid, sig, group);
 }
 
 void proc_on_spawned(struct proc *p, pid_t pid, int err, const int *fds, int nfds)
@@ -349,51 +346,26 @@ void proc_pause_output(struct proc *p, int paused)
         update_polls(p);
 }
 
-/* Appends a NUL-terminated string to the SPAWN message. */
-static int put_str(char *msg, size_t *off, const char *s)
-{
-    size_t n = strlen(s) + 1;
-    if (*off + n > WPROTO_MAX_MSG)
-        return -E2BIG;
-    memcpy(msg + *off, s, n);
-    *off += n;
-    return 0;
-}
-
 int proc_start(struct sandbox *sb, const struct proc_spec *spec, const struct proc_ops *ops,
                void *arg, struct proc **out)
 {
     if (sb->state != SB_RUNNING)
         return -EPIPE;
-    char *msg = malloc(WPROTO_MAX_MSG);
     struct proc *p = calloc(1, sizeof(*p));
-    int r = -ENOMEM;
-    if (!msg || !p)
-        goto error;
-
-    struct wproto_spawn *sp = (struct wproto_spawn *)msg;
-    size_t off = sizeof(*sp);
-    memset(sp, 0, sizeof(*sp));
-    sp->hdr.type = WPROTO_SPAWN;
-    sp->hdr.tag = p->tag = ++sb->next_tag;
-    if (spec->pty) {
-        sp->flags = WPROTO_SPAWN_PTY;
-        sp->rows = (uint16_t)spec->rows;
-        sp->cols = (uint16_t)spec->cols;
+    if (!p)
+        return -ENOMEM;
+    struct initctl_spawn req = {.cwd = spec->cwd,
+                                .argv = spec->argv,
+                                .env = spec->env,
+                                .pty = spec->pty,
+                                .rows = (unsigned)spec->rows,
+                                .cols = (unsigned)spec->cols};
+    p->tag = ++sb->next_tag;
+    int r = sandbox_ctl_spawn(sb, p->tag, &req);
+    if (r < 0) {
+        free(p);
+        return r;
     }
-    r = -E2BIG;
-    if (put_str(msg, &off, spec->cwd) < 0)
-        goto error;
-    for (const char *const *a = spec->argv; *a; a++, sp->argc++)
-        if (sp->argc >= WPROTO_MAX_ARGS || put_str(msg, &off, *a) < 0)
-            goto error;
-    for (const char *const *e = spec->env; *e; e++, sp->envc++)
-        if (sp->envc >= WPROTO_MAX_ARGS || put_str(msg, &off, *e) < 0)
-            goto error;
-    sp->data_len = (uint32_t)(off - sizeof(*sp));
-    if ((r = sandbox_send(sb, msg, off)) < 0)
-        goto error;
-    free(msg);
 
     p->sb = sb;
     p->pty = spec->pty;
@@ -409,8 +381,4 @@ int proc_start(struct sandbox *sb, const struct proc_spec *spec, const struct pr
     sandbox_ref(sb);
     *out = p;
     return 0;
-error:
-    free(p);
-    free(msg);
-    return r;
 }

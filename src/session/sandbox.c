@@ -22,8 +22,8 @@
 #include "core/util.h"
 #include "sandbox/disk.h"
 #include "sandbox/egress.h"
+#include "sandbox/initctl.h"
 #include "sandbox/netns.h"
-#include "sandbox/proto.h"
 #include "sandbox/spawn.h"
 #include "sandbox/template.h"
 #include "session/command.h"
@@ -50,12 +50,6 @@ struct sandbox_waiter {
     struct sandbox_waiter *next;
     sandbox_destroy_cb cb;
     void *arg;
-};
-
-struct ctl_out {
-    struct ctl_out *next;
-    size_t len;
-    char data[];
 };
 
 struct create_op {
@@ -223,11 +217,7 @@ static void sandbox_free(struct sandbox *sb)
     json_decref(sb->labels);
     json_decref(sb->env);
     json_decref(sb->secrets);
-    while (sb->out_head) {
-        struct ctl_out *o = sb->out_head;
-        sb->out_head = o->next;
-        free(o);
-    }
+    initctl_close(&sb->ctl);
     free(sb);
 }
 
@@ -382,53 +372,31 @@ static void ctl_update_events(struct sandbox *sb)
 {
     if (uv_is_closing((uv_handle_t *)&sb->ctl_poll))
         return;
-    int events = UV_READABLE | UV_DISCONNECT | (sb->out_head ? UV_WRITABLE : 0);
+    int events = UV_READABLE | UV_DISCONNECT | (initctl_pending(&sb->ctl) ? UV_WRITABLE : 0);
     uv_poll_start(&sb->ctl_poll, events, ctl_on_event);
 }
 
-static int ctl_flush(struct sandbox *sb)
+/* A request for the init: refused unless the sandbox runs (or is paused: the init is frozen
+ * then, and reads the request when thawed). */
+static int ctl_sent(struct sandbox *sb, int r)
 {
-    while (sb->out_head) {
-        struct ctl_out *o = sb->out_head;
-        ssize_t n = send(sb->ctl_fd, o->data, o->len, MSG_DONTWAIT | MSG_NOSIGNAL);
-        if (n < 0) {
-            if (errno == EAGAIN || errno == EINTR)
-                break;
-            return -EPIPE;
-        }
-        sb->out_head = o->next;
-        if (!sb->out_head)
-            sb->out_tail = NULL;
-        free(o);
-    }
-    return 0;
+    if (r == 0 && initctl_pending(&sb->ctl))
+        ctl_update_events(sb);
+    return r;
 }
 
-int sandbox_send(struct sandbox *sb, const void *msg, size_t len)
+int sandbox_ctl_spawn(struct sandbox *sb, uint32_t tag, const struct initctl_spawn *req)
 {
     if (sb->state != SB_RUNNING && sb->state != SB_PAUSED)
         return -EPIPE;
-    if (!sb->out_head) {
-        ssize_t n = send(sb->ctl_fd, msg, len, MSG_DONTWAIT | MSG_NOSIGNAL);
-        if (n >= 0)
-            return 0;
-        if (errno != EAGAIN && errno != EINTR)
-            return -EPIPE;
-    }
-    /* The init is not reading fast enough: queue and wait for POLLOUT. */
-    struct ctl_out *o = malloc(sizeof(*o) + len);
-    if (!o)
-        return -ENOMEM;
-    o->next = NULL;
-    o->len = len;
-    memcpy(o->data, msg, len);
-    if (sb->out_tail)
-        sb->out_tail->next = o;
-    else
-        sb->out_head = o;
-    sb->out_tail = o;
-    ctl_update_events(sb);
-    return 0;
+    return ctl_sent(sb, initctl_spawn(&sb->ctl, tag, req));
+}
+
+int sandbox_ctl_kill(struct sandbox *sb, pid_t pid, int sig, int group)
+{
+    if (sb->state != SB_RUNNING && sb->state != SB_PAUSED)
+        return -EPIPE;
+    return ctl_sent(sb, initctl_kill(&sb->ctl, pid, sig, group));
 }
 
 static struct proc *find_proc(struct sandbox *sb, uint32_t tag)
@@ -439,64 +407,24 @@ static struct proc *find_proc(struct sandbox *sb, uint32_t tag)
     return NULL;
 }
 
-static void close_fds(const int *fds, int n)
-{
-    for (int i = 0; i < n; i++)
-        close(fds[i]);
-}
-
-static void ctl_dispatch(struct sandbox *sb, const char *msg, size_t len, const int *fds, int nfds)
-{
-    const struct wproto_hdr *h = (const void *)msg;
-    struct proc *p = len >= sizeof(*h) ? find_proc(sb, h->tag) : NULL;
-    if (len >= sizeof(struct wproto_spawned) && h->type == WPROTO_SPAWNED && p) {
-        const struct wproto_spawned *sp = (const void *)msg;
-        proc_on_spawned(p, sp->pid, sp->err, fds, nfds);
-        return;
-    }
-    close_fds(fds, nfds);
-    if (len >= sizeof(struct wproto_exit) && h->type == WPROTO_EXIT && p)
-        proc_on_exit(p, ((const struct wproto_exit *)msg)->status);
-}
-
 static void ctl_read(struct sandbox *sb)
 {
-    char msg[256];
-    union {
-        char buf[CMSG_SPACE(3 * sizeof(int))];
-        struct cmsghdr align;
-    } u;
-    for (;;) {
-        struct iovec iov = {.iov_base = msg, .iov_len = sizeof(msg)};
-        struct msghdr mh = {.msg_iov = &iov,
-                            .msg_iovlen = 1,
-                            .msg_control = u.buf,
-                            .msg_controllen = sizeof(u.buf)};
-        ssize_t n = recvmsg(sb->ctl_fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-        if (n < 0 && (errno == EAGAIN || errno == EINTR))
-            return;
-        if (n <= 0) {
-            /* The init is gone; pid_poll reports its exit and does the rest. */
-            uv_poll_stop(&sb->ctl_poll);
-            return;
-        }
-        int fds[3], nfds = 0;
-        for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
-            if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
-                continue;
-            int cnt = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-            int *p = (int *)CMSG_DATA(c);
-            for (int i = 0; i < cnt; i++) {
-                if (nfds < 3)
-                    fds[nfds++] = p[i];
-                else
-                    close(p[i]);
-            }
-        }
-        ctl_dispatch(sb, msg, (size_t)n, fds, nfds);
+    struct initctl_event ev;
+    int r;
+    while ((r = initctl_read(&sb->ctl, &ev)) > 0) {
+        struct proc *p = find_proc(sb, ev.tag);
+        if (ev.type == INITCTL_SPAWNED && p)
+            proc_on_spawned(p, ev.pid, ev.err, ev.fds, ev.nfds);
+        else if (ev.type == INITCTL_SPAWNED)
+            for (int i = 0; i < ev.nfds; i++)
+                close(ev.fds[i]);
+        else if (p)
+            proc_on_exit(p, ev.status);
         if (sb->state != SB_RUNNING && sb->state != SB_PAUSED)
             return;
     }
+    if (r < 0) /* the init is gone; pid_poll reports its exit and does the rest */
+        uv_poll_stop(&sb->ctl_poll);
 }
 
 static void ctl_on_event(uv_poll_t *h, int status, int events)
@@ -507,7 +435,7 @@ static void ctl_on_event(uv_poll_t *h, int status, int events)
         return;
     }
     if (events & UV_WRITABLE) {
-        if (ctl_flush(sb) < 0) {
+        if (initctl_flush(&sb->ctl) < 0) {
             uv_poll_stop(h);
             return;
         }
@@ -528,10 +456,8 @@ static void fail_procs(struct sandbox *sb)
 static void on_handle_closed(uv_handle_t *h)
 {
     struct sandbox *sb = h->data;
-    if (h == (uv_handle_t *)&sb->ctl_poll) {
-        close(sb->ctl_fd);
-        sb->ctl_fd = -1;
-    }
+    if (h == (uv_handle_t *)&sb->ctl_poll)
+        initctl_close(&sb->ctl);
     sb->handles--;
     sandbox_maybe_free(sb);
 }
@@ -733,7 +659,7 @@ static void create_fail(struct create_op *op, const char *msg)
     remove_sandbox_files(reg, sb->id);
     reg->uid_slots[sb->uid_slot] = 0;
     list_remove(sb);
-    op->cb(NULL, 500, "sandbox_setup_failed", msg, op->arg);
+    op->cb(NULL, SESSION_ERR_SETUP, msg, op->arg);
     for (struct sandbox_waiter *w = sb->waiters, *next; w; w = next) {
         next = w->next;
         if (w->cb)
@@ -942,8 +868,8 @@ static void create_on_status(uv_poll_t *h, int status, int events)
     }
     sb->pid = op->pending.pid;
     sb->pidfd = op->pending.pidfd;
-    sb->ctl_fd = op->pending.ctl_fd;
-    uv_poll_init(reg->loop, &sb->ctl_poll, sb->ctl_fd);
+    initctl_init(&sb->ctl, op->pending.ctl_fd);
+    uv_poll_init(reg->loop, &sb->ctl_poll, sb->ctl.fd);
     uv_poll_init(reg->loop, &sb->pid_poll, sb->pidfd);
     sb->ctl_poll.data = sb->pid_poll.data = sb;
     sb->handles = 2;
@@ -953,7 +879,7 @@ static void create_on_status(uv_poll_t *h, int status, int events)
     if ((r = apply_network(sb)) < 0) {
         snprintf(msg, sizeof(msg), "sandbox setup failed: egress proxy: %s", strerror(-r));
         log_error("sandbox %s: %s", sb->id, msg);
-        op->cb(NULL, 500, "sandbox_setup_failed", msg, op->arg);
+        op->cb(NULL, SESSION_ERR_SETUP, msg, op->arg);
         sandbox_destroy(sb, NULL, NULL);
         return;
     }
@@ -973,12 +899,12 @@ static void create_on_status(uv_poll_t *h, int status, int events)
     int deleted = sb->waiters != NULL, destroy_now = deleted || reg->idle_cb != NULL;
     sandbox_ref(sb);
     if (destroy_now)
-        op->cb(NULL, deleted ? 409 : 503, deleted ? "conflict" : "unavailable",
+        op->cb(NULL, deleted ? SESSION_ERR_DELETED : SESSION_ERR_SHUTTING_DOWN,
                deleted ? "the sandbox was deleted while it was being created"
                        : "the daemon is shutting down",
                op->arg);
     else
-        op->cb(sb, 0, NULL, NULL, op->arg);
+        op->cb(sb, SESSION_OK, NULL, op->arg);
     if (destroy_now)
         sandbox_destroy(sb, NULL, NULL);
     sandbox_unref(sb);
@@ -1020,26 +946,26 @@ static int disk_room(struct registry *reg, unsigned long long mib, char *msg, si
     return 0;
 }
 
-int sandbox_create(struct registry *reg, const struct sandbox_spec *spec, sandbox_create_cb cb,
-                   void *arg, char *msg, size_t msglen)
+enum session_err sandbox_create(struct registry *reg, const struct sandbox_spec *spec,
+                                sandbox_create_cb cb, void *arg, char *msg, size_t msglen)
 {
     if (reg->idle_cb) {
         snprintf(msg, msglen, "the daemon is shutting down");
-        return 503;
+        return SESSION_ERR_SHUTTING_DOWN;
     }
     if (spec->name && name_taken(reg, spec->name)) {
         snprintf(msg, msglen, "a sandbox with this name already exists");
-        return 409;
+        return SESSION_ERR_NAME_TAKEN;
     }
     unsigned slot = 0;
     while (slot < reg->max_sandboxes && reg->uid_slots[slot])
         slot++;
     if (slot >= reg->max_sandboxes || reg->count >= reg->max_sandboxes) {
         snprintf(msg, msglen, "the daemon runs its maximum number of sandboxes");
-        return 503;
+        return SESSION_ERR_CAPACITY;
     }
     if (disk_room(reg, spec->res.disk_mib, msg, msglen) < 0)
-        return 503;
+        return SESSION_ERR_HOST_DISK;
     struct sandbox *sb = calloc(1, sizeof(*sb));
     struct create_op *op = calloc(1, sizeof(*op));
     if (!sb || !op || util_random_id(sb->id, sizeof(sb->id), "sb-") < 0 ||
@@ -1047,7 +973,7 @@ int sandbox_create(struct registry *reg, const struct sandbox_spec *spec, sandbo
         free(sb);
         free(op);
         snprintf(msg, msglen, "out of memory");
-        return 500;
+        return SESSION_ERR_NOMEM;
     }
     sb->reg = reg;
     snprintf(sb->name, sizeof(sb->name), "%s", spec->name ? spec->name : sb->id);
@@ -1060,7 +986,8 @@ int sandbox_create(struct registry *reg, const struct sandbox_spec *spec, sandbo
         sb->network = spec->network;
     sb->created_at = sb->last_active_at = util_now();
     sb->uid_slot = slot;
-    sb->pidfd = sb->ctl_fd = -1;
+    sb->pidfd = -1;
+    initctl_init(&sb->ctl, -1);
     sb->state = SB_CREATING;
     op->sb = sb;
     op->cb = cb;
@@ -1097,8 +1024,13 @@ int sandbox_create(struct registry *reg, const struct sandbox_spec *spec, sandbo
         list_remove(sb);
         sandbox_free(sb);
         free(op);
-        return 500;
+        return SESSION_ERR_SETUP;
     }
     create_wait_child(op);
-    return 0;
+    return SESSION_OK;
+}
+
+const char *registry_cgroup_mode(const struct registry *reg)
+{
+    return cgroup_mode_name(reg->cgroups->mode);
 }

@@ -24,17 +24,13 @@
 #include <uv.h>
 
 #include "sandbox/cgroup.h"
+#include "sandbox/initctl.h"
+#include "session/error.h"
+#include "session/limits.h"
 #include "store/store.h"
 
 #define SANDBOX_ID_MAX 20
 #define SANDBOX_NAME_MAX 64
-
-struct sandbox_resources {
-    double cpus;
-    unsigned long long memory_mib;
-    unsigned long long pids;
-    unsigned long long disk_mib;
-};
 
 enum sandbox_state { SB_CREATING, SB_RUNNING, SB_PAUSED, SB_STOPPING, SB_FAILED };
 
@@ -98,7 +94,7 @@ struct sandbox {
     /* running */
     pid_t pid;
     int pidfd;
-    int ctl_fd;
+    struct initctl ctl; /* to the init (sandbox/initctl.h) */
     uv_poll_t ctl_poll;
     uv_poll_t pid_poll;
     int handles; /* open uv handles; freed when 0 after destroy */
@@ -109,8 +105,7 @@ struct sandbox {
     struct shell *shells;       /* persistent shells (session/shell.h) */
     struct terminal *terminals; /* terminals (session/terminal.h) */
     uint32_t next_tag;
-    struct sandbox_waiter *waiters;      /* destroy callbacks */
-    struct ctl_out *out_head, *out_tail; /* queued control messages */
+    struct sandbox_waiter *waiters; /* destroy callbacks */
 };
 
 struct sandbox_spec {
@@ -123,8 +118,8 @@ struct sandbox_spec {
     struct egress_policy *network; /* taken over when sandbox_create() returns 0 */
 };
 
-/* `sb` is NULL on failure; then `status`/`code`/`msg` describe the error for the API. */
-typedef void (*sandbox_create_cb)(struct sandbox *sb, int status, const char *code, const char *msg,
+/* `sb` is NULL on failure; then `err` says why and `msg` says it for a person. */
+typedef void (*sandbox_create_cb)(struct sandbox *sb, enum session_err err, const char *msg,
                                   void *arg);
 typedef void (*sandbox_destroy_cb)(void *arg);
 
@@ -140,10 +135,12 @@ void registry_start_disk_pool(struct registry *reg, size_t n);
 void registry_fill_disk_pool(struct registry *reg);
 
 /* Starts creating a sandbox. The callback runs on the loop thread later (never before this
- * returns). Returns 0, or an HTTP status (409 name taken, 503 at capacity, 500 setup failed)
- * with the reason in msg. */
-int sandbox_create(struct registry *reg, const struct sandbox_spec *spec, sandbox_create_cb cb,
-                   void *arg, char *msg, size_t msglen);
+ * returns), with the sandbox or SESSION_ERR_SETUP (a setup step failed), SESSION_ERR_DELETED or
+ * SESSION_ERR_SHUTTING_DOWN. Returns SESSION_OK, or at once (the callback never runs) one of
+ * SESSION_ERR_SHUTTING_DOWN, NAME_TAKEN, CAPACITY, HOST_DISK, NOMEM, SETUP, with the reason in
+ * msg. spec->network is taken over only on SESSION_OK. */
+enum session_err sandbox_create(struct registry *reg, const struct sandbox_spec *spec,
+                                sandbox_create_cb cb, void *arg, char *msg, size_t msglen);
 /* By id or by name; only sandboxes that are creating or running (or failed) are found. */
 struct sandbox *sandbox_find(struct registry *reg, const char *id_or_name);
 /* Kills every process, removes the cgroup and the directory, forgets the sandbox; `cb` is called
@@ -168,11 +165,14 @@ int sandbox_resume(struct sandbox *sb);
 json_t *sandbox_to_json(const struct sandbox *sb);
 json_t *sandbox_to_json_usage(const struct sandbox *sb);
 const char *sandbox_state_name(enum sandbox_state state);
+/* How sandboxes are put in cgroups here: "v1", "v2" (or "none"). */
+const char *registry_cgroup_mode(const struct registry *reg);
 /* The host uid (and gid) the sandbox's root user maps to. */
 uid_t sandbox_host_uid(const struct sandbox *sb);
 
-/* Control channel (used by proc.c). Queues a message for the init; returns 0 or -EPIPE when the
- * sandbox is gone. */
-int sandbox_send(struct sandbox *sb, const void *msg, size_t len);
+/* Requests for the init (used by proc.c): 0, -EPIPE unless the sandbox is running or paused, or
+ * an error of initctl_spawn()/initctl_kill(). */
+int sandbox_ctl_spawn(struct sandbox *sb, uint32_t tag, const struct initctl_spawn *req);
+int sandbox_ctl_kill(struct sandbox *sb, pid_t pid, int sig, int group);
 
 #endif

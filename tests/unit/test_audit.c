@@ -18,7 +18,7 @@
 #include <unistd.h>
 
 #include "core/util.h"
-#include "store/audit.h"
+#include "session/audit.h"
 
 struct fixture {
     char base[64]; /* a temporary directory */

@@ -28,8 +28,8 @@
  * daemon records from the loop thread and reads on the thread pool, since a read may go
  * through hundreds of MiB. audit_close() must not race with any other call.
  */
-#ifndef WARREN_STORE_AUDIT_H
-#define WARREN_STORE_AUDIT_H
+#ifndef WARREN_SESSION_AUDIT_H
+#define WARREN_SESSION_AUDIT_H
 
 #include <jansson.h>
 #include <stddef.h>
@@ -59,6 +59,10 @@ void audit_close(struct audit *a);
  * (no event), -ENOMEM, or the write error (already logged). */
 int audit_record(struct audit *a, const char *event, const char *sandbox_id, const json_t *labels,
                  json_t *fields, const char *caller);
+/* The command of an exec-like request body for a record: {"argv": [...]} or {"shell": "..."}, at
+ * most 1 KiB of it (then "command_truncated": true), and "cwd" and "timeout_s" as the body gives
+ * them. A new object (NULL when out of memory). */
+json_t *audit_command(const json_t *body);
 
 /* Reads the records of the rotated files (oldest first) and then of audit.log, as they are when
  * the call starts, that match every filter given (NULL: no filter): `sandbox` equals the record's

@@ -1,7 +1,7 @@
 /*
  * audit — the append-only JSON-lines audit log (see audit.h).
  */
-#include "store/audit.h"
+#include "session/audit.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -560,4 +560,57 @@ out:
     free(sizes);
     free(chunk);
     return r;
+}
+
+#define COMMAND_MAX 1024 /* bytes of argv or shell kept */
+
+/* A copy of s cut to at most `max` bytes, never inside a UTF-8 character. */
+static json_t *cut_string(const char *s, size_t len, size_t max, int *cut)
+{
+    if (len > max) {
+        len = util_utf8_complete_prefix(s, max);
+        *cut = 1;
+    }
+    return json_stringn(s, len);
+}
+
+json_t *audit_command(const json_t *body)
+{
+    json_t *o = json_object(), *argv = json_object_get(body, "argv");
+    json_t *shell = json_object_get(body, "shell"), *v;
+    size_t budget = COMMAND_MAX, i;
+    int cut = 0;
+    if (!o)
+        return NULL;
+    if (json_is_array(argv)) {
+        json_t *out = json_array();
+        json_array_foreach(argv, i, v)
+        {
+            if (!json_is_string(v))
+                continue;
+            if (budget == 0) {
+                cut = 1;
+                break;
+            }
+            size_t len = json_string_length(v);
+            json_array_append_new(out, cut_string(json_string_value(v), len, budget, &cut));
+            budget -= len < budget ? len : budget;
+        }
+        json_object_set_new(o, "argv", out);
+    } else if (json_is_string(shell)) {
+        json_object_set_new(
+            o, "shell",
+            cut_string(json_string_value(shell), json_string_length(shell), COMMAND_MAX, &cut));
+    }
+    if (cut)
+        json_object_set_new(o, "command_truncated", json_true());
+    json_t *cwd = json_object_get(body, "cwd"), *timeout = json_object_get(body, "timeout_s");
+    int cwd_cut = 0; /* not the command's */
+    if (json_is_string(cwd))
+        json_object_set_new(
+            o, "cwd",
+            cut_string(json_string_value(cwd), json_string_length(cwd), COMMAND_MAX, &cwd_cut));
+    if (json_is_number(timeout))
+        json_object_set(o, "timeout_s", timeout);
+    return o;
 }

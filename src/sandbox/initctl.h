@@ -1,0 +1,64 @@
+/*
+ * initctl — the daemon's side of the control channel to a sandbox's init (sandbox/proto.h): it
+ * encodes requests (spawn a process, signal one), queues what the socket cannot take at once,
+ * and decodes what the init reports (a process spawned, with its pipe or PTY fds; a process
+ * exited). It knows no event loop: the caller polls the fd, readable always, writable while
+ * initctl_pending() says something waits.
+ *
+ * Ownership: the struct initctl owns `fd` (initctl_close() closes it) and the queue. fds passed
+ * in an event belong to the caller once initctl_read() returns them. Errors: 0 or -errno.
+ * Single-threaded.
+ */
+#ifndef WARREN_SANDBOX_INITCTL_H
+#define WARREN_SANDBOX_INITCTL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+struct initctl_msg;
+
+struct initctl {
+    int fd;                          /* the daemon's end of the socketpair; -1 once closed */
+    struct initctl_msg *head, *tail; /* queued, not yet sent */
+};
+
+struct initctl_spawn {
+    const char *cwd;
+    const char *const *argv; /* NULL-terminated */
+    const char *const *env;  /* NULL-terminated "K=V" */
+    int pty;                 /* a pseudo-terminal of rows x cols instead of three pipes */
+    unsigned rows, cols;
+};
+
+enum initctl_event_type { INITCTL_SPAWNED, INITCTL_EXITED };
+
+struct initctl_event {
+    enum initctl_event_type type;
+    uint32_t tag; /* the spawn's */
+    pid_t pid;
+    int err;    /* SPAWNED: 0, or the errno of a spawn that failed */
+    int status; /* EXITED: as waitpid(2) */
+    int fds[3]; /* SPAWNED: stdin, stdout, stderr (or the PTY master alone) */
+    int nfds;
+};
+
+void initctl_init(struct initctl *c, int fd);
+/* Asks the init to start a process, tagged `tag` in the events about it. -E2BIG when the strings
+ * do not fit in one message (WPROTO_MAX_MSG) or there are too many, -ENOMEM, -EPIPE when the
+ * channel is broken. Queued when the socket is full. */
+int initctl_spawn(struct initctl *c, uint32_t tag, const struct initctl_spawn *req);
+/* Asks the init to send `sig` to `pid` (its process group with `group`). Errors as above. */
+int initctl_kill(struct initctl *c, pid_t pid, int sig, int group);
+/* Sends what is queued, as far as the socket takes it: 0 or -EPIPE. */
+int initctl_flush(struct initctl *c);
+/* True while messages wait to be sent (poll for writable). */
+int initctl_pending(const struct initctl *c);
+/* Reads the next event: 1 with *ev filled, 0 when there is none now, -EPIPE when the init has
+ * closed its end (it is gone) or the channel failed. Messages of other types and malformed ones
+ * are dropped (with their fds). */
+int initctl_read(struct initctl *c, struct initctl_event *ev);
+/* Drops the queue and closes the fd. Safe twice. */
+void initctl_close(struct initctl *c);
+
+#endif

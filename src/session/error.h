@@ -1,0 +1,30 @@
+/*
+ * error — why the session layer refused or failed a request, as adapters need to tell clients.
+ *
+ * Most session functions answer 0 or -errno; those whose failures have more causes than an errno
+ * can name (creating a sandbox: name taken, capacity, host disk, shutdown, a setup step) answer a
+ * `enum session_err` with a message. Adapters map both to their protocol in one place each
+ * (api/errors.c for the native API); the session layer itself never speaks HTTP.
+ */
+#ifndef WARREN_SESSION_ERROR_H
+#define WARREN_SESSION_ERROR_H
+
+enum session_err {
+    SESSION_OK = 0,
+    SESSION_ERR_NAME_TAKEN,    /* another sandbox has this name */
+    SESSION_ERR_DELETED,       /* deleted while it was being created */
+    SESSION_ERR_CAPACITY,      /* the daemon runs its maximum number of sandboxes */
+    SESSION_ERR_HOST_DISK,     /* not enough host disk for the sandbox's disk */
+    SESSION_ERR_SHUTTING_DOWN, /* the daemon is stopping */
+    SESSION_ERR_SETUP,         /* isolation or setup failed (the message names the step) */
+    SESSION_ERR_NOMEM,
+};
+
+/* A stable lower-case name ("name_taken", ...), for logs. */
+const char *session_err_name(enum session_err e);
+/* What a -errno from the session layer means, for a person: strerror, except where the session
+ * layer gives an errno a meaning of its own (-EPIPE: the sandbox is not running; -E2BIG: argv and
+ * env too large). */
+const char *session_strerror(int r);
+
+#endif
