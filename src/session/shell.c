@@ -54,6 +54,7 @@ struct shell {
 
 static void start_next(struct shell *sh);
 static int shell_spawn(struct shell *sh);
+static void on_timer(uv_timer_t *t);
 
 const char *shell_id(const struct shell *sh)
 {
@@ -73,14 +74,13 @@ struct shell *shell_find(struct sandbox *sb, const char *id)
     return NULL;
 }
 
-json_t *shell_to_json(const struct shell *sh)
+void shell_info(const struct shell *sh, struct shell_info *out)
 {
-    char created[32];
-    util_format_time(sh->created_at, created, sizeof(created));
     static const char *const names[] = {"starting", "idle", "running", "exited"};
-    return json_pack("{s:s, s:s, s:s, s:i}", "shell_id", sh->id, "state", names[sh->state],
-                     "created_at", created, "queued",
-                     (int)(sh->current != NULL) + (int)(sh->queue ? 1 : 0));
+    *out = (struct shell_info){.id = sh->id,
+                               .state = names[sh->state],
+                               .created_at = sh->created_at,
+                               .queued = (sh->current != NULL) + (sh->queue != NULL)};
 }
 
 /* Appends `s` to `out` as the body of a bash $'...' string. */
@@ -162,17 +162,16 @@ static int check_marker(struct shell *sh)
     int rc = atoi(num);
     /* The output is everything before the marker's newline, counted from the run's start. */
     size_t out_len = sh->scan_dropped + (size_t)(hit - sh->scan.data);
-    uv_timer_stop(&sh->timer);
     buf_reset(&sh->scan);
     sh->scan_dropped = 0;
 
     if (sh->state == SH_STARTING) {
+        uv_timer_stop(&sh->timer);
         sh->state = SH_IDLE;
         start_next(sh);
         return 1;
     }
     struct shell_run *run = sh->current;
-    sh->state = SH_IDLE;
     if (run) {
         buf_t *o = &run->res.output;
         if (out_len < o->len) /* the marker was partly in the kept output */
@@ -181,6 +180,19 @@ static int check_marker(struct shell *sh)
         run->res.exit_code = rc;
         run_complete(sh, run);
     }
+    if (sh->stage == 2) {
+        /* Its job was killed after a second marker line was sent: one of the two lines may still
+         * be in the shell's input (a ^C discards what the terminal holds, not what bash read),
+         * and its output must not show in the next run's. Resynchronise on a fresh marker, as at
+         * start-up: whatever comes before it is dropped. */
+        sh->state = SH_STARTING;
+        new_nonce(sh);
+        send_marker(sh, "0");
+        uv_timer_start(&sh->timer, on_timer, GIVE_UP_MS, 0);
+        return 1;
+    }
+    uv_timer_stop(&sh->timer);
+    sh->state = SH_IDLE;
     start_next(sh);
     return 1;
 }

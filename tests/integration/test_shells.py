@@ -238,6 +238,18 @@ def test_timeout_of_trapped_int(api, shell):
     assert not pgrep(api, sid, "sleep 9301")
 
 
+def test_killed_job_leaves_nothing_for_the_next_run(api, shell):
+    """After a job that ignored SIGINT was killed, the shell has two marker lines in its input;
+    neither may show in the next run's output (it did, now and then, before the shell
+    resynchronised after such a run)."""
+    sid, shid = shell
+    for i in range(3):
+        res = run(api, sid, shid, "sh -c 'trap \"\" INT; sleep 9302'", timeout_s=0.5)
+        assert res["timed_out"] is True and res["exit_code"] == 137, res
+        o = run(api, sid, shid, f"echo next-{i}")
+        assert o["output"] == f"next-{i}\n" and o["shell_restarted"] is False, o
+
+
 def test_exit_restarts_shell(api, shell):
     sid, shid = shell
     out(api, sid, shid, "cd /tmp; export GONE=1")
