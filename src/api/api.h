@@ -84,6 +84,17 @@ json_t *api_exec_result_json(const struct exec_result *res);
 struct command *api_find_command(struct api_ctx *ctx, http_req_t *req,
                                  const struct route_params *params);
 
+/* render.c: the API's JSON of session objects (new references). */
+struct command;
+struct shell;
+struct terminal;
+json_t *api_sandbox_json(const struct sandbox *sb);
+/* With "usage" {memory_bytes, pids, cpu_seconds, oom_kills, disk_bytes} while it has a cgroup. */
+json_t *api_sandbox_json_usage(const struct sandbox *sb);
+json_t *api_command_json(const struct command *c);
+json_t *api_shell_json(const struct shell *sh);
+json_t *api_terminal_json(const struct terminal *t);
+
 /* audit.c: the audit log (session/audit.h). api_audit() records `event` about `sb` (may be NULL:
  * then no sandbox and labels) with the request's peer as the caller (req may be NULL). Unless
  * `fields` (stolen, may be NULL) has "ok" already, it gets "ok": status < 400 and, for a

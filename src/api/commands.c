@@ -445,7 +445,7 @@ void api_command_list(struct api_ctx *ctx, http_req_t *req, const struct route_p
         return;
     json_t *arr = json_array();
     for (struct command *c = sb->commands; c; c = command_next(c))
-        json_array_append_new(arr, command_to_json(c));
+        json_array_append_new(arr, api_command_json(c));
     http_respond_json(req, 200, json_pack("{s:o}", "commands", arr));
 }
 
@@ -468,7 +468,7 @@ void api_command_get(struct api_ctx *ctx, http_req_t *req, const struct route_pa
         return;
     struct command *c = api_find_command(ctx, req, p);
     if (c)
-        http_respond_json(req, 200, command_to_json(c));
+        http_respond_json(req, 200, api_command_json(c));
 }
 
 void api_command_kill(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
@@ -494,7 +494,7 @@ void api_command_kill(struct api_ctx *ctx, http_req_t *req, const struct route_p
     api_audit(ctx, req, "command.kill", command_sandbox(c), 200,
               json_pack("{s:s, s:i}", "command_id", command_id(c), "signal", sig));
     command_kill(c, sig);
-    http_respond_json(req, 200, command_to_json(c));
+    http_respond_json(req, 200, api_command_json(c));
 }
 
 int api_parse_signal(json_t *v, int *sig, char *err, size_t errlen)

@@ -157,7 +157,7 @@ static void on_created(struct sandbox *sb, enum session_err e, const char *msg, 
         http_respond(req, 499, "text/plain", "", 0, NULL);
         return;
     }
-    http_respond_json(req, 201, sandbox_to_json(sb));
+    http_respond_json(req, 201, api_sandbox_json(sb));
 }
 
 void api_sandbox_create(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
@@ -268,7 +268,7 @@ void api_sandbox_list(struct api_ctx *ctx, http_req_t *req, const struct route_p
                 !label_matches(sb, http_req_query_value(req, i)))
                 ok = 0;
         if (ok)
-            json_array_append_new(arr, sandbox_to_json(sb));
+            json_array_append_new(arr, api_sandbox_json(sb));
     }
     http_respond_json(req, 200, json_pack("{s:o}", "sandboxes", arr));
 }
@@ -277,7 +277,7 @@ void api_sandbox_get(struct api_ctx *ctx, http_req_t *req, const struct route_pa
 {
     struct sandbox *sb = api_sandbox_of(ctx, req, p);
     if (sb)
-        http_respond_json(req, 200, sandbox_to_json_usage(sb));
+        http_respond_json(req, 200, api_sandbox_json_usage(sb));
 }
 
 static void pause_error(http_req_t *req, struct sandbox *sb, int r)
@@ -315,7 +315,7 @@ static void on_paused(struct sandbox *sb, int err, void *arg)
     if (err < 0)
         pause_error(req, sb, err);
     else
-        http_respond_json(req, 200, sandbox_to_json(sb));
+        http_respond_json(req, 200, api_sandbox_json(sb));
 }
 
 void api_sandbox_pause(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
@@ -347,7 +347,7 @@ void api_sandbox_resume(struct api_ctx *ctx, http_req_t *req, const struct route
     if (r < 0)
         pause_error(req, sb, r);
     else
-        http_respond_json(req, 200, sandbox_to_json(sb));
+        http_respond_json(req, 200, api_sandbox_json(sb));
 }
 
 void api_sandbox_patch(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
@@ -383,7 +383,7 @@ void api_sandbox_patch(struct api_ctx *ctx, http_req_t *req, const struct route_
         http_respond_error(req, 500, "internal", "cannot apply the network policy: %s",
                            strerror(-r));
     else
-        http_respond_json(req, 200, sandbox_to_json(sb));
+        http_respond_json(req, 200, api_sandbox_json(sb));
     return;
 bad:
     json_decref(body);

@@ -47,7 +47,7 @@ void api_shell_create(struct api_ctx *ctx, http_req_t *req, const struct route_p
                            session_strerror(r));
         return;
     }
-    http_respond_json(req, 201, shell_to_json(sh));
+    http_respond_json(req, 201, api_shell_json(sh));
 }
 
 void api_shell_list(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
@@ -57,7 +57,7 @@ void api_shell_list(struct api_ctx *ctx, http_req_t *req, const struct route_par
         return;
     json_t *arr = json_array();
     for (struct shell *sh = sb->shells; sh; sh = shell_next(sh))
-        json_array_append_new(arr, shell_to_json(sh));
+        json_array_append_new(arr, api_shell_json(sh));
     http_respond_json(req, 200, json_pack("{s:o}", "shells", arr));
 }
 

@@ -103,7 +103,7 @@ void api_terminal_create(struct api_ctx *ctx, http_req_t *req, const struct rout
                            session_strerror(r));
         return;
     }
-    http_respond_json(req, 201, terminal_to_json(t));
+    http_respond_json(req, 201, api_terminal_json(t));
     return;
 bad:
     api_audit(ctx, req, "terminal.create", sb, 400, api_audit_command(body, NULL));
@@ -119,7 +119,7 @@ void api_terminal_list(struct api_ctx *ctx, http_req_t *req, const struct route_
         return;
     json_t *arr = json_array();
     for (struct terminal *t = sb->terminals; t; t = terminal_next(t))
-        json_array_append_new(arr, terminal_to_json(t));
+        json_array_append_new(arr, api_terminal_json(t));
     http_respond_json(req, 200, json_pack("{s:o}", "terminals", arr));
 }
 
@@ -143,7 +143,7 @@ void api_terminal_get(struct api_ctx *ctx, http_req_t *req, const struct route_p
         return;
     struct terminal *t = find_terminal(ctx, req, p);
     if (t)
-        http_respond_json(req, 200, terminal_to_json(t));
+        http_respond_json(req, 200, api_terminal_json(t));
 }
 
 void api_terminal_delete(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
@@ -202,7 +202,7 @@ void api_terminal_resize(struct api_ctx *ctx, http_req_t *req, const struct rout
     }
     json_decref(body);
     terminal_resize(t, cols, rows);
-    http_respond_json(req, 200, terminal_to_json(t));
+    http_respond_json(req, 200, api_terminal_json(t));
 }
 
 void api_terminal_recording(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
@@ -434,7 +434,7 @@ static void viewer_exit(void *arg)
 {
     struct viewer *v = arg;
     char msg[96];
-    json_t *o = terminal_to_json(v->t);
+    json_t *o = api_terminal_json(v->t);
     json_t *code = json_object_get(o, "exit_code");
     snprintf(msg, sizeof(msg), "{\"type\":\"exit\",\"exit_code\":%d}",
              json_is_integer(code) ? (int)json_integer_value(code) : -1);

@@ -284,28 +284,20 @@ error:
     return r;
 }
 
-json_t *command_to_json(const struct command *c)
+void command_info(const struct command *c, struct command_info *out)
 {
-    char started[32], ended[32];
-    util_format_time(c->started_at, started, sizeof(started));
-    util_format_time(c->ended_at, ended, sizeof(ended));
-    int running = c->state == CMD_RUNNING;
-    json_t *o =
-        json_pack("{s:s, s:i, s:s, s:o, s:o, s:b, s:s, s:o, s:I, s:I}", "command_id", c->id, "pid",
-                  (int)c->pid, "state",
-                  running                  ? "running"
-                  : c->state == CMD_EXITED ? "exited"
-                                           : "failed",
-                  "exit_code", running ? json_null() : json_integer(c->exit_code), "signal",
-                  c->signal ? json_integer(c->signal) : json_null(), "timed_out", c->timed_out,
-                  "started_at", started, "ended_at", running ? json_null() : json_string(ended),
-                  "stdout_bytes", (json_int_t)c->rings[PROC_STDOUT].end, "stderr_bytes",
-                  (json_int_t)c->rings[PROC_STDERR].end);
-    if (o)
-        json_object_update(o, c->describe);
-    if (o && c->error)
-        json_object_set_new(o, "error", json_string(c->error));
-    return o;
+    *out = (struct command_info){.id = c->id,
+                                 .pid = c->pid,
+                                 .state = c->state,
+                                 .exit_code = c->exit_code,
+                                 .signal = c->signal,
+                                 .timed_out = c->timed_out,
+                                 .error = c->error,
+                                 .started_at = c->started_at,
+                                 .ended_at = c->ended_at,
+                                 .stdout_bytes = c->rings[PROC_STDOUT].end,
+                                 .stderr_bytes = c->rings[PROC_STDERR].end,
+                                 .describe = c->describe};
 }
 
 int command_write(struct command *c, const void *data, size_t len)

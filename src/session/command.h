@@ -54,7 +54,18 @@ enum command_state command_state(const struct command *c);
 void command_result(const struct command *c, int *exit_code, int *signal, int *timed_out,
                     const char **error);
 pid_t command_pid(const struct command *c);
-json_t *command_to_json(const struct command *c);
+struct command_info {
+    const char *id;
+    pid_t pid;
+    enum command_state state;
+    int exit_code, signal, timed_out; /* once not running (see command_result) */
+    const char *error;                /* CMD_FAILED: why */
+    double started_at, ended_at;      /* epoch seconds; ended_at once not running */
+    uint64_t stdout_bytes, stderr_bytes;
+    const json_t *describe; /* {"argv": [...]} or {"shell": "..."} as started */
+};
+/* A snapshot of the command; the pointers stay valid while the command does. */
+void command_info(const struct command *c, struct command_info *out);
 
 int command_write(struct command *c, const void *data, size_t len);
 void command_close_stdin(struct command *c);

@@ -241,40 +241,36 @@ void sandbox_unref(struct sandbox *sb)
     sandbox_maybe_free(sb);
 }
 
-json_t *sandbox_to_json(const struct sandbox *sb)
+int sandbox_usage(const struct sandbox *sb, struct sandbox_usage *out)
 {
-    char created[32], active[32];
-    util_format_time(sb->created_at, created, sizeof(created));
-    util_format_time(sb->last_active_at, active, sizeof(active));
-    return json_pack("{s:s, s:s, s:s, s:s, s:{s:f, s:I, s:I, s:I}, s:o, s:O, s:O, s:O, s:n, "
-                     "s:s, s:s, s:s}",
-                     "id", sb->id, "name", sb->name, "state", sandbox_state_name(sb->state),
-                     "template", sb->template_name, "resources", "cpus", sb->res.cpus, "memory_mib",
-                     (json_int_t)sb->res.memory_mib, "pids", (json_int_t)sb->res.pids, "disk_mib",
-                     (json_int_t)sb->res.disk_mib, "network", egress_policy_to_json(sb->network),
-                     "labels", sb->labels, "env", sb->env, "secrets", sb->secrets, "session_id",
-                     "created_at", created, "last_active_at", active, "node", sb->reg->node);
-}
-
-json_t *sandbox_to_json_usage(const struct sandbox *sb)
-{
-    json_t *o = sandbox_to_json(sb);
     struct cgroup_usage u;
     struct statvfs sv;
     char dir[1200];
-    if (o && cgroup_usage(sb->reg->cgroups, sb->id, &u) == 0) {
-        json_t *usage =
-            json_pack("{s:I, s:I, s:f, s:I}", "memory_bytes", (json_int_t)u.memory_bytes, "pids",
-                      (json_int_t)u.pids, "cpu_seconds", u.cpu_usec / 1e6, "oom_kills",
-                      (json_int_t)u.oom_kills);
-        sandbox_dir(sb, dir, sizeof(dir), NULL);
-        if (usage && statvfs(dir, &sv) == 0)
-            json_object_set_new(
-                usage, "disk_bytes",
-                json_integer((json_int_t)((sv.f_blocks - sv.f_bfree) * sv.f_frsize)));
-        json_object_set_new(o, "usage", usage);
-    }
-    return o;
+    int r = cgroup_usage(sb->reg->cgroups, sb->id, &u);
+    if (r < 0)
+        return r;
+    *out = (struct sandbox_usage){.memory_bytes = u.memory_bytes,
+                                  .pids = u.pids,
+                                  .cpu_seconds = u.cpu_usec / 1e6,
+                                  .oom_kills = u.oom_kills,
+                                  .disk_bytes = -1};
+    sandbox_dir(sb, dir, sizeof(dir), NULL);
+    if (statvfs(dir, &sv) == 0)
+        out->disk_bytes = (int64_t)((sv.f_blocks - sv.f_bfree) * sv.f_frsize);
+    return 0;
+}
+
+/* What the store keeps of a sandbox: its spec and identity. */
+static json_t *sandbox_record(const struct sandbox *sb)
+{
+    char created[32];
+    util_format_time(sb->created_at, created, sizeof(created));
+    return json_pack("{s:s, s:s, s:s, s:{s:f, s:I, s:I, s:I}, s:o, s:O, s:O, s:O, s:s, s:s}", "id",
+                     sb->id, "name", sb->name, "template", sb->template_name, "resources", "cpus",
+                     sb->res.cpus, "memory_mib", (json_int_t)sb->res.memory_mib, "pids",
+                     (json_int_t)sb->res.pids, "disk_mib", (json_int_t)sb->res.disk_mib, "network",
+                     egress_policy_to_json(sb->network), "labels", sb->labels, "env", sb->env,
+                     "secrets", sb->secrets, "created_at", created, "node", sb->reg->node);
 }
 
 #define PAUSE_POLL_MS 10
@@ -884,7 +880,7 @@ static void create_on_status(uv_poll_t *h, int status, int events)
         return;
     }
 
-    json_t *desc = sandbox_to_json(sb);
+    json_t *desc = sandbox_record(sb);
     char *text = desc ? json_dumps(desc, JSON_COMPACT) : NULL;
     if (text)
         store_put_sandbox(reg->store, sb->id, text);

@@ -161,9 +161,16 @@ int sandbox_pause(struct sandbox *sb, sandbox_pause_cb cb, void *arg);
 int sandbox_set_network(struct sandbox *sb, struct egress_policy *policy);
 /* Thaws a paused sandbox (immediate). 0, -EINVAL if not paused, or -errno. */
 int sandbox_resume(struct sandbox *sb);
-/* The API description (a new reference), with current resource usage when `usage`. */
-json_t *sandbox_to_json(const struct sandbox *sb);
-json_t *sandbox_to_json_usage(const struct sandbox *sb);
+/* Current resource use, from the sandbox's cgroup and disk (disk_bytes -1 when unknown). Returns 0
+ * or -errno (no cgroup: the sandbox is not running). */
+struct sandbox_usage {
+    uint64_t memory_bytes;
+    uint64_t pids;
+    double cpu_seconds;
+    uint64_t oom_kills;
+    int64_t disk_bytes;
+};
+int sandbox_usage(const struct sandbox *sb, struct sandbox_usage *out);
 const char *sandbox_state_name(enum sandbox_state state);
 /* How sandboxes are put in cgroups here: "v1", "v2" (or "none"). */
 const char *registry_cgroup_mode(const struct registry *reg);

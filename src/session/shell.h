@@ -58,7 +58,13 @@ int shell_create(struct sandbox *sb, const char *const *env, const char *cwd, st
 struct shell *shell_find(struct sandbox *sb, const char *id);
 struct shell *shell_next(const struct shell *sh);
 const char *shell_id(const struct shell *sh);
-json_t *shell_to_json(const struct shell *sh);
+struct shell_info {
+    const char *id;
+    const char *state; /* "starting", "idle", "running", "exited" */
+    double created_at; /* epoch seconds */
+    int queued;        /* runs waiting or running */
+};
+void shell_info(const struct shell *sh, struct shell_info *out);
 /* Queues a run. Returns 0 or -errno (-ENOMEM). */
 int shell_run(struct shell *sh, const char *command, double timeout_s, size_t max_output,
               shell_run_cb cb, void *arg, struct shell_run **out);

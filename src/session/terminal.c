@@ -76,14 +76,15 @@ struct terminal *terminal_find(struct sandbox *sb, const char *id)
     return NULL;
 }
 
-json_t *terminal_to_json(const struct terminal *t)
+void terminal_info(const struct terminal *t, struct terminal_info *out)
 {
-    char created[32];
-    util_format_time(t->created_at, created, sizeof(created));
-    return json_pack("{s:s, s:s, s:o, s:i, s:i, s:b, s:s}", "terminal_id", t->id, "state",
-                     t->running ? "running" : "exited", "exit_code",
-                     t->running ? json_null() : json_integer(t->exit_code), "cols", t->cols, "rows",
-                     t->rows, "recording", t->cast != NULL, "created_at", created);
+    *out = (struct terminal_info){.id = t->id,
+                                  .running = t->running,
+                                  .exit_code = t->exit_code,
+                                  .cols = t->cols,
+                                  .rows = t->rows,
+                                  .recording = t->cast != NULL,
+                                  .created_at = t->created_at};
 }
 
 static void on_output(struct proc *p, enum proc_stream s, const char *data, size_t len, void *arg)

@@ -43,8 +43,15 @@ int terminal_create(struct sandbox *sb, const struct terminal_spec *spec, struct
 struct terminal *terminal_find(struct sandbox *sb, const char *id);
 struct terminal *terminal_next(const struct terminal *t);
 const char *terminal_id(const struct terminal *t);
-/* {terminal_id, state, exit_code, cols, rows, recording, created_at} */
-json_t *terminal_to_json(const struct terminal *t);
+struct terminal_info {
+    const char *id;
+    int running;
+    int exit_code; /* once not running */
+    int cols, rows;
+    int recording;
+    double created_at; /* epoch seconds */
+};
+void terminal_info(const struct terminal *t, struct terminal_info *out);
 int terminal_running(const struct terminal *t);
 
 /* Input bytes for the program (recorded as "i" events). -EPIPE once it has exited. */

@@ -1,0 +1,87 @@
+/*
+ * render — the API's JSON for the session layer's objects (docs/API.md): sandboxes, detached
+ * commands, shells, terminals. Times are RFC 3339 UTC; absent values are null.
+ */
+#include "api/api.h"
+#include "core/util.h"
+#include "session/command.h"
+#include "session/network.h"
+#include "session/shell.h"
+#include "session/terminal.h"
+
+json_t *api_sandbox_json(const struct sandbox *sb)
+{
+    char created[32], active[32];
+    util_format_time(sb->created_at, created, sizeof(created));
+    util_format_time(sb->last_active_at, active, sizeof(active));
+    return json_pack("{s:s, s:s, s:s, s:s, s:{s:f, s:I, s:I, s:I}, s:o, s:O, s:O, s:O, s:n, "
+                     "s:s, s:s, s:s}",
+                     "id", sb->id, "name", sb->name, "state", sandbox_state_name(sb->state),
+                     "template", sb->template_name, "resources", "cpus", sb->res.cpus, "memory_mib",
+                     (json_int_t)sb->res.memory_mib, "pids", (json_int_t)sb->res.pids, "disk_mib",
+                     (json_int_t)sb->res.disk_mib, "network", network_to_json(sb->network),
+                     "labels", sb->labels, "env", sb->env, "secrets", sb->secrets, "session_id",
+                     "created_at", created, "last_active_at", active, "node", sb->reg->node);
+}
+
+json_t *api_sandbox_json_usage(const struct sandbox *sb)
+{
+    json_t *o = api_sandbox_json(sb);
+    struct sandbox_usage u;
+    if (o && sandbox_usage(sb, &u) == 0) {
+        json_t *usage = json_pack(
+            "{s:I, s:I, s:f, s:I}", "memory_bytes", (json_int_t)u.memory_bytes, "pids",
+            (json_int_t)u.pids, "cpu_seconds", u.cpu_seconds, "oom_kills", (json_int_t)u.oom_kills);
+        if (usage && u.disk_bytes >= 0)
+            json_object_set_new(usage, "disk_bytes", json_integer((json_int_t)u.disk_bytes));
+        json_object_set_new(o, "usage", usage);
+    }
+    return o;
+}
+
+json_t *api_command_json(const struct command *c)
+{
+    struct command_info i;
+    char started[32], ended[32];
+    command_info(c, &i);
+    util_format_time(i.started_at, started, sizeof(started));
+    util_format_time(i.ended_at, ended, sizeof(ended));
+    int running = i.state == CMD_RUNNING;
+    json_t *o = json_pack("{s:s, s:i, s:s, s:o, s:o, s:b, s:s, s:o, s:I, s:I}", "command_id", i.id,
+                          "pid", (int)i.pid, "state",
+                          running                 ? "running"
+                          : i.state == CMD_EXITED ? "exited"
+                                                  : "failed",
+                          "exit_code", running ? json_null() : json_integer(i.exit_code), "signal",
+                          i.signal ? json_integer(i.signal) : json_null(), "timed_out", i.timed_out,
+                          "started_at", started, "ended_at",
+                          running ? json_null() : json_string(ended), "stdout_bytes",
+                          (json_int_t)i.stdout_bytes, "stderr_bytes", (json_int_t)i.stderr_bytes);
+    if (o)
+        json_object_update(o, (json_t *)i.describe);
+    if (o && i.error)
+        json_object_set_new(o, "error", json_string(i.error));
+    return o;
+}
+
+json_t *api_shell_json(const struct shell *sh)
+{
+    struct shell_info i;
+    char created[32];
+    shell_info(sh, &i);
+    util_format_time(i.created_at, created, sizeof(created));
+    return json_pack("{s:s, s:s, s:s, s:i}", "shell_id", i.id, "state", i.state, "created_at",
+                     created, "queued", i.queued);
+}
+
+json_t *api_terminal_json(const struct terminal *t)
+{
+    struct terminal_info i;
+    char created[32];
+    terminal_info(t, &i);
+    util_format_time(i.created_at, created, sizeof(created));
+    return json_pack("{s:s, s:s, s:o, s:i, s:i, s:b, s:s}", "terminal_id", i.id, "state",
+                     i.running ? "running" : "exited", "exit_code",
+                     i.running ? json_null() : json_integer(i.exit_code), "cols", i.cols, "rows",
+                     i.rows, "recording", i.recording, "created_at", created);
+}
