@@ -218,11 +218,10 @@ static int server_start(struct server *srv)
         log_error("cannot build the seccomp filter: %s", strerror(-r));
         return r;
     }
-    if ((r = cgroup_manager_init(&srv->cgroups, "/sys/fs/cgroup", "/proc/self/cgroup")) < 0) {
-        log_error("no usable cgroup hierarchy under /sys/fs/cgroup (%s): sandboxes cannot be "
-                  "limited; warren needs cgroup v2 with a delegated subtree, or cgroup v1 with the "
-                  "memory, pids, cpu and freezer controllers",
-                  strerror(-r));
+    char cgroup_err[1024];
+    if ((r = cgroup_manager_init(&srv->cgroups, "/sys/fs/cgroup", "/proc/self/cgroup", cgroup_err,
+                                 sizeof(cgroup_err))) < 0) {
+        log_error("%s", cgroup_err);
         return r;
     }
     log_info("cgroup %s: sandboxes under %s", cgroup_mode_name(srv->cgroups.mode),

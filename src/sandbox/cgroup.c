@@ -13,10 +13,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/log.h"
 #include "core/util.h"
 
 const char *const cgroup_v1_controllers[CGROUP_V1_CONTROLLERS] = {"memory", "pids", "cpu",
                                                                   "freezer", "cpuacct"};
+const char *const cgroup_v2_controllers[CGROUP_V2_CONTROLLERS] = {"memory", "pids", "cpu"};
 enum { V1_MEMORY, V1_PIDS, V1_CPU, V1_FREEZER, V1_CPUACCT };
 
 const char *cgroup_mode_name(enum cgroup_mode mode)
@@ -42,6 +44,22 @@ static int write_str(const char *dir, const char *file, const char *value)
     int e = errno;
     close(fd);
     return n < 0 ? -e : 0;
+}
+
+static int read_file(const char *dir, const char *file, char *out, size_t cap)
+{
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/%s", dir, file);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    ssize_t n = read(fd, out, cap - 1);
+    int e = errno;
+    close(fd);
+    if (n < 0)
+        return -e;
+    out[n] = '\0';
+    return 0;
 }
 
 static int is_dir(const char *path)
@@ -85,31 +103,119 @@ static int self_path(const char *self_cgroup, const char *ctrl, char *out, size_
     return r;
 }
 
-static int init_v2(struct cgroup_manager *m, const char *fs_root, const char *self_cgroup)
+/* Bit i set when cgroup_v2_controllers[i] is a word of the space-separated `list`. */
+static unsigned v2_controller_bits(const char *list)
 {
-    char self[CGROUP_PATH_MAX], dir[CGROUP_PATH_MAX];
-    int r = self_path(self_cgroup, "", self, sizeof(self));
-    if (r < 0)
-        return r;
-    if (snprintf(dir, sizeof(dir), "%s%s", fs_root, self) >= (int)sizeof(dir))
-        return -ENAMETOOLONG;
-    if (*self) {
-        /* No processes in inner nodes: the daemon moves to a leaf of its own first. */
-        char leaf[CGROUP_PATH_MAX + 16];
-        snprintf(leaf, sizeof(leaf), "%s/warren-daemon", dir);
-        if ((r = util_mkdir_p(leaf, 0755)) < 0 || (r = write_str(leaf, "cgroup.procs", "0")) < 0)
-            return r;
+    unsigned bits = 0;
+    for (int i = 0; i < CGROUP_V2_CONTROLLERS; i++) {
+        size_t n = strlen(cgroup_v2_controllers[i]);
+        for (const char *p = strstr(list, cgroup_v2_controllers[i]); p;
+             p = strstr(p + 1, cgroup_v2_controllers[i]))
+            if ((p == list || p[-1] == ' ') && (p[n] == '\0' || p[n] == ' ' || p[n] == '\n'))
+                bits |= 1u << i;
     }
-    if ((r = write_str(dir, "cgroup.subtree_control", "+memory +pids +cpu")) < 0)
-        return r;
-    if (snprintf(m->base[0], sizeof(m->base[0]), "%s/warren", dir) >= (int)sizeof(m->base[0]))
-        return -ENAMETOOLONG;
-    if ((r = util_mkdir_p(m->base[0], 0755)) < 0)
-        return r;
-    return write_str(m->base[0], "cgroup.subtree_control", "+memory +pids +cpu");
+    return bits;
 }
 
-static int init_v1(struct cgroup_manager *m, const char *fs_root, const char *self_cgroup)
+/* "+memory +cpu" (sign '+') or "-memory -cpu" (sign '-') for the controllers in `bits`. */
+static void v2_controller_list(unsigned bits, char sign, char *out, size_t cap)
+{
+    size_t len = 0;
+    out[0] = '\0';
+    for (int i = 0; i < CGROUP_V2_CONTROLLERS; i++)
+        if (bits & (1u << i))
+            len += snprintf(out + len, len < cap ? cap - len : 0, "%s%c%s", len ? " " : "", sign,
+                            cgroup_v2_controllers[i]);
+}
+
+static int init_v2(struct cgroup_manager *m, const char *fs_root, const char *self_cgroup,
+                   char *err, size_t cap)
+{
+    const unsigned all = (1u << CGROUP_V2_CONTROLLERS) - 1;
+    char self[CGROUP_PATH_MAX], buf[512], want[64];
+    int r = self_path(self_cgroup, "", self, sizeof(self));
+    if (r < 0) {
+        snprintf(err, cap, "cgroup v2: cannot find the daemon's cgroup in %s: %s", self_cgroup,
+                 strerror(-r));
+        return r;
+    }
+    if (snprintf(m->home, sizeof(m->home), "%s%s", fs_root, self) >= (int)sizeof(m->home) ||
+        snprintf(m->base[0], sizeof(m->base[0]), "%s/warren", m->home) >= (int)sizeof(m->base[0]))
+        return -ENAMETOOLONG;
+    /* Checked before anything is changed: the kernel's answer to enabling a controller the
+     * parent does not delegate is a bare ENOENT. */
+    if ((r = read_file(m->home, "cgroup.controllers", buf, sizeof(buf))) < 0) {
+        snprintf(err, cap, "cgroup v2: cannot read %s/cgroup.controllers: %s", m->home,
+                 strerror(-r));
+        return r;
+    }
+    unsigned missing = all & ~v2_controller_bits(buf);
+    v2_controller_list(all, '+', want, sizeof(want));
+    if (missing) {
+        char names[64];
+        v2_controller_list(missing, '+', names, sizeof(names));
+        buf[strcspn(buf, "\n")] = '\0';
+        if (!*self)
+            snprintf(err, cap,
+                     "cgroup v2: the root cgroup lacks the controllers %s (the kernel's command "
+                     "line disables them?)",
+                     names);
+        else
+            snprintf(err, cap,
+                     "cgroup v2: warren's cgroup %s lacks the controllers %s (its "
+                     "cgroup.controllers has \"%s\") because its parent does not delegate them: "
+                     "enable them there (echo \"%s\" > %.*s/cgroup.subtree_control), or start "
+                     "warren in a delegated cgroup (systemd: Delegate=yes)",
+                     m->home, names, buf, want, (int)(strrchr(m->home, '/') - m->home), m->home);
+        return -ENOTSUP;
+    }
+    unsigned before = 0;
+    if (*self) {
+        /* No processes in inner nodes: the daemon moves to a leaf of its own first. The root
+         * may hold processes, and its controllers are the whole system's: never undone. */
+        if ((r = read_file(m->home, "cgroup.subtree_control", buf, sizeof(buf))) < 0) {
+            snprintf(err, cap, "cgroup v2: cannot read %s/cgroup.subtree_control: %s", m->home,
+                     strerror(-r));
+            return r;
+        }
+        before = v2_controller_bits(buf);
+        char leaf[CGROUP_PATH_MAX + 16];
+        snprintf(leaf, sizeof(leaf), "%s/warren-daemon", m->home);
+        if (mkdir(leaf, 0755) < 0 && errno != EEXIST) {
+            r = -errno;
+            snprintf(err, cap, "cgroup v2: cannot create %s: %s", leaf, strerror(-r));
+            return r;
+        }
+        m->moved = 1;
+        if ((r = write_str(leaf, "cgroup.procs", "0")) < 0) {
+            snprintf(err, cap, "cgroup v2: cannot move the daemon into %s: %s", leaf, strerror(-r));
+            return r;
+        }
+    }
+    if ((r = write_str(m->home, "cgroup.subtree_control", want)) < 0) {
+        if (r == -EBUSY)
+            snprintf(err, cap,
+                     "cgroup v2: cannot enable %s in %s/cgroup.subtree_control: other processes "
+                     "share warren's cgroup, and v2 allows none in a cgroup that delegates "
+                     "controllers; start warren in a cgroup of its own (systemd: Delegate=yes)",
+                     want, m->home);
+        else
+            snprintf(err, cap, "cgroup v2: cannot enable %s in %s/cgroup.subtree_control: %s", want,
+                     m->home, strerror(-r));
+        return r;
+    }
+    if (*self)
+        m->enabled = all & ~before;
+    if ((r = util_mkdir_p(m->base[0], 0755)) < 0 ||
+        (r = write_str(m->base[0], "cgroup.subtree_control", want)) < 0) {
+        snprintf(err, cap, "cgroup v2: cannot set up %s: %s", m->base[0], strerror(-r));
+        return r;
+    }
+    return 0;
+}
+
+static int init_v1(struct cgroup_manager *m, const char *fs_root, const char *self_cgroup,
+                   char *err, size_t cap)
 {
     int found = 0;
     for (int i = 0; i < CGROUP_V1_CONTROLLERS; i++) {
@@ -122,34 +228,47 @@ static int init_v1(struct cgroup_manager *m, const char *fs_root, const char *se
             (int)sizeof(m->base[i]))
             return -ENAMETOOLONG;
         int r = util_mkdir_p(m->base[i], 0755);
-        if (r < 0)
+        if (r < 0) {
+            snprintf(err, cap, "cgroup v1: cannot create %s: %s", m->base[i], strerror(-r));
             return r;
+        }
         found++;
     }
+    if (!found)
+        snprintf(err, cap, "cgroup v1: none of warren's controllers is mounted under %s", fs_root);
     return found ? 0 : -ENOENT;
 }
 
-int cgroup_manager_init(struct cgroup_manager *m, const char *fs_root, const char *self_cgroup)
+int cgroup_manager_init(struct cgroup_manager *m, const char *fs_root, const char *self_cgroup,
+                        char *err, size_t cap)
 {
     char probe[CGROUP_PATH_MAX];
+    int r = -ENOENT;
     memset(m, 0, sizeof(*m));
+    snprintf(err, cap,
+             "no usable cgroup hierarchy under %s: sandboxes cannot be limited; warren "
+             "needs cgroup v2 with a delegated subtree, or cgroup v1 with the memory, "
+             "pids, cpu and freezer controllers",
+             fs_root);
     snprintf(probe, sizeof(probe), "%s/cgroup.controllers", fs_root);
     if (access(probe, F_OK) == 0) {
         m->mode = CGROUP_V2;
-        int r = init_v2(m, fs_root, self_cgroup);
-        if (r < 0)
-            m->mode = CGROUP_NONE;
-        return r;
+        if ((r = init_v2(m, fs_root, self_cgroup, err, cap)) == -ENAMETOOLONG)
+            snprintf(err, cap, "cgroup v2: the daemon's cgroup path is too long");
+    } else {
+        snprintf(probe, sizeof(probe), "%s/memory", fs_root);
+        if (is_dir(probe)) {
+            m->mode = CGROUP_V1;
+            if ((r = init_v1(m, fs_root, self_cgroup, err, cap)) == -ENAMETOOLONG)
+                snprintf(err, cap, "cgroup v1: the daemon's cgroup path is too long");
+        }
     }
-    snprintf(probe, sizeof(probe), "%s/memory", fs_root);
-    if (is_dir(probe)) {
-        m->mode = CGROUP_V1;
-        int r = init_v1(m, fs_root, self_cgroup);
-        if (r < 0)
-            m->mode = CGROUP_NONE;
-        return r;
+    if (r < 0) {
+        /* Whatever was set up before the failure (the daemon's move on v2) is undone. */
+        cgroup_manager_cleanup(m);
+        m->mode = CGROUP_NONE;
     }
-    return -ENOENT;
+    return r;
 }
 
 static int set_limits_v2(const char *dir, const struct cgroup_limits *l)
@@ -220,8 +339,11 @@ int cgroup_create(const struct cgroup_manager *m, const char *name,
             /* Another daemon sharing this parent removed it when it exited empty: make it
              * again (with its controllers on v2) and retry. */
             r = util_mkdir_p(m->base[i], 0755);
-            if (r == 0 && m->mode == CGROUP_V2)
-                r = write_str(m->base[i], "cgroup.subtree_control", "+memory +pids +cpu");
+            if (r == 0 && m->mode == CGROUP_V2) {
+                char want[64];
+                v2_controller_list((1u << CGROUP_V2_CONTROLLERS) - 1, '+', want, sizeof(want));
+                r = write_str(m->base[i], "cgroup.subtree_control", want);
+            }
             if (r == 0 && mkdir(dir, 0755) < 0 && errno != EEXIST)
                 r = -errno;
         }
@@ -242,22 +364,6 @@ int cgroup_create(const struct cgroup_manager *m, const char *name,
 toolong:
     cgroup_destroy(m, name);
     return -ENAMETOOLONG;
-}
-
-static int read_file(const char *dir, const char *file, char *out, size_t cap)
-{
-    char path[1024];
-    snprintf(path, sizeof(path), "%s/%s", dir, file);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
-    ssize_t n = read(fd, out, cap - 1);
-    int e = errno;
-    close(fd);
-    if (n < 0)
-        return -e;
-    out[n] = '\0';
-    return 0;
 }
 
 static unsigned long long read_number(const char *dir, const char *file)
@@ -358,10 +464,38 @@ static void kill_members(const char *dir)
 
 void cgroup_manager_cleanup(const struct cgroup_manager *m)
 {
-    int n = m->mode == CGROUP_V2 ? 1 : CGROUP_V1_CONTROLLERS;
-    for (int i = 0; m->mode != CGROUP_NONE && i < n; i++)
-        if (m->base[i][0])
-            (void)rmdir(m->base[i]); /* fails while another daemon's sandboxes live there */
+    char leaf[CGROUP_PATH_MAX + 16], undo[64];
+    if (m->mode == CGROUP_V1) {
+        for (int i = 0; i < CGROUP_V1_CONTROLLERS; i++)
+            if (m->base[i][0])
+                (void)rmdir(m->base[i]); /* fails while another daemon's sandboxes live there */
+        return;
+    }
+    if (m->mode != CGROUP_V2)
+        return;
+    /* Each step needs the one before: controllers cannot be disabled while a child delegates
+     * them, and the daemon cannot go back into its cgroup while that delegates any. */
+    const char *step = m->base[0], *what = "remove";
+    int r = rmdir(m->base[0]) < 0 && errno != ENOENT ? -errno : 0;
+    if (r == 0 && m->enabled) {
+        v2_controller_list(m->enabled, '-', undo, sizeof(undo));
+        step = m->home;
+        what = "disable controllers in";
+        r = write_str(m->home, "cgroup.subtree_control", undo);
+    }
+    if (r == 0 && m->moved) {
+        step = m->home;
+        what = "move the daemon back to";
+        r = write_str(m->home, "cgroup.procs", "0");
+    }
+    if (r == 0 && m->moved) {
+        snprintf(leaf, sizeof(leaf), "%s/warren-daemon", m->home);
+        step = leaf;
+        what = "remove";
+        r = rmdir(leaf) < 0 && errno != ENOENT ? -errno : 0;
+    }
+    if (r < 0)
+        log_warn("cgroup v2: cannot %s %s: %s", what, step, strerror(-r));
 }
 
 int cgroup_destroy(const struct cgroup_manager *m, const char *name)

@@ -4,7 +4,11 @@
  * The mode is detected once at start-up (cgroup_manager_init). Sandboxes are placed below the
  * daemon's own cgroup, so whatever limits the host puts on the daemon also bound its sandboxes:
  *   v2: <daemon cgroup>/warren/<name>  (the daemon moves itself to <daemon cgroup>/warren-daemon
- *       first, because v2 forbids processes in inner nodes that delegate controllers)
+ *       first, because v2 forbids processes in inner nodes that delegate controllers, then
+ *       enables memory, pids and cpu in <daemon cgroup>/cgroup.subtree_control). At exit it
+ *       undoes all of that, so that a supervisor can start it again in the same cgroup. In the
+ *       root cgroup it stays where it is and leaves the root's controllers enabled (they are the
+ *       whole system's).
  *   v1: <controller mount><daemon cgroup in that controller>/warren/<name> for memory, pids, cpu,
  *       freezer and cpuacct.
  * `fs_root` is normally "/sys/fs/cgroup"; unit tests point it at a fake tree.
@@ -26,6 +30,12 @@ struct cgroup_manager {
     /* v2: [0] is the parent of all sandbox cgroups. v1: one base per controller, in the order of
      * cgroup_v1_controllers[]; an empty string means that controller is not mounted. */
     char base[CGROUP_V1_CONTROLLERS][CGROUP_PATH_MAX];
+    /* v2 only: the cgroup the daemon was started in, whether it moved itself from there into
+     * <home>/warren-daemon, and which controllers (bit i = cgroup_v2_controllers[i]) it enabled
+     * in <home>/cgroup.subtree_control: what cgroup_manager_cleanup() puts back. */
+    char home[CGROUP_PATH_MAX];
+    int moved;
+    unsigned enabled;
 };
 
 struct cgroup_limits {
@@ -34,13 +44,22 @@ struct cgroup_limits {
     unsigned long long pids;   /* 0 = unlimited */
 };
 
+#define CGROUP_V2_CONTROLLERS 3
+
 extern const char *const cgroup_v1_controllers[CGROUP_V1_CONTROLLERS];
+/* What every sandbox's cgroup needs on v2: memory, pids, cpu. */
+extern const char *const cgroup_v2_controllers[CGROUP_V2_CONTROLLERS];
 
 const char *cgroup_mode_name(enum cgroup_mode mode);
 /* Detects the mode below fs_root and prepares the warren parent cgroup(s). `self_cgroup` is the
- * path of a /proc/<pid>/cgroup file describing the daemon. Returns -ENOENT if no usable cgroup
- * file system was found. */
-int cgroup_manager_init(struct cgroup_manager *m, const char *fs_root, const char *self_cgroup);
+ * path of a /proc/<pid>/cgroup file describing the daemon. On failure nothing is left behind
+ * (the daemon is back in its own cgroup), m->mode is CGROUP_NONE and `err` (`cap` bytes) says
+ * what is wrong and how to fix it, for the operator. -ENOENT: no usable cgroup file system;
+ * -ENOTSUP: on v2, the daemon's cgroup lacks one of cgroup_v2_controllers (its parent does not
+ * delegate it); -EBUSY: on v2, other processes share the daemon's cgroup; other -errno: a
+ * cgroup file could not be written. */
+int cgroup_manager_init(struct cgroup_manager *m, const char *fs_root, const char *self_cgroup,
+                        char *err, size_t cap);
 /* Creates the sandbox's cgroup(s) with `limits` and returns the cgroup.procs / tasks files the
  * sandbox's init must be written to (`procs` has room for CGROUP_V1_CONTROLLERS entries). */
 int cgroup_create(const struct cgroup_manager *m, const char *name,
@@ -64,7 +83,10 @@ int cgroup_freeze(const struct cgroup_manager *m, const char *name, int frozen);
 /* 1 once every process of the sandbox is frozen, 0 while freezing, -errno. */
 int cgroup_is_frozen(const struct cgroup_manager *m, const char *name);
 
-/* Removes the (empty) warren parent cgroup(s) at daemon exit. */
+/* At daemon exit, once every sandbox is gone: removes the warren parent cgroup(s) and, on v2,
+ * disables the controllers the daemon enabled, moves it back to its own cgroup and removes
+ * <home>/warren-daemon. Stops at the first step that fails (the parent still holds another
+ * daemon's sandboxes) and logs it as a warning. A no-op for CGROUP_NONE. */
 void cgroup_manager_cleanup(const struct cgroup_manager *m);
 
 #endif

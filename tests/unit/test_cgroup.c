@@ -19,6 +19,7 @@
 #include "sandbox/cgroup.h"
 
 static char root[256];
+static char err[1024];
 
 static void put(const char *rel, const char *content)
 {
@@ -63,20 +64,33 @@ static int teardown(void **state)
     return 0;
 }
 
-/* Pre-creates the files the kernel would create in a new v2 cgroup. */
+static const char *const v2_files[] = {"cgroup.procs", "cgroup.subtree_control",
+                                       "memory.max",   "memory.swap.max",
+                                       "pids.max",     "cpu.max",
+                                       "cgroup.kill",  "cgroup.controllers"};
+
+/* Pre-creates the files the kernel would create in a new v2 cgroup, whose parent delegates
+ * every controller. */
 static void fake_v2_dir(const char *rel)
 {
     char p[512];
     snprintf(p, sizeof(p), "%s/%s", root, rel);
     util_mkdir_p(p, 0755);
-    static const char *files[] = {"cgroup.procs", "cgroup.subtree_control",
-                                  "memory.max",   "memory.swap.max",
-                                  "pids.max",     "cpu.max",
-                                  "cgroup.kill"};
-    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+    for (size_t i = 0; i < sizeof(v2_files) / sizeof(v2_files[0]); i++) {
         char f[600];
-        snprintf(f, sizeof(f), "%s/%s", rel, files[i]);
-        put(f, "");
+        snprintf(f, sizeof(f), "%s/%s", rel, v2_files[i]);
+        put(f, strcmp(v2_files[i], "cgroup.controllers") == 0 ? "cpu io memory pids\n" : "");
+    }
+}
+
+/* The kernel lets an empty cgroup be removed with its files in it; a fake one must lose them
+ * first. */
+static void fake_v2_emptied(const char *rel)
+{
+    for (size_t i = 0; i < sizeof(v2_files) / sizeof(v2_files[0]); i++) {
+        char f[600];
+        snprintf(f, sizeof(f), "%s/%s/%s", root, rel, v2_files[i]);
+        unlink(f);
     }
 }
 
@@ -93,7 +107,7 @@ static void test_v2_layout_and_limits(void **state)
     put("self_cgroup", "0::/system.slice/warren.service\n");
 
     struct cgroup_manager m;
-    assert_int_equal(cgroup_manager_init(&m, root, self), 0);
+    assert_int_equal(cgroup_manager_init(&m, root, self, err, sizeof(err)), 0);
     assert_int_equal(m.mode, CGROUP_V2);
     assert_string_equal(cgroup_mode_name(m.mode), "v2");
     /* The daemon moved itself into a leaf and delegated controllers. */
@@ -146,7 +160,7 @@ static void test_v2_usage_and_freeze(void **state)
     snprintf(self, sizeof(self), "%s/self_cgroup", root);
     put("self_cgroup", "0::/\n");
     struct cgroup_manager m;
-    assert_int_equal(cgroup_manager_init(&m, root, self), 0);
+    assert_int_equal(cgroup_manager_init(&m, root, self, err, sizeof(err)), 0);
     struct cgroup_usage u;
     assert_int_equal(cgroup_usage(&m, "sb-9", &u), 0);
     assert_int_equal(u.memory_bytes, 1048576);
@@ -177,12 +191,141 @@ static void test_v2_root_cgroup(void **state)
     snprintf(self, sizeof(self), "%s/self_cgroup", root);
     put("self_cgroup", "0::/\n");
     struct cgroup_manager m;
-    assert_int_equal(cgroup_manager_init(&m, root, self), 0);
+    assert_int_equal(cgroup_manager_init(&m, root, self, err, sizeof(err)), 0);
     /* In the root cgroup the daemon stays where it is (the root may hold processes). */
     assert_false(exists("warren-daemon"));
     char want[512];
     snprintf(want, sizeof(want), "%s/warren", root);
     assert_string_equal(m.base[0], want);
+}
+
+static void test_v2_cleanup_restores_the_daemon_cgroup(void **state)
+{
+    (void)state;
+    char self[512], buf[256];
+    put("cgroup.controllers", "cpu io memory pids\n");
+    fake_v2_dir("svc");
+    /* A controller enabled before the daemon came stays enabled after it leaves. */
+    put("svc/cgroup.subtree_control", "io pids\n");
+    fake_v2_dir("svc/warren-daemon");
+    fake_v2_dir("svc/warren");
+    snprintf(self, sizeof(self), "%s/self_cgroup", root);
+    put("self_cgroup", "0::/svc\n");
+    struct cgroup_manager m;
+    assert_int_equal(cgroup_manager_init(&m, root, self, err, sizeof(err)), 0);
+    get("svc/warren-daemon/cgroup.procs", buf, sizeof(buf));
+    assert_string_equal(buf, "0");
+    get("svc/cgroup.subtree_control", buf, sizeof(buf));
+    assert_string_equal(buf, "+memory +pids +cpu");
+
+    fake_v2_emptied("svc/warren");
+    fake_v2_emptied("svc/warren-daemon");
+    put("svc/cgroup.subtree_control", ""); /* holds what is written to it next */
+    cgroup_manager_cleanup(&m);
+    /* Undone in order: the sandboxes' parent, the controllers the daemon enabled (and only
+     * those), the daemon's move, its leaf: the supervisor can start it in svc again. */
+    assert_false(exists("svc/warren"));
+    get("svc/cgroup.subtree_control", buf, sizeof(buf));
+    assert_string_equal(buf, "-memory -cpu");
+    get("svc/cgroup.procs", buf, sizeof(buf));
+    assert_string_equal(buf, "0");
+    assert_false(exists("svc/warren-daemon"));
+}
+
+static void test_v2_cleanup_keeps_what_sandboxes_still_use(void **state)
+{
+    (void)state;
+    char self[512], buf[256];
+    put("cgroup.controllers", "cpu memory pids\n");
+    fake_v2_dir("svc");
+    fake_v2_dir("svc/warren-daemon");
+    fake_v2_dir("svc/warren");
+    fake_v2_dir("svc/warren/sb-1");
+    snprintf(self, sizeof(self), "%s/self_cgroup", root);
+    put("self_cgroup", "0::/svc\n");
+    struct cgroup_manager m;
+    assert_int_equal(cgroup_manager_init(&m, root, self, err, sizeof(err)), 0);
+    fake_v2_emptied("svc/warren");
+    fake_v2_emptied("svc/warren-daemon");
+    /* svc/warren cannot go while a sandbox's cgroup is in it: nothing after that step is
+     * undone either, since it would fail or take the controllers from under the sandbox. */
+    cgroup_manager_cleanup(&m);
+    assert_true(exists("svc/warren/sb-1"));
+    get("svc/cgroup.subtree_control", buf, sizeof(buf));
+    assert_string_equal(buf, "+memory +pids +cpu");
+    get("svc/cgroup.procs", buf, sizeof(buf));
+    assert_string_equal(buf, "");
+    assert_true(exists("svc/warren-daemon"));
+}
+
+static void test_v2_root_cleanup_leaves_root_controllers(void **state)
+{
+    (void)state;
+    char self[512], buf[256];
+    put("cgroup.controllers", "cpu memory pids\n");
+    put("cgroup.subtree_control", "");
+    put("cgroup.procs", "");
+    fake_v2_dir("warren");
+    snprintf(self, sizeof(self), "%s/self_cgroup", root);
+    put("self_cgroup", "0::/\n");
+    struct cgroup_manager m;
+    assert_int_equal(cgroup_manager_init(&m, root, self, err, sizeof(err)), 0);
+    fake_v2_emptied("warren");
+    cgroup_manager_cleanup(&m);
+    assert_false(exists("warren"));
+    /* Other cgroups of the system may use the root's controllers by now. */
+    get("cgroup.subtree_control", buf, sizeof(buf));
+    assert_string_equal(buf, "+memory +pids +cpu");
+    get("cgroup.procs", buf, sizeof(buf));
+    assert_string_equal(buf, "");
+}
+
+static void test_v2_controllers_not_delegated(void **state)
+{
+    (void)state;
+    char self[512], buf[256];
+    put("cgroup.controllers", "cpu memory pids\n");
+    put("cgroup.subtree_control", "pids\n");
+    fake_v2_dir("svc");
+    put("svc/cgroup.controllers", "pids\n");
+    snprintf(self, sizeof(self), "%s/self_cgroup", root);
+    put("self_cgroup", "0::/svc\n");
+    struct cgroup_manager m;
+    assert_int_equal(cgroup_manager_init(&m, root, self, err, sizeof(err)), -ENOTSUP);
+    assert_int_equal(m.mode, CGROUP_NONE);
+    /* Says what is missing, where, and what to do about it. */
+    assert_non_null(strstr(err, "lacks the controllers +memory +cpu"));
+    char want[512];
+    snprintf(want, sizeof(want), "> %s/cgroup.subtree_control", root);
+    assert_non_null(strstr(err, want));
+    assert_non_null(strstr(err, "Delegate=yes"));
+    /* Refused before anything was touched. */
+    assert_false(exists("svc/warren-daemon"));
+    assert_false(exists("svc/warren"));
+    get("svc/cgroup.subtree_control", buf, sizeof(buf));
+    assert_string_equal(buf, "");
+}
+
+static void test_v2_failed_start_moves_the_daemon_back(void **state)
+{
+    (void)state;
+    char self[512], buf[256], p[512];
+    put("cgroup.controllers", "cpu memory pids\n");
+    fake_v2_dir("svc");
+    fake_v2_dir("svc/warren-daemon");
+    /* Reads as empty, refuses every write (ENOSPC), as a cgroup refusing its controllers. */
+    snprintf(p, sizeof(p), "%s/svc/cgroup.subtree_control", root);
+    unlink(p);
+    assert_int_equal(symlink("/dev/full", p), 0);
+    snprintf(self, sizeof(self), "%s/self_cgroup", root);
+    put("self_cgroup", "0::/svc\n");
+    struct cgroup_manager m;
+    assert_int_equal(cgroup_manager_init(&m, root, self, err, sizeof(err)), -ENOSPC);
+    assert_int_equal(m.mode, CGROUP_NONE);
+    assert_non_null(strstr(err, "cannot enable +memory +pids +cpu in"));
+    get("svc/cgroup.procs", buf, sizeof(buf));
+    assert_string_equal(buf, "0");
+    assert_false(exists("svc/warren"));
 }
 
 static void test_v1_layout(void **state)
@@ -198,7 +341,7 @@ static void test_v1_layout(void **state)
     put("self_cgroup", "9:name=systemd:/\n8:pids:/job\n4:memory:/job\n2:cpuacct:/\n1:cpu:/job\n"
                        "6:freezer:/job\n0::/\n");
     struct cgroup_manager m;
-    assert_int_equal(cgroup_manager_init(&m, root, self), 0);
+    assert_int_equal(cgroup_manager_init(&m, root, self, err, sizeof(err)), 0);
     assert_int_equal(m.mode, CGROUP_V1);
     snprintf(p, sizeof(p), "%s/memory/job/warren", root);
     assert_string_equal(m.base[0], p);
@@ -247,7 +390,7 @@ static void test_v1_parent_removed_by_another_daemon(void **state)
     snprintf(self, sizeof(self), "%s/self_cgroup", root);
     put("self_cgroup", "8:pids:/\n4:memory:/\n1:cpu:/\n6:freezer:/\n2:cpuacct:/\n0::/\n");
     struct cgroup_manager m;
-    assert_int_equal(cgroup_manager_init(&m, root, self), 0);
+    assert_int_equal(cgroup_manager_init(&m, root, self, err, sizeof(err)), 0);
     /* Another daemon sharing these parents exits and removes them while they are empty. */
     struct cgroup_manager other = m;
     cgroup_manager_cleanup(&other);
@@ -268,8 +411,9 @@ static void test_none(void **state)
     snprintf(self, sizeof(self), "%s/self_cgroup", root);
     put("self_cgroup", "0::/\n");
     struct cgroup_manager m;
-    assert_int_equal(cgroup_manager_init(&m, root, self), -2 /* -ENOENT */);
+    assert_int_equal(cgroup_manager_init(&m, root, self, err, sizeof(err)), -ENOENT);
     assert_int_equal(m.mode, CGROUP_NONE);
+    assert_non_null(strstr(err, "no usable cgroup hierarchy under"));
     assert_string_equal(cgroup_mode_name(m.mode), "none");
 }
 
@@ -279,6 +423,15 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_v2_layout_and_limits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_v2_usage_and_freeze, setup, teardown),
         cmocka_unit_test_setup_teardown(test_v2_root_cgroup, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_v2_cleanup_restores_the_daemon_cgroup, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_v2_cleanup_keeps_what_sandboxes_still_use, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_v2_root_cleanup_leaves_root_controllers, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_v2_controllers_not_delegated, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_v2_failed_start_moves_the_daemon_back, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_v1_layout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_v1_parent_removed_by_another_daemon, setup, teardown),
         cmocka_unit_test_setup_teardown(test_none, setup, teardown),
