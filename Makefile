@@ -3,6 +3,7 @@
 #   make run     install missing Debian packages, build, start the daemon on 127.0.0.1:7070
 #   make test    install missing Debian packages, build, run unit + integration tests
 #   make SAN=1 BUILD=build-asan test-unit test-integration    the same under ASan+UBSan
+#   make test-cgroup-v2    the daemon on cgroup v2 in a VM (Debian's kernel under qemu, ~1 min)
 #
 # Two binaries are built:
 #   warren       the daemon, the CLI and the benchmark helpers (dynamically linked).
@@ -46,8 +47,8 @@ BENCH_SRCS := $(wildcard bench/*.c)
 BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRCS))
 HDRS := $(wildcard src/*.h src/*/*.h)
 
-.PHONY: all deps run test test-unit test-integration bench format format-check check-layers clean \
-	install
+.PHONY: all deps run test test-unit test-integration test-cgroup-v2 bench format format-check \
+	check-layers clean install
 
 all: $(BUILD)/warren $(BUILD)/warren-init warren warren-init
 
@@ -106,6 +107,12 @@ test-unit: $(UNIT_BINS)
 
 test-integration: $(BUILD)/warren $(BUILD)/warren-init
 	WARREN_BIN=$(CURDIR)/$(BUILD)/warren /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/integration
+
+# cgroup v2 on a real kernel whatever the host runs: Debian's kernel under qemu, the daemon in a
+# delegated and in the root cgroup. Installs its own packages (qemu, debootstrap, ...), not part
+# of `deps`; caches the kernel and root in /var/cache/warren-vm. See tests/vm/run-cgroup-v2.sh.
+test-cgroup-v2: $(BUILD)/warren $(BUILD)/warren-init
+	tests/vm/run-cgroup-v2.sh $(BUILD)
 
 bench: all $(BENCH_BINS)
 
