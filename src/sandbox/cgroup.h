@@ -30,9 +30,9 @@ struct cgroup_manager {
     /* v2: [0] is the parent of all sandbox cgroups. v1: one base per controller, in the order of
      * cgroup_v1_controllers[]; an empty string means that controller is not mounted. */
     char base[CGROUP_V1_CONTROLLERS][CGROUP_PATH_MAX];
-    /* v2 only: the cgroup the daemon was started in, whether it moved itself from there into
-     * <home>/warren-daemon, and which controllers (bit i = cgroup_v2_controllers[i]) it enabled
-     * in <home>/cgroup.subtree_control: what cgroup_manager_cleanup() puts back. */
+    /* v2 only: the cgroup the daemon was started in, whether it made <home>/warren-daemon to
+     * move itself into, and which controllers (bit i = cgroup_v2_controllers[i]) it enabled in
+     * <home>/cgroup.subtree_control: what cgroup_manager_cleanup() puts back. */
     char home[CGROUP_PATH_MAX];
     int moved;
     unsigned enabled;
