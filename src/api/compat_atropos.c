@@ -8,8 +8,6 @@
  */
 #include "api/compat_atropos.h"
 
-#include <archive.h>
-#include <archive_entry.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -1399,9 +1397,8 @@ out:
 enum fw_op { FW_READ_FILE, FW_WRITE_FILE, FW_RESET, FW_ART_READ, FW_ART_LIST, FW_ART_ARCHIVE };
 
 struct atr_fwork {
-    uv_work_t work;
     struct atr_job *job;
-    struct files_root root;
+    const struct fs_root *root; /* while the work runs */
     enum fw_op op;
     atomic_int cancelled;
     /* inputs (copied: the worker touches no shared JSON) */
@@ -1428,30 +1425,21 @@ struct ws_path {
     unsigned mode;
 };
 
-static double parse_rfc3339(const char *s)
+/* A name from the file system as the reference can name it: bytes that are not UTF-8 become
+ * U+FFFD (such files stay out of reach, as they are for the reference). malloc'd, or NULL. */
+static char *text_name(const char *s)
 {
-    struct tm tm;
-    memset(&tm, 0, sizeof(tm));
-    int n = 0;
-    if (!s || sscanf(s, "%d-%d-%dT%d:%d:%d%n", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour,
-                     &tm.tm_min, &tm.tm_sec, &n) != 6)
-        return 0;
-    tm.tm_year -= 1900;
-    tm.tm_mon -= 1;
-    double t = (double)timegm(&tm);
-    if (s[n] == '.')
-        t += strtod(s + n, NULL);
-    return t;
+    size_t n = strlen(s);
+    return util_utf8_valid(s, n) ? strdup(s) : util_utf8_lossy(s, n);
 }
 
-static void stat_fill(struct ws_path *wp, json_t *st)
+/* mtime in whole seconds: the reference reports what a second-precision stat gives. */
+static void stat_fill(struct ws_path *wp, const struct fs_entry *e)
 {
-    const char *type = json_string_value(json_object_get(st, "type"));
-    const char *mode = json_string_value(json_object_get(st, "mode"));
-    wp->type = !type ? 'o' : strcmp(type, "file") == 0 ? 'f' : strcmp(type, "dir") == 0 ? 'd' : 'o';
-    wp->size = (long long)json_integer_value(json_object_get(st, "size"));
-    wp->mtime = parse_rfc3339(json_string_value(json_object_get(st, "mtime")));
-    wp->mode = mode ? (unsigned)strtoul(mode, NULL, 8) & 07777 : 0644;
+    wp->type = e->type == FS_FILE ? 'f' : e->type == FS_DIR ? 'd' : 'o';
+    wp->size = (long long)e->size;
+    wp->mtime = (double)e->mtime.tv_sec;
+    wp->mode = (unsigned)e->mode & 07777;
 }
 
 /* True when a relative path climbs above its start by `..` alone. */
@@ -1482,7 +1470,7 @@ static int lexically_escapes(const char *rel)
  * that the result is /workspace or below it. How, and why this way:
  *  - absolute paths, and paths whose `..` climb above the workspace lexically, are refused
  *    before anything is looked at;
- *  - then every component is looked at with files_stat() (no final-symlink following), from
+ *  - then every component is looked at with fs_stat() (no final-symlink following), from
  *    the sandbox's "/" on, so /workspace itself is checked too; a symlink's target is spliced
  *    into the rest of the path (an absolute target restarts at the sandbox's "/"), and `..`
  *    removes the last resolved component — the kernel's semantics, not a textual clean-up;
@@ -1493,7 +1481,7 @@ static int lexically_escapes(const char *rel)
  * sandbox: at worst it reads or writes the sandbox's own files, which the sandbox can anyway.
  * Returns 0, -EXDEV (outside), -ELOOP, -ENAMETOOLONG or another -errno from the files layer.
  */
-static int ws_resolve(const struct files_root *root, const char *rel, size_t rel_len,
+static int ws_resolve(const struct fs_root *root, const char *rel, size_t rel_len,
                       struct ws_path *wp)
 {
     memset(wp, 0, sizeof(*wp));
@@ -1535,8 +1523,8 @@ static int ws_resolve(const struct files_root *root, const char *rel, size_t rel
         res[rlen] = '\0';
         if (wp->missing)
             continue;
-        json_t *st = NULL;
-        r = files_stat(root, res, 0, &st);
+        struct fs_entry st;
+        r = fs_stat(root, res, 0, &st);
         if (r == -ENOENT || r == -ENOTDIR) {
             /* As realpath without strict: the rest is taken as it is written. */
             wp->missing = 1;
@@ -1546,11 +1534,11 @@ static int ws_resolve(const struct files_root *root, const char *rel, size_t rel
         }
         if (r < 0)
             goto out;
-        const char *type = json_string_value(json_object_get(st, "type"));
-        if (type && strcmp(type, "symlink") == 0) {
-            const char *target = json_string_value(json_object_get(st, "link_target"));
+        if (st.type == FS_SYMLINK) {
+            char *target = st.link_target ? text_name(st.link_target) : NULL;
+            fs_entry_free(&st);
             if (++links > MAX_SYMLINKS || !target) {
-                json_decref(st);
+                free(target);
                 r = -ELOOP;
                 goto out;
             }
@@ -1559,7 +1547,7 @@ static int ws_resolve(const struct files_root *root, const char *rel, size_t rel
             buf_append_str(&np, target);
             buf_append_str(&np, "/");
             buf_append(&np, pend.data + pos, pend.len - pos);
-            json_decref(st); /* target points into it */
+            free(target);
             if (!np.data) {
                 r = -ENOMEM;
                 goto out;
@@ -1571,7 +1559,7 @@ static int ws_resolve(const struct files_root *root, const char *rel, size_t rel
             res[rlen] = '\0';
             continue;
         }
-        json_decref(st);
+        fs_entry_free(&st);
     }
     if (rlen == 0) {
         res[0] = '/';
@@ -1582,14 +1570,14 @@ static int ws_resolve(const struct files_root *root, const char *rel, size_t rel
         goto out;
     }
     if (!wp->missing) {
-        json_t *st = NULL;
-        r = files_stat(root, res, 0, &st);
+        struct fs_entry st;
+        r = fs_stat(root, res, 0, &st);
         if (r == -ENOENT || r == -ENOTDIR) {
             wp->missing = 1;
             r = 0;
         } else if (r == 0) {
-            stat_fill(wp, st);
-            json_decref(st);
+            stat_fill(wp, &st);
+            fs_entry_free(&st);
         }
     }
 out:
@@ -1655,7 +1643,7 @@ static const char *mime_by_suffix(const char *path)
 static void fw_read_file(struct atr_fwork *fw)
 {
     struct ws_path wp;
-    int r = ws_resolve(&fw->root, fw->path, fw->path_len, &wp);
+    int r = ws_resolve(fw->root, fw->path, fw->path_len, &wp);
     if (r == -EXDEV || r == -ELOOP) {
         fw->resp = xfail(DENIED);
         return;
@@ -1677,7 +1665,7 @@ static void fw_read_file(struct atr_fwork *fw)
         return;
     }
     struct stat st;
-    int fd = files_open_read(&fw->root, wp.abs, &st);
+    int fd = fs_open_read(fw->root, wp.abs, &st);
     if (fd < 0) {
         fw->resp = fd == -ENOENT ? xfail("File not found: %s", fw->path)
                    : fd == -EISDIR || fd == -EINVAL
@@ -1709,18 +1697,18 @@ static void fw_read_file(struct atr_fwork *fw)
 static void fw_write_file(struct atr_fwork *fw)
 {
     struct ws_path wp;
-    int r = ws_resolve(&fw->root, fw->path, fw->path_len, &wp);
+    int r = ws_resolve(fw->root, fw->path, fw->path_len, &wp);
     if (r == -EXDEV || r == -ELOOP) {
         fw->resp = xfail(DENIED);
         return;
     }
     if (r == 0 && !wp.missing && wp.type == 'd')
         r = -EISDIR;
-    struct files_tmp tmp;
+    struct fs_tmp tmp;
     /* An existing file keeps its mode, as when it is rewritten in place. */
     unsigned mode = !wp.missing && wp.type == 'f' ? wp.mode : 0644;
     if (r == 0)
-        r = files_open_write(&fw->root, wp.abs, mode, 1, &tmp);
+        r = fs_open_write(fw->root, wp.abs, mode, 1, &tmp);
     if (r == 0) {
         size_t off = 0;
         while (off < fw->content_len) {
@@ -1734,9 +1722,9 @@ static void fw_write_file(struct atr_fwork *fw)
             off += (size_t)n;
         }
         if (r == 0)
-            r = files_commit(&tmp);
+            r = fs_commit(&tmp);
         else
-            files_abort(&tmp);
+            fs_abort(&tmp);
     }
     if (r < 0) {
         fw->resp = xfail("Failed to write file: [Errno %d] %s: '%s'", -r, strerror(-r),
@@ -1751,15 +1739,15 @@ static void fw_write_file(struct atr_fwork *fw)
     buf_free(&out);
 }
 
-/* Empties /workspace: files_remove() of the tree removes every entry by fd (whatever its name
+/* Empties /workspace: fs_remove() of the tree removes every entry by fd (whatever its name
  * is, even bytes that are not UTF-8, which a listing could not return), then fails to remove
  * /workspace itself with EBUSY because it is a mount point. Were it a plain directory, it is
  * created again. */
 static void fw_reset(struct atr_fwork *fw)
 {
-    int r = files_remove(&fw->root, "/workspace", 1);
+    int r = fs_remove(fw->root, "/workspace", 1);
     if (r == 0)
-        r = files_mkdir(&fw->root, "/workspace", 0);
+        r = fs_mkdir(fw->root, "/workspace", 0);
     else if (r == -EBUSY)
         r = 0;
     if (r < 0) {
@@ -1793,7 +1781,7 @@ static int art_path_error(struct atr_fwork *fw, int r, const struct ws_path *wp)
 static void fw_art_read(struct atr_fwork *fw)
 {
     struct ws_path wp;
-    int r = ws_resolve(&fw->root, fw->path, fw->path_len, &wp);
+    int r = ws_resolve(fw->root, fw->path, fw->path_len, &wp);
     if (art_path_error(fw, r, &wp))
         return;
     if (wp.type != 'f') {
@@ -1813,7 +1801,7 @@ static void fw_art_read(struct atr_fwork *fw)
         return;
     }
     struct stat st;
-    int fd = files_open_read(&fw->root, wp.abs, &st);
+    int fd = fs_open_read(fw->root, wp.abs, &st);
     if (fd < 0) {
         fw->status = fd == -ENOENT ? 404 : fd == -EISDIR || fd == -EINVAL ? 400 : 500;
         fw->resp = fd == -ENOENT                    ? plain_fail("Not found: %s", fw->path)
@@ -1946,28 +1934,26 @@ static int list_dir(struct atr_fwork *fw, const struct ws_path *dir, int recursi
                     struct litem ***order_out, struct litem **items_out, size_t *n_out,
                     int *truncated)
 {
-    json_t *entries = NULL, *e;
-    size_t i, n = 0;
-    int r = files_list(&fw->root, dir->abs, recursive, max, &entries, truncated);
+    struct fs_entry *entries = NULL;
+    size_t i, n = 0, total = 0;
+    int r = fs_list(fw->root, dir->abs, recursive, max, &entries, &total, truncated);
     if (r < 0)
         return r;
-    size_t total = json_array_size(entries);
     struct litem *items = calloc(total ? total : 1, sizeof(*items));
     struct litem **order = calloc(total ? total : 1, sizeof(*order));
     if (!items || !order) {
         free(items);
         free(order);
-        json_decref(entries);
+        fs_entries_free(entries, total);
         return -ENOMEM;
     }
     const char *base = ws_rel(dir->abs);
-    json_array_foreach(entries, i, e)
-    {
+    for (i = 0; i < total; i++) {
+        const struct fs_entry *e = &entries[i];
         if (atomic_load(&fw->cancelled))
             break;
-        const char *p = json_string_value(json_object_get(e, "path"));
-        const char *type = json_string_value(json_object_get(e, "type"));
-        if (!p || !type)
+        char *p = text_name(e->path);
+        if (!p)
             continue;
         struct litem *it = &items[n];
         memset(it, 0, sizeof(*it));
@@ -1975,11 +1961,14 @@ static int list_dir(struct atr_fwork *fw, const struct ws_path *dir, int recursi
         if (strcmp(base, ".") != 0)
             buf_appendf(&rel, "%s/", base);
         buf_append_str(&rel, p);
-        if (!rel.data)
+        if (!rel.data) {
+            free(p);
             continue;
-        if (strcmp(type, "symlink") == 0) {
-            if (ws_resolve(&fw->root, rel.data, rel.len, &it->wp) < 0 || it->wp.missing) {
+        }
+        if (e->type == FS_SYMLINK) {
+            if (ws_resolve(fw->root, rel.data, rel.len, &it->wp) < 0 || it->wp.missing) {
                 buf_free(&rel);
+                free(p);
                 continue;
             }
         } else {
@@ -1988,15 +1977,14 @@ static int list_dir(struct atr_fwork *fw, const struct ws_path *dir, int recursi
             it->real_dir = it->wp.type == 'd';
         }
         buf_free(&rel);
-        if (!(it->key = strdup(p)))
-            continue;
+        it->key = p;
         const char *slash = strrchr(it->key, '/');
         it->parent_len = slash ? (size_t)(slash - it->key) : 0;
         it->name = slash ? slash + 1 : it->key;
         it->dir = it->wp.type == 'd';
         n++;
     }
-    json_decref(entries);
+    fs_entries_free(entries, total);
     size_t k = 0;
     if (recursive) {
         qsort(items, n, sizeof(*items), litem_cmp);
@@ -2024,7 +2012,7 @@ static json_t *list_entry(const struct ws_path *wp)
 static void fw_art_list(struct atr_fwork *fw)
 {
     struct ws_path wp;
-    int r = ws_resolve(&fw->root, fw->path, fw->path_len, &wp);
+    int r = ws_resolve(fw->root, fw->path, fw->path_len, &wp);
     if (art_path_error(fw, r, &wp))
         return;
     json_t *arr = json_array();
@@ -2058,117 +2046,69 @@ static void fw_art_list(struct atr_fwork *fw)
 }
 
 struct arch_out {
+    struct atr_fwork *fw;
     buf_t data;
     size_t total;
     size_t limit;
 };
 
-static la_ssize_t arch_write(struct archive *ar, void *arg, const void *data, size_t len)
+static ssize_t arch_write(const void *data, size_t len, void *arg)
 {
     struct arch_out *o = arg;
-    (void)ar;
+    if (atomic_load(&o->fw->cancelled))
+        return -ECANCELED;
     o->total += len;
     /* Past the limit the size is all that is still needed (for the 413's "bytes"). */
     if (o->total <= o->limit) {
-        if (buf_append(&o->data, data, len) < 0) {
-            archive_set_error(ar, ENOMEM, "out of memory");
-            return -1;
-        }
+        if (buf_append(&o->data, data, len) < 0)
+            return -ENOMEM;
     } else if (o->data.data) {
         buf_free(&o->data);
     }
-    return (la_ssize_t)len;
+    return (ssize_t)len;
 }
 
-/* Adds one regular file (resolved absolute path) under `name`. Files that vanished or cannot be
- * opened are skipped, as the reference does. Returns 1 if added, 0 if skipped, -1 on an archive
- * error. */
-static int arch_add(struct atr_fwork *fw, struct archive *ar, const char *abs, const char *name)
-{
-    struct stat st;
-    int fd = files_open_read(&fw->root, abs, &st);
-    if (fd < 0)
-        return 0;
-    struct archive_entry *e = archive_entry_new();
-    if (!e) {
-        close(fd);
-        return -1;
-    }
-    archive_entry_set_pathname(e, name);
-    archive_entry_set_filetype(e, AE_IFREG);
-    archive_entry_set_perm(e, st.st_mode & 07777);
-    archive_entry_set_size(e, st.st_size);
-    archive_entry_set_mtime(e, st.st_mtim.tv_sec, st.st_mtim.tv_nsec);
-    archive_entry_set_uid(e, 0);
-    archive_entry_set_gid(e, 0);
-    archive_entry_set_uname(e, "root");
-    archive_entry_set_gname(e, "root");
-    int r = archive_write_header(ar, e) == ARCHIVE_OK ? 1 : -1;
-    archive_entry_free(e);
-    char chunk[65536];
-    off_t left = st.st_size;
-    /* Exactly st_size bytes: a file that shrinks meanwhile is padded by libarchive. */
-    while (r == 1 && left > 0 && !atomic_load(&fw->cancelled)) {
-        ssize_t n = read(fd, chunk, left < (off_t)sizeof(chunk) ? (size_t)left : sizeof(chunk));
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            break;
-        if (archive_write_data(ar, chunk, (size_t)n) < 0)
-            r = -1;
-        left -= n;
-    }
-    close(fd);
-    return r;
-}
-
+/* Regular files only (symlinks to files inside the workspace under their target's name), named
+ * relative to the workspace, at most max_entries of them; files that vanished or cannot be opened
+ * are left out, as the reference does. */
 static void fw_art_archive(struct atr_fwork *fw)
 {
     struct ws_path wp;
-    int r = ws_resolve(&fw->root, fw->path, fw->path_len, &wp);
+    int r = ws_resolve(fw->root, fw->path, fw->path_len, &wp);
     if (art_path_error(fw, r, &wp))
         return;
-    struct arch_out out = {.data = BUF_INIT, .limit = (size_t)fw->max_bytes};
-    struct archive *ar = archive_write_new();
+    struct arch_out out = {.fw = fw, .data = BUF_INIT, .limit = (size_t)fw->max_bytes};
+    struct fs_archive *ar = NULL;
     size_t count = 0, limit = (size_t)fw->max_entries;
     struct litem **order = NULL, *items = NULL;
     size_t n = 0;
-    int failed = !ar || archive_write_add_filter_gzip(ar) != ARCHIVE_OK ||
-                 archive_write_set_format_pax_restricted(ar) != ARCHIVE_OK ||
-                 /* names as the bytes they are: the daemon's C locale cannot convert them */
-                 archive_write_set_format_option(ar, "pax", "hdrcharset", "BINARY") != ARCHIVE_OK ||
-                 /* the tar stream is padded to whole records inside the gzip data; the
-                  * compressed output itself needs no padding */
-                 archive_write_set_bytes_in_last_block(ar, 1) != ARCHIVE_OK ||
-                 archive_write_open(ar, &out, NULL, arch_write, NULL) != ARCHIVE_OK;
-    if (!failed && wp.type == 'f') {
-        int a = arch_add(fw, ar, wp.abs, ws_rel(wp.abs));
-        failed = a < 0;
+    /* No limits in the writer: the reference builds the whole archive and then reports its
+     * size, so arch_write counts on past max_bytes. */
+    r = fs_archive_new(fw->root, 0, 0, arch_write, &out, &ar);
+    if (r == 0 && wp.type == 'f') {
+        int a = fs_archive_add_file(ar, wp.abs, ws_rel(wp.abs));
+        r = a < 0 ? a : 0;
         count += a > 0;
-    } else if (!failed && wp.type == 'd') {
+    } else if (r == 0 && wp.type == 'd') {
         int trunc = 0;
         r = list_dir(fw, &wp, 1, MAX_WALK_ENTRIES, &order, &items, &n, &trunc);
-        failed = r < 0;
-        /* Regular files only (symlinks to files inside the workspace as their target), named
-         * relative to the workspace, at most max_entries of them. */
-        for (size_t i = 0; !failed && i < n && count < limit; i++) {
+        for (size_t i = 0; r == 0 && i < n && count < limit; i++) {
             if (atomic_load(&fw->cancelled))
                 break;
             if (order[i]->wp.type != 'f')
                 continue;
-            int a = arch_add(fw, ar, order[i]->wp.abs, ws_rel(order[i]->wp.abs));
-            failed = a < 0;
+            int a = fs_archive_add_file(ar, order[i]->wp.abs, ws_rel(order[i]->wp.abs));
+            r = a < 0 ? a : 0;
             count += a > 0;
         }
     }
-    if (ar && !failed && archive_write_close(ar) != ARCHIVE_OK)
-        failed = 1;
-    if (failed) {
+    if (ar) {
+        int c = fs_archive_close(ar, NULL);
+        r = r < 0 ? r : c;
+    }
+    if (r < 0) {
         fw->status = 500;
-        fw->resp = plain_fail("Failed to create archive: %s", ar && archive_error_string(ar)
-                                                                  ? archive_error_string(ar)
-                                                              : r < 0 ? strerror(-r)
-                                                                      : "out of memory");
+        fw->resp = plain_fail("Failed to create archive: %s", strerror(-r));
     } else if (out.total > out.limit) {
         fw->status = 413;
         fw->resp = plain_fail("Archive too large: %zu bytes (max %zu)", out.total, out.limit);
@@ -2182,16 +2122,15 @@ static void fw_art_archive(struct atr_fwork *fw)
                        : plain_fail("out of memory");
         free(b64);
     }
-    if (ar)
-        archive_write_free(ar);
     buf_free(&out.data);
     free(order);
     litems_free(items, n);
 }
 
-static void fw_run(uv_work_t *w)
+static void fw_run(const struct fs_root *root, void *arg)
 {
-    struct atr_fwork *fw = w->data;
+    struct atr_fwork *fw = arg;
+    fw->root = root;
     fw->status = 200;
     switch (fw->op) {
     case FW_READ_FILE:
@@ -2245,16 +2184,15 @@ static json_t *fw_fail_resp(const struct atr_fwork *fw, int *status, const char 
     }
 }
 
-static void fw_after(uv_work_t *w, int status)
+static void fw_after(void *arg)
 {
-    struct atr_fwork *fw = w->data;
+    struct atr_fwork *fw = arg;
     struct atr_job *job = fw->job;
     int st = fw->status;
     json_t *resp = fw->resp;
-    files_root_close(&fw->root);
     job->fw = NULL;
     if (!resp)
-        resp = fw_fail_resp(fw, &st, status < 0 ? uv_strerror(status) : "out of memory");
+        resp = fw_fail_resp(fw, &st, "out of memory");
     fw_free(fw);
     job_finish(job, st, resp);
 }
@@ -2263,20 +2201,17 @@ static void fw_start(struct atr_job *job, struct atr_fwork *fw)
 {
     struct atr_slot *s = job->slot;
     int st;
-    uid_t uid = sandbox_host_uid(s->sb);
     snprintf(fw->slot_name, sizeof(fw->slot_name), "%s", s->name);
     atomic_init(&fw->cancelled, 0);
-    int r = files_root_open(s->sb->pid, uid, (gid_t)uid, &fw->root);
+    fw->job = job;
+    int r = files_run(s->sb, fw_run, fw_after, fw);
     if (r < 0) {
         json_t *resp = fw_fail_resp(fw, &st, strerror(-r));
         fw_free(fw);
         job_finish(job, st, resp);
         return;
     }
-    fw->job = job;
     job->fw = fw;
-    fw->work.data = fw;
-    uv_queue_work(s->a->reg->loop, &fw->work, fw_run, fw_after);
 }
 
 static struct atr_fwork *fw_new(enum fw_op op, json_t *path, const char *def)

@@ -2,26 +2,28 @@
  * files — the files API of a sandbox: GET/PUT/DELETE files (with ?stat=1 and Range), files/list,
  * GET/PUT archive (tar.gz).
  *
- * Every path is resolved inside the sandbox by session/files.c, with the sandbox root's
- * credentials, on the thread pool. Data moves without buffering whole files:
+ * Every path is resolved inside the sandbox by the engine (through session/files.h), with the
+ * sandbox root's credentials, on the thread pool. Data moves without buffering whole files:
  *  - single files: the fd opened by the files layer is read/written with uv_fs_read/uv_fs_write
  *    (thread pool) in 256 KiB pieces, paced by the HTTP output queue (downloads) or by pausing the
  *    request body while a write is in flight (uploads);
- *  - archives: libarchive runs on a thread-pool thread and exchanges bytes with the loop through
- *    a pipe, whose blocking read/write on the worker side is the backpressure.
+ *  - archives: files_archive_stream/files_extract_stream run libarchive on a thread-pool thread
+ *    and exchange bytes with the loop through a pipe, whose blocking end on the worker side is
+ *    the backpressure.
  * Uploads are limited to the sandbox's disk_mib (413); PUT writes atomically (temp file +
  * rename), so a failed upload leaves the old file.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "api/files.h"
+
 #include "api/api.h"
 #include "core/log.h"
-#include "session/files.h"
+#include "core/util.h"
 
 #define CHUNK (256u << 10)
 #define MAX_ARCHIVE_ENTRIES 100000
@@ -31,8 +33,8 @@ enum xfer_op { X_GET, X_STAT, X_PUT, X_DELETE, X_LIST, X_ARCHIVE_GET, X_ARCHIVE_
 struct xfer {
     struct api_ctx *ctx;
     http_req_t *req;
-    struct sandbox *sb; /* ref held */
-    struct files_root root;
+    struct sandbox *sb; /* referenced by `files` */
+    struct files *files;
     enum xfer_op op;
     char *path;
     /* options */
@@ -41,13 +43,12 @@ struct xfer {
     size_t max_entries;
     uint64_t limit;
     /* worker results */
-    uv_work_t work;
     int r;
     json_t *result;
     char err[256];
     int fd;
     struct stat st;
-    struct files_tmp tmp;
+    struct fs_tmp tmp;
     size_t entries;
     /* transfer state */
     uv_fs_t fs;
@@ -59,7 +60,7 @@ struct xfer {
     int body_err;
     buf_t pending; /* upload bytes not yet handed to a write */
     /* archives */
-    int pipe_r, pipe_w;
+    int pipe_fd; /* the loop's end of the pipe to the worker */
     uv_poll_t poll;
     int poll_open;
     int started; /* the streamed response was started */
@@ -69,35 +70,26 @@ static void xfer_free(struct xfer *x)
 {
     if (x->fd >= 0)
         close(x->fd);
-    if (x->pipe_r >= 0)
-        close(x->pipe_r);
-    if (x->pipe_w >= 0)
-        close(x->pipe_w);
-    files_root_close(&x->root);
+    if (x->pipe_fd >= 0)
+        close(x->pipe_fd);
+    files_close(x->files);
     json_decref(x->result);
     buf_free(&x->pending);
     free(x->chunk);
     free(x->path);
-    sandbox_unref(x->sb);
     free(x);
 }
 
-/* The loop's end of an archive pipe (the one the poll handle watches). It is closed only from
- * the handle's close callback: closing it earlier would let the number be reused while libuv
- * still has it registered, and a later uv_close would then unregister someone else's fd. */
-static int *loop_end(struct xfer *x)
-{
-    return x->op == X_ARCHIVE_GET ? &x->pipe_r : &x->pipe_w;
-}
-
+/* The loop's end of an archive pipe (the one the poll handle watches) is closed only from the
+ * handle's close callback: closing it earlier would let the number be reused while libuv still
+ * has it registered, and a later uv_close would then unregister someone else's fd. */
 static void on_poll_closed(uv_handle_t *h)
 {
     struct xfer *x = h->data;
-    int *fd = loop_end(x);
     x->poll_open = 0;
-    if (*fd >= 0)
-        close(*fd); /* the worker's next read sees EOF, its next write EPIPE */
-    *fd = -1;
+    if (x->pipe_fd >= 0)
+        close(x->pipe_fd); /* the worker's next read sees EOF, its next write EPIPE */
+    x->pipe_fd = -1;
     if (!x->busy && x->answered)
         xfer_free(x);
 }
@@ -118,6 +110,53 @@ static void xfer_maybe_free(struct xfer *x)
         return;
     }
     xfer_free(x);
+}
+
+/* ---- entries as JSON ------------------------------------------------------------------------ */
+
+static const char *type_name(enum fs_type t)
+{
+    return t == FS_FILE ? "file" : t == FS_DIR ? "dir" : t == FS_SYMLINK ? "symlink" : "other";
+}
+
+/* o[key] = text; a name that is not UTF-8 (file names are bytes) is shown with U+FFFD for the
+ * bad bytes, and o[key_b64] carries the exact bytes. */
+static int set_text(json_t *o, const char *key, const char *text)
+{
+    size_t len = strlen(text);
+    if (util_utf8_valid(text, len))
+        return json_object_set_new(o, key, json_stringn(text, len));
+    char *lossy = util_utf8_lossy(text, len), *b64 = util_base64_encode(text, len), k[64];
+    snprintf(k, sizeof(k), "%s_b64", key);
+    int bad = !lossy || !b64 || json_object_set_new(o, key, json_string(lossy)) ||
+              json_object_set_new(o, k, json_string(b64));
+    free(lossy);
+    free(b64);
+    return bad ? -1 : 0;
+}
+
+json_t *api_files_entry_json(const struct fs_entry *e)
+{
+    char mode[16], mtime[32];
+    snprintf(mode, sizeof(mode), "%04o", (unsigned)(e->mode & 07777));
+    util_format_time((double)e->mtime.tv_sec, mtime, sizeof(mtime));
+    json_t *o = json_object();
+    if (!o)
+        return NULL;
+    int bad = set_text(o, "path", e->path);
+    bad |= json_object_set_new(o, "type", json_string(type_name(e->type)));
+    bad |= json_object_set_new(o, "size", json_integer((json_int_t)e->size));
+    bad |= json_object_set_new(o, "mode", json_string(mode));
+    bad |= json_object_set_new(o, "mtime", json_string(mtime));
+    if (e->link_target)
+        bad |= set_text(o, "link_target", e->link_target);
+    if (e->sha256[0])
+        bad |= json_object_set_new(o, "sha256", json_string(e->sha256));
+    if (bad) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
 }
 
 /* Records a change (PUT and DELETE files, PUT archive) in the audit log; reads are not recorded.
@@ -312,9 +351,9 @@ static void start_download(struct xfer *x)
 
 static void upload_flush(struct xfer *x);
 
-static void on_commit_done(uv_work_t *w, int status)
+static void on_commit_done(void *arg)
 {
-    struct xfer *x = w->data;
+    struct xfer *x = arg;
     x->busy = 0;
     if (!x->answered) {
         if (x->r < 0)
@@ -328,24 +367,30 @@ static void on_commit_done(uv_work_t *w, int status)
     xfer_maybe_free(x);
 }
 
-/* Commits the temporary file, or removes it after an error (on the thread pool: the files
- * layer switches to the sandbox's credentials). */
-static void commit_work(uv_work_t *w)
+/* Commits the temporary file, or removes it after an error (on the thread pool: the engine
+ * switches to the sandbox's credentials). */
+static void commit_work(const struct fs_root *root, void *arg)
 {
-    struct xfer *x = w->data;
+    struct xfer *x = arg;
+    (void)root; /* x->tmp has it */
     if (x->r == 0 && x->body_err)
         x->r = x->body_err;
     if (x->r < 0)
-        files_abort(&x->tmp);
+        fs_abort(&x->tmp);
     else
-        x->r = files_commit(&x->tmp);
+        x->r = fs_commit(&x->tmp);
 }
 
 static void upload_finish(struct xfer *x)
 {
     x->busy = 1;
-    x->work.data = x;
-    uv_queue_work(x->ctx->reg->loop, &x->work, commit_work, on_commit_done);
+    if (files_queue(x->files, commit_work, on_commit_done, x) < 0) {
+        /* Cannot happen (nothing else is queued); the temporary file stays behind. */
+        x->busy = 0;
+        if (!x->answered)
+            answer_error(x, -EIO, NULL);
+        xfer_maybe_free(x);
+    }
 }
 
 static void on_write(uv_fs_t *fs)
@@ -427,33 +472,6 @@ static void on_upload_end(http_req_t *req, int err, void *arg)
 
 /* ---- archives ------------------------------------------------------------------------------ */
 
-static ssize_t pipe_write_cb(const void *data, size_t len, void *arg)
-{
-    struct xfer *x = arg;
-    const char *p = data;
-    size_t done = 0;
-    while (done < len) {
-        ssize_t n = write(x->pipe_w, p + done, len - done);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno; /* EPIPE: the client went away */
-        }
-        done += (size_t)n;
-    }
-    return (ssize_t)len;
-}
-
-static ssize_t pipe_read_cb(void *buf, size_t len, void *arg)
-{
-    struct xfer *x = arg;
-    for (;;) {
-        ssize_t n = read(x->pipe_r, buf, len);
-        if (n >= 0 || errno != EINTR)
-            return n < 0 ? -errno : n;
-    }
-}
-
 static void archive_pump(struct xfer *x);
 
 static void archive_end(struct xfer *x);
@@ -512,7 +530,7 @@ static void archive_pump(struct xfer *x)
             uv_poll_stop(&x->poll); /* resumed by the drain callback */
             return;
         }
-        ssize_t n = read(x->pipe_r, x->chunk, CHUNK);
+        ssize_t n = read(x->pipe_fd, x->chunk, CHUNK);
         if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
             uv_poll_start(&x->poll, UV_READABLE | UV_DISCONNECT, on_pipe_readable);
             return;
@@ -536,32 +554,18 @@ static void archive_pump(struct xfer *x)
     }
 }
 
-static void archive_create_work(uv_work_t *w)
+static void on_archive_created(int r, size_t entries, const char *err, void *arg)
 {
-    struct xfer *x = w->data;
-    x->r = files_archive_create(&x->root, x->path, 0, 0, 0, pipe_write_cb, x, &x->entries);
-    close(x->pipe_w); /* EOF for the loop */
-    x->pipe_w = -1;
-}
-
-static void on_archive_created(uv_work_t *w, int status)
-{
-    struct xfer *x = w->data;
+    struct xfer *x = arg;
+    (void)err;
+    x->r = r;
+    x->entries = entries;
     x->busy = 0;
     /* The loop may not have read everything yet: let the pump finish from the pipe. */
     if (x->poll_open && !uv_is_closing((uv_handle_t *)&x->poll) && !x->answered)
         archive_pump(x);
     else
         archive_end(x);
-}
-
-static void archive_extract_work(uv_work_t *w)
-{
-    struct xfer *x = w->data;
-    x->r = files_archive_extract(&x->root, x->path, pipe_read_cb, x, x->limit, MAX_ARCHIVE_ENTRIES,
-                                 &x->entries, x->err, sizeof(x->err));
-    close(x->pipe_r); /* the loop's writes now fail with EPIPE */
-    x->pipe_r = -1;
 }
 
 static void extract_feed(struct xfer *x);
@@ -575,7 +579,7 @@ static void extract_feed(struct xfer *x)
 {
     int open = x->poll_open && !uv_is_closing((uv_handle_t *)&x->poll);
     while (x->pending.len && open) {
-        ssize_t n = write(x->pipe_w, x->pending.data, x->pending.len);
+        ssize_t n = write(x->pipe_fd, x->pending.data, x->pending.len);
         if (n < 0 && errno == EAGAIN) {
             uv_poll_start(&x->poll, UV_WRITABLE, on_pipe_writable);
             http_req_body_pause(x->req, 1);
@@ -611,16 +615,19 @@ static void on_extract_end(http_req_t *req, int err, void *arg)
     x->body_ended = 1;
     if (err < 0)
         x->body_err = err;
-    if (err < 0 && x->pipe_w >= 0) {
+    if (err < 0 && x->pipe_fd >= 0) {
         /* A broken upload: closing the pipe makes the extractor see a truncated archive. */
         buf_reset(&x->pending);
     }
     extract_feed(x);
 }
 
-static void on_extracted(uv_work_t *w, int status)
+static void on_extracted(int r, size_t entries, const char *err, void *arg)
 {
-    struct xfer *x = w->data;
+    struct xfer *x = arg;
+    x->r = r;
+    x->entries = entries;
+    snprintf(x->err, sizeof(x->err), "%s", err);
     x->busy = 0;
     close_loop_end(x);
     if (x->body_err && x->r == 0)
@@ -635,50 +642,70 @@ static void on_extracted(uv_work_t *w, int status)
     xfer_maybe_free(x);
 }
 
-static int open_pipe(struct xfer *x, int nonblock_read)
+/* Watches the loop's end of the pipe the worker was given. */
+static void poll_pipe(struct xfer *x)
 {
-    int p[2];
-    if (pipe2(p, O_CLOEXEC) < 0)
-        return -errno;
-    x->pipe_r = p[0];
-    x->pipe_w = p[1];
-    int loop_end = nonblock_read ? p[0] : p[1];
-    fcntl(loop_end, F_SETFL, fcntl(loop_end, F_GETFL) | O_NONBLOCK);
-    uv_poll_init(x->ctx->reg->loop, &x->poll, loop_end);
+    uv_poll_init(x->ctx->reg->loop, &x->poll, x->pipe_fd);
     x->poll.data = x;
     x->poll_open = 1;
-    return 0;
 }
 
 /* ---- the first step of every operation, on the thread pool ---------------------------------- */
 
-static void first_work(uv_work_t *w)
+/* The entries of a listing as a JSON array (a new reference), or NULL on ENOMEM. */
+static json_t *entries_json(const struct fs_entry *v, size_t n)
 {
-    struct xfer *x = w->data;
+    json_t *arr = json_array();
+    for (size_t i = 0; arr && i < n; i++) {
+        json_t *e = api_files_entry_json(&v[i]);
+        if (!e || json_array_append_new(arr, e) < 0) {
+            json_decref(arr);
+            arr = NULL;
+        }
+    }
+    return arr;
+}
+
+/* The JSON is built here too, off the loop: a listing may have a million entries. */
+static void first_work(const struct fs_root *root, void *arg)
+{
+    struct xfer *x = arg;
     switch (x->op) {
     case X_GET:
-        x->r = x->fd = files_open_read(&x->root, x->path, &x->st);
+        x->r = x->fd = fs_open_read(root, x->path, &x->st);
         if (x->fd < 0)
             x->fd = -1;
         else
             x->r = 0;
         break;
-    case X_STAT:
-        x->r = files_stat(&x->root, x->path, x->with_sha256, &x->result);
+    case X_STAT: {
+        struct fs_entry e;
+        x->r = fs_stat(root, x->path, x->with_sha256, &e);
+        if (x->r == 0 && !(x->result = api_files_entry_json(&e)))
+            x->r = -ENOMEM;
+        fs_entry_free(&e);
         break;
+    }
     case X_PUT:
-        x->r = files_open_write(&x->root, x->path, x->mode, x->mkdirs, &x->tmp);
+        x->r = fs_open_write(root, x->path, x->mode, x->mkdirs, &x->tmp);
         break;
     case X_DELETE:
-        x->r = files_remove(&x->root, x->path, x->recursive);
+        x->r = fs_remove(root, x->path, x->recursive);
         break;
     case X_LIST: {
         int truncated = 0;
-        json_t *entries = NULL;
-        x->r = files_list(&x->root, x->path, x->recursive, x->max_entries, &entries, &truncated);
-        if (x->r == 0)
-            x->result = json_pack("{s:s, s:o, s:b}", "path", x->path, "entries", entries,
-                                  "truncated", truncated);
+        struct fs_entry *v = NULL;
+        size_t n = 0;
+        x->r = fs_list(root, x->path, x->recursive, x->max_entries, &v, &n, &truncated);
+        if (x->r == 0) {
+            json_t *entries = entries_json(v, n);
+            if (!entries)
+                x->r = -ENOMEM;
+            else
+                x->result = json_pack("{s:s, s:o, s:b}", "path", x->path, "entries", entries,
+                                      "truncated", truncated);
+        }
+        fs_entries_free(v, n);
         break;
     }
     default:
@@ -686,9 +713,9 @@ static void first_work(uv_work_t *w)
     }
 }
 
-static void after_first(uv_work_t *w, int status)
+static void after_first(void *arg)
 {
-    struct xfer *x = w->data;
+    struct xfer *x = arg;
     x->busy = 0;
     if (x->r < 0) {
         answer_error(x, x->r, NULL);
@@ -754,15 +781,12 @@ static struct xfer *xfer_new(struct api_ctx *ctx, http_req_t *req, const struct 
     x->ctx = ctx;
     x->req = req;
     x->sb = sb;
-    sandbox_ref(sb);
     x->op = op;
-    x->fd = x->pipe_r = x->pipe_w = -1;
-    x->root.root_fd = -1;
+    x->fd = x->pipe_fd = -1;
     x->limit = sb->res.disk_mib << 20;
     x->mode = 0644;
     buf_init(&x->pending);
-    uid_t uid = sandbox_host_uid(sb);
-    int r = files_root_open(sb->pid, uid, uid, &x->root);
+    int r = files_open(sb, &x->files);
     if (r < 0) {
         answer_error(x, r, "cannot reach the sandbox's file system");
         xfer_maybe_free(x);
@@ -779,9 +803,13 @@ static int flag(http_req_t *req, const char *name)
 
 static void queue_first(struct xfer *x)
 {
+    int r = files_queue(x->files, first_work, after_first, x);
+    if (r < 0) {
+        answer_error(x, r, NULL);
+        xfer_maybe_free(x);
+        return;
+    }
     x->busy = 1;
-    x->work.data = x;
-    uv_queue_work(x->ctx->reg->loop, &x->work, first_work, after_first);
 }
 
 void api_files_get(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
@@ -865,16 +893,16 @@ void api_archive_get(struct api_ctx *ctx, http_req_t *req, const struct route_pa
     struct xfer *x = xfer_new(ctx, req, p, params, X_ARCHIVE_GET);
     if (!x)
         return;
-    if (!(x->chunk = malloc(CHUNK)) || open_pipe(x, 1) < 0) {
+    if (!(x->chunk = malloc(CHUNK)) ||
+        files_archive_stream(x->files, x->path, &x->pipe_fd, on_archive_created, x) < 0) {
         answer_error(x, -ENOMEM, NULL);
         xfer_maybe_free(x);
         return;
     }
+    x->busy = 1;
+    poll_pipe(x);
     uv_poll_start(&x->poll, UV_READABLE | UV_DISCONNECT, on_pipe_readable);
     http_req_set_abort_cb(req, on_archive_gone, x);
-    x->busy = 1;
-    x->work.data = x;
-    uv_queue_work(ctx->reg->loop, &x->work, archive_create_work, on_archive_created);
 }
 
 void api_archive_put(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
@@ -883,14 +911,14 @@ void api_archive_put(struct api_ctx *ctx, http_req_t *req, const struct route_pa
     struct xfer *x = xfer_new(ctx, req, p, params, X_ARCHIVE_PUT);
     if (!x)
         return;
-    if (open_pipe(x, 0) < 0) {
+    if (files_extract_stream(x->files, x->path, x->limit, MAX_ARCHIVE_ENTRIES, &x->pipe_fd,
+                             on_extracted, x) < 0) {
         answer_error(x, -ENOMEM, NULL);
         xfer_maybe_free(x);
         return;
     }
     x->busy = 1;
-    x->work.data = x;
-    uv_queue_work(ctx->reg->loop, &x->work, archive_extract_work, on_extracted);
+    poll_pipe(x);
     http_req_body_start(req, on_extract_data, on_extract_end, x);
 }
 
