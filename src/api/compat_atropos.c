@@ -51,8 +51,6 @@
 #define PANE_H 40
 #define STREAM_DEFAULT 50000
 #define STREAM_MAX 200000
-#define POLL_MS 50
-#define QUIET_S 0.15    /* no terminal output for this long, shell in the foreground: done */
 #define ECHO_WAIT_S 0.5 /* keys that produce no output at all count as seen after this */
 #define MAX_SYMLINKS 40
 #define DENIED "Access denied: path outside workspace"
@@ -82,9 +80,11 @@ struct atr_job {
     /* what is in flight (at most one) */
     struct exec *ex;
     struct shell_run *run;
-    struct atr_wait *wait;
+    struct atr_wait *wait;        /* tmux send_keys without block: a plain min_wait_s */
+    struct terminal_wait *settle; /* tmux send_keys with block */
     struct atr_fwork *fw;
     unsigned long long since; /* bash: start, in clock ticks after boot (as /proc/<pid>/stat) */
+    double max_wait;          /* tmux: how long a blocking send_keys waits */
     int network;              /* bash: ran with allow_network (egress mode open) */
 };
 
@@ -749,7 +749,11 @@ static void job_cancel(struct atr_job *job)
         shell_run_cancel(job->run);
     else if (job->wait)
         wait_end(job->wait, xfail("Cancelled: the client went away"));
-    else if (job->fw) /* the worker stops between files; the job ends when it returns */
+    else if (job->settle) {
+        terminal_wait_cancel(job->settle);
+        job->settle = NULL;
+        job_finish(job, 200, xfail("Cancelled: the client went away"));
+    } else if (job->fw) /* the worker stops between files; the job ends when it returns */
         fw_cancel(job->fw);
 }
 
@@ -1107,8 +1111,6 @@ static void tool_stateful(struct atr_job *job, json_t *args)
 struct atr_wait {
     uv_timer_t timer;
     struct atr_job *job;
-    double t0, min_wait, max_wait;
-    int block;
 };
 
 static void wait_closed(uv_handle_t *h)
@@ -1131,51 +1133,45 @@ static json_t *keys_ok(int blocked)
     return xresp(1, "ok", 2, "", json_pack("{s:b, s:b}", "stateful", 1, "blocked", blocked));
 }
 
-static void wait_poll(uv_timer_t *h)
+static void wait_over(uv_timer_t *h)
 {
-    struct atr_wait *w = h->data;
-    double now = util_monotonic(), waited = now - w->t0;
-    if (!w->block) {
-        if (waited >= w->min_wait)
-            wait_end(w, keys_ok(0));
-        return;
-    }
-    struct terminal *t = slot_terminal(w->job->slot);
-    if (!t) { /* stopped or gone with its sandbox: nothing left to wait for */
-        wait_end(w, keys_ok(1));
-        return;
-    }
-    if (waited >= w->max_wait) {
-        buf_t m = BUF_INIT;
-        py_float_repr(w->max_wait, &m);
-        json_t *r = xfail("tmux blocked keys timed out after %ss", m.data ? m.data : "");
-        buf_free(&m);
-        wait_end(w, r);
-        return;
-    }
-    /* Done when the shell is back in the foreground and the terminal has been quiet for a
-     * moment, after the keys were seen (echoed) — a shell that has not read them yet is idle
-     * too. */
-    double last = terminal_last_output(t);
-    if (waited >= w->min_wait && (last > w->t0 || waited >= ECHO_WAIT_S) && terminal_idle(t) &&
-        now - last >= QUIET_S)
-        wait_end(w, keys_ok(1));
+    wait_end(h->data, keys_ok(0));
 }
 
-static int wait_start(struct atr_job *job, int block, double min_wait, double max_wait)
+/* The blocking wait: the shell is back at its prompt and the terminal quiet (or the terminal is
+ * gone: nothing left to wait for). */
+static void keys_settled(enum terminal_settle how, void *arg)
 {
+    struct atr_job *job = arg;
+    job->settle = NULL;
+    if (how != TERMINAL_SETTLE_TIMEOUT) {
+        job_finish(job, 200, keys_ok(1));
+        return;
+    }
+    buf_t m = BUF_INIT;
+    py_float_repr(job->max_wait, &m);
+    json_t *r = xfail("tmux blocked keys timed out after %ss", m.data ? m.data : "");
+    buf_free(&m);
+    job_finish(job, 200, r);
+}
+
+static int wait_start(struct atr_job *job, struct terminal *t, int block, double min_wait,
+                      double max_wait)
+{
+    if (block) {
+        struct terminal_settle_spec spec = {
+            .min_wait_s = min_wait, .max_wait_s = max_wait, .echo_wait_s = ECHO_WAIT_S};
+        job->max_wait = max_wait;
+        return terminal_wait_settled(t, &spec, keys_settled, job, &job->settle);
+    }
     struct atr_wait *w = calloc(1, sizeof(*w));
     if (!w)
         return -ENOMEM;
     w->job = job;
-    w->block = block;
-    w->t0 = util_monotonic();
-    w->min_wait = min_wait;
-    w->max_wait = max_wait;
     uv_timer_init(job->slot->a->reg->loop, &w->timer);
     w->timer.data = w;
     job->wait = w;
-    uv_timer_start(&w->timer, wait_poll, POLL_MS, POLL_MS);
+    uv_timer_start(&w->timer, wait_over, (uint64_t)ceil(min_wait * 1000), 0);
     return 0;
 }
 
@@ -1275,7 +1271,7 @@ static void tmux_send_keys(struct atr_job *job, struct terminal *t, json_t *args
         job_finish(job, 200, keys_ok(0));
         return;
     }
-    if (wait_start(job, block, min_wait, max_wait) < 0)
+    if (wait_start(job, t, block, min_wait, max_wait) < 0)
         job_finish(job, 200, xfail("tmux send-keys failed: out of memory"));
 }
 

@@ -15,8 +15,6 @@
 #include "session/terminal.h"
 
 #define ERRLEN 256
-#define BLOCK_POLL_MS 50
-#define BLOCK_QUIET_S 0.15 /* no output for this long, with the shell in the foreground */
 
 static int parse_size(json_t *body, int *cols, int *rows, char *err)
 {
@@ -243,64 +241,24 @@ void api_terminal_recording(struct api_ctx *ctx, http_req_t *req, const struct r
 
 struct keys_call {
     http_req_t *req;
-    struct terminal *t;
-    struct terminal_watch *watch;
-    uv_timer_t timer;
-    double t0, min_wait, max_wait;
-    int done;
+    struct terminal_wait *wait;
 };
 
-static void keys_call_closed(uv_handle_t *h)
-{
-    free(h->data);
-}
-
-static void keys_finish(struct keys_call *kc, int blocked, int timed_out)
-{
-    if (kc->done)
-        return;
-    kc->done = 1;
-    if (kc->watch)
-        terminal_unwatch(kc->watch);
-    http_req_set_abort_cb(kc->req, NULL, NULL);
-    http_respond_json(
-        kc->req, 200,
-        json_pack("{s:b, s:b, s:b}", "ok", 1, "blocked", blocked, "timed_out", timed_out));
-    uv_close((uv_handle_t *)&kc->timer, keys_call_closed);
-}
-
-static void keys_poll(uv_timer_t *h)
-{
-    struct keys_call *kc = h->data;
-    double now = util_monotonic(), waited = now - kc->t0;
-    if (waited >= kc->max_wait) {
-        keys_finish(kc, 1, 1);
-        return;
-    }
-    if (waited >= kc->min_wait && terminal_idle(kc->t) &&
-        now - terminal_last_output(kc->t) >= BLOCK_QUIET_S)
-        keys_finish(kc, 1, 0);
-}
-
-static void keys_terminal_exit(void *arg)
+static void keys_settled(enum terminal_settle how, void *arg)
 {
     struct keys_call *kc = arg;
-    terminal_unwatch(kc->watch); /* allowed from the notification */
-    kc->watch = NULL;
-    keys_finish(kc, 1, 0);
-}
-
-static void keys_output(const char *data, size_t len, void *arg)
-{
-    (void)data;
-    (void)len;
-    (void)arg;
+    http_req_set_abort_cb(kc->req, NULL, NULL);
+    http_respond_json(kc->req, 200,
+                      json_pack("{s:b, s:b, s:b}", "ok", 1, "blocked", 1, "timed_out",
+                                how == TERMINAL_SETTLE_TIMEOUT));
+    free(kc);
 }
 
 static void keys_client_gone(http_req_t *req, void *arg)
 {
-    (void)req;
-    keys_finish(arg, 1, 0);
+    struct keys_call *kc = arg;
+    terminal_wait_cancel(kc->wait);
+    keys_settled(TERMINAL_SETTLED, kc);
 }
 
 void api_terminal_keys(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
@@ -386,19 +344,14 @@ void api_terminal_keys(struct api_ctx *ctx, http_req_t *req, const struct route_
         return;
     }
     struct keys_call *kc = calloc(1, sizeof(*kc));
-    if (!kc) {
+    struct terminal_settle_spec spec = {.min_wait_s = min_wait, .max_wait_s = max_wait};
+    if (kc)
+        kc->req = req;
+    if (!kc || terminal_wait_settled(t, &spec, keys_settled, kc, &kc->wait) < 0) {
+        free(kc);
         http_respond_error(req, 500, "internal", "out of memory");
         return;
     }
-    kc->req = req;
-    kc->t = t;
-    kc->t0 = util_monotonic();
-    kc->min_wait = min_wait;
-    kc->max_wait = max_wait;
-    kc->watch = terminal_watch(t, keys_output, keys_terminal_exit, kc);
-    uv_timer_init(ctx->reg->loop, &kc->timer);
-    kc->timer.data = kc;
-    uv_timer_start(&kc->timer, keys_poll, BLOCK_POLL_MS, BLOCK_POLL_MS);
     http_req_set_abort_cb(req, keys_client_gone, kc);
     return;
 bad:

@@ -300,3 +300,88 @@ void terminal_drop_all(struct sandbox *sb)
     while (sb->terminals)
         terminal_destroy(sb->terminals);
 }
+
+/* ---- settle waits ------------------------------------------------------------------------- */
+
+struct terminal_wait {
+    struct terminal *t;
+    struct terminal_watch *watch; /* for the program's exit and the terminal's end */
+    uv_timer_t timer;
+    struct terminal_settle_spec spec;
+    double t0;
+    terminal_settle_fn done;
+    void *arg;
+};
+
+static void wait_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void wait_release(struct terminal_wait *w)
+{
+    if (w->watch)
+        terminal_unwatch(w->watch);
+    w->watch = NULL;
+    uv_timer_stop(&w->timer);
+    uv_close((uv_handle_t *)&w->timer, wait_closed);
+}
+
+static void wait_end(struct terminal_wait *w, enum terminal_settle how)
+{
+    terminal_settle_fn done = w->done;
+    void *arg = w->arg;
+    wait_release(w);
+    done(how, arg);
+}
+
+static void wait_poll(uv_timer_t *h)
+{
+    struct terminal_wait *w = h->data;
+    double now = util_monotonic(), waited = now - w->t0, last = w->t->last_output;
+    if (waited >= w->spec.max_wait_s) {
+        wait_end(w, TERMINAL_SETTLE_TIMEOUT);
+        return;
+    }
+    int echoed = w->spec.echo_wait_s <= 0 || last > w->t0 || waited >= w->spec.echo_wait_s;
+    if (waited >= w->spec.min_wait_s && echoed && terminal_idle(w->t) &&
+        now - last >= TERMINAL_QUIET_S)
+        wait_end(w, TERMINAL_SETTLED);
+}
+
+static void wait_output(const char *data, size_t len, void *arg)
+{
+    (void)data;
+    (void)len;
+    (void)arg;
+}
+
+static void wait_exit(void *arg)
+{
+    wait_end(arg, TERMINAL_SETTLE_EXITED); /* unwatching from the notification is allowed */
+}
+
+int terminal_wait_settled(struct terminal *t, const struct terminal_settle_spec *spec,
+                          terminal_settle_fn done, void *arg, struct terminal_wait **out)
+{
+    struct terminal_wait *w = calloc(1, sizeof(*w));
+    if (!w || !(w->watch = terminal_watch(t, wait_output, wait_exit, w))) {
+        free(w);
+        return -ENOMEM;
+    }
+    w->t = t;
+    w->spec = *spec;
+    w->t0 = util_monotonic();
+    w->done = done;
+    w->arg = arg;
+    uv_timer_init(t->sb->reg->loop, &w->timer);
+    w->timer.data = w;
+    uv_timer_start(&w->timer, wait_poll, TERMINAL_SETTLE_POLL_MS, TERMINAL_SETTLE_POLL_MS);
+    *out = w;
+    return 0;
+}
+
+void terminal_wait_cancel(struct terminal_wait *w)
+{
+    wait_release(w);
+}

@@ -69,6 +69,27 @@ int terminal_idle(struct terminal *t);
 /* Time of the last output (monotonic seconds). */
 double terminal_last_output(const struct terminal *t);
 
+/* Waiting for a terminal to settle after input (keys with `block`): the wait ends as
+ * TERMINAL_SETTLED once the program is back at its shell prompt (terminal_idle) and the terminal
+ * has printed nothing for TERMINAL_QUIET_S, no sooner than min_wait_s after the start and, when
+ * echo_wait_s > 0, only after output that came after the start or after echo_wait_s (a shell
+ * that has not read the keys yet is idle too); as TERMINAL_SETTLE_TIMEOUT after max_wait_s; as
+ * TERMINAL_SETTLE_EXITED at once when the program exits or the terminal is destroyed. Checked
+ * every TERMINAL_SETTLE_POLL_MS. `done` runs on the loop, once, after the wait is released. */
+#define TERMINAL_QUIET_S 0.15
+#define TERMINAL_SETTLE_POLL_MS 50
+enum terminal_settle { TERMINAL_SETTLED, TERMINAL_SETTLE_TIMEOUT, TERMINAL_SETTLE_EXITED };
+struct terminal_settle_spec {
+    double min_wait_s, max_wait_s, echo_wait_s;
+};
+struct terminal_wait;
+typedef void (*terminal_settle_fn)(enum terminal_settle how, void *arg);
+/* 0 (*out: the wait, for terminal_wait_cancel) or -ENOMEM. */
+int terminal_wait_settled(struct terminal *t, const struct terminal_settle_spec *spec,
+                          terminal_settle_fn done, void *arg, struct terminal_wait **out);
+/* Ends a wait without calling its `done`. Not from inside that `done` (the wait is gone then). */
+void terminal_wait_cancel(struct terminal_wait *w);
+
 struct terminal_watch *terminal_watch(struct terminal *t,
                                       void (*on_output)(const char *data, size_t len, void *arg),
                                       void (*on_exit)(void *arg), void *arg);
