@@ -124,44 +124,6 @@ static void slot_pump(struct atr_slot *s);
 
 /* ---- Python-compatible text ----------------------------------------------------------------- */
 
-/* Length of the valid UTF-8 sequence at s, or 0 with *bad = the length of the maximal invalid
- * subpart, which Python's errors="replace" turns into one U+FFFD. */
-static size_t utf8_seq(const unsigned char *s, size_t len, size_t *bad)
-{
-    unsigned char c = s[0], lo = 0x80, hi = 0xBF;
-    size_t need;
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xC2 && c <= 0xDF)
-        need = 1;
-    else if (c == 0xE0)
-        need = 2, lo = 0xA0;
-    else if (c >= 0xE1 && c <= 0xEC)
-        need = 2;
-    else if (c == 0xED)
-        need = 2, hi = 0x9F;
-    else if (c == 0xEE || c == 0xEF)
-        need = 2;
-    else if (c == 0xF0)
-        need = 3, lo = 0x90;
-    else if (c >= 0xF1 && c <= 0xF3)
-        need = 3;
-    else if (c == 0xF4)
-        need = 3, hi = 0x8F;
-    else {
-        *bad = 1;
-        return 0;
-    }
-    for (size_t i = 1; i <= need; i++) {
-        unsigned char l = i == 1 ? lo : 0x80, h = i == 1 ? hi : 0xBF;
-        if (i >= len || s[i] < l || s[i] > h) {
-            *bad = i;
-            return 0;
-        }
-    }
-    return need + 1;
-}
-
 /* Appends bytes decoded as Python's .decode("utf-8", errors="replace") would, up to max_chars
  * characters (*cut = 1 when input remained). Returns the number of characters appended. */
 static size_t py_decode(buf_t *out, const char *data, size_t len, size_t max_chars, int *cut)
@@ -177,15 +139,17 @@ static size_t py_decode(buf_t *out, const char *data, size_t len, size_t max_cha
                 *cut = 1;
             break;
         }
-        size_t bad = 0, n = utf8_seq(s + i, len - i, &bad);
-        if (n) {
+        /* An invalid sequence's maximal subpart, or a sequence cut by the end of the data, is
+         * one U+FFFD, as Python's errors="replace" has it. */
+        size_t n;
+        if (util_utf8_seq(s + i, len - i, &n) == UTIL_UTF8_VALID) {
             i += n;
             run += n;
         } else {
             buf_append(out, s + i - run, run);
             run = 0;
             buf_append(out, "\xEF\xBF\xBD", 3);
-            i += bad;
+            i += n;
         }
         chars++;
     }
