@@ -21,7 +21,7 @@
 #include <unistd.h>
 
 #include "api/api.h"
-#include "api/compat_atropos.h"
+#include "atropos/atropos.h"
 #include "core/log.h"
 #include "core/util.h"
 #include "sandbox/disk.h"

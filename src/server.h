@@ -51,7 +51,7 @@ struct server {
     struct secrets secrets;
     struct registry reg;
     int init_fd;
-    struct atropos *atropos; /* the slot protocol (api/compat_atropos.h), NULL without slots */
+    struct atropos *atropos; /* the slot protocol (atropos/atropos.h), NULL without slots */
     struct audit *audit;     /* the audit log (session/audit.h) */
     struct api_ctx api;      /* what the native API's handlers see; api.stopping once stopping */
     uv_signal_t sigterm, sigint;

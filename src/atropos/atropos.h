@@ -1,7 +1,7 @@
 /*
- * compat_atropos — the atropos slot protocol (shared/compat-atropos.md), served on warren's own
+ * atropos — the atropos slot protocol (shared/compat-atropos.md), served on warren's own
  * listener when the daemon runs with `--slots N`, so the seed SandboxExecutor client works
- * unchanged.
+ * unchanged. A protocol adapter beside api/, on top of the session layer.
  *
  * Slots: slot_i (0 <= i < N) is an ordinary warren sandbox named "slot_i" with the label
  * slot=slot_i, created at start-up (and again if it dies or is deleted). Its /workspace is the
@@ -14,20 +14,19 @@
  * slot's recorded terminal (session/terminal.h); read_file/write_file, /reset and the /artifacts
  * routes go through session/files.h on the uv thread pool.
  *
- * Network: slot sandboxes use warren's default network mode `none` (loopback only), so every
- * command runs without network whatever `allow_network` says; responses report
- * `network_isolated: true`. Every command is sandboxed (`sandboxed: true`); there is no
+ * Network: `allow_network` (default true) gives the command's slot the egress mode open (public
+ * destinations through the daemon's proxy) or none (loopback only); responses report
+ * `network_isolated` accordingly. Every command is sandboxed (`sandboxed: true`); there is no
  * unsandboxed fallback, so `require_sandbox` is always satisfied.
  *
  * A client that disconnects cancels its request: a queued request is dropped, a running command
  * is killed (bash: its process group; bash_stateful: the foreground job is interrupted), a tmux
- * wait ends. Everything runs on the loop thread except the file work.
+ * wait ends. Everything runs on the loop thread except the file work and the process reaper.
  */
-#ifndef WARREN_API_COMPAT_ATROPOS_H
-#define WARREN_API_COMPAT_ATROPOS_H
+#ifndef WARREN_ATROPOS_ATROPOS_H
+#define WARREN_ATROPOS_ATROPOS_H
 
 #include "net/http.h"
-#include "net/router.h"
 
 struct atropos;
 struct audit;
@@ -38,7 +37,8 @@ struct session_limits;
  * ready. `audit` (may be NULL) and `limits` must outlive the atropos. Returns 0 or -errno. */
 int atropos_new(struct registry *reg, struct audit *audit, const struct session_limits *limits,
                 unsigned nslots, struct atropos **out);
-/* The daemon is stopping: slots whose sandbox goes away are not re-created. */
+/* The daemon is stopping: slots whose sandbox goes away are not re-created, and requests are
+ * answered 503. */
 void atropos_shutdown(struct atropos *a);
 /* Frees the slot state once the loop has ended (every request answered). NULL is fine. */
 void atropos_free(struct atropos *a);
