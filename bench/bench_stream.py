@@ -6,8 +6,9 @@ In one run, against a throw-away daemon started like bench/run.sh does:
   (a) raw_pipe     host pipe throughput: `head -c N /dev/zero | cat > /dev/null` under bash,
                    wall time of the whole pipeline.
   (b) ws_c         the same `head -c N /dev/zero` run in a sandbox with its stdout streamed
-                   through exec/ws in binary, lossless mode (data_b64), read by build/bench/bench_ws (a
-                   small C client that checks offsets and counts bytes without JSON-decoding).
+                   through exec/ws in binary mode (data_b64; lossless, the default), read by
+                   build/bench/bench_ws (a small C client that checks offsets and counts bytes
+                   without JSON-decoding; a gap fails it, as it does the Python client).
       ws_python    the same through python3-websockets with json.loads + base64 decoding of
                    every message (what a typical Python client gets), on --python-bytes.
                    Every streaming run also records the daemon's CPU time (from /proc/PID/stat)
@@ -76,9 +77,9 @@ def raw_pipe(nbytes):
 
 
 def execute_msg(nbytes):
-    # lossless: a client that falls behind pauses the command instead of getting a gap
-    return {"type": "execute", "argv": ["head", "-c", str(nbytes), "/dev/zero"], "binary": True,
-            "lossless": True}
+    # No flow-control option: an attached client gets every byte by default (a client that
+    # falls behind pauses the command); both clients fail on a gap message.
+    return {"type": "execute", "argv": ["head", "-c", str(nbytes), "/dev/zero"], "binary": True}
 
 
 def ws_c(daemon, build, sid, nbytes):
