@@ -75,6 +75,9 @@ const char *api_status_code(int status);
 int api_session_status(enum session_err e, const char **code);
 /* HTTP status for a -errno from the session layer (session_strerror() says it for a person). */
 int api_errno_status(int r);
+/* The API error code for a -errno from the session layer ("sandbox_stopped" for -ESHUTDOWN;
+ * otherwise the code of its status). */
+const char *api_errno_code(int r);
 /* A signal given as a number or a name ("TERM", "SIGTERM"); absent/null keeps *sig. */
 int api_parse_signal(json_t *v, int *sig, char *err, size_t errlen);
 /* The exec result object of the API (or {"error": ...} when it could not run). */
@@ -125,6 +128,9 @@ void api_sandbox_delete(struct api_ctx *ctx, http_req_t *req, const struct route
 void api_sandbox_patch(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 void api_sandbox_pause(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 void api_sandbox_resume(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_sandbox_stop(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_sandbox_kill(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_sandbox_start(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 /* commands.c */
 void api_exec(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 void api_command_start(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);

@@ -304,6 +304,7 @@ void api_exec(struct api_ctx *ctx, http_req_t *req, const struct route_params *p
     char err[ERRLEN];
     struct api_run run;
     int status;
+    const char *code = NULL; /* set for a session error: its own code */
 
     struct sandbox *sb = api_sandbox_of(ctx, req, p);
     if (!sb)
@@ -330,6 +331,7 @@ void api_exec(struct api_ctx *ctx, http_req_t *req, const struct route_params *p
     if (r < 0) {
         free(call);
         status = api_errno_status(r);
+        code = api_errno_code(r);
         snprintf(err, ERRLEN, "%s", session_strerror(r));
         goto bad;
     }
@@ -340,7 +342,7 @@ void api_exec(struct api_ctx *ctx, http_req_t *req, const struct route_params *p
     return;
 bad:
     api_audit(ctx, req, "exec", sb, status, api_audit_command(body, NULL));
-    http_respond_error(req, status, api_status_code(status), "%s", err);
+    http_respond_error(req, status, code ? code : api_status_code(status), "%s", err);
     api_run_free(&run);
     json_decref(body);
 }
@@ -372,6 +374,7 @@ void api_command_start(struct api_ctx *ctx, http_req_t *req, const struct route_
     struct api_run run;
     long long ring = COMMAND_RING_DEFAULT;
     int status;
+    const char *code = NULL;
 
     struct sandbox *sb = api_sandbox_of(ctx, req, p);
     if (!sb)
@@ -414,6 +417,7 @@ void api_command_start(struct api_ctx *ctx, http_req_t *req, const struct route_
     if (r < 0) {
         free(call);
         status = api_errno_status(r);
+        code = api_errno_code(r);
         snprintf(err, ERRLEN, "%s", session_strerror(r));
         goto bad;
     }
@@ -433,7 +437,7 @@ void api_command_start(struct api_ctx *ctx, http_req_t *req, const struct route_
     return;
 bad:
     api_audit(ctx, req, "command.start", sb, status, api_audit_command(body, NULL));
-    http_respond_error(req, status, api_status_code(status), "%s", err);
+    http_respond_error(req, status, code ? code : api_status_code(status), "%s", err);
     api_run_free(&run);
     json_decref(body);
 }

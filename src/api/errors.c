@@ -33,7 +33,15 @@ static const struct {
     {ENOENT, 404}, {ENOTDIR, 404}, {EACCES, 403},       {EPERM, 403},     {EROFS, 403},
     {ELOOP, 403},  {EEXIST, 409},  {EBUSY, 409},        {ENOTEMPTY, 409}, {EPIPE, 409},
     {EFBIG, 413},  {E2BIG, 413},   {ENOSPC, 413},       {EDQUOT, 413},    {EAGAIN, 429},
-    {EINVAL, 400}, {EISDIR, 400},  {ENAMETOOLONG, 400},
+    {EINVAL, 400}, {EISDIR, 400},  {ENAMETOOLONG, 400}, {ESHUTDOWN, 409},
+};
+
+/* The errnos whose API error code is not their status's. */
+static const struct {
+    int err;
+    const char *code;
+} errno_codes[] = {
+    {ESHUTDOWN, "sandbox_stopped"}, /* session/sandbox.h: sandbox_unavailable() */
 };
 
 int api_errno_status(int r)
@@ -42,6 +50,14 @@ int api_errno_status(int r)
         if (errnos[i].err == -r)
             return errnos[i].status;
     return 500;
+}
+
+const char *api_errno_code(int r)
+{
+    for (size_t i = 0; i < sizeof(errno_codes) / sizeof(errno_codes[0]); i++)
+        if (errno_codes[i].err == -r)
+            return errno_codes[i].code;
+    return api_status_code(api_errno_status(r));
 }
 
 static const struct {
@@ -56,6 +72,7 @@ static const struct {
     {SESSION_ERR_SHUTTING_DOWN, 503, "unavailable"},
     {SESSION_ERR_SETUP, 500, "sandbox_setup_failed"},
     {SESSION_ERR_NOMEM, 500, "internal"},
+    {SESSION_ERR_STATE, 409, "conflict"},
 };
 
 int api_session_status(enum session_err e, const char **code)

@@ -768,7 +768,8 @@ static struct xfer *xfer_new(struct api_ctx *ctx, http_req_t *req, const struct 
         return NULL;
     }
     if (sb->state != SB_RUNNING && sb->state != SB_PAUSED) {
-        http_respond_error(req, 409, "conflict", "the sandbox is %s",
+        int r = sandbox_unavailable(sb);
+        http_respond_error(req, 409, api_errno_code(r), "the sandbox is %s",
                            sandbox_state_name(sb->state));
         return NULL;
     }

@@ -1,5 +1,6 @@
 /*
- * sandboxes — create, list, get, delete.
+ * sandboxes — create, list, get, delete, and the lifecycle verbs (pause, resume, stop, kill,
+ * start).
  */
 #include <ctype.h>
 #include <errno.h>
@@ -256,7 +257,7 @@ void api_sandbox_list(struct api_ctx *ctx, http_req_t *req, const struct route_p
     const char *session = http_req_query(req, "session_id");
     json_t *arr = json_array();
     for (struct sandbox *sb = ctx->reg->head; sb; sb = sb->next) {
-        if (sb->state == SB_STOPPING || sb->state == SB_CREATING)
+        if (sb->state == SB_DELETING || sb->state == SB_CREATING)
             continue;
         if (state && strcmp(state, sandbox_state_name(sb->state)) != 0)
             continue;
@@ -388,6 +389,125 @@ void api_sandbox_patch(struct api_ctx *ctx, http_req_t *req, const struct route_
 bad:
     json_decref(body);
     http_respond_error(req, status, status == 500 ? "internal" : "bad_request", "%s", err);
+}
+
+/* ---- stop, kill, start ---------------------------------------------------------------------- */
+
+#define STOP_GRACE_DEFAULT_S 10.0
+#define STOP_GRACE_MAX_S 3600.0
+
+struct lifecycle_call {
+    struct api_ctx *ctx;
+    http_req_t *req;
+    const char *event; /* "sandbox.stop", "sandbox.kill", "sandbox.start" */
+    json_t *audit;     /* fields of the audit record (owned until recorded) */
+};
+
+/* Records the outcome and answers: the sandbox on success, else a 409 or the error of `r`. */
+static void lifecycle_answer(struct lifecycle_call *call, struct sandbox *sb, int status,
+                             const char *code, const char *msg)
+{
+    http_req_t *req = call->req;
+    api_audit(call->ctx, req, call->event, sb, status, call->audit);
+    free(call);
+    if (status == 200)
+        http_respond_json(req, 200, api_sandbox_json(sb));
+    else
+        http_respond_error(req, status, code, "%s", msg);
+}
+
+static void on_stopped(struct sandbox *sb, int err, void *arg)
+{
+    if (err == -ESRCH)
+        lifecycle_answer(arg, sb, 409, "conflict", "the sandbox was deleted while stopping");
+    else
+        lifecycle_answer(arg, sb, 200, NULL, NULL);
+}
+
+static void stop_or_kill(struct api_ctx *ctx, http_req_t *req, const struct route_params *p,
+                         int kill)
+{
+    static const char *const stop_keys[] = {"grace_s", NULL};
+    static const char *const kill_keys[] = {NULL};
+    char err[ERRLEN];
+    double grace = kill ? 0 : STOP_GRACE_DEFAULT_S;
+    struct sandbox *sb = api_sandbox_of(ctx, req, p);
+    if (!sb)
+        return;
+    json_t *body = api_body_object(req);
+    if (!body)
+        return;
+    if (json_check_keys(body, kill ? kill_keys : stop_keys, NULL, err, ERRLEN) ||
+        json_opt_number(body, "grace_s", "grace_s", &grace, err, ERRLEN)) {
+        json_decref(body);
+        http_respond_error(req, 400, "bad_request", "%s", err);
+        return;
+    }
+    json_decref(body);
+    if (!(grace >= 0 && grace <= STOP_GRACE_MAX_S)) {
+        http_respond_error(req, 400, "bad_request", "'grace_s' must be between 0 and %g",
+                           STOP_GRACE_MAX_S);
+        return;
+    }
+    struct lifecycle_call *call = malloc(sizeof(*call));
+    if (!call) {
+        http_respond_error(req, 500, "internal", "out of memory");
+        return;
+    }
+    *call = (struct lifecycle_call){ctx, req, kill ? "sandbox.kill" : "sandbox.stop",
+                                    kill ? NULL : json_pack("{s:f}", "grace_s", grace)};
+    int r = sandbox_stop(sb, grace, on_stopped, call);
+    if (r == -EBUSY) {
+        char msg[ERRLEN];
+        snprintf(msg, sizeof(msg), "the sandbox is %s", sandbox_state_name(sb->state));
+        lifecycle_answer(call, sb, 409, "conflict", msg);
+    } else if (r < 0) {
+        lifecycle_answer(call, sb, api_errno_status(r), api_errno_code(r), session_strerror(r));
+    }
+}
+
+void api_sandbox_stop(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
+{
+    stop_or_kill(ctx, req, p, 0);
+}
+
+void api_sandbox_kill(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
+{
+    stop_or_kill(ctx, req, p, 1);
+}
+
+static void on_started(struct sandbox *sb, enum session_err e, const char *msg, void *arg)
+{
+    const char *code = NULL;
+    int status = e == SESSION_OK ? 200 : api_session_status(e, &code);
+    lifecycle_answer(arg, sb, status, code, msg);
+}
+
+void api_sandbox_start(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
+{
+    static const char *const keys[] = {NULL};
+    char err[ERRLEN], msg[1024];
+    struct sandbox *sb = api_sandbox_of(ctx, req, p);
+    if (!sb)
+        return;
+    json_t *body = api_body_object(req);
+    if (!body)
+        return;
+    int bad = json_check_keys(body, keys, NULL, err, ERRLEN);
+    json_decref(body);
+    if (bad) {
+        http_respond_error(req, 400, "bad_request", "%s", err);
+        return;
+    }
+    struct lifecycle_call *call = malloc(sizeof(*call));
+    if (!call) {
+        http_respond_error(req, 500, "internal", "out of memory");
+        return;
+    }
+    *call = (struct lifecycle_call){ctx, req, "sandbox.start", NULL};
+    enum session_err e = sandbox_start(sb, on_started, call, msg, sizeof(msg));
+    if (e)
+        on_started(sb, e, msg, call);
 }
 
 static void on_deleted(void *arg)

@@ -43,8 +43,7 @@ void api_shell_create(struct api_ctx *ctx, http_req_t *req, const struct route_p
               json_pack("{s:s, s:s*}", "cwd", cwd, "shell_id", r < 0 ? NULL : shell_id(sh)));
     json_decref(body);
     if (r < 0) {
-        http_respond_error(req, api_errno_status(r), api_status_code(api_errno_status(r)), "%s",
-                           session_strerror(r));
+        http_respond_error(req, api_errno_status(r), api_errno_code(r), "%s", session_strerror(r));
         return;
     }
     http_respond_json(req, 201, api_shell_json(sh));
@@ -86,9 +85,9 @@ static void on_run_done(struct shell_result *res, void *arg)
     free(call);
     http_req_set_abort_cb(req, NULL, NULL);
     if (res->error) {
-        int status =
-            res->error == -ESRCH || res->error == -ECANCELED ? 409 : api_errno_status(res->error);
-        http_respond_error(req, status, api_status_code(status), "%s",
+        int conflict = res->error == -ESRCH || res->error == -ECANCELED;
+        http_respond_error(req, conflict ? 409 : api_errno_status(res->error),
+                           conflict ? "conflict" : api_errno_code(res->error), "%s",
                            res->error_msg ? res->error_msg : strerror(-res->error));
         return;
     }

@@ -291,7 +291,8 @@ static void handle_first(struct stream *st, json_t *msg)
         .describe = run.describe,
     };
     struct command *c;
-    int r = st->sb->state == SB_RUNNING ? command_start(st->sb, &spec, &c) : -EPIPE;
+    int r = st->sb->state == SB_RUNNING ? command_start(st->sb, &spec, &c)
+                                        : sandbox_unavailable(st->sb);
     json_t *audit = api_audit_command(msg, &run);
     if (!spec.timeout_s)
         json_object_set_new(audit, "timeout_s", json_null());
@@ -301,7 +302,7 @@ static void handle_first(struct stream *st, json_t *msg)
                      audit);
     api_run_free(&run);
     if (r < 0) {
-        send_error(st, api_status_code(api_errno_status(r)), session_strerror(r));
+        send_error(st, api_errno_code(r), session_strerror(r));
         goto close;
     }
     if (attach(st, c, 0, 0) == 0)

@@ -97,8 +97,7 @@ void api_terminal_create(struct api_ctx *ctx, http_req_t *req, const struct rout
     api_audit(ctx, req, "terminal.create", sb, r < 0 ? api_errno_status(r) : 201, audit);
     json_decref(body);
     if (r < 0) {
-        http_respond_error(req, api_errno_status(r), api_status_code(api_errno_status(r)), "%s",
-                           session_strerror(r));
+        http_respond_error(req, api_errno_status(r), api_errno_code(r), "%s", session_strerror(r));
         return;
     }
     http_respond_json(req, 201, api_terminal_json(t));

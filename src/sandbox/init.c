@@ -217,7 +217,13 @@ static void handle_spawn(const struct wproto_spawn *sp, size_t len)
 
 static void handle_kill(const struct wproto_kill *k, size_t len)
 {
-    if (len < sizeof(*k) || k->pid <= 1 || k->sig < 0 || k->sig >= NSIG)
+    if (len < sizeof(*k) || k->sig < 0 || k->sig >= NSIG)
+        return;
+    if (k->flags & WPROTO_KILL_ALL) {
+        kill(-1, k->sig); /* every process of our pid namespace but ourselves */
+        return;
+    }
+    if (k->pid <= 1)
         return;
     if (!(k->flags & WPROTO_KILL_GROUP)) {
         kill(k->pid, k->sig);

@@ -122,6 +122,12 @@ int initctl_kill(struct initctl *c, pid_t pid, int sig, int group)
     return send_msg(c, &k, sizeof(k));
 }
 
+int initctl_kill_all(struct initctl *c, int sig)
+{
+    struct wproto_kill k = {.hdr = {WPROTO_KILL, 0}, .sig = sig, .flags = WPROTO_KILL_ALL};
+    return send_msg(c, &k, sizeof(k));
+}
+
 static void close_fds(const int *fds, int n)
 {
     for (int i = 0; i < n; i++)

@@ -50,6 +50,8 @@ void initctl_init(struct initctl *c, int fd);
 int initctl_spawn(struct initctl *c, uint32_t tag, const struct initctl_spawn *req);
 /* Asks the init to send `sig` to `pid` (its process group with `group`). Errors as above. */
 int initctl_kill(struct initctl *c, pid_t pid, int sig, int group);
+/* Asks the init to send `sig` to every other process of the sandbox. Errors as above. */
+int initctl_kill_all(struct initctl *c, int sig);
 /* Sends what is queued, as far as the socket takes it: 0 or -EPIPE. */
 int initctl_flush(struct initctl *c);
 /* True while messages wait to be sent (poll for writable). */

@@ -17,7 +17,9 @@
  *            environment. Exec failures do not fail the SPAWN: the command writes
  *            "warren: <argv0>: <reason>" to its stderr and exits 127 (not found) or 126.
  *     KILL   {tag=0, pid, sig, flags} send `sig` to `pid`, or to its process group with
- *            WPROTO_KILL_GROUP.
+ *            WPROTO_KILL_GROUP, or with WPROTO_KILL_ALL (pid ignored) to every process of the
+ *            sandbox but the init: kill(-1) in the pid namespace, which reaches processes that
+ *            left their session or group and those of nested pid namespaces alike.
  *   init → daemon
  *     SPAWNED {tag, pid, err} reply to SPAWN, in order. err == 0: pid is the command's pid in the
  *            sandbox and the message carries 3 fds (stdin write end, stdout read end, stderr read
@@ -48,6 +50,7 @@ enum wproto_type {
 };
 
 #define WPROTO_KILL_GROUP 1u
+#define WPROTO_KILL_ALL 2u
 #define WPROTO_SPAWN_PTY 1u
 
 struct wproto_hdr {

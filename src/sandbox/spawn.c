@@ -215,6 +215,38 @@ int spawn_config_add(struct spawn_config *cfg, enum mount_op_kind kind, const ch
     return plan_push(cfg, &op);
 }
 
+int spawn_check_root(const struct spawn_config *cfg, char *bad, size_t badlen)
+{
+    char path[2 * SPAWN_PATH_MAX + 2];
+    struct stat sb;
+    for (size_t i = 0; i < cfg->n_mounts; i++) {
+        const struct mount_op *op = &cfg->mounts[i];
+        if (op->kind == MOP_MASK || op->kind == MOP_READONLY)
+            continue; /* inside the fresh proc and sys mounts, nothing of the disk */
+        /* Component by component, each checked before the next one is looked up through it, so
+         * no lookup here follows a symlink either. */
+        size_t len = strlen(op->dst);
+        for (size_t end = 0; end <= len; end++) {
+            if (op->dst[end] != '/' && op->dst[end] != '\0')
+                continue;
+            snprintf(path, sizeof(path), "%s/%.*s", cfg->root_dir, (int)end, op->dst);
+            if (lstat(path, &sb) < 0) {
+                if (errno == ENOENT)
+                    break; /* the child creates it */
+                snprintf(bad, badlen, "%.*s", (int)end, op->dst);
+                return -errno;
+            }
+            int last = end == len;
+            if (S_ISLNK(sb.st_mode) ? !(last && op->kind == MOP_SYMLINK)
+                                    : !last && !S_ISDIR(sb.st_mode)) {
+                snprintf(bad, badlen, "%.*s", (int)end, op->dst);
+                return S_ISLNK(sb.st_mode) ? -ELOOP : -ENOTDIR;
+            }
+        }
+    }
+    return 0;
+}
+
 /* ---------------------------------------------------------------------------------------------
  * Child side. Only system calls from here to child_main's exec.
  */
@@ -353,7 +385,9 @@ static int child_mount_op(struct child_ctx *c, size_t idx)
     case MOP_DIR:
         return child_mkdir(dst, op->mode); /* umask is 0 in the child */
     case MOP_SYMLINK:
-        return symlink(op->src, dst);
+        /* A restarted sandbox's root has it already (or whatever the sandbox made of it: its
+         * root is its own, as a container's is across restarts). */
+        return symlink(op->src, dst) == 0 || errno == EEXIST ? 0 : -1;
     case MOP_FILE: {
         int fd = open(dst, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, op->mode);
         if (fd < 0)

@@ -128,6 +128,14 @@ void spawn_config_init(struct spawn_config *cfg);
 int spawn_config_add(struct spawn_config *cfg, enum mount_op_kind kind, const char *src,
                      const char *dst, unsigned long flags, unsigned mode, const char *data);
 
+/* For a root_dir that already holds files (a sandbox started again on its disk): the child
+ * creates and mounts on the plan's paths relative to root_dir *before* pivot_root, so a symlink
+ * the sandbox left on one of them would send a mount or a file write outside its root. Checks
+ * that no existing component of an op's path is a symlink (except the last one of a MOP_SYMLINK)
+ * and that all but the last are directories. Nothing may run in the root meanwhile, or the check
+ * proves nothing. Returns 0, or -ELOOP / -ENOTDIR / -errno with the path (relative) in `bad`. */
+int spawn_check_root(const struct spawn_config *cfg, char *bad, size_t badlen);
+
 /* Clones the child and does the parent's part of the setup (id maps, cgroups), then lets the
  * child continue on its own. Returns without waiting: the caller watches `out->status_fd` and
  * calls spawn_finish() when it is readable. The config may be freed as soon as this returns

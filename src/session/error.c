@@ -25,13 +25,16 @@ const char *session_err_name(enum session_err e)
         return "setup_failed";
     case SESSION_ERR_NOMEM:
         return "out_of_memory";
+    case SESSION_ERR_STATE:
+        return "wrong_state";
     }
     return "unknown";
 }
 
 const char *session_strerror(int r)
 {
-    return r == -E2BIG   ? "argv and env are too large (64 KiB at most)"
-           : r == -EPIPE ? "the sandbox is not running (it is paused, stopping or failed)"
-                         : strerror(-r);
+    return r == -E2BIG       ? "argv and env are too large (64 KiB at most)"
+           : r == -EPIPE     ? "the sandbox is not running (it is paused, being deleted or failed)"
+           : r == -ESHUTDOWN ? "the sandbox is stopped (start it first)"
+                             : strerror(-r);
 }

@@ -18,13 +18,14 @@ enum session_err {
     SESSION_ERR_SHUTTING_DOWN, /* the daemon is stopping */
     SESSION_ERR_SETUP,         /* isolation or setup failed (the message names the step) */
     SESSION_ERR_NOMEM,
+    SESSION_ERR_STATE, /* the sandbox is not in a state that allows it (start of a running one) */
 };
 
 /* A stable lower-case name ("name_taken", ...), for logs. */
 const char *session_err_name(enum session_err e);
 /* What a -errno from the session layer means, for a person: strerror, except where the session
- * layer gives an errno a meaning of its own (-EPIPE: the sandbox is not running; -E2BIG: argv and
- * env too large). */
+ * layer gives an errno a meaning of its own (-EPIPE: the sandbox is not running; -ESHUTDOWN: it
+ * is stopped; -E2BIG: argv and env too large). */
 const char *session_strerror(int r);
 
 #endif

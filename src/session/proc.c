@@ -350,7 +350,7 @@ int proc_start(struct sandbox *sb, const struct proc_spec *spec, const struct pr
                void *arg, struct proc **out)
 {
     if (sb->state != SB_RUNNING)
-        return -EPIPE;
+        return sandbox_unavailable(sb);
     struct proc *p = calloc(1, sizeof(*p));
     if (!p)
         return -ENOMEM;

@@ -54,8 +54,9 @@ struct sandbox_waiter {
 
 struct create_op {
     struct sandbox *sb;
-    sandbox_create_cb cb;
+    sandbox_create_cb cb; /* or a sandbox_start_cb, which has the same type */
     void *arg;
+    int restart;         /* a stopped sandbox started again (sandbox_start) */
     uv_work_t disk_work; /* the sandbox's disk is made on the pool, then the clone on the loop */
     int disk_err;
     const char *disk_what;
@@ -69,6 +70,15 @@ struct create_op {
 struct destroy_work {
     uv_work_t work;
     struct sandbox *sb;
+};
+
+struct stop_op {
+    uv_timer_t timer; /* watching for the end of the grace period */
+    uv_work_t work;   /* removing the cgroup once the init is gone */
+    struct sandbox *sb;
+    sandbox_stop_cb cb;
+    void *arg;
+    double deadline;
 };
 
 static void sandbox_dir(const struct sandbox *sb, char *out, size_t cap, const char *sub)
@@ -178,6 +188,12 @@ const char *sandbox_state_name(enum sandbox_state state)
         return "paused";
     case SB_STOPPING:
         return "stopping";
+    case SB_STOPPED:
+        return "stopped";
+    case SB_STARTING:
+        return "starting";
+    case SB_DELETING:
+        return "deleting";
     case SB_FAILED:
         return "failed";
     }
@@ -192,7 +208,7 @@ uid_t sandbox_host_uid(const struct sandbox *sb)
 struct sandbox *sandbox_find(struct registry *reg, const char *id_or_name)
 {
     for (struct sandbox *sb = reg->head; sb; sb = sb->next)
-        if (sb->state != SB_STOPPING &&
+        if (sb->state != SB_DELETING &&
             (strcmp(sb->id, id_or_name) == 0 || strcmp(sb->name, id_or_name) == 0))
             return sb;
     return NULL;
@@ -225,7 +241,7 @@ static void sandbox_maybe_free(struct sandbox *sb)
 {
     /* Freed once it left the registry (destroy finished), its handles are closed and nobody
      * holds a reference. */
-    if (sb->state == SB_STOPPING && !sb->waiters && sb->handles == 0 && sb->refs == 0 &&
+    if (sb->state == SB_DELETING && !sb->waiters && sb->handles == 0 && sb->refs == 0 &&
         sb->pidfd < 0 && sb->uid_slot == UINT32_MAX)
         sandbox_free(sb);
 }
@@ -246,6 +262,8 @@ int sandbox_usage(const struct sandbox *sb, struct sandbox_usage *out)
     struct cgroup_usage u;
     struct statvfs sv;
     char dir[1200];
+    if (sb->pid <= 0)
+        return -ESRCH; /* no init, no cgroup */
     int r = cgroup_usage(sb->reg->cgroups, sb->id, &u);
     if (r < 0)
         return r;
@@ -381,17 +399,24 @@ static int ctl_sent(struct sandbox *sb, int r)
     return r;
 }
 
+int sandbox_unavailable(const struct sandbox *sb)
+{
+    return sb->state == SB_STOPPED || sb->state == SB_STOPPING || sb->state == SB_STARTING
+               ? -ESHUTDOWN
+               : -EPIPE;
+}
+
 int sandbox_ctl_spawn(struct sandbox *sb, uint32_t tag, const struct initctl_spawn *req)
 {
     if (sb->state != SB_RUNNING && sb->state != SB_PAUSED)
-        return -EPIPE;
+        return sandbox_unavailable(sb);
     return ctl_sent(sb, initctl_spawn(&sb->ctl, tag, req));
 }
 
 int sandbox_ctl_kill(struct sandbox *sb, pid_t pid, int sig, int group)
 {
     if (sb->state != SB_RUNNING && sb->state != SB_PAUSED)
-        return -EPIPE;
+        return sandbox_unavailable(sb);
     return ctl_sent(sb, initctl_kill(&sb->ctl, pid, sig, group));
 }
 
@@ -416,7 +441,7 @@ static void ctl_read(struct sandbox *sb)
                 close(ev.fds[i]);
         else if (p)
             proc_on_exit(p, ev.status);
-        if (sb->state != SB_RUNNING && sb->state != SB_PAUSED)
+        if (sb->state != SB_RUNNING && sb->state != SB_PAUSED && sb->state != SB_STOPPING)
             return;
     }
     if (r < 0) /* the init is gone; pid_poll reports its exit and does the rest */
@@ -449,12 +474,19 @@ static void fail_procs(struct sandbox *sb)
         proc_on_sandbox_gone(sb->procs); /* each removes itself from the list */
 }
 
+static void stop_cgroup_work(uv_work_t *w);
+static void stop_cgroup_done(uv_work_t *w, int status);
+
 static void on_handle_closed(uv_handle_t *h)
 {
     struct sandbox *sb = h->data;
     if (h == (uv_handle_t *)&sb->ctl_poll)
         initctl_close(&sb->ctl);
-    sb->handles--;
+    /* A stop goes on once the init's handles are closed: a start re-initialises them. */
+    if (--sb->handles == 0 && sb->state == SB_STOPPING) {
+        sb->reg->pending++;
+        uv_queue_work(sb->reg->loop, &sb->stop->work, stop_cgroup_work, stop_cgroup_done);
+    }
     sandbox_maybe_free(sb);
 }
 
@@ -550,8 +582,14 @@ static void pid_on_event(uv_poll_t *h, int status, int events)
         on_init_exit(sb);
         return;
     }
+    if (sb->state == SB_STOPPING) {
+        fail_procs(sb);
+        if (sb->proxy)
+            egress_proxy_close(sb->proxy);
+        sb->proxy = NULL;
+    }
     on_init_exit(sb);
-    if (sb->state == SB_STOPPING)
+    if (sb->state == SB_DELETING)
         start_cleanup(sb);
 }
 
@@ -566,8 +604,11 @@ void sandbox_destroy(struct sandbox *sb, sandbox_destroy_cb cb, void *arg)
     } else if (cb) {
         log_error("sandbox %s: out of memory registering a delete callback", sb->id);
     }
-    if (sb->state == SB_STOPPING || sb->state == SB_CREATING)
-        return; /* already on its way; a creating sandbox is destroyed when its create ends */
+    if (sb->state == SB_STOPPING && sb->pidfd >= 0) /* no need to wait for the grace period */
+        syscall(SYS_pidfd_send_signal, sb->pidfd, SIGKILL, NULL, 0);
+    if (sb->state == SB_DELETING || sb->state == SB_CREATING || sb->state == SB_STOPPING ||
+        sb->state == SB_STARTING)
+        return; /* already on its way, or destroyed when the creation, stop or start ends */
     enum sandbox_state was = sb->state;
     if (sb->proxy) {
         egress_proxy_close(sb->proxy);
@@ -575,9 +616,9 @@ void sandbox_destroy(struct sandbox *sb, sandbox_destroy_cb cb, void *arg)
     }
     if (was == SB_PAUSED || sb->pausing) /* frozen processes cannot die until thawed */
         cgroup_freeze(sb->reg->cgroups, sb->id, 0);
-    sb->state = SB_STOPPING;
+    sb->state = SB_DELETING;
     fail_procs(sb);
-    if (was == SB_FAILED || sb->pidfd < 0) {
+    if (was == SB_FAILED || was == SB_STOPPED || sb->pidfd < 0) {
         start_cleanup(sb); /* the init is already reaped */
         return;
     }
@@ -585,6 +626,109 @@ void sandbox_destroy(struct sandbox *sb, sandbox_destroy_cb cb, void *arg)
      * once it is gone. */
     if (syscall(SYS_pidfd_send_signal, sb->pidfd, SIGKILL, NULL, 0) < 0)
         log_warn("sandbox %s: pidfd_send_signal: %s", sb->id, strerror(errno));
+}
+
+/* ---- stop ----------------------------------------------------------------------------------- */
+
+#define STOP_POLL_MS 20
+
+static void stop_op_closed(uv_handle_t *h)
+{
+    struct stop_op *op = h->data;
+    struct sandbox *sb = op->sb;
+    free(op);
+    sandbox_unref(sb);
+}
+
+/* SIGKILL to the init ends the pid namespace: the kernel kills everything left in it. pid_poll
+ * fires once the init is gone. */
+static void stop_kill_init(struct stop_op *op)
+{
+    uv_timer_stop(&op->timer);
+    if (op->sb->pidfd >= 0 && syscall(SYS_pidfd_send_signal, op->sb->pidfd, SIGKILL, NULL, 0) < 0)
+        log_warn("sandbox %s: pidfd_send_signal: %s", op->sb->id, strerror(errno));
+}
+
+/* 1 when the init has no child left (not even an unreaped one), 0 when it has, -errno when the
+ * kernel cannot say (no CONFIG_PROC_CHILDREN). Every process of a pid namespace descends from
+ * its init (orphans are re-parented to it), so no child means no other process. */
+static int init_alone(pid_t pid)
+{
+    char path[64], c;
+    snprintf(path, sizeof(path), "/proc/%d/task/%d/children", (int)pid, (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    ssize_t n = read(fd, &c, 1);
+    int r = n < 0 ? -errno : n == 0;
+    close(fd);
+    return r;
+}
+
+static void stop_tick(uv_timer_t *t)
+{
+    struct stop_op *op = t->data;
+    /* The grace period ends early once the init is alone (it never exits by itself); when that
+     * cannot be known, the whole grace period is waited for. */
+    if (util_monotonic() >= op->deadline || init_alone(op->sb->pid) == 1)
+        stop_kill_init(op);
+}
+
+static void stop_cgroup_work(uv_work_t *w)
+{
+    struct stop_op *op = w->data;
+    int r = cgroup_destroy(op->sb->reg->cgroups, op->sb->id);
+    if (r < 0)
+        log_warn("sandbox %s: removing cgroup: %s", op->sb->id, strerror(-r));
+}
+
+static void stop_cgroup_done(uv_work_t *w, int status)
+{
+    struct stop_op *op = w->data;
+    struct sandbox *sb = op->sb;
+    (void)status;
+    sb->reg->pending--;
+    sb->state = SB_STOPPED;
+    sb->stop = NULL;
+    log_info("sandbox %s stopped", sb->id);
+    int deleted = sb->waiters != NULL;
+    if (op->cb)
+        op->cb(sb, deleted ? -ESRCH : 0, op->arg);
+    if (deleted)
+        sandbox_destroy(sb, NULL, NULL);
+    uv_close((uv_handle_t *)&op->timer, stop_op_closed); /* holds the last reference */
+}
+
+int sandbox_stop(struct sandbox *sb, double grace_s, sandbox_stop_cb cb, void *arg)
+{
+    if (sb->state != SB_RUNNING && sb->state != SB_PAUSED)
+        return -EBUSY;
+    struct stop_op *op = calloc(1, sizeof(*op));
+    if (!op)
+        return -ENOMEM;
+    op->sb = sb;
+    op->cb = cb;
+    op->arg = arg;
+    op->work.data = op;
+    op->deadline = util_monotonic() + grace_s;
+    uv_timer_init(sb->reg->loop, &op->timer);
+    op->timer.data = op;
+    sandbox_ref(sb);
+    /* Frozen processes can neither handle SIGTERM nor die of SIGKILL until thawed. */
+    if (sb->state == SB_PAUSED || sb->pausing)
+        cgroup_freeze(sb->reg->cgroups, sb->id, 0);
+    sb->state = SB_STOPPING;
+    sb->stop = op;
+    /* SIGTERM through the init, as kill(-1) in the sandbox's pid namespace: the only set that is
+     * exactly "every process of the sandbox", whatever they did (setsid, new process groups,
+     * double forks, nested pid namespaces), taken atomically against forks. Signalling the
+     * process groups the init started would miss whoever left them; walking cgroup.procs from
+     * here races with forks and reads pids across namespaces. */
+    if (grace_s > 0 && ctl_sent(sb, initctl_kill_all(&sb->ctl, SIGTERM)) == 0)
+        uv_timer_start(&op->timer, stop_tick, STOP_POLL_MS, STOP_POLL_MS);
+    else
+        stop_kill_init(op);
+    return 0;
 }
 
 /* ---- network -------------------------------------------------------------------------------- */
@@ -728,6 +872,20 @@ void registry_fill_disk_pool(struct registry *reg)
 static int create_start(struct create_op *op, char *msg, size_t msglen);
 static void create_on_status(uv_poll_t *h, int status, int events);
 
+/* A start failed: the sandbox is stopped again, its files untouched. */
+static void start_fail(struct create_op *op, const char *msg)
+{
+    struct sandbox *sb = op->sb;
+    log_error("sandbox %s: start: %s", sb->id, msg);
+    cgroup_destroy(sb->reg->cgroups, sb->id);
+    sb->state = SB_STOPPED;
+    sandbox_ref(sb);
+    op->cb(sb, SESSION_ERR_SETUP, msg, op->arg);
+    if (sb->waiters) /* deleted while starting */
+        sandbox_destroy(sb, NULL, NULL);
+    sandbox_unref(sb);
+}
+
 /* The clone is on its way: wait for the child's status. */
 static void create_wait_child(struct create_op *op)
 {
@@ -767,7 +925,7 @@ static int create_start(struct create_op *op, char *msg, size_t msglen)
 {
     struct sandbox *sb = op->sb;
     struct registry *reg = sb->reg;
-    char ws[1300], root[1300];
+    char ws[1300], root[1300], bad[SPAWN_PATH_MAX], what_root[SPAWN_PATH_MAX + 32];
     struct spawn_config *cfg = NULL;
     struct spawn_error err;
     const char *what;
@@ -789,6 +947,12 @@ static int create_start(struct create_op *op, char *msg, size_t msglen)
     }
     if ((r = template_host_config(reg->tmpl, cfg, sb->name, root, ws)) < 0)
         goto error;
+    /* Nothing runs in a stopped sandbox, so what is checked here is what the child finds. */
+    if (op->restart && (r = spawn_check_root(cfg, bad, sizeof(bad))) < 0) {
+        snprintf(what_root, sizeof(what_root), "root file system: /%s", bad);
+        what = what_root;
+        goto error;
+    }
     /* Secrets: a small private tmpfs with one 0400 file per secret. */
     if (json_array_size(sb->secrets) > 0) {
         size_t i;
@@ -859,7 +1023,10 @@ static void create_on_status(uv_poll_t *h, int status, int events)
         snprintf(msg, sizeof(msg), "sandbox setup failed at step '%s'%s%s%s: %s",
                  spawn_step_name(err.step), err.detail[0] ? " (" : "", err.detail,
                  err.detail[0] ? ")" : "", strerror(-r));
-        create_fail(op, msg);
+        if (op->restart)
+            start_fail(op, msg);
+        else
+            create_fail(op, msg);
         return;
     }
     sb->pid = op->pending.pid;
@@ -875,8 +1042,11 @@ static void create_on_status(uv_poll_t *h, int status, int events)
     if ((r = apply_network(sb)) < 0) {
         snprintf(msg, sizeof(msg), "sandbox setup failed: egress proxy: %s", strerror(-r));
         log_error("sandbox %s: %s", sb->id, msg);
-        op->cb(NULL, SESSION_ERR_SETUP, msg, op->arg);
-        sandbox_destroy(sb, NULL, NULL);
+        op->cb(op->restart ? sb : NULL, SESSION_ERR_SETUP, msg, op->arg);
+        if (op->restart) /* its files are the user's: stopped again, not deleted */
+            sandbox_stop(sb, 0, NULL, NULL);
+        else
+            sandbox_destroy(sb, NULL, NULL);
         return;
     }
 
@@ -895,7 +1065,7 @@ static void create_on_status(uv_poll_t *h, int status, int events)
     int deleted = sb->waiters != NULL, destroy_now = deleted || reg->idle_cb != NULL;
     sandbox_ref(sb);
     if (destroy_now)
-        op->cb(NULL, deleted ? SESSION_ERR_DELETED : SESSION_ERR_SHUTTING_DOWN,
+        op->cb(op->restart ? sb : NULL, deleted ? SESSION_ERR_DELETED : SESSION_ERR_SHUTTING_DOWN,
                deleted ? "the sandbox was deleted while it was being created"
                        : "the daemon is shutting down",
                op->arg);
@@ -909,7 +1079,7 @@ static void create_on_status(uv_poll_t *h, int status, int events)
 static int name_taken(struct registry *reg, const char *name)
 {
     for (struct sandbox *sb = reg->head; sb; sb = sb->next)
-        if (sb->state != SB_STOPPING && (!strcmp(sb->name, name) || !strcmp(sb->id, name)))
+        if (sb->state != SB_DELETING && (!strcmp(sb->name, name) || !strcmp(sb->id, name)))
             return 1;
     return 0;
 }
@@ -1029,4 +1199,41 @@ enum session_err sandbox_create(struct registry *reg, const struct sandbox_spec 
 const char *registry_cgroup_mode(const struct registry *reg)
 {
     return cgroup_mode_name(reg->cgroups->mode);
+}
+
+enum session_err sandbox_start(struct sandbox *sb, sandbox_start_cb cb, void *arg, char *msg,
+                               size_t msglen)
+{
+    struct registry *reg = sb->reg;
+    if (reg->idle_cb) {
+        snprintf(msg, msglen, "the daemon is shutting down");
+        return SESSION_ERR_SHUTTING_DOWN;
+    }
+    if (sb->state != SB_STOPPED) {
+        snprintf(msg, msglen, "the sandbox is %s", sandbox_state_name(sb->state));
+        return SESSION_ERR_STATE;
+    }
+    struct create_op *op = calloc(1, sizeof(*op));
+    if (!op) {
+        snprintf(msg, msglen, "out of memory");
+        return SESSION_ERR_NOMEM;
+    }
+    op->sb = sb;
+    op->cb = cb;
+    op->arg = arg;
+    op->restart = 1;
+    op->t_start = op->t_disk = util_monotonic();
+    /* The disk stayed mounted in the daemon's mount namespace while the sandbox was stopped (a
+     * mount and an auto-clearing loop device, nothing else), so a start is what a creation does
+     * once it has its disk: a cgroup and a clone. */
+    sb->state = SB_STARTING;
+    if (create_start(op, msg, msglen) < 0) {
+        log_error("sandbox %s: start: %s", sb->id, msg);
+        cgroup_destroy(reg->cgroups, sb->id);
+        sb->state = SB_STOPPED;
+        free(op);
+        return SESSION_ERR_SETUP;
+    }
+    create_wait_child(op);
+    return SESSION_OK;
 }

@@ -32,7 +32,20 @@
 #define SANDBOX_ID_MAX 20
 #define SANDBOX_NAME_MAX 64
 
-enum sandbox_state { SB_CREATING, SB_RUNNING, SB_PAUSED, SB_STOPPING, SB_FAILED };
+/* creating → running ⇄ paused; running/paused → stopping → stopped → starting → running; any
+ * → deleting (then freed). A stopped sandbox has no process, no init and no cgroup; it keeps its
+ * disk (root and /workspace, mounted in the daemon's mount namespace), its uid range (its files
+ * are owned by it), its identity and its spec. */
+enum sandbox_state {
+    SB_CREATING,
+    SB_RUNNING,
+    SB_PAUSED,
+    SB_STOPPING, /* every process was sent SIGTERM; the init is killed after the grace period */
+    SB_STOPPED,
+    SB_STARTING, /* a new init is being cloned on the same disk */
+    SB_DELETING, /* being destroyed: no longer found, freed when the cleanup is done */
+    SB_FAILED,
+};
 
 struct proc;
 struct command;
@@ -46,6 +59,7 @@ struct egress_policy;
 struct egress_proxy;
 struct egress_hosts;
 struct egress_decision;
+struct stop_op;
 
 struct registry {
     uv_loop_t *loop;
@@ -106,6 +120,7 @@ struct sandbox {
     struct terminal *terminals; /* terminals (session/terminal.h) */
     uint32_t next_tag;
     struct sandbox_waiter *waiters; /* destroy callbacks */
+    struct stop_op *stop;           /* while stopping */
 };
 
 struct sandbox_spec {
@@ -141,7 +156,7 @@ void registry_fill_disk_pool(struct registry *reg);
  * msg. spec->network is taken over only on SESSION_OK. */
 enum session_err sandbox_create(struct registry *reg, const struct sandbox_spec *spec,
                                 sandbox_create_cb cb, void *arg, char *msg, size_t msglen);
-/* By id or by name; only sandboxes that are creating or running (or failed) are found. */
+/* By id or by name; sandboxes being deleted are not found. */
 struct sandbox *sandbox_find(struct registry *reg, const char *id_or_name);
 /* Kills every process, removes the cgroup and the directory, forgets the sandbox; `cb` is called
  * when all of that is done. Safe to call more than once (each callback fires). */
@@ -161,8 +176,29 @@ int sandbox_pause(struct sandbox *sb, sandbox_pause_cb cb, void *arg);
 int sandbox_set_network(struct sandbox *sb, struct egress_policy *policy);
 /* Thaws a paused sandbox (immediate). 0, -EINVAL if not paused, or -errno. */
 int sandbox_resume(struct sandbox *sb);
+/* Stops a running or paused sandbox: SIGTERM to every process of it but the init, then SIGKILL
+ * to the init (which ends the pid namespace, and so everything left) once they are all gone or
+ * grace_s has passed; grace_s 0 kills at once. What was running ends as on deletion (commands
+ * failed, streams closed, the egress proxy closed); the records of commands, shells and
+ * terminals stay (a shell starts a new process on its next run after sandbox_start()). Returns
+ * -EBUSY in any other state, -ENOMEM, or 0: then `cb` runs once the sandbox is stopped (its
+ * cgroup removed), with 0, or -ESRCH when it was deleted meanwhile (its deletion follows). */
+typedef void (*sandbox_stop_cb)(struct sandbox *sb, int err, void *arg);
+int sandbox_stop(struct sandbox *sb, double grace_s, sandbox_stop_cb cb, void *arg);
+/* Starts a stopped sandbox again: a new init on the same disk, with the same id, name, env,
+ * secrets, network and limits. Returns SESSION_OK (then `cb` runs later, with `sb` in every case:
+ * SESSION_OK once it runs; SESSION_ERR_SETUP, the sandbox stopped again; SESSION_ERR_DELETED
+ * when it was deleted meanwhile), or at once SESSION_ERR_STATE (not stopped),
+ * SESSION_ERR_SHUTTING_DOWN or SESSION_ERR_SETUP, with the reason in msg. */
+typedef void (*sandbox_start_cb)(struct sandbox *sb, enum session_err err, const char *msg,
+                                 void *arg);
+enum session_err sandbox_start(struct sandbox *sb, sandbox_start_cb cb, void *arg, char *msg,
+                               size_t msglen);
+/* Why a request that needs the sandbox's processes cannot be served in its current state:
+ * -ESHUTDOWN when it is stopped (or stopping, or starting), -EPIPE otherwise. */
+int sandbox_unavailable(const struct sandbox *sb);
 /* Current resource use, from the sandbox's cgroup and disk (disk_bytes -1 when unknown). Returns 0
- * or -errno (no cgroup: the sandbox is not running). */
+ * or -errno (-ESRCH: the sandbox has no init, so no cgroup: stopped, creating or failed). */
 struct sandbox_usage {
     uint64_t memory_bytes;
     uint64_t pids;
@@ -177,8 +213,8 @@ const char *registry_cgroup_mode(const struct registry *reg);
 /* The host uid (and gid) the sandbox's root user maps to. */
 uid_t sandbox_host_uid(const struct sandbox *sb);
 
-/* Requests for the init (used by proc.c): 0, -EPIPE unless the sandbox is running or paused, or
- * an error of initctl_spawn()/initctl_kill(). */
+/* Requests for the init (used by proc.c): 0, sandbox_unavailable() unless the sandbox is running
+ * or paused, or an error of initctl_spawn()/initctl_kill(). */
 int sandbox_ctl_spawn(struct sandbox *sb, uint32_t tag, const struct initctl_spawn *req);
 int sandbox_ctl_kill(struct sandbox *sb, pid_t pid, int sig, int group);
 

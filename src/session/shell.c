@@ -291,8 +291,9 @@ static void start_next(struct shell *sh)
     if (sh->state == SH_DEAD) {
         if (!sh->queue)
             return;
-        if (shell_spawn(sh) < 0) {
-            fail_all(sh, -EPIPE, "cannot start a new shell: the sandbox is not running");
+        int r = shell_spawn(sh);
+        if (r < 0) {
+            fail_all(sh, r, "cannot start a new shell: the sandbox is not running");
             return;
         }
         sh->restarted = 1;
