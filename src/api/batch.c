@@ -59,6 +59,14 @@ static void set_error(struct batch *b, size_t idx, int status, const char *msg)
         json_pack("{s:{s:s, s:s}}", "error", "code", api_status_code(status), "message", msg));
 }
 
+/* An item the session layer refused with -errno `r`. */
+static void set_errno(struct batch *b, size_t idx, int r)
+{
+    json_array_set_new(b->results, idx,
+                       json_pack("{s:{s:s, s:s}}", "error", "code", api_errno_code(r), "message",
+                                 session_strerror(r)));
+}
+
 static void on_item_done(struct exec *ex, struct exec_result *res, void *arg);
 
 /* The audit fields of an item: its command and its place in the batch. */
@@ -83,7 +91,7 @@ static int lane_run(struct batch *b, size_t idx)
         }
         if (it->sb->state != SB_RUNNING) {
             api_audit(b->ctx, b->req, "batch", it->sb, 409, audit_item(it, NULL));
-            set_error(b, idx, 409, "the sandbox is not running");
+            set_errno(b, idx, sandbox_unavailable(it->sb));
             continue;
         }
         static const char *const extra[] = {"sandbox", NULL};
@@ -197,7 +205,13 @@ void api_batch(struct api_ctx *ctx, http_req_t *req, const struct route_params *
             set_error(b, i, 400, "'sandbox' (id or name) is required");
             continue;
         }
-        if (!(it->sb = sandbox_find(ctx->reg, name)) || it->sb->state != SB_RUNNING) {
+        it->sb = sandbox_find(ctx->reg, name);
+        if (it->sb && it->sb->state != SB_RUNNING && sandbox_unavailable(it->sb) == -ESHUTDOWN) {
+            it->sb = NULL;
+            set_errno(b, i, -ESHUTDOWN);
+            continue;
+        }
+        if (!it->sb || it->sb->state != SB_RUNNING) {
             char msg[300];
             snprintf(msg, sizeof(msg), "sandbox '%s' not found", name);
             it->sb = NULL;

@@ -24,12 +24,15 @@ static const char cli_usage_text[] =
     "  run       run a command in a new, temporary sandbox\n"
     "  create    create a sandbox and print its id\n"
     "  exec      run a command in an existing sandbox\n"
-    "  start     start a detached command in a sandbox and print its id\n"
+    "  start     start a detached command in a sandbox and print its id, or (with no\n"
+    "            command) start a stopped sandbox again\n"
     "  commands  list the detached commands of a sandbox\n"
     "  logs      print (or follow) the output of a detached command\n"
     "  attach    attach to a terminal of a sandbox\n"
     "  cp        copy files and directories between the local machine and a sandbox\n"
     "  ps        list sandboxes\n"
+    "  stop      stop sandboxes (SIGTERM, then SIGKILL after a grace period); files stay\n"
+    "  kill      stop sandboxes at once (SIGKILL)\n"
     "  rm        remove sandboxes\n"
     "  info      show the daemon's version, features and limits\n"
     "  help      show help for a command: warren help COMMAND\n"
@@ -101,10 +104,14 @@ static const struct cli_help cli_helps[] = {
              "      --json         run it to completion and print the result as JSON\n"
              "  -h, --help         show this help\n"},
     {"start", "Usage: warren start [OPTIONS] SANDBOX [--] CMD [ARG...]\n"
+              "       warren start SANDBOX\n"
               "\n"
               "Start CMD as a detached command of the sandbox and print its command id. It\n"
               "runs until it ends (or its timeout); see it with 'warren commands SANDBOX' and\n"
               "its output with 'warren logs [-f] SANDBOX COMMAND_ID'.\n"
+              "\n"
+              "With no CMD (and no option), start a stopped sandbox again (see 'warren stop'),\n"
+              "as 'docker start' does, and print its name.\n"
               "\n"
               "Options:\n"
               "  -e, --env K=V      set an environment variable for this command (repeatable)\n"
@@ -194,6 +201,23 @@ static const struct cli_help cli_helps[] = {
            "  -q, --quiet        print only the ids\n"
            "      --json         print a JSON array of sandboxes\n"
            "  -h, --help         show this help\n"},
+    {"stop", "Usage: warren stop [--grace S] SANDBOX...\n"
+             "\n"
+             "Stop sandboxes: SIGTERM to every process, SIGKILL after S seconds (default 10)\n"
+             "to what is left. Their files (/ and /workspace), name, id and settings stay;\n"
+             "'warren start SANDBOX' starts one again. Prints each stopped one; exits with 1\n"
+             "if any could not be stopped.\n"
+             "\n"
+             "Options:\n"
+             "      --grace S      seconds between SIGTERM and SIGKILL (0 to 3600)\n"
+             "  -h, --help         show this help\n"},
+    {"kill", "Usage: warren kill SANDBOX...\n"
+             "\n"
+             "Stop sandboxes at once (SIGKILL to every process), keeping their files as\n"
+             "'warren stop' does.\n"
+             "\n"
+             "Options:\n"
+             "  -h, --help         show this help\n"},
     {"rm", "Usage: warren rm SANDBOX...\n"
            "\n"
            "Remove sandboxes (by id or name), printing each removed one. Exits with 1 if any\n"
@@ -264,6 +288,7 @@ int cli_main(int argc, char **argv)
         {"run", cli_cmd_run},       {"exec", cli_cmd_exec},
         {"create", cli_cmd_create}, {"ps", cli_cmd_ps},
         {"rm", cli_cmd_rm},         {"info", cli_cmd_info},
+        {"stop", cli_cmd_stop},     {"kill", cli_cmd_kill},
         {"start", cli_cmd_start},   {"commands", cli_cmd_commands},
         {"logs", cli_cmd_logs},     {"attach", cli_cmd_attach},
         {"cp", cli_cmd_cp},         {"help", cli_cmd_help},

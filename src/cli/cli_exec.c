@@ -587,5 +587,9 @@ int cli_cmd_exec(int argc, char **argv)
 
 int cli_cmd_start(int argc, char **argv)
 {
+    /* `warren start SANDBOX` alone starts a stopped sandbox, as `docker start` does; anything
+     * more is a detached command (`warren start SANDBOX CMD...`). */
+    if (argc == 2 && argv[1][0] != '-')
+        return cli_sandbox_start(argc, argv);
     return cli_exec_main("start", argc, argv);
 }

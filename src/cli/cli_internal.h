@@ -44,6 +44,11 @@ int cli_cmd_commands(int argc, char **argv);
 int cli_cmd_logs(int argc, char **argv);
 int cli_cmd_attach(int argc, char **argv);
 int cli_cmd_cp(int argc, char **argv);
+int cli_cmd_stop(int argc, char **argv);
+int cli_cmd_kill(int argc, char **argv);
+/* `warren start SANDBOX...` without a command: start stopped sandboxes again (cli_cmd_start
+ * decides which form it is). */
+int cli_sandbox_start(int argc, char **argv);
 
 /* Print the help text of `cmd` (a known subcommand) to `f`. Returns false if unknown. */
 bool cli_print_help(const char *cmd, FILE *f);

@@ -202,41 +202,25 @@ out:
     return ret;
 }
 
-int cli_cmd_rm(int argc, char **argv)
+/* `method` /v1/sandboxes/<each of argv[first..]>`suffix` with `body` (may be NULL), printing
+ * each sandbox done. Exit status 1 if any failed. */
+static int cli_sandbox_each(int argc, char **argv, int first, const char *method,
+                            const char *suffix, json_t *body)
 {
-    static const struct option opts[] = {
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
-    char prog[64];
-    char **av = cli_getopt_argv(argc, argv, prog, sizeof(prog));
-    int ret = -1, opt;
     struct client c;
-
-    if (!av)
+    int ret = 0;
+    if (cli_client_open(&c) < 0)
         return CLI_EXIT_FAIL;
-    while (ret < 0 && (opt = getopt_long(argc, av, "+h", opts, NULL)) != -1)
-        ret = cli_sandbox_common_opt("rm", opt);
-    if (ret >= 0)
-        goto out;
-    if (optind >= argc) {
-        ret = cli_usage_error("rm", "missing the sandbox id or name");
-        goto out;
-    }
-    if (cli_client_open(&c) < 0) {
-        ret = CLI_EXIT_FAIL;
-        goto out;
-    }
-    ret = 0;
-    for (int i = optind; i < argc; i++) {
+    for (int i = first; i < argc; i++) {
         buf_t path = BUF_INIT;
         enum cli_result r;
-        if (cli_path_sandbox(&path, argv[i]) < 0) {
+        if (cli_path_sandbox(&path, argv[i]) < 0 || buf_append_str(&path, suffix) < 0) {
+            buf_free(&path);
             fprintf(stderr, "warren: out of memory\n");
             ret = CLI_EXIT_FAIL;
             break;
         }
-        r = cli_api_call(&c, "DELETE", path.data, NULL, NULL, argv[i]);
+        r = cli_api_call(&c, method, path.data, body, NULL, argv[i]);
         buf_free(&path);
         if (r == CLI_OK) {
             printf("%s\n", argv[i]);
@@ -248,7 +232,82 @@ int cli_cmd_rm(int argc, char **argv)
         }
     }
     client_close(&c);
+    return ret;
+}
+
+/* rm, kill and start: SANDBOX... and no option but --help. */
+static int cli_sandbox_simple(const char *cmd, int argc, char **argv, const char *method,
+                              const char *suffix)
+{
+    static const struct option opts[] = {
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    char prog[64];
+    char **av = cli_getopt_argv(argc, argv, prog, sizeof(prog));
+    int ret = -1, opt;
+
+    if (!av)
+        return CLI_EXIT_FAIL;
+    while (ret < 0 && (opt = getopt_long(argc, av, "+h", opts, NULL)) != -1)
+        ret = cli_sandbox_common_opt(cmd, opt);
+    if (ret < 0 && optind >= argc)
+        ret = cli_usage_error(cmd, "missing the sandbox id or name");
+    if (ret < 0)
+        ret = cli_sandbox_each(argc, argv, optind, method, suffix, NULL);
+    free(av);
+    return ret;
+}
+
+int cli_cmd_rm(int argc, char **argv)
+{
+    return cli_sandbox_simple("rm", argc, argv, "DELETE", "");
+}
+
+int cli_cmd_kill(int argc, char **argv)
+{
+    return cli_sandbox_simple("kill", argc, argv, "POST", "/kill");
+}
+
+int cli_sandbox_start(int argc, char **argv)
+{
+    return cli_sandbox_simple("start", argc, argv, "POST", "/start");
+}
+
+int cli_cmd_stop(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"grace", required_argument, NULL, 'g'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    char prog[64];
+    char **av = cli_getopt_argv(argc, argv, prog, sizeof(prog));
+    json_t *body = json_object();
+    int ret = -1, opt;
+    char *end;
+
+    if (!av || !body) {
+        ret = CLI_EXIT_FAIL;
+        goto out;
+    }
+    while (ret < 0 && (opt = getopt_long(argc, av, "+hg:", opts, NULL)) != -1) {
+        if (opt != 'g') {
+            ret = cli_sandbox_common_opt("stop", opt);
+            continue;
+        }
+        double grace = strtod(optarg, &end);
+        if (end == optarg || *end || !(grace >= 0 && grace <= 3600))
+            ret = cli_usage_error("stop", "--grace takes seconds from 0 to 3600, not '%s'", optarg);
+        else
+            json_object_set_new(body, "grace_s", json_real(grace));
+    }
+    if (ret < 0 && optind >= argc)
+        ret = cli_usage_error("stop", "missing the sandbox id or name");
+    if (ret < 0)
+        ret = cli_sandbox_each(argc, argv, optind, "POST", "/stop", body);
 out:
+    json_decref(body);
     free(av);
     return ret;
 }

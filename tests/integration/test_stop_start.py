@@ -3,6 +3,7 @@ process, keeps its files (root and /workspace) and its identity, and starts agai
 import asyncio
 import json
 import os
+import subprocess
 import threading
 import time
 import urllib.parse
@@ -160,6 +161,8 @@ def test_conflicts_and_stopped_errors(api, sandbox):
     ]
     for r in stopped:
         assert r.status == 409 and r.error_code == "sandbox_stopped", r
+    r = api.post("/v1/batch", [{"sandbox": sid, "argv": ["true"]}])
+    assert r.status == 200 and r.json[0]["error"]["code"] == "sandbox_stopped", r
     start(api, sid)
     assert exec_(api, sid, argv=["true"])["exit_code"] == 0
 
@@ -307,3 +310,27 @@ def test_daemon_exit_with_stopped_and_stopping_sandboxes(fresh_daemon):
     assert answers, "the stop was never answered"
     if not isinstance(answers[0], OSError):
         assert answers[0].status == 409, answers
+
+
+def cli(daemon, *args):
+    return subprocess.run([daemon.bin, *args], env={**os.environ, "WARREN_URL": daemon.url},
+                          stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+
+
+def test_cli_stop_kill_start(api, daemon, new_sandbox):
+    sb = new_sandbox(name="clibox")
+    r = cli(daemon, "stop", "--grace", "2", "clibox")
+    assert r.returncode == 0 and r.stdout == b"clibox\n", r
+    assert get(api, "clibox")["state"] == "stopped"
+    r = cli(daemon, "stop", "clibox")
+    assert r.returncode == 1 and b"stopped" in r.stderr, r
+    r = cli(daemon, "start", "clibox")  # no command: the sandbox itself
+    assert r.returncode == 0 and r.stdout == b"clibox\n", r
+    assert get(api, sb["id"])["state"] == "running"
+    r = cli(daemon, "start", "clibox", "--", "true")  # a detached command, as before
+    assert r.returncode == 0 and r.stdout.startswith(b"cmd-"), r
+    r = cli(daemon, "kill", "clibox")
+    assert r.returncode == 0 and get(api, "clibox")["state"] == "stopped", r
+    for bad in (["stop", "--grace", "-1", "clibox"], ["stop", "--grace", "x", "clibox"],
+                ["stop"], ["kill"]):
+        assert cli(daemon, *bad).returncode == 2, bad
