@@ -725,7 +725,7 @@ int sandbox_stop(struct sandbox *sb, double grace_s, sandbox_stop_cb cb, void *a
      * process groups the init started would miss whoever left them; walking cgroup.procs from
      * here races with forks and reads pids across namespaces. */
     if (grace_s > 0 && ctl_sent(sb, initctl_kill_all(&sb->ctl, SIGTERM)) == 0)
-        uv_timer_start(&op->timer, stop_tick, STOP_POLL_MS, STOP_POLL_MS);
+        uv_timer_start(&op->timer, stop_tick, 0, STOP_POLL_MS); /* idle: no wait at all */
     else
         stop_kill_init(op);
     return 0;
