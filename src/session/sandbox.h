@@ -1,6 +1,6 @@
 /*
- * sandbox — the registry of live sandboxes and their lifecycle (create, destroy, death), and the
- * control channel to each sandbox's init.
+ * sandbox — the registry of sandboxes and their lifecycle (create, stop, start, destroy, death),
+ * and the control channel to each sandbox's init.
  *
  * Threading: everything here runs on the loop thread. Creation clones on the loop and waits for
  * the child's setup through its status pipe; destruction removes the sandbox's directory tree
