@@ -149,7 +149,9 @@ static int slot_ready(struct atropos_slot *s)
     if (s->sb) {
         log_warn("atropos: the sandbox of %s is %s; replacing it", s->name,
                  sandbox_state_name(s->sb->state));
-        if (s->sb->state == SB_FAILED)
+        /* It holds the slot's name until it is gone: a paused, stopped or failed one (through
+         * the native API) is deleted, so that the slot's new sandbox can take the name. */
+        if (s->sb->state != SB_DELETING)
             sandbox_destroy(s->sb, NULL, NULL);
         sandbox_unref(s->sb);
         s->sb = NULL;

@@ -290,3 +290,25 @@ def test_reset_unknown_slot(slots, slot_id):
     assert status == 200, (status, body)
     assert isinstance(body, dict) and body.get("success") is False, body
     assert isinstance(body.get("error"), str) and body["error"], body
+
+
+# -- a slot's sandbox changed through the native API ----------------------------------------
+
+
+@pytest.mark.parametrize("verb", ["stop", "kill", "pause", "delete"])
+def test_slot_replaces_its_sandbox_when_taken_away(slots, slots_daemon, verb):
+    """The slot's sandbox stopped, killed, paused or deleted through the native API: the next
+    request gets a new sandbox under the slot's name instead of failing for ever."""
+    import http.client
+
+    assert slots.ok("slot_3", "true") == ""  # its sandbox is up
+    conn = http.client.HTTPConnection("127.0.0.1", slots_daemon.port, timeout=30)
+    method, path = ("DELETE", "/v1/sandboxes/slot_3") if verb == "delete" else \
+        ("POST", f"/v1/sandboxes/slot_3/{verb}")
+    conn.request(method, path, body=b"{}" if method == "POST" else None)
+    r = conn.getresponse()
+    r.read()
+    assert r.status in (200, 204), (verb, r.status)
+    conn.close()
+    out = slots.ok("slot_3", "echo back", timeout=30)
+    assert out == "back", out
