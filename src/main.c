@@ -20,6 +20,7 @@ static void serve_usage(FILE *f)
                "                    [--secrets-dir DIR] [--egress-hosts FILE]\n"
                "                    [--defaults RES] [--maxima RES]\n"
                "                    [--audit-max-bytes N] [--audit-keep N]\n"
+               "                    [--disk-overcommit RATIO] [--disk-reserve MIB]\n"
                "                    [--log-level debug|info|warn|error]\n"
                "defaults: --listen 127.0.0.1:7070 --state-dir ./.warren --slots 0\n"
                "          --audit-max-bytes 67108864 --audit-keep 4\n"
@@ -31,7 +32,11 @@ static void serve_usage(FILE *f)
                "  sandbox that asks for none (defaults 1, 512, 256, 1024) and the most one may\n"
                "  ask for (maxima 64, 65536, 65536, 1048576)\n"
                "--egress-hosts FILE: hosts-file lines (IP NAME...) the egress proxy resolves\n"
-               "  before DNS\n");
+               "  before DNS\n"
+               "--disk-overcommit RATIO (1..1000, default 10): sandbox disks are sparse; their\n"
+               "  sizes may add up to RATIO x (host disk free + what sandboxes use of it)\n"
+               "--disk-reserve MIB (default 5%% of the disk, 256..2048): below this much free\n"
+               "  host disk, creations get 503 and writes inside sandboxes ENOSPC\n");
 }
 
 /* Parses "cpus=1.5,memory_mib=512,..." into *res (fields not named keep their value). */
@@ -85,6 +90,8 @@ static int cmd_serve(int argc, char **argv)
         {"slots", required_argument, NULL, 'S'},
         {"audit-max-bytes", required_argument, NULL, 'A'},
         {"audit-keep", required_argument, NULL, 'k'},
+        {"disk-overcommit", required_argument, NULL, 'O'},
+        {"disk-reserve", required_argument, NULL, 'R'},
         {"log-level", required_argument, NULL, 'L'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -154,6 +161,27 @@ static int cmd_serve(int argc, char **argv)
                 return 2;
             }
             cfg.audit_keep = (int)v;
+            break;
+        }
+        case 'O': {
+            char *end;
+            double v = strtod(optarg, &end);
+            if (!*optarg || *end || !(v >= 1 && v <= 1000)) {
+                fprintf(stderr, "warren serve: --disk-overcommit must be 1..1000\n");
+                return 2;
+            }
+            cfg.disk_overcommit = v;
+            break;
+        }
+        case 'R': {
+            char *end;
+            errno = 0;
+            long long v = strtoll(optarg, &end, 10);
+            if (!*optarg || *end || errno || v < 0 || v > (1ll << 30)) {
+                fprintf(stderr, "warren serve: --disk-reserve must be 0..2^30 (MiB)\n");
+                return 2;
+            }
+            cfg.disk_reserve_mib = v;
             break;
         }
         case 'L':

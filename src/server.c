@@ -45,6 +45,30 @@ void server_config_defaults(struct server_config *cfg)
     cfg->limits.maxima = (struct sandbox_resources){64.0, 65536, 65536, 1048576};
     cfg->audit_max_bytes = AUDIT_DEFAULT_MAX_BYTES;
     cfg->audit_keep = AUDIT_DEFAULT_KEEP;
+    /* Agents' sandboxes write little of their disks (a checkout, a few packages: tens of MiB of
+     * the default GiB), so 10 sandboxes may share each GiB the host has; when they do write more,
+     * the reserve and the ballasts (registry_check_disk()) make it ENOSPC inside them, never a
+     * full host. */
+    cfg->disk_overcommit = 10;
+    cfg->disk_reserve_mib = -1;
+}
+
+/* The default reserve: what the host keeps free below the sandboxes is what absorbs the writes
+ * the ballasts cannot stop (inode tables an image fills on first use, at most 1.6% of a disk,
+ * and everything outside sandboxes within one check period), so it grows with the disk as ext4's
+ * own 5% for root does, from 256 MiB on a small disk to 2 GiB on a large one. */
+static int64_t default_disk_reserve(const char *dir)
+{
+    int64_t free_bytes, size = 0, lo = 256ll << 20, hi = 2048ll << 20;
+    disk_host_free(dir, &free_bytes, &size);
+    int64_t r = size / 20;
+    return r < lo ? lo : r > hi ? hi : r;
+}
+
+static void on_disk_check(uv_timer_t *t)
+{
+    struct server *srv = t->data;
+    registry_check_disk(&srv->reg);
 }
 
 /* Finds warren-init next to this binary (build tree) or in ../libexec/warren (installed) and
@@ -157,6 +181,7 @@ static void on_signal(uv_signal_t *h, int signum)
     log_info("received %s: stopping (deleting %u sandboxes)", strsignal(signum), srv->reg.count);
     uv_signal_stop(&srv->sigterm);
     uv_signal_stop(&srv->sigint);
+    uv_timer_stop(&srv->disk_check);
     http_server_close(srv->http, on_http_closed, srv);
     registry_shutdown(&srv->reg, on_registry_idle);
 }
@@ -255,6 +280,14 @@ static int server_start(struct server *srv)
         return r;
     }
     reg->disks = srv->disks;
+    reg->disk_overcommit = srv->cfg.disk_overcommit;
+    reg->disk_reserve = srv->cfg.disk_reserve_mib >= 0 ? (int64_t)srv->cfg.disk_reserve_mib << 20
+                                                       : default_disk_reserve(srv->state_dir);
+    log_info("sandbox disks: overcommit %g, host reserve %lld MiB", reg->disk_overcommit,
+             (long long)(reg->disk_reserve >> 20));
+    uv_timer_init(&srv->loop, &srv->disk_check);
+    srv->disk_check.data = srv;
+    uv_timer_start(&srv->disk_check, on_disk_check, REGISTRY_DISK_CHECK_MS, REGISTRY_DISK_CHECK_MS);
     if ((reg->host_netns = netns_open_current()) < 0) {
         log_error("cannot open the daemon's network namespace: %s", strerror(-reg->host_netns));
         return reg->host_netns;

@@ -32,6 +32,8 @@ struct server_config {
     unsigned slots;         /* atropos slot protocol: number of slots (0: off) */
     size_t audit_max_bytes; /* <state_dir>/audit/audit.log is rotated above this size */
     int audit_keep;         /* rotated audit files kept */
+    double disk_overcommit; /* sandbox disk sizes may add up to this × the host's room for them */
+    long long disk_reserve_mib; /* host disk kept free; < 0: 5% of it, within 256 MiB..2 GiB */
 };
 
 struct atropos;
@@ -55,6 +57,7 @@ struct server {
     struct audit *audit;     /* the audit log (session/audit.h) */
     struct api_ctx api;      /* what the native API's handlers see; api.stopping once stopping */
     uv_signal_t sigterm, sigint;
+    uv_timer_t disk_check; /* registry_check_disk() */
 };
 
 void server_config_defaults(struct server_config *cfg);

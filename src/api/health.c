@@ -40,9 +40,17 @@ void api_info(struct api_ctx *ctx, http_req_t *req, const struct route_params *p
                         json_pack("{s:f, s:I, s:I, s:I}", "cpus", m->cpus, "memory_mib",
                                   (json_int_t)m->memory_mib, "pids", (json_int_t)m->pids,
                                   "disk_mib", (json_int_t)m->disk_mib));
-    /* How the limits are enforced, for operators: one ext4 image per sandbox, an egress proxy
-     * for the network modes that go out, the audit log. */
-    json_object_set_new(info, "disk", json_pack("{s:s}", "backend", "ext4-image"));
+    /* How the limits are enforced, for operators: one ext4 image per sandbox (thin-provisioned:
+     * see session/sandbox.h, registry_check_disk()), an egress proxy for the network modes that
+     * go out, the audit log. */
+    struct registry_disk_usage du = {-1, -1, -1};
+    registry_disk_usage(ctx->reg, &du);
+    json_object_set_new(
+        info, "disk",
+        json_pack("{s:s, s:f, s:I, s:I, s:I, s:I}", "backend", "ext4-image", "overcommit",
+                  ctx->reg->disk_overcommit, "reserve_bytes", (json_int_t)ctx->reg->disk_reserve,
+                  "promised_bytes", (json_int_t)du.promised_bytes, "used_bytes",
+                  (json_int_t)du.used_bytes, "free_bytes", (json_int_t)du.free_bytes));
     json_object_set_new(info, "network",
                         json_pack("{s:[sss], s:s, s:i}", "modes", "none", "allowlist", "open",
                                   "proxy", "127.0.0.1", "proxy_port", network_proxy_port()));

@@ -346,21 +346,109 @@ int disk_destroy(const char *image, const char *mountpoint)
     return r;
 }
 
-int disk_host_free(const char *dir, int64_t *out)
+int disk_host_free(const char *dir, int64_t *free_bytes, int64_t *size_bytes)
 {
     struct statvfs sv;
     if (statvfs(dir, &sv) < 0)
         return -errno;
-    *out = (int64_t)sv.f_bavail * (int64_t)sv.f_frsize;
+    *free_bytes = (int64_t)sv.f_bavail * (int64_t)sv.f_frsize;
+    if (size_bytes)
+        *size_bytes = (int64_t)sv.f_blocks * (int64_t)sv.f_frsize;
     return 0;
 }
 
-int64_t disk_unclaimed(const char *image, unsigned long long mib)
+int64_t disk_image_bytes(const char *image)
 {
     struct stat st;
-    int64_t used = stat(image, &st) == 0 ? (int64_t)st.st_blocks * 512 : 0;
-    int64_t size = (int64_t)(mib << 20);
-    return size > used ? size - used : 0;
+    return stat(image, &st) == 0 ? (int64_t)st.st_blocks * 512 : 0;
+}
+
+#define BALLAST_NAME ".ballast"
+#define BALLAST_UNIT (1ll << 20)
+
+/* Opens the directory of the disk mounted on `mountpoint`: -EINVAL when the directory is not a
+ * mount of its own (same device as its parent), so that a ballast can never be made on the
+ * host's file system below an unmounted or half-made sandbox directory. */
+static int open_mounted(const char *mountpoint)
+{
+    struct stat st, parent;
+    int fd = open(mountpoint, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC), r;
+    if (fd < 0)
+        return -errno;
+    if (fstat(fd, &st) < 0 || fstatat(fd, "..", &parent, 0) < 0) {
+        r = -errno;
+        close(fd);
+        return r;
+    }
+    if (st.st_dev == parent.st_dev) {
+        close(fd);
+        return -EINVAL;
+    }
+    return fd;
+}
+
+int disk_space(const char *mountpoint, int64_t *free_bytes, int64_t *ballast_bytes)
+{
+    struct statvfs sv;
+    struct stat st;
+    int dfd = open_mounted(mountpoint), r = 0;
+    if (dfd < 0)
+        return dfd;
+    if (fstatvfs(dfd, &sv) < 0) {
+        r = -errno;
+        goto done;
+    }
+    *free_bytes = (int64_t)sv.f_bavail * (int64_t)sv.f_frsize;
+    *ballast_bytes = 0;
+    if (fstatat(dfd, BALLAST_NAME, &st, AT_SYMLINK_NOFOLLOW) == 0)
+        *ballast_bytes = (int64_t)st.st_size;
+    else if (errno != ENOENT)
+        r = -errno;
+done:
+    close(dfd);
+    return r;
+}
+
+int disk_ballast_set(const char *mountpoint, int64_t bytes)
+{
+    struct stat st;
+    int dfd = open_mounted(mountpoint), fd = -1, r = 0;
+    if (dfd < 0)
+        return dfd;
+    bytes = (bytes + BALLAST_UNIT - 1) / BALLAST_UNIT * BALLAST_UNIT;
+    if (bytes <= 0) {
+        if (unlinkat(dfd, BALLAST_NAME, 0) < 0 && errno != ENOENT)
+            r = -errno;
+        goto done;
+    }
+    if ((fd = openat(dfd, BALLAST_NAME, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600)) < 0 ||
+        fstat(fd, &st) < 0) {
+        r = -errno;
+        goto done;
+    }
+    if (st.st_size >= bytes) {
+        r = ftruncate(fd, bytes) < 0 ? -errno : 0;
+        goto done;
+    }
+    /* In steps that halve when the file system cannot hold the next one: the last blocks go to
+     * the extent tree, so asking for exactly the free space would fail as a whole. */
+    for (int64_t pos = st.st_size, step = 64 * BALLAST_UNIT; pos < bytes;) {
+        int64_t len = bytes - pos < step ? bytes - pos : step;
+        if (fallocate(fd, 0, pos, len) == 0) {
+            pos += len;
+        } else if (errno == ENOSPC && step > 64 << 10) {
+            step /= 2;
+        } else {
+            if (errno != ENOSPC)
+                r = -errno;
+            break;
+        }
+    }
+done:
+    if (fd >= 0)
+        close(fd);
+    close(dfd);
+    return r;
 }
 
 void disk_pool_configure(struct disk_manager *dm, unsigned long long mib,

@@ -12,9 +12,8 @@
  * one mount per sandbox (about a millisecond each), done on the thread pool, mostly ahead of time
  * (the pool below); deleting costs an umount (~3 ms) and an unlink (~2 ms).
  *
- * Images are sparse, so the host only pays for what sandboxes write; disk_host_free() and
- * disk_unclaimed() let the caller refuse a sandbox whose promised size the host disk could not
- * hold (admission control).
+ * Images are sparse, so the host only pays for what sandboxes write; see "Thin provisioning"
+ * below for how the host disk is kept from filling anyway.
  *
  * Mounts are made in the daemon's own mount namespace (server start-up unshares one), so they
  * never propagate to the host and die with the daemon; the loop devices are auto-clearing, so they
@@ -75,10 +74,33 @@ int disk_retire(struct disk_manager *dm, const char *image, const char *mountpoi
 /* Retired disks not finished yet. */
 size_t disk_trash_count(struct disk_manager *dm);
 
-/* Admission control, so that sparse images can never fill the host disk together: the bytes free
- * for an unprivileged user on the file system holding `dir`, and the part of an image's size
- * (mib MiB) it does not occupy on the host yet (what it may still claim). */
-int disk_host_free(const char *dir, int64_t *out);
-int64_t disk_unclaimed(const char *image, unsigned long long mib);
+/* Thin provisioning. Images are sparse, so the sizes promised to sandboxes may add up to more
+ * than the host disk holds (the caller admits sandboxes against an overcommit ratio). What keeps
+ * the host disk from filling is not admission but a ballast in each sandbox's own file system:
+ * `.ballast` in the image's root (which the sandbox cannot reach: it sees only the
+ * subdirectories), made with fallocate(). An fallocate()d range is unwritten extents: ext4 counts
+ * its blocks as used, so the sandbox's writes get ENOSPC from ext4 itself (at write() time, as
+ * delayed allocation reserves blocks then, never later at writeback), while the host pays only
+ * the few bitmap and extent blocks that record it, because unwritten extents are never written
+ * to the image. The ballast shrinks the free space a sandbox sees, so the caller can keep the sum
+ * of what all sandboxes may still write below what the host has free; ftruncate() gives it back
+ * (and `discard` punches nothing that was never written). Neither a full host file system under
+ * the loop device (the image's writes would fail with EIO at writeback, long after write()
+ * succeeded, and ext4 would remount read-only) nor a tmpfs quota gives a sandbox a clean ENOSPC.
+ *
+ * disk_host_free(): the bytes free for an unprivileged user on the file system holding `dir`, and
+ * its size. disk_image_bytes(): what an image occupies on the host (0 if it is missing). */
+int disk_host_free(const char *dir, int64_t *free_bytes, int64_t *size_bytes);
+int64_t disk_image_bytes(const char *image);
+
+/* The file system mounted on `mountpoint`: what its users may still write (*free_bytes, the
+ * ballast excluded) and the ballast's size (*ballast_bytes). -EINVAL if nothing is mounted there;
+ * otherwise 0 or -errno. */
+int disk_space(const char *mountpoint, int64_t *free_bytes, int64_t *ballast_bytes);
+/* Grows or shrinks the ballast of the disk mounted on `mountpoint` towards `bytes` (rounded to
+ * 1 MiB; 0 removes it). Growing stops early, without error, when the file system is full (then
+ * the sandbox has no free space left, which is the point). -EINVAL if nothing is mounted there
+ * (the ballast must never land on the host's file system); otherwise 0 or -errno. */
+int disk_ballast_set(const char *mountpoint, int64_t bytes);
 
 #endif

@@ -79,6 +79,11 @@ struct registry {
     char node[64];
     unsigned max_sandboxes;
     struct sandbox_resources defaults;
+    /* Thin provisioning (registry_check_disk()): the disk sizes promised to all sandboxes may add
+     * up to disk_overcommit × what the host has for them; below disk_reserve bytes free on the
+     * host, creations are refused and sandboxes cannot write. */
+    double disk_overcommit;
+    int64_t disk_reserve;
     /* private */
     struct sandbox *head;
     unsigned count;   /* in the list (any state) */
@@ -87,6 +92,7 @@ struct registry {
     void (*idle_cb)(struct registry *reg); /* called when count and pending reach 0 */
     uv_work_t pool_work;                   /* refilling the disk pool */
     int pool_filling;
+    int disk_ballasted; /* some sandbox disk may hold a ballast (registry_check_disk()) */
 };
 
 struct sandbox {
@@ -148,6 +154,24 @@ void registry_free(struct registry *reg);
 void registry_start_disk_pool(struct registry *reg, size_t n);
 /* Tops the disk pool up in the background, unless that is running already. */
 void registry_fill_disk_pool(struct registry *reg);
+
+/* The host disk as sandboxes use it: bytes free on the file system of the state dir, bytes the
+ * sandboxes' images occupy there, and the disk sizes promised to sandboxes (every state,
+ * stopped ones included). Returns 0 or -errno (the state dir cannot be measured). */
+struct registry_disk_usage {
+    int64_t free_bytes;
+    int64_t used_bytes;
+    int64_t promised_bytes;
+};
+int registry_disk_usage(struct registry *reg, struct registry_disk_usage *out);
+/* Keeps the host disk from filling, whatever admission let in: to be called every
+ * REGISTRY_DISK_CHECK_MS. While the sandboxes' disks could together take more than the host has
+ * free above disk_reserve, each gets a ballast (sandbox/disk.h) so that what they can still
+ * write adds up to no more than that, shared in proportion to each one's free space; below the
+ * reserve none can write (ENOSPC inside). Costs one statvfs() while the host has room for every
+ * promise. */
+#define REGISTRY_DISK_CHECK_MS 100
+void registry_check_disk(struct registry *reg);
 
 /* Starts creating a sandbox. The callback runs on the loop thread later (never before this
  * returns), with the sandbox or SESSION_ERR_SETUP (a setup step failed), SESSION_ERR_DELETED or

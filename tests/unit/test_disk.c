@@ -91,7 +91,7 @@ static void test_create_fill_destroy(void **state)
     assert_int_equal(stat(f->image, &st), 0);
     assert_int_equal(st.st_size, 8 << 20);
     assert_true(st.st_blocks * 512 < (1 << 20));
-    assert_true(disk_unclaimed(f->image, 8) > (7 << 20));
+    assert_true(disk_image_bytes(f->image) < (1 << 20));
     /* the layout: root 0711 host root, subdirs owned by the sandbox */
     assert_int_equal(stat(f->mnt, &st), 0);
     assert_int_equal(st.st_mode & 07777, 0711);
@@ -203,11 +203,57 @@ static void test_retire(void **state)
 static void test_host_free(void **state)
 {
     (void)state;
-    int64_t avail = -1;
-    assert_int_equal(disk_host_free("/tmp", &avail), 0);
-    assert_true(avail > 0);
-    assert_int_equal(disk_host_free("/no/such/dir", &avail), -ENOENT);
-    assert_int_equal(disk_unclaimed("/no/such/image", 2), 2 << 20);
+    int64_t avail = -1, size = -1;
+    assert_int_equal(disk_host_free("/tmp", &avail, &size), 0);
+    assert_true(avail > 0 && size >= avail);
+    assert_int_equal(disk_host_free("/no/such/dir", &avail, NULL), -ENOENT);
+    assert_int_equal(disk_image_bytes("/no/such/image"), 0);
+}
+
+/* The ballast takes a disk's free space from its users without costing the host, and gives it
+ * back; it is never made on a directory that is not a mount. */
+static void test_ballast(void **state)
+{
+    struct fixture *f = *state;
+    static const char *const subdirs[] = {"workspace", NULL};
+    const char *what = NULL;
+    char path[256];
+    int64_t free0, free1, ballast;
+    assert_int_equal(disk_ballast_set(f->mnt, 1 << 20), -EINVAL);
+    assert_int_equal(disk_space(f->mnt, &free0, &ballast), -EINVAL);
+    assert_int_equal(disk_create(f->dm, f->image, f->mnt, 32, subdirs, 0, &what), 0);
+    int64_t host0 = disk_image_bytes(f->image);
+    assert_int_equal(disk_space(f->mnt, &free0, &ballast), 0);
+    assert_int_equal(ballast, 0);
+    assert_true(free0 > (28 << 20));
+    /* more than there is: it takes all, without error */
+    assert_int_equal(disk_ballast_set(f->mnt, 64 << 20), 0);
+    assert_int_equal(disk_space(f->mnt, &free1, &ballast), 0);
+    assert_true(free1 < (1 << 20));
+    assert_true(ballast > (27 << 20));
+    assert_true(disk_image_bytes(f->image) - host0 < (1 << 20));
+    snprintf(path, sizeof(path), "%s/workspace/fill", f->mnt);
+    int fd = open(path, O_WRONLY | O_CREAT, 0600);
+    assert_true(fd >= 0);
+    static char block[65536];
+    size_t total = 0;
+    ssize_t n;
+    while ((n = write(fd, block, sizeof(block))) > 0)
+        total += (size_t)n;
+    assert_int_equal(n, -1);
+    assert_int_equal(errno, ENOSPC);
+    assert_true(total < (1 << 20));
+    /* shrinking gives the space back at once */
+    assert_int_equal(disk_ballast_set(f->mnt, 8 << 20), 0);
+    assert_int_equal(disk_space(f->mnt, &free1, &ballast), 0);
+    assert_int_equal(ballast, 8 << 20);
+    assert_true(free1 > (18 << 20));
+    assert_true(write(fd, block, sizeof(block)) == sizeof(block));
+    close(fd);
+    assert_int_equal(disk_ballast_set(f->mnt, 0), 0);
+    assert_int_equal(disk_space(f->mnt, &free1, &ballast), 0);
+    assert_int_equal(ballast, 0);
+    assert_int_equal(disk_destroy(f->image, f->mnt), 0);
 }
 
 int main(void)
@@ -219,6 +265,7 @@ int main(void)
         cmocka_unit_test(test_pool),
         cmocka_unit_test(test_retire),
         cmocka_unit_test(test_host_free),
+        cmocka_unit_test(test_ballast),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
