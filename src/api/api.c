@@ -28,6 +28,7 @@ static const struct route routes[] = {
     {"POST", "/v1/sandboxes/{id}/stop", api_sandbox_stop},
     {"POST", "/v1/sandboxes/{id}/kill", api_sandbox_kill},
     {"POST", "/v1/sandboxes/{id}/start", api_sandbox_start},
+    {"GET", "/v1/sandboxes/{id}/logs", api_sandbox_logs},
     {"POST", "/v1/sandboxes/{id}/exec", api_exec},
     {"POST", "/v1/sandboxes/{id}/commands", api_command_start},
     {"GET", "/v1/sandboxes/{id}/commands", api_command_list},

@@ -131,6 +131,8 @@ void api_sandbox_resume(struct api_ctx *ctx, http_req_t *req, const struct route
 void api_sandbox_stop(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 void api_sandbox_kill(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 void api_sandbox_start(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+/* logs.c */
+void api_sandbox_logs(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 /* commands.c */
 void api_exec(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 void api_command_start(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);

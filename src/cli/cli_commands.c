@@ -10,7 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
-enum { OPT_JSON = 256, OPT_NO_STDIN };
+enum { OPT_JSON = 256, OPT_NO_STDIN, OPT_TAIL };
 
 /* Common getopt outcome handling: 'h' prints the help (exit 0), '?' a hint (exit 2). Returns
  * -1 when `opt` is neither. */
@@ -175,16 +175,55 @@ out:
     return ret;
 }
 
+static int logs_write(void *arg, const void *data, size_t len)
+{
+    return cli_write_all(STDOUT_FILENO, data, len);
+}
+
+/* `warren logs SANDBOX`: the sandbox's log, as the daemon sends it (followed: as it comes). */
+static int logs_sandbox(const char *sandbox, bool follow, const char *tail)
+{
+    buf_t path = BUF_INIT;
+    struct client c;
+    struct client_response resp;
+    int ret = CLI_EXIT_FAIL;
+    if (cli_path_sandbox(&path, sandbox) < 0 || buf_append_str(&path, "/logs?follow=") < 0 ||
+        buf_append_str(&path, follow ? "1" : "0") < 0 ||
+        (tail && (buf_append_str(&path, "&tail=") < 0 || buf_append_str(&path, tail) < 0))) {
+        fprintf(stderr, "warren: out of memory\n");
+        buf_free(&path);
+        return CLI_EXIT_FAIL;
+    }
+    if (cli_client_open(&c) < 0) {
+        buf_free(&path);
+        return CLI_EXIT_FAIL;
+    }
+    struct client_stream s = {.write_body = logs_write};
+    int r = client_request_stream(&c, "GET", path.data, NULL, &s, &resp);
+    if (r < 0)
+        fprintf(stderr, "warren: logs: %s\n", c.error[0] ? c.error : strerror(-r));
+    else if (resp.status < 200 || resp.status > 299)
+        cli_report_api_error(&resp, NULL);
+    else
+        ret = 0;
+    client_response_free(&resp);
+    client_close(&c);
+    buf_free(&path);
+    return ret;
+}
+
 int cli_cmd_logs(int argc, char **argv)
 {
     static const struct option opts[] = {
         {"follow", no_argument, NULL, 'f'},
+        {"tail", required_argument, NULL, OPT_TAIL},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     char prog[64];
     char **av = cli_getopt_argv(argc, argv, prog, sizeof(prog));
     bool follow = false;
+    const char *tail = NULL;
     int ret = -1, opt;
     buf_t path = BUF_INIT;
     json_t *cmd = NULL;
@@ -195,14 +234,27 @@ int cli_cmd_logs(int argc, char **argv)
     while (ret < 0 && (opt = getopt_long(argc, av, "+fh", opts, NULL)) != -1) {
         if (opt == 'f')
             follow = true;
+        else if (opt == OPT_TAIL)
+            tail = optarg;
         else
             ret = cli_commands_common_opt("logs", opt);
     }
     if (ret >= 0)
         goto out;
-    if (optind + 2 > argc) {
-        ret = cli_usage_error("logs", optind >= argc ? "missing the sandbox id or name"
-                                                     : "missing the command id");
+    if (tail && (!*tail || strspn(tail, "0123456789") != strlen(tail))) {
+        ret = cli_usage_error("logs", "--tail wants a number of lines, got '%s'", tail);
+        goto out;
+    }
+    if (optind >= argc) {
+        ret = cli_usage_error("logs", "missing the sandbox id or name");
+        goto out;
+    }
+    if (optind + 1 == argc) {
+        ret = logs_sandbox(argv[optind], follow, tail);
+        goto out;
+    }
+    if (tail) {
+        ret = cli_usage_error("logs", "--tail is for a sandbox's log (no COMMAND_ID)");
         goto out;
     }
     if (optind + 2 < argc) {

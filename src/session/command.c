@@ -11,6 +11,7 @@
 
 #include "core/ring.h"
 #include "core/util.h"
+#include "session/sblog.h"
 
 /* Lossless watchers pause the command when fewer than this many bytes of the ring are free, so
  * that the reads already under way cannot overwrite what they have not seen. */
@@ -38,7 +39,8 @@ struct command {
     const char *error;
     double started_at, ended_at;
     json_t *describe;
-    struct ring rings[3]; /* [PROC_STDOUT], [PROC_STDERR] */
+    struct ring rings[3];        /* [PROC_STDOUT], [PROC_STDERR] */
+    struct sblog_writer logw[3]; /* the same output on its way to the sandbox's log */
     struct command_watch *watchers;
     uv_timer_t timer; /* timeout while running, then the grace period before reaping */
     int timer_open;
@@ -190,6 +192,7 @@ static void on_output(struct proc *p, enum proc_stream s, const char *data, size
 {
     struct command *c = arg;
     ring_write(&c->rings[s], data, len);
+    sblog_write(c->sb, &c->logw[s], data, len);
     update_flow(c);
     notify(c);
 }
@@ -226,6 +229,8 @@ static void on_exit_status(struct proc *p, int status, void *arg)
         }
     }
     c->sb->last_active_at = c->ended_at;
+    sblog_flush(c->sb, &c->logw[PROC_STDOUT]);
+    sblog_flush(c->sb, &c->logw[PROC_STDERR]);
     proc_release(p);
     c->proc = NULL;
     if (c->timer_open) /* from timeout to grace period */

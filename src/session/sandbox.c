@@ -28,6 +28,7 @@
 #include "sandbox/template.h"
 #include "session/command.h"
 #include "session/proc.h"
+#include "session/sblog.h"
 #include "session/secrets.h"
 #include "session/shell.h"
 #include "session/terminal.h"
@@ -234,6 +235,7 @@ static void sandbox_free(struct sandbox *sb)
     json_decref(sb->env);
     json_decref(sb->secrets);
     initctl_close(&sb->ctl);
+    sblog_free(sb->log);
     free(sb);
 }
 
@@ -514,6 +516,7 @@ static void destroy_after_cb(uv_work_t *w, int status)
     list_remove(sb);
     reg->pending--;
     command_drop_all(sb);
+    sblog_close(sb);
     shell_drop_all(sb);
     terminal_drop_all(sb);
 

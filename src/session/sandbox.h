@@ -60,6 +60,7 @@ struct egress_proxy;
 struct egress_hosts;
 struct egress_decision;
 struct stop_op;
+struct sblog;
 
 struct registry {
     uv_loop_t *loop;
@@ -127,6 +128,7 @@ struct sandbox {
     uint32_t next_tag;
     struct sandbox_waiter *waiters; /* destroy callbacks */
     struct stop_op *stop;           /* while stopping */
+    struct sblog *log;              /* its commands' output (session/sblog.h), or NULL */
 };
 
 struct sandbox_spec {
