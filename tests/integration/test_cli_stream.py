@@ -507,7 +507,9 @@ def test_logs_and_commands_errors(daemon, sandbox):
     assert p.returncode == 1, describe(p)
     p = cli(daemon, "logs", "nosuch-sandbox")  # a sandbox's log (test_sandbox_logs.py)
     assert p.returncode == 1 and b"not found" in p.stderr, describe(p)
-    for args in (["logs"], ["logs", "--tail", "1", "x", "cmd-x"], ["commands"], ["start", "x"], ["attach", "x"],
+    p = cli(daemon, "start", "nosuch-sandbox")  # restarts a stopped sandbox (test_stop_start.py)
+    assert p.returncode == 1 and b"not found" in p.stderr, describe(p)
+    for args in (["logs"], ["logs", "--tail", "1", "x", "cmd-x"], ["commands"], ["attach", "x"],
                  ["exec", "-t", "--json", "x", "--", "true"], ["exec", "-d", "-t", "x", "true"]):
         p = cli(daemon, *args)
         assert p.returncode == 2, f"{args}: {describe(p)}"
