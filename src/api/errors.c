@@ -67,7 +67,7 @@ static const struct {
 } session_errs[] = {
     {SESSION_ERR_NAME_TAKEN, 409, "conflict"},
     {SESSION_ERR_DELETED, 409, "conflict"},
-    {SESSION_ERR_CAPACITY, 503, "unavailable"},
+    {SESSION_ERR_CAPACITY, 429, "capacity"},
     {SESSION_ERR_HOST_DISK, 503, "unavailable"},
     {SESSION_ERR_SHUTTING_DOWN, 503, "unavailable"},
     {SESSION_ERR_SETUP, 500, "sandbox_setup_failed"},

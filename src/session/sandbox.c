@@ -1127,7 +1127,8 @@ enum session_err sandbox_create(struct registry *reg, const struct sandbox_spec 
     while (slot < reg->max_sandboxes && reg->uid_slots[slot])
         slot++;
     if (slot >= reg->max_sandboxes || reg->count >= reg->max_sandboxes) {
-        snprintf(msg, msglen, "the daemon runs its maximum number of sandboxes");
+        snprintf(msg, msglen, "the daemon runs its maximum of %u sandboxes (--max-sandboxes)",
+                 reg->max_sandboxes);
         return SESSION_ERR_CAPACITY;
     }
     if (disk_room(reg, spec->res.disk_mib, msg, msglen) < 0)
