@@ -291,6 +291,44 @@ static json_t *sandbox_record(const struct sandbox *sb)
                      "secrets", sb->secrets, "created_at", created, "node", sb->reg->node);
 }
 
+static void sandbox_save(const struct sandbox *sb)
+{
+    json_t *desc = sandbox_record(sb);
+    char *text = desc ? json_dumps(desc, JSON_COMPACT) : NULL;
+    if (text)
+        store_put_sandbox(sb->reg->store, sb->id, text);
+    free(text);
+    json_decref(desc);
+}
+
+int sandbox_set_resources(struct sandbox *sb, const struct sandbox_resources *res)
+{
+    if (res->disk_mib != sb->res.disk_mib)
+        return -EINVAL;
+    if (sb->state == SB_RUNNING || sb->state == SB_PAUSED) {
+        struct cgroup_usage u;
+        struct cgroup_limits lim = {res->cpus, res->memory_mib << 20, res->pids};
+        int r = cgroup_usage(sb->reg->cgroups, sb->id, &u);
+        if (r < 0)
+            return r;
+        /* On v2 the kernel would OOM-kill to fit a lower limit: refuse instead. */
+        if (u.memory_bytes > lim.memory)
+            return -ERANGE;
+        r = cgroup_set_limits(sb->reg->cgroups, sb->id, &lim);
+        if (r < 0) {
+            /* Put back what may have been written before the failure. */
+            struct cgroup_limits old = {sb->res.cpus, sb->res.memory_mib << 20, sb->res.pids};
+            cgroup_set_limits(sb->reg->cgroups, sb->id, &old);
+            return r == -EBUSY ? -ERANGE : r; /* v1: the kernel could not reclaim enough */
+        }
+    } else if (sb->state != SB_STOPPED && sb->state != SB_FAILED) {
+        return -EBUSY; /* its cgroup is being made or removed */
+    }
+    sb->res = *res;
+    sandbox_save(sb);
+    return 0;
+}
+
 #define PAUSE_POLL_MS 10
 #define PAUSE_RETRY_MS 100
 #define PAUSE_TIMEOUT_S 10.0
@@ -1050,12 +1088,7 @@ static void create_on_status(uv_poll_t *h, int status, int events)
         return;
     }
 
-    json_t *desc = sandbox_record(sb);
-    char *text = desc ? json_dumps(desc, JSON_COMPACT) : NULL;
-    if (text)
-        store_put_sandbox(reg->store, sb->id, text);
-    free(text);
-    json_decref(desc);
+    sandbox_save(sb);
     log_debug("sandbox %s (%s) running in %.2f ms (disk ready at %.2f ms, clone returned at "
               "%.2f ms), init pid %d",
               sb->id, sb->name, (util_monotonic() - op->t_start) * 1e3,

@@ -174,6 +174,13 @@ int sandbox_pause(struct sandbox *sb, sandbox_pause_cb cb, void *arg);
  * Returns 0, -EINVAL if the sandbox is not running or paused, or -errno from setting up the proxy
  * (the old policy then stays). */
 int sandbox_set_network(struct sandbox *sb, struct egress_policy *policy);
+/* Changes cpus, memory and pids of a sandbox (`res` is complete and validated; its disk_mib must
+ * be the sandbox's: a disk does not change size). A running or paused sandbox gets them in its
+ * cgroup at once; a stopped (or failed) one keeps them for its next start. Returns 0, -ERANGE
+ * when the memory limit is below what the sandbox uses now (page cache included; nothing was
+ * changed), -EBUSY while it is being created, stopped or started, -EINVAL for another disk_mib,
+ * or -errno of the cgroup (the old limits then stay). */
+int sandbox_set_resources(struct sandbox *sb, const struct sandbox_resources *res);
 /* Thaws a paused sandbox (immediate). 0, -EINVAL if not paused, or -errno. */
 int sandbox_resume(struct sandbox *sb);
 /* Stops a running or paused sandbox: SIGTERM to every process of it but the init, then SIGKILL

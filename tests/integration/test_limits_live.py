@@ -1,6 +1,9 @@
-"""Limits of a live sandbox and of the daemon (docs/API.md): --max-sandboxes answers 429
-`capacity`."""
-from conftest import Api
+"""Limits of a live sandbox and of the daemon (docs/API.md): PATCH resources changes the cgroup
+of a running sandbox; --max-sandboxes answers 429 `capacity`."""
+import json
+import os
+
+from conftest import Api, cgroup_dirs_of, exec_, sh
 
 
 def test_max_sandboxes_is_429_capacity(fresh_daemon):
@@ -16,3 +19,134 @@ def test_max_sandboxes_is_429_capacity(fresh_daemon):
     c = api.create()
     for sid in (b["id"], c["id"]):
         api.remove(sid)
+
+
+# ---- PATCH resources ---------------------------------------------------------------------------
+
+def cgroup_value(sid, *names):
+    """The first of the cgroup files `names` (v1 or v2 spelling) found in the sandbox's cgroups."""
+    for d in cgroup_dirs_of([sid]):
+        for n in names:
+            p = os.path.join(d, n)
+            if os.path.exists(p):
+                with open(p) as f:
+                    return f.read().strip()
+    raise AssertionError(f"none of {names} in the cgroups of {sid}: {cgroup_dirs_of([sid])}")
+
+
+def memory_limit(sid):
+    return int(cgroup_value(sid, "memory.max", "memory.limit_in_bytes"))
+
+
+def pids_limit(sid):
+    return int(cgroup_value(sid, "pids.max"))
+
+
+def cpu_quota(sid):
+    return int(cgroup_value(sid, "cpu.max", "cpu.cfs_quota_us").split()[0])
+
+
+def patch(api, sid, body):
+    return api.request("PATCH", f"/v1/sandboxes/{sid}", json.dumps(body),
+                       {"Content-Type": "application/json"})
+
+
+def test_patch_changes_memory_pids_cpus_live(api, new_sandbox):
+    sb = new_sandbox(resources={"memory_mib": 128, "pids": 64, "cpus": 1})
+    sid = sb["id"]
+    assert memory_limit(sid) == 128 << 20 and pids_limit(sid) == 64
+    r = patch(api, sid, {"resources": {"memory_mib": 384, "pids": 100, "cpus": 0.5}})
+    assert r.status == 200, r
+    assert r.json["resources"] == {"cpus": 0.5, "memory_mib": 384, "pids": 100,
+                                   "disk_mib": sb["resources"]["disk_mib"]}
+    assert memory_limit(sid) == 384 << 20 and pids_limit(sid) == 100
+    assert cpu_quota(sid) == 50000
+    assert api.get(f"/v1/sandboxes/{sid}").json["resources"]["memory_mib"] == 384
+    # Lowering works as well, and fields not given stay.
+    r = patch(api, sid, {"resources": {"memory_mib": 96}})
+    assert r.status == 200, r
+    assert r.json["resources"]["pids"] == 100 and r.json["resources"]["cpus"] == 0.5
+    assert memory_limit(sid) == 96 << 20 and pids_limit(sid) == 100
+    # The sandbox works with its new limits.
+    assert exec_(api, sid, argv=["true"])["exit_code"] == 0
+
+
+def test_patch_pids_below_need_makes_fork_fail(api, new_sandbox):
+    sb = new_sandbox(resources={"pids": 64})
+    sid = sb["id"]
+    script = "for i in $(seq 20); do sleep 30 & done; wait"
+    ok = sh(api, sid, "for i in $(seq 20); do sleep 0 & done; wait; echo ok")
+    assert ok["exit_code"] == 0 and ok["stdout"] == "ok\n", ok
+    r = patch(api, sid, {"resources": {"pids": 8}})
+    assert r.status == 200, r
+    assert pids_limit(sid) == 8
+    bad = sh(api, sid, script.replace("sleep 30", "sleep 0") + "; echo done", timeout_s=20)
+    assert "fork" in bad["stderr"].lower() or "resource temporarily unavailable" in \
+        bad["stderr"].lower(), bad
+    r = patch(api, sid, {"resources": {"pids": 64}})
+    assert r.status == 200 and pids_limit(sid) == 64
+    ok = sh(api, sid, "for i in $(seq 20); do sleep 0 & done; wait; echo ok")
+    assert ok["exit_code"] == 0 and ok["stdout"] == "ok\n", ok
+
+
+def test_patch_memory_below_use_is_409(api, new_sandbox):
+    sb = new_sandbox(resources={"memory_mib": 256})
+    sid = sb["id"]
+    # 80 MiB in /dev/shm (tmpfs, charged to the sandbox, and not reclaimable without swap).
+    sh(api, sid, "head -c 83886080 /dev/zero > /dev/shm/fill")
+    r = patch(api, sid, {"resources": {"memory_mib": 32}})
+    assert r.status == 409, r
+    assert r.error_code == "memory_in_use", r
+    assert "memory_mib" in r.error_message and "current memory use" in r.error_message
+    assert memory_limit(sid) == 256 << 20
+    assert api.get(f"/v1/sandboxes/{sid}").json["resources"]["memory_mib"] == 256
+    assert exec_(api, sid, argv=["true"])["exit_code"] == 0
+
+
+def test_patch_resources_bad_input(api, daemon, new_sandbox):
+    sb = new_sandbox()
+    sid = sb["id"]
+    maxima = api.get("/v1/info").json["maxima"]
+    r = patch(api, sid, {"resources": {"memory_mib": maxima["memory_mib"] + 1}})
+    assert r.status == 422 and r.error_code == "unprocessable", r
+    r = patch(api, sid, {"resources": {"pids": maxima["pids"] + 1}})
+    assert r.status == 422, r
+    r = patch(api, sid, {"resources": {"disk_mib": 2048}})
+    assert r.status == 400 and "disk_mib" in r.error_message, r
+    r = patch(api, sid, {"resources": {"memory": 100}})
+    assert r.status == 400 and "memory" in r.error_message, r
+    r = patch(api, sid, {"resources": {"pids": 2}})
+    assert r.status == 400, r
+    r = patch(api, sid, {"resources": {}, "colour": "red"})
+    assert r.status == 400 and "colour" in r.error_message, r
+    r = patch(api, sid, {})
+    assert r.status == 400, r
+    assert api.get(f"/v1/sandboxes/{sid}").json["resources"] == sb["resources"]
+    # Both at once.
+    r = patch(api, sid, {"resources": {"pids": 77}, "network": {"mode": "none"}})
+    assert r.status == 200 and r.json["resources"]["pids"] == 77, r
+    assert pids_limit(sid) == 77
+
+
+def test_patch_stopped_sandbox_applies_at_start(api, new_sandbox):
+    sb = new_sandbox(resources={"memory_mib": 128})
+    sid = sb["id"]
+    assert api.post(f"/v1/sandboxes/{sid}/stop", {"grace_s": 0}).status == 200
+    r = patch(api, sid, {"resources": {"memory_mib": 200, "pids": 50}})
+    assert r.status == 200 and r.json["state"] == "stopped", r
+    assert r.json["resources"]["memory_mib"] == 200
+    r = patch(api, sid, {"network": {"mode": "open"}, "resources": {"pids": 60}})
+    assert r.status == 409, r
+    assert api.get(f"/v1/sandboxes/{sid}").json["resources"]["pids"] == 50
+    assert api.post(f"/v1/sandboxes/{sid}/start").status == 200
+    assert memory_limit(sid) == 200 << 20 and pids_limit(sid) == 50
+
+
+def test_patch_resources_is_audited(api, new_sandbox):
+    sb = new_sandbox()
+    sid = sb["id"]
+    assert patch(api, sid, {"resources": {"pids": 99}}).status == 200
+    r = api.get(f"/v1/audit?sandbox={sid}&event=sandbox.resources")
+    assert r.status == 200, r
+    recs = r.json["events"]
+    assert len(recs) == 1 and recs[0]["resources"]["pids"] == 99 and recs[0]["ok"] is True, recs
