@@ -88,6 +88,33 @@ static int parse_resources(struct api_ctx *ctx, json_t *obj, const struct sandbo
     return 0;
 }
 
+/* Durations a client may ask for, in seconds (ten years): beyond any use, within any clock. */
+#define LIFETIME_MAX_S 315360000.0
+
+/* `ttl_s` and `idle_timeout_s` into the spec: absent or 0 is the daemon's default (--max-ttl,
+ * --idle-timeout); a ttl_s above --max-ttl is 422. Returns 0, 400 or 422. */
+static int parse_lifetimes(struct api_ctx *ctx, json_t *body, struct sandbox_spec *spec, char *err)
+{
+    double ttl = 0, idle = 0;
+    if (json_opt_number(body, "ttl_s", "ttl_s", &ttl, err, ERRLEN) ||
+        json_opt_number(body, "idle_timeout_s", "idle_timeout_s", &idle, err, ERRLEN))
+        return 400;
+    if (!(ttl >= 0 && ttl <= LIFETIME_MAX_S) || !(idle >= 0 && idle <= LIFETIME_MAX_S)) {
+        snprintf(err, ERRLEN, "'%s' must be between 0 and %.0f seconds",
+                 ttl >= 0 && ttl <= LIFETIME_MAX_S ? "idle_timeout_s" : "ttl_s", LIFETIME_MAX_S);
+        return 400;
+    }
+    double max_ttl = ctx->limits->max_ttl_s;
+    if (max_ttl > 0 && ttl > max_ttl) {
+        snprintf(err, ERRLEN, "'ttl_s' %g is above the daemon maximum (--max-ttl %g)", ttl,
+                 max_ttl);
+        return 422;
+    }
+    spec->ttl_s = ttl > 0 ? ttl : max_ttl;
+    spec->idle_timeout_s = idle > 0 ? idle : ctx->limits->idle_timeout_s;
+    return 0;
+}
+
 /* `secrets`: names of secrets the daemon holds (422 for one it does not know). */
 static int parse_secrets(struct api_ctx *ctx, json_t *v, json_t **out, char *err)
 {
@@ -164,8 +191,9 @@ static void on_created(struct sandbox *sb, enum session_err e, const char *msg, 
 
 void api_sandbox_create(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
 {
-    static const char *const keys[] = {"name",      "template", "env",     "labels",
-                                       "resources", "network",  "secrets", NULL};
+    static const char *const keys[] = {"name",           "template", "env",     "labels",
+                                       "resources",      "network",  "secrets", "ttl_s",
+                                       "idle_timeout_s", NULL};
     char err[ERRLEN];
     struct sandbox_spec spec = {0};
     json_t *res = NULL, *net = NULL;
@@ -201,6 +229,7 @@ void api_sandbox_create(struct api_ctx *ctx, http_req_t *req, const struct route
         goto bad;
     status = 400;
     if ((status = parse_resources(ctx, res, &ctx->limits->defaults, &spec.res, err)) ||
+        (status = parse_lifetimes(ctx, body, &spec, err)) ||
         (status = parse_network(net, &spec.network, err)))
         goto bad;
 

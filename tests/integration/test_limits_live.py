@@ -1,7 +1,10 @@
 """Limits of a live sandbox and of the daemon (docs/API.md): PATCH resources changes the cgroup
-of a running sandbox; --max-sandboxes answers 429 `capacity`."""
+of a running sandbox; ttl_s deletes a sandbox, idle_timeout_s stops it; --max-sandboxes answers
+429 `capacity`."""
+import datetime
 import json
 import os
+import time
 
 from conftest import Api, cgroup_dirs_of, exec_, sh
 
@@ -150,3 +153,93 @@ def test_patch_resources_is_audited(api, new_sandbox):
     assert r.status == 200, r
     recs = r.json["events"]
     assert len(recs) == 1 and recs[0]["resources"]["pids"] == 99 and recs[0]["ok"] is True, recs
+
+
+# ---- ttl_s and idle_timeout_s ------------------------------------------------------------------
+
+def wait_for(what, cond, timeout):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.1)
+
+
+def audit_events(api, sid, event):
+    r = api.get(f"/v1/audit?sandbox={sid}&event={event}")
+    assert r.status == 200, r
+    return r.json["events"]
+
+
+def test_ttl_deletes_the_sandbox(api):
+    t0 = time.monotonic()
+    sb = api.create(ttl_s=2)
+    sid = sb["id"]
+    assert sb["ttl_s"] == 2 and sb["expires_at"] is not None, sb
+    created = datetime.datetime.strptime(sb["created_at"][:19], "%Y-%m-%dT%H:%M:%S")
+    expires = datetime.datetime.strptime(sb["expires_at"][:19], "%Y-%m-%dT%H:%M:%S")
+    assert 1 <= (expires - created).total_seconds() <= 3, sb
+    # Activity does not extend a ttl.
+    assert exec_(api, sid, argv=["true"])["exit_code"] == 0
+    wait_for("the sandbox to expire", lambda: api.get(f"/v1/sandboxes/{sid}").status == 404, 15)
+    assert time.monotonic() - t0 >= 1.9
+    ev = audit_events(api, sid, "sandbox.expire")
+    assert len(ev) == 1 and ev[0]["ttl_s"] == 2, ev
+
+
+def test_no_ttl_by_default(api, new_sandbox):
+    sb = new_sandbox()
+    assert sb["ttl_s"] == 0 and sb["idle_timeout_s"] == 0 and sb["expires_at"] is None, sb
+
+
+def test_idle_sandbox_is_stopped_and_starts_again(api, new_sandbox):
+    sb = new_sandbox(idle_timeout_s=2)
+    sid = sb["id"]
+    assert sb["idle_timeout_s"] == 2
+    sh(api, sid, "echo kept > /workspace/f")
+    # A command running longer than the timeout keeps it running: work is activity.
+    t0 = time.monotonic()
+    r = sh(api, sid, "sleep 3; echo slept", timeout_s=30)
+    assert r["stdout"] == "slept\n" and time.monotonic() - t0 >= 3
+    assert api.get(f"/v1/sandboxes/{sid}").json["state"] == "running"
+    # Calls in between postpone it: 3 s of calls every 0.5 s, then it may go idle.
+    t1 = time.monotonic()
+    while time.monotonic() - t1 < 3:
+        assert exec_(api, sid, argv=["true"])["exit_code"] == 0
+        time.sleep(0.5)
+    idle_from = time.monotonic()
+    # Listing does not name the sandbox, so it is no activity on it.
+    wait_for("the idle stop", lambda: any(
+        s["id"] == sid and s["state"] == "stopped"
+        for s in api.get("/v1/sandboxes").json["sandboxes"]), 20)
+    assert time.monotonic() - idle_from >= 1.5
+    ev = audit_events(api, sid, "sandbox.idle_stop")
+    assert len(ev) == 1 and ev[0]["idle_timeout_s"] == 2, ev
+    r = api.post(f"/v1/sandboxes/{sid}/start")
+    assert r.status == 200 and r.json["state"] == "running", r
+    assert sh(api, sid, "cat /workspace/f")["stdout"] == "kept\n"
+
+
+def test_idle_default_and_max_ttl_flags(fresh_daemon):
+    d = fresh_daemon(extra_args=["--idle-timeout", "600", "--max-ttl", "3600"])
+    api = Api(d)
+    lim = api.get("/v1/info").json["limits"]
+    assert lim["idle_timeout_s"] == 600 and lim["max_ttl_s"] == 3600, lim
+    sb = api.create()
+    assert sb["idle_timeout_s"] == 600 and sb["ttl_s"] == 3600 and sb["expires_at"], sb
+    r = api.post("/v1/sandboxes", {"ttl_s": 3601})
+    assert r.status == 422 and "--max-ttl" in r.error_message, r
+    sb2 = api.create(ttl_s=60, idle_timeout_s=30)
+    assert sb2["ttl_s"] == 60 and sb2["idle_timeout_s"] == 30, sb2
+    for bad in ({"ttl_s": -1}, {"idle_timeout_s": "soon"}, {"ttl_s": 1e12}):
+        r = api.post("/v1/sandboxes", bad)
+        assert r.status == 400, (bad, r)
+    for s in (sb, sb2):
+        api.remove(s["id"])
+
+
+def test_info_limits_default_off(api):
+    lim = api.get("/v1/info").json["limits"]
+    assert lim["idle_timeout_s"] == 0 and lim["max_ttl_s"] == 0, lim
