@@ -19,6 +19,7 @@ static void serve_usage(FILE *f)
                "                    [--max-sandboxes N] [--slots N]\n"
                "                    [--secrets-dir DIR] [--egress-hosts FILE]\n"
                "                    [--defaults RES] [--maxima RES]\n"
+               "                    [--idle-timeout S] [--max-ttl S]\n"
                "                    [--audit-max-bytes N] [--audit-keep N]\n"
                "                    [--disk-overcommit RATIO] [--disk-reserve MIB]\n"
                "                    [--log-level debug|info|warn|error]\n"
@@ -36,7 +37,24 @@ static void serve_usage(FILE *f)
                "--disk-overcommit RATIO (1..1000, default 10): sandbox disks are sparse; their\n"
                "  sizes may add up to RATIO x (host disk free + what sandboxes use of it)\n"
                "--disk-reserve MIB (default 5%% of the disk, 256..2048): below this much free\n"
-               "  host disk, creations get 503 and writes inside sandboxes ENOSPC\n");
+               "  host disk, creations get 503 and writes inside sandboxes ENOSPC\n"
+               "--idle-timeout S: a sandbox idle for S seconds is stopped, unless it asks for its\n"
+               "  own idle_timeout_s (default 0: never)\n"
+               "--max-ttl S: the longest ttl_s a sandbox may ask for, and the ttl_s of one that\n"
+               "  asks for none (default 0: no maximum, sandboxes live until deleted)\n");
+}
+
+/* A duration flag in seconds: 0 (off) up to 10 years. */
+static int parse_seconds_flag(const char *flag, const char *arg, double *out)
+{
+    char *end;
+    double v = strtod(arg, &end);
+    if (!*arg || *end || !(v >= 0 && v <= 315360000)) {
+        fprintf(stderr, "warren serve: --%s wants seconds (0..315360000), got '%s'\n", flag, arg);
+        return -1;
+    }
+    *out = v;
+    return 0;
 }
 
 /* Parses "cpus=1.5,memory_mib=512,..." into *res (fields not named keep their value). */
@@ -87,6 +105,8 @@ static int cmd_serve(int argc, char **argv)
         {"defaults", required_argument, NULL, 'D'},
         {"maxima", required_argument, NULL, 'X'},
         {"max-sandboxes", required_argument, NULL, 'm'},
+        {"idle-timeout", required_argument, NULL, 'I'},
+        {"max-ttl", required_argument, NULL, 'T'},
         {"slots", required_argument, NULL, 'S'},
         {"audit-max-bytes", required_argument, NULL, 'A'},
         {"audit-keep", required_argument, NULL, 'k'},
@@ -120,6 +140,14 @@ static int cmd_serve(int argc, char **argv)
             break;
         case 'X':
             if (parse_resources_flag("maxima", optarg, &cfg.limits.maxima) < 0)
+                return 2;
+            break;
+        case 'I':
+            if (parse_seconds_flag("idle-timeout", optarg, &cfg.limits.idle_timeout_s) < 0)
+                return 2;
+            break;
+        case 'T':
+            if (parse_seconds_flag("max-ttl", optarg, &cfg.limits.max_ttl_s) < 0)
                 return 2;
             break;
         case 'm': {

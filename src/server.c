@@ -267,6 +267,7 @@ static int server_start(struct server *srv)
     reg->cgroups = &srv->cgroups;
     reg->init_fd = srv->init_fd;
     reg->store = srv->store;
+    reg->audit = srv->audit;
     reg->max_sandboxes = srv->cfg.limits.max_sandboxes;
     reg->defaults = srv->cfg.limits.defaults;
     if (gethostname(reg->node, sizeof(reg->node) - 1) < 0)

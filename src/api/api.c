@@ -105,6 +105,8 @@ struct sandbox *api_find_sandbox(struct api_ctx *ctx, http_req_t *req,
     struct sandbox *sb = id ? sandbox_find(ctx->reg, id) : NULL;
     if (!sb)
         http_respond_error(req, 404, "not_found", "sandbox '%s' not found", id ? id : "");
+    else
+        sandbox_touch(sb); /* every API call on a sandbox postpones its idle stop */
     return sb;
 }
 

@@ -34,7 +34,8 @@ void api_handle(http_req_t *req, void *ctx);
 json_t *api_body_object(http_req_t *req);
 /* Answers 400 if the request has a query parameter not in `allowed` (NULL-terminated). */
 int api_check_query(http_req_t *req, const char *const *allowed);
-/* Finds the sandbox named by the {id} route parameter or answers 404 and returns NULL. */
+/* Finds the sandbox named by the {id} route parameter or answers 404 and returns NULL. Finding
+ * it is activity on it (sandbox_touch): every per-sandbox handler finds its sandbox here. */
 struct sandbox *api_find_sandbox(struct api_ctx *ctx, http_req_t *req,
                                  const struct route_params *params);
 /* The usual start of a handler on one sandbox: answers 400 for any query parameter, else finds

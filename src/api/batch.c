@@ -206,6 +206,8 @@ void api_batch(struct api_ctx *ctx, http_req_t *req, const struct route_params *
             continue;
         }
         it->sb = sandbox_find(ctx->reg, name);
+        if (it->sb)
+            sandbox_touch(it->sb);
         if (it->sb && it->sb->state != SB_RUNNING && sandbox_unavailable(it->sb) == -ESHUTDOWN) {
             it->sb = NULL;
             set_errno(b, i, -ESHUTDOWN);

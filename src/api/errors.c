@@ -33,7 +33,7 @@ static const struct {
     {ENOENT, 404}, {ENOTDIR, 404}, {EACCES, 403},       {EPERM, 403},     {EROFS, 403},
     {ELOOP, 403},  {EEXIST, 409},  {EBUSY, 409},        {ENOTEMPTY, 409}, {EPIPE, 409},
     {EFBIG, 413},  {E2BIG, 413},   {ENOSPC, 413},       {EDQUOT, 413},    {EAGAIN, 429},
-    {EINVAL, 400}, {EISDIR, 400},  {ENAMETOOLONG, 400}, {ESHUTDOWN, 409},
+    {EINVAL, 400}, {EISDIR, 400},  {ENAMETOOLONG, 400}, {ESHUTDOWN, 409}, {ERANGE, 409},
 };
 
 /* The errnos whose API error code is not their status's. */
@@ -42,6 +42,7 @@ static const struct {
     const char *code;
 } errno_codes[] = {
     {ESHUTDOWN, "sandbox_stopped"}, /* session/sandbox.h: sandbox_unavailable() */
+    {ERANGE, "memory_in_use"},      /* session/sandbox.h: sandbox_set_resources() */
 };
 
 int api_errno_status(int r)
@@ -67,7 +68,7 @@ static const struct {
 } session_errs[] = {
     {SESSION_ERR_NAME_TAKEN, 409, "conflict"},
     {SESSION_ERR_DELETED, 409, "conflict"},
-    {SESSION_ERR_CAPACITY, 503, "unavailable"},
+    {SESSION_ERR_CAPACITY, 429, "capacity"},
     {SESSION_ERR_HOST_DISK, 503, "unavailable"},
     {SESSION_ERR_SHUTTING_DOWN, 503, "unavailable"},
     {SESSION_ERR_SETUP, 500, "sandbox_setup_failed"},

@@ -35,6 +35,9 @@ void api_info(struct api_ctx *ctx, http_req_t *req, const struct route_params *p
                   "memory_mib", (json_int_t)ctx->limits->defaults.memory_mib, "pids",
                   (json_int_t)ctx->limits->defaults.pids, "disk_mib",
                   (json_int_t)ctx->limits->defaults.disk_mib);
+    json_t *limits = json_object_get(info, "limits");
+    json_object_set_new(limits, "idle_timeout_s", json_real(ctx->limits->idle_timeout_s));
+    json_object_set_new(limits, "max_ttl_s", json_real(ctx->limits->max_ttl_s));
     const struct sandbox_resources *m = &ctx->limits->maxima;
     json_object_set_new(info, "maxima",
                         json_pack("{s:f, s:I, s:I, s:I}", "cpus", m->cpus, "memory_mib",

@@ -39,15 +39,16 @@ int api_valid_env(json_t *env, char *err, size_t errlen)
     return 0;
 }
 
-/* Validates `resources` into *res (starting from the defaults). Returns 0, 400 or 422. */
-static int parse_resources(struct api_ctx *ctx, json_t *obj, struct sandbox_resources *res,
-                           char *err)
+/* Validates `resources` into *res, which starts as `base` (the defaults on create, the sandbox's
+ * own on PATCH) and gets the fields given. Returns 0, 400 or 422. */
+static int parse_resources(struct api_ctx *ctx, json_t *obj, const struct sandbox_resources *base,
+                           struct sandbox_resources *res, char *err)
 {
     static const char *const keys[] = {"cpus", "memory_mib", "pids", "disk_mib", NULL};
     const struct sandbox_resources *max = &ctx->limits->maxima;
     long long mem = -1, pids = -1, disk = -1;
     double cpus = -1;
-    *res = ctx->limits->defaults;
+    *res = *base;
     if (!obj)
         return 0;
     if (json_check_keys(obj, keys, "resources", err, ERRLEN) ||
@@ -84,6 +85,33 @@ static int parse_resources(struct api_ctx *ctx, json_t *obj, struct sandbox_reso
                  max->cpus, max->memory_mib, max->pids, max->disk_mib);
         return 422;
     }
+    return 0;
+}
+
+/* Durations a client may ask for, in seconds (ten years): beyond any use, within any clock. */
+#define LIFETIME_MAX_S 315360000.0
+
+/* `ttl_s` and `idle_timeout_s` into the spec: absent or 0 is the daemon's default (--max-ttl,
+ * --idle-timeout); a ttl_s above --max-ttl is 422. Returns 0, 400 or 422. */
+static int parse_lifetimes(struct api_ctx *ctx, json_t *body, struct sandbox_spec *spec, char *err)
+{
+    double ttl = 0, idle = 0;
+    if (json_opt_number(body, "ttl_s", "ttl_s", &ttl, err, ERRLEN) ||
+        json_opt_number(body, "idle_timeout_s", "idle_timeout_s", &idle, err, ERRLEN))
+        return 400;
+    if (!(ttl >= 0 && ttl <= LIFETIME_MAX_S) || !(idle >= 0 && idle <= LIFETIME_MAX_S)) {
+        snprintf(err, ERRLEN, "'%s' must be between 0 and %.0f seconds",
+                 ttl >= 0 && ttl <= LIFETIME_MAX_S ? "idle_timeout_s" : "ttl_s", LIFETIME_MAX_S);
+        return 400;
+    }
+    double max_ttl = ctx->limits->max_ttl_s;
+    if (max_ttl > 0 && ttl > max_ttl) {
+        snprintf(err, ERRLEN, "'ttl_s' %g is above the daemon maximum (--max-ttl %g)", ttl,
+                 max_ttl);
+        return 422;
+    }
+    spec->ttl_s = ttl > 0 ? ttl : max_ttl;
+    spec->idle_timeout_s = idle > 0 ? idle : ctx->limits->idle_timeout_s;
     return 0;
 }
 
@@ -163,8 +191,9 @@ static void on_created(struct sandbox *sb, enum session_err e, const char *msg, 
 
 void api_sandbox_create(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
 {
-    static const char *const keys[] = {"name",      "template", "env",     "labels",
-                                       "resources", "network",  "secrets", NULL};
+    static const char *const keys[] = {"name",           "template", "env",     "labels",
+                                       "resources",      "network",  "secrets", "ttl_s",
+                                       "idle_timeout_s", NULL};
     char err[ERRLEN];
     struct sandbox_spec spec = {0};
     json_t *res = NULL, *net = NULL;
@@ -199,7 +228,8 @@ void api_sandbox_create(struct api_ctx *ctx, http_req_t *req, const struct route
     if ((status = parse_secrets(ctx, json_object_get(body, "secrets"), &spec.secrets, err)))
         goto bad;
     status = 400;
-    if ((status = parse_resources(ctx, res, &spec.res, err)) ||
+    if ((status = parse_resources(ctx, res, &ctx->limits->defaults, &spec.res, err)) ||
+        (status = parse_lifetimes(ctx, body, &spec, err)) ||
         (status = parse_network(net, &spec.network, err)))
         goto bad;
 
@@ -351,12 +381,39 @@ void api_sandbox_resume(struct api_ctx *ctx, http_req_t *req, const struct route
         http_respond_json(req, 200, api_sandbox_json(sb));
 }
 
+/* PATCH `resources`: cpus, memory_mib and pids change live; disk_mib cannot. Answers on failure
+ * (after the audit record) and returns -1; 0 when applied. */
+static int patch_resources(struct api_ctx *ctx, http_req_t *req, struct sandbox *sb,
+                           const struct sandbox_resources *res)
+{
+    struct sandbox_usage u;
+    int r = sandbox_set_resources(sb, res);
+    json_t *fields = json_pack("{s:{s:f, s:I, s:I}}", "resources", "cpus", res->cpus, "memory_mib",
+                               (json_int_t)res->memory_mib, "pids", (json_int_t)res->pids);
+    int status = r == 0 ? 200 : api_errno_status(r);
+    api_audit(ctx, req, "sandbox.resources", sb, status, fields);
+    if (r == -ERANGE && sandbox_usage(sb, &u) == 0)
+        http_respond_error(req, status, api_errno_code(r),
+                           "'resources.memory_mib' %llu is below the sandbox's current memory use "
+                           "(%llu MiB)",
+                           res->memory_mib,
+                           (unsigned long long)((u.memory_bytes + (1 << 20) - 1) >> 20));
+    else if (r == -EBUSY)
+        http_respond_error(req, status, api_errno_code(r), "the sandbox is %s",
+                           sandbox_state_name(sb->state));
+    else if (r < 0)
+        http_respond_error(req, status, api_errno_code(r), "cannot change the resources: %s",
+                           session_strerror(r));
+    return r < 0 ? -1 : 0;
+}
+
 void api_sandbox_patch(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
 {
-    static const char *const keys[] = {"network", NULL};
+    static const char *const keys[] = {"network", "resources", NULL};
     char err[ERRLEN];
     struct egress_policy *policy = NULL;
-    json_t *net = NULL;
+    struct sandbox_resources res;
+    json_t *net = NULL, *resources = NULL;
     int status = 400;
     struct sandbox *sb = api_sandbox_of(ctx, req, p);
     if (!sb)
@@ -365,15 +422,41 @@ void api_sandbox_patch(struct api_ctx *ctx, http_req_t *req, const struct route_
     if (!body)
         return;
     if (json_check_keys(body, keys, NULL, err, ERRLEN) ||
-        json_opt_object(body, "network", "network", &net, err, ERRLEN))
+        json_opt_object(body, "network", "network", &net, err, ERRLEN) ||
+        json_opt_object(body, "resources", "resources", &resources, err, ERRLEN))
         goto bad;
-    if (!net) {
-        snprintf(err, ERRLEN, "nothing to change: PATCH takes {\"network\": {...}}");
+    if (!net && !resources) {
+        snprintf(err, ERRLEN,
+                 "nothing to change: PATCH takes {\"network\": {...}} and/or {\"resources\": "
+                 "{...}}");
         goto bad;
     }
-    if ((status = parse_network(net, &policy, err)))
+    if (resources && json_object_get(resources, "disk_mib")) {
+        snprintf(err, ERRLEN, "'resources.disk_mib' cannot change on a live sandbox");
+        goto bad;
+    }
+    if (resources && (status = parse_resources(ctx, resources, &sb->res, &res, err)))
+        goto bad;
+    if (net && (status = parse_network(net, &policy, err)))
         goto bad;
     json_decref(body);
+    /* Both or neither: a network change needs a running or paused sandbox, so a stopped one
+     * refuses it before its resources change. */
+    if (net && sb->state != SB_RUNNING && sb->state != SB_PAUSED) {
+        network_free(policy);
+        api_audit(ctx, req, "sandbox.network", sb, 409, NULL);
+        http_respond_error(req, 409, "conflict", "the sandbox is %s",
+                           sandbox_state_name(sb->state));
+        return;
+    }
+    if (resources && patch_resources(ctx, req, sb, &res) < 0) {
+        network_free(policy);
+        return;
+    }
+    if (!net) {
+        http_respond_json(req, 200, api_sandbox_json(sb));
+        return;
+    }
     json_t *fields = json_pack("{s:o}", "network", network_to_json(policy));
     int r = sandbox_set_network(sb, policy);
     api_audit(ctx, req, "sandbox.network", sb, r == 0 ? 200 : r == -EINVAL ? 409 : 500, fields);
@@ -388,7 +471,7 @@ void api_sandbox_patch(struct api_ctx *ctx, http_req_t *req, const struct route_
     return;
 bad:
     json_decref(body);
-    http_respond_error(req, status, status == 500 ? "internal" : "bad_request", "%s", err);
+    http_respond_error(req, status, api_status_code(status), "%s", err);
 }
 
 /* ---- stop, kill, start ---------------------------------------------------------------------- */

@@ -271,6 +271,12 @@ int cgroup_manager_init(struct cgroup_manager *m, const char *fs_root, const cha
     return r;
 }
 
+static unsigned long long read_number(const char *dir, const char *file)
+{
+    char buf[64];
+    return read_file(dir, file, buf, sizeof(buf)) == 0 ? strtoull(buf, NULL, 10) : 0;
+}
+
 static int set_limits_v2(const char *dir, const struct cgroup_limits *l)
 {
     char v[64];
@@ -301,12 +307,15 @@ static int set_limits_v1(int ctrl, const char *dir, const struct cgroup_limits *
     char v[64];
     int r = 0;
     if (ctrl == V1_MEMORY && l->memory) {
+        /* memsw must stay >= the memory limit (equal means no swap; absent without swap
+         * accounting): raising moves memsw first, lowering moves it last. */
+        int raise = l->memory > read_number(dir, "memory.limit_in_bytes");
         snprintf(v, sizeof(v), "%llu", l->memory);
+        if (raise && (r = write_str(dir, "memory.memsw.limit_in_bytes", v)) < 0 && r != -ENOENT)
+            return r;
         if ((r = write_str(dir, "memory.limit_in_bytes", v)) < 0)
             return r;
-        /* memsw must be >= the memory limit; equal means no swap. Absent without swap
-         * accounting. */
-        if ((r = write_str(dir, "memory.memsw.limit_in_bytes", v)) < 0 && r != -ENOENT)
+        if (!raise && (r = write_str(dir, "memory.memsw.limit_in_bytes", v)) < 0 && r != -ENOENT)
             return r;
     } else if (ctrl == V1_PIDS && l->pids) {
         snprintf(v, sizeof(v), "%llu", l->pids);
@@ -366,10 +375,24 @@ toolong:
     return -ENAMETOOLONG;
 }
 
-static unsigned long long read_number(const char *dir, const char *file)
+int cgroup_set_limits(const struct cgroup_manager *m, const char *name,
+                      const struct cgroup_limits *limits)
 {
-    char buf[64];
-    return read_file(dir, file, buf, sizeof(buf)) == 0 ? strtoull(buf, NULL, 10) : 0;
+    int n = m->mode == CGROUP_V2 ? 1 : CGROUP_V1_CONTROLLERS;
+    if (m->mode == CGROUP_NONE)
+        return -ENOTSUP;
+    for (int i = 0; i < n; i++) {
+        char dir[CGROUP_PATH_MAX + 80];
+        if (!m->base[i][0])
+            continue;
+        snprintf(dir, sizeof(dir), "%s/%s", m->base[i], name);
+        if (!is_dir(dir))
+            return -ENOENT;
+        int r = m->mode == CGROUP_V2 ? set_limits_v2(dir, limits) : set_limits_v1(i, dir, limits);
+        if (r < 0)
+            return r;
+    }
+    return 0;
 }
 
 /* The value of "key N" in a flat keyed file (memory.events, cpu.stat, memory.oom_control). */

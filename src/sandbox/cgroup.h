@@ -65,6 +65,13 @@ int cgroup_manager_init(struct cgroup_manager *m, const char *fs_root, const cha
 int cgroup_create(const struct cgroup_manager *m, const char *name,
                   const struct cgroup_limits *limits, char procs[][CGROUP_PATH_MAX],
                   size_t *n_procs);
+/* Changes the limits of an existing sandbox cgroup; a field of 0 is left as it is. Lowering
+ * memory below what the cgroup uses makes the kernel reclaim: on v1 the write fails with -EBUSY
+ * when it cannot, on v2 it succeeds and the OOM killer makes room (so callers compare with
+ * cgroup_usage() first). -ENOENT when the cgroup does not exist, -ENOTSUP for CGROUP_NONE. A
+ * failure may leave the limits written before it applied. */
+int cgroup_set_limits(const struct cgroup_manager *m, const char *name,
+                      const struct cgroup_limits *limits);
 /* Kills what is left in the sandbox's cgroup(s) and removes them. Missing ones are ignored. */
 int cgroup_destroy(const struct cgroup_manager *m, const char *name);
 

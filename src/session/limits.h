@@ -25,6 +25,8 @@ struct session_limits {
     size_t max_output_max;
     struct sandbox_resources defaults;
     struct sandbox_resources maxima;
+    double idle_timeout_s; /* a sandbox's idle_timeout_s when it asks for none; 0: never */
+    double max_ttl_s;      /* the longest ttl_s, and the ttl_s of one that asks for none; 0: none */
 };
 
 #endif

@@ -26,6 +26,7 @@
 #include "sandbox/netns.h"
 #include "sandbox/spawn.h"
 #include "sandbox/template.h"
+#include "session/audit.h"
 #include "session/command.h"
 #include "session/proc.h"
 #include "session/sblog.h"
@@ -119,6 +120,62 @@ static int retire_sandbox_files(const struct registry *reg, const char *id)
     return util_remove_tree(dir);
 }
 
+/* How long processes of a sandbox stopped for being idle get to exit on SIGTERM. */
+#define IDLE_STOP_GRACE_S 10.0
+#define SWEEP_MS 1000
+
+/* Something the daemon started in it still runs: every process it started but the shells that
+ * wait for their next run. */
+static int sandbox_busy(const struct sandbox *sb)
+{
+    size_t procs = 0, waiting_shells = 0;
+    for (struct proc *p = sb->procs; p; p = proc_next(p))
+        procs++;
+    for (struct shell *sh = sb->shells; sh; sh = shell_next(sh)) {
+        struct shell_info i;
+        shell_info(sh, &i);
+        if (!strcmp(i.state, "idle") && i.queued == 0)
+            waiting_shells++;
+    }
+    return procs > waiting_shells;
+}
+
+static void sweep_one(struct sandbox *sb, double now)
+{
+    struct registry *reg = sb->reg;
+    if (sb->state == SB_CREATING || sb->state == SB_DELETING)
+        return;
+    if (sb->ttl_s > 0 && now >= sb->created_at + sb->ttl_s) {
+        log_info("sandbox %s: its ttl_s %g has passed: deleting it", sb->id, sb->ttl_s);
+        audit_record(reg->audit, "sandbox.expire", sb->id, sb->labels,
+                     json_pack("{s:b, s:f}", "ok", 1, "ttl_s", sb->ttl_s), NULL);
+        sandbox_destroy(sb, NULL, NULL);
+        return;
+    }
+    if (sb->idle_timeout_s > 0 && (sb->state == SB_RUNNING || sb->state == SB_PAUSED) &&
+        !sb->pausing && now - sb->last_active_at >= sb->idle_timeout_s) {
+        if (sandbox_busy(sb)) {
+            /* Running work is activity: the timeout counts from when it ends. */
+            sb->last_active_at = now;
+            return;
+        }
+        log_info("sandbox %s: idle for %.0f s: stopping it", sb->id, now - sb->last_active_at);
+        audit_record(reg->audit, "sandbox.idle_stop", sb->id, sb->labels,
+                     json_pack("{s:b, s:f}", "ok", 1, "idle_timeout_s", sb->idle_timeout_s), NULL);
+        sandbox_stop(sb, IDLE_STOP_GRACE_S, NULL, NULL);
+    }
+}
+
+static void on_sweep(uv_timer_t *t)
+{
+    struct registry *reg = t->data;
+    double now = util_now();
+    for (struct sandbox *sb = reg->head, *next; sb; sb = next) {
+        next = sb->next;
+        sweep_one(sb, now);
+    }
+}
+
 int registry_init(struct registry *reg)
 {
     char dir[1100];
@@ -126,7 +183,24 @@ int registry_init(struct registry *reg)
     if (!reg->uid_slots)
         return -ENOMEM;
     snprintf(dir, sizeof(dir), "%s/sandboxes", reg->state_dir);
-    return util_mkdir_p(dir, 0711);
+    int r = util_mkdir_p(dir, 0711);
+    if (r < 0)
+        return r;
+    uv_timer_init(reg->loop, &reg->sweep);
+    reg->sweep.data = reg;
+    uv_unref((uv_handle_t *)&reg->sweep);
+    uv_timer_start(&reg->sweep, on_sweep, SWEEP_MS, SWEEP_MS);
+    return 0;
+}
+
+void sandbox_touch(struct sandbox *sb)
+{
+    sb->last_active_at = util_now();
+}
+
+double sandbox_expires_at(const struct sandbox *sb)
+{
+    return sb->ttl_s > 0 ? sb->created_at + sb->ttl_s : 0;
 }
 
 static void recover_one(const char *id, const char *json, void *arg)
@@ -164,6 +238,7 @@ static void registry_check_idle(struct registry *reg)
 void registry_shutdown(struct registry *reg, void (*idle_cb)(struct registry *reg))
 {
     reg->idle_cb = idle_cb;
+    uv_timer_stop(&reg->sweep);
     for (struct sandbox *sb = reg->head, *next; sb; sb = next) {
         next = sb->next;
         if (sb->state != SB_CREATING)
@@ -285,12 +360,52 @@ static json_t *sandbox_record(const struct sandbox *sb)
 {
     char created[32];
     util_format_time(sb->created_at, created, sizeof(created));
-    return json_pack("{s:s, s:s, s:s, s:{s:f, s:I, s:I, s:I}, s:o, s:O, s:O, s:O, s:s, s:s}", "id",
-                     sb->id, "name", sb->name, "template", sb->template_name, "resources", "cpus",
-                     sb->res.cpus, "memory_mib", (json_int_t)sb->res.memory_mib, "pids",
+    return json_pack("{s:s, s:s, s:s, s:{s:f, s:I, s:I, s:I}, s:o, s:O, s:O, s:O, s:s, s:s, s:f, "
+                     "s:f}",
+                     "id", sb->id, "name", sb->name, "template", sb->template_name, "resources",
+                     "cpus", sb->res.cpus, "memory_mib", (json_int_t)sb->res.memory_mib, "pids",
                      (json_int_t)sb->res.pids, "disk_mib", (json_int_t)sb->res.disk_mib, "network",
                      egress_policy_to_json(sb->network), "labels", sb->labels, "env", sb->env,
-                     "secrets", sb->secrets, "created_at", created, "node", sb->reg->node);
+                     "secrets", sb->secrets, "created_at", created, "node", sb->reg->node, "ttl_s",
+                     sb->ttl_s, "idle_timeout_s", sb->idle_timeout_s);
+}
+
+static void sandbox_save(const struct sandbox *sb)
+{
+    json_t *desc = sandbox_record(sb);
+    char *text = desc ? json_dumps(desc, JSON_COMPACT) : NULL;
+    if (text)
+        store_put_sandbox(sb->reg->store, sb->id, text);
+    free(text);
+    json_decref(desc);
+}
+
+int sandbox_set_resources(struct sandbox *sb, const struct sandbox_resources *res)
+{
+    if (res->disk_mib != sb->res.disk_mib)
+        return -EINVAL;
+    if (sb->state == SB_RUNNING || sb->state == SB_PAUSED) {
+        struct cgroup_usage u;
+        struct cgroup_limits lim = {res->cpus, res->memory_mib << 20, res->pids};
+        int r = cgroup_usage(sb->reg->cgroups, sb->id, &u);
+        if (r < 0)
+            return r;
+        /* On v2 the kernel would OOM-kill to fit a lower limit: refuse instead. */
+        if (u.memory_bytes > lim.memory)
+            return -ERANGE;
+        r = cgroup_set_limits(sb->reg->cgroups, sb->id, &lim);
+        if (r < 0) {
+            /* Put back what may have been written before the failure. */
+            struct cgroup_limits old = {sb->res.cpus, sb->res.memory_mib << 20, sb->res.pids};
+            cgroup_set_limits(sb->reg->cgroups, sb->id, &old);
+            return r == -EBUSY ? -ERANGE : r; /* v1: the kernel could not reclaim enough */
+        }
+    } else if (sb->state != SB_STOPPED && sb->state != SB_FAILED) {
+        return -EBUSY; /* its cgroup is being made or removed */
+    }
+    sb->res = *res;
+    sandbox_save(sb);
+    return 0;
 }
 
 #define PAUSE_POLL_MS 10
@@ -1056,12 +1171,7 @@ static void create_on_status(uv_poll_t *h, int status, int events)
     /* Before anything can run in it: a disk that would let sandboxes write more than the host
      * has gets its ballast now, not at the next check. */
     registry_check_disk(reg);
-    json_t *desc = sandbox_record(sb);
-    char *text = desc ? json_dumps(desc, JSON_COMPACT) : NULL;
-    if (text)
-        store_put_sandbox(reg->store, sb->id, text);
-    free(text);
-    json_decref(desc);
+    sandbox_save(sb);
     log_debug("sandbox %s (%s) running in %.2f ms (disk ready at %.2f ms, clone returned at "
               "%.2f ms), init pid %d",
               sb->id, sb->name, (util_monotonic() - op->t_start) * 1e3,
@@ -1209,7 +1319,8 @@ enum session_err sandbox_create(struct registry *reg, const struct sandbox_spec 
     while (slot < reg->max_sandboxes && reg->uid_slots[slot])
         slot++;
     if (slot >= reg->max_sandboxes || reg->count >= reg->max_sandboxes) {
-        snprintf(msg, msglen, "the daemon runs its maximum number of sandboxes");
+        snprintf(msg, msglen, "the daemon runs its maximum of %u sandboxes (--max-sandboxes)",
+                 reg->max_sandboxes);
         return SESSION_ERR_CAPACITY;
     }
     if (disk_room(reg, spec->res.disk_mib, msg, msglen) < 0)
@@ -1230,6 +1341,8 @@ enum session_err sandbox_create(struct registry *reg, const struct sandbox_spec 
     sb->env = spec->env ? json_deep_copy(spec->env) : json_object();
     sb->secrets = spec->secrets ? json_deep_copy(spec->secrets) : json_array();
     sb->res = spec->res;
+    sb->ttl_s = spec->ttl_s;
+    sb->idle_timeout_s = spec->idle_timeout_s;
     if (spec->network)
         sb->network = spec->network;
     sb->created_at = sb->last_active_at = util_now();

@@ -61,6 +61,7 @@ struct egress_hosts;
 struct egress_decision;
 struct stop_op;
 struct sblog;
+struct audit;
 
 struct registry {
     uv_loop_t *loop;
@@ -77,6 +78,7 @@ struct registry {
     void *on_egress_ud;
     int init_fd;
     store_t *store;
+    struct audit *audit; /* where expiries and idle stops are recorded (may be NULL) */
     char node[64];
     unsigned max_sandboxes;
     struct sandbox_resources defaults;
@@ -94,6 +96,7 @@ struct registry {
     uv_work_t pool_work;                   /* refilling the disk pool */
     int pool_filling;
     int disk_ballasted; /* some sandbox disk may hold a ballast (registry_check_disk()) */
+    uv_timer_t sweep;   /* expiries and idle stops (unreferenced: never keeps the loop alive) */
 };
 
 struct sandbox {
@@ -110,7 +113,9 @@ struct sandbox {
     struct egress_policy *network; /* owned; never NULL once created (mode none at least) */
     struct egress_proxy *proxy;    /* serving 127.0.0.1:3128 inside unless the mode is none */
     double created_at;
-    double last_active_at;
+    double last_active_at; /* the last API call on it or end of a command (sandbox_touch) */
+    double ttl_s;          /* deleted at created_at + ttl_s; 0: never */
+    double idle_timeout_s; /* stopped after this long idle; 0: never */
     unsigned uid_slot;
     /* running */
     pid_t pid;
@@ -139,6 +144,8 @@ struct sandbox_spec {
     json_t *secrets;               /* array of existing secret names; borrowed; copied */
     struct sandbox_resources res;  /* already validated and defaulted */
     struct egress_policy *network; /* taken over when sandbox_create() returns 0 */
+    double ttl_s;                  /* 0: lives until deleted */
+    double idle_timeout_s;         /* 0: never stopped for being idle */
 };
 
 /* `sb` is NULL on failure; then `err` says why and `msg` says it for a person. */
@@ -146,6 +153,13 @@ typedef void (*sandbox_create_cb)(struct sandbox *sb, enum session_err err, cons
                                   void *arg);
 typedef void (*sandbox_destroy_cb)(void *arg);
 
+/* Prepares the registry (reg->loop and the configuration fields set) and starts its sweep: once a
+ * second, a sandbox whose ttl_s has passed is deleted (audit "sandbox.expire"), and a running or
+ * paused one that has been idle for its idle_timeout_s is stopped (audit "sandbox.idle_stop").
+ * Idle means no API call on it (sandbox_touch) and nothing the daemon started in it still
+ * running: no exec, detached command, shell run or terminal (an idle shell does not count).
+ * One timer for all, rather than one per sandbox re-armed on every call: the durations are
+ * whole seconds, and the sweep is a walk of the list. */
 int registry_init(struct registry *reg);
 /* Cleans up what a previous daemon left in the state dir and the store. */
 void registry_recover(struct registry *reg);
@@ -184,6 +198,10 @@ enum session_err sandbox_create(struct registry *reg, const struct sandbox_spec 
                                 sandbox_create_cb cb, void *arg, char *msg, size_t msglen);
 /* By id or by name; sandboxes being deleted are not found. */
 struct sandbox *sandbox_find(struct registry *reg, const char *id_or_name);
+/* Activity on the sandbox: postpones its idle stop (sets last_active_at to now). */
+void sandbox_touch(struct sandbox *sb);
+/* When the sandbox's ttl_s ends (epoch seconds), or 0 when it has none. */
+double sandbox_expires_at(const struct sandbox *sb);
 /* Kills every process, removes the cgroup and the directory, forgets the sandbox; `cb` is called
  * when all of that is done. Safe to call more than once (each callback fires). */
 void sandbox_destroy(struct sandbox *sb, sandbox_destroy_cb cb, void *arg);
@@ -200,6 +218,13 @@ int sandbox_pause(struct sandbox *sb, sandbox_pause_cb cb, void *arg);
  * Returns 0, -EINVAL if the sandbox is not running or paused, or -errno from setting up the proxy
  * (the old policy then stays). */
 int sandbox_set_network(struct sandbox *sb, struct egress_policy *policy);
+/* Changes cpus, memory and pids of a sandbox (`res` is complete and validated; its disk_mib must
+ * be the sandbox's: a disk does not change size). A running or paused sandbox gets them in its
+ * cgroup at once; a stopped (or failed) one keeps them for its next start. Returns 0, -ERANGE
+ * when the memory limit is below what the sandbox uses now (page cache included; nothing was
+ * changed), -EBUSY while it is being created, stopped or started, -EINVAL for another disk_mib,
+ * or -errno of the cgroup (the old limits then stay). */
+int sandbox_set_resources(struct sandbox *sb, const struct sandbox_resources *res);
 /* Thaws a paused sandbox (immediate). 0, -EINVAL if not paused, or -errno. */
 int sandbox_resume(struct sandbox *sb);
 /* Stops a running or paused sandbox: SIGTERM to every process of it but the init, then SIGKILL

@@ -133,6 +133,20 @@ static void test_v2_layout_and_limits(void **state)
     get("system.slice/warren.service/warren/sb-1/cpu.max", buf, sizeof(buf));
     assert_string_equal(buf, "150000 100000");
 
+    /* Live changes: the fields given are rewritten (a fake file is not truncated by a write,
+     * the kernel's are: empty them first), a field of 0 is left alone. */
+    put("system.slice/warren.service/warren/sb-1/memory.max", "");
+    put("system.slice/warren.service/warren/sb-1/cpu.max", "");
+    struct cgroup_limits more = {0.25, 1024ull << 20, 0};
+    assert_int_equal(cgroup_set_limits(&m, "sb-1", &more), 0);
+    get("system.slice/warren.service/warren/sb-1/memory.max", buf, sizeof(buf));
+    assert_string_equal(buf, "1073741824");
+    get("system.slice/warren.service/warren/sb-1/cpu.max", buf, sizeof(buf));
+    assert_string_equal(buf, "25000 100000");
+    get("system.slice/warren.service/warren/sb-1/pids.max", buf, sizeof(buf));
+    assert_string_equal(buf, "256");
+    assert_int_equal(cgroup_set_limits(&m, "sb-none", &more), -ENOENT);
+
     /* Destroy kills through cgroup.kill then removes the directory; rmdir of a fake dir with
      * files fails with ENOTEMPTY, which is reported. */
     assert_int_not_equal(cgroup_destroy(&m, "sb-1"), 0);
@@ -376,6 +390,26 @@ static void test_v1_layout(void **state)
     assert_string_equal(buf, "32");
     get("cpu/job/warren/sb-3/cpu.cfs_quota_us", buf, sizeof(buf));
     assert_string_equal(buf, "50000");
+
+    /* Live changes: both memory files follow (raising and lowering), pids too; cpus 0 stays. */
+    struct cgroup_limits more = {0, 128ull << 20, 64};
+    assert_int_equal(cgroup_set_limits(&m, "sb-3", &more), 0);
+    get("memory/job/warren/sb-3/memory.limit_in_bytes", buf, sizeof(buf));
+    assert_string_equal(buf, "134217728");
+    get("memory/job/warren/sb-3/memory.memsw.limit_in_bytes", buf, sizeof(buf));
+    assert_string_equal(buf, "134217728");
+    get("pids/job/warren/sb-3/pids.max", buf, sizeof(buf));
+    assert_string_equal(buf, "64");
+    get("cpu/job/warren/sb-3/cpu.cfs_quota_us", buf, sizeof(buf));
+    assert_string_equal(buf, "50000");
+    put("memory/job/warren/sb-3/memory.limit_in_bytes", "");
+    put("memory/job/warren/sb-3/memory.memsw.limit_in_bytes", "");
+    struct cgroup_limits less = {0, 32ull << 20, 0};
+    assert_int_equal(cgroup_set_limits(&m, "sb-3", &less), 0);
+    get("memory/job/warren/sb-3/memory.limit_in_bytes", buf, sizeof(buf));
+    assert_string_equal(buf, "33554432");
+    get("memory/job/warren/sb-3/memory.memsw.limit_in_bytes", buf, sizeof(buf));
+    assert_string_equal(buf, "33554432");
 }
 
 static void test_v1_parent_removed_by_another_daemon(void **state)
@@ -415,6 +449,8 @@ static void test_none(void **state)
     assert_int_equal(m.mode, CGROUP_NONE);
     assert_non_null(strstr(err, "no usable cgroup hierarchy under"));
     assert_string_equal(cgroup_mode_name(m.mode), "none");
+    struct cgroup_limits lim = {1, 64ull << 20, 32};
+    assert_int_equal(cgroup_set_limits(&m, "sb-1", &lim), -ENOTSUP);
 }
 
 int main(void)
