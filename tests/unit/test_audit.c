@@ -29,9 +29,13 @@ struct fixture {
 static int setup(void **state)
 {
     struct fixture *fx = calloc(1, sizeof(*fx));
+    assert_non_null(fx);
     snprintf(fx->base, sizeof(fx->base), "/tmp/warren-test-audit-XXXXXX");
-    if (!mkdtemp(fx->base))
+    if (!mkdtemp(fx->base)) {
+        print_error("audit setup: mkdtemp %s: %s\n", fx->base, strerror(errno));
+        free(fx);
         return -1;
+    }
     snprintf(fx->dir, sizeof(fx->dir), "%s/audit", fx->base);
     snprintf(fx->log, sizeof(fx->log), "%s/audit.log", fx->dir);
     *state = fx;

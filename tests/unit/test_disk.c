@@ -29,22 +29,43 @@ struct fixture {
     struct disk_manager *dm;
 };
 
+/* Setup failures are reported here, with the step and errno, and fail the whole group; cmocka
+ * still runs the group teardown then, with *state never set. */
+static int setup_failed(struct fixture *f, const char *step, int err, const char *detail)
+{
+    print_error("disk setup: %s: %s%s%s\n", step, strerror(err), detail[0] ? ": " : "", detail);
+    if (f->dir[0])
+        util_remove_tree(f->dir);
+    return -1;
+}
+
 static int setup(void **state)
 {
     static struct fixture f;
-    char msg[256];
+    char msg[256] = "";
     memset(&f, 0, sizeof(f));
-    if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
-        return -1;
+    if (unshare(CLONE_NEWNS) < 0)
+        return setup_failed(&f, "unshare(CLONE_NEWNS) (run the unit tests as root)", errno, "");
+    /* Private, so that the loop mounts never show on the host. */
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+        return setup_failed(&f, "making / private in the test's mount namespace", errno,
+                            errno == EINVAL ? "/ is not a mount point (a chroot?): enter the root "
+                                              "with pivot_root, or bind-mount it onto itself "
+                                              "before chroot"
+                                            : "");
     snprintf(f.dir, sizeof(f.dir), "/tmp/warren-disk-XXXXXX");
-    if (!mkdtemp(f.dir))
-        return -1;
+    if (!mkdtemp(f.dir)) {
+        int err = errno;
+        f.dir[0] = '\0';
+        return setup_failed(&f, "mkdtemp /tmp/warren-disk-XXXXXX", err, "");
+    }
     snprintf(f.image, sizeof(f.image), "%s/d.img", f.dir);
     snprintf(f.mnt, sizeof(f.mnt), "%s/mnt", f.dir);
-    if (mkdir(f.mnt, 0711) < 0 || disk_manager_new(f.dir, &f.dm, msg, sizeof(msg)) < 0) {
-        fprintf(stderr, "disk_manager_new: %s\n", msg);
-        return -1;
-    }
+    if (mkdir(f.mnt, 0711) < 0)
+        return setup_failed(&f, "mkdir", errno, f.mnt);
+    int r = disk_manager_new(f.dir, &f.dm, msg, sizeof(msg));
+    if (r < 0)
+        return setup_failed(&f, "disk_manager_new", -r, msg);
     *state = &f;
     return 0;
 }
@@ -52,6 +73,8 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     struct fixture *f = *state;
+    if (!f)
+        return 0;
     disk_manager_free(f->dm);
     util_remove_tree(f->dir);
     return 0;
