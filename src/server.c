@@ -234,8 +234,18 @@ static int server_start(struct server *srv)
      * when the daemon dies. Host mounts still propagate to us. This must run before any thread
      * exists: unshare(CLONE_NEWNS) needs a file system context nobody else shares. */
     if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0) {
-        log_error("cannot make the daemon's mount namespace: %s", strerror(errno));
-        return -errno;
+        /* EINVAL: "/" is not a mount point (a chroot). Not coped with by binding "/" onto itself:
+         * that bind would land on the enclosing mount, which a chroot can neither see nor make a
+         * slave, and if it is shared the bind (with every mount below "/") would propagate to the
+         * host and outlive us. */
+        int err = errno;
+        if (err == EINVAL)
+            log_error("cannot make the daemon's mount namespace: / is not a mount point (in a "
+                      "chroot?); enter the root with pivot_root instead, or make it a mount point "
+                      "before chroot (mount --bind DIR DIR)");
+        else
+            log_error("cannot make the daemon's mount namespace: %s", strerror(err));
+        return -err;
     }
     if ((r = load_init_binary(&srv->init_fd)) < 0)
         return r;
