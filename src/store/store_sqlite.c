@@ -63,23 +63,29 @@ void store_close(store_t *st)
     free(st);
 }
 
+/* Runs a prepared write and resets it at once: a statement left unreset after a failure (e.g.
+ * SQLITE_BUSY) keeps its read transaction open, and every later write on the connection then
+ * fails on that stale snapshot. */
+static int step_once(store_t *st, sqlite3_stmt *stmt, const char *what)
+{
+    int rc = sqlite3_step(stmt);
+    int r = rc == SQLITE_DONE ? 0 : fail(st, what);
+    sqlite3_reset(stmt);
+    sqlite3_clear_bindings(stmt);
+    return r;
+}
+
 int store_put_sandbox(store_t *st, const char *id, const char *json)
 {
-    sqlite3_reset(st->put);
     sqlite3_bind_text(st->put, 1, id, -1, SQLITE_STATIC);
     sqlite3_bind_text(st->put, 2, json, -1, SQLITE_STATIC);
-    int rc = sqlite3_step(st->put);
-    sqlite3_clear_bindings(st->put);
-    return rc == SQLITE_DONE ? 0 : fail(st, "put sandbox");
+    return step_once(st, st->put, "put sandbox");
 }
 
 int store_delete_sandbox(store_t *st, const char *id)
 {
-    sqlite3_reset(st->del);
     sqlite3_bind_text(st->del, 1, id, -1, SQLITE_STATIC);
-    int rc = sqlite3_step(st->del);
-    sqlite3_clear_bindings(st->del);
-    return rc == SQLITE_DONE ? 0 : fail(st, "delete sandbox");
+    return step_once(st, st->del, "delete sandbox");
 }
 
 int store_list_sandboxes(store_t *st, store_sandbox_fn fn, void *arg)
