@@ -159,18 +159,6 @@ def parallel(fns):
     return results, elapsed
 
 
-def wait_for(fn, timeout=5.0, interval=0.1, what="condition"):
-    """Calls fn until it returns a truthy value; returns that value (asserts on timeout)."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        last = fn()
-        if last:
-            return last
-        assert time.monotonic() < deadline, f"{what} not reached within {timeout}s (last {last!r})"
-        time.sleep(interval)
-
-
 @pytest.fixture(scope="module")
 def slots_daemon():
     d = Daemon(extra_args=["--slots", str(NSLOTS)])

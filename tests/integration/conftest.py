@@ -25,9 +25,26 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WARREN_BIN = os.environ.get("WARREN_BIN") or os.path.join(REPO, "build", "warren")
 
-START_TIMEOUT_S = 10
-STOP_TIMEOUT_S = 15
+START_TIMEOUT_S = 30
+STOP_TIMEOUT_S = 30
 HTTP_TIMEOUT_S = 60
+# How long a test waits for something that should happen soon. Generous on purpose: the machine
+# may be loaded, and a wait that succeeds returns as soon as the condition holds.
+WAIT_S = 30
+
+
+def wait_for(fn, timeout=WAIT_S, interval=0.05, what="condition"):
+    """Calls fn until it returns a truthy value and returns that value; fails after `timeout` s
+    (fn is called once more at the deadline, so a slow fn still gets its last chance)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        last = fn()
+        if last:
+            return last
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what} "
+                                 f"(last: {last!r})")
+        time.sleep(interval)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -396,7 +413,7 @@ class Daemon:
             self.proc.wait()
         self.logf.close()
         # Give orphans a moment to be reaped before calling them leftovers.
-        deadline = time.monotonic() + 3
+        deadline = time.monotonic() + WAIT_S
         left = self._leftovers(tree)
         while left and time.monotonic() < deadline:
             time.sleep(0.2)

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import Api, exec_, proc_stat
+from conftest import WAIT_S, Api, exec_, proc_stat
 
 # The sandbox's root maps to an unprivileged host range starting here (session/sandbox.c).
 UID_BASE = 1048576
@@ -132,7 +132,7 @@ def workspace_host_path(daemon, sid):
 
 def init_pid(daemon, sb):
     """Host pid of the sandbox's init: the daemon's child whose root has the sandbox's hostname."""
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline:
         for d in os.listdir("/proc"):
             if not d.isdigit():

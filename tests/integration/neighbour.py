@@ -24,8 +24,8 @@ import threading
 import time
 import urllib.parse
 
-from conftest import (alive_same, cgroup_dirs_of, daemon_fd_count, exec_, host_cgroup_mode,
-                      proc_cmdline, proc_stat)
+from conftest import (WAIT_S, alive_same, cgroup_dirs_of, daemon_fd_count, exec_,
+                      host_cgroup_mode, proc_cmdline, proc_stat)
 
 RTT_FLOOR_S = 0.010  # baseline p50 floor, see the module docstring
 RTT_FACTOR = 3
@@ -208,7 +208,7 @@ def daemon_cpu_s(daemon):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def daemon_fds_settled(daemon, above, timeout=3.0):
+def daemon_fds_settled(daemon, above, timeout=WAIT_S):
     """The daemon's fd count, once it is <= `above` or `timeout` s have passed (connections of
     earlier requests are closed asynchronously)."""
     deadline = time.monotonic() + timeout
@@ -291,7 +291,7 @@ def assert_deleted_clean(api, daemon, sid, delete_timeout=15.0):
     assert not left, f"processes of deleted sandbox {sid} still alive: " + \
         ", ".join(f"{p} {proc_cmdline(p)!r}" for p in left)
     if cgroups:
-        deadline = time.monotonic() + 3
+        deadline = time.monotonic() + WAIT_S
         still = [c for c in cgroups if os.path.exists(c)]
         while still and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -15,6 +15,8 @@ import string
 import subprocess
 import time
 
+from conftest import wait_for
+
 CLI_TIMEOUT_S = 60
 
 
@@ -165,12 +167,15 @@ def test_run_interrupted_removes_the_sandbox(daemon, api):
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not (sandbox_ids(api) - before):
+        def running():
             assert proc.poll() is None, proc.communicate()
-            time.sleep(0.05)
-        assert sandbox_ids(api) - before, "the sandbox never appeared"
-        time.sleep(0.3)  # let the exec start
+            for sid in sandbox_ids(api) - before:
+                r = api.get(f"/v1/sandboxes/{sid}/commands")
+                if r.status == 200 and any(c["state"] == "running" for c in r.json["commands"]):
+                    return True
+            return False
+
+        wait_for(running, what="the sandbox and its command to run")
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     finally:

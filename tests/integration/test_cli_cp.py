@@ -20,7 +20,7 @@ import urllib.parse
 
 import pytest
 
-from conftest import sh
+from conftest import WAIT_S, sh
 
 MIB = 1 << 20
 CLI_TIMEOUT_S = 120
@@ -397,7 +397,7 @@ def test_cp_interrupted_download_leaves_nothing(daemon, api, sandbox, tmp_path):
                             env={**os.environ, "WARREN_URL": daemon.url},
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + WAIT_S
     while not leftovers(tmp_path) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.01)
     assert leftovers(tmp_path), "the download never started"

@@ -25,6 +25,8 @@ import time
 
 import pytest
 
+from conftest import WAIT_S, exec_, wait_for
+
 CLI_TIMEOUT_S = 60
 
 
@@ -55,17 +57,7 @@ def command(api, sid, cid):
     return r.json
 
 
-def wait_for(pred, timeout=15, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def read_until(stream, needle, timeout):
+def read_until(stream, needle, timeout=WAIT_S):
     """Read a pipe incrementally until `needle` shows up; returns (data, seconds it took)."""
     fd = stream.fileno()
     data = b""
@@ -195,18 +187,26 @@ class DroppingProxy:
 # exec / run streamed
 
 
-def test_exec_streams_output_live(daemon, sandbox):
-    proc = subprocess.Popen([daemon.bin, "exec", sandbox["id"], "--", "sh", "-c",
-                             "echo first; sleep 2; echo second"],
+# The command prints its second line only once the test has seen the first one and says go.
+FIRST_THEN_GO = ("echo first; while [ ! -e /workspace/go ]; do sleep 0.05; done; echo second")
+
+
+def say_go(api, sid):
+    r = api.request("PUT", f"/v1/sandboxes/{sid}/files?path=/workspace/go", body=b"")
+    assert r.status in (200, 201, 204), r
+
+
+def test_exec_streams_output_live(daemon, api, sandbox):
+    proc = subprocess.Popen([daemon.bin, "exec", sandbox["id"], "--", "sh", "-c", FIRST_THEN_GO],
                             env=env_for(daemon.url), stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        data, took = read_until(proc.stdout, b"first\n", 10)
-        # The first line is there while the command still sleeps.
+        data, _ = read_until(proc.stdout, b"first\n")
+        # The first line is there while the command still waits.
         assert proc.poll() is None, (data, proc.stderr.read())
         assert b"second" not in data
-        rest, took2 = read_until(proc.stdout, b"second\n", 10)
-        assert took2 > 1.0, f"second line after {took2:.2f}s: output was not live"
+        say_go(api, sandbox["id"])
+        rest, _ = read_until(proc.stdout, b"second\n")
         out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
@@ -216,14 +216,18 @@ def test_exec_streams_output_live(daemon, sandbox):
     assert data + rest + out == b"first\nsecond\n"
 
 
-def test_run_streams_output_live(daemon):
+def test_run_streams_output_live(daemon, api):
+    before = {sb["id"] for sb in api.get("/v1/sandboxes").json["sandboxes"]}
     proc = subprocess.Popen([daemon.bin, "run", "--", "sh", "-c",
-                             "echo first; echo err >&2; sleep 2; echo second"],
+                             "echo err >&2; " + FIRST_THEN_GO],
                             env=env_for(daemon.url), stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        data, _ = read_until(proc.stdout, b"first\n", 20)
+        data, _ = read_until(proc.stdout, b"first\n")
         assert proc.poll() is None
+        new = {sb["id"] for sb in api.get("/v1/sandboxes").json["sandboxes"]} - before
+        assert len(new) == 1, new
+        say_go(api, new.pop())
         out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
@@ -286,7 +290,7 @@ def test_exec_stdin_is_forwarded_live(daemon, sandbox):
     try:
         proc.stdin.write(b"hello\n")
         proc.stdin.flush()
-        data, _ = read_until(proc.stdout, b"hello\n", 10)
+        data, _ = read_until(proc.stdout, b"hello\n")
         assert proc.poll() is None
         proc.stdin.write(b"again\n")
         proc.stdin.close()  # eof: cat ends
@@ -388,7 +392,7 @@ def test_exec_closed_stdout_kills_the_command(daemon, api, sandbox):
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     try:
-        read_until(proc.stdout, b"y\n", 10)
+        read_until(proc.stdout, b"y\n")
         proc.stdout.close()
         proc.wait(timeout=30)
         err = proc.stderr.read()
@@ -571,7 +575,7 @@ class PtyCli:
     def resize(self, rows, cols):
         fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
-    def read_until(self, needle, timeout=15):
+    def read_until(self, needle, timeout=WAIT_S):
         deadline = time.monotonic() + timeout
         while needle not in self.out:
             left = deadline - time.monotonic()
@@ -591,10 +595,10 @@ class PtyCli:
     def write(self, data):
         os.write(self.fd, data)
 
-    def finish(self, timeout=20):
+    def finish(self, timeout=WAIT_S):
         """Wait for the report; returns (exit status of the CLI, canonical mode restored)."""
         self.read_until(b"RC=", timeout)
-        self.read_until(b"\n", 5)
+        self.read_until(b"\n")
         tail = self.out[self.out.rindex(b"RC="):]
         rc = int(tail[3:].split()[0])
         canon = b"\nicanon" in self.out.replace(b"\r", b"")
@@ -626,9 +630,9 @@ def test_run_it(daemon, api):
     before = {sb["id"] for sb in api.get("/v1/sandboxes").json["sandboxes"]}
     t = PtyCli(daemon, ["run", "-it", "-e", "PS1=rdy$ ", "--", "bash", "--norc"])
     try:
-        t.read_until(b"rdy$", 20)
+        t.read_until(b"rdy$")
         t.write(b"stty size; echo h''i; exit 3\r")
-        t.read_until(b"hi", 15)
+        t.read_until(b"hi")
         rc, canon = t.finish()
     finally:
         t.close()
@@ -643,16 +647,25 @@ def test_exec_it_resize_and_cleanup(daemon, api, tty_sandbox):
     sid = tty_sandbox["id"]
     t = PtyCli(daemon, ["exec", "-it", "-e", "PS1=rdy$ ", sid, "--", "bash", "--norc"], rows=30, cols=100)
     try:
-        t.read_until(b"rdy$", 20)
+        t.read_until(b"rdy$")
         t.resize(40, 120)  # SIGWINCH to the CLI: a resize message
-        time.sleep(0.3)
-        t.write(b"stty size\r")
-        t.read_until(b"40 120", 10)
+        tries = []
+
+        def resized():
+            # The resize travels apart from the keys: ask until the new size has arrived.
+            start = len(t.out)
+            tries.append(1)
+            t.write(b"stty size; echo sz-$((%d+0))\r" % len(tries))
+            t.read_until(b"sz-%d\r" % len(tries))
+            return b"40 120" in t.out[start:]
+
+        wait_for(resized, interval=0.1, what="stty size to say 40 120")
         # Ctrl-C goes to the program (raw mode), not to the CLI.
         t.write(b"sleep 30\r")
-        time.sleep(0.5)
+        wait_for(lambda: exec_(api, sid, argv=["pgrep", "-x", "sleep"])["exit_code"] == 0,
+                 what="sleep 30 to run in the terminal")
         t.write(b"\x03")
-        t.read_until(b"^C", 10)
+        t.read_until(b"^C")
         t.write(b"echo h''i; exit 3\r")
         rc, canon = t.finish()
     finally:
@@ -669,9 +682,9 @@ def test_exec_it_detach_and_attach(daemon, api, tty_sandbox):
     sid = tty_sandbox["id"]
     t = PtyCli(daemon, ["exec", "-it", "-e", "PS1=rdy$ ", sid, "--", "bash", "--norc"])
     try:
-        t.read_until(b"rdy$", 20)
-        t.write(b"export MARK=kept\r")
-        time.sleep(0.3)
+        t.read_until(b"rdy$")
+        t.write(b"export MARK=kept; echo m''k\r")
+        t.read_until(b"mk")
         t.write(b"\x1dd")  # Ctrl-] d
         rc, canon = t.finish()
     finally:
@@ -685,9 +698,9 @@ def test_exec_it_detach_and_attach(daemon, api, tty_sandbox):
 
     t = PtyCli(daemon, ["attach", sid, tid])
     try:
-        t.read_until(b"rdy$", 20)
+        t.read_until(b"rdy$")
         t.write(b"echo got-$MARK; exit 4\r")
-        t.read_until(b"got-kept", 10)
+        t.read_until(b"got-kept")
         rc, canon = t.finish()
     finally:
         t.close()
@@ -707,7 +720,7 @@ def test_exec_it_sigterm_restores_the_terminal(daemon, api, tty_sandbox):
     sid = tty_sandbox["id"]
     t = PtyCli(daemon, ["exec", "-it", "-e", "PS1=rdy$ ", sid, "--", "bash", "--norc"])
     try:
-        t.read_until(b"rdy$", 20)
+        t.read_until(b"rdy$")
         # The CLI is the only child of the pty's shell.
         out = subprocess.run(["pgrep", "-P", str(t.pid)], capture_output=True, text=True)
         pids = [int(x) for x in out.stdout.split()]

@@ -6,7 +6,7 @@ itself when the daemon freezes it."""
 import os
 import time
 
-from conftest import exec_, host_cgroup_mode
+from conftest import WAIT_S, exec_, host_cgroup_mode, wait_for
 from escape_util import box, init_pid, py, workspace_host_path  # noqa: F401  (box: fixture)
 
 
@@ -115,7 +115,7 @@ for i in range(80):
         failed = errno.errorcode[e.errno]
         break
     if k == 0:
-        import time; time.sleep(3); os._exit(0)
+        import time; time.sleep(300); os._exit(0)  # held until killed below
     kids.append(k)
 for k in kids:
     os.kill(k, 9)
@@ -135,7 +135,7 @@ emit(res)
     assert limits(dirs) == before, "the sandbox changed its cgroup limits"
     r = api.post(f"/v1/sandboxes/{sb['id']}/commands", {"argv": ["sleep", "30"]})
     assert r.status == 201, r
-    seen, deadline = [], time.monotonic() + 5
+    seen, deadline = [], time.monotonic() + WAIT_S
     while not seen and time.monotonic() < deadline:
         for pid in os.listdir("/proc"):
             try:
@@ -178,18 +178,15 @@ while True:
         with open(counter) as f:
             return int(f.read())
 
-    deadline = time.monotonic() + 10
-    while not os.path.exists(counter) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: os.path.exists(counter), what="the counter to start")
     c0 = count()
-    time.sleep(0.1)
-    assert count() > c0, "the counter does not run (precondition)"
+    wait_for(lambda: count() > c0, what="the counter to run (precondition)")
     r = api.post(f"/v1/sandboxes/{sid}/pause")
     assert r.status == 200 and r.json["state"] == "paused", r
     dirs = host_cgroup_dirs(init_pid(daemon, sb))
     state_files = [p for p in limits(dirs) if p.endswith(("freezer.state", "cgroup.freeze"))]
     assert state_files, dirs
-    time.sleep(0.1)
+    # The pause answers once the cgroup is frozen: from here on the counter must not move.
     c1 = count()
     time.sleep(0.5)
     assert count() == c1, "a paused sandbox kept running"
@@ -199,6 +196,5 @@ while True:
     assert api.get(f"/v1/sandboxes/{sid}").json["state"] == "paused"
     r = api.post(f"/v1/sandboxes/{sid}/resume")
     assert r.status == 200, r
-    time.sleep(0.3)
-    assert count() > c1, "the sandbox did not resume"
+    wait_for(lambda: count() > c1, what="the sandbox to resume")
     assert exec_(api, sid, argv=["true"])["exit_code"] == 0

@@ -467,7 +467,7 @@ def test_files_api_read_stays_inside(api, box, daemon, new_sandbox, host_marker)
     for path, codes in cases.items():
         t0 = time.monotonic()
         r = api.get(f"/v1/sandboxes/{sid}/files?path={q(path)}")
-        assert time.monotonic() - t0 < 5, f"GET {path} hung the daemon"
+        assert time.monotonic() - t0 < 15, f"GET {path} hung the daemon"
         assert r.status in codes, f"GET {path}: {r!r}"
         assert b"HOST-SECRET" not in r.body and b"B-SECRET" not in r.body, f"GET {path}: {r!r}"
         if codes[0] in (403, 404):

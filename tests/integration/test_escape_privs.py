@@ -123,8 +123,8 @@ for b in {suid!r}:
     argv = [b, "-c", "id", "root"] if b.endswith("/su") else [b]
     p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, preexec_fn=drop)
-    seen = None
-    for i in range(40):  # the status once it is running the setuid program
+    seen, deadline = None, time.monotonic() + 30
+    while time.monotonic() < deadline:  # the status once it is running the setuid program
         try:
             s = open("/proc/%d/status" % p.pid).read()
         except OSError:
@@ -132,6 +132,8 @@ for b in {suid!r}:
         d = dict(l.split(":", 1) for l in s.splitlines() if ":" in l)
         if d["Name"].strip() == os.path.basename(b)[:15]:
             seen = {{k: d[k].split() for k in ("Uid", "Gid", "CapEff", "CapPrm")}}
+            break
+        if p.poll() is not None:
             break
         time.sleep(0.025)
     p.kill()

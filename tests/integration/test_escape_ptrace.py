@@ -5,7 +5,7 @@ traced, read or have its descriptors stolen, sandboxes cannot see or signal each
 import os
 import time
 
-from conftest import alive_same, exec_, proc_stat, sh
+from conftest import WAIT_S, alive_same, exec_, proc_stat, sh
 from escape_util import box, host_pids_in_sandbox, init_pid, py, start_host_sleeper  # noqa: F401
 
 
@@ -21,7 +21,7 @@ def command_state(api, sid, cid):
     return r.json
 
 
-def wait_state(api, sid, cid, want, timeout=5):
+def wait_state(api, sid, cid, want, timeout=WAIT_S):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         c = command_state(api, sid, cid)
@@ -149,7 +149,7 @@ emit(res)
 def test_sandboxes_cannot_see_or_signal_each_other(api, box, daemon, new_sandbox):
     other = new_sandbox()
     c = start_detached(api, other["id"], ["sleep", "77.25"])
-    deadline, host = time.monotonic() + 5, []
+    deadline, host = time.monotonic() + WAIT_S, []
     while not host and time.monotonic() < deadline:
         host = [p for p in host_pids_in_sandbox(daemon, other)
                 if "77.25" in (open(f"/proc/{p}/cmdline").read() if os.path.exists(f"/proc/{p}") else "")]

@@ -5,7 +5,7 @@ shows that the filter answered)."""
 
 import time
 
-from conftest import exec_, sh
+from conftest import WAIT_S, exec_, sh
 from escape_util import PRELUDE, box, check_arch, last_json, py, rnd  # noqa: F401
 
 # Runs on a terminal: fd is the terminal to attack. TIOCGWINSZ on the same fd is the control that
@@ -78,7 +78,7 @@ def test_tiocsti_on_api_terminal(api, box):
                      {"text": f"/usr/bin/python3 {path} fd0 > {out_file}\r", "block": True,
                       "max_wait_s": 20}, timeout=60)
         assert r.status == 200, r
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + WAIT_S
         res = None
         while time.monotonic() < deadline:
             res = exec_(api, sid, argv=["cat", out_file])

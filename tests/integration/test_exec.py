@@ -117,11 +117,9 @@ def test_stdin_text(api, sandbox):
 
 
 def test_no_stdin_is_eof(api, sandbox):
-    t0 = time.monotonic()
     res = exec_(api, sandbox["id"], argv=["cat"], timeout_s=10)
     assert res["timed_out"] is False, "cat without stdin must see EOF, not hang"
     assert res["stdout"] == "" and res["exit_code"] == 0
-    assert time.monotonic() - t0 < 5
 
 
 def test_stdin_large(api, sandbox):
@@ -242,21 +240,22 @@ def test_not_executable(api, sandbox):
 
 def test_timeout(api, sandbox):
     t0 = time.monotonic()
-    res = exec_(api, sandbox["id"], argv=["sleep", "10"], timeout_s=1)
+    res = exec_(api, sandbox["id"], argv=["sleep", "60"], timeout_s=1)
     elapsed = time.monotonic() - t0
     assert res["timed_out"] is True, res
     assert res["signal"] == 9 and res["exit_code"] == 137, res
-    assert elapsed < 5, elapsed
-    assert 900 <= res["duration_ms"] < 5000, res
+    # Far below the sleep's 60 s, with room for a loaded machine.
+    assert elapsed < 15, elapsed
+    assert 900 <= res["duration_ms"] < 15000, res
 
 
 def test_fractional_timeout(api, sandbox):
     t0 = time.monotonic()
-    res = exec_(api, sandbox["id"], shell="echo started; sleep 10", timeout_s=0.5)
+    res = exec_(api, sandbox["id"], shell="echo started; sleep 60", timeout_s=0.5)
     elapsed = time.monotonic() - t0
     assert res["timed_out"] is True, res
     assert res["stdout"] == "started\n", "output before the timeout must be returned"
-    assert elapsed < 3, elapsed
+    assert elapsed < 15, elapsed
 
 
 def test_timeout_kills_background_children(api, sandbox):
@@ -275,7 +274,7 @@ def test_background_process_keeps_running(api, sandbox):
     sid = sandbox["id"]
     t0 = time.monotonic()
     res = exec_(api, sid, argv=["sh", "-c", "sleep 30.25 >/dev/null 2>&1 &"])
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < 15
     assert res["exit_code"] == 0 and res["timed_out"] is False, res
     time.sleep(0.5)
     res = exec_(api, sid, argv=["pgrep", "-f", "sleep 30.25"])
@@ -287,12 +286,12 @@ def test_background_process_keeps_running(api, sandbox):
 def test_background_holding_stdout_does_not_block(api, sandbox):
     # the call returns when the main process exits, even if a child still holds stdout open
     t0 = time.monotonic()
-    res = exec_(api, sandbox["id"], argv=["sh", "-c", "sleep 30 & echo done"], timeout_s=20)
+    res = exec_(api, sandbox["id"], argv=["sh", "-c", "sleep 30 & echo done"], timeout_s=25)
     elapsed = time.monotonic() - t0
     assert res["timed_out"] is False, res
     assert res["exit_code"] == 0
     assert res["stdout"] == "done\n", res
-    assert elapsed < 5, f"exec waited {elapsed:.1f}s for a background child"
+    assert elapsed < 15, f"exec waited {elapsed:.1f}s for a background child"
 
 
 def test_concurrent_execs(api, daemon):

@@ -34,7 +34,8 @@ import time
 import pytest
 import websockets
 
-from conftest import daemon_fd_count, daemon_fds_quiet, exec_, host_cgroup_mode, sh
+from conftest import (WAIT_S, daemon_fd_count, daemon_fds_quiet, exec_, host_cgroup_mode, sh,
+                      wait_for)
 from neighbour import (MiB, Neighbour, Poller, assert_deleted_clean, daemon_cpu_s,
                        daemon_fds_settled, daemon_rss_kib, host_free_bytes, host_free_inodes,
                        sandbox_cgroup_file, sandbox_host_pids)
@@ -58,18 +59,6 @@ def attack_sandbox(new_sandbox, **resources):
     res = {"cpus": 0.5, "memory_mib": 128, "pids": 64}
     res.update(resources)
     return new_sandbox(resources=res)
-
-
-def wait_for(fn, timeout, interval=0.1, what="condition"):
-    """Polls fn() until it returns a truthy value; returns it, or fails after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
 
 
 def usage(api, sid):
@@ -96,7 +85,7 @@ def only_init_left(api, sid):
     return len(procs) == 2 and procs[0][0] == 1 and "ps -eo" in procs[1][2], procs
 
 
-def assert_only_init_left(api, sid, timeout=5):
+def assert_only_init_left(api, sid, timeout=WAIT_S):
     deadline = time.monotonic() + timeout
     while True:
         ok, procs = only_init_left(api, sid)
@@ -128,7 +117,7 @@ def kill_command(api, sid, cid):
     r = api.post(f"/v1/sandboxes/{sid}/commands/{cid}/kill", {"signal": "KILL"})
     assert r.status == 200, r
     return wait_for(lambda: (lambda c: c if c["state"] != "running" else None)(
-        get_command(api, sid, cid)), 10, what=f"{cid} to end after SIGKILL")
+        get_command(api, sid, cid)), what=f"{cid} to end after SIGKILL")
 
 
 def stdout_bytes(r):
@@ -310,7 +299,7 @@ def test_fork_bomb_times_out_at_pids_limit(daemon, api, new_sandbox):
     # The timeout killed the whole process group, orphans included; the sandbox works again.
     assert_only_init_left(api, sid)
     assert exec_(api, sid, argv=["true"])["exit_code"] == 0
-    assert wait_for(lambda: usage(api, sid)["pids"] == 1, 5, what="pids back to 1")
+    assert wait_for(lambda: usage(api, sid)["pids"] == 1, what="pids back to 1")
     assert_deleted_clean(api, daemon, sid)
 
 
@@ -319,7 +308,7 @@ def test_fork_loop_gets_eagain_and_sandbox_recovers(daemon, api, new_sandbox):
     sid = attack_sandbox(new_sandbox, pids=64, memory_mib=256)["id"]
     cid = start_command(api, sid, argv=["python3", "-c", FORK_AND_HOLD])
     with nb.during("fork loop holding every pid"):
-        out = wait_for(lambda: read_file(api, sid, "/workspace/fork.out"), 20,
+        out = wait_for(lambda: read_file(api, sid, "/workspace/fork.out"),
                        what="the fork loop's result")
         err, n, msg = out.split(None, 2)
         assert err == "EAGAIN", out
@@ -336,7 +325,7 @@ def test_fork_loop_gets_eagain_and_sandbox_recovers(daemon, api, new_sandbox):
     # Killing the command's process group frees the pids: the sandbox works again.
     c = kill_command(api, sid, cid)
     assert c["signal"] == 9 and c["exit_code"] == 137, c
-    assert wait_for(lambda: usage(api, sid)["pids"] == 1, 5, what="pids back to 1")
+    assert wait_for(lambda: usage(api, sid)["pids"] == 1, what="pids back to 1")
     assert exec_(api, sid, argv=["true"])["exit_code"] == 0
     assert_only_init_left(api, sid)
     assert_deleted_clean(api, daemon, sid)
@@ -379,7 +368,7 @@ def test_memory_hog_is_oom_killed_without_swap(daemon, api, new_sandbox):
         cid = start_command(api, sid, shell=f"while :; do python3 -c \"{HOG_1GIB}\"; done",
                             timeout_s=4)
         r, took = timed(exec_, api, sid, argv=["python3", "-c", HOG_1GIB], timeout_s=20)
-        wait_for(lambda: get_command(api, sid, cid)["state"] != "running", 15,
+        wait_for(lambda: get_command(api, sid, cid)["state"] != "running",
                  what="the hog loop's timeout")
     assert took < 15, f"the hog took {took:.1f} s to die"
     assert r["oom_killed"] is True and r["signal"] == 9 and r["exit_code"] == 137, r
@@ -640,7 +629,7 @@ def test_escaped_spinners_die_with_the_sandbox(daemon, api, new_sandbox):
     def spinners():
         return [p for p in processes(api, sid) if p[0] != 1 and "ps -eo" not in p[2]]
 
-    assert len(wait_for(lambda: len(spinners()) >= 3 and spinners(), 5,
+    assert len(wait_for(lambda: len(spinners()) >= 3 and spinners(),
                         what="three spinners")) == 3
     # They ignore SIGTERM (and SIGHUP): still there after `kill -TERM -1` inside.
     sh(api, sid, "kill -TERM -1; kill -HUP -1; sleep 0.5")
@@ -668,7 +657,7 @@ def test_orphaned_zombies_are_reaped(daemon, api, new_sandbox):
     nb.check()
     # The parent exited without waiting: the init reaped all of them.
     assert_only_init_left(api, sid)
-    assert wait_for(lambda: usage(api, sid)["pids"] == 1, 5, what="pids back to 1")
+    assert wait_for(lambda: usage(api, sid)["pids"] == 1, what="pids back to 1")
     assert_deleted_clean(api, daemon, sid)
 
 
@@ -677,7 +666,7 @@ def test_zombies_of_a_live_parent_are_bounded_by_pids(daemon, api, new_sandbox):
     sid = attack_sandbox(new_sandbox, pids=64)["id"]
     cid = start_command(api, sid, argv=["python3", "-c", ZOMBIES_AND_HOLD])
     with nb.during("parent holding zombies"):
-        out = wait_for(lambda: read_file(api, sid, "/workspace/z.out"), 20,
+        out = wait_for(lambda: read_file(api, sid, "/workspace/z.out"),
                        what="the zombie maker's result")
         first, second = out.splitlines()
         err, n, msg = first.split(None, 2)
@@ -690,6 +679,6 @@ def test_zombies_of_a_live_parent_are_bounded_by_pids(daemon, api, new_sandbox):
     nb.check()
     kill_command(api, sid, cid)
     # The parent is gone: its zombies were re-parented to the init and reaped.
-    assert wait_for(lambda: usage(api, sid)["pids"] == 1, 5, what="pids back to 1")
+    assert wait_for(lambda: usage(api, sid)["pids"] == 1, what="pids back to 1")
     assert_only_init_left(api, sid)
     assert_deleted_clean(api, daemon, sid)

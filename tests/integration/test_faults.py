@@ -22,7 +22,8 @@ import time
 import pytest
 import websockets
 
-from conftest import Api, cgroup_dirs_of, daemon_fd_count, daemon_fds_quiet, exec_, proc_cmdline
+from conftest import (WAIT_S, Api, cgroup_dirs_of, daemon_fd_count, daemon_fds_quiet, exec_,
+                      proc_cmdline, wait_for)
 
 MiB = 1 << 20
 FD_SLACK = 3  # fds the daemon may legitimately hold on to a little longer
@@ -45,8 +46,8 @@ def fd_targets(daemon):
 
 
 def assert_fds_back(daemon, base, what, before=None):
-    """The daemon's fd count comes back to at most base + FD_SLACK within FD_SETTLE_S."""
-    deadline = time.monotonic() + FD_SETTLE_S
+    """The daemon's fd count comes back to at most base + FD_SLACK within WAIT_S."""
+    deadline = time.monotonic() + WAIT_S
     n = daemon_fd_count(daemon)
     while n > base + FD_SLACK and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -54,7 +55,7 @@ def assert_fds_back(daemon, base, what, before=None):
     if n > base + FD_SLACK:
         now = fd_targets(daemon)
         extra = sorted((fd, t) for fd, t in now.items() if before is None or before.get(fd) != t)
-        raise AssertionError(f"{what}: the daemon holds {n} fds {FD_SETTLE_S}s later, "
+        raise AssertionError(f"{what}: the daemon holds {n} fds {WAIT_S}s later, "
                              f"baseline {base} (+{FD_SLACK} slack); {len(extra)} new fds, e.g. "
                              f"{extra[:12]}")
 
@@ -210,7 +211,7 @@ def test_partial_request_lines_vanish(api, daemon):
         s.sendall(partials[i % len(partials)])
         socks.append(s)
     # All 200 are open now: the daemon holds them, and still serves everyone else.
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + WAIT_S
     while daemon_fd_count(daemon) < base + 150 and time.monotonic() < deadline:
         time.sleep(0.05)
     held = daemon_fd_count(daemon)
@@ -290,8 +291,8 @@ def test_exec_ws_execute_then_vanish_kills_commands(api, daemon, sandbox):
             assert op == 1 and m["type"] == "started", (op, payload)
             acked += 1
         vanish(s, reset=i % 4 < 2)
-    # Every command is killed: none running after 5 s, in the API or in the sandbox.
-    deadline = time.monotonic() + 5
+    # Every command is killed: none running in the API or in the sandbox.
+    deadline = time.monotonic() + WAIT_S
     while True:
         cmds = commands_of(api, sid)
         running = [c for c in cmds if c["state"] == "running"]
@@ -300,8 +301,8 @@ def test_exec_ws_execute_then_vanish_kills_commands(api, daemon, sandbox):
             break
         if time.monotonic() > deadline:
             raise AssertionError(
-                f"5 s after 50 clients vanished: {len(running)} commands still running (e.g. "
-                f"{[c['command_id'] for c in running][:5]}); in the sandbox: "
+                f"{WAIT_S} s after 50 clients vanished: {len(running)} commands still running "
+                f"(e.g. {[c['command_id'] for c in running][:5]}); in the sandbox: "
                 f"{ps['stdout'][:300]!r}")
         time.sleep(0.2)
     assert len(cmds) >= acked, f"only {len(cmds)} commands listed, {acked} were started"
@@ -454,12 +455,10 @@ def test_delete_during_exec(api, daemon):
     t = threading.Thread(target=lambda: out.setdefault(
         "r", api.post(f"/v1/sandboxes/{sid}/exec", {"argv": ["sleep", "30"]})))
     t.start()
-    deadline = time.monotonic() + 10
-    while not any(proc_cmdline(p) == "sleep 30" for p in sandbox_pids([sid])):
-        assert time.monotonic() < deadline, "sleep 30 did not start"
-        time.sleep(0.05)
+    wait_for(lambda: any(proc_cmdline(p) == "sleep 30" for p in sandbox_pids([sid])),
+             what="sleep 30 to start")
     _delete_checked(api, daemon, sid)
-    t.join(10)
+    t.join(WAIT_S)
     assert not t.is_alive(), "the exec did not answer after its sandbox was deleted"
     r = out["r"]
     assert r.status == 409 and r.error_code == "conflict", r
@@ -512,10 +511,11 @@ def test_delete_during_shell_run(api, daemon):
     t = threading.Thread(target=lambda: out.setdefault("r", api.post(
         f"/v1/sandboxes/{sid}/shells/{shid}/run", {"command": "echo started; sleep 30"})))
     t.start()
-    time.sleep(0.7)
+    wait_for(lambda: any(proc_cmdline(p) == "sleep 30" for p in sandbox_pids([sid])),
+             what="the shell to run sleep 30")
     assert t.is_alive(), f"shell run of sleep 30 answered early: {out}"
     _delete_checked(api, daemon, sid)
-    t.join(10)
+    t.join(WAIT_S)
     assert not t.is_alive(), "the shell run did not answer after its sandbox was deleted"
     r = out["r"]
     assert r.status == 409 and r.error_code == "conflict", r

@@ -25,7 +25,7 @@ import urllib.parse
 
 import pytest
 
-from conftest import Api, exec_, sh
+from conftest import WAIT_S, Api, exec_, sh
 
 MIB = 1 << 20
 # How much the daemon's RSS may grow while it moves 1 GiB: a streamed transfer holds a few chunks,
@@ -1053,17 +1053,14 @@ def test_put_over_disk_limit_content_length(api, daemon, new_sandbox):
         conn.putrequest("PUT", url)
         conn.putheader("Content-Length", str(17 * MIB))
         conn.endheaders()
-        t0 = time.monotonic()
-        # The answer comes from the headers alone, without any body sent.
-        ready = select.select([conn.sock], [], [], 5)[0]
-        elapsed = time.monotonic() - t0
-        assert ready, "no answer within 5 s to a PUT whose Content-Length is over the limit"
+        # The answer comes from the headers alone: no body is ever sent.
+        ready = select.select([conn.sock], [], [], WAIT_S)[0]
+        assert ready, f"no answer within {WAIT_S} s to a PUT whose Content-Length is over the limit"
         r = conn.getresponse()
         body = json.loads(r.read())
     finally:
         conn.close()
     assert r.status == 413 and body["error"]["code"] == "payload_too_large", body
-    assert elapsed < 2, elapsed
     # What fits on the disk (16 MiB less ext4's metadata) is fine; nothing of the refused upload
     # is there.
     status, body, _sha, _n = stream_put(daemon, q(sid, path="/workspace/fits.bin"),
@@ -1085,7 +1082,7 @@ def test_put_chunked_over_disk_limit(api, daemon, new_sandbox):
     assert time.monotonic() - t0 < 10
     # The old file is intact and no temporary file is left.
     assert get(api, sid, "/workspace/keep.bin").body == b"old content"
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + WAIT_S
     while names(listing(api, sid, "/workspace")) != ["keep.bin"] and time.monotonic() < deadline:
         time.sleep(0.1)
     assert names(listing(api, sid, "/workspace")) == ["keep.bin"]
@@ -1096,7 +1093,7 @@ def test_put_chunked_over_disk_limit(api, daemon, new_sandbox):
 # clients that go away
 
 
-def wait_for_listing(api, sid, path, expected, timeout=5):
+def wait_for_listing(api, sid, path, expected, timeout=WAIT_S):
     deadline = time.monotonic() + timeout
     while True:
         got = names(listing(api, sid, path))
@@ -1179,7 +1176,7 @@ def _fds(pid):
     return out
 
 
-def _wait_fds_back(pid, before, timeout=5):
+def _wait_fds_back(pid, before, timeout=WAIT_S):
     deadline = time.monotonic() + timeout
     while True:
         now = _fds(pid)

@@ -303,7 +303,7 @@ def test_pids_limit(api, new_sandbox):
         "    for i in range(60):\n"
         "        pid = os.fork()\n"
         "        if pid == 0:\n"
-        "            time.sleep(5); os._exit(0)\n"
+        "            time.sleep(300); os._exit(0)\n"  # held until killed below
         "        kids.append(pid)\n"
         "except OSError as e:\n"
         "    print('fork failed', e.errno)\n"

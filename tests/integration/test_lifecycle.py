@@ -8,7 +8,7 @@ import string
 import threading
 import time
 
-from conftest import exec_, host_cgroup_mode, proc_cmdline, proc_pids, sh
+from conftest import WAIT_S, exec_, host_cgroup_mode, proc_cmdline, proc_pids, sh, wait_for
 
 ID_RE = re.compile(r"^sb-[a-z0-9]{12}$")
 TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
@@ -171,7 +171,7 @@ def test_delete(api, daemon):
     res = sh(api, sid, f"sleep {marker} >/dev/null 2>&1 &")
     assert res["exit_code"] == 0, res
     host_pids = []
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + WAIT_S
     while not host_pids and time.monotonic() < deadline:
         host_pids = [p for p in proc_pids() if proc_cmdline(p) == f"sleep {marker}"]
         time.sleep(0.05)
@@ -211,9 +211,19 @@ def test_delete_during_exec_conflict(api):
     def run():
         out["r"] = api.post(f"/v1/sandboxes/{sb['id']}/exec", {"argv": ["sleep", "30"]})
 
+    def sleeping():
+        for p in proc_pids():
+            try:
+                with open(f"/proc/{p}/cgroup") as f:
+                    if sb["id"] in f.read() and proc_cmdline(p) == "sleep 30":
+                        return True
+            except OSError:
+                pass
+        return False
+
     t = threading.Thread(target=run)
     t.start()
-    time.sleep(0.7)
+    wait_for(sleeping, what="the exec's sleep 30 to run")
     t0 = time.monotonic()
     r = api.delete(f"/v1/sandboxes/{sb['id']}")
     assert r.status == 204, r

@@ -15,11 +15,10 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 
 import pytest
 
-from conftest import Api, Daemon, exec_, sh
+from conftest import Api, Daemon, exec_, sh, wait_for
 
 SERVERS = r"""
 import socket, sys, threading
@@ -363,7 +362,9 @@ def test_delete_with_open_tunnel_leaks_nothing(napi, net_daemon):
                       'print(s.recv(65536).decode(), flush=True); import time; time.sleep(60)'),
                       "echo.internet.test:443", "x"]})
     assert r.status == 201
-    time.sleep(0.5)
+    cmd = f"/v1/sandboxes/{sb['id']}/commands/{r.json['command_id']}"
+    # The echo came back through the tunnel: it is open when the sandbox goes.
+    wait_for(lambda: napi.get(cmd).json["stdout_bytes"] > 0, what="the tunnel to be open")
     assert napi.delete(f"/v1/sandboxes/{sb['id']}").status == 204
     fds = os.listdir(f"/proc/{net_daemon.pid}/fd")
     assert len(fds) < 200

@@ -4,7 +4,7 @@ import shutil
 import signal
 import time
 
-from conftest import Api, Daemon, descendants, alive_same, sh
+from conftest import WAIT_S, Api, Daemon, descendants, alive_same, sh
 
 
 def _busy_sandbox(api):
@@ -42,7 +42,7 @@ def test_crash_then_restart_cleans_up():
     d.logf.close()
     # Every sandbox process dies with the daemon (the init has PDEATHSIG=SIGKILL, and the kernel
     # kills a pid namespace whose init dies).
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + WAIT_S
     while any(alive_same(p, s) for p, s in tree.items()) and time.monotonic() < deadline:
         time.sleep(0.1)
     left = [p for p, s in tree.items() if alive_same(p, s)]

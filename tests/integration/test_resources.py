@@ -1,7 +1,7 @@
 """Resource accounting and control: usage, OOM detection, pids limit, pause/resume."""
 import time
 
-from conftest import exec_, sh
+from conftest import exec_, sh, wait_for
 
 
 def test_usage_reported(api, new_sandbox):
@@ -47,20 +47,28 @@ def test_pause_and_resume(daemon, api, new_sandbox):
                  {"shell": "i=0; while :; do i=$((i+1)); echo $i > /workspace/n; sleep 0.05; done"})
     assert r.status == 201
     counter = daemon.sandbox_path(sid, "workspace", "n")
-    time.sleep(0.5)
+
+    def count():
+        try:
+            with open(counter) as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    wait_for(count, what="the counter to start")
     p = api.post(f"/v1/sandboxes/{sid}/pause")
     assert p.status == 200 and p.json["state"] == "paused"
     assert api.get(f"/v1/sandboxes/{sid}").json["state"] == "paused"
-    a = open(counter).read()
+    # The pause answers once everything is frozen: from here on the counter must not move.
+    a = count()
     time.sleep(0.5)
-    assert open(counter).read() == a, "processes kept running while paused"
+    assert count() == a, "processes kept running while paused"
     e = api.post(f"/v1/sandboxes/{sid}/exec", {"argv": ["true"]})
     assert e.status == 409
     assert api.post(f"/v1/sandboxes/{sid}/pause").status == 409
     rr = api.post(f"/v1/sandboxes/{sid}/resume")
     assert rr.status == 200 and rr.json["state"] == "running"
-    time.sleep(0.5)
-    assert open(counter).read() != a
+    wait_for(lambda: count() != a, what="the counter to move again after resume")
     assert api.post(f"/v1/sandboxes/{sid}/resume").status == 409
     # A paused sandbox can be deleted (its processes are thawed to die).
     assert api.post(f"/v1/sandboxes/{sid}/pause").status == 200

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import descendants, exec_, proc_cmdline
+from conftest import WAIT_S, descendants, exec_, proc_cmdline, wait_for
 
 SID_RE = re.compile(r"^sh-[a-z0-9]+$")
 TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
@@ -129,12 +129,12 @@ def test_background_jobs_persist(api, shell):
     sid, shid = shell
     o = out(api, sid, shid, "sleep 9101 & echo pid=$!")
     pid = re.search(r"pid=(\d+)", o).group(1)
-    time.sleep(0.3)
+    # The job has exec'd sleep once pgrep finds it by its command line.
+    wait_for(lambda: pgrep(api, sid, "sleep 9101") == [pid], what="the job to run sleep")
     o = out(api, sid, shid, f"kill -0 {pid} && echo alive; jobs")
     assert "alive" in o and "sleep 9101" in o, o
-    assert pgrep(api, sid, "sleep 9101") == [pid]
     out(api, sid, shid, "kill %1")
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + WAIT_S
     while pgrep(api, sid, "sleep 9101"):
         assert time.monotonic() < deadline
         time.sleep(0.1)
@@ -300,14 +300,21 @@ def test_concurrent_runs_are_serialized(api, shell):
 def test_queued_count(api, shell):
     sid, shid = shell
     done = []
-    t = threading.Thread(target=lambda: done.append(run(api, sid, shid, "sleep 1")))
+    # The first run holds the shell until the test says go.
+    t = threading.Thread(target=lambda: done.append(run(
+        api, sid, shid, "touch /tmp/started; while [ ! -e /tmp/go ]; do sleep 0.05; done")))
     t2 = threading.Thread(target=lambda: done.append(run(api, sid, shid, "true")))
     t.start()
-    time.sleep(0.3)
+    wait_for(lambda: exec_(api, sid, argv=["test", "-e", "/tmp/started"])["exit_code"] == 0,
+             what="the first run to start")
     t2.start()
-    time.sleep(0.3)
-    r = api.get(f"/v1/sandboxes/{sid}/shells")
-    sh = r.json["shells"][0]
+
+    def queued():
+        sh = api.get(f"/v1/sandboxes/{sid}/shells").json["shells"][0]
+        return sh if sh["queued"] >= 1 else None
+
+    sh = wait_for(queued, what="the second run to be queued")
+    assert exec_(api, sid, argv=["touch", "/tmp/go"])["exit_code"] == 0
     t.join(30)
     t2.join(30)
     assert sh["state"] == "running" and sh["queued"] >= 1, sh
@@ -317,7 +324,7 @@ def test_queued_count(api, shell):
 def test_delete_shell_kills_jobs(api, shell):
     sid, shid = shell
     out(api, sid, shid, "sleep 1000 & sleep 1001 & disown; echo started")
-    deadline = time.monotonic() + 5  # the jobs may not have exec'd sleep yet
+    deadline = time.monotonic() + WAIT_S  # the jobs may not have exec'd sleep yet
     while len(pgrep(api, sid, "sleep 100[01]")) != 2:
         assert time.monotonic() < deadline, pgrep(api, sid, "sleep 100[01]")
         time.sleep(0.1)
@@ -329,7 +336,7 @@ def test_delete_shell_kills_jobs(api, shell):
     assert r.status == 404, r
     r = api.get(f"/v1/sandboxes/{sid}/shells")
     assert r.json == {"shells": []}, r
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + WAIT_S
     while True:
         left = pgrep(api, sid, "sleep 1000")
         if not left:
@@ -347,13 +354,13 @@ def test_delete_shell_while_running(api, shell):
 
     t = threading.Thread(target=worker)
     t.start()
-    time.sleep(0.5)
+    wait_for(lambda: pgrep(api, sid, "sleep 9401"), what="the run to start")
     r = api.delete(f"/v1/sandboxes/{sid}/shells/{shid}")
     assert r.status == 204, r
-    t.join(10)
+    t.join(WAIT_S)
     assert not t.is_alive(), "a run on a deleted shell never answered"
     assert got["r"].status == 409, got["r"]
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + WAIT_S
     while pgrep(api, sid, "sleep 9401"):
         assert time.monotonic() < deadline
         time.sleep(0.1)
@@ -366,14 +373,13 @@ def test_client_disconnect_interrupts_run(api, daemon, shell):
     conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=10)
     conn.request("POST", f"/v1/sandboxes/{sid}/shells/{shid}/run", body=body,
                  headers={"Content-Type": "application/json"})
-    time.sleep(0.5)
-    assert pgrep(api, sid, "sleep 9501"), "the run did not start"
+    wait_for(lambda: pgrep(api, sid, "sleep 9501"), what="the run to start")
     conn.close()
     t0 = time.monotonic()
     # the shell is free again soon (the interrupted run does not hold the queue for 120 s)
-    res = run(api, sid, shid, "echo after; test -e /tmp/never && echo leaked", timeout_s=20)
+    res = run(api, sid, shid, "echo after; test -e /tmp/never && echo leaked", timeout_s=60)
     assert res["output"] == "after\n" and res["timed_out"] is False, res
-    assert time.monotonic() - t0 < 8
+    assert time.monotonic() - t0 < WAIT_S
     assert not pgrep(api, sid, "sleep 9501")
 
 
@@ -427,7 +433,7 @@ def test_shells_of_deleted_sandbox_are_gone(api, daemon):
     try:
         shid = new_shell(api, sid)
         out(api, sid, shid, "sleep 9601 & echo ok")
-        deadline = time.monotonic() + 5  # the job may not have exec'd sleep yet
+        deadline = time.monotonic() + WAIT_S  # the job may not have exec'd sleep yet
         while not _shell_host_procs(daemon, "sleep 9601"):
             assert time.monotonic() < deadline, "the shell's job never started"
             time.sleep(0.1)
@@ -461,9 +467,9 @@ def test_sandbox_delete_during_run(api, daemon):
 
     t = threading.Thread(target=worker)
     t.start()
-    time.sleep(0.5)
+    wait_for(lambda: _shell_host_procs(daemon, "sleep 9701"), what="the run to start")
     assert api.delete(f"/v1/sandboxes/{sid}").status == 204
-    t.join(10)
+    t.join(WAIT_S)
     assert not t.is_alive(), "the run did not answer when its sandbox was deleted"
     assert got["r"].status in (404, 409), got["r"]
     assert api.healthy()

@@ -5,7 +5,7 @@ import time
 
 import websockets
 
-from conftest import sh
+from conftest import WAIT_S, sh, wait_for
 
 
 def _term(api, sb, **spec):
@@ -26,7 +26,7 @@ def _screen(api, sb, tid, history=False):
     return r.json
 
 
-def _wait_screen(api, sb, tid, needle, timeout=10, history=False):
+def _wait_screen(api, sb, tid, needle, timeout=WAIT_S, history=False):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         s = _screen(api, sb, tid, history)
@@ -54,10 +54,11 @@ def test_ctrl_c_interrupts_foreground(api, sandbox):
     sb = sandbox["id"]
     tid = _term(api, sb, cols=80, rows=24)
     _keys(api, sb, tid, keys=["sleep 100", "Enter"])
-    time.sleep(0.5)
-    t0 = time.monotonic()
-    r = _keys(api, sb, tid, keys=["C-c"], block=True, max_wait_s=5)
-    assert r["timed_out"] is False and time.monotonic() - t0 < 4
+    wait_for(lambda: "sleep 100" in sh(api, sb, "ps -eo args")["stdout"],
+             what="sleep 100 to run in the terminal")
+    # Back at the prompt long before max_wait_s: the sleep was interrupted.
+    r = _keys(api, sb, tid, keys=["C-c"], block=True, max_wait_s=WAIT_S)
+    assert r["timed_out"] is False
     _keys(api, sb, tid, text="echo after-interrupt\r", block=True)
     _wait_screen(api, sb, tid, "after-interrupt")
 
@@ -74,7 +75,9 @@ def test_full_screen_program(api, sandbox):
     s = _wait_screen(api, sb, tid, "line 200")
     assert "line 1\n" not in s["text"]
     _keys(api, sb, tid, keys=["q"])
-    time.sleep(0.3)
+    # Typed before less is gone, the next line would go to less.
+    wait_for(lambda: "line 200" not in _screen(api, sb, tid)["text"],
+             what="less to leave the alternate screen")
     _keys(api, sb, tid, text="echo back-at-prompt\r", block=True)
     s = _wait_screen(api, sb, tid, "back-at-prompt")
     assert "line 200" not in s["text"]  # the alternate screen is gone
@@ -127,7 +130,7 @@ def test_recording_is_asciicast_v2(api, sandbox):
 def test_exit_and_delete(api, sandbox):
     sb = sandbox["id"]
     tid = _term(api, sb, cols=80, rows=24, argv=["sh", "-c", "echo bye; exit 5"])
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + WAIT_S
     while api.get(f"/v1/sandboxes/{sb}/terminals/{tid}").json["state"] != "exited":
         assert time.monotonic() < deadline
         time.sleep(0.1)
@@ -144,9 +147,10 @@ def test_delete_kills_the_session(api, sandbox):
     sb = sandbox["id"]
     tid = _term(api, sb, cols=80, rows=24)
     _keys(api, sb, tid, text="sleep 1234 &\r", block=True)
-    assert "1234" in sh(api, sb, "ps -eo args")["stdout"]
+    wait_for(lambda: "sleep 1234" in sh(api, sb, "ps -eo args")["stdout"],
+             what="the background job to run sleep")
     assert api.delete(f"/v1/sandboxes/{sb}/terminals/{tid}").status == 204
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + WAIT_S
     while "sleep 1234" in sh(api, sb, "ps -eo args")["stdout"]:
         assert time.monotonic() < deadline, "the terminal's job survived its deletion"
         time.sleep(0.2)
@@ -176,7 +180,7 @@ def test_attach_several_viewers(daemon, api, sandbox):
     async def viewer(ws, needle):
         buf = b""
         while needle not in buf:
-            m = await asyncio.wait_for(ws.recv(), 10)
+            m = await asyncio.wait_for(ws.recv(), WAIT_S)
             if isinstance(m, bytes):
                 buf += m
         return buf
@@ -191,13 +195,13 @@ def test_attach_several_viewers(daemon, api, sandbox):
             await b.send(json.dumps({"type": "bogus"}))
             err = None
             while err is None:
-                m = await asyncio.wait_for(b.recv(), 10)
+                m = await asyncio.wait_for(b.recv(), WAIT_S)
                 if isinstance(m, str) and json.loads(m).get("type") == "error":
                     err = json.loads(m)
             await a.send(b"exit 7\r")
             code = None
             while code is None:
-                m = await asyncio.wait_for(a.recv(), 10)
+                m = await asyncio.wait_for(a.recv(), WAIT_S)
                 if isinstance(m, str) and json.loads(m).get("type") == "exit":
                     code = json.loads(m)["exit_code"]
             assert code == 7
