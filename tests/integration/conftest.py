@@ -106,6 +106,12 @@ def alive_same(pid, starttime):
     return bool(st) and st[2] == starttime and st[0] not in ("Z", "X")
 
 
+def sigint_default():
+    """preexec_fn of a child that a test interrupts with SIGINT: a test run started in the
+    background or under nohup has SIGINT ignored, which the child would inherit and honour."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def daemon_fd_count(daemon):
     return len(os.listdir(f"/proc/{daemon.pid}/fd"))
 

@@ -15,7 +15,7 @@ import string
 import subprocess
 import time
 
-from conftest import wait_for
+from conftest import sigint_default, wait_for
 
 CLI_TIMEOUT_S = 60
 
@@ -165,7 +165,7 @@ def test_run_interrupted_removes_the_sandbox(daemon, api):
     proc = subprocess.Popen([daemon.bin, "run", "--", "sleep", "60"],
                             env={**os.environ, "WARREN_URL": daemon.url},
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE, preexec_fn=sigint_default)
     try:
         def running():
             assert proc.poll() is None, proc.communicate()

@@ -20,7 +20,7 @@ import urllib.parse
 
 import pytest
 
-from conftest import WAIT_S, sh
+from conftest import WAIT_S, sh, sigint_default
 
 MIB = 1 << 20
 CLI_TIMEOUT_S = 120
@@ -396,7 +396,7 @@ def test_cp_interrupted_download_leaves_nothing(daemon, api, sandbox, tmp_path):
     proc = subprocess.Popen([daemon.bin, "cp", f"{sid}:huge", str(target)],
                             env={**os.environ, "WARREN_URL": daemon.url},
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE, preexec_fn=sigint_default)
     deadline = time.monotonic() + WAIT_S
     while not leftovers(tmp_path) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.01)

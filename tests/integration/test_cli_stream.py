@@ -25,7 +25,7 @@ import time
 
 import pytest
 
-from conftest import WAIT_S, exec_, wait_for
+from conftest import WAIT_S, exec_, sigint_default, wait_for
 
 CLI_TIMEOUT_S = 60
 
@@ -367,7 +367,8 @@ def test_exec_interrupted_kills_the_command(daemon, api, sandbox):
     before = {c["command_id"] for c in commands(api, sid)}
     proc = subprocess.Popen([daemon.bin, "exec", sid, "--", "sleep", "60"],
                             env=env_for(daemon.url), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=sigint_default)
     try:
         new = wait_for(lambda: [c for c in commands(api, sid)
                                 if c["command_id"] not in before and c["state"] == "running"],
