@@ -18,9 +18,12 @@ BUILD ?= build
 SAN ?=
 PREFIX ?= /usr/local
 
+# Build and test dependencies. Every program a test runs, on the host or in a sandbox (whose /usr
+# is the host's), is here too: tests/fresh-root.sh checks that against a fresh Debian 12 root.
 DEB_PKGS := build-essential pkg-config clang-format libuv1-dev node-llhttp libwslay-dev \
 	libjansson-dev libseccomp-dev libsqlite3-dev libssl-dev libcmocka-dev libvterm-dev \
-	libarchive-dev python3-pytest python3-websockets bubblewrap iproute2 procps e2fsprogs curl
+	libarchive-dev python3-pytest python3-websockets bubblewrap iproute2 procps e2fsprogs curl \
+	less libcap2-bin
 
 PKGS := libuv jansson sqlite3 libseccomp libcrypto vterm libarchive
 LLHTTP_DIR := /usr/share/llhttp
