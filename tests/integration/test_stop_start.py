@@ -10,7 +10,7 @@ import urllib.parse
 
 import websockets
 
-from conftest import Api, cgroup_dirs_of, exec_, sh
+from conftest import WAIT_S, Api, cgroup_dirs_of, exec_, sh, wait_for
 
 # Far above what a stop or start takes here, and far below the default grace period (10 s), so
 # that a stop which waited for the grace period instead of ending early fails.
@@ -48,19 +48,8 @@ def start_cmd(api, sid, script):
     return r.json["command_id"]
 
 
-def wait_for(what, cond, timeout=10):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def wait_file(api, sid, path):
-    wait_for(f"{path} in {sid}",
-             lambda: sh(api, sid, f"test -e {path}")["exit_code"] == 0)
+    wait_for(lambda: sh(api, sid, f"test -e {path}")["exit_code"] == 0, what=f"{path} in {sid}")
 
 
 def proxy_open(api, sid):
@@ -195,7 +184,7 @@ def test_delete_stopped(api, daemon):
     assert r.status == 204, r
     assert api.get(f"/v1/sandboxes/{sid}").status == 404
     # What the fixture checks at the end of the module, checked now for this one.
-    wait_for("its directory to go", lambda: not os.path.lexists(daemon.sandbox_path(sid)))
+    wait_for(lambda: not os.path.lexists(daemon.sandbox_path(sid)), what="its directory to go")
     assert cgroup_dirs_of([sid]) == []
 
 
@@ -206,20 +195,20 @@ def test_running_command_fails_and_its_stream_ends(api, sandbox):
 
     async def watch():
         async with websockets.connect(url) as ws:
-            first = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            first = json.loads(await asyncio.wait_for(ws.recv(), WAIT_S))
             assert first["type"] in ("started", "stdout"), first
             loop = asyncio.get_running_loop()
             killed = loop.run_in_executor(None, lambda: post(api, sid, "kill"))
             msgs = []
             try:
                 while True:
-                    msgs.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
+                    msgs.append(json.loads(await asyncio.wait_for(ws.recv(), WAIT_S)))
             except websockets.ConnectionClosed:
                 pass
             assert (await killed).status == 200
             return msgs
 
-    msgs = asyncio.run(asyncio.wait_for(watch(), 30))
+    msgs = asyncio.run(asyncio.wait_for(watch(), 3 * WAIT_S))
     ends = [m for m in msgs if m["type"] in ("exit", "error")]
     assert len(ends) == 1, msgs
     assert ends[0]["type"] == "error" and ends[0]["error_type"] == "command_failed", ends
@@ -302,10 +291,10 @@ def test_daemon_exit_with_stopped_and_stopping_sandboxes(fresh_daemon):
 
     t = threading.Thread(target=stop_other)
     t.start()
-    wait_for("stopping", lambda: get(api, other)["state"] == "stopping")
+    wait_for(lambda: get(api, other)["state"] == "stopping", what="stopping")
     # SIGTERM: exit 0 and nothing left (process, mount, loop device, directory, cgroup).
     d.stop()
-    t.join(10)
+    t.join(WAIT_S)
     assert not t.is_alive()
     assert answers, "the stop was never answered"
     if not isinstance(answers[0], OSError):
