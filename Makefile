@@ -112,8 +112,9 @@ fuzz-targets: $(FUZZ_BINS)
 
 # Each target once over each file of its corpus: a regression check, not a fuzzing run.
 fuzz-replay: fuzz
-	@set -e; for n in $(FUZZ_NAMES); do echo "== fuzz_$$n"; \
-		build-fuzz/fuzz/fuzz_$$n fuzz/corpus/$$n/* 2>&1 | tail -n 1; done
+	@for n in $(FUZZ_NAMES); do \
+		out=$$(build-fuzz/fuzz/fuzz_$$n fuzz/corpus/$$n/* 2>&1) || { echo "$$out"; exit 1; }; \
+		echo "fuzz_$$n: $$(ls fuzz/corpus/$$n | wc -l) inputs replayed"; done
 
 deps:
 	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
