@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/mount.h>
 #include <linux/sockios.h>
 #include <net/if.h>
 #include <poll.h>
@@ -14,7 +15,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -38,24 +41,41 @@ void fz_fail(const char *fmt, ...)
 }
 
 static char scratch[MAX_SCRATCH][64];
+static int scratch_tmpfs[MAX_SCRATCH];
 static int nscratch;
 
 static void remove_scratch(void)
 {
-    for (int i = 0; i < nscratch; i++)
+    for (int i = 0; i < nscratch; i++) {
+        if (scratch_tmpfs[i])
+            umount2(scratch[i], MNT_DETACH);
         util_remove_tree(scratch[i]);
+    }
 }
 
-void fz_scratch_dir(const char *name, char *out, size_t cap)
+static void scratch_dir(const char *name, int tmpfs, char *out, size_t cap)
 {
     if (nscratch == MAX_SCRATCH)
         fz_fail("too many scratch directories");
     snprintf(scratch[nscratch], sizeof(scratch[0]), "/tmp/warren-fuzz-%s-XXXXXX", name);
     if (!mkdtemp(scratch[nscratch]))
         fz_fail("mkdtemp: %s", strerror(errno));
+    if (tmpfs && mount("tmpfs", scratch[nscratch], "tmpfs", 0, "mode=0700,size=256m") < 0)
+        fz_fail("tmpfs on %s: %s", scratch[nscratch], strerror(errno));
+    scratch_tmpfs[nscratch] = tmpfs;
     if (nscratch++ == 0)
         atexit(remove_scratch);
     snprintf(out, cap, "%s", scratch[nscratch - 1]);
+}
+
+void fz_scratch_dir(const char *name, char *out, size_t cap)
+{
+    scratch_dir(name, 0, out, cap);
+}
+
+void fz_scratch_tmpfs(const char *name, char *out, size_t cap)
+{
+    scratch_dir(name, 1, out, cap);
 }
 
 void fz_private_network(void)
@@ -71,6 +91,28 @@ void fz_private_network(void)
     if (ioctl(fd, SIOCSIFFLAGS, &ifr) < 0)
         fz_fail("lo up: %s", strerror(errno));
     close(fd);
+}
+
+static void set_rdonly(const char *path, int rdonly)
+{
+    struct mount_attr attr = {0};
+    if (rdonly)
+        attr.attr_set = MOUNT_ATTR_RDONLY;
+    else
+        attr.attr_clr = MOUNT_ATTR_RDONLY;
+    if (syscall(SYS_mount_setattr, AT_FDCWD, path, AT_RECURSIVE, &attr, sizeof(attr)) < 0)
+        fz_fail("mount_setattr(%s): %s", path, strerror(errno));
+}
+
+void fz_private_mounts(void)
+{
+    if (unshare(CLONE_NEWNS) < 0)
+        fz_fail("unshare(CLONE_NEWNS): %s (run as root)", strerror(errno));
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0 ||
+        mount("/tmp", "/tmp", NULL, MS_BIND | MS_REC, NULL) < 0)
+        fz_fail("mount: %s", strerror(errno));
+    set_rdonly("/", 1);
+    set_rdonly("/tmp", 0);
 }
 
 static void count_handle(uv_handle_t *h, void *arg)

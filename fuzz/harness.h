@@ -28,6 +28,16 @@ void fz_scratch_dir(const char *name, char *out, size_t cap);
  * can reach another host (needs root; aborts otherwise). */
 void fz_private_network(void);
 
+/* fz_scratch_dir() with a tmpfs of its own mounted on it (after fz_private_mounts() only): file
+ * system work there costs no disk I/O (fsync is free), and the mount ends with the process. */
+void fz_scratch_tmpfs(const char *name, char *out, size_t cap);
+
+/* Moves the process into a new mount namespace in which every mount is read-only except /tmp
+ * (where the scratch directories, libFuzzer's corpora and its findings live), so that a target
+ * exercising file-system code as root cannot damage the host even if that code is wrong (needs
+ * root; aborts otherwise). Call before fz_scratch_dir(). */
+void fz_private_mounts(void);
+
 /* Handles of `loop` that are open or still closing (libuv's internal ones not counted). */
 unsigned fz_loop_handles(uv_loop_t *loop);
 
