@@ -2,19 +2,22 @@
  * fuzz_json — JSON request decoding, as far as it runs without a daemon.
  *
  * Input: a request body. It goes through json_parse_object() (core/json.c, as every handler
- * does; an array, as a batch is, item by item), then through the validators the handlers use on
- * the fields of sandbox, exec and command specs: json_check_keys() and json_opt_*(), the network
- * policy (egress_policy_parse(), which the spec's `network` goes through), environment names
- * (api_valid_env()), signals (api_parse_signal()) and base64 stdin (util_base64_decode()). Every
- * string met is also run through json_escape_append(), the escaper of the streaming path.
+ * does; an array, as a batch is, item by item), then through:
+ *   - api_parse_run() (api/commands.c): the command spec of exec, detached commands, batch items
+ *     and the first exec/ws message, each with its own extra keys, under the daemon's default
+ *     limits (server_config_defaults()) for a sandbox with no env, secrets or network;
+ *   - the validators the sandbox spec uses: json_check_keys() and json_opt_*(), the network
+ *     policy (egress_policy_parse()), environment names (api_valid_env()), and signals
+ *     (api_parse_signal(), as kill does);
+ *   - json_escape_append(), the escaper of the streaming path, on every string met.
+ * The sandbox spec itself is decoded inside api_sandbox_create() and the atropos requests inside
+ * their handlers, which need a daemon; once those are functions of their own they belong here.
  *
- * The handlers' own decoding of a sandbox spec, an exec or command spec, a batch and the atropos
- * requests is still inline in handlers that need a daemon; once those are functions of their own
- * they belong here.
- *
- * Oracle, besides the sanitizers: a parsed policy prints and parses back to the same policy;
- * base64 decodes back to what it encoded; an escaped string parses back (as a JSON string) to the
- * string, with the length json_escape_len() announced; a valid signal is 1-64.
+ * Oracle, besides the sanitizers: a command spec that api_parse_run() accepts has a non-empty
+ * argv[0], an absolute cwd, a timeout and an output limit within the limits, an environment of
+ * NAME=value strings and stdin of the announced length; a parsed policy prints and parses back
+ * to the same policy; base64 stdin decodes back to what it encoded; an escaped string parses back
+ * to the string, with the length json_escape_len() announced; a valid signal is 1-64.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,8 +30,14 @@
 #include "core/util.h"
 #include "harness.h"
 #include "sandbox/egress.h"
+#include "server.h"
+#include "session/sandbox.h"
 
 #define ERRLEN 256
+
+static struct server_config cfg;
+static struct api_ctx ctx;
+static struct sandbox sandbox;
 
 static void check_escape(const char *s, size_t n)
 {
@@ -100,9 +109,37 @@ static void check_stdin_b64(const char *s)
     free(again);
 }
 
-/* The field validators of a spec, on one object. */
-static void check_spec(json_t *o)
+/* api_parse_run() with the extra keys of one of its callers. */
+static void check_run(json_t *o, const char *const *extra)
 {
+    char err[ERRLEN];
+    struct api_run run;
+    int status = api_parse_run(&ctx, &sandbox, o, extra, &run, err, sizeof(err));
+    if (status == 0) {
+        const struct session_limits *l = &cfg.limits;
+        if (!run.argv || !run.argv[0] || !run.argv[0][0] || !run.cwd || run.cwd[0] != '/')
+            fz_fail("accepted a command without argv[0] or an absolute cwd");
+        if (!(run.timeout_s > 0) || run.timeout_s > l->exec_timeout_max_s ||
+            run.max_output > l->max_output_max)
+            fz_fail("accepted timeout %g, output limit %zu", run.timeout_s, run.max_output);
+        for (size_t i = 0; run.env && run.env[i]; i++)
+            if (!strchr(run.env[i] + 1, '=') || run.env[i][0] == '=')
+                fz_fail("environment entry '%s'", run.env[i]);
+        if (run.stdin_text && run.stdin_len != strlen(run.stdin_text))
+            fz_fail("stdin of %zu bytes announced as %zu", strlen(run.stdin_text), run.stdin_len);
+    } else if (status != 400 && status != 422) {
+        fz_fail("api_parse_run() answered %d: %s", status, err);
+    }
+    api_run_free(&run);
+}
+
+/* The field validators of a spec, on one object. */
+static void check_spec(json_t *o, int batch_item)
+{
+    static const char *const batch_extra[] = {"sandbox", NULL};
+    static const char *const command_extra[] = {"buffer_bytes", NULL};
+    static const char *const stream_extra[] = {"type",     "binary",       "kill_on_disconnect",
+                                               "lossless", "buffer_bytes", NULL};
     static const char *const keys[] = {
         "name",   "template", "env", "labels", "resources", "network",   "secrets",
         "argv",   "shell",    "cwd", "stdin",  "stdin_b64", "timeout_s", "max_output_bytes",
@@ -136,11 +173,21 @@ static void check_spec(json_t *o)
     s = NULL;
     if (json_opt_string(o, "stdin_b64", "stdin_b64", &s, err, sizeof(err)) == 0 && s)
         check_stdin_b64(s);
+    if (batch_item) {
+        check_run(o, batch_extra);
+    } else {
+        check_run(o, NULL);
+        check_run(o, command_extra);
+        check_run(o, stream_extra);
+    }
 }
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     log_set_level(LOG_ERROR);
+    server_config_defaults(&cfg);
+    ctx.limits = &cfg.limits;
+    snprintf(sandbox.name, sizeof(sandbox.name), "sb-fuzz");
     return 0;
 }
 
@@ -150,7 +197,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     json_error_t je;
     json_t *o = json_parse_object((const char *)data, size, err, sizeof(err));
     if (o) {
-        check_spec(o);
+        check_spec(o, 0);
         escape_all(o);
         json_decref(o);
         return 0;
@@ -162,7 +209,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     json_array_foreach(a, i, item)
     {
         if (json_is_object(item))
-            check_spec(item);
+            check_spec(item, 1);
     }
     escape_all(a);
     json_decref(a);
