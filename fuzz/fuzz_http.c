@@ -1,5 +1,6 @@
 /*
- * fuzz_http — the HTTP/1.1 server (net/http.c on llhttp) and the router (net/router.c).
+ * fuzz_http — the HTTP/1.1 server (net/http*.c on llhttp) and the router (net/router.c,
+ * net/dispatch.c).
  *
  * Input: one option byte, then what a client sends on one connection.
  *   option & 3    pieces the bytes are sent in: all at once, 3, 13 or 128 bytes
@@ -26,6 +27,7 @@
 #include "core/json.h"
 #include "core/log.h"
 #include "harness.h"
+#include "net/dispatch.h"
 #include "net/http.h"
 #include "net/router.h"
 #include "net/ws.h"
@@ -33,7 +35,8 @@
 #define MAX_SEEN 256
 #define REPLY_CAP (1 << 20)
 
-/* The patterns of api/api.c's tables (the native API, then the atropos slot protocol). */
+/* The patterns of the daemon's route tables: the native API's (api/api.c), then the atropos slot
+ * protocol's (api/compat_atropos.c). */
 static const struct route routes[] = {
     {"GET", "/healthz", NULL},
     {"GET", "/v1/info", NULL},
@@ -262,25 +265,21 @@ static void handle_plain(http_req_t *req, const struct route_params *params)
 static void handler(http_req_t *req, void *ctx)
 {
     struct route_params params;
-    char allow[128], hdr[160];
     const char *method = http_req_method(req);
     const char *path = http_req_path(req);
     if (nseen < MAX_SEEN)
         seen_head[nseen++] = strcmp(method, "HEAD") == 0;
     if (strcmp(method, "HEAD") == 0)
         method = "GET";
+    /* As the daemon routes: the API's table, then the slot protocol's. */
     const struct route *table = routes;
-    int i = router_match(routes, NROUTES(routes), method, path, &params, allow, sizeof(allow));
-    if (i == -ENOENT || i == -EMSGSIZE) {
+    int i = dispatch_match(routes, NROUTES(routes), req, &params);
+    if (i == -ENOENT) {
         table = atropos_routes;
-        i = router_match(atropos_routes, NROUTES(atropos_routes), method, path, &params, allow,
-                         sizeof(allow));
+        i = dispatch_match(atropos_routes, NROUTES(atropos_routes), req, &params);
     }
-    if (i == -EPERM) {
-        snprintf(hdr, sizeof(hdr), "Allow: %s\r\n", allow);
-        http_respond(req, 405, "application/json", "{}", 2, hdr);
-        return;
-    }
+    if (i == -EPERM)
+        return; /* answered 405 */
     if (i < 0) {
         http_respond_error(req, 404, "not_found", "no such resource: %s", path);
         return;
