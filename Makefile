@@ -4,6 +4,8 @@
 #   make test    install missing Debian packages, build, run unit + integration tests
 #   make SAN=1 BUILD=build-asan test-unit test-integration    the same under ASan+UBSan
 #   make test-cgroup-v2    the daemon on cgroup v2 in a VM (Debian's kernel under qemu, ~1 min)
+#   make fuzz    build the libFuzzer targets (fuzz/, clang) into build-fuzz/fuzz/
+#   make fuzz-replay    run every fuzz target once over its committed corpus (bench/fuzz.sh fuzzes)
 #
 # Two binaries are built:
 #   warren       the daemon, the CLI and the benchmark helpers (dynamically linked).
@@ -23,7 +25,7 @@ PREFIX ?= /usr/local
 DEB_PKGS := build-essential pkg-config clang-format libuv1-dev node-llhttp libwslay-dev \
 	libjansson-dev libseccomp-dev libsqlite3-dev libssl-dev libcmocka-dev libvterm-dev \
 	libarchive-dev python3-pytest python3-websockets bubblewrap iproute2 procps e2fsprogs curl \
-	less libcap2-bin
+	less libcap2-bin clang libclang-rt-14-dev
 
 PKGS := libuv jansson sqlite3 libseccomp libcrypto vterm libarchive
 LLHTTP_DIR := /usr/share/llhttp
@@ -34,6 +36,15 @@ WARN := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter -Wmissing-prototype
 OPT := -O2 -g
 ifeq ($(SAN),1)
 OPT := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+endif
+# The libFuzzer build (make fuzz): everything, llhttp included, carries coverage instrumentation
+# and ASan+UBSan; only the fuzz targets link the fuzzer's main (-fsanitize=fuzzer). clang warns
+# about libseccomp's SCMP_A0() initializers, which gcc accepts.
+ifeq ($(FUZZ),1)
+CC := clang
+OPT := -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer-no-link,address,undefined \
+	-fno-sanitize-recover=undefined
+WARN += -Wno-missing-field-initializers
 endif
 CFLAGS_ALL = -std=gnu11 $(OPT) $(WARN) -D_GNU_SOURCE -Isrc -I$(LLHTTP_INC) \
 	$(shell pkg-config --cflags $(PKGS) 2>/dev/null) $(CFLAGS)
@@ -48,10 +59,13 @@ UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRCS))
 BENCH_SRCS := $(wildcard bench/*.c)
 BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRCS))
+FUZZ_SRCS := $(wildcard fuzz/fuzz_*.c)
+FUZZ_NAMES := $(patsubst fuzz/fuzz_%.c,%,$(FUZZ_SRCS))
+FUZZ_BINS := $(patsubst fuzz/%.c,$(BUILD)/fuzz/%,$(FUZZ_SRCS))
 HDRS := $(wildcard src/*.h src/*/*.h)
 
 .PHONY: all deps run test test-unit test-integration test-cgroup-v2 bench format format-check \
-	check-layers clean install
+	check-layers clean install fuzz fuzz-targets fuzz-replay
 
 all: $(BUILD)/warren $(BUILD)/warren-init warren warren-init
 
@@ -86,6 +100,23 @@ $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libwarren.a
 $(BUILD)/bench/%: bench/%.c $(BUILD)/libwarren.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) $(LDFLAGS_ALL) -o $@ $< $(BUILD)/libwarren.a $(LDLIBS_ALL)
+
+# fuzz/harness.c: what several targets share (temporary trees, driving a loop over sockets).
+$(BUILD)/fuzz/%: fuzz/%.c fuzz/harness.c fuzz/harness.h $(BUILD)/libwarren.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -Ifuzz $(LDFLAGS_ALL) -fsanitize=fuzzer -o $@ $< fuzz/harness.c \
+		$(BUILD)/libwarren.a $(LDLIBS_ALL)
+
+fuzz:
+	@$(MAKE) --no-print-directory FUZZ=1 BUILD=build-fuzz fuzz-targets
+
+fuzz-targets: $(FUZZ_BINS)
+
+# Each target once over each file of its corpus: a regression check, not a fuzzing run.
+fuzz-replay: fuzz
+	@for n in $(FUZZ_NAMES); do \
+		out=$$(build-fuzz/fuzz/fuzz_$$n fuzz/corpus/$$n/* 2>&1) || { echo "$$out"; exit 1; }; \
+		echo "fuzz_$$n: $$(ls fuzz/corpus/$$n | wc -l) inputs replayed"; done
 
 deps:
 	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -124,13 +155,14 @@ check-layers:
 	@/usr/bin/python3 tests/check_layers.py
 
 format:
-	clang-format -i $(wildcard src/*.[ch] src/*/*.[ch] tests/unit/*.[ch] bench/*.[ch])
+	clang-format -i $(wildcard src/*.[ch] src/*/*.[ch] tests/unit/*.[ch] bench/*.[ch] fuzz/*.[ch])
 
 format-check:
-	@clang-format --dry-run --Werror $(wildcard src/*.[ch] src/*/*.[ch] tests/unit/*.[ch] bench/*.[ch])
+	@clang-format --dry-run --Werror $(wildcard src/*.[ch] src/*/*.[ch] tests/unit/*.[ch] bench/*.[ch] \
+		fuzz/*.[ch])
 
 clean:
-	rm -rf build build-asan warren warren-init
+	rm -rf build build-asan build-fuzz warren warren-init
 
 install: all
 	install -D -m 0755 $(BUILD)/warren $(DESTDIR)$(PREFIX)/bin/warren

@@ -47,12 +47,19 @@
 /* Pre-check of the frame headers in `in`, ahead of wslay. wslay rejects some malformed headers
  * (fragmented or oversized control frames, non-minimal lengths) by queueing a close frame without
  * a status code; RFC 6455 wants 1002, so such headers are caught here first and never reach
- * wslay. Everything else (masking, opcodes, reserved bits, UTF-8, sizes) is left to wslay. */
+ * wslay. The peer's close frame is checked here too: wslay checks a close reason's UTF-8 piece by
+ * piece as it reads it and skips the first two bytes of *every* piece (meant for the code), so a
+ * reason that arrives in pieces may pass unchecked (and be echoed) or be refused wrongly. The
+ * close frame is therefore held back until it is complete, its reason checked here, and handed to
+ * wslay in one piece (on_wslay_recv). Everything else (masking, opcodes, reserved bits, UTF-8 of
+ * data, sizes) is left to wslay. */
 struct guard {
-    size_t off;    /* bytes of `in` scanned */
-    size_t valid;  /* bytes of `in` wslay may read: complete checked headers and their payload */
-    uint64_t left; /* payload bytes of the current frame not scanned yet */
-    int bad;       /* a bad header starts at `valid` */
+    size_t off;      /* bytes of `in` scanned */
+    size_t valid;    /* bytes of `in` wslay may read: complete checked headers and their payload */
+    uint64_t left;   /* payload bytes of the current frame not scanned yet */
+    int bad;         /* a bad frame starts at `valid`: the close code to answer it with, or 0 */
+    int has_close;   /* a complete close frame starts at close_at (wslay reads nothing after it) */
+    size_t close_at; /* offset in `in` */
 };
 
 struct ws_conn {
@@ -436,6 +443,19 @@ void ws_close(ws_conn_t *ws, int code, const char *reason)
  * Input
  */
 
+/* Whether the reason of the complete close frame at `h` (header of hlen bytes, then the payload)
+ * is UTF-8. */
+static int close_reason_valid(const unsigned char *h, size_t hlen, size_t plen)
+{
+    char reason[125];
+    if (plen <= 2)
+        return 1;
+    const unsigned char *mask = (h[1] & 0x80) ? h + hlen - 4 : NULL;
+    for (size_t i = 2; i < plen; i++)
+        reason[i - 2] = (char)(mask ? h[hlen + i] ^ mask[i % 4] : h[hlen + i]);
+    return util_utf8_valid(reason, plen - 2);
+}
+
 static void guard_scan(struct guard *g, const unsigned char *p, size_t len)
 {
     while (!g->bad && g->off < len) {
@@ -457,7 +477,7 @@ static void guard_scan(struct guard *g, const unsigned char *p, size_t len)
          * starts with a 2-byte code. */
         if ((opcode & 0x08) &&
             (!fin || len7 > 125 || (opcode == WSLAY_CONNECTION_CLOSE && len7 == 1))) {
-            g->bad = 1;
+            g->bad = WSLAY_CODE_PROTOCOL_ERROR;
             break;
         }
         size_t hlen = 2 + (len7 == 126 ? 2 : len7 == 127 ? 8 : 0) + ((h[1] & 0x80) ? 4 : 0);
@@ -467,7 +487,7 @@ static void guard_scan(struct guard *g, const unsigned char *p, size_t len)
         if (len7 == 126) {
             plen = (uint64_t)h[2] << 8 | h[3];
             if (plen < 126) {
-                g->bad = 1; /* lengths must use the shortest form */
+                g->bad = WSLAY_CODE_PROTOCOL_ERROR; /* lengths must use the shortest form */
                 break;
             }
         } else if (len7 == 127) {
@@ -475,9 +495,22 @@ static void guard_scan(struct guard *g, const unsigned char *p, size_t len)
             for (int i = 0; i < 8; i++)
                 plen = plen << 8 | h[2 + i];
             if (plen < 65536 || (plen >> 63)) {
-                g->bad = 1;
+                g->bad = WSLAY_CODE_PROTOCOL_ERROR;
                 break;
             }
+        }
+        if (opcode == WSLAY_CONNECTION_CLOSE && !g->has_close) {
+            if (avail < hlen + plen)
+                break; /* held back until complete */
+            if (!close_reason_valid(h, hlen, (size_t)plen)) {
+                g->bad = WSLAY_CODE_INVALID_FRAME_PAYLOAD_DATA;
+                break;
+            }
+            g->has_close = 1;
+            g->close_at = g->off;
+            g->off += hlen + (size_t)plen;
+            g->valid = g->off;
+            continue;
         }
         g->off += hlen;
         g->left = plen;
@@ -497,6 +530,11 @@ static ssize_t on_wslay_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t l
     }
     if (len > avail)
         len = avail;
+    /* Stop short of the close frame: wslay then asks for more only once it has used everything
+     * before it, with its whole buffer free, and gets the close frame in one piece (see struct
+     * guard). */
+    if (ws->g.has_close && ws->in_used < ws->g.close_at && ws->g.close_at - ws->in_used < len)
+        len = ws->g.close_at - ws->in_used;
     memcpy(buf, ws->in.data + ws->in_used, len);
     ws->in_used += len;
     return (ssize_t)len;
@@ -531,6 +569,7 @@ static void ws_process_input(struct ws_conn *ws)
         buf_consume(&ws->in, ws->in_used);
         ws->g.off -= ws->in_used;
         ws->g.valid -= ws->in_used;
+        ws->g.close_at -= ws->g.has_close ? ws->in_used : 0;
         ws->in_used = 0;
         if (r == WSLAY_ERR_NOMEM) {
             if (!ws->close_code)
@@ -543,11 +582,11 @@ static void ws_process_input(struct ws_conn *ws)
         if (r < 0 && !ws->close_code)
             ws->close_code = WSLAY_CODE_PROTOCOL_ERROR;
         if (ws->g.bad && wslay_event_get_read_enabled(ws->ctx)) {
-            /* wslay has read everything before the bad header. */
+            /* wslay has read everything before the bad frame. */
             wslay_event_shutdown_read(ws->ctx);
-            wslay_event_queue_close(ws->ctx, WSLAY_CODE_PROTOCOL_ERROR, NULL, 0);
+            wslay_event_queue_close(ws->ctx, (uint16_t)ws->g.bad, NULL, 0);
             if (!ws->close_code)
-                ws->close_code = WSLAY_CODE_PROTOCOL_ERROR;
+                ws->close_code = ws->g.bad;
         }
     }
     if (!wslay_event_get_read_enabled(ws->ctx)) {

@@ -14,10 +14,10 @@
  * Closing: the peer's close frame is answered and reported with its code (1005 when it carried
  * none). ws_close() sends a close frame and waits up to 5 s for the peer's. A peer that breaks the
  * protocol gets a close frame with 1002 (framing errors: unmasked frame, unknown opcode, reserved
- * bits, fragmented or oversized control frame, ...), 1007 (text that is not UTF-8) or 1009 (a
- * message over `max_message`). After the close handshake the server half-closes the TCP
- * connection, and drops it when the peer closes its end or the close timeout expires. A peer
- * silent for 30 s is pinged; one silent for 90 s is dropped (reported as 1006).
+ * bits, fragmented or oversized control frame, ...), 1007 (text or a close reason that is not
+ * UTF-8) or 1009 (a message over `max_message`). After the close handshake the server half-closes
+ * the TCP connection, and drops it when the peer closes its end or the close timeout expires. A
+ * peer silent for 30 s is pinged; one silent for 90 s is dropped (reported as 1006).
  *
  * Not supported: extensions (permessage-deflate is not negotiated, so reserved bits are errors)
  * and subprotocols (Sec-WebSocket-Protocol is never answered).

@@ -1,0 +1,316 @@
+/*
+ * fuzz_files — path resolution of the files API (session/files.c) inside a sandbox root.
+ *
+ * The root is a scratch directory owned by an unprivileged "sandbox root" uid, holding a small
+ * tree full of symlinks that try to leave it (relative climbs, absolute links, the host path of
+ * a directory next to the root, loops, dangling links, a read-only directory). Next to it lies
+ * `outside`, world-writable, so that permissions never hide an escape.
+ *
+ * Input: up to 8 lines, each an operation letter and a path:
+ *   r read   s stat   S stat+sha256   l list   L list -r   A archive (GET archive)
+ *   w write  W write, creating parents   a write, then abort
+ *   m mkdir  M mkdir -p   d remove   D remove -r
+ * Oracle, besides the sanitizers: every file opened for reading and every directory a write goes
+ * to is inside the root (the kernel's own path of the fd says so); nothing outside the root
+ * changes; listings and archives never show what is outside. A mutated tree is rebuilt before the
+ * next input.
+ */
+#include <archive.h>
+#include <archive_entry.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/buf.h"
+#include "core/log.h"
+#include "core/util.h"
+#include "harness.h"
+#include "session/files.h"
+
+#define TUID 1048576u
+#define TGID 1048576u
+#define MAX_OPS 8
+#define CANARY "OUTSIDE-CANARY"
+#define CANARY_CONTENT CANARY "-CONTENT\n"
+
+static char base[64], root_dir[128], outside_dir[128];
+static struct files_root root;
+static buf_t outside_snapshot;
+static int dirty = 1;
+
+static void put_file(const char *rel, const char *content, mode_t mode, uid_t uid)
+{
+    char p[512];
+    snprintf(p, sizeof(p), "%s/%s", base, rel);
+    int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+    if (fd < 0 || write(fd, content, strlen(content)) < 0 || fchmod(fd, mode) < 0 ||
+        fchown(fd, uid, uid) < 0)
+        fz_fail("%s: %s", p, strerror(errno));
+    close(fd);
+}
+
+static void put_dir(const char *rel, mode_t mode, uid_t uid)
+{
+    char p[512];
+    snprintf(p, sizeof(p), "%s/%s", base, rel);
+    if (mkdir(p, mode) < 0 || chmod(p, mode) < 0 || chown(p, uid, uid) < 0)
+        fz_fail("%s: %s", p, strerror(errno));
+}
+
+static void put_link(const char *rel, const char *target)
+{
+    char p[512];
+    snprintf(p, sizeof(p), "%s/%s", base, rel);
+    if (symlink(target, p) < 0 || lchown(p, TUID, TGID) < 0)
+        fz_fail("%s: %s", p, strerror(errno));
+}
+
+/* The sandbox's tree, from scratch. */
+static void build_root(void)
+{
+    char target[256];
+    util_remove_tree(root_dir);
+    put_dir("root", 0755, TUID);
+    put_dir("root/etc", 0755, TUID);
+    put_file("root/etc/shadow", "inside shadow\n", 0640, TUID);
+    put_dir("root/workspace", 0755, TUID);
+    put_file("root/workspace/a.txt", "a\n", 0644, TUID);
+    put_dir("root/workspace/sub", 0755, TUID);
+    put_file("root/workspace/sub/b.txt", "b\n", 0644, TUID);
+    put_dir("root/ro", 0555, TUID);
+    put_file("root/ro/c.txt", "c\n", 0444, TUID);
+    put_link("root/workspace/up", "../..");
+    put_link("root/workspace/climb", "../../../../outside");
+    put_link("root/workspace/dotdot", "..");
+    put_link("root/workspace/slash", "/");
+    put_link("root/workspace/etc", "/etc");
+    put_link("root/workspace/shadow", "/etc/shadow");
+    put_link("root/workspace/dangling", "nowhere/x");
+    put_link("root/workspace/loop", "loop");
+    put_link("root/workspace/proc", "/proc/self/root");
+    put_link("root/workspace/sub/back", "../../workspace/sub/../up/outside");
+    snprintf(target, sizeof(target), "%s", outside_dir);
+    put_link("root/host", target);
+    snprintf(target, sizeof(target), "%s/" CANARY, outside_dir);
+    put_link("root/workspace/canary", target);
+    put_link("root/outside", "../outside");
+    dirty = 0;
+}
+
+/* Everything under `dir` (names, types, sizes, modes, mtimes, link targets), sorted by the walk
+ * order of a fixed tree. */
+static void snapshot(const char *dir, buf_t *out)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        fz_fail("opendir %s: %s", dir, strerror(errno));
+    struct dirent *e;
+    char p[512], link[256];
+    while ((e = readdir(d))) {
+        struct stat sb;
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        snprintf(p, sizeof(p), "%s/%s", dir, e->d_name);
+        if (strcmp(p, root_dir) == 0)
+            continue;
+        if (lstat(p, &sb) < 0)
+            fz_fail("lstat %s: %s", p, strerror(errno));
+        ssize_t n = S_ISLNK(sb.st_mode) ? readlink(p, link, sizeof(link) - 1) : 0;
+        link[n > 0 ? n : 0] = '\0';
+        buf_appendf(out, "%s %o %lld %lld.%09ld %s\n", p, (unsigned)sb.st_mode,
+                    (long long)sb.st_size, (long long)sb.st_mtim.tv_sec, sb.st_mtim.tv_nsec, link);
+        if (S_ISDIR(sb.st_mode))
+            snapshot(p, out);
+    }
+    closedir(d);
+}
+
+static void check_outside(const char *after)
+{
+    buf_t now = BUF_INIT;
+    snapshot(base, &now);
+    if (now.len != outside_snapshot.len || memcmp(now.data, outside_snapshot.data, now.len) != 0)
+        fz_fail("'%s' changed something outside the root:\n--- before\n%s--- after\n%s", after,
+                outside_snapshot.data, now.data);
+    buf_free(&now);
+}
+
+/* The fd's host path (the kernel's) must be the root or below it. */
+static void check_fd_inside(int fd, const char *what, const char *path)
+{
+    char link[64], host[4096];
+    snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, host, sizeof(host) - 1);
+    if (n < 0)
+        fz_fail("readlink %s: %s", link, strerror(errno));
+    host[n] = '\0';
+    size_t rl = strlen(root_dir);
+    if (strncmp(host, root_dir, rl) != 0 || (host[rl] != '\0' && host[rl] != '/'))
+        fz_fail("%s '%s' reached %s, outside the root", what, path, host);
+}
+
+/* An entry of files_stat/files_list that can only be the outside: the canary (its size and mode
+ * 0666; what the fuzzer writes is 2 bytes, 0644) or a world-writable directory (it makes 0755). */
+static void check_entry(json_t *e, const char *what, const char *path)
+{
+    const char *type = json_string_value(json_object_get(e, "type"));
+    const char *mode = json_string_value(json_object_get(e, "mode"));
+    json_int_t size = json_integer_value(json_object_get(e, "size"));
+    if (!type || !mode)
+        fz_fail("%s '%s': an entry without type or mode", what, path);
+    if ((strcmp(type, "file") == 0 && size == (json_int_t)strlen(CANARY_CONTENT) &&
+         strcmp(mode, "0666") == 0) ||
+        (strcmp(type, "dir") == 0 && (strcmp(mode, "0777") == 0 || strcmp(mode, "1777") == 0)))
+        fz_fail("%s '%s' shows the outside (%s, mode %s)", what, path, type, mode);
+}
+
+static void check_json(json_t *j, const char *what, const char *path)
+{
+    size_t i;
+    json_t *e;
+    if (json_is_object(j)) {
+        check_entry(j, what, path);
+        return;
+    }
+    json_array_foreach(j, i, e)
+    {
+        check_entry(e, what, path);
+    }
+}
+
+static ssize_t collect(const void *data, size_t len, void *arg)
+{
+    return buf_append(arg, data, len) < 0 ? -ENOMEM : (ssize_t)len;
+}
+
+/* No entry of the archive is the outside canary file. */
+static void check_archive(const buf_t *tgz, const char *path)
+{
+    struct archive *a = archive_read_new();
+    struct archive_entry *e;
+    char data[64];
+    archive_read_support_filter_gzip(a);
+    archive_read_support_format_tar(a);
+    if (archive_read_open_memory(a, tgz->data, tgz->len) != ARCHIVE_OK)
+        fz_fail("archive of '%s' does not read back: %s", path, archive_error_string(a));
+    while (archive_read_next_header(a, &e) == ARCHIVE_OK) {
+        la_ssize_t n = archive_read_data(a, data, sizeof(data) - 1);
+        data[n > 0 ? n : 0] = '\0';
+        if (strstr(data, CANARY_CONTENT))
+            fz_fail("archive of '%s' holds the outside file as %s", path,
+                    archive_entry_pathname(e));
+    }
+    archive_read_free(a);
+}
+
+static void run_op(char op, const char *path)
+{
+    struct files_tmp tmp;
+    json_t *j = NULL;
+    int truncated, fd;
+    size_t n;
+    buf_t tgz = BUF_INIT;
+    switch (op) {
+    case 'r':
+        fd = files_open_read(&root, path, NULL);
+        if (fd >= 0) {
+            check_fd_inside(fd, "read", path);
+            close(fd);
+        }
+        break;
+    case 's':
+    case 'S':
+        if (files_stat(&root, path, op == 'S', &j) == 0)
+            check_json(j, "stat", path);
+        break;
+    case 'l':
+    case 'L':
+        if (files_list(&root, path, op == 'L', 64, &j, &truncated) == 0)
+            check_json(j, "list", path);
+        break;
+    case 'A':
+        if (files_archive_create(&root, path, 0, 1 << 20, 256, collect, &tgz, &n) == 0)
+            check_archive(&tgz, path);
+        buf_free(&tgz);
+        break;
+    case 'w':
+    case 'W':
+    case 'a':
+        dirty = 1;
+        if (files_open_write(&root, path, 0644, op == 'W', &tmp) < 0)
+            break;
+        check_fd_inside(tmp.dir_fd, "write", path);
+        if (write(tmp.fd, "w\n", 2) != 2)
+            fz_fail("write: %s", strerror(errno));
+        if (op == 'a')
+            files_abort(&tmp);
+        else
+            files_commit(&tmp);
+        break;
+    case 'm':
+    case 'M':
+        dirty = 1;
+        files_mkdir(&root, path, op == 'M');
+        break;
+    case 'd':
+    case 'D':
+        dirty = 1;
+        files_remove(&root, path, op == 'D');
+        break;
+    default:
+        return;
+    }
+    json_decref(j);
+    /* Reading does not change the outside; anything else might. */
+    if (dirty)
+        check_outside(path);
+}
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    log_set_level(LOG_ERROR);
+    fz_private_mounts();
+    fz_scratch_tmpfs("files", base, sizeof(base));
+    if (chmod(base, 0777) < 0)
+        fz_fail("chmod %s: %s", base, strerror(errno));
+    snprintf(root_dir, sizeof(root_dir), "%s/root", base);
+    snprintf(outside_dir, sizeof(outside_dir), "%s/outside", base);
+    put_dir("outside", 01777, 0);
+    put_file("outside/" CANARY, CANARY_CONTENT, 0666, 0);
+    put_dir("outside/dir", 0777, 0);
+    build_root();
+    snapshot(base, &outside_snapshot);
+    if (files_root_open_dir(root_dir, TUID, TGID, &root) < 0)
+        fz_fail("cannot open the root");
+    return 0;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    char line[PATH_MAX + 2];
+    if (dirty) {
+        /* The root fd must name the new directory. */
+        files_root_close(&root);
+        build_root();
+        if (files_root_open_dir(root_dir, TUID, TGID, &root) < 0)
+            fz_fail("cannot open the root");
+    }
+    size_t off = 0;
+    for (int ops = 0; ops < MAX_OPS && off < size; ops++) {
+        const uint8_t *nl = memchr(data + off, '\n', size - off);
+        size_t len = nl ? (size_t)(nl - data - off) : size - off;
+        if (len > 0 && len < sizeof(line)) {
+            /* A path is a C string: an embedded NUL ends it, as for the API's callers. */
+            memcpy(line, data + off, len);
+            line[len] = '\0';
+            run_op(line[0], line + 1);
+        }
+        off += len + 1;
+    }
+    return 0;
+}
