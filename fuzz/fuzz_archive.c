@@ -1,5 +1,5 @@
 /*
- * fuzz_archive — archive extraction (PUT .../archive: files_archive_extract() in session/files.c,
+ * fuzz_archive — archive extraction (PUT .../archive: fs_archive_extract() in sandbox/fs_archive.c,
  * libarchive reading tar or tar.gz) into a destination inside a sandbox root.
  *
  * The root is a scratch tree owned by an unprivileged "sandbox root" uid; the destination holds
@@ -28,7 +28,7 @@
 #include "core/log.h"
 #include "core/util.h"
 #include "harness.h"
-#include "session/files.h"
+#include "sandbox/fs.h"
 
 #define TUID 1048576u
 #define TGID 1048576u
@@ -171,7 +171,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                                         "/workspace/dir/../dir"};
     static const char *const dest_dirs[] = {"workspace", "workspace/dir", "etc", "workspace/dir"};
     static const size_t pieces[] = {65536, 1, 7, 512};
-    struct files_root root;
+    struct fs_root root;
     char err[256], dest_dir[256];
     size_t entries;
     if (size < 1)
@@ -181,13 +181,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     snprintf(dest_dir, sizeof(dest_dir), "%s/%s", root_dir, dest_dirs[opt & 3]);
     buf_reset(&before);
     snapshot(base, dest_dir, &before);
-    if (files_root_open_dir(root_dir, TUID, TGID, &root) < 0)
+    if (fs_root_open_dir(root_dir, TUID, TGID, &root) < 0)
         fz_fail("cannot open the root");
     struct reader r = {data + 1, size - 1, 0, pieces[(opt >> 2) & 3]};
     int small = (opt & 16) != 0;
-    files_archive_extract(&root, dests[opt & 3], read_piece, &r, small ? 4096 : 1 << 20,
-                          small ? 8 : 1024, &entries, err, sizeof(err));
-    files_root_close(&root);
+    fs_archive_extract(&root, dests[opt & 3], read_piece, &r, small ? 4096 : 1 << 20,
+                       small ? 8 : 1024, &entries, err, sizeof(err));
+    fs_root_close(&root);
 
     buf_t after = BUF_INIT;
     snapshot(base, dest_dir, &after);

@@ -1,5 +1,5 @@
 /*
- * fuzz_files — path resolution of the files API (session/files.c) inside a sandbox root.
+ * fuzz_files — path resolution of the files API (sandbox/fs.c) inside a sandbox root.
  *
  * The root is a scratch directory owned by an unprivileged "sandbox root" uid, holding a small
  * tree full of symlinks that try to leave it (relative climbs, absolute links, the host path of
@@ -30,7 +30,7 @@
 #include "core/log.h"
 #include "core/util.h"
 #include "harness.h"
-#include "session/files.h"
+#include "sandbox/fs.h"
 
 #define TUID 1048576u
 #define TGID 1048576u
@@ -39,7 +39,7 @@
 #define CANARY_CONTENT CANARY "-CONTENT\n"
 
 static char base[64], root_dir[128], outside_dir[128];
-static struct files_root root;
+static struct fs_root root;
 static buf_t outside_snapshot;
 static int dirty = 1;
 
@@ -154,33 +154,14 @@ static void check_fd_inside(int fd, const char *what, const char *path)
         fz_fail("%s '%s' reached %s, outside the root", what, path, host);
 }
 
-/* An entry of files_stat/files_list that can only be the outside: the canary (its size and mode
+/* An entry of fs_stat/fs_list that can only be the outside: the canary (its size and mode
  * 0666; what the fuzzer writes is 2 bytes, 0644) or a world-writable directory (it makes 0755). */
-static void check_entry(json_t *e, const char *what, const char *path)
+static void check_entry(const struct fs_entry *e, const char *what, const char *path)
 {
-    const char *type = json_string_value(json_object_get(e, "type"));
-    const char *mode = json_string_value(json_object_get(e, "mode"));
-    json_int_t size = json_integer_value(json_object_get(e, "size"));
-    if (!type || !mode)
-        fz_fail("%s '%s': an entry without type or mode", what, path);
-    if ((strcmp(type, "file") == 0 && size == (json_int_t)strlen(CANARY_CONTENT) &&
-         strcmp(mode, "0666") == 0) ||
-        (strcmp(type, "dir") == 0 && (strcmp(mode, "0777") == 0 || strcmp(mode, "1777") == 0)))
-        fz_fail("%s '%s' shows the outside (%s, mode %s)", what, path, type, mode);
-}
-
-static void check_json(json_t *j, const char *what, const char *path)
-{
-    size_t i;
-    json_t *e;
-    if (json_is_object(j)) {
-        check_entry(j, what, path);
-        return;
-    }
-    json_array_foreach(j, i, e)
-    {
-        check_entry(e, what, path);
-    }
+    if ((e->type == FS_FILE && e->size == (off_t)strlen(CANARY_CONTENT) && e->mode == 0666) ||
+        (e->type == FS_DIR && (e->mode == 0777 || e->mode == 01777)))
+        fz_fail("%s '%s' shows the outside (type %d, mode %04o)", what, path, (int)e->type,
+                (unsigned)e->mode);
 }
 
 static ssize_t collect(const void *data, size_t len, void *arg)
@@ -210,14 +191,14 @@ static void check_archive(const buf_t *tgz, const char *path)
 
 static void run_op(char op, const char *path)
 {
-    struct files_tmp tmp;
-    json_t *j = NULL;
+    struct fs_tmp tmp;
+    struct fs_entry e, *list = NULL;
     int truncated, fd;
-    size_t n;
+    size_t n = 0;
     buf_t tgz = BUF_INIT;
     switch (op) {
     case 'r':
-        fd = files_open_read(&root, path, NULL);
+        fd = fs_open_read(&root, path, NULL);
         if (fd >= 0) {
             check_fd_inside(fd, "read", path);
             close(fd);
@@ -225,16 +206,21 @@ static void run_op(char op, const char *path)
         break;
     case 's':
     case 'S':
-        if (files_stat(&root, path, op == 'S', &j) == 0)
-            check_json(j, "stat", path);
+        if (fs_stat(&root, path, op == 'S', &e) == 0) {
+            check_entry(&e, "stat", path);
+            fs_entry_free(&e);
+        }
         break;
     case 'l':
     case 'L':
-        if (files_list(&root, path, op == 'L', 64, &j, &truncated) == 0)
-            check_json(j, "list", path);
+        if (fs_list(&root, path, op == 'L', 64, &list, &n, &truncated) == 0) {
+            for (size_t i = 0; i < n; i++)
+                check_entry(&list[i], "list", path);
+            fs_entries_free(list, n);
+        }
         break;
     case 'A':
-        if (files_archive_create(&root, path, 0, 1 << 20, 256, collect, &tgz, &n) == 0)
+        if (fs_archive_create(&root, path, 0, 1 << 20, 256, collect, &tgz, &n) == 0)
             check_archive(&tgz, path);
         buf_free(&tgz);
         break;
@@ -242,30 +228,29 @@ static void run_op(char op, const char *path)
     case 'W':
     case 'a':
         dirty = 1;
-        if (files_open_write(&root, path, 0644, op == 'W', &tmp) < 0)
+        if (fs_open_write(&root, path, 0644, op == 'W', &tmp) < 0)
             break;
         check_fd_inside(tmp.dir_fd, "write", path);
         if (write(tmp.fd, "w\n", 2) != 2)
             fz_fail("write: %s", strerror(errno));
         if (op == 'a')
-            files_abort(&tmp);
+            fs_abort(&tmp);
         else
-            files_commit(&tmp);
+            fs_commit(&tmp);
         break;
     case 'm':
     case 'M':
         dirty = 1;
-        files_mkdir(&root, path, op == 'M');
+        fs_mkdir(&root, path, op == 'M');
         break;
     case 'd':
     case 'D':
         dirty = 1;
-        files_remove(&root, path, op == 'D');
+        fs_remove(&root, path, op == 'D');
         break;
     default:
         return;
     }
-    json_decref(j);
     /* Reading does not change the outside; anything else might. */
     if (dirty)
         check_outside(path);
@@ -285,7 +270,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     put_dir("outside/dir", 0777, 0);
     build_root();
     snapshot(base, &outside_snapshot);
-    if (files_root_open_dir(root_dir, TUID, TGID, &root) < 0)
+    if (fs_root_open_dir(root_dir, TUID, TGID, &root) < 0)
         fz_fail("cannot open the root");
     return 0;
 }
@@ -295,9 +280,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char line[PATH_MAX + 2];
     if (dirty) {
         /* The root fd must name the new directory. */
-        files_root_close(&root);
+        fs_root_close(&root);
         build_root();
-        if (files_root_open_dir(root_dir, TUID, TGID, &root) < 0)
+        if (fs_root_open_dir(root_dir, TUID, TGID, &root) < 0)
             fz_fail("cannot open the root");
     }
     size_t off = 0;
