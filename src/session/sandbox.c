@@ -29,6 +29,7 @@
 #include "session/audit.h"
 #include "session/command.h"
 #include "session/proc.h"
+#include "session/sandbox_internal.h"
 #include "session/sblog.h"
 #include "session/secrets.h"
 #include "session/shell.h"
@@ -83,7 +84,7 @@ struct stop_op {
     double deadline;
 };
 
-static void sandbox_dir(const struct sandbox *sb, char *out, size_t cap, const char *sub)
+void sandbox_dir(const struct sandbox *sb, char *out, size_t cap, const char *sub)
 {
     snprintf(out, cap, "%s/sandboxes/%s%s%s", sb->reg->state_dir, sb->id, sub ? "/" : "",
              sub ? sub : "");
@@ -93,7 +94,7 @@ static void sandbox_dir(const struct sandbox *sb, char *out, size_t cap, const c
 static const char *const disk_dirs[] = {"root", "workspace", NULL};
 
 /* The disk image mounted on the sandbox's directory (see sandbox/disk.h). */
-static void sandbox_image(const struct registry *reg, const char *id, char *out, size_t cap)
+void sandbox_image(const struct registry *reg, const char *id, char *out, size_t cap)
 {
     snprintf(out, cap, "%s/sandboxes/%s.img", reg->state_dir, id);
 }
@@ -121,61 +122,6 @@ static int retire_sandbox_files(const struct registry *reg, const char *id)
 }
 
 /* How long processes of a sandbox stopped for being idle get to exit on SIGTERM. */
-#define IDLE_STOP_GRACE_S 10.0
-#define SWEEP_MS 1000
-
-/* Something the daemon started in it still runs: every process it started but the shells that
- * wait for their next run. */
-static int sandbox_busy(const struct sandbox *sb)
-{
-    size_t procs = 0, waiting_shells = 0;
-    for (struct proc *p = sb->procs; p; p = proc_next(p))
-        procs++;
-    for (struct shell *sh = sb->shells; sh; sh = shell_next(sh)) {
-        struct shell_info i;
-        shell_info(sh, &i);
-        if (!strcmp(i.state, "idle") && i.queued == 0)
-            waiting_shells++;
-    }
-    return procs > waiting_shells;
-}
-
-static void sweep_one(struct sandbox *sb, double now)
-{
-    struct registry *reg = sb->reg;
-    if (sb->state == SB_CREATING || sb->state == SB_DELETING)
-        return;
-    if (sb->ttl_s > 0 && now >= sb->created_at + sb->ttl_s) {
-        log_info("sandbox %s: its ttl_s %g has passed: deleting it", sb->id, sb->ttl_s);
-        audit_record(reg->audit, "sandbox.expire", sb->id, sb->labels,
-                     json_pack("{s:b, s:f}", "ok", 1, "ttl_s", sb->ttl_s), NULL);
-        sandbox_destroy(sb, NULL, NULL);
-        return;
-    }
-    if (sb->idle_timeout_s > 0 && (sb->state == SB_RUNNING || sb->state == SB_PAUSED) &&
-        !sb->pausing && now - sb->last_active_at >= sb->idle_timeout_s) {
-        if (sandbox_busy(sb)) {
-            /* Running work is activity: the timeout counts from when it ends. */
-            sb->last_active_at = now;
-            return;
-        }
-        log_info("sandbox %s: idle for %.0f s: stopping it", sb->id, now - sb->last_active_at);
-        audit_record(reg->audit, "sandbox.idle_stop", sb->id, sb->labels,
-                     json_pack("{s:b, s:f}", "ok", 1, "idle_timeout_s", sb->idle_timeout_s), NULL);
-        sandbox_stop(sb, IDLE_STOP_GRACE_S, NULL, NULL);
-    }
-}
-
-static void on_sweep(uv_timer_t *t)
-{
-    struct registry *reg = t->data;
-    double now = util_now();
-    for (struct sandbox *sb = reg->head, *next; sb; sb = next) {
-        next = sb->next;
-        sweep_one(sb, now);
-    }
-}
-
 int registry_init(struct registry *reg)
 {
     char dir[1100];
@@ -189,7 +135,7 @@ int registry_init(struct registry *reg)
     uv_timer_init(reg->loop, &reg->sweep);
     reg->sweep.data = reg;
     uv_unref((uv_handle_t *)&reg->sweep);
-    uv_timer_start(&reg->sweep, on_sweep, SWEEP_MS, SWEEP_MS);
+    uv_timer_start(&reg->sweep, registry_sweep, SWEEP_MS, SWEEP_MS);
     return 0;
 }
 
@@ -370,7 +316,7 @@ static json_t *sandbox_record(const struct sandbox *sb)
                      sb->ttl_s, "idle_timeout_s", sb->idle_timeout_s);
 }
 
-static void sandbox_save(const struct sandbox *sb)
+void sandbox_save(const struct sandbox *sb)
 {
     json_t *desc = sandbox_record(sb);
     char *text = desc ? json_dumps(desc, JSON_COMPACT) : NULL;
@@ -378,121 +324,6 @@ static void sandbox_save(const struct sandbox *sb)
         store_put_sandbox(sb->reg->store, sb->id, text);
     free(text);
     json_decref(desc);
-}
-
-int sandbox_set_resources(struct sandbox *sb, const struct sandbox_resources *res)
-{
-    if (res->disk_mib != sb->res.disk_mib)
-        return -EINVAL;
-    if (sb->state == SB_RUNNING || sb->state == SB_PAUSED) {
-        struct cgroup_usage u;
-        struct cgroup_limits lim = {res->cpus, res->memory_mib << 20, res->pids};
-        int r = cgroup_usage(sb->reg->cgroups, sb->id, &u);
-        if (r < 0)
-            return r;
-        /* On v2 the kernel would OOM-kill to fit a lower limit: refuse instead. */
-        if (u.memory_bytes > lim.memory)
-            return -ERANGE;
-        r = cgroup_set_limits(sb->reg->cgroups, sb->id, &lim);
-        if (r < 0) {
-            /* Put back what may have been written before the failure. */
-            struct cgroup_limits old = {sb->res.cpus, sb->res.memory_mib << 20, sb->res.pids};
-            cgroup_set_limits(sb->reg->cgroups, sb->id, &old);
-            return r == -EBUSY ? -ERANGE : r; /* v1: the kernel could not reclaim enough */
-        }
-    } else if (sb->state != SB_STOPPED && sb->state != SB_FAILED) {
-        return -EBUSY; /* its cgroup is being made or removed */
-    }
-    sb->res = *res;
-    sandbox_save(sb);
-    return 0;
-}
-
-#define PAUSE_POLL_MS 10
-#define PAUSE_RETRY_MS 100
-#define PAUSE_TIMEOUT_S 10.0
-
-struct pause_op {
-    uv_timer_t timer;
-    struct sandbox *sb;
-    sandbox_pause_cb cb;
-    void *arg;
-    double t0, last_request;
-};
-
-static void pause_op_closed(uv_handle_t *h)
-{
-    struct pause_op *op = h->data;
-    sandbox_unref(op->sb);
-    free(op);
-}
-
-static void pause_finish(struct pause_op *op, int err)
-{
-    struct sandbox *sb = op->sb;
-    sb->pausing = 0;
-    if (err == 0)
-        sb->state = SB_PAUSED;
-    else if (err == -ETIMEDOUT)
-        cgroup_freeze(sb->reg->cgroups, sb->id, 0);
-    uv_timer_stop(&op->timer);
-    op->cb(sb, err, op->arg);
-    uv_close((uv_handle_t *)&op->timer, pause_op_closed);
-}
-
-static void pause_tick(uv_timer_t *t)
-{
-    struct pause_op *op = t->data;
-    struct sandbox *sb = op->sb;
-    double now = util_monotonic();
-    if (sb->state != SB_RUNNING) {
-        pause_finish(op, -ESRCH);
-        return;
-    }
-    int frozen = cgroup_is_frozen(sb->reg->cgroups, sb->id);
-    if (frozen == 1) {
-        pause_finish(op, 0);
-    } else if (frozen < 0 || now - op->t0 > PAUSE_TIMEOUT_S) {
-        pause_finish(op, frozen < 0 ? frozen : -ETIMEDOUT);
-    } else if ((now - op->last_request) * 1000 >= PAUSE_RETRY_MS) {
-        /* v1 retries tasks that could not be frozen yet when asked again. */
-        cgroup_freeze(sb->reg->cgroups, sb->id, 1);
-        op->last_request = now;
-    }
-}
-
-int sandbox_pause(struct sandbox *sb, sandbox_pause_cb cb, void *arg)
-{
-    if (sb->state != SB_RUNNING || sb->pausing)
-        return -EINVAL;
-    struct pause_op *op = calloc(1, sizeof(*op));
-    if (!op)
-        return -ENOMEM;
-    int r = cgroup_freeze(sb->reg->cgroups, sb->id, 1);
-    if (r < 0) {
-        free(op);
-        return r;
-    }
-    op->sb = sb;
-    op->cb = cb;
-    op->arg = arg;
-    op->t0 = op->last_request = util_monotonic();
-    sandbox_ref(sb);
-    sb->pausing = 1;
-    uv_timer_init(sb->reg->loop, &op->timer);
-    op->timer.data = op;
-    uv_timer_start(&op->timer, pause_tick, 0, PAUSE_POLL_MS);
-    return 0;
-}
-
-int sandbox_resume(struct sandbox *sb)
-{
-    if (sb->state != SB_PAUSED)
-        return -EINVAL;
-    int r = cgroup_freeze(sb->reg->cgroups, sb->id, 0);
-    if (r == 0)
-        sb->state = SB_RUNNING;
-    return r;
 }
 
 /* ---- control channel ------------------------------------------------------------------------ */
@@ -1200,110 +1031,6 @@ static int name_taken(struct registry *reg, const char *name)
     return 0;
 }
 
-int registry_disk_usage(struct registry *reg, struct registry_disk_usage *out)
-{
-    char dir[1100], image[1200];
-    snprintf(dir, sizeof(dir), "%s/sandboxes", reg->state_dir);
-    int r = disk_host_free(dir, &out->free_bytes, NULL);
-    if (r < 0)
-        return r;
-    out->used_bytes = out->promised_bytes = 0;
-    for (struct sandbox *sb = reg->head; sb; sb = sb->next) {
-        if (sb->state == SB_DELETING) /* its disk is retired already */
-            continue;
-        sandbox_image(reg, sb->id, image, sizeof(image));
-        out->used_bytes += disk_image_bytes(image);
-        out->promised_bytes += (int64_t)(sb->res.disk_mib << 20);
-    }
-    return 0;
-}
-
-/* Admission: what sandboxes are promised (with this one and the pool's ready disks) may be
- * disk_overcommit times what the host has for them, free or already theirs; sandboxes rarely
- * fill their disks, and registry_check_disk() keeps the host from filling when they do. Below
- * the reserve nothing is admitted: the sandboxes that exist cannot write either. */
-static int disk_room(struct registry *reg, unsigned long long mib, char *msg, size_t msglen)
-{
-    struct registry_disk_usage u;
-    int r = registry_disk_usage(reg, &u);
-    if (r < 0) {
-        snprintf(msg, msglen, "cannot measure the host disk: %s/sandboxes: %s", reg->state_dir,
-                 strerror(-r));
-        return r;
-    }
-    int64_t promised = u.promised_bytes + disk_pool_claims(reg->disks) + (int64_t)(mib << 20);
-    double room = reg->disk_overcommit * (double)(u.free_bytes + u.used_bytes);
-    if (u.free_bytes < reg->disk_reserve) {
-        snprintf(msg, msglen,
-                 "not enough host disk: %lld MiB free, below the reserve of %lld MiB "
-                 "(--disk-reserve)",
-                 (long long)(u.free_bytes >> 20), (long long)(reg->disk_reserve >> 20));
-        return -ENOSPC;
-    }
-    if ((double)promised > room) {
-        snprintf(msg, msglen,
-                 "not enough host disk for disk_mib %llu: %lld MiB would be promised to "
-                 "sandboxes, more than %g (--disk-overcommit) x (%lld MiB free + %lld MiB used)",
-                 mib, (long long)(promised >> 20), reg->disk_overcommit,
-                 (long long)(u.free_bytes >> 20), (long long)(u.used_bytes >> 20));
-        return -ENOSPC;
-    }
-    return 0;
-}
-
-/* A ballast shrinks at once when it must grow, but grows back only by more than this: the
- * sandboxes' free space moves a little on every write. */
-#define BALLAST_SLACK (4ll << 20)
-
-void registry_check_disk(struct registry *reg)
-{
-    char dir[1200];
-    int64_t free_bytes, promised = 0, total = 0, f, b;
-    snprintf(dir, sizeof(dir), "%s/sandboxes", reg->state_dir);
-    if (disk_host_free(dir, &free_bytes, NULL) < 0)
-        return;
-    int64_t room = free_bytes - reg->disk_reserve;
-    for (struct sandbox *sb = reg->head; sb; sb = sb->next)
-        promised += (int64_t)(sb->res.disk_mib << 20);
-    if (!reg->disk_ballasted && room >= promised)
-        return; /* every disk may fill up: the host still keeps its reserve */
-    /* A sandbox's disk may take from the host at most what its file system has free (and its
-     * ballast would give back). */
-    for (struct sandbox *sb = reg->head; sb; sb = sb->next) {
-        sandbox_dir(sb, dir, sizeof(dir), NULL);
-        if (sb->state != SB_DELETING && disk_space(dir, &f, &b) == 0)
-            total += f + b;
-    }
-    int ballasted = 0;
-    for (struct sandbox *sb = reg->head; sb; sb = sb->next) {
-        sandbox_dir(sb, dir, sizeof(dir), NULL);
-        if (sb->state == SB_DELETING || disk_space(dir, &f, &b) < 0)
-            continue;
-        int64_t cap = f + b, want = 0;
-        if (total > room)
-            want = room <= 0 ? cap : cap - (int64_t)((double)room * (double)cap / (double)total);
-        if (want > b || b - want > BALLAST_SLACK) {
-            int r = disk_ballast_set(dir, want);
-            if (r < 0)
-                log_warn("sandbox %s: cannot set its disk's ballast: %s", sb->id, strerror(-r));
-            else
-                b = want;
-        }
-        ballasted |= b > 0;
-    }
-    if (ballasted != reg->disk_ballasted) {
-        if (ballasted)
-            log_warn("host disk: %lld MiB free (reserve %lld MiB), sandboxes could write %lld "
-                     "MiB: their free space is cut to fit",
-                     (long long)(free_bytes >> 20), (long long)(reg->disk_reserve >> 20),
-                     (long long)(total >> 20));
-        else
-            log_info("host disk: %lld MiB free again, sandboxes have all their free space back",
-                     (long long)(free_bytes >> 20));
-    }
-    reg->disk_ballasted = ballasted;
-}
-
 enum session_err sandbox_create(struct registry *reg, const struct sandbox_spec *spec,
                                 sandbox_create_cb cb, void *arg, char *msg, size_t msglen)
 {
@@ -1323,7 +1050,7 @@ enum session_err sandbox_create(struct registry *reg, const struct sandbox_spec 
                  reg->max_sandboxes);
         return SESSION_ERR_CAPACITY;
     }
-    if (disk_room(reg, spec->res.disk_mib, msg, msglen) < 0)
+    if (registry_disk_room(reg, spec->res.disk_mib, msg, msglen) < 0)
         return SESSION_ERR_HOST_DISK;
     struct sandbox *sb = calloc(1, sizeof(*sb));
     struct create_op *op = calloc(1, sizeof(*op));

@@ -1,0 +1,26 @@
+/*
+ * sandbox_internal — what sandbox.c shares with lifecycle.c and sandbox_disk.c, the other files
+ * of the registry. Not for use outside them.
+ */
+#ifndef WARREN_SESSION_SANDBOX_INTERNAL_H
+#define WARREN_SESSION_SANDBOX_INTERNAL_H
+
+#include <stddef.h>
+#include <uv.h>
+
+#include "session/sandbox.h"
+
+#define SWEEP_MS 1000 /* how often registry_sweep() runs */
+
+/* <state_dir>/sandboxes/<id>[/sub] of a sandbox. */
+void sandbox_dir(const struct sandbox *sb, char *out, size_t cap, const char *sub);
+/* The path of sandbox `id`'s disk image. */
+void sandbox_image(const struct registry *reg, const char *id, char *out, size_t cap);
+/* Writes the sandbox's record to the store (its spec, limits and identity). */
+void sandbox_save(const struct sandbox *sb);
+/* The registry's sweep timer: deletes sandboxes past their ttl_s, stops idle ones. */
+void registry_sweep(uv_timer_t *t);
+/* Admission of a disk of `mib` MiB: 0, or -errno with the reason (for a person) in msg. */
+int registry_disk_room(struct registry *reg, unsigned long long mib, char *msg, size_t msglen);
+
+#endif
