@@ -7,16 +7,14 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 
 import pytest
 
-from conftest import Api, Daemon, exec_, sh
+from conftest import Api, Daemon, exec_, sh, wait_for
 
 MiB = 1 << 20
 HOST_MIB = 320
 RESERVE_MIB = 48
-DEADLINE_S = 20
 
 
 def fs_free(path):
@@ -107,13 +105,9 @@ def test_sandboxes_get_enospc_before_the_host_fills(dense):
     assert free > RESERVE_MIB * MiB * 3 // 4, f"host free {free / MiB:.0f} MiB"
     # Deleting one gives its space to the others.
     api.remove(sbs[0]["id"])
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
-        r = sh(api, sbs[1]["id"], "dd if=/dev/zero of=/workspace/g bs=1M count=8 2>&1")
-        if r["exit_code"] == 0:
-            break
-        assert time.monotonic() < deadline, r
-        time.sleep(0.1)
+    wait_for(lambda: sh(api, sbs[1]["id"],
+                        "dd if=/dev/zero of=/workspace/g bs=1M count=8 2>&1")["exit_code"] == 0,
+             what="room for the other sandboxes")
 
 
 def test_below_the_reserve_creations_get_503_and_writes_enospc(dense):
@@ -128,20 +122,13 @@ def test_below_the_reserve_creations_get_503_and_writes_enospc(dense):
         assert r.status == 503, r
         assert "reserve" in r.error_message and "--disk-reserve" in r.error_message
         # Within a check period, the sandbox cannot write any more.
-        deadline = time.monotonic() + DEADLINE_S
-        while True:
-            r = sh(api, sb["id"], "dd if=/dev/zero of=/workspace/f bs=1M count=4 2>&1; "
-                                  "rm -f /workspace/f")
-            if "No space left on device" in r["stdout"]:
-                break
-            assert time.monotonic() < deadline, r
-            time.sleep(0.05)
+        wait_for(lambda: "No space left on device" in sh(
+            api, sb["id"], "dd if=/dev/zero of=/workspace/f bs=1M count=4 2>&1; "
+                           "rm -f /workspace/f")["stdout"], what="ENOSPC inside")
         assert fs_free(dense.state_dir) > RESERVE_MIB * MiB // 4
     finally:
         os.unlink(filler)
     # The host has room again: both come back.
-    deadline = time.monotonic() + DEADLINE_S
-    while sh(api, sb["id"], "dd if=/dev/zero of=/workspace/f bs=1M count=4")["exit_code"] != 0:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_for(lambda: sh(api, sb["id"], "dd if=/dev/zero of=/workspace/f bs=1M count=4")
+             ["exit_code"] == 0, what="writes inside again")
     api.create()

@@ -6,7 +6,7 @@ import json
 import os
 import time
 
-from conftest import Api, cgroup_dirs_of, exec_, sh
+from conftest import Api, cgroup_dirs_of, exec_, sh, wait_for
 
 
 def test_max_sandboxes_is_429_capacity(fresh_daemon):
@@ -157,16 +157,6 @@ def test_patch_resources_is_audited(api, new_sandbox):
 
 # ---- ttl_s and idle_timeout_s ------------------------------------------------------------------
 
-def wait_for(what, cond, timeout):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.1)
-
-
 def audit_events(api, sid, event):
     r = api.get(f"/v1/audit?sandbox={sid}&event={event}")
     assert r.status == 200, r
@@ -183,7 +173,7 @@ def test_ttl_deletes_the_sandbox(api):
     assert 1 <= (expires - created).total_seconds() <= 3, sb
     # Activity does not extend a ttl.
     assert exec_(api, sid, argv=["true"])["exit_code"] == 0
-    wait_for("the sandbox to expire", lambda: api.get(f"/v1/sandboxes/{sid}").status == 404, 15)
+    wait_for(lambda: api.get(f"/v1/sandboxes/{sid}").status == 404, what="the sandbox to expire")
     assert time.monotonic() - t0 >= 1.9
     ev = audit_events(api, sid, "sandbox.expire")
     assert len(ev) == 1 and ev[0]["ttl_s"] == 2, ev
@@ -211,9 +201,9 @@ def test_idle_sandbox_is_stopped_and_starts_again(api, new_sandbox):
         time.sleep(0.5)
     idle_from = time.monotonic()
     # Listing does not name the sandbox, so it is no activity on it.
-    wait_for("the idle stop", lambda: any(
-        s["id"] == sid and s["state"] == "stopped"
-        for s in api.get("/v1/sandboxes").json["sandboxes"]), 20)
+    wait_for(lambda: any(s["id"] == sid and s["state"] == "stopped"
+                         for s in api.get("/v1/sandboxes").json["sandboxes"]),
+             what="the idle stop")
     assert time.monotonic() - idle_from >= 1.5
     ev = audit_events(api, sid, "sandbox.idle_stop")
     assert len(ev) == 1 and ev[0]["idle_timeout_s"] == 2, ev

@@ -8,9 +8,8 @@ import socket
 import subprocess
 import time
 
-from conftest import WARREN_BIN
+from conftest import WAIT_S, WARREN_BIN, wait_for
 
-DEADLINE_S = 15
 
 
 def start(api, sid, script):
@@ -20,13 +19,10 @@ def start(api, sid, script):
 
 
 def wait_exit(api, sid, cid):
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
+    def ended():
         c = api.get(f"/v1/sandboxes/{sid}/commands/{cid}").json
-        if c["state"] != "running":
-            return c
-        assert time.monotonic() < deadline, c
-        time.sleep(0.02)
+        return c if c["state"] != "running" else None
+    return wait_for(ended, interval=0.02, what=f"command {cid} to end")
 
 
 def logs(api, sid, query=""):
@@ -85,10 +81,10 @@ def test_follow_streams_new_output_and_ends_on_delete(api, daemon):
     sb = api.create()
     sid = sb["id"]
     wait_exit(api, sid, start(api, sid, "echo before"))
-    s = socket.create_connection(("127.0.0.1", daemon.port), timeout=DEADLINE_S)
+    s = socket.create_connection(("127.0.0.1", daemon.port), timeout=WAIT_S)
     s.sendall(f"GET /v1/sandboxes/{sid}/logs?follow=1&tail=1 HTTP/1.1\r\n"
               f"Host: x\r\n\r\n".encode())
-    deadline = time.monotonic() + DEADLINE_S
+    deadline = time.monotonic() + WAIT_S
     data = read_until(s, b"before\n", deadline)
     assert data.startswith(b"HTTP/1.1 200"), data
     assert b"chunked" in data.lower()
@@ -106,7 +102,7 @@ def test_follow_client_going_away_is_forgotten(api, daemon):
     sb = api.create()
     sid = sb["id"]
     for _ in range(3):
-        conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=DEADLINE_S)
+        conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=WAIT_S)
         conn.request("GET", f"/v1/sandboxes/{sid}/logs?follow=1")
         assert conn.getresponse().status == 200
         conn.close()
@@ -115,7 +111,7 @@ def test_follow_client_going_away_is_forgotten(api, daemon):
     assert logs(api, sid) == "still\n"
 
 
-def cli(daemon, *args, timeout=DEADLINE_S):
+def cli(daemon, *args, timeout=WAIT_S):
     return subprocess.run([WARREN_BIN, *args], capture_output=True, timeout=timeout,
                           env={**os.environ, "WARREN_URL": daemon.url})
 
@@ -136,13 +132,13 @@ def test_cli_logs_tail_and_follow(api, daemon):
     p = subprocess.Popen([WARREN_BIN, "logs", "-f", "--tail", "1", sid], stdout=subprocess.PIPE,
                          env={**os.environ, "WARREN_URL": daemon.url})
     try:
-        deadline = time.monotonic() + DEADLINE_S
+        deadline = time.monotonic() + WAIT_S
         out = read_until(p.stdout, b"5\n", deadline)
         assert out == b"5\n", out
         start(api, sid, "echo later")
         out += read_until(p.stdout, b"later\n", deadline)
         api.remove(sid)
-        assert p.wait(timeout=DEADLINE_S) == 0
+        assert p.wait(timeout=WAIT_S) == 0
         assert out + p.stdout.read() == b"5\nlater\n"
     finally:
         if p.poll() is None:
