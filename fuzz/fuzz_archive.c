@@ -36,47 +36,20 @@
 static char base[64], root_dir[128], outside_dir[128];
 static buf_t before;
 
-static void put_file(const char *rel, const char *content, mode_t mode, uid_t uid)
-{
-    char p[512];
-    snprintf(p, sizeof(p), "%s/%s", base, rel);
-    int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
-    if (fd < 0 || write(fd, content, strlen(content)) < 0 || fchmod(fd, mode) < 0 ||
-        fchown(fd, uid, uid) < 0)
-        fz_fail("%s: %s", p, strerror(errno));
-    close(fd);
-}
-
-static void put_dir(const char *rel, mode_t mode, uid_t uid)
-{
-    char p[512];
-    snprintf(p, sizeof(p), "%s/%s", base, rel);
-    if (mkdir(p, mode) < 0 || chmod(p, mode) < 0 || chown(p, uid, uid) < 0)
-        fz_fail("%s: %s", p, strerror(errno));
-}
-
-static void put_link(const char *rel, const char *target)
-{
-    char p[512];
-    snprintf(p, sizeof(p), "%s/%s", base, rel);
-    if (symlink(target, p) < 0 || lchown(p, TUID, TGID) < 0)
-        fz_fail("%s: %s", p, strerror(errno));
-}
-
 static void build_root(void)
 {
     util_remove_tree(root_dir);
-    put_dir("root", 0755, TUID);
-    put_dir("root/etc", 0755, TUID);
-    put_file("root/etc/shadow", "inside shadow\n", 0640, TUID);
-    put_dir("root/tmp", 01777, TUID);
-    put_dir("root/workspace", 0755, TUID);
-    put_file("root/workspace/existing.txt", "old\n", 0644, TUID);
-    put_dir("root/workspace/dir", 0755, TUID);
-    put_link("root/workspace/up", "..");
-    put_link("root/workspace/slash", "/");
-    put_link("root/workspace/host", outside_dir);
-    put_link("root/workspace/dir/out", "../..");
+    fz_put_dir(base, "root", 0755, TUID);
+    fz_put_dir(base, "root/etc", 0755, TUID);
+    fz_put_file(base, "root/etc/shadow", "inside shadow\n", 0640, TUID);
+    fz_put_dir(base, "root/tmp", 01777, TUID);
+    fz_put_dir(base, "root/workspace", 0755, TUID);
+    fz_put_file(base, "root/workspace/existing.txt", "old\n", 0644, TUID);
+    fz_put_dir(base, "root/workspace/dir", 0755, TUID);
+    fz_put_link(base, "root/workspace/up", "..", TUID);
+    fz_put_link(base, "root/workspace/slash", "/", TUID);
+    fz_put_link(base, "root/workspace/host", outside_dir, TUID);
+    fz_put_link(base, "root/workspace/dir/out", "../..", TUID);
 }
 
 /* Everything under `dir` except the subtree `skip` (names, types, sizes, modes, owners, mtimes,
@@ -160,8 +133,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
         fz_fail("chmod %s: %s", base, strerror(errno));
     snprintf(root_dir, sizeof(root_dir), "%s/root", base);
     snprintf(outside_dir, sizeof(outside_dir), "%s/outside", base);
-    put_dir("outside", 01777, 0);
-    put_file("outside/canary", "outside\n", 0666, 0);
+    fz_put_dir(base, "outside", 01777, 0);
+    fz_put_file(base, "outside/canary", "outside\n", 0666, 0);
     return 0;
 }
 

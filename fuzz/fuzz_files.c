@@ -43,62 +43,35 @@ static struct fs_root root;
 static buf_t outside_snapshot;
 static int dirty = 1;
 
-static void put_file(const char *rel, const char *content, mode_t mode, uid_t uid)
-{
-    char p[512];
-    snprintf(p, sizeof(p), "%s/%s", base, rel);
-    int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
-    if (fd < 0 || write(fd, content, strlen(content)) < 0 || fchmod(fd, mode) < 0 ||
-        fchown(fd, uid, uid) < 0)
-        fz_fail("%s: %s", p, strerror(errno));
-    close(fd);
-}
-
-static void put_dir(const char *rel, mode_t mode, uid_t uid)
-{
-    char p[512];
-    snprintf(p, sizeof(p), "%s/%s", base, rel);
-    if (mkdir(p, mode) < 0 || chmod(p, mode) < 0 || chown(p, uid, uid) < 0)
-        fz_fail("%s: %s", p, strerror(errno));
-}
-
-static void put_link(const char *rel, const char *target)
-{
-    char p[512];
-    snprintf(p, sizeof(p), "%s/%s", base, rel);
-    if (symlink(target, p) < 0 || lchown(p, TUID, TGID) < 0)
-        fz_fail("%s: %s", p, strerror(errno));
-}
-
 /* The sandbox's tree, from scratch. */
 static void build_root(void)
 {
     char target[256];
     util_remove_tree(root_dir);
-    put_dir("root", 0755, TUID);
-    put_dir("root/etc", 0755, TUID);
-    put_file("root/etc/shadow", "inside shadow\n", 0640, TUID);
-    put_dir("root/workspace", 0755, TUID);
-    put_file("root/workspace/a.txt", "a\n", 0644, TUID);
-    put_dir("root/workspace/sub", 0755, TUID);
-    put_file("root/workspace/sub/b.txt", "b\n", 0644, TUID);
-    put_dir("root/ro", 0555, TUID);
-    put_file("root/ro/c.txt", "c\n", 0444, TUID);
-    put_link("root/workspace/up", "../..");
-    put_link("root/workspace/climb", "../../../../outside");
-    put_link("root/workspace/dotdot", "..");
-    put_link("root/workspace/slash", "/");
-    put_link("root/workspace/etc", "/etc");
-    put_link("root/workspace/shadow", "/etc/shadow");
-    put_link("root/workspace/dangling", "nowhere/x");
-    put_link("root/workspace/loop", "loop");
-    put_link("root/workspace/proc", "/proc/self/root");
-    put_link("root/workspace/sub/back", "../../workspace/sub/../up/outside");
+    fz_put_dir(base, "root", 0755, TUID);
+    fz_put_dir(base, "root/etc", 0755, TUID);
+    fz_put_file(base, "root/etc/shadow", "inside shadow\n", 0640, TUID);
+    fz_put_dir(base, "root/workspace", 0755, TUID);
+    fz_put_file(base, "root/workspace/a.txt", "a\n", 0644, TUID);
+    fz_put_dir(base, "root/workspace/sub", 0755, TUID);
+    fz_put_file(base, "root/workspace/sub/b.txt", "b\n", 0644, TUID);
+    fz_put_dir(base, "root/ro", 0555, TUID);
+    fz_put_file(base, "root/ro/c.txt", "c\n", 0444, TUID);
+    fz_put_link(base, "root/workspace/up", "../..", TUID);
+    fz_put_link(base, "root/workspace/climb", "../../../../outside", TUID);
+    fz_put_link(base, "root/workspace/dotdot", "..", TUID);
+    fz_put_link(base, "root/workspace/slash", "/", TUID);
+    fz_put_link(base, "root/workspace/etc", "/etc", TUID);
+    fz_put_link(base, "root/workspace/shadow", "/etc/shadow", TUID);
+    fz_put_link(base, "root/workspace/dangling", "nowhere/x", TUID);
+    fz_put_link(base, "root/workspace/loop", "loop", TUID);
+    fz_put_link(base, "root/workspace/proc", "/proc/self/root", TUID);
+    fz_put_link(base, "root/workspace/sub/back", "../../workspace/sub/../up/outside", TUID);
     snprintf(target, sizeof(target), "%s", outside_dir);
-    put_link("root/host", target);
+    fz_put_link(base, "root/host", target, TUID);
     snprintf(target, sizeof(target), "%s/" CANARY, outside_dir);
-    put_link("root/workspace/canary", target);
-    put_link("root/outside", "../outside");
+    fz_put_link(base, "root/workspace/canary", target, TUID);
+    fz_put_link(base, "root/outside", "../outside", TUID);
     dirty = 0;
 }
 
@@ -265,9 +238,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
         fz_fail("chmod %s: %s", base, strerror(errno));
     snprintf(root_dir, sizeof(root_dir), "%s/root", base);
     snprintf(outside_dir, sizeof(outside_dir), "%s/outside", base);
-    put_dir("outside", 01777, 0);
-    put_file("outside/" CANARY, CANARY_CONTENT, 0666, 0);
-    put_dir("outside/dir", 0777, 0);
+    fz_put_dir(base, "outside", 01777, 0);
+    fz_put_file(base, "outside/" CANARY, CANARY_CONTENT, 0666, 0);
+    fz_put_dir(base, "outside/dir", 0777, 0);
     build_root();
     snapshot(base, &outside_snapshot);
     if (fs_root_open_dir(root_dir, TUID, TGID, &root) < 0)

@@ -17,6 +17,7 @@
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -238,4 +239,31 @@ void fz_session(uv_loop_t *loop, const struct fz_client *c, const uint8_t *data,
             poll(&p, 1, timeout < 0 || timeout > 50 ? 50 : timeout);
         }
     }
+}
+
+void fz_put_file(const char *base, const char *rel, const char *content, mode_t mode, uid_t uid)
+{
+    char p[512];
+    snprintf(p, sizeof(p), "%s/%s", base, rel);
+    int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+    if (fd < 0 || write(fd, content, strlen(content)) < 0 || fchmod(fd, mode) < 0 ||
+        fchown(fd, uid, uid) < 0)
+        fz_fail("%s: %s", p, strerror(errno));
+    close(fd);
+}
+
+void fz_put_dir(const char *base, const char *rel, mode_t mode, uid_t uid)
+{
+    char p[512];
+    snprintf(p, sizeof(p), "%s/%s", base, rel);
+    if (mkdir(p, mode) < 0 || chmod(p, mode) < 0 || chown(p, uid, uid) < 0)
+        fz_fail("%s: %s", p, strerror(errno));
+}
+
+void fz_put_link(const char *base, const char *rel, const char *target, uid_t uid)
+{
+    char p[512];
+    snprintf(p, sizeof(p), "%s/%s", base, rel);
+    if (symlink(target, p) < 0 || lchown(p, uid, uid) < 0)
+        fz_fail("%s: %s", p, strerror(errno));
 }

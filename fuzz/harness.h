@@ -10,6 +10,7 @@
 #define WARREN_FUZZ_HARNESS_H
 
 #include <stddef.h>
+#include <sys/types.h>
 #include <stdint.h>
 #include <uv.h>
 
@@ -19,6 +20,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 /* Reports a broken invariant and aborts, so that libFuzzer keeps the input. */
 void fz_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+/* A scratch tree for the file-system targets, under `base`: a file (content, mode, owner), a
+ * directory, a symlink owned by `uid`. Any failure fails the run. */
+void fz_put_file(const char *base, const char *rel, const char *content, mode_t mode, uid_t uid);
+void fz_put_dir(const char *base, const char *rel, mode_t mode, uid_t uid);
+void fz_put_link(const char *base, const char *rel, const char *target, uid_t uid);
 
 /* Creates a directory /tmp/warren-fuzz-<name>-XXXXXX (path in `out`, cap >= 64), removed with
  * everything in it when the process exits normally. Aborts on failure. */
