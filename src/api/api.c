@@ -51,6 +51,10 @@ static const struct route routes[] = {
     {"GET", "/v1/sandboxes/{id}/terminals/{tid}/recording", api_terminal_recording},
     {"GET", "/v1/sandboxes/{id}/terminals/{tid}/attach", api_terminal_attach},
     {"GET", "/v1/audit", api_audit_get},
+    {"POST", "/v1/templates", api_template_create},
+    {"GET", "/v1/templates", api_template_list},
+    {"GET", "/v1/templates/{name+}", api_template_get},
+    {"DELETE", "/v1/templates/{name+}", api_template_delete},
 };
 
 void api_handle(http_req_t *req, void *arg)

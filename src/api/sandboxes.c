@@ -8,13 +8,14 @@
 #include <string.h>
 
 #include "api/api.h"
+#include "session/templates.h"
 #include "core/json.h"
 #include "session/network.h"
 #include "session/secrets.h"
 
 #define ERRLEN 256
 
-static int valid_name(const char *s)
+int api_valid_name(const char *s)
 {
     size_t n = strlen(s);
     if (n < 1 || n > 63 || !isalnum((unsigned char)s[0]))
@@ -157,6 +158,9 @@ struct create_call {
     http_req_t *req;
     json_t *audit;  /* api_audit_sandbox_spec() */
     json_t *labels; /* of the request, for a creation that failed */
+    /* While the template is being pulled: the parsed spec and the body its strings point into. */
+    struct sandbox_spec spec;
+    json_t *body;
 };
 
 static void on_created(struct sandbox *sb, enum session_err e, const char *msg, void *arg)
@@ -175,6 +179,7 @@ static void on_created(struct sandbox *sb, enum session_err e, const char *msg, 
     }
     api_audit(call->ctx, req, "sandbox.create", sb, 201, call->audit);
     json_decref(call->labels);
+    json_decref(call->body);
     free(call);
     if (!sb) {
         http_respond_error(req, status, code, "%s", msg);
@@ -189,13 +194,52 @@ static void on_created(struct sandbox *sb, enum session_err e, const char *msg, 
     http_respond_json(req, 201, api_sandbox_json(sb));
 }
 
+/* Creates the sandbox of call->spec (made of `tpl`, or of the host template when NULL); the
+ * answer comes from on_created. */
+static void create_now(struct create_call *call, struct template *tpl)
+{
+    char msg[1024];
+    struct sandbox_image img;
+    enum session_err e = SESSION_OK;
+    if (tpl && (e = templates_image(call->ctx->templates, tpl, &img, msg, sizeof(msg))) == 0)
+        call->spec.image = &img;
+    if (e == 0)
+        e = sandbox_create(call->ctx->reg, &call->spec, on_created, call, msg, sizeof(msg));
+    if (tpl && call->spec.image)
+        sandbox_image_free(&img);
+    call->spec.image = NULL;
+    if (e) {
+        network_free(call->spec.network);
+        on_created(NULL, e, msg, call);
+    }
+}
+
+static void on_template(struct template *tpl, enum session_err e, const char *msg, void *arg)
+{
+    struct create_call *call = arg;
+    if (!tpl) {
+        network_free(call->spec.network);
+        on_created(NULL, e, msg, call);
+        return;
+    }
+    if (http_req_gone(call->req)) {
+        network_free(call->spec.network);
+        on_created(NULL, SESSION_ERR_DELETED, "the client went away while the image was pulled",
+                   call);
+        return;
+    }
+    call->spec.template_name = tpl->name;
+    create_now(call, tpl);
+}
+
 void api_sandbox_create(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
 {
-    static const char *const keys[] = {"name",           "template", "env",     "labels",
-                                       "resources",      "network",  "secrets", "ttl_s",
-                                       "idle_timeout_s", NULL};
+    static const char *const keys[] = {"name",    "template", "image", "env",
+                                       "labels",  "resources", "network", "secrets",
+                                       "ttl_s",   "idle_timeout_s", NULL};
     char err[ERRLEN];
     struct sandbox_spec spec = {0};
+    const char *image = NULL;
     json_t *res = NULL, *net = NULL;
     int status = 400;
     (void)p;
@@ -208,19 +252,20 @@ void api_sandbox_create(struct api_ctx *ctx, http_req_t *req, const struct route
     if (json_check_keys(body, keys, NULL, err, ERRLEN) ||
         json_opt_string(body, "name", "name", &spec.name, err, ERRLEN) ||
         json_opt_string(body, "template", "template", &spec.template_name, err, ERRLEN) ||
+        json_opt_string(body, "image", "image", &image, err, ERRLEN) ||
         json_opt_string_map(body, "env", "env", &spec.env, err, ERRLEN) ||
         json_opt_string_map(body, "labels", "labels", &spec.labels, err, ERRLEN) ||
         json_opt_object(body, "resources", "resources", &res, err, ERRLEN) ||
         json_opt_object(body, "network", "network", &net, err, ERRLEN))
         goto bad;
-    if (spec.name && !valid_name(spec.name)) {
+    if (spec.name && !api_valid_name(spec.name)) {
         snprintf(err, ERRLEN,
                  "invalid 'name': 1-63 characters of [A-Za-z0-9_.-], starting with a letter or "
                  "digit");
         goto bad;
     }
-    if (strcmp(spec.template_name, "host") != 0) {
-        snprintf(err, ERRLEN, "unknown 'template' '%s' (available: host)", spec.template_name);
+    if (image && json_object_get(body, "template")) {
+        snprintf(err, ERRLEN, "give 'image' or 'template', not both");
         goto bad;
     }
     if (spec.env && api_valid_env(spec.env, err, ERRLEN) < 0)
@@ -233,22 +278,22 @@ void api_sandbox_create(struct api_ctx *ctx, http_req_t *req, const struct route
         (status = parse_network(net, &spec.network, err)))
         goto bad;
 
-    char msg[1024];
-    struct create_call *call = malloc(sizeof(*call));
+    struct create_call *call = calloc(1, sizeof(*call));
     if (!call) {
         network_free(spec.network);
         json_decref(body);
         http_respond_error(req, 500, "internal", "out of memory");
         return;
     }
-    *call =
-        (struct create_call){ctx, req, api_audit_sandbox_spec(&spec), json_deep_copy(spec.labels)};
-    enum session_err e = sandbox_create(ctx->reg, &spec, on_created, call, msg, sizeof(msg));
-    if (e)
-        network_free(spec.network);
-    json_decref(body);
-    if (e)
-        on_created(NULL, e, msg, call);
+    *call = (struct create_call){ctx, req, api_audit_sandbox_spec(&spec),
+                                 json_deep_copy(spec.labels), spec, body};
+    if (image)
+        json_object_set_new(call->audit, "image", json_string(image));
+    if (image || strcmp(spec.template_name, "host") != 0)
+        templates_acquire(ctx->templates, image ? NULL : spec.template_name, image, on_template,
+                          call);
+    else
+        create_now(call, NULL);
     return;
 bad:
     api_audit(ctx, req, "sandbox.create", NULL, status,

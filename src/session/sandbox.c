@@ -156,7 +156,7 @@ static void recover_one(const char *id, const char *json, void *arg)
     log_info("recovery: removing sandbox %s left by a previous daemon", id);
     cgroup_destroy(reg->cgroups, id);
     remove_sandbox_files(reg, id);
-    store_delete_sandbox(reg->store, id);
+    store_delete(reg->store, STORE_SANDBOX, id);
 }
 
 void registry_recover(struct registry *reg)
@@ -165,7 +165,7 @@ void registry_recover(struct registry *reg)
      * the pid namespace); their mounts, disks included, lived only in their own mount namespaces
      * and the previous daemon's. What can remain is their directories, disk images, cgroups and
      * store records. */
-    store_list_sandboxes(reg->store, recover_one, reg);
+    store_list(reg->store, STORE_SANDBOX, recover_one, reg);
     char dir[1100];
     snprintf(dir, sizeof(dir), "%s/sandboxes", reg->state_dir);
     util_remove_tree(dir);
@@ -225,6 +225,16 @@ const char *sandbox_state_name(enum sandbox_state state)
 uid_t sandbox_host_uid(const struct sandbox *sb)
 {
     return UID_BASE + sb->uid_slot * UID_RANGE;
+}
+
+int sandbox_template_user(const struct registry *reg, const char *name, char *who, size_t cap)
+{
+    for (const struct sandbox *sb = reg->head; sb; sb = sb->next)
+        if (!strcmp(sb->template_name, name)) {
+            snprintf(who, cap, "%s", sb->name);
+            return 1;
+        }
+    return 0;
 }
 
 struct sandbox *sandbox_find(struct registry *reg, const char *id_or_name)
@@ -321,7 +331,7 @@ void sandbox_save(const struct sandbox *sb)
     json_t *desc = sandbox_record(sb);
     char *text = desc ? json_dumps(desc, JSON_COMPACT) : NULL;
     if (text)
-        store_put_sandbox(sb->reg->store, sb->id, text);
+        store_put(sb->reg->store, STORE_SANDBOX, sb->id, text);
     free(text);
     json_decref(desc);
 }
@@ -455,7 +465,7 @@ static void destroy_after_cb(uv_work_t *w, int status)
     struct sandbox *sb = dw->sb;
     struct registry *reg = sb->reg;
     free(dw);
-    store_delete_sandbox(reg->store, sb->id);
+    store_delete(reg->store, STORE_SANDBOX, sb->id);
     if (sb->uid_slot < reg->max_sandboxes)
         reg->uid_slots[sb->uid_slot] = 0;
     sb->uid_slot = UINT32_MAX;

@@ -104,7 +104,7 @@ struct sandbox {
     struct sandbox *prev, *next;
     char id[SANDBOX_ID_MAX];
     char name[SANDBOX_NAME_MAX];
-    char template_name[16];
+    char template_name[512]; /* "host", or a template of session/templates.h */
     enum sandbox_state state;
     json_t *labels;  /* object of strings (owned) */
     json_t *env;     /* object of strings (owned) */
@@ -196,6 +196,9 @@ void registry_check_disk(struct registry *reg);
  * msg. spec->network is taken over only on SESSION_OK. */
 enum session_err sandbox_create(struct registry *reg, const struct sandbox_spec *spec,
                                 sandbox_create_cb cb, void *arg, char *msg, size_t msglen);
+/* Whether a sandbox (in any state: a stopped one keeps its template's layers) was made of
+ * template `name`; if so its name goes to `who`. */
+int sandbox_template_user(const struct registry *reg, const char *name, char *who, size_t cap);
 /* By id or by name; sandboxes being deleted are not found. */
 struct sandbox *sandbox_find(struct registry *reg, const char *id_or_name);
 /* Activity on the sandbox: postpones its idle stop (sets last_active_at to now). */

@@ -1,0 +1,721 @@
+/*
+ * templates — see templates.h.
+ */
+#include "session/templates.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/log.h"
+#include "core/util.h"
+#include "image/layers.h"
+#include "image/ref.h"
+#include "image/registry.h"
+
+static void collect(struct template_set *ts);
+
+struct template_waiter {
+    struct template_waiter *next;
+    struct template *tpl;
+    template_ready_cb cb;
+    void *arg;
+    uv_timer_t timer;
+    uv_idle_t defer; /* answers a ready template on the next loop turn (never before acquire returns) */
+    int open_handles;
+};
+
+struct pull_op {
+    uv_work_t work;
+    struct template *tpl;
+    struct image_ref ref;
+    int r;
+    enum session_err err;
+    char msg[512];
+    struct pulled_image pulled;
+};
+
+const char *template_state_name(enum template_state s)
+{
+    static const char *const names[] = {"pulling", "ready", "failed"};
+    return names[s];
+}
+
+static void template_free(struct template *tpl)
+{
+    free(tpl->layers);
+    json_decref(tpl->config);
+    free(tpl);
+}
+
+static void unlink_template(struct template_set *ts, struct template *tpl)
+{
+    for (struct template **p = &ts->head; *p; p = &(*p)->next)
+        if (*p == tpl) {
+            *p = tpl->next;
+            return;
+        }
+}
+
+/* -- the record --------------------------------------------------------------------------- */
+
+static json_t *template_record(const struct template *tpl)
+{
+    json_t *layers = json_array();
+    for (size_t i = 0; i < tpl->n_layers; i++)
+        json_array_append_new(layers, json_pack("{s:s, s:s, s:I}", "digest", tpl->layers[i].digest,
+                                                "diff_id", tpl->layers[i].diff_id, "size",
+                                                (json_int_t)tpl->layers[i].size));
+    return json_pack("{s:s, s:s, s:s, s:s, s:s, s:o, s:I, s:O*, s:f}", "name", tpl->name, "image",
+                     tpl->image, "digest", tpl->digest, "config_digest", tpl->config_digest,
+                     "state", template_state_name(tpl->state), "layers", layers, "size_bytes",
+                     (json_int_t)tpl->size_bytes, "config", tpl->config, "created_at",
+                     tpl->created_at);
+}
+
+static void template_save(struct template *tpl)
+{
+    json_t *rec = template_record(tpl);
+    char *text = rec ? json_dumps(rec, JSON_COMPACT) : NULL;
+    if (!text || store_put(tpl->set->store, STORE_TEMPLATE, tpl->name, text) < 0)
+        log_warn("templates: cannot record template %s", tpl->name);
+    free(text);
+    json_decref(rec);
+}
+
+/* The image config as the API shows it and sandboxes use it. */
+static json_t *config_json(const struct image_config *c)
+{
+    json_t *env = json_array(), *ep = json_array(), *cmd = json_array();
+    for (char **e = c->env; e && *e; e++)
+        json_array_append_new(env, json_string(*e));
+    for (char **e = c->entrypoint; e && *e; e++)
+        json_array_append_new(ep, json_string(*e));
+    for (char **e = c->cmd; e && *e; e++)
+        json_array_append_new(cmd, json_string(*e));
+    return json_pack("{s:o, s:s?, s:s?, s:o, s:o}", "env", env, "workdir", c->workdir, "user",
+                     c->user, "entrypoint", ep, "cmd", cmd);
+}
+
+/* -- waiting ------------------------------------------------------------------------------ */
+
+static void waiter_closed(uv_handle_t *h)
+{
+    struct template_waiter *w = h->data;
+    if (--w->open_handles == 0)
+        free(w);
+}
+
+static void waiter_finish(struct template_waiter *w, struct template *tpl, enum session_err err,
+                          const char *msg)
+{
+    w->cb(tpl, err, msg, w->arg);
+    w->open_handles = 2;
+    uv_close((uv_handle_t *)&w->timer, waiter_closed);
+    uv_close((uv_handle_t *)&w->defer, waiter_closed);
+}
+
+static void detach_waiter(struct template_waiter *w)
+{
+    for (struct template_waiter **p = &w->tpl->waiters; *p; p = &(*p)->next)
+        if (*p == w) {
+            *p = w->next;
+            return;
+        }
+}
+
+static void answer_waiters(struct template *tpl)
+{
+    struct template_waiter *w = tpl->waiters;
+    tpl->waiters = NULL;
+    while (w) {
+        struct template_waiter *next = w->next;
+        uv_timer_stop(&w->timer);
+        if (tpl->state == TEMPLATE_READY)
+            waiter_finish(w, tpl, SESSION_OK, NULL);
+        else
+            waiter_finish(w, NULL, tpl->err, tpl->error);
+        w = next;
+    }
+}
+
+static void on_wait_timeout(uv_timer_t *t)
+{
+    struct template_waiter *w = t->data;
+    char msg[700];
+    detach_waiter(w);
+    snprintf(msg, sizeof(msg), "image %s was not ready within %.0f s (the pull goes on)",
+             w->tpl->image[0] ? w->tpl->image : w->tpl->name, w->tpl->set->pull_timeout_s);
+    waiter_finish(w, NULL, SESSION_ERR_TIMEOUT, msg);
+}
+
+static void on_defer(uv_idle_t *h)
+{
+    struct template_waiter *w = h->data;
+    uv_idle_stop(h);
+    waiter_finish(w, w->tpl, SESSION_OK, NULL);
+}
+
+/* -- pulling ------------------------------------------------------------------------------ */
+
+static enum session_err pull_err(int r)
+{
+    switch (-r) {
+    case ENOENT:
+        return SESSION_ERR_IMAGE_NOT_FOUND;
+    case EACCES:
+    case EPERM:
+        return SESSION_ERR_REGISTRY_DENIED;
+    case EBADMSG:
+        return SESSION_ERR_IMAGE_CORRUPT;
+    case ENOSPC:
+    case EDQUOT:
+        return SESSION_ERR_NO_SPACE;
+    case EPROTO:
+    case ENOTSUP:
+        return SESSION_ERR_IMAGE_INVALID;
+    case ENOMEM:
+        return SESSION_ERR_NOMEM;
+    default:
+        return SESSION_ERR_REGISTRY;
+    }
+}
+
+static void on_progress(void *arg, int64_t done, int64_t total)
+{
+    struct template *tpl = arg;
+    atomic_store(&tpl->bytes_done, done);
+    atomic_store(&tpl->bytes_total, total);
+}
+
+/* Pool thread: download what is missing, then unpack every layer not yet in the store. */
+static void pull_work(uv_work_t *req)
+{
+    struct pull_op *op = req->data;
+    struct template_set *ts = op->tpl->set;
+    char blobs[1100], blob[1300];
+    snprintf(blobs, sizeof(blobs), "%s/blobs", ts->images_dir);
+    op->r = registry_pull(ts->rc, &op->ref, blobs, &op->pulled, on_progress, op->tpl, op->msg,
+                          sizeof(op->msg));
+    if (op->r < 0) {
+        op->err = pull_err(op->r);
+        return;
+    }
+    if (op->pulled.config.n_diff_ids != op->pulled.n_layers) {
+        op->r = -EPROTO;
+        op->err = SESSION_ERR_IMAGE_INVALID;
+        snprintf(op->msg, sizeof(op->msg),
+                 "image %s: its config names %zu layers, its manifest %zu", op->tpl->image,
+                 op->pulled.config.n_diff_ids, op->pulled.n_layers);
+        return;
+    }
+    for (size_t i = 0; i < op->pulled.n_layers; i++) {
+        char hex[65];
+        if (digest_parse(op->pulled.layers[i].digest, hex) < 0) {
+            op->r = -EPROTO;
+            break;
+        }
+        snprintf(blob, sizeof(blob), "%s/sha256/%s", blobs, hex);
+        op->r = layer_store_unpack(ts->layers, blob, op->pulled.config.diff_ids[i], op->msg,
+                                   sizeof(op->msg));
+        if (op->r < 0)
+            break;
+    }
+    if (op->r < 0)
+        op->err = op->r == -ENOSPC || op->r == -EDQUOT ? SESSION_ERR_NO_SPACE
+                  : op->r == -EBADMSG                  ? SESSION_ERR_IMAGE_CORRUPT
+                                                       : SESSION_ERR_IMAGE_INVALID;
+}
+
+static void pull_done(uv_work_t *req, int status)
+{
+    struct pull_op *op = req->data;
+    struct template *tpl = op->tpl;
+    struct template_set *ts = tpl->set;
+    (void)status;
+    ts->pending--;
+    tpl->busy = 0;
+    if (op->r == 0) {
+        struct template_layer *layers = calloc(op->pulled.n_layers ? op->pulled.n_layers : 1,
+                                               sizeof(*layers));
+        json_t *config = config_json(&op->pulled.config);
+        if (!layers || !config) {
+            free(layers);
+            json_decref(config);
+            op->r = -ENOMEM;
+            op->err = SESSION_ERR_NOMEM;
+            snprintf(op->msg, sizeof(op->msg), "out of memory");
+        } else {
+            tpl->size_bytes = 0;
+            for (size_t i = 0; i < op->pulled.n_layers; i++) {
+                snprintf(layers[i].digest, sizeof(layers[i].digest), "%s",
+                         op->pulled.layers[i].digest);
+                snprintf(layers[i].diff_id, sizeof(layers[i].diff_id), "%s",
+                         op->pulled.config.diff_ids[i]);
+                layers[i].size = op->pulled.layers[i].size;
+                tpl->size_bytes += layers[i].size;
+            }
+            free(tpl->layers);
+            json_decref(tpl->config);
+            tpl->layers = layers;
+            tpl->n_layers = op->pulled.n_layers;
+            tpl->config = config;
+            snprintf(tpl->digest, sizeof(tpl->digest), "%s", op->pulled.manifest_digest);
+            snprintf(tpl->config_digest, sizeof(tpl->config_digest), "%s",
+                     op->pulled.config_digest);
+            tpl->state = TEMPLATE_READY;
+            tpl->error[0] = '\0';
+            log_info("templates: %s ready (%s, %zu layers, %lld bytes)", tpl->name, tpl->digest,
+                     tpl->n_layers, (long long)tpl->size_bytes);
+        }
+    }
+    if (op->r < 0) {
+        tpl->state = TEMPLATE_FAILED;
+        tpl->err = op->err;
+        snprintf(tpl->error, sizeof(tpl->error), "%s", op->msg);
+        log_warn("templates: pulling %s failed: %s", tpl->image, tpl->error);
+    }
+    pulled_image_free(&op->pulled);
+    free(op);
+    template_save(tpl);
+    answer_waiters(tpl);
+    if (ts->gc_wanted && ts->pending == 0)
+        collect(ts);
+}
+
+static void queue_pull(struct template *tpl)
+{
+    struct template_set *ts = tpl->set;
+    struct pull_op *op = calloc(1, sizeof(*op));
+    int r = op ? image_ref_parse(tpl->image, &op->ref, op->msg, sizeof(op->msg)) : -ENOMEM;
+    if (r == 0) {
+        op->tpl = tpl;
+        op->work.data = op;
+        r = uv_queue_work(ts->loop, &op->work, pull_work, pull_done);
+    }
+    if (r < 0) {
+        tpl->busy = 0;
+        tpl->state = TEMPLATE_FAILED;
+        tpl->err = r == -ENOMEM ? SESSION_ERR_NOMEM : SESSION_ERR_BAD_REFERENCE;
+        snprintf(tpl->error, sizeof(tpl->error), "%s",
+                 op && op->msg[0] ? op->msg : "cannot start the pull");
+        free(op);
+        answer_waiters(tpl);
+        return;
+    }
+    ts->pending++;
+}
+
+/* Starts (or, while a collection runs, schedules) the pull of tpl->image. */
+static void start_pull(struct template *tpl)
+{
+    tpl->state = TEMPLATE_PULLING;
+    tpl->busy = 1;
+    atomic_store(&tpl->bytes_done, 0);
+    atomic_store(&tpl->bytes_total, 0);
+    template_save(tpl);
+    if (tpl->set->collecting)
+        tpl->pull_wanted = 1;
+    else
+        queue_pull(tpl);
+}
+
+static struct template *template_new(struct template_set *ts, const char *name, const char *image)
+{
+    struct template *tpl = calloc(1, sizeof(*tpl));
+    if (!tpl)
+        return NULL;
+    snprintf(tpl->name, sizeof(tpl->name), "%s", name);
+    snprintf(tpl->image, sizeof(tpl->image), "%s", image);
+    tpl->set = ts;
+    tpl->created_at = util_now();
+    tpl->next = ts->head;
+    ts->head = tpl;
+    return tpl;
+}
+
+/* -- the set ------------------------------------------------------------------------------- */
+
+struct load_ctx {
+    struct template_set *ts;
+};
+
+static void load_one(const char *name, const char *text, void *arg)
+{
+    struct template_set *ts = ((struct load_ctx *)arg)->ts;
+    json_error_t jerr;
+    json_t *rec = json_loads(text, 0, &jerr);
+    json_t *layers = json_object_get(rec, "layers");
+    const char *state = json_string_value(json_object_get(rec, "state"));
+    struct template *tpl = rec ? template_new(ts, name, json_string_value(json_object_get(rec, "image"))
+                                                             ?: "")
+                               : NULL;
+    if (!tpl) {
+        log_warn("templates: unreadable record of %s dropped", name);
+        store_delete(ts->store, STORE_TEMPLATE, name);
+        json_decref(rec);
+        return;
+    }
+    snprintf(tpl->digest, sizeof(tpl->digest), "%s",
+             json_string_value(json_object_get(rec, "digest")) ?: "");
+    snprintf(tpl->config_digest, sizeof(tpl->config_digest), "%s",
+             json_string_value(json_object_get(rec, "config_digest")) ?: "");
+    tpl->created_at = json_number_value(json_object_get(rec, "created_at"));
+    tpl->size_bytes = json_integer_value(json_object_get(rec, "size_bytes"));
+    tpl->config = json_incref(json_object_get(rec, "config"));
+    tpl->n_layers = json_array_size(layers);
+    tpl->layers = calloc(tpl->n_layers ? tpl->n_layers : 1, sizeof(*tpl->layers));
+    int complete = tpl->layers != NULL && state && !strcmp(state, "ready");
+    for (size_t i = 0; tpl->layers && i < tpl->n_layers; i++) {
+        json_t *l = json_array_get(layers, i);
+        char path[4096];
+        snprintf(tpl->layers[i].digest, sizeof(tpl->layers[i].digest), "%s",
+                 json_string_value(json_object_get(l, "digest")) ?: "");
+        snprintf(tpl->layers[i].diff_id, sizeof(tpl->layers[i].diff_id), "%s",
+                 json_string_value(json_object_get(l, "diff_id")) ?: "");
+        tpl->layers[i].size = json_integer_value(json_object_get(l, "size"));
+        if (layer_store_path(ts->layers, tpl->layers[i].diff_id, path, sizeof(path)) < 0 ||
+            access(path, F_OK) < 0)
+            complete = 0;
+    }
+    json_decref(rec);
+    if (complete) {
+        tpl->state = TEMPLATE_READY;
+        return;
+    }
+    /* A pull the previous daemon did not finish, or a layer gone from the store: pull again
+     * (the blobs already downloaded are kept). An import or snapshot cannot be redone. */
+    if (tpl->image[0]) {
+        start_pull(tpl);
+        return;
+    }
+    tpl->state = TEMPLATE_FAILED;
+    tpl->err = SESSION_ERR_IMAGE_INVALID;
+    snprintf(tpl->error, sizeof(tpl->error), "its layers are missing from the store");
+}
+
+int templates_open(struct template_set *ts, uv_loop_t *loop, const char *state_dir,
+                   struct registry_client *rc, store_t *store, double pull_timeout_s, char *msg,
+                   size_t msglen)
+{
+    memset(ts, 0, sizeof(*ts));
+    ts->loop = loop;
+    ts->rc = rc;
+    ts->store = store;
+    ts->pull_timeout_s = pull_timeout_s;
+    snprintf(ts->images_dir, sizeof(ts->images_dir), "%s/images", state_dir);
+    int r = layer_store_open(ts->images_dir, &ts->layers);
+    if (r < 0) {
+        snprintf(msg, msglen, "cannot open the layer store in %s: %s", ts->images_dir,
+                 strerror(-r));
+        return r;
+    }
+    struct load_ctx lc = {ts};
+    return store_list(store, STORE_TEMPLATE, load_one, &lc);
+}
+
+unsigned templates_busy(const struct template_set *ts)
+{
+    return ts->pending;
+}
+
+void templates_close(struct template_set *ts)
+{
+    while (ts->head) {
+        struct template *tpl = ts->head;
+        ts->head = tpl->next;
+        template_free(tpl);
+    }
+    layer_store_close(ts->layers);
+    ts->layers = NULL;
+}
+
+struct template *templates_find(struct template_set *ts, const char *name)
+{
+    for (struct template *tpl = ts->head; tpl; tpl = tpl->next)
+        if (!strcmp(tpl->name, name))
+            return tpl;
+    return NULL;
+}
+
+enum session_err templates_pull(struct template_set *ts, const char *name, const char *image,
+                                struct template **out, char *msg, size_t msglen)
+{
+    struct image_ref ref;
+    char canon[TEMPLATE_NAME_MAX];
+    if (image_ref_parse(image, &ref, msg, msglen) < 0)
+        return SESSION_ERR_BAD_REFERENCE;
+    if (templates_find(ts, name)) {
+        snprintf(msg, msglen, "a template named '%s' exists", name);
+        return SESSION_ERR_NAME_TAKEN;
+    }
+    image_ref_string(&ref, canon, sizeof(canon));
+    struct template *tpl = template_new(ts, name, canon);
+    if (!tpl) {
+        snprintf(msg, msglen, "out of memory");
+        return SESSION_ERR_NOMEM;
+    }
+    start_pull(tpl);
+    *out = tpl;
+    return SESSION_OK;
+}
+
+static void fail_later(struct template_set *ts, template_ready_cb cb, void *arg,
+                       enum session_err err, const char *msg);
+
+void templates_acquire(struct template_set *ts, const char *name, const char *image,
+                       template_ready_cb cb, void *arg)
+{
+    char msg[512], canon[TEMPLATE_NAME_MAX];
+    struct template *tpl;
+    if (name) {
+        if (!(tpl = templates_find(ts, name))) {
+            snprintf(msg, sizeof(msg), "no template named '%s'", name);
+            fail_later(ts, cb, arg, SESSION_ERR_NOT_FOUND, msg);
+            return;
+        }
+    } else {
+        struct image_ref ref;
+        if (image_ref_parse(image, &ref, msg, sizeof(msg)) < 0) {
+            fail_later(ts, cb, arg, SESSION_ERR_BAD_REFERENCE, msg);
+            return;
+        }
+        image_ref_string(&ref, canon, sizeof(canon));
+        if (!(tpl = templates_find(ts, canon)) && !(tpl = template_new(ts, canon, canon))) {
+            fail_later(ts, cb, arg, SESSION_ERR_NOMEM, "out of memory");
+            return;
+        }
+    }
+    if (tpl->state == TEMPLATE_FAILED || (tpl->state == TEMPLATE_PULLING && !tpl->busy)) {
+        if (!tpl->image[0]) {
+            fail_later(ts, cb, arg, tpl->err, tpl->error);
+            return;
+        }
+        start_pull(tpl);
+    }
+    struct template_waiter *w = calloc(1, sizeof(*w));
+    if (!w) {
+        fail_later(ts, cb, arg, SESSION_ERR_NOMEM, "out of memory");
+        return;
+    }
+    w->tpl = tpl;
+    w->cb = cb;
+    w->arg = arg;
+    uv_timer_init(ts->loop, &w->timer);
+    uv_idle_init(ts->loop, &w->defer);
+    w->timer.data = w->defer.data = w;
+    if (tpl->state == TEMPLATE_READY) {
+        uv_idle_start(&w->defer, on_defer);
+        return;
+    }
+    w->next = tpl->waiters;
+    tpl->waiters = w;
+    uv_timer_start(&w->timer, on_wait_timeout, (uint64_t)(ts->pull_timeout_s * 1000.0), 0);
+}
+
+/* An answer that must not come before acquire returns, without a template to wait on. */
+struct late_fail {
+    uv_idle_t idle;
+    template_ready_cb cb;
+    void *arg;
+    enum session_err err;
+    char msg[512];
+};
+
+static void late_fail_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void on_late_fail(uv_idle_t *h)
+{
+    struct late_fail *f = h->data;
+    uv_idle_stop(h);
+    f->cb(NULL, f->err, f->msg, f->arg);
+    uv_close((uv_handle_t *)h, late_fail_closed);
+}
+
+static void fail_later(struct template_set *ts, template_ready_cb cb, void *arg,
+                       enum session_err err, const char *msg)
+{
+    struct late_fail *f = calloc(1, sizeof(*f));
+    if (!f) {
+        cb(NULL, SESSION_ERR_NOMEM, "out of memory", arg);
+        return;
+    }
+    f->cb = cb;
+    f->arg = arg;
+    f->err = err;
+    snprintf(f->msg, sizeof(f->msg), "%s", msg);
+    uv_idle_init(ts->loop, &f->idle);
+    f->idle.data = f;
+    uv_idle_start(&f->idle, on_late_fail);
+}
+
+/* A NULL-terminated copy of a JSON array of strings (NULL for none). */
+static char **strv_of(json_t *arr)
+{
+    size_t n = json_array_size(arr);
+    char **v = n ? calloc(n + 1, sizeof(*v)) : NULL;
+    for (size_t i = 0; v && i < n; i++)
+        if (!(v[i] = strdup(json_string_value(json_array_get(arr, i)) ?: ""))) {
+            util_free_strv(v);
+            return NULL;
+        }
+    return v;
+}
+
+static char *str_of(json_t *s)
+{
+    return json_string_value(s) && *json_string_value(s) ? strdup(json_string_value(s)) : NULL;
+}
+
+enum session_err templates_image(const struct template_set *ts, const struct template *tpl,
+                                 struct sandbox_image *img, char *msg, size_t msglen)
+{
+    memset(img, 0, sizeof(*img));
+    snprintf(img->template_name, sizeof(img->template_name), "%s", tpl->name);
+    snprintf(img->image, sizeof(img->image), "%s", tpl->image);
+    snprintf(img->digest, sizeof(img->digest), "%s", tpl->digest);
+    img->lowers = calloc(tpl->n_layers + 1, sizeof(*img->lowers));
+    int ok = img->lowers != NULL;
+    for (size_t i = 0; ok && i < tpl->n_layers; i++) {
+        char path[4096];
+        ok = layer_store_path(ts->layers, tpl->layers[tpl->n_layers - 1 - i].diff_id, path,
+                              sizeof(path)) == 0 &&
+             (img->lowers[i] = strdup(path)) != NULL;
+        img->n_lowers += ok;
+    }
+    json_t *c = tpl->config;
+    img->env = strv_of(json_object_get(c, "env"));
+    img->entrypoint = strv_of(json_object_get(c, "entrypoint"));
+    img->cmd = strv_of(json_object_get(c, "cmd"));
+    img->workdir = str_of(json_object_get(c, "workdir"));
+    img->user = str_of(json_object_get(c, "user"));
+    if (!ok) {
+        sandbox_image_free(img);
+        snprintf(msg, msglen, "out of memory");
+        return SESSION_ERR_NOMEM;
+    }
+    return SESSION_OK;
+}
+
+/* -- collecting unused layers ------------------------------------------------------------
+
+ * Deleting a template leaves its layers and blobs; a collection removes whatever no template
+ * names. It runs on the pool (removing trees is slow) and only while no pull runs: a pull in
+ * flight may be about to use a layer no template names yet. Pulls asked for meanwhile wait for it
+ * (pull_wanted) and start when it is done. */
+
+struct collect_op {
+    uv_work_t work;
+    struct template_set *ts;
+    const char **keep, **blobs;
+    size_t n_keep, n_blobs;
+    char *strings; /* the copies keep and blobs point into */
+};
+
+static void collect_work(uv_work_t *req)
+{
+    struct collect_op *op = req->data;
+    int64_t freed = 0;
+    int r = layer_store_gc(op->ts->layers, op->keep, op->n_keep, op->blobs, op->n_blobs, &freed);
+    if (r < 0)
+        log_warn("templates: collecting unused layers: %s", strerror(-r));
+    else if (freed > 0)
+        log_info("templates: %lld bytes of unused layers and blobs removed", (long long)freed);
+}
+
+static void collect(struct template_set *ts);
+
+static void collect_done(uv_work_t *req, int status)
+{
+    struct collect_op *op = req->data;
+    struct template_set *ts = op->ts;
+    (void)status;
+    ts->pending--;
+    ts->collecting = 0;
+    free(op->keep);
+    free(op->blobs);
+    free(op->strings);
+    free(op);
+    for (struct template *tpl = ts->head; tpl; tpl = tpl->next)
+        if (tpl->pull_wanted) {
+            tpl->pull_wanted = 0;
+            queue_pull(tpl);
+        }
+    if (ts->gc_wanted && ts->pending == 0)
+        collect(ts);
+}
+
+static void collect(struct template_set *ts)
+{
+    size_t n = 0, chars = 0;
+    ts->gc_wanted = 0;
+    for (struct template *t = ts->head; t; t = t->next) {
+        n += 2 * t->n_layers + 2;
+        chars += 2 * t->n_layers * 80 + 160;
+    }
+    struct collect_op *op = calloc(1, sizeof(*op));
+    char *p = op ? (op->strings = malloc(chars + 1)) : NULL;
+    if (op && p) {
+        op->keep = calloc(n + 1, sizeof(*op->keep));
+        op->blobs = calloc(n + 1, sizeof(*op->blobs));
+    }
+    if (!op || !p || !op->keep || !op->blobs) {
+        if (op) {
+            free(op->keep);
+            free(op->blobs);
+            free(op->strings);
+        }
+        free(op);
+        log_warn("templates: out of memory: unused layers are kept");
+        return;
+    }
+#define KEEP(arr, cnt, str)                                                                        \
+    do {                                                                                           \
+        size_t len_ = strlen(str) + 1;                                                             \
+        memcpy(p, (str), len_);                                                                    \
+        op->arr[op->cnt++] = p;                                                                    \
+        p += len_;                                                                                 \
+    } while (0)
+    for (struct template *t = ts->head; t; t = t->next) {
+        KEEP(blobs, n_blobs, t->digest);
+        KEEP(blobs, n_blobs, t->config_digest);
+        for (size_t i = 0; i < t->n_layers; i++) {
+            KEEP(keep, n_keep, t->layers[i].diff_id);
+            KEEP(blobs, n_blobs, t->layers[i].digest);
+        }
+    }
+#undef KEEP
+    op->ts = ts;
+    op->work.data = op;
+    if (uv_queue_work(ts->loop, &op->work, collect_work, collect_done) < 0) {
+        free(op->keep);
+        free(op->blobs);
+        free(op->strings);
+        free(op);
+        return;
+    }
+    ts->pending++;
+    ts->collecting = 1;
+}
+
+int templates_remove(struct template_set *ts, struct template *tpl)
+{
+    if (tpl->busy || tpl->pull_wanted)
+        return -EBUSY;
+    store_delete(ts->store, STORE_TEMPLATE, tpl->name);
+    unlink_template(ts, tpl);
+    template_free(tpl);
+    ts->gc_wanted = 1;
+    if (ts->pending == 0)
+        collect(ts);
+    return 0;
+}
+
+int64_t templates_store_bytes(const struct template_set *ts)
+{
+    return layer_store_bytes(ts->layers);
+}
