@@ -95,8 +95,8 @@ json_t *api_template_json(const struct template *tpl)
 {
     if (!tpl)
         return json_pack("{s:s, s:n, s:n, s:s, s:I, s:i, s:n, s:n, s:n, s:n}", "name", "host",
-                         "image", "digest", "state", "ready", "size_bytes", (json_int_t)0,
-                         "layers", 0, "progress", "error", "config", "created_at");
+                         "image", "digest", "state", "ready", "size_bytes", (json_int_t)0, "layers",
+                         0, "progress", "error", "config", "created_at");
     char created[32];
     util_format_time(tpl->created_at, created, sizeof(created));
     int pulling = tpl->state == TEMPLATE_PULLING;

@@ -234,9 +234,9 @@ static void on_template(struct template *tpl, enum session_err e, const char *ms
 
 void api_sandbox_create(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
 {
-    static const char *const keys[] = {"name",    "template", "image", "env",
-                                       "labels",  "resources", "network", "secrets",
-                                       "ttl_s",   "idle_timeout_s", NULL};
+    static const char *const keys[] = {"name",   "template",       "image",   "env",
+                                       "labels", "resources",      "network", "secrets",
+                                       "ttl_s",  "idle_timeout_s", NULL};
     char err[ERRLEN];
     struct sandbox_spec spec = {0};
     const char *image = NULL;
@@ -285,8 +285,8 @@ void api_sandbox_create(struct api_ctx *ctx, http_req_t *req, const struct route
         http_respond_error(req, 500, "internal", "out of memory");
         return;
     }
-    *call = (struct create_call){ctx, req, api_audit_sandbox_spec(&spec),
-                                 json_deep_copy(spec.labels), spec, body};
+    *call = (struct create_call){
+        ctx, req, api_audit_sandbox_spec(&spec), json_deep_copy(spec.labels), spec, body};
     if (image)
         json_object_set_new(call->audit, "image", json_string(image));
     if (image || strcmp(spec.template_name, "host") != 0)

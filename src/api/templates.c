@@ -42,11 +42,11 @@ void api_template_create(struct api_ctx *ctx, http_req_t *req, const struct rout
         json_opt_string(body, "name", "name", &name, err, ERRLEN) ||
         json_opt_string(body, "image", "image", &image, err, ERRLEN))
         goto bad;
-    if (!name || !image) {
-        snprintf(err, ERRLEN, "'name' and 'image' are required");
+    if (!image) {
+        snprintf(err, ERRLEN, "'image' is required");
         goto bad;
     }
-    if (!api_valid_name(name) || !strcmp(name, "host")) {
+    if (name && (!api_valid_name(name) || !strcmp(name, "host"))) {
         snprintf(err, ERRLEN,
                  "invalid 'name': 1-63 characters of [A-Za-z0-9_.-], starting with a letter or "
                  "digit, and not 'host'");
@@ -55,13 +55,13 @@ void api_template_create(struct api_ctx *ctx, http_req_t *req, const struct rout
     struct template *tpl;
     enum session_err e = templates_pull(ctx->templates, name, image, &tpl, err, ERRLEN);
     const char *code;
-    int status = e ? api_session_status(e, &code) : 202;
+    int status = e ? api_session_status(e, &code) : tpl->state == TEMPLATE_READY ? 200 : 202;
     api_audit(ctx, req, "template.create", NULL, status,
-              json_pack("{s:s, s:s}", "name", name, "image", image));
+              json_pack("{s:s, s:s}", "name", e ? (name ? name : "") : tpl->name, "image", image));
     if (e)
         http_respond_error(req, status, code, "%s", err);
     else
-        http_respond_json(req, 202, api_template_json(tpl));
+        http_respond_json(req, status, api_template_json(tpl));
     json_decref(body);
     return;
 bad:
@@ -114,7 +114,8 @@ void api_template_delete(struct api_ctx *ctx, http_req_t *req, const struct rout
     json_t *audit = json_pack("{s:s}", "name", tpl->name);
     if (templates_remove(ctx->templates, tpl) < 0) {
         api_audit(ctx, req, "template.delete", NULL, 409, audit);
-        http_respond_error(req, 409, "conflict", "the template is being pulled; try again when it is %s",
+        http_respond_error(req, 409, "conflict",
+                           "the template is being pulled; try again when it is %s",
                            "ready or failed");
         return;
     }

@@ -22,7 +22,8 @@ struct template_waiter {
     template_ready_cb cb;
     void *arg;
     uv_timer_t timer;
-    uv_idle_t defer; /* answers a ready template on the next loop turn (never before acquire returns) */
+    uv_idle_t
+        defer; /* answers a ready template on the next loop turn (never before acquire returns) */
     int open_handles;
 };
 
@@ -237,8 +238,8 @@ static void pull_done(uv_work_t *req, int status)
     ts->pending--;
     tpl->busy = 0;
     if (op->r == 0) {
-        struct template_layer *layers = calloc(op->pulled.n_layers ? op->pulled.n_layers : 1,
-                                               sizeof(*layers));
+        struct template_layer *layers =
+            calloc(op->pulled.n_layers ? op->pulled.n_layers : 1, sizeof(*layers));
         json_t *config = config_json(&op->pulled.config);
         if (!layers || !config) {
             free(layers);
@@ -348,9 +349,8 @@ static void load_one(const char *name, const char *text, void *arg)
     json_t *rec = json_loads(text, 0, &jerr);
     json_t *layers = json_object_get(rec, "layers");
     const char *state = json_string_value(json_object_get(rec, "state"));
-    struct template *tpl = rec ? template_new(ts, name, json_string_value(json_object_get(rec, "image"))
-                                                             ?: "")
-                               : NULL;
+    struct template *tpl =
+        rec ? template_new(ts, name, json_string_value(json_object_get(rec, "image")) ?: "") : NULL;
     if (!tpl) {
         log_warn("templates: unreadable record of %s dropped", name);
         store_delete(ts->store, STORE_TEMPLATE, name);
@@ -446,17 +446,18 @@ enum session_err templates_pull(struct template_set *ts, const char *name, const
     char canon[TEMPLATE_NAME_MAX];
     if (image_ref_parse(image, &ref, msg, msglen) < 0)
         return SESSION_ERR_BAD_REFERENCE;
-    if (templates_find(ts, name)) {
+    image_ref_string(&ref, canon, sizeof(canon));
+    struct template *tpl = templates_find(ts, name ? name : canon);
+    if (tpl && name) {
         snprintf(msg, msglen, "a template named '%s' exists", name);
         return SESSION_ERR_NAME_TAKEN;
     }
-    image_ref_string(&ref, canon, sizeof(canon));
-    struct template *tpl = template_new(ts, name, canon);
-    if (!tpl) {
+    if (!tpl && !(tpl = template_new(ts, name ? name : canon, canon))) {
         snprintf(msg, msglen, "out of memory");
         return SESSION_ERR_NOMEM;
     }
-    start_pull(tpl);
+    if (!tpl->busy && tpl->state != TEMPLATE_READY)
+        start_pull(tpl);
     *out = tpl;
     return SESSION_OK;
 }

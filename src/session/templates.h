@@ -40,7 +40,8 @@ struct template_layer {
 
 struct template_waiter;
 
-struct template {
+struct template
+{
     struct template *next;
     char name[TEMPLATE_NAME_MAX];
     char image[TEMPLATE_NAME_MAX]; /* canonical reference; "" for an import or a snapshot */
@@ -92,9 +93,10 @@ unsigned templates_busy(const struct template_set *ts);
 
 struct template *templates_find(struct template_set *ts, const char *name);
 
-/* Creates template `name` of `image` and starts its pull. SESSION_ERR_NAME_TAKEN if the name
- * exists, SESSION_ERR_BAD_REFERENCE for a malformed reference (msg says why). *out is the new
- * template (state pulling). */
+/* Creates template `name` of `image` and starts its pull; with `name` NULL, the implicit
+ * template of `image`, pulled unless it is ready or being pulled already. SESSION_ERR_NAME_TAKEN
+ * if template `name` exists, SESSION_ERR_BAD_REFERENCE for a malformed reference (msg says
+ * why). *out is the template. */
 enum session_err templates_pull(struct template_set *ts, const char *name, const char *image,
                                 struct template **out, char *msg, size_t msglen);
 
