@@ -150,7 +150,8 @@ int rootfs_mount(const char *target, const char *const *lowers, size_t n, const 
         close(lfd[i]);
     n_lfd = 0;
     *what = "fsmount";
-    if ((mfd = fsmount(fsfd, FSMOUNT_CLOEXEC, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV)) < 0)
+    if ((mfd = fsmount(fsfd, FSMOUNT_CLOEXEC,
+                       MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOATIME)) < 0)
         goto error_errno;
     *what = "move_mount";
     if (move_mount(mfd, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH) < 0)

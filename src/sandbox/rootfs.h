@@ -33,7 +33,7 @@
  *   redirect_dir=nofollow: layers come from registries, so a trusted.overlay.redirect xattr in
  *             one is never followed, and none is created (renaming a lower directory gives EXDEV,
  *             which mv handles by copying, as on docker's default overlay2).
- * The mount is nosuid and nodev (the sandbox is no_new_privs anyway).
+ * The mount is nosuid, nodev and noatime, as a sandbox disk is (sandbox/disk.h).
  *
  * Threading: blocking system calls only; run on a pool thread, in the daemon's mount namespace.
  * No global state: any thread, several at once.

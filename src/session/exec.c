@@ -144,6 +144,16 @@ char **exec_build_env(const struct sandbox *sb, json_t *exec_env, const char *te
         json_object_set_new(all, "NO_PROXY", json_string("localhost,127.0.0.1,::1"));
         json_object_set_new(all, "no_proxy", json_string("localhost,127.0.0.1,::1"));
     }
+    /* An image's Env (its PATH above all) comes under what the sandbox's spec says. */
+    for (size_t i = 0; sb->image && sb->image->env && sb->image->env[i]; i++) {
+        const char *kv = sb->image->env[i], *eq = strchr(kv, '=');
+        if (!eq || eq == kv)
+            continue;
+        char *k = strndup(kv, (size_t)(eq - kv));
+        if (k)
+            json_object_set_new(all, k, json_string(eq + 1));
+        free(k);
+    }
     json_object_update(all, sb->env);
     size_t si;
     json_t *name;
