@@ -5,11 +5,13 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/openat2.h>
 #include <linux/sched.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/syscall.h>
@@ -173,6 +175,117 @@ error:
         close(mfd);
     for (size_t i = 0; i < n_lfd; i++)
         close(lfd[i]);
+    return r;
+}
+
+#define DB_MAX (1 << 20) /* the largest /etc/passwd or /etc/group read */
+
+/* `rel` of the root `root_fd`, resolved inside it, into a malloc'd NUL-terminated buffer. */
+static int read_in_root(int root_fd, const char *rel, char **out)
+{
+    struct open_how how = {.flags = O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK,
+                           .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS};
+    *out = NULL;
+    int fd = (int)syscall(SYS_openat2, root_fd, rel, &how, sizeof(how));
+    if (fd < 0)
+        return -errno;
+    char *buf = malloc(DB_MAX + 1);
+    size_t len = 0;
+    ssize_t n = 0;
+    while (buf && len < DB_MAX && (n = read(fd, buf + len, DB_MAX - len)) > 0)
+        len += (size_t)n;
+    int r = !buf ? -ENOMEM : n < 0 ? -errno : len >= DB_MAX ? -EFBIG : 0;
+    close(fd);
+    if (r < 0) {
+        free(buf);
+        return r;
+    }
+    buf[len] = '\0';
+    *out = buf;
+    return 0;
+}
+
+/* A decimal id, all of `s` (no sign, no spaces). */
+static int parse_id(const char *s, unsigned long *out)
+{
+    char *end;
+    if (!*s || *s < '0' || *s > '9')
+        return -EINVAL;
+    errno = 0;
+    *out = strtoul(s, &end, 10);
+    return *end || errno ? -EINVAL : 0;
+}
+
+/* Finds the line of a passwd/group-style `db` whose field 0 is `name` (or, name NULL, whose field
+ * 2 is `id`) and copies its fields (up to 7) into f[] (pointers into `line`). 0 or -ENOENT. */
+static int db_find(const char *db, const char *name, unsigned long id, char *line, size_t cap,
+                   char **f)
+{
+    for (const char *p = db; p && *p;) {
+        const char *nl = strchr(p, '\n');
+        size_t len = nl ? (size_t)(nl - p) : strlen(p);
+        if (len < cap) {
+            memcpy(line, p, len);
+            line[len] = '\0';
+            int nf = 0;
+            for (char *s = line, *c; nf < 7; s = c + 1) {
+                f[nf++] = s;
+                if (!(c = strchr(s, ':')))
+                    break;
+                *c = '\0';
+            }
+            unsigned long v;
+            if (nf >= 3 && (name ? strcmp(f[0], name) == 0 : parse_id(f[2], &v) == 0 && v == id)) {
+                for (int i = nf; i < 7; i++)
+                    f[i] = "";
+                return 0;
+            }
+        }
+        p = nl ? nl + 1 : NULL;
+    }
+    return -ENOENT;
+}
+
+int rootfs_resolve_user(const char *rootfs, const char *user, unsigned count, uid_t *uid,
+                        gid_t *gid, char *home, size_t homelen)
+{
+    char spec[256], line[1024], *f[7], *passwd = NULL, *group = NULL;
+    unsigned long u = 0, g = 0;
+    int r, have_pw;
+    if (snprintf(spec, sizeof(spec), "%s", user) >= (int)sizeof(spec) || !spec[0])
+        return -EINVAL;
+    char *grp = strchr(spec, ':');
+    if (grp)
+        *grp++ = '\0';
+    int root_fd = open(rootfs, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (root_fd < 0)
+        return -errno;
+    if ((r = read_in_root(root_fd, "etc/passwd", &passwd)) < 0 && r != -ENOENT)
+        goto done;
+    int numeric = parse_id(spec, &u) == 0;
+    have_pw = passwd && db_find(passwd, numeric ? NULL : spec, u, line, sizeof(line), f) == 0;
+    r = -ENOENT;
+    if (!numeric && !have_pw)
+        goto done; /* a name that is not in the image's passwd */
+    if (have_pw && (parse_id(f[2], &u) < 0 || parse_id(f[3], &g) < 0)) {
+        r = -EINVAL;
+        goto done;
+    }
+    snprintf(home, homelen, "%s", have_pw && f[5][0] == '/' ? f[5] : "/");
+    if (grp && parse_id(grp, &g) < 0) {
+        if (!*grp || (r = read_in_root(root_fd, "etc/group", &group)) < 0 ||
+            (r = db_find(group, grp, 0, line, sizeof(line), f)) < 0)
+            goto done;
+        if ((r = parse_id(f[2], &g)) < 0)
+            goto done;
+    }
+    r = u >= count || g >= count ? -ERANGE : 0;
+    *uid = (uid_t)u;
+    *gid = (gid_t)g;
+done:
+    free(passwd);
+    free(group);
+    close(root_fd);
     return r;
 }
 

@@ -60,6 +60,15 @@ int rootfs_userns(uid_t host_base, uid_t count, int *fd_out);
 int rootfs_mount(const char *target, const char *const *lowers, size_t n, const char *upper,
                  const char *work, int userns_fd, const char **what);
 
+/* Resolves an image's User ("name", "uid", "name:group", "uid:gid", ...) as docker does, against
+ * the /etc/passwd and /etc/group of the root mounted on `rootfs` (read inside it: symlinks there
+ * cannot lead out). A name must be found (-ENOENT otherwise); a numeric uid needs no entry. The
+ * gid is the group's, else the user's primary group, else 0; *home the user's home, else "/".
+ * Ids must be below `count` (the sandbox's mapped range), else -ERANGE. -EINVAL for a malformed
+ * spec. Blocking. */
+int rootfs_resolve_user(const char *rootfs, const char *user, unsigned count, uid_t *uid,
+                        gid_t *gid, char *home, size_t homelen);
+
 /* Unmounts what is mounted on `target` (lazily if it is busy). Nothing mounted there, or no
  * `target`, is not an error. Returns 0 or -errno. */
 int rootfs_umount(const char *target);

@@ -131,8 +131,9 @@ int exec_start(struct sandbox *sb, const struct exec_spec *spec, exec_done_cb cb
 /* Builds the command's environment: defaults < sandbox env < request env. */
 char **exec_build_env(const struct sandbox *sb, json_t *exec_env, const char *term)
 {
-    json_t *all = json_pack("{s:s, s:s, s:s, s:s, s:s}", "PATH", DEFAULT_PATH, "HOME", "/root",
-                            "HOSTNAME", sb->name, "LANG", "C.UTF-8", "TERM", term);
+    json_t *all = json_pack("{s:s, s:s, s:s, s:s, s:s}", "PATH", DEFAULT_PATH, "HOME",
+                            sb->user_set ? sb->user_home : "/root", "HOSTNAME", sb->name, "LANG",
+                            "C.UTF-8", "TERM", term);
     if (!all)
         return NULL;
     /* With an egress proxy, the usual variables point at it; the sandbox's env may override. */

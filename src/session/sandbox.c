@@ -908,7 +908,18 @@ static int mount_image_root(struct sandbox *sb, int fresh, const char **what)
     r = rootfs_mount(rootfs, (const char *const *)sb->image->lowers, sb->image->n_lowers, upper,
                      work, fd, what);
     close(fd);
-    return r;
+    if (r < 0 || !sb->image->user || !sb->image->user[0])
+        return r;
+    /* Resolved again on every start: the sandbox may have changed its /etc/passwd. Written
+     * here while nothing reads it (the sandbox is being created or started). */
+    *what = "the image's User (in its /etc/passwd and /etc/group)";
+    if ((r = rootfs_resolve_user(rootfs, sb->image->user, UID_RANGE, &sb->user_uid, &sb->user_gid,
+                                 sb->user_home, sizeof(sb->user_home))) < 0) {
+        rootfs_umount(rootfs);
+        return r;
+    }
+    sb->user_set = 1;
+    return 0;
 }
 
 /* Pool thread: the sandbox's directory and its disk mounted on it, holding the root file system

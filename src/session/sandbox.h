@@ -119,6 +119,12 @@ struct sandbox {
     char name[SANDBOX_NAME_MAX];
     char template_name[64];
     struct sandbox_image *image; /* owned copy; NULL: the host template */
+    /* The image's User, resolved against its /etc/passwd and /etc/group when its root was
+     * mounted: every process runs as user_uid:user_gid (ids inside) when user_set. */
+    int user_set;
+    uid_t user_uid;
+    gid_t user_gid;
+    char user_home[256];
     enum sandbox_state state;
     json_t *labels;  /* object of strings (owned) */
     json_t *env;     /* object of strings (owned) */

@@ -96,7 +96,10 @@ static int make_layers(void)
     r = r ?: mkd(fx.base, "etc", 0755);
     r = r ?: mkd(fx.base, "tmp", 01777);
     r = r ?: mkd(fx.base, "srv", 0755);
-    r = r ?: put(fx.base, "etc/passwd", "root:x:0:0:root:/root:/bin/sh\n", 0644);
+    r = r
+            ?: put(fx.base, "etc/passwd",
+                   "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001:App:/home/app:/bin/sh\n", 0644);
+    r = r ?: put(fx.base, "etc/group", "root:x:0:\napp:x:1001:\nstaff:x:50:\n", 0644);
     r = r ?: put(fx.base, "old", "gone in the top layer\n", 0644);
     r = r ?: mkd(fx.top, "etc", 0755);
     r = r ?: put(fx.top, "etc/hosts", "10.9.9.9 image-hosts\n", 0644);
@@ -466,10 +469,55 @@ static void test_hostile_image_refused(void **state)
     assert_int_equal(mounts_under(sbdirs), 0);
 }
 
+/* An image with a User: every command runs as that user (its ids inside, its home), and what it
+ * writes belongs to that user's host uid. */
+static void test_image_user(void **state)
+{
+    (void)state;
+    char *lowers[] = {fx.top, fx.base};
+    struct sandbox_image img = {
+        .lowers = lowers, .n_lowers = 2, .user = "app:staff", .template_name = "user-test"};
+    struct sandbox_spec spec = {
+        .name = "userbox", .template_name = "x", .res = fx.reg.defaults, .image = &img};
+    struct run_result rr;
+    struct stat sb;
+    char msg[512], path[1300];
+    created = 0;
+    assert_int_equal(sandbox_create(&fx.reg, &spec, on_created, NULL, msg, sizeof(msg)),
+                     SESSION_OK);
+    run_until(&created);
+    if (create_err != SESSION_OK)
+        print_error("create: %s\n", create_msg);
+    assert_int_equal(create_err, SESSION_OK);
+    assert_int_equal(run("id -u; id -g; echo $HOME; pwd", &rr), 0);
+    assert_string_equal(rr.out, "1000\n50\n/home/app\n/workspace\n");
+    /* not root: the image's root-owned files are not its to change */
+    assert_int_not_equal(run("touch /etc/nope", &rr), 0);
+    assert_int_equal(run("touch /tmp/mine", &rr), 0);
+    snprintf(path, sizeof(path), "%s/sandboxes/%s/upper/tmp/mine", fx.dir, fx.sb->id);
+    assert_int_equal(stat(path, &sb), 0);
+    assert_int_equal(sb.st_uid, sandbox_host_uid(fx.sb) + 1000);
+    assert_int_equal(sb.st_gid, sandbox_host_uid(fx.sb) + 50);
+    deleted = 0;
+    sandbox_destroy(fx.sb, on_deleted, NULL);
+    fx.sb = NULL;
+    run_until(&deleted);
+
+    /* a User the image does not know fails the creation, naming it */
+    img.user = "nobody-here";
+    created = 0;
+    assert_int_equal(sandbox_create(&fx.reg, &spec, on_created, NULL, msg, sizeof(msg)),
+                     SESSION_OK);
+    run_until(&created);
+    assert_int_equal(create_err, SESSION_ERR_SETUP);
+    assert_non_null(strstr(create_msg, "User"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_image_sandbox_lifecycle),
+        cmocka_unit_test(test_image_user),
         cmocka_unit_test(test_hostile_image_refused),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

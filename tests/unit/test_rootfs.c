@@ -346,12 +346,62 @@ static void test_many_layers(void **state)
     assert_int_equal(is_mountpoint(f->mnt), 0);
 }
 
+static void test_resolve_user(void **state)
+{
+    struct fixture *f = *state;
+    char root[128], p[256], home[64];
+    uid_t uid;
+    gid_t gid;
+    snprintf(root, sizeof(root), "%s/users", f->dir);
+    assert_int_equal(mkdir(root, 0755), 0);
+    assert_int_equal(mkd(root, "etc", 0), 0);
+    assert_int_equal(put(root, "etc/passwd",
+                         "root:x:0:0:root:/root:/bin/sh\n# junk line\nbad\n"
+                         "app:x:1000:1001:App:/home/app:/bin/sh\nbig:x:70000:1::/:/bin/sh",
+                         0),
+                     0);
+    assert_int_equal(put(root, "etc/group", "root:x:0:\napp:x:1001:\nstaff:x:50:app\n", 0), 0);
+#define RESOLVE(u) rootfs_resolve_user(root, u, 65536, &uid, &gid, home, sizeof(home))
+    assert_int_equal(RESOLVE("app"), 0);
+    assert_int_equal(uid, 1000);
+    assert_int_equal(gid, 1001);
+    assert_string_equal(home, "/home/app");
+    assert_int_equal(RESOLVE("app:staff"), 0);
+    assert_int_equal(gid, 50);
+    assert_int_equal(RESOLVE("app:7"), 0);
+    assert_int_equal(gid, 7);
+    assert_int_equal(RESOLVE("1000"), 0); /* numeric: the entry's group and home */
+    assert_int_equal(gid, 1001);
+    assert_string_equal(home, "/home/app");
+    assert_int_equal(RESOLVE("4242"), 0); /* numeric, no entry: gid 0, home / */
+    assert_int_equal(uid, 4242);
+    assert_int_equal(gid, 0);
+    assert_string_equal(home, "/");
+    assert_int_equal(RESOLVE("4242:4243"), 0);
+    assert_int_equal(gid, 4243);
+    assert_int_equal(RESOLVE("root"), 0);
+    assert_int_equal(uid, 0);
+    assert_int_equal(RESOLVE("ghost"), -ENOENT);
+    assert_int_equal(RESOLVE("app:ghosts"), -ENOENT);
+    assert_int_equal(RESOLVE("big"), -ERANGE); /* outside the sandbox's 65536 ids */
+    assert_int_equal(RESOLVE("70000"), -ERANGE);
+    assert_int_equal(RESOLVE(""), -EINVAL);
+    assert_int_equal(RESOLVE("app:"), -ENOENT);
+    /* /etc/passwd a symlink out of the root: read inside it (here: missing), never the host's */
+    snprintf(p, sizeof(p), "%s/etc/passwd", root);
+    assert_int_equal(unlink(p), 0);
+    assert_int_equal(symlink("/etc/os-release", p), 0); /* exists on the host only */
+    assert_int_equal(RESOLVE("root"), -ENOENT);
+    assert_int_equal(RESOLVE("0"), 0);
+#undef RESOLVE
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_userns),         cmocka_unit_test(test_mount_shifts_hides_copies_up),
         cmocka_unit_test(test_umount_missing), cmocka_unit_test(test_failure_leaves_nothing),
-        cmocka_unit_test(test_many_layers),
+        cmocka_unit_test(test_many_layers),    cmocka_unit_test(test_resolve_user),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
