@@ -31,6 +31,7 @@
 #include "core/util.h"
 #include "sandbox/cgroup.h"
 #include "sandbox/disk.h"
+#include "sandbox/fs.h"
 #include "sandbox/netns.h"
 #include "sandbox/seccomp.h"
 #include "sandbox/template.h"
@@ -403,6 +404,23 @@ static void test_image_sandbox_lifecycle(void **state)
     assert_int_equal(sb.st_uid, 0);
     /* no mount system calls inside */
     assert_int_not_equal(run("mount -t tmpfs none /tmp", &rr), 0);
+
+    /* the files engine (under the files API) sees the image root and writes as its root */
+    struct fs_root froot;
+    assert_int_equal(fs_root_open(fx.sb->pid, host_uid, host_uid, &froot), 0);
+    int rfd = fs_open_read(&froot, "/etc/motd", NULL);
+    assert_true(rfd >= 0);
+    char motd[64] = "";
+    assert_int_equal(read(rfd, motd, sizeof(motd) - 1), 19);
+    close(rfd);
+    assert_string_equal(motd, "from the top layer\n");
+    struct fs_tmp tmp;
+    assert_int_equal(fs_open_write(&froot, "/etc/fromapi", 0644, 0, &tmp), 0);
+    assert_int_equal(write(tmp.fd, "api\n", 4), 4);
+    assert_int_equal(fs_commit(&tmp), 0);
+    fs_root_close(&froot);
+    assert_int_equal(run("cat /etc/fromapi; stat -c %u /etc/fromapi", &rr), 0);
+    assert_string_equal(rr.out, "api\n0\n");
 
     /* the store's record names the image */
     store_list_sandboxes(fx.store, on_record, NULL);
