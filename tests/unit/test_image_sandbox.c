@@ -251,7 +251,8 @@ static void on_exec_done(struct exec *ex, struct exec_result *res, void *arg)
     (void)ex;
     rr->exit_code = res->error ? -1 : res->exit_code;
     size_t n = res->out.len < sizeof(rr->out) - 1 ? res->out.len : sizeof(rr->out) - 1;
-    memcpy(rr->out, res->out.data, n);
+    if (n)
+        memcpy(rr->out, res->out.data, n);
     rr->out[n] = '\0';
     rr->done = 1;
 }

@@ -314,7 +314,7 @@ static void test_many_layers(void **state)
 {
     struct fixture *f = *state;
     const char *lowers[ROOTFS_MAX_LAYERS];
-    char dirs[ROOTFS_MAX_LAYERS][200], p[256];
+    char dirs[ROOTFS_MAX_LAYERS][256], p[256];
     const char *what = NULL;
     for (int i = 0; i < ROOTFS_MAX_LAYERS; i++) {
         /* long names: 64 × ~150 bytes is well past the 4 KiB page of mount(2) options */
