@@ -201,7 +201,7 @@ int api_parse_run(struct api_ctx *ctx, const struct sandbox *sb, json_t *body,
     long long max_out = (long long)ctx->limits->max_output_default;
 
     memset(run, 0, sizeof(*run));
-    run->cwd = "/workspace";
+    run->cwd = sandbox_default_cwd(sb);
     run->timeout_s = ctx->limits->exec_timeout_default_s;
     for (size_t i = 0; i < sizeof(base) / sizeof(base[0]); i++)
         keys[nk++] = base[i];

@@ -199,14 +199,14 @@ static void on_created(struct sandbox *sb, enum session_err e, const char *msg, 
 static void create_now(struct create_call *call, struct template *tpl)
 {
     char msg[1024];
-    struct sandbox_image img;
+    struct sandbox_image *img = NULL;
     enum session_err e = SESSION_OK;
-    if (tpl && (e = templates_image(call->ctx->templates, tpl, &img, msg, sizeof(msg))) == 0)
-        call->spec.image = &img;
+    if (tpl)
+        e = templates_image(call->ctx->templates, tpl, &img, msg, sizeof(msg));
+    call->spec.image = img;
     if (e == 0)
         e = sandbox_create(call->ctx->reg, &call->spec, on_created, call, msg, sizeof(msg));
-    if (tpl && call->spec.image)
-        sandbox_image_free(&img);
+    sandbox_image_free(img); /* the sandbox keeps its own copy */
     call->spec.image = NULL;
     if (e) {
         network_free(call->spec.network);

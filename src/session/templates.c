@@ -573,9 +573,14 @@ static char *str_of(json_t *s)
 }
 
 enum session_err templates_image(const struct template_set *ts, const struct template *tpl,
-                                 struct sandbox_image *img, char *msg, size_t msglen)
+                                 struct sandbox_image **out, char *msg, size_t msglen)
 {
-    memset(img, 0, sizeof(*img));
+    struct sandbox_image *img = calloc(1, sizeof(*img));
+    *out = NULL;
+    if (!img) {
+        snprintf(msg, msglen, "out of memory");
+        return SESSION_ERR_NOMEM;
+    }
     snprintf(img->template_name, sizeof(img->template_name), "%s", tpl->name);
     snprintf(img->image, sizeof(img->image), "%s", tpl->image);
     snprintf(img->digest, sizeof(img->digest), "%s", tpl->digest);
@@ -599,6 +604,7 @@ enum session_err templates_image(const struct template_set *ts, const struct tem
         snprintf(msg, msglen, "out of memory");
         return SESSION_ERR_NOMEM;
     }
+    *out = img;
     return SESSION_OK;
 }
 

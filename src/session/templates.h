@@ -114,7 +114,7 @@ void templates_acquire(struct template_set *ts, const char *name, const char *im
 /* What a sandbox made of the ready template `tpl` needs (session/sandbox.h): its layers (top
  * first, as overlayfs wants its lowers) and its image config. Free with sandbox_image_free(). */
 enum session_err templates_image(const struct template_set *ts, const struct template *tpl,
-                                 struct sandbox_image *img, char *msg, size_t msglen);
+                                 struct sandbox_image **img, char *msg, size_t msglen);
 
 /* Deletes a template that no sandbox uses (the caller checks: a stopped sandbox uses its
  * template's layers too) and, in the background, the layers and blobs no other template names.
