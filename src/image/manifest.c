@@ -45,7 +45,8 @@ static void media_type_base(const char *s, char *out, size_t cap)
 
 static int is_schema1(const char *mt)
 {
-    return strncmp(mt, "application/vnd.docker.distribution.manifest.v1", 48) == 0;
+    static const char v1[] = "application/vnd.docker.distribution.manifest.v1";
+    return strncmp(mt, v1, sizeof(v1) - 1) == 0;
 }
 
 /* A descriptor's digest and size, checked. */
