@@ -6,21 +6,17 @@
 #include <string.h>
 
 #include "api/api.h"
-#include "core/util.h"
+#include "core/json.h"
 #include "session/templates.h"
 
 #define ERRLEN 512
 
-/* Implicit templates are named by image references ("127.0.0.1:5000/team/app:1"), so the name
- * in the path may come percent-encoded ("%2F" for '/'). */
+/* Implicit templates are named by image references ("127.0.0.1:5000/team/app:1"): their routes
+ * take the rest of the path as the name, slashes included. */
 static struct template *find_template(struct api_ctx *ctx, http_req_t *req,
                                       const struct route_params *p)
 {
-    char name[TEMPLATE_NAME_MAX];
-    if (util_percent_decode(route_param(p, "name"), name, sizeof(name)) < 0) {
-        http_respond_error(req, 400, "bad_request", "malformed template name in the path");
-        return NULL;
-    }
+    const char *name = route_param(p, "name");
     struct template *tpl = templates_find(ctx->templates, name);
     if (!tpl)
         http_respond_error(req, 404, "not_found", "no template named '%s'", name);

@@ -565,22 +565,6 @@ int cli_print_list(const char *path, const char *key, const char *id_key, bool j
     return ret;
 }
 
-int cli_write_all(int fd, const void *p, size_t n)
-{
-    const char *s = p;
-    while (n > 0) {
-        ssize_t w = write(fd, s, n);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        s += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
 int cli_b64_encode(buf_t *out, const void *p, size_t n)
 {
     /* Encode in blocks (a multiple of 3 bytes) to keep EVP_EncodeBlock's int sizes small. */

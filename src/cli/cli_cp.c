@@ -20,6 +20,7 @@
  * temporary file, stop the tar child, and the exit status is 128+N.
  */
 #include "cli/cli_internal.h"
+#include "core/util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -556,7 +557,7 @@ static int cp_on_head(void *arg, const struct client_response *resp)
 static int cp_write_body(void *arg, const void *data, size_t len)
 {
     struct cp *cp = arg;
-    int r = cli_write_all(cp->out_fd, data, len);
+    int r = util_write_all(cp->out_fd, data, len);
     if (r < 0) {
         const char *what = cp->out == CP_OUT_FILE  ? cp->out_target
                            : cp->out == CP_OUT_TAR ? "tar"

@@ -115,8 +115,6 @@ int cli_print_json(json_t *j);
 int cli_print_list(const char *path, const char *key, const char *id_key, bool json, bool quiet,
                    void (*print_table)(json_t *list));
 
-/* Write all of `p` to `fd` (retrying short writes and EINTR). Returns 0 or -errno. */
-int cli_write_all(int fd, const void *p, size_t n);
 
 /* base64 (standard alphabet, padded) of `n` bytes, appended to `out`. Returns 0 or -ENOMEM. */
 int cli_b64_encode(buf_t *out, const void *p, size_t n);

@@ -46,4 +46,7 @@ int util_mkdir_p(const char *path, unsigned mode);
 /* Frees a NULL-terminated array of malloc'd strings and the array (NULL is fine). */
 void util_free_strv(char **v);
 
+/* Writes all of p[0..n) to fd, retrying short writes and EINTR. 0 or -errno. */
+int util_write_all(int fd, const void *p, size_t n);
+
 #endif

@@ -23,7 +23,7 @@
 #include <jansson.h>
 
 #include "core/util.h"
-#include "image/sha256.h"
+#include "image/digest.h"
 
 #define JSON_MAX (4 << 20)
 #define MAX_MEMBERS 100000
@@ -56,7 +56,7 @@ struct importer {
     int spool; /* the spool directory */
     char spool_name[64];
     int tee; /* the raw copy while undecided / for a rootfs */
-    struct sha256_ctx raw_sha;
+    struct digest_ctx raw_sha;
     int64_t raw_bytes;
     unsigned char magic[4];
     int err; /* an error of the read callback (a failed tee write) */
@@ -121,7 +121,7 @@ static la_ssize_t in_read(struct archive *a, void *ud, const void **out)
         }
         for (ssize_t i = 0; i < n && im->raw_bytes + i < 4; i++)
             im->magic[im->raw_bytes + i] = (unsigned char)im->buf[i];
-        sha256_update(&im->raw_sha, im->buf, (size_t)n);
+        digest_update(&im->raw_sha, im->buf, (size_t)n);
         im->raw_bytes += n;
     }
     *out = im->buf;
@@ -243,15 +243,15 @@ static int read_small(struct importer *im, struct archive *a, const char *name, 
 /* Writes the member's data into the spool as <hex> (hashed on the way). */
 static int spool_member(struct importer *im, struct archive *a, struct member *m)
 {
-    char tmp[32], digest[SHA256_DIGEST_LEN];
-    struct sha256_ctx sha;
-    int r = sha256_init(&sha);
+    char tmp[32], digest[DIGEST_STRLEN];
+    struct digest_ctx sha;
+    int r = digest_init(&sha);
     if (r < 0)
         return fail(im, r, "out of memory");
     snprintf(tmp, sizeof(tmp), "part-%u", im->counter++);
     int fd = openat(im->spool, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd < 0) {
-        sha256_free(&sha);
+        digest_free(&sha);
         return fail(im, errno, "spooling %s: %s", m->name, strerror(errno));
     }
     for (;;) {
@@ -267,10 +267,10 @@ static int spool_member(struct importer *im, struct archive *a, struct member *m
             r = fail(im, r, "spooling %s: %s", m->name, strerror(-r));
             goto out;
         }
-        sha256_update(&sha, im->buf, (size_t)n);
+        digest_update(&sha, im->buf, (size_t)n);
         m->size += n;
     }
-    sha256_final(&sha, digest);
+    digest_final(&sha, digest);
     memcpy(m->hex, digest + 7, 65);
     /* A blob named by its digest must have that content. */
     if (!strncmp(m->name, "blobs/sha256/", 13) && strcmp(m->name + 13, m->hex)) {
@@ -280,7 +280,7 @@ static int spool_member(struct importer *im, struct archive *a, struct member *m
     if (renameat(im->spool, tmp, im->spool, m->hex) < 0)
         r = fail(im, errno, "spooling %s: %s", m->name, strerror(errno));
 out:
-    sha256_free(&sha);
+    digest_free(&sha);
     close(fd);
     unlinkat(im->spool, tmp, 0);
     return r;
@@ -451,13 +451,13 @@ static json_t *blob_json(struct importer *im, const char *hex, const char *what,
 /* Writes text into the spool as a blob; its digest into digest (80 bytes). */
 static int spool_text(struct importer *im, const char *text, char *digest)
 {
-    struct sha256_ctx sha;
+    struct digest_ctx sha;
     size_t len = strlen(text);
-    int r = sha256_init(&sha);
+    int r = digest_init(&sha);
     if (r < 0)
         return fail(im, r, "out of memory");
-    sha256_update(&sha, text, len);
-    sha256_final(&sha, digest);
+    digest_update(&sha, text, len);
+    digest_final(&sha, digest);
     int fd =
         openat(im->spool, digest + 7, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
     if (fd < 0)
@@ -529,7 +529,7 @@ static json_t *load_config(struct importer *im, const char *hex, struct imported
     }
     for (size_t i = 0; i < json_array_size(ids); i++) {
         const char *d = json_string_value(json_array_get(ids, i));
-        if (!d || !sha256_digest_valid(d)) {
+        if (!d || !digest_valid(d)) {
             *r = fail(im, EINVAL, "the image config's diff_id %zu is not a sha256 digest", i);
             return NULL;
         }
@@ -563,7 +563,7 @@ static int resolve_oci(struct importer *im, struct imported_image *out)
     for (int depth = 0;; depth++) {
         const char *mt = json_string_value(json_object_get(desc, "mediaType"));
         const char *digest = json_string_value(json_object_get(desc, "digest"));
-        if (!desc || !digest || !sha256_digest_valid(digest)) {
+        if (!desc || !digest || !digest_valid(digest)) {
             r = fail(im, EINVAL, "index.json names no image manifest");
             goto out;
         }
@@ -586,7 +586,7 @@ static int resolve_oci(struct importer *im, struct imported_image *out)
     const char *cd =
         json_string_value(json_object_get(json_object_get(manifest, "config"), "digest"));
     json_t *layers = json_object_get(manifest, "layers");
-    if (!cd || !sha256_digest_valid(cd) || !json_is_array(layers)) {
+    if (!cd || !digest_valid(cd) || !json_is_array(layers)) {
         r = fail(im, EINVAL, "the manifest has no config digest or layers");
         goto out;
     }
@@ -602,8 +602,8 @@ static int resolve_oci(struct importer *im, struct imported_image *out)
         json_t *l = json_array_get(layers, i);
         const char *d = json_string_value(json_object_get(l, "digest"));
         const char *mt = json_string_value(json_object_get(l, "mediaType"));
-        struct image_layer *il = &out->layers[i];
-        if (!d || !sha256_digest_valid(d) || !mt || !layer_type_ok(mt)) {
+        struct imported_layer *il = &out->layers[i];
+        if (!d || !digest_valid(d) || !mt || !layer_type_ok(mt)) {
             r = fail(im, EINVAL, "layer %zu: no digest or an unsupported media type '%s'", i,
                      mt ? mt : "");
             goto out;
@@ -682,7 +682,7 @@ static int resolve_docker(struct importer *im, struct imported_image *out)
             r = fail(im, EINVAL, "layer %s is not in the archive", lp ? lp : "(none)");
             goto out;
         }
-        struct image_layer *il = &out->layers[i];
+        struct imported_layer *il = &out->layers[i];
         snprintf(il->digest, sizeof(il->digest), "sha256:%s", lm->hex);
         snprintf(il->diff_id, sizeof(il->diff_id), "%s", json_string_value(json_array_get(ids, i)));
         snprintf(il->media_type, sizeof(il->media_type), "%s", sniff_layer_type(im, lm->hex));
@@ -700,13 +700,13 @@ out:
 
 static int import_rootfs(struct importer *im, const char *spool_path, struct imported_image *out)
 {
-    char digest[SHA256_DIGEST_LEN], blob[4300], diff_id[SHA256_DIGEST_LEN];
-    struct image_layer *il = &out->layers[0];
+    char digest[DIGEST_STRLEN], blob[4300], diff_id[DIGEST_STRLEN];
+    struct imported_layer *il = &out->layers[0];
     const unsigned char *b = im->magic;
     int r;
     close(im->tee);
     im->tee = -1;
-    sha256_final(&im->raw_sha, digest);
+    digest_final(&im->raw_sha, digest);
     if (renameat(im->spool, "rootfs", im->spool, digest + 7) < 0)
         return fail(im, errno, "spooling: %s", strerror(errno));
     snprintf(blob, sizeof(blob), "%s/%s", spool_path, digest + 7);
@@ -769,7 +769,7 @@ int image_import(int fd, struct layer_store *s, struct imported_image *out, char
     im->spool = im->tee = -1;
     im->msg = msg;
     im->msglen = msglen;
-    if ((r = sha256_init(&im->raw_sha)) < 0 ||
+    if ((r = digest_init(&im->raw_sha)) < 0 ||
         (r = util_random_id(im->spool_name, sizeof(im->spool_name), ".tmp-import-")) < 0) {
         free(im);
         return r;
@@ -820,7 +820,7 @@ out:
         close(im->spool);
     if (spool_path[0])
         util_remove_tree(spool_path);
-    sha256_free(&im->raw_sha);
+    digest_free(&im->raw_sha);
     for (size_t i = 0; i < im->nm; i++) {
         free(im->m[i].name);
         free(im->m[i].link);

@@ -25,7 +25,7 @@
 
 #define IMAGE_MAX_LAYERS 64
 
-struct image_layer {
+struct imported_layer {
     char digest[80];     /* the blob in blobs/sha256/ ("sha256:<hex>") */
     char diff_id[80];    /* the uncompressed tar's digest: the unpacked layer's name */
     char media_type[80]; /* as in the manifest: application/vnd.oci.image.layer.v1.tar[+gzip|+zstd]
@@ -41,7 +41,7 @@ struct imported_image {
     char config_digest[80];   /* the image config (a blob) */
     char *config_json;        /* its text, NUL-terminated, malloc'd: imported_image_free */
     size_t n_layers;
-    struct image_layer layers[IMAGE_MAX_LAYERS]; /* base first */
+    struct imported_layer layers[IMAGE_MAX_LAYERS]; /* base first */
     int64_t total_size;                          /* the layer blobs' sizes added up */
 };
 

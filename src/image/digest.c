@@ -72,3 +72,9 @@ int digest_parse(const char *s, char hex_out[65])
     memcpy(hex_out, s, 65);
     return 0;
 }
+
+int digest_valid(const char *s)
+{
+    char hex[65];
+    return s && digest_parse(s, hex) == 0;
+}

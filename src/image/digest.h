@@ -28,5 +28,7 @@ int digest_buffer(const void *p, size_t n, char out[DIGEST_STRLEN]);
 /* Checks that s is "sha256:" followed by exactly 64 lowercase hex digits and copies the hex part
  * (with its NUL) into hex_out: 0, or -EINVAL for any other algorithm or form. */
 int digest_parse(const char *s, char hex_out[65]);
+/* True if s is a digest digest_parse() accepts. */
+int digest_valid(const char *s);
 
 #endif

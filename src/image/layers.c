@@ -14,7 +14,7 @@
 #include <unistd.h>
 
 #include "core/util.h"
-#include "image/sha256.h"
+#include "image/digest.h"
 #include "image/unpack.h"
 
 struct layer_store {
@@ -114,7 +114,7 @@ const char *layer_store_blobs_dir(const struct layer_store *s)
 
 int layer_store_path(const struct layer_store *s, const char *diff_id, char *out, size_t cap)
 {
-    if (!sha256_digest_valid(diff_id))
+    if (!digest_valid(diff_id))
         return -EINVAL;
     int n = snprintf(out, cap, "%s/%s", s->layers, diff_id + 7);
     return n < 0 || (size_t)n >= cap ? -ENAMETOOLONG : 0;
@@ -122,7 +122,7 @@ int layer_store_path(const struct layer_store *s, const char *diff_id, char *out
 
 int layer_store_blob_path(const struct layer_store *s, const char *digest, char *out, size_t cap)
 {
-    if (!sha256_digest_valid(digest))
+    if (!digest_valid(digest))
         return -EINVAL;
     int n = snprintf(out, cap, "%s/%s", s->blobs, digest + 7);
     return n < 0 || (size_t)n >= cap ? -ENAMETOOLONG : 0;
@@ -131,7 +131,7 @@ int layer_store_blob_path(const struct layer_store *s, const char *digest, char 
 int layer_store_has(const struct layer_store *s, const char *diff_id)
 {
     struct stat sb;
-    if (!sha256_digest_valid(diff_id))
+    if (!digest_valid(diff_id))
         return -EINVAL;
     return fstatat(s->layers_fd, diff_id + 7, &sb, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(sb.st_mode);
 }
@@ -153,7 +153,7 @@ static int write_size(int dfd, const char *name, uint64_t bytes)
 static int unpack_into_store(struct layer_store *s, const char *blob_path, const char *expect,
                              char *diff_id_out, char *msg, size_t msglen)
 {
-    char tmp[64], tmp_size[80], path[4200], diff_id[SHA256_DIGEST_LEN];
+    char tmp[64], tmp_size[80], path[4200], diff_id[DIGEST_STRLEN];
     struct unpack_stats st;
     int fd = -1, r, made = 0;
     msg[0] = '\0';
@@ -311,7 +311,7 @@ int64_t layer_store_bytes(const struct layer_store *s)
 static int kept(const char *hex, const char *const *keep, size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        if (keep[i] && sha256_digest_valid(keep[i]) && !strcmp(keep[i] + 7, hex))
+        if (keep[i] && digest_valid(keep[i]) && !strcmp(keep[i] + 7, hex))
             return 1;
     return 0;
 }

@@ -8,6 +8,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -156,8 +157,8 @@ static int one(struct snap *s, int dirfd, const char *name, const char *path, co
     if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
         return errno == ENOENT ? 0 : fail(s, -errno, path, "stat");
     if (S_ISCHR(st.st_mode) && st.st_rdev == makedev(0, 0)) {
-        char wh[8192];
-        snprintf(wh, sizeof(wh), "%s.wh.%s", prefix, name);
+        char wh[PATH_MAX + 16];
+        snprintf(wh, sizeof(wh), "%s.wh.%s", prefix, name); /* path fits PATH_MAX: so does this */
         return write_marker(s, wh);
     }
     if (!S_ISDIR(st.st_mode) && !S_ISREG(st.st_mode) && !S_ISLNK(st.st_mode) &&
@@ -200,10 +201,9 @@ static int one(struct snap *s, int dirfd, const char *name, const char *path, co
         char opq[2];
         if ((r = write_header(s, e, path)) < 0)
             goto out;
-        char sub[8192];
+        char sub[PATH_MAX + 2], marker[PATH_MAX + 16];
         snprintf(sub, sizeof(sub), "%s/", path);
         if (fgetxattr(fd, "trusted.overlay.opaque", opq, sizeof(opq)) == 1 && opq[0] == 'y') {
-            char marker[8200];
             snprintf(marker, sizeof(marker), "%s.wh..wh..opq", sub);
             if ((r = write_marker(s, marker)) < 0)
                 goto out;
@@ -270,9 +270,11 @@ static int walk(struct snap *s, int dirfd, const char *prefix, int depth)
     if (r == 0)
         qsort(names, n, sizeof(*names), by_name);
     for (size_t i = 0; r == 0 && i < n; i++) {
-        char path[8192];
-        snprintf(path, sizeof(path), "%s%s", prefix, names[i]);
-        r = one(s, dirfd, names[i], path, prefix, depth);
+        char path[PATH_MAX];
+        if (snprintf(path, sizeof(path), "%s%s", prefix, names[i]) >= (int)sizeof(path))
+            r = fail(s, -ENAMETOOLONG, prefix, names[i]);
+        else
+            r = one(s, dirfd, names[i], path, prefix, depth);
     }
     for (size_t i = 0; i < n; i++)
         free(names[i]);

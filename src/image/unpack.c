@@ -26,7 +26,7 @@
 #include <archive_entry.h>
 
 #include "core/util.h"
-#include "image/sha256.h"
+#include "image/digest.h"
 
 #define RESOLVE_STRICT                                                                             \
     (RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV)
@@ -34,7 +34,7 @@
 /* The first reader: compressed bytes in, uncompressed tar out, hashed on the way. */
 struct stream {
     struct archive *raw;
-    struct sha256_ctx sha;
+    struct digest_ctx sha;
     uint64_t bytes;
     char buf[64 * 1024];
 };
@@ -86,7 +86,7 @@ static la_ssize_t stream_read(struct archive *tar, void *ud, const void **out)
         archive_set_error(tar, EIO, "%s", archive_error_string(s->raw));
         return -1;
     }
-    sha256_update(&s->sha, s->buf, (size_t)n);
+    digest_update(&s->sha, s->buf, (size_t)n);
     s->bytes += (uint64_t)n;
     *out = s->buf;
     return n;
@@ -594,12 +594,12 @@ int layer_unpack(int fd, const char *dest, const char *expect_diff_id, char *dif
     struct unpacker u = {.destfd = -1, .msg = msg, .msglen = msglen};
     struct stream *s = calloc(1, sizeof(*s));
     struct archive_entry *rawe;
-    char diff_id[SHA256_DIGEST_LEN];
+    char diff_id[DIGEST_STRLEN];
     int r;
     msg[0] = '\0';
     if (!s)
         return -ENOMEM;
-    if ((r = sha256_init(&s->sha)) < 0)
+    if ((r = digest_init(&s->sha)) < 0)
         goto out;
     u.destfd = open(dest, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (u.destfd < 0) {
@@ -661,10 +661,10 @@ int layer_unpack(int fd, const char *dest, const char *expect_diff_id, char *dif
             snprintf(msg, msglen, "layer: %s", archive_error_string(s->raw));
             goto out;
         }
-        sha256_update(&s->sha, s->buf, (size_t)n);
+        digest_update(&s->sha, s->buf, (size_t)n);
         s->bytes += (uint64_t)n;
     }
-    sha256_final(&s->sha, diff_id);
+    digest_final(&s->sha, diff_id);
     u.st.tar_bytes = s->bytes;
     if (expect_diff_id && strcmp(expect_diff_id, diff_id) != 0) {
         r = -EBADMSG;
@@ -680,7 +680,7 @@ out:
         archive_read_free(u.tar);
     if (s->raw)
         archive_read_free(s->raw);
-    sha256_free(&s->sha);
+    digest_free(&s->sha);
     free(s);
     for (size_t i = 0; i < u.nfix; i++)
         free(u.fix[i].path);

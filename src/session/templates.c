@@ -195,7 +195,7 @@ static void pull_work(uv_work_t *req)
 {
     struct pull_op *op = req->data;
     struct template_set *ts = op->tpl->set;
-    char blobs[1100], blob[1300];
+    char blobs[1100], blob[4200];
     snprintf(blobs, sizeof(blobs), "%s/blobs", ts->images_dir);
     op->r = registry_pull(ts->rc, &op->ref, blobs, &op->pulled, on_progress, op->tpl, op->msg,
                           sizeof(op->msg));
@@ -206,18 +206,14 @@ static void pull_work(uv_work_t *req)
     if (op->pulled.config.n_diff_ids != op->pulled.n_layers) {
         op->r = -EPROTO;
         op->err = SESSION_ERR_IMAGE_INVALID;
-        snprintf(op->msg, sizeof(op->msg),
-                 "image %s: its config names %zu layers, its manifest %zu", op->tpl->image,
-                 op->pulled.config.n_diff_ids, op->pulled.n_layers);
+        snprintf(op->msg, sizeof(op->msg), "image %.300s: its config names %zu layers, its manifest %zu",
+                 op->tpl->image, op->pulled.config.n_diff_ids, op->pulled.n_layers);
         return;
     }
     for (size_t i = 0; i < op->pulled.n_layers; i++) {
-        char hex[65];
-        if (digest_parse(op->pulled.layers[i].digest, hex) < 0) {
-            op->r = -EPROTO;
+        if ((op->r = layer_store_blob_path(ts->layers, op->pulled.layers[i].digest, blob,
+                                           sizeof(blob))) < 0)
             break;
-        }
-        snprintf(blob, sizeof(blob), "%s/sha256/%s", blobs, hex);
         op->r = layer_store_unpack(ts->layers, blob, op->pulled.config.diff_ids[i], op->msg,
                                    sizeof(op->msg));
         if (op->r < 0)
