@@ -424,7 +424,7 @@ static void test_image_sandbox_lifecycle(void **state)
     assert_string_equal(rr.out, "api\n0\n");
 
     /* the store's record names the image */
-    store_list_sandboxes(fx.store, on_record, NULL);
+    store_list(fx.store, STORE_SANDBOX, on_record, NULL);
     assert_true(record_has_image);
 
     /* stop: the overlay goes, the upper stays; start mounts it again */
