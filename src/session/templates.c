@@ -4,15 +4,20 @@
 #include "session/templates.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/log.h"
 #include "core/util.h"
+#include "image/archive_import.h"
 #include "image/layers.h"
+#include "image/oci.h"
 #include "image/ref.h"
 #include "image/registry.h"
+#include "image/snapshot.h"
 
 static void collect(struct template_set *ts);
 
@@ -27,14 +32,33 @@ struct template_waiter {
     int open_handles;
 };
 
-struct pull_op {
+/* Work on the layer store for one template, on the pool: a pull, an import or a snapshot. Its
+ * outcome is an image (layers, config, digests) that becomes the template's, or an error. */
+struct store_op {
     uv_work_t work;
+    struct store_op *next; /* deferred while a collection runs */
     struct template *tpl;
-    struct image_ref ref;
+    void (*run)(struct store_op *op);
+    template_ready_cb cb; /* import and snapshot: told when done (pulls answer their waiters) */
+    void *cb_arg;
+    /* outcome */
     int r;
     enum session_err err;
     char msg[512];
-    struct pulled_image pulled;
+    char manifest[80], config_digest[80];
+    struct template_layer *layers;
+    size_t n_layers;
+    json_t *config;
+    /* pull */
+    struct image_ref ref;
+    /* import */
+    int fd;
+    /* snapshot */
+    char upper[1200], workspace[1200];
+    uid_t base, count;
+    char base_manifest[80];
+    struct template_layer *base_layers;
+    size_t n_base_layers;
 };
 
 const char *template_state_name(enum template_state s)
@@ -191,131 +215,274 @@ static void on_progress(void *arg, int64_t done, int64_t total)
 }
 
 /* Pool thread: download what is missing, then unpack every layer not yet in the store. */
-static void pull_work(uv_work_t *req)
+static void pull_run(struct store_op *op)
 {
-    struct pull_op *op = req->data;
     struct template_set *ts = op->tpl->set;
+    struct pulled_image pulled = {0};
     char blobs[1100], blob[4200];
     snprintf(blobs, sizeof(blobs), "%s/blobs", ts->images_dir);
-    op->r = registry_pull(ts->rc, &op->ref, blobs, &op->pulled, on_progress, op->tpl, op->msg,
+    op->r = registry_pull(ts->rc, &op->ref, blobs, &pulled, on_progress, op->tpl, op->msg,
                           sizeof(op->msg));
     if (op->r < 0) {
         op->err = pull_err(op->r);
-        return;
+        goto out;
     }
-    if (op->pulled.config.n_diff_ids != op->pulled.n_layers) {
+    if (pulled.config.n_diff_ids != pulled.n_layers) {
         op->r = -EPROTO;
         op->err = SESSION_ERR_IMAGE_INVALID;
-        snprintf(op->msg, sizeof(op->msg), "image %.300s: its config names %zu layers, its manifest %zu",
-                 op->tpl->image, op->pulled.config.n_diff_ids, op->pulled.n_layers);
-        return;
+        snprintf(op->msg, sizeof(op->msg),
+                 "image %.300s: its config names %zu layers, its manifest %zu", op->tpl->image,
+                 pulled.config.n_diff_ids, pulled.n_layers);
+        goto out;
     }
-    for (size_t i = 0; i < op->pulled.n_layers; i++) {
-        if ((op->r = layer_store_blob_path(ts->layers, op->pulled.layers[i].digest, blob,
-                                           sizeof(blob))) < 0)
-            break;
-        op->r = layer_store_unpack(ts->layers, blob, op->pulled.config.diff_ids[i], op->msg,
-                                   sizeof(op->msg));
-        if (op->r < 0)
-            break;
+    for (size_t i = 0; i < pulled.n_layers && op->r == 0; i++) {
+        if ((op->r = layer_store_blob_path(ts->layers, pulled.layers[i].digest, blob,
+                                           sizeof(blob))) == 0)
+            op->r = layer_store_unpack(ts->layers, blob, pulled.config.diff_ids[i], op->msg,
+                                       sizeof(op->msg));
     }
-    if (op->r < 0)
+    if (op->r < 0) {
         op->err = op->r == -ENOSPC || op->r == -EDQUOT ? SESSION_ERR_NO_SPACE
                   : op->r == -EBADMSG                  ? SESSION_ERR_IMAGE_CORRUPT
                                                        : SESSION_ERR_IMAGE_INVALID;
+        goto out;
+    }
+    op->layers = calloc(pulled.n_layers ? pulled.n_layers : 1, sizeof(*op->layers));
+    op->config = config_json(&pulled.config);
+    if (!op->layers || !op->config) {
+        op->r = -ENOMEM;
+        op->err = SESSION_ERR_NOMEM;
+        snprintf(op->msg, sizeof(op->msg), "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < pulled.n_layers; i++) {
+        snprintf(op->layers[i].digest, sizeof(op->layers[i].digest), "%s",
+                 pulled.layers[i].digest);
+        snprintf(op->layers[i].diff_id, sizeof(op->layers[i].diff_id), "%s",
+                 pulled.config.diff_ids[i]);
+        op->layers[i].size = pulled.layers[i].size;
+    }
+    op->n_layers = pulled.n_layers;
+    snprintf(op->manifest, sizeof(op->manifest), "%s", pulled.manifest_digest);
+    snprintf(op->config_digest, sizeof(op->config_digest), "%s", pulled.config_digest);
+out:
+    pulled_image_free(&pulled);
 }
 
-static void pull_done(uv_work_t *req, int status)
+/* The config an image document (JSON text) gives, as template->config; NULL with msg set. */
+static json_t *config_of(const char *text, char *msg, size_t msglen)
 {
-    struct pull_op *op = req->data;
+    struct image_config c = {0};
+    json_t *out = NULL;
+    if (image_config_parse(text, strlen(text), &c, msg, msglen) == 0)
+        out = config_json(&c);
+    image_config_free(&c);
+    return out;
+}
+
+/* Pool thread: an archive streamed through op->fd. */
+static void import_run(struct store_op *op)
+{
+    struct template_set *ts = op->tpl->set;
+    struct imported_image imp = {0};
+    op->r = image_import(op->fd, ts->layers, &imp, op->msg, sizeof(op->msg));
+    close(op->fd); /* the loop's writes fail from now on: nothing more is read */
+    op->fd = -1;
+    if (op->r == 0 && !(op->config = config_of(imp.config_json, op->msg, sizeof(op->msg))))
+        op->r = -EPROTO;
+    if (op->r == 0 && !(op->layers = calloc(imp.n_layers ? imp.n_layers : 1, sizeof(*op->layers))))
+        op->r = -ENOMEM;
+    if (op->r < 0) {
+        op->err = op->r == -ENOSPC ? SESSION_ERR_NO_SPACE
+                  : op->r == -ENOMEM ? SESSION_ERR_NOMEM
+                                     : SESSION_ERR_IMAGE_INVALID;
+        imported_image_free(&imp);
+        return;
+    }
+    for (size_t i = 0; i < imp.n_layers; i++) {
+        snprintf(op->layers[i].digest, sizeof(op->layers[i].digest), "%s", imp.layers[i].digest);
+        snprintf(op->layers[i].diff_id, sizeof(op->layers[i].diff_id), "%s",
+                 imp.layers[i].diff_id);
+        op->layers[i].size = imp.layers[i].size;
+    }
+    op->n_layers = imp.n_layers;
+    snprintf(op->manifest, sizeof(op->manifest), "%s", imp.manifest_digest);
+    snprintf(op->config_digest, sizeof(op->config_digest), "%s", imp.config_digest);
+    imported_image_free(&imp);
+}
+
+/* Pool thread: one more layer of what a (frozen) sandbox changed, on top of its image. */
+static void snapshot_run(struct store_op *op)
+{
+    struct template_set *ts = op->tpl->set;
+    char tmp[1200], blob[4200], digest[DIGEST_STRLEN], manifest[DIGEST_STRLEN],
+        config[DIGEST_STRLEN], *config_text = NULL;
+    int64_t size = 0;
+    /* In layers/.tmp-*: whatever a crash leaves there is removed when the store opens. */
+    snprintf(tmp, sizeof(tmp), "%s/layers/.tmp-snapshot-XXXXXX", ts->images_dir);
+    int fd = mkostemp(tmp, O_CLOEXEC);
+    if (fd < 0) {
+        op->r = -errno;
+        snprintf(op->msg, sizeof(op->msg), "snapshot: a temporary file: %s", strerror(errno));
+        goto out;
+    }
+    op->r = snapshot_layer(op->upper, op->workspace, op->base, op->count, fd, digest, &size,
+                           op->msg, sizeof(op->msg));
+    if (op->r == 0 && fsync(fd) < 0)
+        op->r = -errno;
+    close(fd);
+    if (op->r == 0 && (op->r = layer_store_blob_path(ts->layers, digest, blob, sizeof(blob))) == 0 &&
+        rename(tmp, blob) < 0)
+        op->r = -errno;
+    unlink(tmp);
+    /* Uncompressed: the layer's diff_id is its digest. */
+    if (op->r == 0)
+        op->r = layer_store_unpack(ts->layers, blob, digest, op->msg, sizeof(op->msg));
+    if (op->r == 0)
+        op->r = oci_derive(ts->layers, op->base_manifest, digest, size, manifest, config,
+                           &config_text, op->msg, sizeof(op->msg));
+    if (op->r == 0 && !(op->config = config_of(config_text, op->msg, sizeof(op->msg))))
+        op->r = -EPROTO;
+    if (op->r == 0 &&
+        !(op->layers = calloc(op->n_base_layers + 1, sizeof(*op->layers))))
+        op->r = -ENOMEM;
+    if (op->r < 0)
+        goto out;
+    memcpy(op->layers, op->base_layers, op->n_base_layers * sizeof(*op->layers));
+    struct template_layer *top = &op->layers[op->n_base_layers];
+    snprintf(top->digest, sizeof(top->digest), "%s", digest);
+    snprintf(top->diff_id, sizeof(top->diff_id), "%s", digest);
+    top->size = size;
+    op->n_layers = op->n_base_layers + 1;
+    snprintf(op->manifest, sizeof(op->manifest), "%s", manifest);
+    snprintf(op->config_digest, sizeof(op->config_digest), "%s", config);
+out:
+    if (op->r < 0 && !op->msg[0])
+        snprintf(op->msg, sizeof(op->msg), "snapshot: %s", strerror(-op->r));
+    if (op->r < 0)
+        op->err = op->r == -ENOSPC || op->r == -EDQUOT ? SESSION_ERR_NO_SPACE
+                  : op->r == -ENOMEM                   ? SESSION_ERR_NOMEM
+                                                       : SESSION_ERR_SETUP;
+    free(config_text);
+}
+
+static void store_op_free(struct store_op *op)
+{
+    free(op->layers);
+    free(op->base_layers);
+    json_decref(op->config);
+    if (op->fd >= 0)
+        close(op->fd);
+    free(op);
+}
+
+static void store_op_work(uv_work_t *req)
+{
+    struct store_op *op = req->data;
+    op->run(op);
+}
+
+static void store_op_done(uv_work_t *req, int status)
+{
+    struct store_op *op = req->data;
     struct template *tpl = op->tpl;
     struct template_set *ts = tpl->set;
     (void)status;
     ts->pending--;
     tpl->busy = 0;
     if (op->r == 0) {
-        struct template_layer *layers =
-            calloc(op->pulled.n_layers ? op->pulled.n_layers : 1, sizeof(*layers));
-        json_t *config = config_json(&op->pulled.config);
-        if (!layers || !config) {
-            free(layers);
-            json_decref(config);
-            op->r = -ENOMEM;
-            op->err = SESSION_ERR_NOMEM;
-            snprintf(op->msg, sizeof(op->msg), "out of memory");
-        } else {
-            tpl->size_bytes = 0;
-            for (size_t i = 0; i < op->pulled.n_layers; i++) {
-                snprintf(layers[i].digest, sizeof(layers[i].digest), "%s",
-                         op->pulled.layers[i].digest);
-                snprintf(layers[i].diff_id, sizeof(layers[i].diff_id), "%s",
-                         op->pulled.config.diff_ids[i]);
-                layers[i].size = op->pulled.layers[i].size;
-                tpl->size_bytes += layers[i].size;
-            }
-            free(tpl->layers);
-            json_decref(tpl->config);
-            tpl->layers = layers;
-            tpl->n_layers = op->pulled.n_layers;
-            tpl->config = config;
-            snprintf(tpl->digest, sizeof(tpl->digest), "%s", op->pulled.manifest_digest);
-            snprintf(tpl->config_digest, sizeof(tpl->config_digest), "%s",
-                     op->pulled.config_digest);
-            tpl->state = TEMPLATE_READY;
-            tpl->error[0] = '\0';
-            log_info("templates: %s ready (%s, %zu layers, %lld bytes)", tpl->name, tpl->digest,
-                     tpl->n_layers, (long long)tpl->size_bytes);
-        }
-    }
-    if (op->r < 0) {
+        free(tpl->layers);
+        json_decref(tpl->config);
+        tpl->layers = op->layers;
+        tpl->n_layers = op->n_layers;
+        tpl->config = op->config;
+        op->layers = NULL;
+        op->config = NULL;
+        tpl->size_bytes = 0;
+        for (size_t i = 0; i < tpl->n_layers; i++)
+            tpl->size_bytes += tpl->layers[i].size;
+        snprintf(tpl->digest, sizeof(tpl->digest), "%s", op->manifest);
+        snprintf(tpl->config_digest, sizeof(tpl->config_digest), "%s", op->config_digest);
+        tpl->state = TEMPLATE_READY;
+        tpl->error[0] = '\0';
+        log_info("templates: %s ready (%s, %zu layers, %lld bytes)", tpl->name, tpl->digest,
+                 tpl->n_layers, (long long)tpl->size_bytes);
+        template_save(tpl);
+    } else if (tpl->image[0]) {
+        /* A failed pull stays, failed, until the next use pulls again. */
         tpl->state = TEMPLATE_FAILED;
         tpl->err = op->err;
         snprintf(tpl->error, sizeof(tpl->error), "%s", op->msg);
         log_warn("templates: pulling %s failed: %s", tpl->image, tpl->error);
+        template_save(tpl);
+    } else {
+        /* A failed import or snapshot leaves no template behind. */
+        log_warn("templates: making %s failed: %s", tpl->name, op->msg);
+        tpl->state = TEMPLATE_FAILED;
+        tpl->err = op->err;
+        snprintf(tpl->error, sizeof(tpl->error), "%s", op->msg);
     }
-    pulled_image_free(&op->pulled);
-    free(op);
-    template_save(tpl);
     answer_waiters(tpl);
+    if (op->cb)
+        op->cb(op->r == 0 ? tpl : NULL, op->r == 0 ? SESSION_OK : op->err, op->msg, op->cb_arg);
+    if (op->r < 0 && !tpl->image[0]) {
+        unlink_template(ts, tpl);
+        template_free(tpl);
+    }
+    store_op_free(op);
     if (ts->gc_wanted && ts->pending == 0)
         collect(ts);
 }
 
-static void queue_pull(struct template *tpl)
+/* Runs op on the pool, or once the collection of unused layers is over (it must not remove
+ * what op is about to use). */
+static void store_op_queue(struct template_set *ts, struct store_op *op)
 {
-    struct template_set *ts = tpl->set;
-    struct pull_op *op = calloc(1, sizeof(*op));
-    int r = op ? image_ref_parse(tpl->image, &op->ref, op->msg, sizeof(op->msg)) : -ENOMEM;
-    if (r == 0) {
-        op->tpl = tpl;
-        op->work.data = op;
-        r = uv_queue_work(ts->loop, &op->work, pull_work, pull_done);
+    op->tpl->busy = 1;
+    op->work.data = op;
+    ts->pending++;
+    if (ts->collecting) {
+        op->next = ts->deferred;
+        ts->deferred = op;
+        return;
     }
-    if (r < 0) {
-        tpl->busy = 0;
+    int r = uv_queue_work(ts->loop, &op->work, store_op_work, store_op_done);
+    if (r < 0) { /* only with a bad loop: report it as the op's failure */
+        op->r = r;
+        op->err = SESSION_ERR_NOMEM;
+        snprintf(op->msg, sizeof(op->msg), "cannot queue the work: %s", uv_strerror(r));
+        store_op_done(&op->work, 0);
+    }
+}
+
+static struct store_op *store_op_new(struct template *tpl, void (*run)(struct store_op *op))
+{
+    struct store_op *op = calloc(1, sizeof(*op));
+    if (op) {
+        op->tpl = tpl;
+        op->run = run;
+        op->fd = -1;
+    }
+    return op;
+}
+
+/* Starts the pull of tpl->image. */
+static void start_pull(struct template *tpl)
+{
+    struct store_op *op = store_op_new(tpl, pull_run);
+    tpl->state = TEMPLATE_PULLING;
+    atomic_store(&tpl->bytes_done, 0);
+    atomic_store(&tpl->bytes_total, 0);
+    if (!op || image_ref_parse(tpl->image, &op->ref, op->msg, sizeof(op->msg)) < 0) {
         tpl->state = TEMPLATE_FAILED;
-        tpl->err = r == -ENOMEM ? SESSION_ERR_NOMEM : SESSION_ERR_BAD_REFERENCE;
-        snprintf(tpl->error, sizeof(tpl->error), "%s",
-                 op && op->msg[0] ? op->msg : "cannot start the pull");
+        tpl->err = op ? SESSION_ERR_BAD_REFERENCE : SESSION_ERR_NOMEM;
+        snprintf(tpl->error, sizeof(tpl->error), "%s", op ? op->msg : "out of memory");
         free(op);
         answer_waiters(tpl);
         return;
     }
-    ts->pending++;
-}
-
-/* Starts (or, while a collection runs, schedules) the pull of tpl->image. */
-static void start_pull(struct template *tpl)
-{
-    tpl->state = TEMPLATE_PULLING;
-    tpl->busy = 1;
-    atomic_store(&tpl->bytes_done, 0);
-    atomic_store(&tpl->bytes_total, 0);
     template_save(tpl);
-    if (tpl->set->collecting)
-        tpl->pull_wanted = 1;
-    else
-        queue_pull(tpl);
+    store_op_queue(tpl->set, op);
 }
 
 static struct template *template_new(struct template_set *ts, const char *name, const char *image)
@@ -455,6 +622,81 @@ enum session_err templates_pull(struct template_set *ts, const char *name, const
     if (!tpl->busy && tpl->state != TEMPLATE_READY)
         start_pull(tpl);
     *out = tpl;
+    return SESSION_OK;
+}
+
+/* A new template `name` made by `run`; SESSION_ERR_NAME_TAKEN if the name exists. */
+static struct store_op *made_template(struct template_set *ts, const char *name,
+                                      void (*run)(struct store_op *op), template_ready_cb cb,
+                                      void *arg, enum session_err *err, char *msg, size_t msglen)
+{
+    if (templates_find(ts, name)) {
+        snprintf(msg, msglen, "a template named '%s' exists", name);
+        *err = SESSION_ERR_NAME_TAKEN;
+        return NULL;
+    }
+    struct template *tpl = template_new(ts, name, "");
+    struct store_op *op = tpl ? store_op_new(tpl, run) : NULL;
+    if (!op) {
+        if (tpl) {
+            unlink_template(ts, tpl);
+            template_free(tpl);
+        }
+        snprintf(msg, msglen, "out of memory");
+        *err = SESSION_ERR_NOMEM;
+        return NULL;
+    }
+    tpl->state = TEMPLATE_PULLING;
+    op->cb = cb;
+    op->cb_arg = arg;
+    return op;
+}
+
+enum session_err templates_import(struct template_set *ts, const char *name, int fd,
+                                  template_ready_cb cb, void *arg, char *msg, size_t msglen)
+{
+    enum session_err err;
+    struct store_op *op = made_template(ts, name, import_run, cb, arg, &err, msg, msglen);
+    if (!op) {
+        close(fd);
+        return err;
+    }
+    op->fd = fd;
+    store_op_queue(ts, op);
+    return SESSION_OK;
+}
+
+enum session_err templates_snapshot(struct template_set *ts, const char *name,
+                                    const struct template *base, const char *upper,
+                                    const char *workspace, uid_t host_base, uid_t count,
+                                    template_ready_cb cb, void *arg, char *msg, size_t msglen)
+{
+    enum session_err err;
+    if (base->state != TEMPLATE_READY) {
+        snprintf(msg, msglen, "template '%s' of the sandbox is %s", base->name,
+                 template_state_name(base->state));
+        return SESSION_ERR_STATE;
+    }
+    struct store_op *op = made_template(ts, name, snapshot_run, cb, arg, &err, msg, msglen);
+    if (!op)
+        return err;
+    op->base_layers = calloc(base->n_layers + 1, sizeof(*op->base_layers));
+    if (!op->base_layers) {
+        struct template *tpl = op->tpl;
+        store_op_free(op);
+        unlink_template(ts, tpl);
+        template_free(tpl);
+        snprintf(msg, msglen, "out of memory");
+        return SESSION_ERR_NOMEM;
+    }
+    memcpy(op->base_layers, base->layers, base->n_layers * sizeof(*op->base_layers));
+    op->n_base_layers = base->n_layers;
+    snprintf(op->base_manifest, sizeof(op->base_manifest), "%s", base->digest);
+    snprintf(op->upper, sizeof(op->upper), "%s", upper);
+    snprintf(op->workspace, sizeof(op->workspace), "%s", workspace);
+    op->base = host_base;
+    op->count = count;
+    store_op_queue(ts, op);
     return SESSION_OK;
 }
 
@@ -609,7 +851,7 @@ enum session_err templates_image(const struct template_set *ts, const struct tem
  * Deleting a template leaves its layers and blobs; a collection removes whatever no template
  * names. It runs on the pool (removing trees is slow) and only while no pull runs: a pull in
  * flight may be about to use a layer no template names yet. Pulls asked for meanwhile wait for it
- * (pull_wanted) and start when it is done. */
+ * (store_op_queue) and start when it is done. */
 
 struct collect_op {
     uv_work_t work;
@@ -643,11 +885,14 @@ static void collect_done(uv_work_t *req, int status)
     free(op->blobs);
     free(op->strings);
     free(op);
-    for (struct template *tpl = ts->head; tpl; tpl = tpl->next)
-        if (tpl->pull_wanted) {
-            tpl->pull_wanted = 0;
-            queue_pull(tpl);
-        }
+    struct store_op *d = ts->deferred;
+    ts->deferred = NULL;
+    while (d) {
+        struct store_op *next = d->next;
+        ts->pending--; /* store_op_queue counts it again */
+        store_op_queue(ts, d);
+        d = next;
+    }
     if (ts->gc_wanted && ts->pending == 0)
         collect(ts);
 }
@@ -707,7 +952,7 @@ static void collect(struct template_set *ts)
 
 int templates_remove(struct template_set *ts, struct template *tpl)
 {
-    if (tpl->busy || tpl->pull_wanted)
+    if (tpl->busy)
         return -EBUSY;
     store_delete(ts->store, STORE_TEMPLATE, tpl->name);
     unlink_template(ts, tpl);

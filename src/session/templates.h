@@ -60,12 +60,12 @@ struct template
     /* private */
     struct template_set *set;
     struct template_waiter *waiters;
-    int busy;        /* a pull runs (or waits, pull_wanted) for it: it cannot be removed */
-    int pull_wanted; /* a pull waits for the collection of unused layers to end */
+    int busy; /* a pull, import or snapshot is making it: it cannot be removed */
 };
 
 struct registry_client;
 struct layer_store;
+struct store_op;
 
 struct template_set {
     uv_loop_t *loop;
@@ -76,8 +76,9 @@ struct template_set {
     double pull_timeout_s; /* how long a create waits for its image */
     /* private */
     struct template *head;
-    unsigned pending; /* pulls and collections in flight */
-    int collecting;   /* unused layers are being removed: pulls wait */
+    unsigned pending; /* pulls, imports, snapshots and collections in flight or deferred */
+    int collecting;   /* unused layers are being removed: the others wait (deferred) */
+    struct store_op *deferred;
     int gc_wanted;    /* a template was removed since the last collection */
 };
 
@@ -110,6 +111,24 @@ typedef void (*template_ready_cb)(struct template *tpl, enum session_err err, co
                                   void *arg);
 void templates_acquire(struct template_set *ts, const char *name, const char *image,
                        template_ready_cb cb, void *arg);
+
+/* Makes template `name` of the image archive read from `fd` (a docker save tarball, an
+ * oci-archive or a root file system tar; plain, gzip or zstd) on the pool; `fd` is taken over
+ * (closed when the import has read what it needs or failed). cb runs when it is done: with the
+ * ready template, or NULL and SESSION_ERR_IMAGE_INVALID (msg names what is wrong), NO_SPACE,
+ * NOMEM — then no template is left. At once: SESSION_ERR_NAME_TAKEN, NOMEM (cb never runs). */
+enum session_err templates_import(struct template_set *ts, const char *name, int fd,
+                                  template_ready_cb cb, void *arg, char *msg, size_t msglen);
+
+/* Makes template `name` of template `base` plus one layer of what a sandbox made of it changed:
+ * `upper`, the upper directory of its overlay root, and its `workspace` (at /workspace), with
+ * owners in [host_base, host_base + count) shifted back to the image's. The caller keeps the
+ * sandbox frozen until cb runs (with the template, or NULL: SESSION_ERR_SETUP naming the path
+ * that failed, NO_SPACE, NOMEM). At once: NAME_TAKEN, STATE (base not ready), NOMEM. */
+enum session_err templates_snapshot(struct template_set *ts, const char *name,
+                                    const struct template *base, const char *upper,
+                                    const char *workspace, uid_t host_base, uid_t count,
+                                    template_ready_cb cb, void *arg, char *msg, size_t msglen);
 
 /* What a sandbox made of the ready template `tpl` needs (session/sandbox.h): its layers (top
  * first, as overlayfs wants its lowers) and its image config. Free with sandbox_image_free(). */
