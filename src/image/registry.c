@@ -723,9 +723,9 @@ static size_t endpoints(const struct registry_client *rc, const struct image_ref
     size_t n = 0;
     for (size_t i = 0; i < rc->o.n_mirrors && n + 1 < cap; i++) {
         const char *m = rc->o.mirrors[i], *eq = strchr(m, '=');
-        char key[256];
-        snprintf(key, sizeof(key), "%.*s", (int)(eq - m), m);
-        registry_host_normalise(key, key, sizeof(key));
+        char raw[256], key[256];
+        snprintf(raw, sizeof(raw), "%.*s", (int)(eq - m), m);
+        registry_host_normalise(raw, key, sizeof(key));
         if (strcmp(key, ref->registry) != 0)
             continue;
         struct endpoint *e = &eps[n++];
