@@ -183,6 +183,10 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
             return self._send(200, json.dumps({"access_token": tok}).encode(),
                               [("Content-Type", "application/json")])
         auth = self.headers.get("Authorization", "")
+        if self.path.startswith("/redirected/"):
+            # Blob storage on "another host": never sees the registry's Authorization.
+            return self._forward(self.path[len("/redirected"):],
+                                 f"auth={'yes' if auth else 'no'}")
         if not (auth.startswith("Bearer ") and auth[7:] in px.tokens):
             parts = self.path.split("/")
             repo = "/".join(parts[2:-2]) if len(parts) > 4 else ""
@@ -192,14 +196,24 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
                 ("WWW-Authenticate",
                  f'Bearer realm="http://{px.host}/token",service="warren-test"{scope}'),
                 ("Content-Type", "application/json")])
+        if "/blobs/" in self.path and px.redirect_blobs:
+            # Like a registry on object storage: blobs are a redirect to another host name.
+            port = px.host.split(":")[1]
+            px.record(f"{self.command} {self.path} 307")
+            return self._send(307, b"", [("Location",
+                                          f"http://localhost:{port}/redirected{self.path}")])
+        self._forward(self.path, "")
+
+    def _forward(self, path, note):
+        px = self.server.proxy
         conn = http.client.HTTPConnection(px.backend, timeout=WAIT_S)
         fwd = {k: v for k, v in self.headers.items() if k.lower() in ("accept", "range")}
-        conn.request(self.command, self.path, headers=fwd)
+        conn.request(self.command, path, headers=fwd)
         r = conn.getresponse()
         body = r.read()
         conn.close()
         px.record(f"{self.command} {self.path} range={self.headers.get('Range', '-')} "
-                  f"status={r.status} bytes={len(body)}")
+                  f"status={r.status} bytes={len(body)} {note}")
         keep = [(k, v) for k, v in r.getheaders()
                 if k.lower() in ("content-type", "content-range", "docker-content-digest",
                                  "accept-ranges", "www-authenticate")]
@@ -207,10 +221,13 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
 
 
 class TokenProxy:
-    """Bearer-token authentication in front of the registry at `backend` ("host:port")."""
+    """Bearer-token authentication in front of the registry at `backend` ("host:port"). With
+    redirect_blobs, blob GETs are redirected to http://localhost:<its port>/redirected/..., a
+    different host name for the client, and the log says whether Authorization came along."""
 
-    def __init__(self, backend, users, log_path):
+    def __init__(self, backend, users, log_path, redirect_blobs=True):
         self.backend = backend
+        self.redirect_blobs = redirect_blobs
         self.users = dict(users)
         self.tokens = set()
         self.log_path = log_path

@@ -459,11 +459,15 @@ static void test_token_and_resume(void **state)
     pulled_image_free(&pi);
     assert_true(proxy_log_has(
         "TOKEN alice /token?service=warren-test&scope=repository%3Atest%2Fimg%3Apull"));
-    snprintf(
-        needle, sizeof(needle), "GET /v2/test/img/blobs/%s range=bytes=%lld- status=206 bytes=%lld",
-        info_str("img.layers.2"), (long long)half, (long long)(info_int("img.sizes.2") - half));
+    /* The blobs came through a redirect to another host name, without the Authorization. */
+    snprintf(needle, sizeof(needle),
+             "GET /redirected/v2/test/img/blobs/%s range=bytes=%lld- status=206 bytes=%lld auth=no",
+             info_str("img.layers.2"), (long long)half,
+             (long long)(info_int("img.sizes.2") - half));
     if (!proxy_log_has(needle))
         fail_msg("no ranged request in the proxy log: %s", needle);
+    assert_false(proxy_log_has("auth=yes"));
+    assert_true(proxy_log_has(" 307"));
 }
 
 /* A partial file whose bytes are wrong: the resumed result does not match, the pull starts the
