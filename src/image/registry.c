@@ -370,8 +370,10 @@ int registry_pull(struct registry_client *rc, const struct image_ref *ref, const
             explicit_bzero(p.authz, strlen(p.authz));
             free(p.authz);
         }
-        if (r == 0)
+        if (r == 0) {
+            msg[0] = '\0'; /* a mirror's failure before is not this pull's */
             break;
+        }
         pulled_image_free(out);
         if (r == -ENOSPC || r == -EIO || r == -ENOMEM)
             break;
