@@ -17,6 +17,8 @@
 
 /* Transient transfer failures are retried (resuming) this many times in all. */
 #define REGISTRY_ATTEMPTS 3
+/* Error bodies and token answers are small; more is not read. */
+#define SMALL_BODY_MAX (64 << 10)
 /* Layers downloading at once in one pull. */
 #define REGISTRY_PARALLEL 4
 
@@ -77,6 +79,9 @@ struct xfer {
     int restarted;  /* the partial file was thrown away once already */
     int done;       /* the blob is in place */
 };
+
+/* 1 if host ("host[:port]") is listed as insecure. */
+int registry_host_insecure(const struct registry_client *rc, const char *host);
 
 void xfer_init(struct xfer *x, struct pull *p);
 void xfer_reset_answer(struct xfer *x);
