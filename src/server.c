@@ -359,7 +359,7 @@ static int server_start(struct server *srv)
                                 .version = WARREN_VERSION};
     if ((r = http_server_new(&srv->http, &srv->loop, &limits, server_handle, srv)) < 0)
         return r;
-    http_server_set_stream_hook(srv->http, api_files_wants_stream);
+    http_server_set_stream_hook(srv->http, api_wants_stream);
     if ((r = http_server_listen(srv->http, srv->cfg.listen)) < 0) {
         log_error("cannot listen on %s: %s", srv->cfg.listen, strerror(-r));
         return r;

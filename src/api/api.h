@@ -132,6 +132,10 @@ void api_template_create(struct api_ctx *ctx, http_req_t *req, const struct rout
 void api_template_list(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 void api_template_get(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 void api_template_delete(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_template_import(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_template_export(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_sandbox_snapshot(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_sandbox_fork(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 /* health.c */
 void api_healthz(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 void api_info(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
@@ -164,8 +168,9 @@ void api_files_delete(struct api_ctx *ctx, http_req_t *req, const struct route_p
 void api_files_list(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 void api_archive_get(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 void api_archive_put(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
-/* The HTTP stream hook: PUT files and PUT archive read their bodies as streams. */
-int api_files_wants_stream(http_req_t *req, void *ctx);
+/* api.c: the HTTP stream hook: PUT files, PUT archive (of a sandbox or a template) read their
+ * bodies as streams. */
+int api_wants_stream(http_req_t *req, void *ctx);
 /* terminals.c */
 void api_terminal_create(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 void api_terminal_list(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);

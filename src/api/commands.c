@@ -236,8 +236,7 @@ int api_parse_run(struct api_ctx *ctx, const struct sandbox *sb, json_t *body,
         while (img && img->cmd && img->cmd[nc])
             nc++;
         if (ne + nc == 0) {
-            snprintf(err, errlen,
-                     "'argv' (array of strings) or 'shell' (string) is required%s",
+            snprintf(err, errlen, "'argv' (array of strings) or 'shell' (string) is required%s",
                      img ? " (the image has no Entrypoint or Cmd)" : "");
             return 400;
         }

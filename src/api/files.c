@@ -772,14 +772,3 @@ void api_archive_put(struct api_ctx *ctx, http_req_t *req, const struct route_pa
     if (api_pipe_receive(ctx->reg->loop, req, fd, on_extract_end, x, &x->pipe) < 0)
         abort();
 }
-
-int api_files_wants_stream(http_req_t *req, void *ctx)
-{
-    const char *path = http_req_path(req);
-    size_t n = strlen(path);
-    (void)ctx;
-    if (strcmp(http_req_method(req), "PUT") != 0 || strncmp(path, "/v1/sandboxes/", 14) != 0)
-        return 0;
-    return (n > 6 && strcmp(path + n - 6, "/files") == 0) ||
-           (n > 8 && strcmp(path + n - 8, "/archive") == 0);
-}

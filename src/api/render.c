@@ -18,18 +18,18 @@ json_t *api_sandbox_json(const struct sandbox *sb)
     util_format_time(sb->last_active_at, active, sizeof(active));
     util_format_time(expires_at, expires, sizeof(expires));
     const struct sandbox_image *img = sb->image;
-    return json_pack("{s:s, s:s, s:s, s:s, s:o, s:o, s:{s:f, s:I, s:I, s:I}, s:o, s:O, s:O, s:O, "
-                     "s:n, s:s, s:s, s:s, s:f, s:f, s:o}",
-                     "id", sb->id, "name", sb->name, "state", sandbox_state_name(sb->state),
-                     "template", sb->template_name, "image",
-                     img && img->image[0] ? json_string(img->image) : json_null(), "image_digest",
-                     img && img->digest[0] ? json_string(img->digest) : json_null(), "resources", "cpus", sb->res.cpus, "memory_mib",
-                     (json_int_t)sb->res.memory_mib, "pids", (json_int_t)sb->res.pids, "disk_mib",
-                     (json_int_t)sb->res.disk_mib, "network", network_to_json(sb->network),
-                     "labels", sb->labels, "env", sb->env, "secrets", sb->secrets, "session_id",
-                     "created_at", created, "last_active_at", active, "node", sb->reg->node,
-                     "ttl_s", sb->ttl_s, "idle_timeout_s", sb->idle_timeout_s, "expires_at",
-                     expires_at > 0 ? json_string(expires) : json_null());
+    return json_pack(
+        "{s:s, s:s, s:s, s:s, s:o, s:o, s:{s:f, s:I, s:I, s:I}, s:o, s:O, s:O, s:O, "
+        "s:n, s:s, s:s, s:s, s:f, s:f, s:o}",
+        "id", sb->id, "name", sb->name, "state", sandbox_state_name(sb->state), "template",
+        sb->template_name, "image", img && img->image[0] ? json_string(img->image) : json_null(),
+        "image_digest", img && img->digest[0] ? json_string(img->digest) : json_null(), "resources",
+        "cpus", sb->res.cpus, "memory_mib", (json_int_t)sb->res.memory_mib, "pids",
+        (json_int_t)sb->res.pids, "disk_mib", (json_int_t)sb->res.disk_mib, "network",
+        network_to_json(sb->network), "labels", sb->labels, "env", sb->env, "secrets", sb->secrets,
+        "session_id", "created_at", created, "last_active_at", active, "node", sb->reg->node,
+        "ttl_s", sb->ttl_s, "idle_timeout_s", sb->idle_timeout_s, "expires_at",
+        expires_at > 0 ? json_string(expires) : json_null());
 }
 
 json_t *api_sandbox_json_usage(const struct sandbox *sb)

@@ -8,6 +8,8 @@
 #include <string.h>
 
 #include "api/api.h"
+#include "core/util.h"
+#include "session/snapshot.h"
 #include "session/templates.h"
 #include "core/json.h"
 #include "session/network.h"
@@ -300,6 +302,77 @@ bad:
               json_pack("{s:s*, s:O*}", "name", spec.name, "labels", spec.labels));
     json_decref(body);
     http_respond_error(req, status, status == 422 ? "unprocessable" : "bad_request", "%s", err);
+}
+
+/* Fork: a snapshot of the sandbox (template "fork-<random>") and a new sandbox of it with the
+ * same spec. The template stays (it is the new sandbox's); delete it with the sandbox. */
+static void on_fork_snapshot(struct template *tpl, enum session_err e, const char *msg, void *arg)
+{
+    struct create_call *call = arg;
+    if (!tpl) {
+        network_free(call->spec.network);
+        on_created(NULL, e, msg, call);
+        return;
+    }
+    call->spec.template_name = tpl->name;
+    create_now(call, tpl);
+}
+
+void api_sandbox_fork(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
+{
+    static const char *const keys[] = {"name", NULL};
+    char err[ERRLEN], tname[32];
+    const char *name = NULL;
+    struct sandbox *sb = api_sandbox_of(ctx, req, p);
+    if (!sb)
+        return;
+    json_t *body = api_body_object(req);
+    if (!body)
+        return;
+    if (json_check_keys(body, keys, NULL, err, ERRLEN) ||
+        json_opt_string(body, "name", "name", &name, err, ERRLEN) ||
+        (name && !api_valid_name(name) &&
+         snprintf(err, ERRLEN,
+                  "invalid 'name': 1-63 characters of [A-Za-z0-9_.-], starting "
+                  "with a letter or digit")) ||
+        util_random_id(tname, sizeof(tname), "fork-") < 0) {
+        json_decref(body);
+        http_respond_error(req, 400, "bad_request", "%s", err);
+        return;
+    }
+    /* The new sandbox's spec is the source's (its network policy copied through its JSON). */
+    struct sandbox_spec spec = {.name = name,
+                                .labels = sb->labels,
+                                .env = sb->env,
+                                .secrets = sb->secrets,
+                                .res = sb->res,
+                                .ttl_s = sb->ttl_s,
+                                .idle_timeout_s = sb->idle_timeout_s};
+    json_t *net = network_to_json(sb->network);
+    int bad = network_parse(net, &spec.network, err, ERRLEN);
+    json_decref(net);
+    struct create_call *call = bad ? NULL : calloc(1, sizeof(*call));
+    if (!call) {
+        if (!bad)
+            network_free(spec.network);
+        json_decref(body);
+        http_respond_error(req, 500, "internal", "out of memory");
+        return;
+    }
+    /* The spec borrows the source's objects: keep copies for as long as the call lives. */
+    json_t *keep = json_pack("{s:O*, s:O*, s:O*, s:O*}", "labels", sb->labels, "env", sb->env,
+                             "secrets", sb->secrets, "body", body);
+    json_decref(body);
+    spec.labels = json_object_get(keep, "labels");
+    spec.env = json_object_get(keep, "env");
+    spec.secrets = json_object_get(keep, "secrets");
+    *call = (struct create_call){
+        ctx, req, api_audit_sandbox_spec(&spec), json_deep_copy(spec.labels), spec, keep};
+    json_object_set_new(call->audit, "fork_of", json_string(sb->id));
+    enum session_err e =
+        sandbox_snapshot(sb, ctx->templates, tname, on_fork_snapshot, call, err, ERRLEN);
+    if (e)
+        on_fork_snapshot(NULL, e, err, call);
 }
 
 /* `label=k=v` filter: true when the sandbox has label k with value v. */

@@ -60,7 +60,10 @@ struct importer {
     int64_t raw_bytes;
     unsigned char magic[4];
     int err; /* an error of the read callback (a failed tee write) */
-    char buf[64 * 1024];
+    /* Two buffers: libarchive keeps pointing into what the read callback returned while a
+     * member's data is copied out, so the copy must not land there. */
+    char in[64 * 1024];  /* the read callback's */
+    char buf[64 * 1024]; /* members' data */
     struct member *m;
     size_t nm, capm;
     unsigned counter;
@@ -106,25 +109,25 @@ static la_ssize_t in_read(struct archive *a, void *ud, const void **out)
     struct importer *im = ud;
     ssize_t n;
     do
-        n = read(im->fd, im->buf, sizeof(im->buf));
+        n = read(im->fd, im->in, sizeof(im->in));
     while (n < 0 && errno == EINTR);
     if (n < 0) {
         archive_set_error(a, errno, "reading the archive: %s", strerror(errno));
         return -1;
     }
     if (im->tee >= 0 && n > 0) {
-        int r = write_all(im->tee, im->buf, (size_t)n);
+        int r = write_all(im->tee, im->in, (size_t)n);
         if (r < 0) {
             im->err = r;
             archive_set_error(a, -r, "spooling: %s", strerror(-r));
             return -1;
         }
         for (ssize_t i = 0; i < n && im->raw_bytes + i < 4; i++)
-            im->magic[im->raw_bytes + i] = (unsigned char)im->buf[i];
-        digest_update(&im->raw_sha, im->buf, (size_t)n);
+            im->magic[im->raw_bytes + i] = (unsigned char)im->in[i];
+        digest_update(&im->raw_sha, im->in, (size_t)n);
         im->raw_bytes += n;
     }
-    *out = im->buf;
+    *out = im->in;
     return n;
 }
 

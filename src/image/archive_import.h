@@ -42,7 +42,7 @@ struct imported_image {
     char *config_json;        /* its text, NUL-terminated, malloc'd: imported_image_free */
     size_t n_layers;
     struct imported_layer layers[IMAGE_MAX_LAYERS]; /* base first */
-    int64_t total_size;                          /* the layer blobs' sizes added up */
+    int64_t total_size;                             /* the layer blobs' sizes added up */
 };
 
 /*

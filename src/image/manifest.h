@@ -29,7 +29,7 @@
 /* Manifests and configs above this size are refused before parsing. */
 #define MANIFEST_MAX_BYTES (4 << 20)
 /* The most layers an image may have. */
-#define MANIFEST_MAX_LAYERS 16
+#define MANIFEST_MAX_LAYERS 63
 
 enum layer_compression { LAYER_PLAIN, LAYER_GZIP, LAYER_ZSTD };
 

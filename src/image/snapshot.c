@@ -282,11 +282,11 @@ static int walk(struct snap *s, int dirfd, const char *prefix, int depth)
     return r == -ENOMEM ? fail(s, r, prefix, "listing") : r;
 }
 
-int snapshot_layer(const char *upper, const char *workspace, uid_t base, uid_t count, int out_fd,
+int snapshot_layer(const char *upper, uid_t base, uid_t count, int out_fd,
                    char digest[DIGEST_STRLEN], int64_t *size, char *msg, size_t msglen)
 {
     struct snap *s = calloc(1, sizeof(*s));
-    int r, up = -1, parent = -1;
+    int r, up = -1;
     if (!s || digest_init(&s->dg) < 0) {
         free(s);
         snprintf(msg, msglen, "snapshot: out of memory");
@@ -310,19 +310,6 @@ int snapshot_layer(const char *upper, const char *workspace, uid_t base, uid_t c
     }
     if ((r = walk(s, up, "", 0)) < 0)
         goto out;
-    if (workspace) {
-        /* /workspace itself, then its tree, through the same no-follow walk. */
-        char *slash = strrchr(workspace, '/');
-        char dir[4096];
-        snprintf(dir, sizeof(dir), "%.*s", slash ? (int)(slash - workspace) : 1,
-                 slash ? workspace : ".");
-        if ((parent = open(dir[0] ? dir : "/", O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
-            r = fail(s, -errno, dir, "open");
-            goto out;
-        }
-        if ((r = one(s, parent, slash ? slash + 1 : workspace, "workspace", "", 0)) < 0)
-            goto out;
-    }
     if (archive_write_close(s->a) != ARCHIVE_OK) {
         r = fail(s, archive_errno(s->a) > 0 ? -archive_errno(s->a) : -EIO, "", "finishing");
         goto out;
@@ -333,8 +320,6 @@ int snapshot_layer(const char *upper, const char *workspace, uid_t base, uid_t c
 out:
     if (up >= 0)
         close(up);
-    if (parent >= 0)
-        close(parent);
     archive_write_free(s->a);
     digest_free(&s->dg);
     for (size_t i = 0; i < s->n_links; i++)

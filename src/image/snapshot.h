@@ -1,6 +1,6 @@
 /*
  * snapshot — a layer made of what a sandbox changed: the upper directory of its overlay root
- * and its /workspace, written as an uncompressed OCI layer tar (so its blob digest is its
+ * (/workspace included), written as an uncompressed OCI layer tar (so its blob digest is its
  * diff_id).
  *
  * The upper directory records changes the overlayfs way; the layer records them the OCI way:
@@ -24,9 +24,9 @@
 
 #include "image/digest.h"
 
-/* Writes the layer to `out_fd`: the tree of `upper` at the root, and the tree of `workspace`
- * (may be NULL) as workspace/. *digest receives its sha256 ("sha256:..."), *size its length. */
-int snapshot_layer(const char *upper, const char *workspace, uid_t base, uid_t count, int out_fd,
+/* Writes the layer of the tree of `upper` to `out_fd`. *digest receives its sha256
+ * ("sha256:..."), *size its length. */
+int snapshot_layer(const char *upper, uid_t base, uid_t count, int out_fd,
                    char digest[DIGEST_STRLEN], int64_t *size, char *msg, size_t msglen);
 
 #endif

@@ -332,7 +332,7 @@ int template_host_config(const struct host_template *t, struct spawn_config *cfg
 }
 
 int template_image_config(const struct host_template *t, struct spawn_config *cfg,
-                          const char *hostname, const char *rootfs, const char *workspace)
+                          const char *hostname, const char *rootfs)
 {
     static const char *const managed[][2] = {{"run/warren/hosts", "etc/hosts"},
                                              {"run/warren/hostname", "etc/hostname"}};
@@ -347,9 +347,9 @@ int template_image_config(const struct host_template *t, struct spawn_config *cf
              "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t%s\n",
              hostname);
     snprintf(cfg->file_data[1], sizeof(cfg->file_data[1]), "%s\n", hostname);
-    if ((r = spawn_config_add(cfg, MOP_BIND_RW, workspace, "workspace", 0, 0, NULL)) < 0)
+    /* /workspace is part of the overlay (an image or a snapshot may bring files there). */
+    if ((r = spawn_config_add(cfg, MOP_DIR, NULL, "workspace", 0, 0755, NULL)) < 0)
         return r;
-    cfg->mounts[cfg->n_mounts - 1].open_early = 1;
     /* warren's files over the image's: written in /run/warren (in the overlay, so the sandbox's
      * root may change them, as on the host template), then bound on the image's paths, which are
      * created if the image has none. */

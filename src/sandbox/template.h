@@ -38,11 +38,11 @@ int template_host_config(const struct host_template *t, struct spawn_config *cfg
  * mounted in the daemon's mount namespace), bound on itself as the new root (read-write, nosuid,
  * nodev), with nothing of the host's /usr, /bin, /lib* or /etc. On top, as on the host template:
  * /proc (masked and partly read-only), /sys, the /dev snapshot, /dev/pts, /dev/shm; /workspace
- * (`workspace` bound read-write); /etc/hosts and /etc/hostname bound from /run/warren/{hosts,
- * hostname} (written there in the overlay), /etc/resolv.conf bound read-only from the snapshot.
- * /tmp and everything else are the image's, in the overlay. The image is untrusted: the caller
- * runs spawn_check_root() on every start, the first one included. */
+ * (made in the overlay if the image has none); /etc/hosts and /etc/hostname bound from
+ * /run/warren/{hosts, hostname} (written there in the overlay), /etc/resolv.conf bound read-only
+ * from the snapshot. /tmp and everything else are the image's, in the overlay. The image is
+ * untrusted: the caller runs spawn_check_root() on every start, the first one included. */
 int template_image_config(const struct host_template *t, struct spawn_config *cfg,
-                          const char *hostname, const char *rootfs, const char *workspace);
+                          const char *hostname, const char *rootfs);
 
 #endif

@@ -43,7 +43,7 @@
 /* Sandbox root uids: slot i maps ids [UID_BASE + i * 65536, + 65536). Far above any real user
  * (and above the usual /etc/subuid ranges), never 0. */
 #define UID_BASE 1048576u
-#define UID_RANGE 65536u
+#define UID_RANGE SANDBOX_UID_RANGE
 
 /* RLIMIT_FSIZE of every sandbox process, as defence in depth: the disk bounds what files occupy,
  * this bounds how large a sparse file may claim to be (and so what reading one back through the
@@ -414,9 +414,9 @@ static json_t *image_record(const struct sandbox_image *img)
     for (size_t i = 0; lowers && i < img->n_lowers; i++)
         json_array_append_new(lowers, json_string(img->lowers[i]));
     return json_pack("{s:s, s:s, s:s, s:o, s:o, s:s?, s:s?, s:o, s:o}", "template",
-                     img->template_name, "image", img->image, "digest", img->digest, "lowers", lowers, "env", strv_json(img->env), "workdir", img->workdir, "user",
-                     img->user, "entrypoint", strv_json(img->entrypoint), "cmd",
-                     strv_json(img->cmd));
+                     img->template_name, "image", img->image, "digest", img->digest, "lowers",
+                     lowers, "env", strv_json(img->env), "workdir", img->workdir, "user", img->user,
+                     "entrypoint", strv_json(img->entrypoint), "cmd", strv_json(img->cmd));
 }
 
 /* What the store keeps of a sandbox: its spec and identity. */
@@ -1076,7 +1076,7 @@ static int create_start(struct create_op *op, char *msg, size_t msglen)
         r = -ENOMEM;
         goto error;
     }
-    if ((r = sb->image ? template_image_config(reg->tmpl, cfg, sb->name, root, ws)
+    if ((r = sb->image ? template_image_config(reg->tmpl, cfg, sb->name, root)
                        : template_host_config(reg->tmpl, cfg, sb->name, root, ws)) < 0)
         goto error;
     /* Nothing runs in a stopped sandbox, so what is checked here is what the child finds. An

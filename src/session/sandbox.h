@@ -34,6 +34,8 @@
 
 #define SANDBOX_ID_MAX 20
 #define SANDBOX_NAME_MAX 64
+/* Ids each sandbox has on the host: its root is sandbox_host_uid(), the rest follow. */
+#define SANDBOX_UID_RANGE 65536u
 
 /* creating → running ⇄ paused; running/paused → stopping → stopped → starting → running; any
  * → deleting (then freed). A stopped sandbox has no process, no init and no cgroup; it keeps its
@@ -119,7 +121,7 @@ struct sandbox {
     struct sandbox *prev, *next;
     char id[SANDBOX_ID_MAX];
     char name[SANDBOX_NAME_MAX];
-    char template_name[512]; /* "host", or a template of session/templates.h */
+    char template_name[512];     /* "host", or a template of session/templates.h */
     struct sandbox_image *image; /* owned copy; NULL: the host template */
     /* The image's User, resolved against its /etc/passwd and /etc/group when its root was
      * mounted: every process runs as user_uid:user_gid (ids inside) when user_set. */

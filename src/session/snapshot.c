@@ -39,15 +39,14 @@ static enum session_err capture(struct snapshot_call *c, char *msg, size_t msgle
 {
     struct sandbox *sb = c->sb;
     struct template *base = templates_find(c->ts, sb->template_name);
-    char upper[1200], ws[1200];
+    char upper[1200];
     if (!base) {
         snprintf(msg, msglen, "the sandbox's template '%s' is gone", sb->template_name);
         return SESSION_ERR_NOT_FOUND;
     }
     sandbox_dir(sb, upper, sizeof(upper), "upper");
-    sandbox_dir(sb, ws, sizeof(ws), "workspace");
-    return templates_snapshot(c->ts, c->name, base, upper, ws, sandbox_host_uid(sb),
-                              SANDBOX_UID_RANGE, on_captured, c, msg, msglen);
+    return templates_snapshot(c->ts, c->name, base, upper, sandbox_host_uid(sb), SANDBOX_UID_RANGE,
+                              on_captured, c, msg, msglen);
 }
 
 static void on_frozen(struct sandbox *sb, int err, void *arg)

@@ -53,8 +53,10 @@ struct store_op {
     struct image_ref ref;
     /* import */
     int fd;
+    /* export: reads the template, changes nothing */
+    int reads_only;
     /* snapshot */
-    char upper[1200], workspace[1200];
+    char upper[1200];
     uid_t base, count;
     char base_manifest[80];
     struct template_layer *base_layers;
@@ -256,8 +258,7 @@ static void pull_run(struct store_op *op)
         goto out;
     }
     for (size_t i = 0; i < pulled.n_layers; i++) {
-        snprintf(op->layers[i].digest, sizeof(op->layers[i].digest), "%s",
-                 pulled.layers[i].digest);
+        snprintf(op->layers[i].digest, sizeof(op->layers[i].digest), "%s", pulled.layers[i].digest);
         snprintf(op->layers[i].diff_id, sizeof(op->layers[i].diff_id), "%s",
                  pulled.config.diff_ids[i]);
         op->layers[i].size = pulled.layers[i].size;
@@ -293,7 +294,7 @@ static void import_run(struct store_op *op)
     if (op->r == 0 && !(op->layers = calloc(imp.n_layers ? imp.n_layers : 1, sizeof(*op->layers))))
         op->r = -ENOMEM;
     if (op->r < 0) {
-        op->err = op->r == -ENOSPC ? SESSION_ERR_NO_SPACE
+        op->err = op->r == -ENOSPC   ? SESSION_ERR_NO_SPACE
                   : op->r == -ENOMEM ? SESSION_ERR_NOMEM
                                      : SESSION_ERR_IMAGE_INVALID;
         imported_image_free(&imp);
@@ -301,8 +302,7 @@ static void import_run(struct store_op *op)
     }
     for (size_t i = 0; i < imp.n_layers; i++) {
         snprintf(op->layers[i].digest, sizeof(op->layers[i].digest), "%s", imp.layers[i].digest);
-        snprintf(op->layers[i].diff_id, sizeof(op->layers[i].diff_id), "%s",
-                 imp.layers[i].diff_id);
+        snprintf(op->layers[i].diff_id, sizeof(op->layers[i].diff_id), "%s", imp.layers[i].diff_id);
         op->layers[i].size = imp.layers[i].size;
     }
     op->n_layers = imp.n_layers;
@@ -326,12 +326,13 @@ static void snapshot_run(struct store_op *op)
         snprintf(op->msg, sizeof(op->msg), "snapshot: a temporary file: %s", strerror(errno));
         goto out;
     }
-    op->r = snapshot_layer(op->upper, op->workspace, op->base, op->count, fd, digest, &size,
-                           op->msg, sizeof(op->msg));
+    op->r =
+        snapshot_layer(op->upper, op->base, op->count, fd, digest, &size, op->msg, sizeof(op->msg));
     if (op->r == 0 && fsync(fd) < 0)
         op->r = -errno;
     close(fd);
-    if (op->r == 0 && (op->r = layer_store_blob_path(ts->layers, digest, blob, sizeof(blob))) == 0 &&
+    if (op->r == 0 &&
+        (op->r = layer_store_blob_path(ts->layers, digest, blob, sizeof(blob))) == 0 &&
         rename(tmp, blob) < 0)
         op->r = -errno;
     unlink(tmp);
@@ -343,8 +344,7 @@ static void snapshot_run(struct store_op *op)
                            &config_text, op->msg, sizeof(op->msg));
     if (op->r == 0 && !(op->config = config_of(config_text, op->msg, sizeof(op->msg))))
         op->r = -EPROTO;
-    if (op->r == 0 &&
-        !(op->layers = calloc(op->n_base_layers + 1, sizeof(*op->layers))))
+    if (op->r == 0 && !(op->layers = calloc(op->n_base_layers + 1, sizeof(*op->layers))))
         op->r = -ENOMEM;
     if (op->r < 0)
         goto out;
@@ -364,6 +364,23 @@ out:
                   : op->r == -ENOMEM                   ? SESSION_ERR_NOMEM
                                                        : SESSION_ERR_SETUP;
     free(config_text);
+}
+
+/* Pool thread: the template as an oci-archive, written to op->fd. */
+static void export_run(struct store_op *op)
+{
+    struct template *tpl = op->tpl;
+    /* The index names the image by its tag, as `docker save`/skopeo do; a template without an
+     * image (an import, a snapshot) by its own name. */
+    const char *ref = tpl->name, *colon = strrchr(tpl->image, ':'),
+               *slash = strrchr(tpl->image, '/');
+    if (tpl->image[0] && colon && (!slash || colon > slash) && !strchr(tpl->image, '@'))
+        ref = colon + 1;
+    op->r = oci_export(tpl->set->layers, tpl->digest, ref, op->fd, op->msg, sizeof(op->msg));
+    close(op->fd); /* EOF for the reader */
+    op->fd = -1;
+    if (op->r < 0)
+        op->err = op->r == -ENOENT ? SESSION_ERR_NOT_FOUND : SESSION_ERR_IMAGE_INVALID;
 }
 
 static void store_op_free(struct store_op *op)
@@ -390,7 +407,9 @@ static void store_op_done(uv_work_t *req, int status)
     (void)status;
     ts->pending--;
     tpl->busy = 0;
-    if (op->r == 0) {
+    if (op->reads_only) {
+        op->cb(op->r == 0 ? tpl : NULL, op->r == 0 ? SESSION_OK : op->err, op->msg, op->cb_arg);
+    } else if (op->r == 0) {
         free(tpl->layers);
         json_decref(tpl->config);
         tpl->layers = op->layers;
@@ -422,10 +441,11 @@ static void store_op_done(uv_work_t *req, int status)
         tpl->err = op->err;
         snprintf(tpl->error, sizeof(tpl->error), "%s", op->msg);
     }
-    answer_waiters(tpl);
-    if (op->cb)
+    if (!op->reads_only)
+        answer_waiters(tpl);
+    if (op->cb && !op->reads_only)
         op->cb(op->r == 0 ? tpl : NULL, op->r == 0 ? SESSION_OK : op->err, op->msg, op->cb_arg);
-    if (op->r < 0 && !tpl->image[0]) {
+    if (op->r < 0 && !tpl->image[0] && !op->reads_only) {
         unlink_template(ts, tpl);
         template_free(tpl);
     }
@@ -667,9 +687,9 @@ enum session_err templates_import(struct template_set *ts, const char *name, int
 }
 
 enum session_err templates_snapshot(struct template_set *ts, const char *name,
-                                    const struct template *base, const char *upper,
-                                    const char *workspace, uid_t host_base, uid_t count,
-                                    template_ready_cb cb, void *arg, char *msg, size_t msglen)
+                                    const struct template *base, const char *upper, uid_t host_base,
+                                    uid_t count, template_ready_cb cb, void *arg, char *msg,
+                                    size_t msglen)
 {
     enum session_err err;
     if (base->state != TEMPLATE_READY) {
@@ -693,9 +713,31 @@ enum session_err templates_snapshot(struct template_set *ts, const char *name,
     op->n_base_layers = base->n_layers;
     snprintf(op->base_manifest, sizeof(op->base_manifest), "%s", base->digest);
     snprintf(op->upper, sizeof(op->upper), "%s", upper);
-    snprintf(op->workspace, sizeof(op->workspace), "%s", workspace);
     op->base = host_base;
     op->count = count;
+    store_op_queue(ts, op);
+    return SESSION_OK;
+}
+
+enum session_err templates_export(struct template_set *ts, struct template *tpl, int fd,
+                                  template_ready_cb cb, void *arg, char *msg, size_t msglen)
+{
+    struct store_op *op = NULL;
+    if (tpl->state != TEMPLATE_READY || tpl->busy) {
+        snprintf(msg, msglen, "template '%s' is %s", tpl->name,
+                 tpl->busy ? "busy" : template_state_name(tpl->state));
+        close(fd);
+        return SESSION_ERR_STATE;
+    }
+    if (!(op = store_op_new(tpl, export_run))) {
+        snprintf(msg, msglen, "out of memory");
+        close(fd);
+        return SESSION_ERR_NOMEM;
+    }
+    op->reads_only = 1;
+    op->fd = fd;
+    op->cb = cb;
+    op->cb_arg = arg;
     store_op_queue(ts, op);
     return SESSION_OK;
 }

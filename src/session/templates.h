@@ -79,7 +79,7 @@ struct template_set {
     unsigned pending; /* pulls, imports, snapshots and collections in flight or deferred */
     int collecting;   /* unused layers are being removed: the others wait (deferred) */
     struct store_op *deferred;
-    int gc_wanted;    /* a template was removed since the last collection */
+    int gc_wanted; /* a template was removed since the last collection */
 };
 
 /* Opens the layer store under <state_dir>/images and loads the recorded templates; those whose
@@ -120,15 +120,21 @@ void templates_acquire(struct template_set *ts, const char *name, const char *im
 enum session_err templates_import(struct template_set *ts, const char *name, int fd,
                                   template_ready_cb cb, void *arg, char *msg, size_t msglen);
 
+/* Writes the ready template `tpl` as an oci-archive to `fd` (taken over, closed when done) on
+ * the pool; cb runs when it is done, with tpl, or NULL and why. The template cannot be removed
+ * meanwhile. At once: SESSION_ERR_STATE (not ready, or busy), NOMEM. */
+enum session_err templates_export(struct template_set *ts, struct template *tpl, int fd,
+                                  template_ready_cb cb, void *arg, char *msg, size_t msglen);
+
 /* Makes template `name` of template `base` plus one layer of what a sandbox made of it changed:
- * `upper`, the upper directory of its overlay root, and its `workspace` (at /workspace), with
- * owners in [host_base, host_base + count) shifted back to the image's. The caller keeps the
- * sandbox frozen until cb runs (with the template, or NULL: SESSION_ERR_SETUP naming the path
- * that failed, NO_SPACE, NOMEM). At once: NAME_TAKEN, STATE (base not ready), NOMEM. */
+ * `upper`, the upper directory of its overlay root, with owners in [host_base, host_base + count)
+ * shifted back to the image's. The caller keeps the sandbox frozen until cb runs (with the
+ * template, or NULL: SESSION_ERR_SETUP naming the path that failed, NO_SPACE, NOMEM). At once:
+ * NAME_TAKEN, STATE (base not ready), NOMEM. */
 enum session_err templates_snapshot(struct template_set *ts, const char *name,
-                                    const struct template *base, const char *upper,
-                                    const char *workspace, uid_t host_base, uid_t count,
-                                    template_ready_cb cb, void *arg, char *msg, size_t msglen);
+                                    const struct template *base, const char *upper, uid_t host_base,
+                                    uid_t count, template_ready_cb cb, void *arg, char *msg,
+                                    size_t msglen);
 
 /* What a sandbox made of the ready template `tpl` needs (session/sandbox.h): its layers (top
  * first, as overlayfs wants its lowers) and its image config. Free with sandbox_image_free(). */
