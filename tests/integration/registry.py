@@ -36,8 +36,6 @@ import platform
 import re
 import secrets
 import shutil
-import signal
-import socket
 import ssl
 import subprocess
 import tarfile
@@ -667,6 +665,14 @@ class _RequestLog:
         """A position in the log: requests_log()[mark:] are those made after this call."""
         return len(self._reqs())
 
+    def settle(self):
+        """Returns once every request answered before this call is in the log: a marker
+        request goes through, and the registry logs requests as it answers them, in order."""
+        tag = secrets.token_hex(6)
+        self.get(f"/v2/?settle={tag}")
+        wait_for(lambda: any(tag in r.path for r in self._reqs()[-50:]),
+                 what="the registry's access log to catch up")
+
     def blob_gets(self, digest=None, since=0, status=None):
         """GET requests of blobs (every blob, or one digest) after `since` (a mark())."""
         out = []
@@ -714,7 +720,8 @@ class Registry(_RequestLog):
                     "formatter": "text"},
             "storage": {"filesystem": {"rootdirectory": self.storage},
                         "delete": {"enabled": True},
-                        # No blob descriptor cache: a tampered blob is served as it is on disk.
+                        # No upload purging: no background work at random moments. (No
+                        # blob descriptor cache either: a tampered blob is served as on disk.)
                         "maintenance": {"uploadpurging": {"enabled": False}}},
             "http": {"addr": self.host, "headers": {"X-Content-Type-Options": ["nosniff"]}},
         }
@@ -753,14 +760,6 @@ class Registry(_RequestLog):
                 self.proc.wait()
         if self.proc:
             self.logf.close()
-
-    def pause(self):
-        """Makes the registry unreachable (connections refused) until resume(): kills it."""
-        self.stop()
-
-    def resume(self):
-        """Starts it again on the same port and storage."""
-        self.start()
 
     def log_text(self):
         with open(self.log_path, "rb") as f:
@@ -1176,26 +1175,6 @@ def sentinels():
             os.unlink(p)
         except OSError:
             pass
-
-
-def kill_tree(proc):
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except OSError:
-        pass
-
-
-def wait_port_closed(port):
-    def closed():
-        s = socket.socket()
-        try:
-            s.connect(("127.0.0.1", port))
-            return False
-        except OSError:
-            return True
-        finally:
-            s.close()
-    wait_for(closed, what=f"port {port} to close")
 
 
 # ---------------------------------------------------------------------------------------------

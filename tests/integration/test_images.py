@@ -7,21 +7,19 @@ The registries and images come from registry.py (built by hand as OCI layouts, p
 skopeo); the registries' access logs count the blob GETs.
 """
 
-import hashlib
 import os
 import shutil
 import signal
 import threading
 import time
-import urllib.parse
 
 import pytest
 
 from conftest import WAIT_S, Api, Daemon, exec_, sh, wait_for
-from registry import (IMAGE_HOSTNAME, IMAGE_HOSTS, IMAGE_RESOLV, MULTILAYER_EXPECT, Images,
-                      auth_registry, create_from, env_dict, host_arch, images, registry,
-                      registry_args, registry_workdir, slow_registry, tls_registry, tpl_path,
-                      wait_template)
+from registry import (IMAGE_HOSTNAME, MULTILAYER_EXPECT, create_from, env_dict, host_arch,
+                      registry_args, tpl_path, wait_template)
+from registry import (auth_registry, images, registry, registry_workdir,  # noqa: F401 fixtures
+                      slow_registry, tls_registry)
 from test_bad_input import check_error
 
 
@@ -94,6 +92,7 @@ def test_create_from_image(api, registry, images, new_sandbox):
     mark = registry.mark()
     sb2 = new_sandbox(image=ref)
     assert sb2["template"] == sb["template"] and sb2["image_digest"] == img.digest
+    registry.settle()
     assert registry.blob_gets(since=mark) == []
 
 
@@ -135,7 +134,9 @@ def test_inside_busybox(api, registry, images, new_sandbox):
     assert out(api, sid, "cat /etc/hostname").strip() == sb["name"]
     assert out(api, sid, "cat /etc/hostname") != IMAGE_HOSTNAME
     hosts = out(api, sid, "cat /etc/hosts")
-    assert "image-hosts-marker" not in hosts and "localhost" in hosts and sb["name"] in hosts
+    # LEAD: what warren writes in /etc/hosts is not specified beyond "warren's": localhost, and
+    # not the image's line.
+    assert "image-hosts-marker" not in hosts and "localhost" in hosts
     assert "image-resolv-marker" not in out(api, sid, "cat /etc/resolv.conf")
     # /workspace exists and is writable, by root and by the image's user.
     assert out(api, sid, "echo w > /workspace/w && cat /workspace/w") == "w\n"
@@ -201,8 +202,11 @@ def test_tls_registry_with_ca(api, tls_registry, images, new_sandbox):
     ref = images.ref(tls_registry, "busybox")
     sb = new_sandbox(image=ref)
     assert sb["image_digest"] == img.digest
-    assert tls_registry.blob_gets(img.layers[0].digest) or \
-        tls_registry.blob_gets(img.config_digest)
+    # It spoke TLS to that registry (the blobs may be in the daemon's store already: they
+    # are the same as the plain registry's busybox).
+    tls_registry.settle()
+    assert any(r.path.startswith("/v2/test/busybox/manifests/") and r.status == 200
+               for r in tls_registry.requests_log()), tls_registry.requests_log()
 
 
 def test_token_auth_registry(api, auth_registry, images, new_sandbox):
@@ -219,6 +223,59 @@ def test_token_auth_registry(api, auth_registry, images, new_sandbox):
     assert served and all(r.auth == "bearer" for r in served), served
 
 
+def test_token_auth_denied(fresh_daemon, auth_registry, images):
+    """Wrong credentials, and none at all: the token server says 401, the daemon 403."""
+    ref = images.ref(auth_registry, "busybox", repo="test/authed")
+    for auth in (auth_registry.bad_auth_file, None):
+        d = fresh_daemon(extra_args=registry_args(auth_registry, auth=auth))
+        api = Api(d)
+        tmark = len(auth_registry.token_requests())
+        r = create_from(api, image=ref)
+        check_error(r, 403, "registry_denied")
+        # LEAD: the message names the registry, like registry_unavailable's.
+        assert auth_registry.host in r.error_message, r
+        assert auth_registry.token_requests(since=tmark) and \
+            not auth_registry.token_requests(since=tmark, granted=True)
+        assert api.get("/v1/sandboxes").json["sandboxes"] == []
+
+
+def test_tls_registry_without_ca(fresh_daemon, tls_registry, images):
+    ref = images.ref(tls_registry, "busybox")
+    d = fresh_daemon()
+    r = create_from(Api(d), image=ref)
+    # LEAD: a certificate the daemon cannot verify makes the registry unusable: 502
+    # registry_unavailable naming the host (the message should say why: the certificate).
+    check_error(r, 502, "registry_unavailable", names=tls_registry.host)
+
+
+def test_plain_http_only_with_insecure_registry(fresh_daemon, registry, images):
+    ref = images.ref(registry, "busybox")
+    d = fresh_daemon()
+    mark = registry.mark()
+    r = create_from(Api(d), image=ref)
+    # LEAD: without --insecure-registry the daemon speaks TLS only, which a plain registry
+    # cannot answer: 502 registry_unavailable naming the host.
+    check_error(r, 502, "registry_unavailable", names=registry.host)
+    registry.settle()
+    assert not [x for x in registry.requests_log()[mark:] if x.status == 200
+                and "settle=" not in x.path], "the daemon fell back to plain HTTP"
+
+
+def test_pull_timeout(fresh_daemon, slow_registry, images):
+    """--pull-timeout 2 against a 50 MiB layer sent at 8 MiB/s: the pull gives up."""
+    ref = images.ref(slow_registry, "big", repo="test/big-timeout")
+    d = fresh_daemon(extra_args=registry_args(slow_registry, extra=["--pull-timeout", "2"]))
+    api = Api(d)
+    t0 = time.monotonic()
+    r = create_from(api, image=ref)
+    took = time.monotonic() - t0
+    # LEAD: the code of a pull that ran out of time: 502 registry_unavailable (naming the
+    # host and the timeout) is assumed here.
+    check_error(r, 502, "registry_unavailable", names=slow_registry.host)
+    assert 2 <= took < 2 + WAIT_S, took
+    assert api.get("/v1/sandboxes").json["sandboxes"] == []
+
+
 def test_mirror_for_docker_io(api, registry, images, new_sandbox):
     img = images.get("busybox")
     images.ref(registry, "busybox", repo="library/busybox")
@@ -228,6 +285,7 @@ def test_mirror_for_docker_io(api, registry, images, new_sandbox):
     assert sb["image_digest"] == img.digest
     assert out(api, sb["id"], "echo $FOO") == "from-image\n"
     # It came from the mirror, as library/busybox.
+    registry.settle()
     manifests = [r for r in registry.requests_log()[mark:]
                  if r.path.startswith("/v2/library/busybox/manifests/")]
     assert manifests, registry.requests_log()[mark:]
@@ -338,6 +396,7 @@ def test_digest_mismatch(api, registry, images):
     # Nothing of it was kept as good: a retry fetches the blob again (and fails again).
     mark = registry.mark()
     check_error(create_from(api, image=ref), 502, "image_invalid")
+    registry.settle()
     assert registry.blob_gets(img.layers[-1].digest, since=mark)
 
 
@@ -406,10 +465,10 @@ def test_concurrent_creates_pull_once(fresh_daemon, registry, images):
     a, b = results[0].json, results[1].json
     assert a["id"] != b["id"] and a["template"] == b["template"]
     assert a["image_digest"] == b["image_digest"] == img.digest
-    counts = registry.blob_get_counts(since=mark)
     want = {l.digest: 1 for l in img.layers}
     want[img.config_digest] = 1
-    assert counts == want, counts
+    registry.settle()
+    assert registry.blob_get_counts(since=mark) == want
     for sb in (a, b):
         assert out(api, sb["id"], "echo $FOO") == "from-image\n"
         api.remove(sb["id"])
@@ -435,9 +494,9 @@ def test_pull_killed_then_redone_by_new_daemon(fresh_daemon, slow_registry, imag
 
     t = threading.Thread(target=create)
     t.start()
-    wait_for(lambda: any(r.bytes >= 12 << 20 for r in slow_registry.blob_gets(big.digest,
+    wait_for(lambda: any(r.bytes >= 30 << 20 for r in slow_registry.blob_gets(big.digest,
                                                                               since=mark)),
-             timeout=120, what="the daemon to download 12 MiB of the big layer")
+             timeout=120, what="the daemon to download 30 MiB of the big layer")
     d1.proc.send_signal(signal.SIGKILL)
     d1.proc.wait()
     d1.stopped = True          # dead on purpose: its teardown check would call that a crash
@@ -462,11 +521,15 @@ def test_pull_killed_then_redone_by_new_daemon(fresh_daemon, slow_registry, imag
         assert out(api2, r.json["id"], "wc -c < /random.bin") == f"{50 << 20}\n"
         # LEAD: resuming (a Range GET from what the first daemon had) is the spec's "if you
         # can measure it": measured here, as bytes of the layer sent to the second daemon.
+        # What the proxy counts as sent includes what sat in socket buffers when the first
+        # daemon died (up to a few MiB on loopback): hence the 16 MiB of slack.
         gets = slow_registry.blob_gets(big.digest, since=mark2)
         again = sum(g.bytes for g in gets)
-        assert again <= big.size - first + (1 << 20), \
+        assert again <= big.size - first + (16 << 20), \
             f"the layer was fetched again from the start: {gets}"
-        assert any(g.range for g in gets), gets
+        starts = [int(g.range.split("=")[1].split("-")[0]) for g in gets
+                  if g.range and g.range.startswith("bytes=")]
+        assert starts and max(starts) > 0, gets
         api2.remove(r.json["id"])
     finally:
         d2.stop()

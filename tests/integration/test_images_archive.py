@@ -16,8 +16,8 @@ import pytest
 
 from conftest import Daemon, exec_, sh
 from registry import (MULTILAYER_EXPECT, PWNED, SKOPEO, VICTIM, LayerBuilder, busybox_tar,
-                      compress, env_dict, images, registry, registry_args, registry_workdir,
-                      sentinels, tpl_path)
+                      compress, env_dict, registry_args, tpl_path)
+from registry import images, registry, registry_workdir, sentinels  # noqa: F401 fixtures
 from test_bad_input import check_error
 
 FORMATS = ["docker-archive", "oci-archive", "rootfs-tar", "rootfs-tar-gz", "rootfs-tar-zst"]

@@ -12,8 +12,8 @@ import os
 import pytest
 
 from conftest import Daemon, exec_
-from registry import (PWNED, VICTIM, create_from, hostile_cases, images, registry,
-                      registry_args, registry_workdir, sentinels, tpl_path)
+from registry import PWNED, VICTIM, create_from, hostile_cases, registry_args
+from registry import images, registry, registry_workdir, sentinels  # noqa: F401 fixtures
 from test_bad_input import check_error
 
 CASES = hostile_cases()

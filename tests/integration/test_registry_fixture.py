@@ -14,8 +14,10 @@ import time
 import pytest
 
 from conftest import wait_for
-from registry import (AUTH_PASSWORD, BUSYBOX_CONFIG, multilayer_layers, write_image, AUTH_USER, MT_INDEX, MULTILAYER_EXPECT, SKOPEO, Images,
-                      auth_registry, host_arch, hostile_cases, images, other_arch, registry,
+from registry import (AUTH_PASSWORD, AUTH_USER, BUSYBOX_CONFIG, MT_INDEX, MULTILAYER_EXPECT,
+                      PWNED, SKOPEO, host_arch, hostile_cases, multilayer_layers, other_arch,
+                      write_image)
+from registry import (auth_registry, images, registry,  # noqa: F401 fixtures
                       registry_workdir, slow_registry, tls_registry)
 
 PUSHED = ["busybox", "multilayer", "index", "corrupt", "big", "debian"] + \
@@ -174,3 +176,47 @@ def test_slow_registry_rate(slow_registry, images):
     done = wait_for(lambda: [r for r in slow_registry.blob_gets(d, since=mark) if r.done],
                     what="the proxy to log the GET")
     assert done[0].range == "bytes=0-8388607" and done[0].bytes == 8 << 20
+
+
+NAIVE_UNPACKER = r'''
+import base64, io, json, os, subprocess, sys, tarfile
+layers = [base64.b64decode(x) for x in json.load(sys.stdin)]
+# A private /tmp: what escapes lands there, never on the host.
+subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+subprocess.run(["mount", "-t", "tmpfs", "fixture-naive", "/tmp"], check=True)
+root = "/tmp/state/templates/x/rootfs"
+os.makedirs(root)
+for blob in layers:
+    with tarfile.open(fileobj=io.BytesIO(blob)) as t:
+        for m in t.getmembers():
+            try:
+                t.extract(m, root)        # no filter: names and links are trusted
+            except OSError:
+                pass
+print(json.dumps(os.path.lexists(sys.argv[1])))
+'''
+
+
+@pytest.mark.parametrize("case", ["dotdot", "abs", "symlink-root", "symlink-hostdir",
+                                  "symlink-dotdot", "symlink-then-dir"])
+def test_hostile_layers_escape_a_naive_unpacker(images, case):
+    """The hostile images are hostile: an unpacker that trusts names and links (Python's
+    tarfile without a filter), in a mount namespace with its own /tmp, writes PWNED. So
+    PWNED absent after a create is evidence, not luck."""
+    img = images.get("hostile-" + case)
+    blobs = [base64.b64encode(l.blob).decode() for l in img.layers[1:]]
+    r = subprocess.run(["unshare", "--mount", "/usr/bin/python3", "-c", NAIVE_UNPACKER, PWNED],
+                       input=json.dumps(blobs), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) is True, f"{case} did not escape a naive unpacker"
+    assert not os.path.lexists(PWNED)
+
+
+def test_settle(registry, images):
+    img = images.get("busybox")
+    images.ref(registry, "busybox")
+    mark = registry.mark()
+    registry.get(f"/v2/test/busybox/blobs/{img.config_digest}")
+    registry.settle()
+    assert registry.blob_get_counts(since=mark) == {img.config_digest: 1}

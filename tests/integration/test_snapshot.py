@@ -6,8 +6,9 @@ which the two are independent.
 
 import pytest
 
-from conftest import Daemon, exec_, sh
-from registry import images, registry, registry_args, registry_workdir, tpl_path
+from conftest import Daemon, sh
+from registry import registry_args, tpl_path
+from registry import images, registry, registry_workdir  # noqa: F401 fixtures
 from test_bad_input import check_error
 
 WRITE = ("echo in-etc > /etc/snap-etc && echo in-ws > /workspace/snap-ws && "
