@@ -370,7 +370,7 @@ def test_registry_down(api):
 
 @pytest.mark.parametrize("ref", ["", "UPPER/case:1", "a b:1", "busybox:", "busybox:bad tag",
                                  "busybox@sha256:1234", "busybox:1@sha256:xyz", "/busybox:1",
-                                 "busybox::1", "127.0.0.1:99999999/x:1", "a" * 300, "x//y:1"])
+                                 "busybox::1", "a" * 300, "x//y:1"])
 def test_malformed_reference(api, ref):
     n = len(api.get("/v1/sandboxes").json["sandboxes"])
     r = create_from(api, image=ref)
