@@ -126,8 +126,8 @@ def bench_pull(args, registry, images, workdir, rng):
 
     def warren_pull():
         d = Warren(args, registry)
-        d.start()
         try:
+            d.start()
             t0 = time.monotonic()
             pull_template(d.port, "bench", ref)
             return (time.monotonic() - t0) * 1000
@@ -160,9 +160,9 @@ def bench_pull(args, registry, images, workdir, rng):
 def bench_create(args, registry, images, rng):
     ref = images.ref(registry, "busybox")
     d = Warren(args, registry)
-    d.start()
     samples = {"create_image": [], "create_host": []}
     try:
+        d.start()
         pull_template(d.port, "bench-busybox", ref)
         specs = {"create_image": {"template": "bench-busybox"}, "create_host": {}}
         for i in range(args.warmup + args.create_rounds):
@@ -193,9 +193,9 @@ def bench_disk(args, registry, images):
     name = "busybox" if args.quick else "debian"
     ref = images.ref(registry, name)
     d = Warren(args, registry)
-    d.start()
     ids = []
     try:
+        d.start()
         pull_template(d.port, "bench-disk", ref)
         subprocess.run(["sync"])
         du0, used0 = du_bytes(d.state), used_bytes(d.state)

@@ -801,10 +801,15 @@ class Registry(_RequestLog):
     # -- pushing ----------------------------------------------------------------------------
 
     def push(self, img, dest):
-        """skopeo copy of the layout to docker://HOST/DEST, digests kept as built."""
+        """skopeo copy of an image to docker://HOST/DEST ("repo:tag"), digests kept as built
+        (--preserve-digests: skopeo >= 1.6; Debian 12 has 1.9). `img` is an Image, or the path
+        of an OCI layout whose tag is DEST's."""
+        if isinstance(img, str):
+            img = Image(os.path.basename(img), img, dest.rsplit(":", 1)[1], None, [], {}, None,
+                        is_index=True)
         argv = [SKOPEO, "copy", "--quiet", "--preserve-digests"]
         if img.is_index:
-            argv.append("--all")
+            argv.append("--all")   # every platform (harmless for a single manifest)
         if self.tls:
             certdir = os.path.dirname(self.ca_file)
             argv += ["--dest-cert-dir", certdir]

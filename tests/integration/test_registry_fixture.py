@@ -227,3 +227,9 @@ def test_settle(registry, images):
     registry.get(f"/v2/test/busybox/blobs/{img.config_digest}")
     registry.settle()
     assert registry.blob_get_counts(since=mark) == {img.config_digest: 1}
+
+
+def test_push_layout_path(registry, images):
+    img = images.get("multilayer")
+    registry.push(img.dir, "test/by-path:1")
+    assert registry.inspect("test/by-path:1")["Digest"] == img.digest
