@@ -26,7 +26,7 @@ DEB_PKGS := build-essential pkg-config clang-format libuv1-dev node-llhttp libws
 	libjansson-dev libseccomp-dev libsqlite3-dev libssl-dev libcmocka-dev libvterm-dev \
 	libarchive-dev python3-pytest python3-websockets bubblewrap iproute2 procps e2fsprogs curl \
 	less libcap2-bin clang libclang-rt-14-dev libcurl4-openssl-dev docker-registry skopeo umoci \
-	openssl zstd busybox-static
+	openssl zstd busybox-static debootstrap
 
 PKGS := libuv jansson sqlite3 libseccomp libcrypto libssl libcurl vterm libarchive
 LLHTTP_DIR := /usr/share/llhttp
