@@ -109,9 +109,10 @@ json_t *api_template_json(const struct template *tpl)
         tpl->digest[0] ? json_string(tpl->digest) : json_null(), "state",
         template_state_name(tpl->state), "size_bytes", (json_int_t)tpl->size_bytes, "layers",
         (int)tpl->n_layers, "progress",
-        pulling ? json_pack("{s:I, s:I}", "bytes_done", (json_int_t)atomic_load(&tpl->bytes_done),
-                            "bytes_total", (json_int_t)atomic_load(&tpl->bytes_total))
-                : json_null(),
+        json_pack("{s:I, s:I}", "bytes_done",
+                  (json_int_t)(pulling ? atomic_load(&tpl->bytes_done) : tpl->size_bytes),
+                  "bytes_total",
+                  (json_int_t)(pulling ? atomic_load(&tpl->bytes_total) : tpl->size_bytes)),
         "error", tpl->state == TEMPLATE_FAILED ? json_string(tpl->error) : json_null(), "config",
         tpl->config ? json_incref(tpl->config) : json_null(), "created_at", created);
 }

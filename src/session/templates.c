@@ -505,6 +505,16 @@ static void start_pull(struct template *tpl)
     store_op_queue(tpl->set, op);
 }
 
+/* A reference a client gave; the message names the field ('image') and the reference. */
+static int parse_ref(const char *image, struct image_ref *ref, char *msg, size_t msglen)
+{
+    char why[256];
+    if (image_ref_parse(image, ref, why, sizeof(why)) == 0)
+        return 1;
+    snprintf(msg, msglen, "invalid 'image' reference '%.200s': %s", image, why);
+    return 0;
+}
+
 static struct template *template_new(struct template_set *ts, const char *name, const char *image)
 {
     struct template *tpl = calloc(1, sizeof(*tpl));
@@ -627,7 +637,7 @@ enum session_err templates_pull(struct template_set *ts, const char *name, const
 {
     struct image_ref ref;
     char canon[TEMPLATE_NAME_MAX];
-    if (image_ref_parse(image, &ref, msg, msglen) < 0)
+    if (!parse_ref(image, &ref, msg, msglen))
         return SESSION_ERR_BAD_REFERENCE;
     image_ref_string(&ref, canon, sizeof(canon));
     struct template *tpl = templates_find(ts, name ? name : canon);
@@ -758,7 +768,7 @@ void templates_acquire(struct template_set *ts, const char *name, const char *im
         }
     } else {
         struct image_ref ref;
-        if (image_ref_parse(image, &ref, msg, sizeof(msg)) < 0) {
+        if (!parse_ref(image, &ref, msg, sizeof(msg))) {
             fail_later(ts, cb, arg, SESSION_ERR_BAD_REFERENCE, msg);
             return;
         }

@@ -7,6 +7,7 @@
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "core/log.h"
 
@@ -101,14 +102,40 @@ int store_delete(store_t *st, enum store_kind kind, const char *id)
 
 int store_list(store_t *st, enum store_kind kind, store_record_fn fn, void *arg)
 {
+    /* Rows are read to the end before fn sees any: fn may write to the store (a record put
+     * back while the SELECT still runs would be visited again, for ever). */
     sqlite3_stmt *q;
     char sql[64];
+    char **rows = NULL;
+    size_t n = 0, cap = 0;
+    int rc, r = 0;
     snprintf(sql, sizeof(sql), "SELECT id, json FROM %s", tables[kind]);
     if (sqlite3_prepare_v2(st->db, sql, -1, &q, NULL) != SQLITE_OK)
         return fail(st, "list");
-    int rc;
-    while ((rc = sqlite3_step(q)) == SQLITE_ROW)
-        fn((const char *)sqlite3_column_text(q, 0), (const char *)sqlite3_column_text(q, 1), arg);
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        if (n + 2 > cap) {
+            char **v = realloc(rows, (cap = cap ? 2 * cap : 32) * sizeof(*v));
+            if (!v) {
+                r = -ENOMEM;
+                break;
+            }
+            rows = v;
+        }
+        rows[n] = strdup((const char *)sqlite3_column_text(q, 0));
+        rows[n + 1] = strdup((const char *)sqlite3_column_text(q, 1));
+        n += 2;
+        if (!rows[n - 2] || !rows[n - 1]) {
+            r = -ENOMEM;
+            break;
+        }
+    }
     sqlite3_finalize(q);
-    return rc == SQLITE_DONE ? 0 : fail(st, "list");
+    if (r == 0 && rc != SQLITE_DONE)
+        r = fail(st, "list");
+    for (size_t i = 0; r == 0 && i < n; i += 2)
+        fn(rows[i], rows[i + 1], arg);
+    for (size_t i = 0; i < n; i++)
+        free(rows[i]);
+    free(rows);
+    return r;
 }
