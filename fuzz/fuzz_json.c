@@ -30,6 +30,7 @@
 #include "core/util.h"
 #include "harness.h"
 #include "sandbox/egress.h"
+#include "sandbox/template.h"
 #include "server.h"
 #include "session/sandbox.h"
 
@@ -38,6 +39,9 @@
 static struct server_config cfg;
 static struct api_ctx ctx;
 static struct sandbox sandbox;
+/* A "user" is resolved in the host template's /etc copies: a scratch one with two users. */
+static struct registry reg;
+static struct host_template tmpl;
 
 static void check_escape(const char *s, size_t n)
 {
@@ -188,6 +192,13 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     server_config_defaults(&cfg);
     ctx.limits = &cfg.limits;
     snprintf(sandbox.name, sizeof(sandbox.name), "sb-fuzz");
+    fz_scratch_dir("fuzz-json", tmpl.dir, sizeof(tmpl.dir));
+    fz_put_dir(tmpl.dir, "etc", 0755, 0);
+    fz_put_file(tmpl.dir, "etc/passwd",
+                "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n", 0644, 0);
+    fz_put_file(tmpl.dir, "etc/group", "root:x:0:\napp:x:1000:\n", 0644, 0);
+    reg.tmpl = &tmpl;
+    sandbox.reg = &reg;
     return 0;
 }
 

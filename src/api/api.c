@@ -56,7 +56,7 @@ static const struct route routes[] = {
     {"POST", "/v1/templates", api_template_create},
     {"GET", "/v1/templates", api_template_list},
     {"PUT", "/v1/templates/{name}/archive", api_template_import},
-    {"GET", "/v1/templates/{name}/export", api_template_export},
+    {"GET", "/v1/templates/{name+}/export", api_template_export},
     {"GET", "/v1/templates/{name+}", api_template_get},
     {"DELETE", "/v1/templates/{name+}", api_template_delete},
 };

@@ -21,7 +21,7 @@ struct template_set;
 struct api_ctx {
     struct registry *reg;
     struct template_set *templates; /* session/templates.h */
-    struct audit *audit; /* may be NULL: nothing is recorded */
+    struct audit *audit;            /* may be NULL: nothing is recorded */
     const struct session_limits *limits;
     const char *version;
     int stopping; /* set by the daemon when it shuts down: new requests get 503 */
@@ -64,7 +64,9 @@ struct api_run {
     size_t stdin_len;
     double timeout_s;
     size_t max_output;
-    json_t *describe; /* {"argv": [...]} or {"shell": "..."} */
+    json_t *describe;         /* {"argv": [...]} or {"shell": "..."} */
+    struct sandbox_user user; /* with has_user: the "user" asked for */
+    int has_user;
 };
 /* Validates a command body (argv|shell, env, cwd, stdin|stdin_b64, timeout_s, max_output_bytes,
  * plus `extra_keys`). Returns 0 or an HTTP status with the reason in err; free with

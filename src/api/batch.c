@@ -101,6 +101,7 @@ static int lane_run(struct batch *b, size_t idx)
                 .argv = run.argv,
                 .env = (const char *const *)run.env,
                 .cwd = run.cwd,
+                .user = run.has_user ? &run.user : NULL,
                 .stdin_data = run.stdin_data_ref,
                 .stdin_len = run.stdin_len,
                 .timeout_s = run.timeout_s,

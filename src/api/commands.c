@@ -193,10 +193,11 @@ int api_parse_run(struct api_ctx *ctx, const struct sandbox *sb, json_t *body,
                   const char *const *extra_keys, struct api_run *run, char *err, size_t errlen)
 {
     static const char *const base[] = {"argv",  "shell",     "env",       "cwd",
-                                       "stdin", "stdin_b64", "timeout_s", "max_output_bytes"};
+                                       "stdin", "stdin_b64", "timeout_s", "max_output_bytes",
+                                       "user"};
     const char *keys[32];
     size_t nk = 0;
-    const char *shell = NULL, *stdin_b64 = NULL, *term = "xterm";
+    const char *shell = NULL, *stdin_b64 = NULL, *term = "xterm", *user = NULL;
     json_t *env = NULL, *argv_json;
     long long max_out = (long long)ctx->limits->max_output_default;
 
@@ -213,12 +214,25 @@ int api_parse_run(struct api_ctx *ctx, const struct sandbox *sb, json_t *body,
         json_opt_string(body, "cwd", "cwd", &run->cwd, err, errlen) ||
         json_opt_string(body, "stdin", "stdin", &run->stdin_text, err, errlen) ||
         json_opt_string(body, "stdin_b64", "stdin_b64", &stdin_b64, err, errlen) ||
+        json_opt_string(body, "user", "user", &user, err, errlen) ||
         json_opt_string_map(body, "env", "env", &env, err, errlen) ||
         json_opt_number(body, "timeout_s", "timeout_s", &run->timeout_s, err, errlen) ||
         json_opt_int(body, "max_output_bytes", "max_output_bytes", &max_out, err, errlen))
         return 400;
     if (env && api_valid_env(env, err, errlen) < 0)
         return 400;
+    if (user) {
+        int r = sandbox_resolve_user(sb, user, &run->user);
+        if (r < 0) {
+            snprintf(err, errlen, "'user' '%.100s': %s", user,
+                     r == -ENOENT   ? "no such user or group in the sandbox's /etc/passwd"
+                     : r == -ERANGE ? "outside the sandbox's ids (0-65535)"
+                     : r == -EINVAL ? "want NAME, UID, NAME:GROUP or UID:GID"
+                                    : strerror(-r));
+            return 400;
+        }
+        run->has_user = 1;
+    }
 
     argv_json = json_object_get(body, "argv");
     if (argv_json && json_is_null(argv_json))
@@ -310,7 +324,7 @@ int api_parse_run(struct api_ctx *ctx, const struct sandbox *sb, json_t *body,
         return 422;
     }
     run->max_output = (size_t)max_out;
-    if (!(run->env = exec_build_env(sb, env, term)))
+    if (!(run->env = exec_build_env(sb, env, term, run->has_user ? &run->user : NULL)))
         goto oom;
     return 0;
 oom:
@@ -338,6 +352,7 @@ void api_exec(struct api_ctx *ctx, http_req_t *req, const struct route_params *p
         .argv = run.argv,
         .env = (const char *const *)run.env,
         .cwd = run.cwd,
+        .user = run.has_user ? &run.user : NULL,
         .stdin_data = run.stdin_data_ref,
         .stdin_len = run.stdin_len,
         .timeout_s = run.timeout_s,
@@ -422,7 +437,10 @@ void api_command_start(struct api_ctx *ctx, http_req_t *req, const struct route_
         goto bad;
     }
     struct command_spec spec = {
-        .proc = {.argv = run.argv, .env = (const char *const *)run.env, .cwd = run.cwd},
+        .proc = {.argv = run.argv,
+                 .env = (const char *const *)run.env,
+                 .cwd = run.cwd,
+                 .user = run.has_user ? &run.user : NULL},
         .stdin_data = run.stdin_data_ref,
         .stdin_len = run.stdin_len,
         .close_stdin = run.stdin_data_ref != NULL,

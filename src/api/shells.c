@@ -36,7 +36,7 @@ void api_shell_create(struct api_ctx *ctx, http_req_t *req, const struct route_p
         json_decref(body);
         return;
     }
-    char **envv = exec_build_env(sb, env, "dumb");
+    char **envv = exec_build_env(sb, env, "dumb", NULL);
     struct shell *sh;
     int r = envv ? shell_create(sb, (const char *const *)envv, cwd, &sh) : -ENOMEM;
     util_free_strv(envv);

@@ -283,7 +283,10 @@ static void handle_first(struct stream *st, json_t *msg)
     st->binary = json_is_true(json_object_get(msg, "binary"));
     st->lossless = !json_is_false(json_object_get(msg, "lossless"));
     struct command_spec spec = {
-        .proc = {.argv = run.argv, .env = (const char *const *)run.env, .cwd = run.cwd},
+        .proc = {.argv = run.argv,
+                 .env = (const char *const *)run.env,
+                 .cwd = run.cwd,
+                 .user = run.has_user ? &run.user : NULL},
         .stdin_data = run.stdin_data_ref,
         .stdin_len = run.stdin_len,
         .timeout_s = json_object_get(msg, "timeout_s") ? run.timeout_s : 0,

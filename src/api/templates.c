@@ -50,11 +50,16 @@ void api_template_create(struct api_ctx *ctx, http_req_t *req, const struct rout
         snprintf(err, ERRLEN, "'image' is required");
         goto bad;
     }
-    if (name && (!api_valid_name(name) || !strcmp(name, "host"))) {
+    if (name && !api_valid_name(name)) {
         snprintf(err, ERRLEN,
                  "invalid 'name': 1-63 characters of [A-Za-z0-9_.-], starting with a letter or "
-                 "digit, and not 'host'");
+                 "digit");
         goto bad;
+    }
+    if (name && !strcmp(name, "host")) {
+        json_decref(body);
+        http_respond_error(req, 409, "conflict", "'host' is the built-in template");
+        return;
     }
     struct template *tpl;
     enum session_err e = templates_pull(ctx->templates, name, image, &tpl, err, ERRLEN);
@@ -256,6 +261,12 @@ void api_template_export(struct api_ctx *ctx, http_req_t *req, const struct rout
     int loop_fd, worker_fd;
     if (api_check_query(req, NULL) < 0)
         return;
+    if (!strcmp(route_param(p, "name"), "host")) {
+        http_respond_error(req, 409, "conflict",
+                           "the built-in 'host' template is the host's own file system, not an "
+                           "image: it cannot be exported");
+        return;
+    }
     struct template *tpl = find_template(ctx, req, p);
     if (!tpl)
         return;
@@ -321,11 +332,16 @@ void api_sandbox_snapshot(struct api_ctx *ctx, http_req_t *req, const struct rou
         http_respond_error(req, 400, "bad_request", "%s", err);
         return;
     }
-    if (!name || !api_valid_name(name) || !strcmp(name, "host")) {
+    if (!name || !api_valid_name(name)) {
         json_decref(body);
         http_respond_error(req, 400, "bad_request",
                            "'name' is required: 1-63 characters of [A-Za-z0-9_.-], starting with "
-                           "a letter or digit, and not 'host'");
+                           "a letter or digit");
+        return;
+    }
+    if (!strcmp(name, "host")) {
+        json_decref(body);
+        http_respond_error(req, 409, "conflict", "'host' is the built-in template");
         return;
     }
     struct snapshot_call *c = calloc(1, sizeof(*c));

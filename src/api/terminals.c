@@ -78,7 +78,7 @@ void api_terminal_create(struct api_ctx *ctx, http_req_t *req, const struct rout
             argv[i] = json_string_value(json_array_get(argv_json, i));
         }
     }
-    char **envv = exec_build_env(sb, env, "xterm-256color");
+    char **envv = exec_build_env(sb, env, "xterm-256color", NULL);
     struct terminal_spec spec = {.argv = argv,
                                  .env = (const char *const *)envv,
                                  .cwd = cwd,

@@ -139,7 +139,7 @@ void atropos_tool_bash(struct atropos_job *job, json_t *args)
         return;
     }
     const char *argv[] = {"/bin/sh", "-c", command, NULL};
-    char **env = exec_build_env(s->sb, NULL, "xterm");
+    char **env = exec_build_env(s->sb, NULL, "xterm", NULL);
     struct exec_spec spec = {.argv = argv,
                              .env = (const char *const *)env,
                              .cwd = "/workspace",
@@ -223,7 +223,7 @@ void atropos_tool_stateful(struct atropos_job *job, json_t *args)
     struct shell *sh = atropos_slot_shell(s);
     int r = 0;
     if (!sh) {
-        char **env = exec_build_env(s->sb, NULL, "dumb");
+        char **env = exec_build_env(s->sb, NULL, "dumb", NULL);
         r = env ? shell_create(s->sb, (const char *const *)env, "/workspace", &sh) : -ENOMEM;
         util_free_strv(env);
         if (r == 0)

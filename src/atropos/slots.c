@@ -275,7 +275,7 @@ static void reset_start(struct atropos_job *job)
         terminal_destroy(t);
     atropos_slot_forget(s);
     static const char *const argv[] = {"/bin/sh", "-c", "kill -9 -1 2>/dev/null; exit 0", NULL};
-    char **env = exec_build_env(s->sb, NULL, "dumb");
+    char **env = exec_build_env(s->sb, NULL, "dumb", NULL);
     struct exec_spec spec = {.argv = argv,
                              .env = (const char *const *)env,
                              .cwd = "/",

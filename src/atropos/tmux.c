@@ -120,7 +120,7 @@ static int tmux_ensure(struct atropos_slot *s, json_t *args, struct terminal **o
         *out = t;
         return 0;
     }
-    char **env = exec_build_env(s->sb, NULL, "xterm-256color");
+    char **env = exec_build_env(s->sb, NULL, "xterm-256color", NULL);
     struct terminal_spec spec = {.env = (const char *const *)env,
                                  .cwd = "/workspace",
                                  .cols = s->pane_w,

@@ -180,8 +180,10 @@ static int looks_like_image(const char *name)
             return 1;
     if (!strncmp(name, "blobs/", 6))
         return 1;
+    /* docker save: <id>/layer.tar, <id>.json; skopeo's docker-archive: <diff_id>.tar first. */
     return strlen(name) >= 64 && is_hex(name, 64) &&
-           (name[64] == '\0' || name[64] == '/' || !strcmp(name + 64, ".json"));
+           (name[64] == '\0' || name[64] == '/' || !strcmp(name + 64, ".json") ||
+            !strcmp(name + 64, ".tar"));
 }
 
 static struct member *add_member(struct importer *im, char *name)

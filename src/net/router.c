@@ -24,10 +24,20 @@ static int match_pattern(const char *pattern, const char *path, struct route_par
     for (;;) {
         size_t plen = strcspn(pp, "/");
         size_t slen = strcspn(sp, "/");
-        /* `{name+}` as the last segment takes the rest of the path, slashes included. */
-        int rest = plen >= 3 && pp[plen] == '\0' && pp[plen - 2] == '+';
-        if (rest)
-            slen = strlen(sp);
+        /* `{name+}` takes one or more segments, slashes included: all of the path but as many
+         * segments as the pattern has after it. */
+        int rest = plen >= 4 && pp[0] == '{' && pp[plen - 2] == '+';
+        if (rest) {
+            size_t after = 0, end = strlen(sp);
+            for (const char *q = pp + plen; *q; q++)
+                after += *q == '/';
+            while (after > 0 && end > 0)
+                if (sp[--end] == '/')
+                    after--;
+            if (after > 0)
+                return MATCH_NO;
+            slen = pp[plen] ? end : strlen(sp);
+        }
         if (plen >= 2 && pp[0] == '{' && pp[plen - 1] == '}') {
             /* A capture needs a non-empty segment: "/sandboxes//exec" must not match. */
             if (slen == 0)

@@ -347,8 +347,10 @@ int template_image_config(const struct host_template *t, struct spawn_config *cf
              "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t%s\n",
              hostname);
     snprintf(cfg->file_data[1], sizeof(cfg->file_data[1]), "%s\n", hostname);
-    /* /workspace is part of the overlay (an image or a snapshot may bring files there). */
-    if ((r = spawn_config_add(cfg, MOP_DIR, NULL, "workspace", 0, 0755, NULL)) < 0)
+    /* /workspace is part of the overlay (an image or a snapshot may bring files there). Made
+     * here if the image has none: sticky and writable by all, as /tmp, so that whichever user
+     * the image or a command runs as can work in it. */
+    if ((r = spawn_config_add(cfg, MOP_DIR, NULL, "workspace", 0, 01777, NULL)) < 0)
         return r;
     /* warren's files over the image's: written in /run/warren (in the overlay, so the sandbox's
      * root may change them, as on the host template), then bound on the image's paths, which are

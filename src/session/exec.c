@@ -101,7 +101,8 @@ int exec_start(struct sandbox *sb, const struct exec_spec *spec, exec_done_cb cb
     struct exec *ex = calloc(1, sizeof(*ex));
     if (!ex)
         return -ENOMEM;
-    struct proc_spec ps = {.argv = spec->argv, .env = spec->env, .cwd = spec->cwd};
+    struct proc_spec ps = {
+        .argv = spec->argv, .env = spec->env, .cwd = spec->cwd, .user = spec->user};
     int r = proc_start(sb, &ps, &exec_ops, ex, &ex->proc);
     if (r < 0) {
         free(ex);
@@ -129,11 +130,14 @@ int exec_start(struct sandbox *sb, const struct exec_spec *spec, exec_done_cb cb
 }
 
 /* Builds the command's environment: defaults < sandbox env < request env. */
-char **exec_build_env(const struct sandbox *sb, json_t *exec_env, const char *term)
+char **exec_build_env(const struct sandbox *sb, json_t *exec_env, const char *term,
+                      const struct sandbox_user *user)
 {
     json_t *all = json_pack("{s:s, s:s, s:s, s:s, s:s}", "PATH", DEFAULT_PATH, "HOME",
-                            sb->user_set ? sb->user_home : "/root", "HOSTNAME", sb->name, "LANG",
-                            "C.UTF-8", "TERM", term);
+                            user           ? user->home
+                            : sb->user_set ? sb->user_home
+                                           : "/root",
+                            "HOSTNAME", sb->name, "LANG", "C.UTF-8", "TERM", term);
     if (!all)
         return NULL;
     /* With an egress proxy, the usual variables point at it; the sandbox's env may override. */

@@ -27,6 +27,7 @@ struct exec_spec {
     const char *const *argv; /* NULL-terminated, non-empty */
     const char *const *env;  /* NULL-terminated "K=V" list: the complete environment */
     const char *cwd;
+    const struct sandbox_user *user; /* NULL: the sandbox's */
     const void *stdin_data;
     size_t stdin_len;
     double timeout_s;  /* > 0 */
@@ -54,11 +55,12 @@ int exec_start(struct sandbox *sb, const struct exec_spec *spec, exec_done_cb cb
 /* Kills the command's process group; the callback still fires (with the signal). */
 void exec_cancel(struct exec *ex);
 
-/* The environment of a command in `sb`: defaults (PATH, HOME — the image User's home if it has
- * one, else /root —, HOSTNAME, LANG, TERM=`term`, and the proxy variables when the sandbox has an
- * egress proxy) < its image's Env (an image sandbox) < the sandbox's env and secrets < `env` (an
- * object of strings; may be NULL). A malloc'd NULL-terminated "K=V" list to free with
- * util_free_strv(), or NULL when out of memory. */
-char **exec_build_env(const struct sandbox *sb, json_t *env, const char *term);
+/* The environment of a command in `sb` run as `user` (NULL: the sandbox's): defaults (PATH,
+ * HOME — `user`'s home, else the image User's if it has one, else /root —, HOSTNAME, LANG,
+ * TERM=`term`, and the proxy variables when the sandbox has an egress proxy) < its image's Env (an
+ * image sandbox) < the sandbox's env and secrets < `env` (an object of strings; may be NULL). A
+ * malloc'd NULL-terminated "K=V" list to free with util_free_strv(), or NULL when out of memory. */
+char **exec_build_env(const struct sandbox *sb, json_t *env, const char *term,
+                      const struct sandbox_user *user);
 
 #endif

@@ -360,10 +360,10 @@ int proc_start(struct sandbox *sb, const struct proc_spec *spec, const struct pr
                                 .pty = spec->pty,
                                 .rows = (unsigned)spec->rows,
                                 .cols = (unsigned)spec->cols,
-                                /* every process of an image sandbox runs as its User */
-                                .user = sb->user_set,
-                                .uid = sb->user_uid,
-                                .gid = sb->user_gid};
+                                /* as asked, else an image sandbox's User */
+                                .user = spec->user || sb->user_set,
+                                .uid = spec->user ? spec->user->uid : sb->user_uid,
+                                .gid = spec->user ? spec->user->gid : sb->user_gid};
     p->tag = ++sb->next_tag;
     int r = sandbox_ctl_spawn(sb, p->tag, &req);
     if (r < 0) {

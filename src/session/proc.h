@@ -42,8 +42,9 @@ struct proc_spec {
     const char *const *argv; /* NULL-terminated, non-empty */
     const char *const *env;  /* NULL-terminated "K=V": the complete environment */
     const char *cwd;
-    int pty;        /* a terminal instead of pipes */
-    int rows, cols; /* with pty */
+    int pty;                         /* a terminal instead of pipes */
+    const struct sandbox_user *user; /* NULL: the sandbox's (its image's User, else root) */
+    int rows, cols;                  /* with pty */
 };
 
 /* Returns 0 or -errno (-EPIPE: the sandbox is not running; -E2BIG: argv/env too large). */

@@ -242,6 +242,17 @@ uid_t sandbox_host_uid(const struct sandbox *sb)
     return UID_BASE + sb->uid_slot * UID_RANGE;
 }
 
+int sandbox_resolve_user(const struct sandbox *sb, const char *user, struct sandbox_user *out)
+{
+    char root[1300];
+    if (sb->image)
+        sandbox_dir(sb, root, sizeof(root), "rootfs");
+    else
+        snprintf(root, sizeof(root), "%s", sb->reg->tmpl->dir);
+    return rootfs_resolve_user(root, user, UID_RANGE, &out->uid, &out->gid, out->home,
+                               sizeof(out->home));
+}
+
 int sandbox_template_user(const struct registry *reg, const char *name, char *who, size_t cap)
 {
     for (const struct sandbox *sb = reg->head; sb; sb = sb->next)

@@ -230,6 +230,17 @@ const char *sandbox_default_cwd(const struct sandbox *sb);
  * msg. spec->network is taken over only on SESSION_OK. */
 enum session_err sandbox_create(struct registry *reg, const struct sandbox_spec *spec,
                                 sandbox_create_cb cb, void *arg, char *msg, size_t msglen);
+/* A user commands run as: ids inside the sandbox, and the home its environment names. */
+struct sandbox_user {
+    uid_t uid;
+    gid_t gid;
+    char home[256];
+};
+/* Resolves `user` ("name", "uid", "name:group", "uid:gid") as docker does, against the
+ * sandbox's /etc/passwd and /etc/group (its image's, or the host template's copies). 0, -ENOENT
+ * (no such user or group), -EINVAL (malformed), -ERANGE (outside the sandbox's ids), or another
+ * -errno reading them. Reads two small files: fine on the loop. */
+int sandbox_resolve_user(const struct sandbox *sb, const char *user, struct sandbox_user *out);
 /* Whether a sandbox (in any state: a stopped one keeps its template's layers) was made of
  * template `name`; if so its name goes to `who`. */
 int sandbox_template_user(const struct registry *reg, const char *name, char *who, size_t cap);

@@ -78,15 +78,13 @@ def test_snapshot_of_image_sandbox(api, registry, images, new_sandbox):
 
 
 def test_snapshot_of_host_sandbox(api, new_sandbox):
-    # LEAD: the host template's sandboxes can be snapshotted too (their / is their disk).
+    # A sandbox of the host template has no image to build a template on: refused, naming why,
+    # and nothing is made.
     sb = new_sandbox()
     out(api, sb["id"], "echo ws > /workspace/h && echo r > /root/h")
-    r = snapshot(api, sb["id"], "snap-host")
-    assert r.status == 201, r
-    sb2 = new_sandbox(template="snap-host")
-    assert out(api, sb2["id"], "cat /workspace/h /root/h") == "ws\nr\n"
-    api.remove(sb2["id"])
-    assert api.delete(tpl_path("snap-host")).status == 204
+    check_error(snapshot(api, sb["id"], "snap-host"), 409, "conflict", names="host template")
+    assert api.get(tpl_path("snap-host")).status == 404
+    assert out(api, sb["id"], "cat /workspace/h") == "ws\n"   # still running, untouched
 
 
 def test_snapshot_errors(api, registry, images, new_sandbox):
@@ -122,9 +120,14 @@ def test_fork(api, registry, images, new_sandbox):
     api.daemon.created_ids.add(f["id"])   # conftest records POST /v1/sandboxes only
     try:
         assert f["id"] != sid and f["name"] != sb["name"] and f["state"] == "running"
-        for k in ("template", "image", "image_digest", "resources", "network", "env", "labels"):
+        for k in ("resources", "network", "env", "labels"):
             assert f[k] == sb[k], k
-        assert f["image_digest"] == img.digest
+        # It is made of a snapshot of the source: a template of its own, one layer over the
+        # source's image, which stays until it is deleted.
+        assert f["template"] != sb["template"] and f["image"] is None, f
+        t = api.get(tpl_path(f["template"])).json
+        assert t["state"] == "ready" and t["layers"] == len(img.layers) + 1, t
+        assert f["image_digest"] == t["digest"] != img.digest
         assert out(api, f["id"], CHECK) == CHECK_OUT
         assert out(api, f["id"], "echo $MINE $FOO") == "1 from-image\n"
         # Independent from here on.

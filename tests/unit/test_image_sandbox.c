@@ -261,7 +261,7 @@ static void on_exec_done(struct exec *ex, struct exec_result *res, void *arg)
 static int run(const char *script, struct run_result *rr)
 {
     const char *argv[] = {"sh", "-c", script, NULL};
-    char **env = exec_build_env(fx.sb, NULL, "dumb");
+    char **env = exec_build_env(fx.sb, NULL, "dumb", NULL);
     assert_non_null(env);
     struct exec_spec spec = {.argv = argv,
                              .env = (const char *const *)env,

@@ -185,7 +185,7 @@ static void test_too_many_captures(void **state)
 /* `{name+}` takes the rest of the path; routes before it with a fixed tail still win. */
 static void test_rest_capture(void **state)
 {
-    static const struct route r3[] = {{"GET", "/t/{name}/export", H}, {"GET", "/t/{name+}", H}};
+    static const struct route r3[] = {{"GET", "/t/{name+}/export", H}, {"GET", "/t/{name+}", H}};
     struct route_params p;
     assert_int_equal(router_match(r3, 2, "GET", "/t/box", &p, NULL, 0), 1);
     assert_string_equal(route_param(&p, "name"), "box");
@@ -193,6 +193,11 @@ static void test_rest_capture(void **state)
     assert_string_equal(route_param(&p, "name"), "127.0.0.1:5000/a/b:1");
     assert_int_equal(router_match(r3, 2, "GET", "/t/box/export", &p, NULL, 0), 0);
     assert_string_equal(route_param(&p, "name"), "box");
+    assert_int_equal(router_match(r3, 2, "GET", "/t/127.0.0.1:5000/a/b:1/export", &p, NULL, 0), 0);
+    assert_string_equal(route_param(&p, "name"), "127.0.0.1:5000/a/b:1");
+    /* The capture needs a segment of its own. */
+    assert_int_equal(router_match(r3, 2, "GET", "/t/export", &p, NULL, 0), 1);
+    assert_string_equal(route_param(&p, "name"), "export");
     assert_int_equal(router_match(r3, 2, "GET", "/t/", &p, NULL, 0), -ENOENT);
     assert_int_equal(router_match(r3, 2, "GET", "/t", &p, NULL, 0), -ENOENT);
 }
