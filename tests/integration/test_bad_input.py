@@ -195,7 +195,7 @@ def test_limits_exceeded_422(api, sandbox):
 def test_unsupported_template_and_network(api):
     n = count_sandboxes(api)
     r = api.post("/v1/sandboxes", {"template": "nope"})
-    check_error(r, 400, "bad_request", names="template")
+    check_error(r, 404, "not_found", names="nope")
     r = api.post("/v1/sandboxes", {"network": {"mode": "sideways"}})
     check_error(r, 400, "bad_request", names="network.mode")
     r = api.post("/v1/sandboxes", {"network": {"mode": "none", "allow": ["example.com"]}})
