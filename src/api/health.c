@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "api/api.h"
+#include "session/templates.h"
 #include "session/network.h"
 
 void api_healthz(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
@@ -57,6 +58,15 @@ void api_info(struct api_ctx *ctx, http_req_t *req, const struct route_params *p
     json_object_set_new(info, "network",
                         json_pack("{s:[sss], s:s, s:i}", "modes", "none", "allowlist", "open",
                                   "proxy", "127.0.0.1", "proxy_port", network_proxy_port()));
+    /* The image store: templates and what their layers and blobs occupy on the host (shared by
+     * every sandbox of them). */
+    size_t n_templates = 0;
+    for (const struct template *t = ctx->templates->head; t; t = t->next)
+        n_templates++;
+    json_object_set_new(info, "images",
+                        json_pack("{s:I, s:I}", "templates", (json_int_t)n_templates,
+                                  "store_bytes",
+                                  (json_int_t)templates_store_bytes(ctx->templates)));
     json_object_set_new(info, "audit", json_true());
     http_respond_json(req, 200, info);
 }
