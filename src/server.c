@@ -185,6 +185,8 @@ static void on_signal(uv_signal_t *h, int signum)
     uv_signal_stop(&srv->sigint);
     uv_timer_stop(&srv->disk_check);
     http_server_close(srv->http, on_http_closed, srv);
+    /* A pull in flight is not waited for: the next daemon resumes it. */
+    registry_client_cancel(srv->registry_client);
     registry_shutdown(&srv->reg, on_registry_idle);
 }
 

@@ -64,8 +64,7 @@ void api_info(struct api_ctx *ctx, http_req_t *req, const struct route_params *p
     for (const struct template *t = ctx->templates->head; t; t = t->next)
         n_templates++;
     json_object_set_new(info, "images",
-                        json_pack("{s:I, s:I}", "templates", (json_int_t)n_templates,
-                                  "store_bytes",
+                        json_pack("{s:I, s:I}", "templates", (json_int_t)n_templates, "store_bytes",
                                   (json_int_t)templates_store_bytes(ctx->templates)));
     json_object_set_new(info, "audit", json_true());
     http_respond_json(req, 200, info);

@@ -107,6 +107,11 @@ fail:
     return r;
 }
 
+void registry_client_cancel(struct registry_client *rc)
+{
+    atomic_store(&rc->cancelled, 1);
+}
+
 void registry_client_free(struct registry_client *rc)
 {
     if (!rc)

@@ -38,6 +38,9 @@ struct registry_client;
 int registry_client_new(const struct registry_options *o, struct registry_client **out, char *msg,
                         size_t msglen);
 void registry_client_free(struct registry_client *rc);
+/* Makes every transfer of rc, running or to come, fail at once with -ECANCELED (the daemon
+ * stopping: a pull then does not hold it up). Any thread. */
+void registry_client_cancel(struct registry_client *rc);
 
 /* Progress of one pull in bytes of layers (blobs found on disk count as done at once). Called on
  * the pulling thread; must be quick. */

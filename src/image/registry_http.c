@@ -18,6 +18,18 @@
 
 #include "core/util.h"
 
+/* Called by curl about once a second and on progress: a cancelled client aborts the transfer. */
+static int on_xferinfo(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+                       curl_off_t ulnow)
+{
+    struct registry_client *rc = arg;
+    (void)dltotal;
+    (void)dlnow;
+    (void)ultotal;
+    (void)ulnow;
+    return atomic_load(&rc->cancelled);
+}
+
 /* Adds the extra CA bundle to the store curl filled from the system's. */
 static CURLcode ssl_ctx_cb(CURL *h, void *sslctx, void *arg)
 {
@@ -200,6 +212,9 @@ int xfer_prepare(struct xfer *x, const char *url, const char *accept, int with_a
     curl_easy_setopt(x->h, CURLOPT_WRITEDATA, x);
     curl_easy_setopt(x->h, CURLOPT_ERRORBUFFER, x->errbuf);
     curl_easy_setopt(x->h, CURLOPT_PRIVATE, x);
+    curl_easy_setopt(x->h, CURLOPT_NOPROGRESS, 0L);
+    curl_easy_setopt(x->h, CURLOPT_XFERINFOFUNCTION, on_xferinfo);
+    curl_easy_setopt(x->h, CURLOPT_XFERINFODATA, p->rc);
     if (p->rc->n_cas) {
         curl_easy_setopt(x->h, CURLOPT_SSL_CTX_FUNCTION, ssl_ctx_cb);
         curl_easy_setopt(x->h, CURLOPT_SSL_CTX_DATA, p->rc);
@@ -219,6 +234,8 @@ void xfer_release(struct xfer *x)
 static int curl_code_errno(CURLcode cc, long os_errno)
 {
     switch (cc) {
+    case CURLE_ABORTED_BY_CALLBACK:
+        return -ECANCELED;
     case CURLE_COULDNT_RESOLVE_HOST:
     case CURLE_COULDNT_RESOLVE_PROXY:
         return -EHOSTUNREACH;

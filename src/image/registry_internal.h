@@ -5,6 +5,8 @@
 #ifndef WARREN_IMAGE_REGISTRY_INTERNAL_H
 #define WARREN_IMAGE_REGISTRY_INTERNAL_H
 
+#include <stdatomic.h>
+
 #include <limits.h>
 #include <stdint.h>
 
@@ -24,6 +26,7 @@
 
 struct registry_client {
     struct registry_options o;
+    atomic_int cancelled; /* registry_client_cancel(): every transfer aborts */
     struct registry_auths auths;
     void **cas; /* X509 *, the extra CA bundle */
     size_t n_cas;
