@@ -50,7 +50,10 @@ def test_snapshot_of_image_sandbox(api, registry, images, new_sandbox):
     r = snapshot(api, sid, "snap1")
     assert r.status == 201, r
     t = r.json
-    assert t["name"] == "snap1" and t["state"] == "ready" and t["error"] is None, t
+    assert t["name"] == "snap1" and t["state"] == "ready" and t.get("error") is None, t
+    assert t["image"] is None and t["progress"] is None, t       # null for a snapshot
+    # LEAD: a snapshot is the image with one more layer (what the sandbox wrote).
+    assert t["layers"] == len(img.layers) + 1
     assert t["size_bytes"] > 0 and t["digest"].startswith("sha256:")
     assert t["digest"] != img.digest
     # LEAD: a snapshot keeps the image's config (env, workdir, cmd).
