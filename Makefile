@@ -25,10 +25,10 @@ PREFIX ?= /usr/local
 DEB_PKGS := build-essential pkg-config clang-format libuv1-dev node-llhttp libwslay-dev \
 	libjansson-dev libseccomp-dev libsqlite3-dev libssl-dev libcmocka-dev libvterm-dev \
 	libarchive-dev python3-pytest python3-websockets bubblewrap iproute2 procps e2fsprogs curl \
-	less libcap2-bin clang libclang-rt-14-dev docker-registry skopeo umoci busybox-static \
-	debootstrap zstd openssl
+	less libcap2-bin clang libclang-rt-14-dev libcurl4-openssl-dev docker-registry skopeo umoci \
+	openssl zstd busybox-static debootstrap
 
-PKGS := libuv jansson sqlite3 libseccomp libcrypto vterm libarchive
+PKGS := libuv jansson sqlite3 libseccomp libcrypto libssl libcurl vterm libarchive
 LLHTTP_DIR := /usr/share/llhttp
 LLHTTP_INC := /usr/share/include/llhttp
 

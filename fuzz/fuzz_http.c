@@ -348,7 +348,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     };
     if (uv_loop_init(&loop) < 0 || http_server_new(&server, &loop, &limits, handler, NULL) < 0)
         fz_fail("cannot create the server");
-    http_server_set_stream_hook(server, api_files_wants_stream);
+    http_server_set_stream_hook(server, api_wants_stream);
     snprintf(addr, sizeof(addr), "unix:%s/http.sock", dir);
     if (http_server_listen(server, addr) < 0)
         fz_fail("cannot listen on %s", addr);

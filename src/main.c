@@ -22,7 +22,10 @@ static void serve_usage(FILE *f)
                "                    [--idle-timeout S] [--max-ttl S]\n"
                "                    [--audit-max-bytes N] [--audit-keep N]\n"
                "                    [--disk-overcommit RATIO] [--disk-reserve MIB]\n"
-               "                    [--log-level debug|info|warn|error]\n"
+               "                    [--insecure-registry HOST:PORT]... [--registry-ca FILE]\n"
+               "                    [--registry-auth FILE] [--registry-mirror REG=URL]...\n"
+               "                    [--pull-timeout S]\n"
+               "                    [--log debug|info|warn|error]\n"
                "defaults: --listen 127.0.0.1:7070 --state-dir ./.warren --slots 0\n"
                "          --audit-max-bytes 67108864 --audit-keep 4\n"
                "--slots N also serves the atropos slot protocol (slot_0..slot_N-1, N <= 256)\n"
@@ -41,7 +44,14 @@ static void serve_usage(FILE *f)
                "--idle-timeout S: a sandbox idle for S seconds is stopped, unless it asks for its\n"
                "  own idle_timeout_s (default 0: never)\n"
                "--max-ttl S: the longest ttl_s a sandbox may ask for, and the ttl_s of one that\n"
-               "  asks for none (default 0: no maximum, sandboxes live until deleted)\n");
+               "  asks for none (default 0: no maximum, sandboxes live until deleted)\n"
+               "--insecure-registry HOST:PORT: pull from this registry over plain HTTP\n"
+               "  (repeatable; every other registry is HTTPS, verified with the system CAs)\n"
+               "--registry-ca FILE: also trust the CA certificates in FILE (PEM)\n"
+               "--registry-auth FILE: credentials, in docker's config.json format\n"
+               "--registry-mirror REG=URL: try URL first for images of registry REG\n"
+               "  (e.g. docker.io=https://mirror.example; repeatable)\n"
+               "--pull-timeout S: how long a create waits for its image (default 600)\n");
 }
 
 /* A duration flag in seconds: 0 (off) up to 10 years. */
@@ -112,6 +122,11 @@ static int cmd_serve(int argc, char **argv)
         {"audit-keep", required_argument, NULL, 'k'},
         {"disk-overcommit", required_argument, NULL, 'O'},
         {"disk-reserve", required_argument, NULL, 'R'},
+        {"insecure-registry", required_argument, NULL, 'N'},
+        {"registry-ca", required_argument, NULL, 'C'},
+        {"registry-auth", required_argument, NULL, 'U'},
+        {"registry-mirror", required_argument, NULL, 'M'},
+        {"pull-timeout", required_argument, NULL, 'P'},
         {"log-level", required_argument, NULL, 'L'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -140,6 +155,30 @@ static int cmd_serve(int argc, char **argv)
             break;
         case 'X':
             if (parse_resources_flag("maxima", optarg, &cfg.limits.maxima) < 0)
+                return 2;
+            break;
+        case 'N':
+        case 'M': {
+            int insecure = c == 'N';
+            const char **list = insecure ? cfg.registries.insecure : cfg.registries.mirrors;
+            size_t *n = insecure ? &cfg.registries.n_insecure : &cfg.registries.n_mirrors;
+            if (*n == SERVER_MAX_REGISTRIES || (!insecure && !strchr(optarg, '='))) {
+                fprintf(stderr, "warren serve: --%s: %s\n",
+                        insecure ? "insecure-registry" : "registry-mirror",
+                        *n == SERVER_MAX_REGISTRIES ? "too many" : "wants REGISTRY=URL");
+                return 2;
+            }
+            list[(*n)++] = optarg;
+            break;
+        }
+        case 'C':
+            cfg.registries.ca_file = optarg;
+            break;
+        case 'U':
+            cfg.registries.auth_file = optarg;
+            break;
+        case 'P':
+            if (parse_seconds_flag("pull-timeout", optarg, &cfg.pull_timeout_s) < 0)
                 return 2;
             break;
         case 'I':

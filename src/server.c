@@ -24,6 +24,7 @@
 #include "atropos/atropos.h"
 #include "core/log.h"
 #include "core/util.h"
+#include "image/registry.h"
 #include "sandbox/disk.h"
 #include "sandbox/egress.h"
 #include "sandbox/netns.h"
@@ -51,6 +52,7 @@ void server_config_defaults(struct server_config *cfg)
      * full host. */
     cfg->disk_overcommit = 10;
     cfg->disk_reserve_mib = -1;
+    cfg->pull_timeout_s = 600;
 }
 
 /* The default reserve: what the host keeps free below the sandboxes is what absorbs the writes
@@ -333,14 +335,31 @@ static int server_start(struct server *srv)
         return -EINVAL;
     }
 
+    struct registry_options ro = {
+        .insecure = srv->cfg.registries.insecure,
+        .n_insecure = srv->cfg.registries.n_insecure,
+        .mirrors = srv->cfg.registries.mirrors,
+        .n_mirrors = srv->cfg.registries.n_mirrors,
+        .auth_file = srv->cfg.registries.auth_file,
+        .ca_file = srv->cfg.registries.ca_file,
+        .timeout_s = 30,
+    };
+    if ((r = registry_client_new(&ro, &srv->registry_client, msg, sizeof(msg))) < 0 ||
+        (r = templates_open(&srv->templates, &srv->loop, srv->state_dir, srv->registry_client,
+                            srv->store, srv->cfg.pull_timeout_s, msg, sizeof(msg))) < 0) {
+        log_error("images: %s", msg);
+        return r;
+    }
+
     struct http_limits limits = {.max_body_bytes = srv->cfg.limits.max_body_bytes};
     srv->api = (struct api_ctx){.reg = &srv->reg,
+                                .templates = &srv->templates,
                                 .audit = srv->audit,
                                 .limits = &srv->cfg.limits,
                                 .version = WARREN_VERSION};
     if ((r = http_server_new(&srv->http, &srv->loop, &limits, server_handle, srv)) < 0)
         return r;
-    http_server_set_stream_hook(srv->http, api_files_wants_stream);
+    http_server_set_stream_hook(srv->http, api_wants_stream);
     if ((r = http_server_listen(srv->http, srv->cfg.listen)) < 0) {
         log_error("cannot listen on %s: %s", srv->cfg.listen, strerror(-r));
         return r;
@@ -396,6 +415,8 @@ int server_run(const struct server_config *cfg)
 
     atropos_free(srv->atropos);
     registry_free(&srv->reg);
+    templates_close(&srv->templates);
+    registry_client_free(srv->registry_client);
     secrets_free(&srv->secrets);
     cgroup_manager_cleanup(&srv->cgroups);
     disk_manager_free(srv->disks);

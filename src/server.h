@@ -19,9 +19,11 @@
 #include "sandbox/template.h"
 #include "session/sandbox.h"
 #include "session/secrets.h"
+#include "session/templates.h"
 #include "store/store.h"
 
 #define WARREN_VERSION "0.1.0"
+#define SERVER_MAX_REGISTRIES 16
 
 struct server_config {
     const char *listen;       /* "127.0.0.1:7070" */
@@ -34,6 +36,15 @@ struct server_config {
     int audit_keep;         /* rotated audit files kept */
     double disk_overcommit; /* sandbox disk sizes may add up to this × the host's room for them */
     long long disk_reserve_mib; /* host disk kept free; < 0: 5% of it, within 256 MiB..2 GiB */
+    struct {
+        const char *insecure[SERVER_MAX_REGISTRIES]; /* --insecure-registry */
+        size_t n_insecure;
+        const char *mirrors[SERVER_MAX_REGISTRIES]; /* --registry-mirror REG=URL */
+        size_t n_mirrors;
+        const char *ca_file;   /* --registry-ca */
+        const char *auth_file; /* --registry-auth */
+    } registries;
+    double pull_timeout_s; /* how long a create waits for its image */
 };
 
 struct atropos;
@@ -52,6 +63,8 @@ struct server {
     struct host_template tmpl;
     struct secrets secrets;
     struct registry reg;
+    struct registry_client *registry_client; /* image/registry.h */
+    struct template_set templates;           /* session/templates.h */
     int init_fd;
     struct atropos *atropos; /* the slot protocol (atropos/atropos.h), NULL without slots */
     struct audit *audit;     /* the audit log (session/audit.h) */

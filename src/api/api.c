@@ -28,6 +28,8 @@ static const struct route routes[] = {
     {"POST", "/v1/sandboxes/{id}/stop", api_sandbox_stop},
     {"POST", "/v1/sandboxes/{id}/kill", api_sandbox_kill},
     {"POST", "/v1/sandboxes/{id}/start", api_sandbox_start},
+    {"POST", "/v1/sandboxes/{id}/snapshot", api_sandbox_snapshot},
+    {"POST", "/v1/sandboxes/{id}/fork", api_sandbox_fork},
     {"GET", "/v1/sandboxes/{id}/logs", api_sandbox_logs},
     {"POST", "/v1/sandboxes/{id}/exec", api_exec},
     {"POST", "/v1/sandboxes/{id}/commands", api_command_start},
@@ -51,6 +53,12 @@ static const struct route routes[] = {
     {"GET", "/v1/sandboxes/{id}/terminals/{tid}/recording", api_terminal_recording},
     {"GET", "/v1/sandboxes/{id}/terminals/{tid}/attach", api_terminal_attach},
     {"GET", "/v1/audit", api_audit_get},
+    {"POST", "/v1/templates", api_template_create},
+    {"GET", "/v1/templates", api_template_list},
+    {"PUT", "/v1/templates/{name}/archive", api_template_import},
+    {"GET", "/v1/templates/{name}/export", api_template_export},
+    {"GET", "/v1/templates/{name+}", api_template_get},
+    {"DELETE", "/v1/templates/{name+}", api_template_delete},
 };
 
 void api_handle(http_req_t *req, void *arg)
@@ -114,4 +122,19 @@ struct sandbox *api_sandbox_of(struct api_ctx *ctx, http_req_t *req,
                                const struct route_params *params)
 {
     return api_check_query(req, NULL) < 0 ? NULL : api_find_sandbox(ctx, req, params);
+}
+
+int api_wants_stream(http_req_t *req, void *ctx)
+{
+    const char *path = http_req_path(req);
+    size_t n = strlen(path);
+    (void)ctx;
+    if (strcmp(http_req_method(req), "PUT") != 0)
+        return 0;
+    if (!strncmp(path, "/v1/templates/", 14))
+        return n > 8 && strcmp(path + n - 8, "/archive") == 0;
+    if (strncmp(path, "/v1/sandboxes/", 14) != 0)
+        return 0;
+    return (n > 6 && strcmp(path + n - 6, "/files") == 0) ||
+           (n > 8 && strcmp(path + n - 8, "/archive") == 0);
 }

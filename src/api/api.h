@@ -16,8 +16,11 @@
 #include "session/limits.h"
 #include "session/sandbox.h"
 
+struct template_set;
+
 struct api_ctx {
     struct registry *reg;
+    struct template_set *templates; /* session/templates.h */
     struct audit *audit; /* may be NULL: nothing is recorded */
     const struct session_limits *limits;
     const char *version;
@@ -43,6 +46,9 @@ struct sandbox *api_find_sandbox(struct api_ctx *ctx, http_req_t *req,
 struct sandbox *api_sandbox_of(struct api_ctx *ctx, http_req_t *req,
                                const struct route_params *params);
 
+/* A name a client may give a sandbox or template: 1-63 characters of [A-Za-z0-9_.-], starting
+ * with a letter or digit. */
+int api_valid_name(const char *s);
 /* Environment variable names must be non-empty and contain no '='. Writes the reason to err. */
 int api_valid_env(json_t *env, char *err, size_t errlen);
 
@@ -98,6 +104,9 @@ json_t *api_sandbox_json_usage(const struct sandbox *sb);
 json_t *api_command_json(const struct command *c);
 json_t *api_shell_json(const struct shell *sh);
 json_t *api_terminal_json(const struct terminal *t);
+/* A template (session/templates.h), or with tpl NULL the built-in `host` template. */
+struct template;
+json_t *api_template_json(const struct template *tpl);
 
 /* audit.c: the audit log (session/audit.h). api_audit() records `event` about `sb` (may be NULL:
  * then no sandbox and labels) with the request's peer as the caller (req may be NULL). Unless
@@ -118,6 +127,15 @@ json_t *api_audit_command(json_t *body, const struct api_run *run);
 json_t *api_audit_sandbox_spec(const struct sandbox_spec *spec);
 void api_audit_get(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 
+/* templates.c */
+void api_template_create(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_template_list(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_template_get(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_template_delete(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_template_import(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_template_export(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_sandbox_snapshot(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_sandbox_fork(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 /* health.c */
 void api_healthz(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 void api_info(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
@@ -150,8 +168,9 @@ void api_files_delete(struct api_ctx *ctx, http_req_t *req, const struct route_p
 void api_files_list(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 void api_archive_get(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 void api_archive_put(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
-/* The HTTP stream hook: PUT files and PUT archive read their bodies as streams. */
-int api_files_wants_stream(http_req_t *req, void *ctx);
+/* api.c: the HTTP stream hook: PUT files, PUT archive (of a sandbox or a template) read their
+ * bodies as streams. */
+int api_wants_stream(http_req_t *req, void *ctx);
 /* terminals.c */
 void api_terminal_create(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 void api_terminal_list(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);

@@ -201,7 +201,7 @@ int api_parse_run(struct api_ctx *ctx, const struct sandbox *sb, json_t *body,
     long long max_out = (long long)ctx->limits->max_output_default;
 
     memset(run, 0, sizeof(*run));
-    run->cwd = "/workspace";
+    run->cwd = sandbox_default_cwd(sb);
     run->timeout_s = ctx->limits->exec_timeout_default_s;
     for (size_t i = 0; i < sizeof(base) / sizeof(base[0]); i++)
         keys[nk++] = base[i];
@@ -223,13 +223,32 @@ int api_parse_run(struct api_ctx *ctx, const struct sandbox *sb, json_t *body,
     argv_json = json_object_get(body, "argv");
     if (argv_json && json_is_null(argv_json))
         argv_json = NULL;
-    if (!!argv_json == !!shell) {
-        snprintf(err, errlen,
-                 "exactly one of 'argv' (array of strings) or 'shell' (string) is "
-                 "required");
+    if (argv_json && shell) {
+        snprintf(err, errlen, "give 'argv' (array of strings) or 'shell' (string), not both");
         return 400;
     }
-    if (argv_json) {
+    if (!argv_json && !shell) {
+        /* The image's own command, as `docker run IMAGE` without one. */
+        const struct sandbox_image *img = sb->image;
+        size_t ne = 0, nc = 0;
+        while (img && img->entrypoint && img->entrypoint[ne])
+            ne++;
+        while (img && img->cmd && img->cmd[nc])
+            nc++;
+        if (ne + nc == 0) {
+            snprintf(err, errlen, "'argv' (array of strings) or 'shell' (string) is required%s",
+                     img ? " (the image has no Entrypoint or Cmd)" : "");
+            return 400;
+        }
+        if (!(run->argv = calloc(ne + nc + 1, sizeof(char *))))
+            goto oom;
+        json_t *described = json_array();
+        for (size_t i = 0; i < ne + nc; i++) {
+            run->argv[i] = i < ne ? img->entrypoint[i] : img->cmd[i - ne];
+            json_array_append_new(described, json_string(run->argv[i]));
+        }
+        run->describe = json_pack("{s:o}", "argv", described);
+    } else if (argv_json) {
         if (!json_is_array(argv_json) || json_array_size(argv_json) == 0) {
             snprintf(err, errlen, "'argv' must be a non-empty array of strings");
             return 400;

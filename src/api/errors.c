@@ -74,6 +74,16 @@ static const struct {
     {SESSION_ERR_SETUP, 500, "sandbox_setup_failed"},
     {SESSION_ERR_NOMEM, 500, "internal"},
     {SESSION_ERR_STATE, 409, "conflict"},
+    {SESSION_ERR_NOT_FOUND, 404, "not_found"},
+    {SESSION_ERR_IN_USE, 409, "template_in_use"},
+    {SESSION_ERR_BAD_REFERENCE, 400, "bad_request"},
+    {SESSION_ERR_IMAGE_NOT_FOUND, 404, "image_not_found"},
+    {SESSION_ERR_REGISTRY, 502, "registry_unavailable"},
+    {SESSION_ERR_REGISTRY_DENIED, 403, "registry_denied"},
+    {SESSION_ERR_IMAGE_CORRUPT, 502, "image_invalid"},
+    {SESSION_ERR_IMAGE_INVALID, 422, "image_invalid"},
+    {SESSION_ERR_NO_SPACE, 507, "insufficient_storage"},
+    {SESSION_ERR_TIMEOUT, 504, "timeout"},
 };
 
 int api_session_status(enum session_err e, const char **code)

@@ -22,6 +22,7 @@
 #include "api/files.h"
 
 #include "api/api.h"
+#include "api/pipe.h"
 #include "core/log.h"
 #include "core/util.h"
 
@@ -59,19 +60,14 @@ struct xfer {
     int body_ended;
     int body_err;
     buf_t pending; /* upload bytes not yet handed to a write */
-    /* archives */
-    int pipe_fd; /* the loop's end of the pipe to the worker */
-    uv_poll_t poll;
-    int poll_open;
-    int started; /* the streamed response was started */
+    /* archives: streamed through a pipe to or from the worker (api/pipe.h) */
+    struct api_pipe *pipe;
 };
 
 static void xfer_free(struct xfer *x)
 {
     if (x->fd >= 0)
         close(x->fd);
-    if (x->pipe_fd >= 0)
-        close(x->pipe_fd);
     files_close(x->files);
     json_decref(x->result);
     buf_free(&x->pending);
@@ -80,35 +76,11 @@ static void xfer_free(struct xfer *x)
     free(x);
 }
 
-/* The loop's end of an archive pipe (the one the poll handle watches) is closed only from the
- * handle's close callback: closing it earlier would let the number be reused while libuv still
- * has it registered, and a later uv_close would then unregister someone else's fd. */
-static void on_poll_closed(uv_handle_t *h)
-{
-    struct xfer *x = h->data;
-    x->poll_open = 0;
-    if (x->pipe_fd >= 0)
-        close(x->pipe_fd); /* the worker's next read sees EOF, its next write EPIPE */
-    x->pipe_fd = -1;
-    if (!x->busy && x->answered)
-        xfer_free(x);
-}
-
-static void close_loop_end(struct xfer *x)
-{
-    if (x->poll_open && !uv_is_closing((uv_handle_t *)&x->poll))
-        uv_close((uv_handle_t *)&x->poll, on_poll_closed);
-}
-
 /* Frees the transfer once nothing refers to it any more. */
 static void xfer_maybe_free(struct xfer *x)
 {
     if (x->busy || !x->answered)
         return;
-    if (x->poll_open) {
-        close_loop_end(x);
-        return;
-    }
     xfer_free(x);
 }
 
@@ -472,168 +444,44 @@ static void on_upload_end(http_req_t *req, int err, void *arg)
 
 /* ---- archives ------------------------------------------------------------------------------ */
 
-static void archive_pump(struct xfer *x);
-
-static void archive_end(struct xfer *x);
-
-static void on_archive_gone(http_req_t *req, void *arg)
+/* The archive's pipe is done: with nothing sent, the answer is ours to give. */
+static void on_archive_sent(void *arg, int r, int started, uint64_t bytes, int body_err)
 {
     struct xfer *x = arg;
-    close_loop_end(x); /* a worker blocked on the full pipe gets EPIPE */
-    archive_end(x);
-}
-
-static void on_archive_drain(http_req_t *req, void *arg)
-{
-    struct xfer *x = arg;
-    if (x->poll_open && !uv_is_closing((uv_handle_t *)&x->poll))
-        archive_pump(x);
-}
-
-static void archive_end(struct xfer *x)
-{
-    if (x->answered) {
-        xfer_maybe_free(x); /* e.g. the worker finished after the client left */
-        return;
-    }
-    if (x->poll_open && !uv_is_closing((uv_handle_t *)&x->poll))
-        uv_poll_stop(&x->poll);
-    if (x->busy && !http_req_gone(x->req))
-        return; /* on_archive_created answers */
-    if (!x->started) {
-        if (x->r < 0) {
-            answer_error(x, x->r, x->err);
-        } else { /* nothing was produced (cannot happen with gzip, which has a header) */
-            http_respond_start(x->req, 200, "application/gzip", 0, NULL);
-            x->answered = 1;
-            http_respond_end(x->req);
-        }
-    } else {
-        if (x->r < 0)
-            log_warn("files: archive of %s failed after %" PRIu64 " bytes: %s", x->path, x->written,
-                     strerror(-x->r));
+    (void)body_err;
+    x->written = bytes;
+    if (!started && r < 0) {
+        answer_error(x, r, x->err);
+    } else if (!started) { /* nothing was produced (cannot happen with gzip, which has a header) */
         x->answered = 1;
-        http_respond_end(x->req);
+        http_respond(x->req, 200, "application/gzip", "", 0, NULL);
+    } else {
+        if (r < 0)
+            log_warn("files: archive of %s failed after %" PRIu64 " bytes: %s", x->path, bytes,
+                     strerror(-r));
+        x->answered = 1; /* the pipe ended the response */
     }
     xfer_maybe_free(x);
-}
-
-static void on_pipe_readable(uv_poll_t *h, int status, int events)
-{
-    archive_pump(h->data);
-}
-
-static void archive_pump(struct xfer *x)
-{
-    while (!x->answered) {
-        if (x->started && http_respond_buffered(x->req) >= HTTP_RESPOND_HIGH_WATER) {
-            uv_poll_stop(&x->poll); /* resumed by the drain callback */
-            return;
-        }
-        ssize_t n = read(x->pipe_fd, x->chunk, CHUNK);
-        if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
-            uv_poll_start(&x->poll, UV_READABLE | UV_DISCONNECT, on_pipe_readable);
-            return;
-        }
-        if (n <= 0) { /* EOF: the worker is done writing */
-            archive_end(x);
-            return;
-        }
-        if (!x->started) {
-            x->started = 1;
-            http_respond_start(x->req, 200, "application/gzip", -1, NULL);
-            http_respond_on_drain(x->req, on_archive_drain, x);
-        }
-        x->written += (uint64_t)n;
-        if (http_respond_write(x->req, x->chunk, (size_t)n) < 0) {
-            /* The client is gone: closing our end makes the worker's writes fail. */
-            close_loop_end(x);
-            archive_end(x);
-            return;
-        }
-    }
 }
 
 static void on_archive_created(int r, size_t entries, const char *err, void *arg)
 {
     struct xfer *x = arg;
-    (void)err;
-    x->r = r;
     x->entries = entries;
+    snprintf(x->err, sizeof(x->err), "%s", err ? err : "");
     x->busy = 0;
-    /* The loop may not have read everything yet: let the pump finish from the pipe. */
-    if (x->poll_open && !uv_is_closing((uv_handle_t *)&x->poll) && !x->answered)
-        archive_pump(x);
-    else
-        archive_end(x);
+    api_pipe_worker_done(x->pipe, r);
 }
 
-static void extract_feed(struct xfer *x);
-
-static void on_pipe_writable(uv_poll_t *h, int status, int events)
-{
-    extract_feed(h->data);
-}
-
-static void extract_feed(struct xfer *x)
-{
-    int open = x->poll_open && !uv_is_closing((uv_handle_t *)&x->poll);
-    while (x->pending.len && open) {
-        ssize_t n = write(x->pipe_fd, x->pending.data, x->pending.len);
-        if (n < 0 && errno == EAGAIN) {
-            uv_poll_start(&x->poll, UV_WRITABLE, on_pipe_writable);
-            http_req_body_pause(x->req, 1);
-            return;
-        }
-        if (n < 0) { /* EPIPE: the extractor stopped (error or done) */
-            buf_reset(&x->pending);
-            break;
-        }
-        buf_consume(&x->pending, (size_t)n);
-    }
-    if (open)
-        uv_poll_stop(&x->poll);
-    if (!x->body_ended)
-        http_req_body_pause(x->req, 0);
-    else
-        close_loop_end(x); /* EOF for the extractor */
-}
-
-static void on_extract_data(http_req_t *req, const char *data, size_t len, void *arg)
+static void on_extract_end(void *arg, int r, int started, uint64_t bytes, int body_err)
 {
     struct xfer *x = arg;
-    if (!x->poll_open || uv_is_closing((uv_handle_t *)&x->poll))
-        return;
-    x->written += len; /* received, for the audit log */
-    buf_append(&x->pending, data, len);
-    extract_feed(x);
-}
-
-static void on_extract_end(http_req_t *req, int err, void *arg)
-{
-    struct xfer *x = arg;
-    x->body_ended = 1;
-    if (err < 0)
-        x->body_err = err;
-    if (err < 0 && x->pipe_fd >= 0) {
-        /* A broken upload: closing the pipe makes the extractor see a truncated archive. */
-        buf_reset(&x->pending);
-    }
-    extract_feed(x);
-}
-
-static void on_extracted(int r, size_t entries, const char *err, void *arg)
-{
-    struct xfer *x = arg;
-    x->r = r;
-    x->entries = entries;
-    snprintf(x->err, sizeof(x->err), "%s", err);
-    x->busy = 0;
-    close_loop_end(x);
-    if (x->body_err && x->r == 0)
-        x->r = x->body_err;
-    if (x->r < 0) {
-        answer_error(x, x->r, x->err);
+    (void)started;
+    x->written = bytes; /* received, for the audit log */
+    if (body_err && r == 0)
+        r = body_err;
+    if (r < 0) {
+        answer_error(x, r, x->err);
     } else {
         xfer_audit(x, 200);
         answer_json(x, 200,
@@ -642,12 +490,13 @@ static void on_extracted(int r, size_t entries, const char *err, void *arg)
     xfer_maybe_free(x);
 }
 
-/* Watches the loop's end of the pipe the worker was given. */
-static void poll_pipe(struct xfer *x)
+static void on_extracted(int r, size_t entries, const char *err, void *arg)
 {
-    uv_poll_init(x->ctx->reg->loop, &x->poll, x->pipe_fd);
-    x->poll.data = x;
-    x->poll_open = 1;
+    struct xfer *x = arg;
+    x->entries = entries;
+    snprintf(x->err, sizeof(x->err), "%s", err ? err : "");
+    x->busy = 0;
+    api_pipe_worker_done(x->pipe, r);
 }
 
 /* ---- the first step of every operation, on the thread pool ---------------------------------- */
@@ -783,7 +632,7 @@ static struct xfer *xfer_new(struct api_ctx *ctx, http_req_t *req, const struct 
     x->req = req;
     x->sb = sb;
     x->op = op;
-    x->fd = x->pipe_fd = -1;
+    x->fd = -1;
     x->limit = sb->res.disk_mib << 20;
     x->mode = 0644;
     buf_init(&x->pending);
@@ -892,44 +741,34 @@ void api_archive_get(struct api_ctx *ctx, http_req_t *req, const struct route_pa
 {
     static const char *const params[] = {"path", NULL};
     struct xfer *x = xfer_new(ctx, req, p, params, X_ARCHIVE_GET);
+    int fd;
     if (!x)
         return;
-    if (!(x->chunk = malloc(CHUNK)) ||
-        files_archive_stream(x->files, x->path, &x->pipe_fd, on_archive_created, x) < 0) {
+    if (files_archive_stream(x->files, x->path, &fd, on_archive_created, x) < 0) {
         answer_error(x, -ENOMEM, NULL);
         xfer_maybe_free(x);
         return;
     }
     x->busy = 1;
-    poll_pipe(x);
-    uv_poll_start(&x->poll, UV_READABLE | UV_DISCONNECT, on_pipe_readable);
-    http_req_set_abort_cb(req, on_archive_gone, x);
+    if (api_pipe_send(ctx->reg->loop, req, fd, "application/gzip", on_archive_sent, x, &x->pipe) <
+        0)
+        abort(); /* only ENOMEM, and the worker holds x: nothing sane is left to do */
 }
 
 void api_archive_put(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
 {
     static const char *const params[] = {"path", NULL};
     struct xfer *x = xfer_new(ctx, req, p, params, X_ARCHIVE_PUT);
+    int fd;
     if (!x)
         return;
-    if (files_extract_stream(x->files, x->path, x->limit, MAX_ARCHIVE_ENTRIES, &x->pipe_fd,
-                             on_extracted, x) < 0) {
+    if (files_extract_stream(x->files, x->path, x->limit, MAX_ARCHIVE_ENTRIES, &fd, on_extracted,
+                             x) < 0) {
         answer_error(x, -ENOMEM, NULL);
         xfer_maybe_free(x);
         return;
     }
     x->busy = 1;
-    poll_pipe(x);
-    http_req_body_start(req, on_extract_data, on_extract_end, x);
-}
-
-int api_files_wants_stream(http_req_t *req, void *ctx)
-{
-    const char *path = http_req_path(req);
-    size_t n = strlen(path);
-    (void)ctx;
-    if (strcmp(http_req_method(req), "PUT") != 0 || strncmp(path, "/v1/sandboxes/", 14) != 0)
-        return 0;
-    return (n > 6 && strcmp(path + n - 6, "/files") == 0) ||
-           (n > 8 && strcmp(path + n - 8, "/archive") == 0);
+    if (api_pipe_receive(ctx->reg->loop, req, fd, on_extract_end, x, &x->pipe) < 0)
+        abort();
 }

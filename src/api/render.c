@@ -1,12 +1,13 @@
 /*
  * render — the API's JSON for the session layer's objects (docs/API.md): sandboxes, detached
- * commands, shells, terminals. Times are RFC 3339 UTC; absent values are null.
+ * commands, shells, terminals, templates. Times are RFC 3339 UTC; absent values are null.
  */
 #include "api/api.h"
 #include "core/util.h"
 #include "session/command.h"
 #include "session/network.h"
 #include "session/shell.h"
+#include "session/templates.h"
 #include "session/terminal.h"
 
 json_t *api_sandbox_json(const struct sandbox *sb)
@@ -16,16 +17,19 @@ json_t *api_sandbox_json(const struct sandbox *sb)
     util_format_time(sb->created_at, created, sizeof(created));
     util_format_time(sb->last_active_at, active, sizeof(active));
     util_format_time(expires_at, expires, sizeof(expires));
-    return json_pack("{s:s, s:s, s:s, s:s, s:{s:f, s:I, s:I, s:I}, s:o, s:O, s:O, s:O, s:n, "
-                     "s:s, s:s, s:s, s:f, s:f, s:o}",
-                     "id", sb->id, "name", sb->name, "state", sandbox_state_name(sb->state),
-                     "template", sb->template_name, "resources", "cpus", sb->res.cpus, "memory_mib",
-                     (json_int_t)sb->res.memory_mib, "pids", (json_int_t)sb->res.pids, "disk_mib",
-                     (json_int_t)sb->res.disk_mib, "network", network_to_json(sb->network),
-                     "labels", sb->labels, "env", sb->env, "secrets", sb->secrets, "session_id",
-                     "created_at", created, "last_active_at", active, "node", sb->reg->node,
-                     "ttl_s", sb->ttl_s, "idle_timeout_s", sb->idle_timeout_s, "expires_at",
-                     expires_at > 0 ? json_string(expires) : json_null());
+    const struct sandbox_image *img = sb->image;
+    return json_pack(
+        "{s:s, s:s, s:s, s:s, s:o, s:o, s:{s:f, s:I, s:I, s:I}, s:o, s:O, s:O, s:O, "
+        "s:n, s:s, s:s, s:s, s:f, s:f, s:o}",
+        "id", sb->id, "name", sb->name, "state", sandbox_state_name(sb->state), "template",
+        sb->template_name, "image", img && img->image[0] ? json_string(img->image) : json_null(),
+        "image_digest", img && img->digest[0] ? json_string(img->digest) : json_null(), "resources",
+        "cpus", sb->res.cpus, "memory_mib", (json_int_t)sb->res.memory_mib, "pids",
+        (json_int_t)sb->res.pids, "disk_mib", (json_int_t)sb->res.disk_mib, "network",
+        network_to_json(sb->network), "labels", sb->labels, "env", sb->env, "secrets", sb->secrets,
+        "session_id", "created_at", created, "last_active_at", active, "node", sb->reg->node,
+        "ttl_s", sb->ttl_s, "idle_timeout_s", sb->idle_timeout_s, "expires_at",
+        expires_at > 0 ? json_string(expires) : json_null());
 }
 
 json_t *api_sandbox_json_usage(const struct sandbox *sb)
@@ -88,4 +92,27 @@ json_t *api_terminal_json(const struct terminal *t)
                      i.running ? "running" : "exited", "exit_code",
                      i.running ? json_null() : json_integer(i.exit_code), "cols", i.cols, "rows",
                      i.rows, "recording", i.recording, "created_at", created);
+}
+
+json_t *api_template_json(const struct template *tpl)
+{
+    if (!tpl)
+        return json_pack("{s:s, s:n, s:n, s:s, s:I, s:i, s:n, s:n, s:n, s:n}", "name", "host",
+                         "image", "digest", "state", "ready", "size_bytes", (json_int_t)0, "layers",
+                         0, "progress", "error", "config", "created_at");
+    char created[32];
+    util_format_time(tpl->created_at, created, sizeof(created));
+    int pulling = tpl->state == TEMPLATE_PULLING;
+    return json_pack(
+        "{s:s, s:o, s:o, s:s, s:I, s:i, s:o, s:o, s:o, s:s}", "name", tpl->name, "image",
+        tpl->image[0] ? json_string(tpl->image) : json_null(), "digest",
+        tpl->digest[0] ? json_string(tpl->digest) : json_null(), "state",
+        template_state_name(tpl->state), "size_bytes", (json_int_t)tpl->size_bytes, "layers",
+        (int)tpl->n_layers, "progress",
+        json_pack("{s:I, s:I}", "bytes_done",
+                  (json_int_t)(pulling ? atomic_load(&tpl->bytes_done) : tpl->size_bytes),
+                  "bytes_total",
+                  (json_int_t)(pulling ? atomic_load(&tpl->bytes_total) : tpl->size_bytes)),
+        "error", tpl->state == TEMPLATE_FAILED ? json_string(tpl->error) : json_null(), "config",
+        tpl->config ? json_incref(tpl->config) : json_null(), "created_at", created);
 }

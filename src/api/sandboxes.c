@@ -8,13 +8,16 @@
 #include <string.h>
 
 #include "api/api.h"
+#include "core/util.h"
+#include "session/snapshot.h"
+#include "session/templates.h"
 #include "core/json.h"
 #include "session/network.h"
 #include "session/secrets.h"
 
 #define ERRLEN 256
 
-static int valid_name(const char *s)
+int api_valid_name(const char *s)
 {
     size_t n = strlen(s);
     if (n < 1 || n > 63 || !isalnum((unsigned char)s[0]))
@@ -157,6 +160,9 @@ struct create_call {
     http_req_t *req;
     json_t *audit;  /* api_audit_sandbox_spec() */
     json_t *labels; /* of the request, for a creation that failed */
+    /* While the template is being pulled: the parsed spec and the body its strings point into. */
+    struct sandbox_spec spec;
+    json_t *body;
 };
 
 static void on_created(struct sandbox *sb, enum session_err e, const char *msg, void *arg)
@@ -175,6 +181,7 @@ static void on_created(struct sandbox *sb, enum session_err e, const char *msg, 
     }
     api_audit(call->ctx, req, "sandbox.create", sb, 201, call->audit);
     json_decref(call->labels);
+    json_decref(call->body);
     free(call);
     if (!sb) {
         http_respond_error(req, status, code, "%s", msg);
@@ -189,13 +196,52 @@ static void on_created(struct sandbox *sb, enum session_err e, const char *msg, 
     http_respond_json(req, 201, api_sandbox_json(sb));
 }
 
+/* Creates the sandbox of call->spec (made of `tpl`, or of the host template when NULL); the
+ * answer comes from on_created. */
+static void create_now(struct create_call *call, struct template *tpl)
+{
+    char msg[1024];
+    struct sandbox_image *img = NULL;
+    enum session_err e = SESSION_OK;
+    if (tpl)
+        e = templates_image(call->ctx->templates, tpl, &img, msg, sizeof(msg));
+    call->spec.image = img;
+    if (e == 0)
+        e = sandbox_create(call->ctx->reg, &call->spec, on_created, call, msg, sizeof(msg));
+    sandbox_image_free(img); /* the sandbox keeps its own copy */
+    call->spec.image = NULL;
+    if (e) {
+        network_free(call->spec.network);
+        on_created(NULL, e, msg, call);
+    }
+}
+
+static void on_template(struct template *tpl, enum session_err e, const char *msg, void *arg)
+{
+    struct create_call *call = arg;
+    if (!tpl) {
+        network_free(call->spec.network);
+        on_created(NULL, e, msg, call);
+        return;
+    }
+    if (http_req_gone(call->req)) {
+        network_free(call->spec.network);
+        on_created(NULL, SESSION_ERR_DELETED, "the client went away while the image was pulled",
+                   call);
+        return;
+    }
+    call->spec.template_name = tpl->name;
+    create_now(call, tpl);
+}
+
 void api_sandbox_create(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
 {
-    static const char *const keys[] = {"name",           "template", "env",     "labels",
-                                       "resources",      "network",  "secrets", "ttl_s",
-                                       "idle_timeout_s", NULL};
+    static const char *const keys[] = {"name",   "template",       "image",   "env",
+                                       "labels", "resources",      "network", "secrets",
+                                       "ttl_s",  "idle_timeout_s", NULL};
     char err[ERRLEN];
     struct sandbox_spec spec = {0};
+    const char *image = NULL;
     json_t *res = NULL, *net = NULL;
     int status = 400;
     (void)p;
@@ -208,19 +254,20 @@ void api_sandbox_create(struct api_ctx *ctx, http_req_t *req, const struct route
     if (json_check_keys(body, keys, NULL, err, ERRLEN) ||
         json_opt_string(body, "name", "name", &spec.name, err, ERRLEN) ||
         json_opt_string(body, "template", "template", &spec.template_name, err, ERRLEN) ||
+        json_opt_string(body, "image", "image", &image, err, ERRLEN) ||
         json_opt_string_map(body, "env", "env", &spec.env, err, ERRLEN) ||
         json_opt_string_map(body, "labels", "labels", &spec.labels, err, ERRLEN) ||
         json_opt_object(body, "resources", "resources", &res, err, ERRLEN) ||
         json_opt_object(body, "network", "network", &net, err, ERRLEN))
         goto bad;
-    if (spec.name && !valid_name(spec.name)) {
+    if (spec.name && !api_valid_name(spec.name)) {
         snprintf(err, ERRLEN,
                  "invalid 'name': 1-63 characters of [A-Za-z0-9_.-], starting with a letter or "
                  "digit");
         goto bad;
     }
-    if (strcmp(spec.template_name, "host") != 0) {
-        snprintf(err, ERRLEN, "unknown 'template' '%s' (available: host)", spec.template_name);
+    if (image && json_object_get(body, "template")) {
+        snprintf(err, ERRLEN, "give 'image' or 'template', not both");
         goto bad;
     }
     if (spec.env && api_valid_env(spec.env, err, ERRLEN) < 0)
@@ -233,28 +280,99 @@ void api_sandbox_create(struct api_ctx *ctx, http_req_t *req, const struct route
         (status = parse_network(net, &spec.network, err)))
         goto bad;
 
-    char msg[1024];
-    struct create_call *call = malloc(sizeof(*call));
+    struct create_call *call = calloc(1, sizeof(*call));
     if (!call) {
         network_free(spec.network);
         json_decref(body);
         http_respond_error(req, 500, "internal", "out of memory");
         return;
     }
-    *call =
-        (struct create_call){ctx, req, api_audit_sandbox_spec(&spec), json_deep_copy(spec.labels)};
-    enum session_err e = sandbox_create(ctx->reg, &spec, on_created, call, msg, sizeof(msg));
-    if (e)
-        network_free(spec.network);
-    json_decref(body);
-    if (e)
-        on_created(NULL, e, msg, call);
+    *call = (struct create_call){
+        ctx, req, api_audit_sandbox_spec(&spec), json_deep_copy(spec.labels), spec, body};
+    if (image)
+        json_object_set_new(call->audit, "image", json_string(image));
+    if (image || strcmp(spec.template_name, "host") != 0)
+        templates_acquire(ctx->templates, image ? NULL : spec.template_name, image, on_template,
+                          call);
+    else
+        create_now(call, NULL);
     return;
 bad:
     api_audit(ctx, req, "sandbox.create", NULL, status,
               json_pack("{s:s*, s:O*}", "name", spec.name, "labels", spec.labels));
     json_decref(body);
     http_respond_error(req, status, status == 422 ? "unprocessable" : "bad_request", "%s", err);
+}
+
+/* Fork: a snapshot of the sandbox (template "fork-<random>") and a new sandbox of it with the
+ * same spec. The template stays (it is the new sandbox's); delete it with the sandbox. */
+static void on_fork_snapshot(struct template *tpl, enum session_err e, const char *msg, void *arg)
+{
+    struct create_call *call = arg;
+    if (!tpl) {
+        network_free(call->spec.network);
+        on_created(NULL, e, msg, call);
+        return;
+    }
+    call->spec.template_name = tpl->name;
+    create_now(call, tpl);
+}
+
+void api_sandbox_fork(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
+{
+    static const char *const keys[] = {"name", NULL};
+    char err[ERRLEN], tname[32];
+    const char *name = NULL;
+    struct sandbox *sb = api_sandbox_of(ctx, req, p);
+    if (!sb)
+        return;
+    json_t *body = api_body_object(req);
+    if (!body)
+        return;
+    if (json_check_keys(body, keys, NULL, err, ERRLEN) ||
+        json_opt_string(body, "name", "name", &name, err, ERRLEN) ||
+        (name && !api_valid_name(name) &&
+         snprintf(err, ERRLEN,
+                  "invalid 'name': 1-63 characters of [A-Za-z0-9_.-], starting "
+                  "with a letter or digit")) ||
+        util_random_id(tname, sizeof(tname), "fork-") < 0) {
+        json_decref(body);
+        http_respond_error(req, 400, "bad_request", "%s", err);
+        return;
+    }
+    /* The new sandbox's spec is the source's (its network policy copied through its JSON). */
+    struct sandbox_spec spec = {.name = name,
+                                .labels = sb->labels,
+                                .env = sb->env,
+                                .secrets = sb->secrets,
+                                .res = sb->res,
+                                .ttl_s = sb->ttl_s,
+                                .idle_timeout_s = sb->idle_timeout_s};
+    json_t *net = network_to_json(sb->network);
+    int bad = network_parse(net, &spec.network, err, ERRLEN);
+    json_decref(net);
+    struct create_call *call = bad ? NULL : calloc(1, sizeof(*call));
+    if (!call) {
+        if (!bad)
+            network_free(spec.network);
+        json_decref(body);
+        http_respond_error(req, 500, "internal", "out of memory");
+        return;
+    }
+    /* The spec borrows the source's objects: keep copies for as long as the call lives. */
+    json_t *keep = json_pack("{s:O*, s:O*, s:O*, s:O*}", "labels", sb->labels, "env", sb->env,
+                             "secrets", sb->secrets, "body", body);
+    json_decref(body);
+    spec.labels = json_object_get(keep, "labels");
+    spec.env = json_object_get(keep, "env");
+    spec.secrets = json_object_get(keep, "secrets");
+    *call = (struct create_call){
+        ctx, req, api_audit_sandbox_spec(&spec), json_deep_copy(spec.labels), spec, keep};
+    json_object_set_new(call->audit, "fork_of", json_string(sb->id));
+    enum session_err e =
+        sandbox_snapshot(sb, ctx->templates, tname, on_fork_snapshot, call, err, ERRLEN);
+    if (e)
+        on_fork_snapshot(NULL, e, err, call);
 }
 
 /* `label=k=v` filter: true when the sandbox has label k with value v. */

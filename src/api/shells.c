@@ -17,11 +17,12 @@ void api_shell_create(struct api_ctx *ctx, http_req_t *req, const struct route_p
 {
     static const char *const keys[] = {"env", "cwd", NULL};
     char err[ERRLEN];
-    const char *cwd = "/workspace";
+    const char *cwd;
     json_t *env = NULL;
     struct sandbox *sb = api_sandbox_of(ctx, req, p);
     if (!sb)
         return;
+    cwd = sandbox_default_cwd(sb);
     json_t *body = api_body_object(req);
     if (!body)
         return;

@@ -37,13 +37,14 @@ void api_terminal_create(struct api_ctx *ctx, http_req_t *req, const struct rout
 {
     static const char *const keys[] = {"cols", "rows", "argv", "record", "env", "cwd", NULL};
     char err[ERRLEN];
-    const char *cwd = "/workspace";
+    const char *cwd;
     json_t *env = NULL, *argv_json;
     const char **argv = NULL;
     int cols = 80, rows = 24;
     struct sandbox *sb = api_sandbox_of(ctx, req, p);
     if (!sb)
         return;
+    cwd = sandbox_default_cwd(sb);
     json_t *body = api_body_object(req);
     if (!body)
         return;

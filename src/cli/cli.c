@@ -35,6 +35,9 @@ static const char cli_usage_text[] =
     "  kill      stop sandboxes at once (SIGKILL)\n"
     "  rm        remove sandboxes\n"
     "  info      show the daemon's version, features and limits\n"
+    "  pull      pull an OCI image\n"
+    "  images    list templates (pulled images included)\n"
+    "  rmi       remove templates\n"
     "  help      show help for a command: warren help COMMAND\n"
     "\n"
     "The client commands talk to $WARREN_URL (default " CLI_DEFAULT_URL "; unix:/path.sock\n"
@@ -60,6 +63,9 @@ static const struct cli_help cli_helps[] = {
             "  -e, --env K=V      set an environment variable in the sandbox (repeatable;\n"
             "                     a bare K copies it from the current environment)\n"
             "      --name N       name (and hostname) of the sandbox\n"
+            "      --image REF    make the sandbox of an OCI image (pulled if missing);\n"
+            "                     without CMD, the image's Entrypoint and Cmd run\n"
+            "      --template T   make the sandbox of template T (see 'warren images')\n"
             "  -w, --cwd DIR      working directory (default /workspace)\n"
             "      --timeout S    kill the command after S seconds (default: no limit;\n"
             "                     with --json the daemon's default, 300)\n"
@@ -73,6 +79,8 @@ static const struct cli_help cli_helps[] = {
                "\n"
                "Options:\n"
                "      --name N       name (and hostname) of the sandbox\n"
+               "      --image REF    make it of an OCI image (pulled first if missing)\n"
+               "      --template T   make it of template T (see 'warren images')\n"
                "  -e, --env K=V      environment variable for every command (repeatable)\n"
                "  -l, --label K=V    label (repeatable)\n"
                "      --json         print the sandbox as JSON\n"
@@ -237,6 +245,32 @@ static const struct cli_help cli_helps[] = {
              "Options:\n"
              "      --json         print the raw JSON\n"
              "  -h, --help         show this help\n"},
+    {"pull", "Usage: warren pull [OPTIONS] IMAGE\n"
+             "\n"
+             "Pull an OCI image (python:3.11-slim, registry:5000/team/app:1, ...@sha256:...)\n"
+             "into the daemon's layer store, showing its progress on a terminal, and print the\n"
+             "template's name and digest. Without --name the template is named by the image.\n"
+             "\n"
+             "Options:\n"
+             "      --name N       also call it template N\n"
+             "  -q, --quiet        no progress bar\n"
+             "      --json         print the template as JSON\n"
+             "  -h, --help         show this help\n"},
+    {"images", "Usage: warren images [OPTIONS]\n"
+               "\n"
+               "List templates: the built-in host, pulled images and named templates.\n"
+               "\n"
+               "Options:\n"
+               "  -q, --quiet        print only the names\n"
+               "      --json         print the raw JSON\n"
+               "  -h, --help         show this help\n"},
+    {"rmi", "Usage: warren rmi TEMPLATE...\n"
+            "\n"
+            "Remove templates (refused while a sandbox uses one); layers no other template\n"
+            "uses are removed from the store.\n"
+            "\n"
+            "Options:\n"
+            "  -h, --help         show this help\n"},
     {"help", "Usage: warren help [COMMAND]\n"},
 };
 
@@ -297,7 +331,9 @@ int cli_main(int argc, char **argv)
         {"start", cli_cmd_start},   {"commands", cli_cmd_commands},
         {"logs", cli_cmd_logs},     {"attach", cli_cmd_attach},
         {"cp", cli_cmd_cp},         {"help", cli_cmd_help},
-        {"--help", cli_cmd_help},   {"-h", cli_cmd_help},
+        {"pull", cli_cmd_pull},     {"images", cli_cmd_images},
+        {"rmi", cli_cmd_rmi},       {"--help", cli_cmd_help},
+        {"-h", cli_cmd_help},
     };
 
     if (argc < 1 || !argv[0]) {
@@ -527,22 +563,6 @@ int cli_print_list(const char *path, const char *key, const char *id_key, bool j
     client_close(&c);
     json_decref(resp);
     return ret;
-}
-
-int cli_write_all(int fd, const void *p, size_t n)
-{
-    const char *s = p;
-    while (n > 0) {
-        ssize_t w = write(fd, s, n);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        s += w;
-        n -= (size_t)w;
-    }
-    return 0;
 }
 
 int cli_b64_encode(buf_t *out, const void *p, size_t n)

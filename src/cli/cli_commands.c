@@ -4,6 +4,7 @@
  * `warren start` is in cli_exec.c (it shares the options of exec).
  */
 #include "cli/cli_internal.h"
+#include "core/util.h"
 
 #include <getopt.h>
 #include <stdlib.h>
@@ -177,7 +178,7 @@ out:
 
 static int logs_write(void *arg, const void *data, size_t len)
 {
-    return cli_write_all(STDOUT_FILENO, data, len);
+    return util_write_all(STDOUT_FILENO, data, len);
 }
 
 /* `warren logs SANDBOX`: the sandbox's log, as the daemon sends it (followed: as it comes). */

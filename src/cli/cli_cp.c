@@ -20,6 +20,7 @@
  * temporary file, stop the tar child, and the exit status is 128+N.
  */
 #include "cli/cli_internal.h"
+#include "core/util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -32,24 +33,13 @@
 #include <time.h>
 #include <unistd.h>
 
-#define CP_PROGRESS_MIN ((uint64_t)4 << 20) /* bigger transfers get a progress bar */
-#define CP_PROGRESS_INTERVAL 0.1            /* at most 10 redraws a second */
-
-struct cp_progress {
-    bool enabled;   /* stderr is a terminal and no --quiet */
-    bool shown;     /* a line was drawn: finish it with a newline */
-    uint64_t total; /* 0: unknown */
-    uint64_t done;
-    double start, last;
-};
-
 enum cp_out { CP_OUT_FILE, CP_OUT_TAR, CP_OUT_STDOUT };
 
 struct cp {
     struct client c;
     struct cli_sigstate sig;
     const char *sandbox;
-    struct cp_progress prog;
+    struct cli_progress prog;
     /* upload source */
     int in_fd;
     const char *in_name; /* for messages */
@@ -65,78 +55,6 @@ struct cp {
     pid_t child;
     char err[1024]; /* a local failure found in a callback, reported after the request */
 };
-
-static double cp_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-/* ---- progress bar ----------------------------------------------------------------------- */
-
-static void cp_human(char *out, size_t n, double v)
-{
-    static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-    size_t u = 0;
-    while (v >= 1024 && u + 1 < sizeof(units) / sizeof(units[0])) {
-        v /= 1024;
-        u++;
-    }
-    if (u == 0)
-        snprintf(out, n, "%.0f %s", v, units[u]);
-    else
-        snprintf(out, n, "%.1f %s", v, units[u]);
-}
-
-static void cp_progress_start(struct cp_progress *p, uint64_t total)
-{
-    p->total = total;
-    p->done = 0;
-    p->start = cp_now();
-    p->last = 0;
-}
-
-static void cp_progress_draw(struct cp_progress *p, bool final)
-{
-    if (!p->enabled || (p->total ? p->total : p->done) <= CP_PROGRESS_MIN)
-        return;
-    double now = cp_now();
-    if (!final && now - p->last < CP_PROGRESS_INTERVAL)
-        return;
-    p->last = now;
-    double elapsed = now - p->start;
-    char done[32], total[32], rate[32];
-    cp_human(done, sizeof(done), (double)p->done);
-    cp_human(rate, sizeof(rate), elapsed > 0 ? (double)p->done / elapsed : 0);
-    if (p->total) {
-        cp_human(total, sizeof(total), (double)p->total);
-        unsigned pct = (unsigned)(p->done >= p->total ? 100 : p->done * 100 / p->total);
-        fprintf(stderr, "\r%s / %s  %3u%%  %s/s\033[K", done, total, pct, rate);
-    } else {
-        fprintf(stderr, "\r%s  %s/s\033[K", done, rate);
-    }
-    fflush(stderr);
-    p->shown = true;
-}
-
-static void cp_progress_add(struct cp_progress *p, size_t n)
-{
-    p->done += n;
-    cp_progress_draw(p, false);
-}
-
-/* Draw the final state (on success) and end the line. */
-static void cp_progress_finish(struct cp_progress *p, bool ok)
-{
-    if (ok)
-        cp_progress_draw(p, true);
-    if (p->shown) {
-        fputc('\n', stderr);
-        fflush(stderr);
-    }
-    p->shown = false;
-}
 
 /* ---- paths -------------------------------------------------------------------------------- */
 
@@ -413,7 +331,7 @@ static ssize_t cp_read_body(void *arg, void *buf, size_t len)
     }
     if (n == 0 && cp->child > 0 && cp_reap(cp, false) < 0)
         return -EIO; /* tar failed: do not let a truncated archive end as if it were whole */
-    cp_progress_add(&cp->prog, (size_t)n);
+    cli_progress_add(&cp->prog, (size_t)n);
     return n;
 }
 
@@ -422,12 +340,12 @@ static int cp_put(struct cp *cp, const char *url, long long len, const char *con
 {
     struct client_response resp;
     struct client_stream s = {.read_body = cp_read_body, .body_len = len, .arg = cp};
-    cp_progress_start(&cp->prog, len > 0 ? (uint64_t)len : 0);
+    cli_progress_start(&cp->prog, len > 0 ? (uint64_t)len : 0);
     cp->c.cancel = &cli_signal_caught;
     int r = client_request_stream(&cp->c, "PUT", url, content_type, &s, &resp);
     cp->c.cancel = NULL;
     bool ok = r == 0 && resp.status >= 200 && resp.status <= 299;
-    cp_progress_finish(&cp->prog, ok);
+    cli_progress_finish(&cp->prog, ok);
     if (r < 0)
         cp_report_transport(cp, r, "PUT", url);
     else if (!ok)
@@ -639,7 +557,7 @@ static int cp_on_head(void *arg, const struct client_response *resp)
 static int cp_write_body(void *arg, const void *data, size_t len)
 {
     struct cp *cp = arg;
-    int r = cli_write_all(cp->out_fd, data, len);
+    int r = util_write_all(cp->out_fd, data, len);
     if (r < 0) {
         const char *what = cp->out == CP_OUT_FILE  ? cp->out_target
                            : cp->out == CP_OUT_TAR ? "tar"
@@ -648,7 +566,7 @@ static int cp_write_body(void *arg, const void *data, size_t len)
             snprintf(cp->err, sizeof(cp->err), "writing to %s: %s", what, strerror(-r));
         return r;
     }
-    cp_progress_add(&cp->prog, len);
+    cli_progress_add(&cp->prog, len);
     return 0;
 }
 
@@ -658,7 +576,7 @@ static int cp_get(struct cp *cp, const char *url)
     struct client_response resp;
     struct client_stream s = {.write_body = cp_write_body, .on_head = cp_on_head, .arg = cp};
     cp->out_fd = -1;
-    cp_progress_start(&cp->prog, 0);
+    cli_progress_start(&cp->prog, 0);
     cp->c.cancel = &cli_signal_caught;
     int r = client_request_stream(&cp->c, "GET", url, NULL, &s, &resp);
     cp->c.cancel = NULL;
@@ -697,7 +615,7 @@ static int cp_get(struct cp *cp, const char *url)
         free(cp->tmp_path);
         cp->tmp_path = NULL;
     }
-    cp_progress_finish(&cp->prog, ok);
+    cli_progress_finish(&cp->prog, ok);
     if (r < 0)
         cp_report_transport(cp, r, "GET", url);
     else if (resp.status < 200 || resp.status > 299)
@@ -881,6 +799,7 @@ int cli_cmd_cp(int argc, char **argv)
     cp->sandbox = sandbox;
     cp->in_fd = cp->out_fd = -1;
     cp->prog.enabled = !quiet && isatty(2);
+    cp->prog.min_bytes = (uint64_t)4 << 20; /* smaller transfers are over before a bar helps */
     if (cli_client_open(&cp->c) < 0) {
         free(sandbox);
         free(rpath);

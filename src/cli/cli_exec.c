@@ -50,6 +50,8 @@ struct cli_exec_opts {
     const char *cmd; /* "run", "exec" or "start" */
     json_t *env;     /* object: for run the sandbox env, otherwise the command env */
     const char *name;
+    const char *image;    /* run --image */
+    const char *template; /* run --template */
     const char *cwd;
     double timeout;
     bool has_timeout;
@@ -86,7 +88,11 @@ static json_t *cli_exec_build_request(struct cli_exec_opts *o, int argc, char **
         }
         json_array_append_new(jargv, s);
     }
-    json_object_set_new(req, "argv", jargv);
+    /* No command (run --image IMAGE): the image's own (Entrypoint + Cmd). */
+    if (argc > 0)
+        json_object_set_new(req, "argv", jargv);
+    else
+        json_decref(jargv);
     jargv = NULL;
     if (with_env && json_object_size(o->env) > 0)
         json_object_set(req, "env", o->env);
@@ -168,10 +174,20 @@ static int cli_exec_api_exit(enum cli_result r)
 /* Parse the options shared by run, exec and start. Returns -1 to continue, or an exit status. */
 static int cli_exec_parse(struct cli_exec_opts *o, int argc, char **argv, int *first_arg)
 {
-    enum { OPT_NAME = 256, OPT_TIMEOUT, OPT_JSON, OPT_NO_STDIN, OPT_OPEN_STDIN };
+    enum {
+        OPT_NAME = 256,
+        OPT_TIMEOUT,
+        OPT_JSON,
+        OPT_NO_STDIN,
+        OPT_OPEN_STDIN,
+        OPT_IMAGE,
+        OPT_TEMPLATE
+    };
     static const struct option run_opts[] = {
         {"env", required_argument, NULL, 'e'},
         {"name", required_argument, NULL, OPT_NAME},
+        {"image", required_argument, NULL, OPT_IMAGE},
+        {"template", required_argument, NULL, OPT_TEMPLATE},
         {"cwd", required_argument, NULL, 'w'},
         {"workdir", required_argument, NULL, 'w'},
         {"timeout", required_argument, NULL, OPT_TIMEOUT},
@@ -244,6 +260,12 @@ static int cli_exec_parse(struct cli_exec_opts *o, int argc, char **argv, int *f
         case OPT_NAME:
             o->name = optarg;
             break;
+        case OPT_IMAGE:
+            o->image = optarg;
+            break;
+        case OPT_TEMPLATE:
+            o->template = optarg;
+            break;
         case OPT_TIMEOUT:
             if (cli_parse_seconds(o->cmd, "--timeout", optarg, &o->timeout) < 0)
                 ret = CLI_EXIT_USAGE;
@@ -282,6 +304,8 @@ static int cli_exec_parse(struct cli_exec_opts *o, int argc, char **argv, int *f
         return cli_usage_error(o->cmd, "-d cannot be combined with -t or --json");
     if (o->open_stdin && o->interactive)
         return cli_usage_error(o->cmd, "--open-stdin cannot be combined with -i");
+    if (o->image && o->template)
+        return cli_usage_error(o->cmd, "--image cannot be combined with --template");
     return -1;
 }
 
@@ -400,7 +424,7 @@ int cli_cmd_run(int argc, char **argv)
     ret = cli_exec_parse(&o, argc, argv, &first);
     if (ret >= 0)
         goto out_nofree;
-    if (first >= argc && !o.tty) {
+    if (first >= argc && !o.tty && !o.image && !o.template) {
         ret = cli_usage_error("run", "missing the command to run");
         goto out_nofree;
     }
@@ -410,6 +434,10 @@ int cli_cmd_run(int argc, char **argv)
         goto oom;
     if (json_object_size(o.env) > 0)
         json_object_set(create, "env", o.env);
+    if (o.image)
+        json_object_set_new(create, "image", json_string(o.image));
+    if (o.template)
+        json_object_set_new(create, "template", json_string(o.template));
     if (o.name) {
         json_t *s = json_string(o.name);
         if (!s) {

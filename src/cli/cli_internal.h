@@ -32,6 +32,25 @@ enum cli_result {
     CLI_EINTR = -4,        /* cancelled by a signal (client.cancel); nothing printed */
 };
 
+/* A progress bar on stderr (cli_progress.c): drawn only when `enabled` (stderr is a terminal
+ * and no --quiet) and the transfer is over `min_bytes`; `label` (may be NULL) prefixes it. */
+struct cli_progress {
+    bool enabled;
+    bool shown; /* a line was drawn: finish it with a newline */
+    uint64_t min_bytes;
+    const char *label;
+    uint64_t total; /* 0: unknown */
+    uint64_t done;
+    double start, last;
+};
+void cli_progress_start(struct cli_progress *p, uint64_t total);
+void cli_progress_add(struct cli_progress *p, size_t n);
+void cli_progress_set(struct cli_progress *p, uint64_t done, uint64_t total);
+/* Draws the final state (when ok) and ends the line. */
+void cli_progress_finish(struct cli_progress *p, bool ok);
+/* "12.3 MiB" */
+void cli_human_bytes(char *out, size_t n, double v);
+
 /* Commands (argv[0] is the subcommand name). Each returns an exit status. */
 int cli_cmd_run(int argc, char **argv);
 int cli_cmd_exec(int argc, char **argv);
@@ -46,6 +65,9 @@ int cli_cmd_attach(int argc, char **argv);
 int cli_cmd_cp(int argc, char **argv);
 int cli_cmd_stop(int argc, char **argv);
 int cli_cmd_kill(int argc, char **argv);
+int cli_cmd_pull(int argc, char **argv);
+int cli_cmd_images(int argc, char **argv);
+int cli_cmd_rmi(int argc, char **argv);
 /* `warren start SANDBOX...` without a command: start stopped sandboxes again (cli_cmd_start
  * decides which form it is). */
 int cli_sandbox_start(int argc, char **argv);
@@ -93,8 +115,6 @@ int cli_print_json(json_t *j);
 int cli_print_list(const char *path, const char *key, const char *id_key, bool json, bool quiet,
                    void (*print_table)(json_t *list));
 
-/* Write all of `p` to `fd` (retrying short writes and EINTR). Returns 0 or -errno. */
-int cli_write_all(int fd, const void *p, size_t n);
 
 /* base64 (standard alphabet, padded) of `n` bytes, appended to `out`. Returns 0 or -ENOMEM. */
 int cli_b64_encode(buf_t *out, const void *p, size_t n);

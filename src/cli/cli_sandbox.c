@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { OPT_JSON = 256, OPT_NAME, OPT_STATE };
+enum { OPT_JSON = 256, OPT_NAME, OPT_STATE, OPT_IMAGE, OPT_TEMPLATE };
 
 /* Common getopt outcome handling: 'h' prints the help (exit 0), '?' a hint (exit 2). Returns
  * -1 when `opt` is neither. */
@@ -28,6 +28,8 @@ int cli_cmd_create(int argc, char **argv)
 {
     static const struct option opts[] = {
         {"name", required_argument, NULL, OPT_NAME},
+        {"image", required_argument, NULL, OPT_IMAGE},
+        {"template", required_argument, NULL, OPT_TEMPLATE},
         {"env", required_argument, NULL, 'e'},
         {"label", required_argument, NULL, 'l'},
         {"json", no_argument, NULL, OPT_JSON},
@@ -53,6 +55,16 @@ int cli_cmd_create(int argc, char **argv)
                 ret = cli_usage_error("create", "--name: not valid UTF-8");
             else
                 json_object_set_new(body, "name", s);
+            break;
+        }
+        case OPT_IMAGE:
+        case OPT_TEMPLATE: {
+            json_t *s = json_string(optarg);
+            if (!s)
+                ret = cli_usage_error("create", "--%s: not valid UTF-8",
+                                      opt == OPT_IMAGE ? "image" : "template");
+            else
+                json_object_set_new(body, opt == OPT_IMAGE ? "image" : "template", s);
             break;
         }
         case 'e':

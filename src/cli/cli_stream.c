@@ -18,6 +18,7 @@
  * the end) and the signals (ppoll with the installed signal mask).
  */
 #include "cli/cli_internal.h"
+#include "core/util.h"
 #include "cli/wsclient.h"
 
 #include <errno.h>
@@ -58,7 +59,7 @@ static int cli_output_data(struct cli_output *o, int s, uint64_t offset, const c
     }
     size_t skip = (size_t)(cur - offset);
     if (o->write_error == 0) {
-        int r = cli_write_all(s == 0 ? 1 : 2, data + skip, n - skip);
+        int r = util_write_all(s == 0 ? 1 : 2, data + skip, n - skip);
         if (r < 0) {
             o->write_error = r;
             return r;

@@ -15,6 +15,7 @@
  * in cli_signal.c, fatal ones here), which cannot be given arguments.
  */
 #include "cli/cli_internal.h"
+#include "core/util.h"
 #include "cli/wsclient.h"
 
 #include <errno.h>
@@ -343,7 +344,7 @@ int cli_tty_session(struct client *c, const struct cli_tty_req *req, bool *detac
             }
             failures = 0;
             if (t.msg.opcode == WSC_BINARY) {
-                r = cli_write_all(1, t.msg.data.data, t.msg.data.len);
+                r = util_write_all(1, t.msg.data.data, t.msg.data.len);
                 if (r < 0) { /* the local terminal is gone */
                     t.result = r == -EPIPE ? 128 + SIGPIPE : 128 + SIGHUP;
                     goto done;

@@ -326,15 +326,20 @@ static int remove_contents(int dfd)
 
 int util_remove_tree(const char *path)
 {
-    if (unlink(path) == 0 || errno == ENOENT)
+    return util_remove_tree_at(AT_FDCWD, path);
+}
+
+int util_remove_tree_at(int dirfd, const char *name)
+{
+    if (unlinkat(dirfd, name, 0) == 0 || errno == ENOENT)
         return 0;
     if (errno != EISDIR)
         return -errno;
-    int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    int fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0)
         return errno == ENOENT ? 0 : -errno;
     int r = remove_contents(fd);
-    if (rmdir(path) < 0 && errno != ENOENT && !r)
+    if (unlinkat(dirfd, name, AT_REMOVEDIR) < 0 && errno != ENOENT && !r)
         r = -errno;
     return r;
 }
@@ -363,4 +368,20 @@ void util_free_strv(char **v)
     for (size_t i = 0; v && v[i]; i++)
         free(v[i]);
     free(v);
+}
+
+int util_write_all(int fd, const void *p, size_t n)
+{
+    const char *s = p;
+    while (n > 0) {
+        ssize_t w = write(fd, s, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        s += w;
+        n -= (size_t)w;
+    }
+    return 0;
 }

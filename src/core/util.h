@@ -37,10 +37,16 @@ int util_base64_decode(const char *s, size_t len, unsigned char **out, size_t *o
 /* Removes `path` and everything below it without following symlinks; a missing path is not an
  * error. Safe against a tree that is being changed by a sandbox (it never leaves the tree). */
 int util_remove_tree(const char *path);
+/* The same for `name` below the directory open as dirfd (or AT_FDCWD); `name` itself is not
+ * followed if it is a symlink (the link is removed). */
+int util_remove_tree_at(int dirfd, const char *name);
 /* mkdir -p with `mode` for the created components. */
 int util_mkdir_p(const char *path, unsigned mode);
 
 /* Frees a NULL-terminated array of malloc'd strings and the array (NULL is fine). */
 void util_free_strv(char **v);
+
+/* Writes all of p[0..n) to fd, retrying short writes and EINTR. 0 or -errno. */
+int util_write_all(int fd, const void *p, size_t n);
 
 #endif

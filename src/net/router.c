@@ -24,6 +24,10 @@ static int match_pattern(const char *pattern, const char *path, struct route_par
     for (;;) {
         size_t plen = strcspn(pp, "/");
         size_t slen = strcspn(sp, "/");
+        /* `{name+}` as the last segment takes the rest of the path, slashes included. */
+        int rest = plen >= 3 && pp[plen] == '\0' && pp[plen - 2] == '+';
+        if (rest)
+            slen = strlen(sp);
         if (plen >= 2 && pp[0] == '{' && pp[plen - 1] == '}') {
             /* A capture needs a non-empty segment: "/sandboxes//exec" must not match. */
             if (slen == 0)
@@ -36,7 +40,7 @@ static int match_pattern(const char *pattern, const char *path, struct route_par
             } else {
                 size_t i = params->count;
                 params->names[i] = pp + 1;
-                params->name_lens[i] = plen - 2;
+                params->name_lens[i] = plen - 2 - (size_t)rest;
                 memcpy(params->values[i], sp, slen);
                 params->values[i][slen] = '\0';
                 params->count++;

@@ -2,8 +2,9 @@
  * router — maps (method, path) to a handler using a static table of patterns.
  *
  * Patterns are '/'-separated literal segments and `{name}` captures, e.g.
- * "/v1/sandboxes/{id}/exec". A capture matches one non-empty segment. Matching is exact (no
- * trailing-slash folding). The table is owned by the caller and must outlive the router use.
+ * "/v1/sandboxes/{id}/exec". A capture matches one non-empty segment, except `{name+}` as the
+ * last segment, which matches the rest of the path, slashes included (names that are paths, such
+ * as image references). Matching is exact (no trailing-slash folding). The table is owned by the caller and must outlive the router use.
  */
 #ifndef WARREN_NET_ROUTER_H
 #define WARREN_NET_ROUTER_H

@@ -91,7 +91,8 @@ static void child_fail(const char *what, const char *why)
 
 /* In the forked child: become the command, with stdio on the given fds or, when pty_slave is
  * not NULL, on that terminal (which becomes the controlling terminal). Never returns. */
-static void child_exec(const char *cwd, int in_r, int out_w, int err_w, const char *pty_slave)
+static void child_exec(const struct wproto_spawn *sp, const char *cwd, int in_r, int out_w,
+                       int err_w, const char *pty_slave)
 {
     sigset_t none;
     sigemptyset(&none);
@@ -107,6 +108,12 @@ static void child_exec(const char *cwd, int in_r, int out_w, int err_w, const ch
     if (dup2(in_r, 0) < 0 || dup2(out_w, 1) < 0 || dup2(err_w, 2) < 0)
         _exit(126);
     closefrom(3);
+    /* setgroups is denied in the sandbox and the init has no supplementary groups to drop. */
+    if ((sp->flags & WPROTO_SPAWN_USER) &&
+        (setresgid(sp->gid, sp->gid, sp->gid) < 0 || setresuid(sp->uid, sp->uid, sp->uid) < 0)) {
+        child_fail("user", strerror(errno));
+        _exit(126);
+    }
     if (chdir(cwd) < 0) {
         char what[300];
         snprintf(what, sizeof(what), "cwd %s", cwd);
@@ -196,7 +203,7 @@ static void handle_spawn(const struct wproto_spawn *sp, size_t len)
     if (!rep.err) {
         pid_t pid = fork();
         if (pid == 0)
-            child_exec(cwd, in[0], out[1], err[1], pty ? slave : NULL);
+            child_exec(sp, cwd, in[0], out[1], err[1], pty ? slave : NULL);
         if (pid < 0)
             rep.err = errno;
         else {

@@ -100,6 +100,11 @@ int initctl_spawn(struct initctl *c, uint32_t tag, const struct initctl_spawn *r
         sp->rows = (uint16_t)req->rows;
         sp->cols = (uint16_t)req->cols;
     }
+    if (req->user) {
+        sp->flags |= WPROTO_SPAWN_USER;
+        sp->uid = (uint32_t)req->uid;
+        sp->gid = (uint32_t)req->gid;
+    }
     if (put_str(msg, &off, req->cwd) < 0)
         goto out;
     for (const char *const *a = req->argv; *a; a++, sp->argc++)

@@ -29,6 +29,9 @@ struct initctl_spawn {
     const char *const *env;  /* NULL-terminated "K=V" */
     int pty;                 /* a pseudo-terminal of rows x cols instead of three pipes */
     unsigned rows, cols;
+    int user; /* run as uid:gid (ids inside the sandbox) instead of root */
+    uid_t uid;
+    gid_t gid;
 };
 
 enum initctl_event_type { INITCTL_SPAWNED, INITCTL_EXITED };

@@ -14,9 +14,11 @@
  *            connected to fresh pipes — or, with WPROTO_SPAWN_PTY, to the slave of a new
  *            pseudo-terminal of the sandbox's devpts (rows x cols, controlling terminal) —,
  *            cwd, environment exactly as given, argv[0] looked up in the PATH of that
- *            environment. Exec failures do not fail the SPAWN: the command writes
- *            "warren: <argv0>: <reason>" to its stderr and exits 127 (not found) or 126.
- *     KILL   {tag=0, pid, sig, flags} send `sig` to `pid`, or to its process group with
+ *            environment. With WPROTO_SPAWN_USER the command runs as {uid, gid} (ids of the
+ *            sandbox, no supplementary groups, so no capabilities unless uid is 0); the
+ *            switch happens before the chdir, so cwd is checked as that user. Exec failures do not
+ * fail the SPAWN: the command writes "warren: <argv0>: <reason>" to its stderr and exits 127 (not
+ * found) or 126. KILL   {tag=0, pid, sig, flags} send `sig` to `pid`, or to its process group with
  *            WPROTO_KILL_GROUP, or with WPROTO_KILL_ALL (pid ignored) to every process of the
  *            sandbox but the init: kill(-1) in the pid namespace, which reaches processes that
  *            left their session or group and those of nested pid namespaces alike.
@@ -52,6 +54,7 @@ enum wproto_type {
 #define WPROTO_KILL_GROUP 1u
 #define WPROTO_KILL_ALL 2u
 #define WPROTO_SPAWN_PTY 1u
+#define WPROTO_SPAWN_USER 2u
 
 struct wproto_hdr {
     uint32_t type;
@@ -63,6 +66,8 @@ struct wproto_spawn {
     uint32_t flags; /* WPROTO_SPAWN_* */
     uint16_t rows;  /* terminal size, with WPROTO_SPAWN_PTY */
     uint16_t cols;
+    uint32_t uid; /* with WPROTO_SPAWN_USER */
+    uint32_t gid;
     uint32_t argc;
     uint32_t envc;
     uint32_t data_len;

@@ -189,7 +189,12 @@ int spawn_config_add(struct spawn_config *cfg, enum mount_op_kind kind, const ch
     if (dst[0] == '/' || copy_str(op.src, sizeof(op.src), src ? src : "") < 0 ||
         copy_str(op.dst, sizeof(op.dst), dst) < 0)
         return dst[0] == '/' ? -EINVAL : -ENAMETOOLONG;
-    if (kind == MOP_BIND_RO || kind == MOP_BIND_RW || kind == MOP_BIND_DEV) {
+    if ((kind == MOP_BIND_RO || kind == MOP_BIND_RW || kind == MOP_BIND_DEV) && op.src[0] != '/') {
+        /* A file of the new root, made by an earlier op: on the root's mount. */
+        if (!cfg->root_dir[0])
+            return -EINVAL;
+        op.locked = locked_flags(cfg->root_dir);
+    } else if (kind == MOP_BIND_RO || kind == MOP_BIND_RW || kind == MOP_BIND_DEV) {
         struct stat sb;
         if (stat(op.src, &sb) < 0)
             return -errno;
@@ -215,34 +220,46 @@ int spawn_config_add(struct spawn_config *cfg, enum mount_op_kind kind, const ch
     return plan_push(cfg, &op);
 }
 
-int spawn_check_root(const struct spawn_config *cfg, char *bad, size_t badlen)
+/* spawn_check_root() for one relative path: no existing component is a symlink (the last one may
+ * be, if last_link), all but the last are directories. */
+static int check_path(const char *root, const char *rel, int last_link, char *bad, size_t badlen)
 {
     char path[2 * SPAWN_PATH_MAX + 2];
     struct stat sb;
+    size_t len = strlen(rel);
+    /* Component by component, each checked before the next one is looked up through it, so no
+     * lookup here follows a symlink either. */
+    for (size_t end = 0; end <= len; end++) {
+        if (rel[end] != '/' && rel[end] != '\0')
+            continue;
+        snprintf(path, sizeof(path), "%s/%.*s", root, (int)end, rel);
+        if (lstat(path, &sb) < 0) {
+            if (errno == ENOENT)
+                return 0; /* the child creates it */
+            snprintf(bad, badlen, "%.*s", (int)end, rel);
+            return -errno;
+        }
+        int last = end == len;
+        if (S_ISLNK(sb.st_mode) ? !(last && last_link) : !last && !S_ISDIR(sb.st_mode)) {
+            snprintf(bad, badlen, "%.*s", (int)end, rel);
+            return S_ISLNK(sb.st_mode) ? -ELOOP : -ENOTDIR;
+        }
+    }
+    return 0;
+}
+
+int spawn_check_root(const struct spawn_config *cfg, char *bad, size_t badlen)
+{
+    int r;
     for (size_t i = 0; i < cfg->n_mounts; i++) {
         const struct mount_op *op = &cfg->mounts[i];
         if (op->kind == MOP_MASK || op->kind == MOP_READONLY)
             continue; /* inside the fresh proc and sys mounts, nothing of the disk */
-        /* Component by component, each checked before the next one is looked up through it, so
-         * no lookup here follows a symlink either. */
-        size_t len = strlen(op->dst);
-        for (size_t end = 0; end <= len; end++) {
-            if (op->dst[end] != '/' && op->dst[end] != '\0')
-                continue;
-            snprintf(path, sizeof(path), "%s/%.*s", cfg->root_dir, (int)end, op->dst);
-            if (lstat(path, &sb) < 0) {
-                if (errno == ENOENT)
-                    break; /* the child creates it */
-                snprintf(bad, badlen, "%.*s", (int)end, op->dst);
-                return -errno;
-            }
-            int last = end == len;
-            if (S_ISLNK(sb.st_mode) ? !(last && op->kind == MOP_SYMLINK)
-                                    : !last && !S_ISDIR(sb.st_mode)) {
-                snprintf(bad, badlen, "%.*s", (int)end, op->dst);
-                return S_ISLNK(sb.st_mode) ? -ELOOP : -ENOTDIR;
-            }
-        }
+        if ((r = check_path(cfg->root_dir, op->dst, op->kind == MOP_SYMLINK, bad, badlen)) < 0)
+            return r;
+        if ((op->kind == MOP_BIND_RO || op->kind == MOP_BIND_RW || op->kind == MOP_BIND_DEV) &&
+            op->src[0] != '/' && (r = check_path(cfg->root_dir, op->src, 0, bad, badlen)) < 0)
+            return r;
     }
     return 0;
 }

@@ -68,7 +68,8 @@ struct mount_op {
     enum mount_op_kind kind;
     unsigned long flags;
     unsigned mode;
-    /* dst is relative to the new root ("usr", "etc/passwd"); src is a host path. */
+    /* dst is relative to the new root ("usr", "etc/passwd"); src is a host path, or for a bind
+     * of a file made by an earlier op (MOP_FILE), relative to the new root too. */
     char src[SPAWN_PATH_MAX];
     char dst[SPAWN_PATH_MAX];
     const char *data; /* not owned */
@@ -123,17 +124,20 @@ struct spawn_error {
  * sandbox's root. */
 void spawn_config_init(struct spawn_config *cfg);
 /* Appends an op. Parent directories of `dst` that no earlier op creates get their own MOP_DIR
- * first; bind sources are inspected here (dir or file, locked mount flags). Returns 0 or
- * -ENOSPC / -ENAMETOOLONG, or -errno when a bind source cannot be inspected. */
+ * first; bind sources are inspected here (dir or file, locked mount flags). A relative bind
+ * source is a file in the new root (root_dir must be set first). Returns 0 or -ENOSPC /
+ * -ENAMETOOLONG / -EINVAL, or -errno when a bind source cannot be inspected. */
 int spawn_config_add(struct spawn_config *cfg, enum mount_op_kind kind, const char *src,
                      const char *dst, unsigned long flags, unsigned mode, const char *data);
 
 /* For a root_dir that already holds files (a sandbox started again on its disk): the child
  * creates and mounts on the plan's paths relative to root_dir *before* pivot_root, so a symlink
  * the sandbox left on one of them would send a mount or a file write outside its root. Checks
- * that no existing component of an op's path is a symlink (except the last one of a MOP_SYMLINK)
- * and that all but the last are directories. Nothing may run in the root meanwhile, or the check
- * proves nothing. Returns 0, or -ELOOP / -ENOTDIR / -errno with the path (relative) in `bad`. */
+ * that no existing component of an op's path (and of a relative bind source) is a symlink
+ * (except the last one of a MOP_SYMLINK) and that all but the last are directories. Also for a
+ * root made from an untrusted image, whose content is the image's from the first start on. Nothing
+ * may run in the root meanwhile, or the check proves nothing. Returns 0, or -ELOOP / -ENOTDIR /
+ * -errno with the path (relative) in `bad`. */
 int spawn_check_root(const struct spawn_config *cfg, char *bad, size_t badlen);
 
 /* Clones the child and does the parent's part of the setup (id maps, cgroups), then lets the

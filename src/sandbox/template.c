@@ -181,10 +181,10 @@ static int snapshot_dev(const char *dev)
     return 0;
 }
 
-/* The shared plan, in mount order. */
-static int build_plan(struct host_template *t)
+/* What every sandbox gets whatever its root: /proc (with the kernel's knobs read-only and its
+ * leaks masked), /sys, the /dev snapshot, /dev/pts and /dev/shm. */
+static int add_kernel_fs(struct spawn_config *cfg, const char *tdir)
 {
-    static const char *const top[] = {"bin", "sbin", "lib", "lib32", "lib64", "libx32"};
     static const char *const ro_proc[] = {"proc/sys", "proc/sysrq-trigger", "proc/bus", "proc/fs",
                                           "proc/irq"};
     static const char *const masked[] = {
@@ -195,11 +195,37 @@ static int build_plan(struct host_template *t)
          * sandbox's disk image (and the daemon's state directory). */
         "sys/devices/virtual/block", "sys/block"};
     const unsigned long nsd = MS_NOSUID | MS_NODEV;
-    struct spawn_config *cfg = &t->plan;
-    char a[SPAWN_PATH_MAX + 16], b[SPAWN_PATH_MAX];
+    char a[SPAWN_PATH_MAX + 16];
     int r = 0;
 /* Appends an op unless an earlier one failed; the first error is returned. */
 #define ADD(...) (r = r ? r : spawn_config_add(cfg, __VA_ARGS__))
+    ADD(MOP_PROC, NULL, "proc", 0, 0, NULL);
+    ADD(MOP_SYSFS, NULL, "sys", 0, 0, NULL);
+    for (size_t i = 0; i < sizeof(ro_proc) / sizeof(ro_proc[0]); i++)
+        ADD(MOP_READONLY, NULL, ro_proc[i], 0, 0, NULL);
+    for (size_t i = 0; i < sizeof(masked) / sizeof(masked[0]); i++)
+        ADD(MOP_MASK, NULL, masked[i], 0, 0, NULL);
+
+    snprintf(a, sizeof(a), "%s/dev", tdir);
+    ADD(MOP_BIND_RO, a, "dev", 0, 0, NULL);
+    if (!r) {
+        /* Read-only, but device nodes must stay usable: no nodev on this bind. */
+        cfg->mounts[cfg->n_mounts - 1].open_early = 1;
+        cfg->mounts[cfg->n_mounts - 1].kind = MOP_BIND_DEV;
+        cfg->mounts[cfg->n_mounts - 1].flags = MS_RDONLY;
+    }
+    ADD(MOP_DEVPTS, NULL, "dev/pts", 0, 0, NULL);
+    ADD(MOP_TMPFS, "tmpfs", "dev/shm", nsd, 0, "mode=1777,size=64m");
+    return r;
+}
+
+/* The shared plan of the host template, in mount order. */
+static int build_plan(struct host_template *t)
+{
+    static const char *const top[] = {"bin", "sbin", "lib", "lib32", "lib64", "libx32"};
+    struct spawn_config *cfg = &t->plan;
+    char a[SPAWN_PATH_MAX + 16], b[SPAWN_PATH_MAX];
+    int r = 0;
 
     ADD(MOP_BIND_RO, "/usr", "usr", 0, 0, NULL);
     for (size_t i = 0; i < sizeof(top) / sizeof(top[0]); i++) {
@@ -222,23 +248,7 @@ static int build_plan(struct host_template *t)
     if (!r)
         cfg->mounts[cfg->n_mounts - 1].open_early = 1;
 
-    ADD(MOP_PROC, NULL, "proc", 0, 0, NULL);
-    ADD(MOP_SYSFS, NULL, "sys", 0, 0, NULL);
-    for (size_t i = 0; i < sizeof(ro_proc) / sizeof(ro_proc[0]); i++)
-        ADD(MOP_READONLY, NULL, ro_proc[i], 0, 0, NULL);
-    for (size_t i = 0; i < sizeof(masked) / sizeof(masked[0]); i++)
-        ADD(MOP_MASK, NULL, masked[i], 0, 0, NULL);
-
-    snprintf(a, sizeof(a), "%s/dev", t->dir);
-    ADD(MOP_BIND_RO, a, "dev", 0, 0, NULL);
-    if (!r) {
-        /* Read-only, but device nodes must stay usable: no nodev on this bind. */
-        cfg->mounts[cfg->n_mounts - 1].open_early = 1;
-        cfg->mounts[cfg->n_mounts - 1].kind = MOP_BIND_DEV;
-        cfg->mounts[cfg->n_mounts - 1].flags = MS_RDONLY;
-    }
-    ADD(MOP_DEVPTS, NULL, "dev/pts", 0, 0, NULL);
-    ADD(MOP_TMPFS, "tmpfs", "dev/shm", nsd, 0, "mode=1777,size=64m");
+    r = r ? r : add_kernel_fs(cfg, t->dir);
 
     ADD(MOP_DIR, NULL, "tmp", 0, 01777, NULL);
     ADD(MOP_DIR, NULL, "root", 0, 0700, NULL);
@@ -248,10 +258,23 @@ static int build_plan(struct host_template *t)
     ADD(MOP_DIR, NULL, "var", 0, 0755, NULL);
     ADD(MOP_DIR, NULL, "var/tmp", 0, 01777, NULL);
     ADD(MOP_SYMLINK, "../run", "var/run", 0, 0, NULL);
-#undef ADD
     /* The root is the sandbox's disk (sandbox/disk.h): /tmp, /var/tmp, /root, /home and what else
      * the sandbox writes outside /workspace count against disk_mib, and filling it gives ENOSPC. */
     cfg->root_opts[0] = '\0';
+    return r;
+}
+
+/* The shared plan of an image root: the image brings its own /usr, /etc, /tmp, ...; the sandbox
+ * gets the same kernel file systems and devices as a host-template one, and /run/warren for
+ * warren's files (template_image_config). */
+static int build_image_plan(struct host_template *t)
+{
+    struct spawn_config *cfg = &t->image_plan;
+    int r = add_kernel_fs(cfg, t->dir);
+    ADD(MOP_DIR, NULL, "run", 0, 0755, NULL);
+    ADD(MOP_DIR, NULL, "run/warren", 0, 0755, NULL);
+#undef ADD
+    cfg->root_opts[0] = '\0'; /* the overlay (sandbox/rootfs.h), bound on itself */
     return r;
 }
 
@@ -277,7 +300,10 @@ int template_host_prepare(struct host_template *t, const char *state_dir)
     if ((r = snapshot_dev(p)) < 0)
         return r;
     spawn_config_init(&t->plan);
-    return build_plan(t);
+    spawn_config_init(&t->image_plan);
+    if ((r = build_plan(t)) < 0)
+        return r;
+    return build_image_plan(t);
 }
 
 int template_host_config(const struct host_template *t, struct spawn_config *cfg,
@@ -302,5 +328,41 @@ int template_host_config(const struct host_template *t, struct spawn_config *cfg
         (r = spawn_config_add(cfg, MOP_FILE, NULL, "run/warren/hostname", 0, 0644,
                               cfg->file_data[1])) < 0)
         return r;
+    return 0;
+}
+
+int template_image_config(const struct host_template *t, struct spawn_config *cfg,
+                          const char *hostname, const char *rootfs)
+{
+    static const char *const managed[][2] = {{"run/warren/hosts", "etc/hosts"},
+                                             {"run/warren/hostname", "etc/hostname"}};
+    char resolv[SPAWN_PATH_MAX + 32];
+    int r;
+    memcpy(cfg, &t->image_plan, sizeof(*cfg));
+    if (snprintf(cfg->hostname, sizeof(cfg->hostname), "%s", hostname) >=
+            (int)sizeof(cfg->hostname) ||
+        snprintf(cfg->root_dir, sizeof(cfg->root_dir), "%s", rootfs) >= (int)sizeof(cfg->root_dir))
+        return -ENAMETOOLONG;
+    snprintf(cfg->file_data[0], sizeof(cfg->file_data[0]),
+             "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t%s\n",
+             hostname);
+    snprintf(cfg->file_data[1], sizeof(cfg->file_data[1]), "%s\n", hostname);
+    /* /workspace is part of the overlay (an image or a snapshot may bring files there). */
+    if ((r = spawn_config_add(cfg, MOP_DIR, NULL, "workspace", 0, 0755, NULL)) < 0)
+        return r;
+    /* warren's files over the image's: written in /run/warren (in the overlay, so the sandbox's
+     * root may change them, as on the host template), then bound on the image's paths, which are
+     * created if the image has none. */
+    for (size_t i = 0; i < 2; i++)
+        if ((r = spawn_config_add(cfg, MOP_FILE, NULL, managed[i][0], 0, 0644, cfg->file_data[i])) <
+                0 ||
+            (r = spawn_config_add(cfg, MOP_BIND_RW, managed[i][0], managed[i][1], 0, 0, NULL)) < 0)
+            return r;
+    snprintf(resolv, sizeof(resolv), "%s/etc/resolv.conf", t->dir);
+    if (access(resolv, F_OK) == 0) {
+        if ((r = spawn_config_add(cfg, MOP_BIND_RO, resolv, "etc/resolv.conf", 0, 0, NULL)) < 0)
+            return r;
+        cfg->mounts[cfg->n_mounts - 1].open_early = 1;
+    }
     return 0;
 }

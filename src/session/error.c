@@ -27,6 +27,26 @@ const char *session_err_name(enum session_err e)
         return "out_of_memory";
     case SESSION_ERR_STATE:
         return "wrong_state";
+    case SESSION_ERR_NOT_FOUND:
+        return "not_found";
+    case SESSION_ERR_IN_USE:
+        return "in_use";
+    case SESSION_ERR_BAD_REFERENCE:
+        return "bad_reference";
+    case SESSION_ERR_IMAGE_NOT_FOUND:
+        return "image_not_found";
+    case SESSION_ERR_REGISTRY:
+        return "registry_unavailable";
+    case SESSION_ERR_REGISTRY_DENIED:
+        return "registry_denied";
+    case SESSION_ERR_IMAGE_CORRUPT:
+        return "image_corrupt";
+    case SESSION_ERR_IMAGE_INVALID:
+        return "image_invalid";
+    case SESSION_ERR_NO_SPACE:
+        return "no_space";
+    case SESSION_ERR_TIMEOUT:
+        return "timeout";
     }
     return "unknown";
 }

@@ -19,6 +19,17 @@ enum session_err {
     SESSION_ERR_SETUP,         /* isolation or setup failed (the message names the step) */
     SESSION_ERR_NOMEM,
     SESSION_ERR_STATE, /* the sandbox is not in a state that allows it (start of a running one) */
+    /* Templates and images (session/templates.h): */
+    SESSION_ERR_NOT_FOUND,       /* no template of that name */
+    SESSION_ERR_IN_USE,          /* a sandbox uses the template */
+    SESSION_ERR_BAD_REFERENCE,   /* a malformed image reference */
+    SESSION_ERR_IMAGE_NOT_FOUND, /* the registry has no such image or tag */
+    SESSION_ERR_REGISTRY,        /* the registry cannot be reached or answers nonsense */
+    SESSION_ERR_REGISTRY_DENIED, /* the registry refused our credentials */
+    SESSION_ERR_IMAGE_CORRUPT,   /* a blob does not match its digest or size */
+    SESSION_ERR_IMAGE_INVALID,   /* a manifest, config or layer we refuse (a hostile entry...) */
+    SESSION_ERR_NO_SPACE,        /* the host disk filled while storing an image */
+    SESSION_ERR_TIMEOUT,         /* the image was not ready in time */
 };
 
 /* A stable lower-case name ("name_taken", ...), for logs. */

@@ -131,8 +131,9 @@ int exec_start(struct sandbox *sb, const struct exec_spec *spec, exec_done_cb cb
 /* Builds the command's environment: defaults < sandbox env < request env. */
 char **exec_build_env(const struct sandbox *sb, json_t *exec_env, const char *term)
 {
-    json_t *all = json_pack("{s:s, s:s, s:s, s:s, s:s}", "PATH", DEFAULT_PATH, "HOME", "/root",
-                            "HOSTNAME", sb->name, "LANG", "C.UTF-8", "TERM", term);
+    json_t *all = json_pack("{s:s, s:s, s:s, s:s, s:s}", "PATH", DEFAULT_PATH, "HOME",
+                            sb->user_set ? sb->user_home : "/root", "HOSTNAME", sb->name, "LANG",
+                            "C.UTF-8", "TERM", term);
     if (!all)
         return NULL;
     /* With an egress proxy, the usual variables point at it; the sandbox's env may override. */
@@ -143,6 +144,16 @@ char **exec_build_env(const struct sandbox *sb, json_t *exec_env, const char *te
             json_object_set_new(all, names[i], json_string("http://127.0.0.1:3128"));
         json_object_set_new(all, "NO_PROXY", json_string("localhost,127.0.0.1,::1"));
         json_object_set_new(all, "no_proxy", json_string("localhost,127.0.0.1,::1"));
+    }
+    /* An image's Env (its PATH above all) comes under what the sandbox's spec says. */
+    for (size_t i = 0; sb->image && sb->image->env && sb->image->env[i]; i++) {
+        const char *kv = sb->image->env[i], *eq = strchr(kv, '=');
+        if (!eq || eq == kv)
+            continue;
+        char *k = strndup(kv, (size_t)(eq - kv));
+        if (k)
+            json_object_set_new(all, k, json_string(eq + 1));
+        free(k);
     }
     json_object_update(all, sb->env);
     size_t si;

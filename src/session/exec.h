@@ -54,9 +54,10 @@ int exec_start(struct sandbox *sb, const struct exec_spec *spec, exec_done_cb cb
 /* Kills the command's process group; the callback still fires (with the signal). */
 void exec_cancel(struct exec *ex);
 
-/* The environment of a command in `sb`: defaults (PATH, HOME, HOSTNAME, LANG, TERM=`term`, and
- * the proxy variables when the sandbox has an egress proxy) < the sandbox's env and secrets <
- * `env` (an object of strings; may be NULL). A malloc'd NULL-terminated "K=V" list to free with
+/* The environment of a command in `sb`: defaults (PATH, HOME — the image User's home if it has
+ * one, else /root —, HOSTNAME, LANG, TERM=`term`, and the proxy variables when the sandbox has an
+ * egress proxy) < its image's Env (an image sandbox) < the sandbox's env and secrets < `env` (an
+ * object of strings; may be NULL). A malloc'd NULL-terminated "K=V" list to free with
  * util_free_strv(), or NULL when out of memory. */
 char **exec_build_env(const struct sandbox *sb, json_t *env, const char *term);
 

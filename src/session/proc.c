@@ -359,7 +359,11 @@ int proc_start(struct sandbox *sb, const struct proc_spec *spec, const struct pr
                                 .env = spec->env,
                                 .pty = spec->pty,
                                 .rows = (unsigned)spec->rows,
-                                .cols = (unsigned)spec->cols};
+                                .cols = (unsigned)spec->cols,
+                                /* every process of an image sandbox runs as its User */
+                                .user = sb->user_set,
+                                .uid = sb->user_uid,
+                                .gid = sb->user_gid};
     p->tag = ++sb->next_tag;
     int r = sandbox_ctl_spawn(sb, p->tag, &req);
     if (r < 0) {

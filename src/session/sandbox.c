@@ -24,6 +24,7 @@
 #include "sandbox/egress.h"
 #include "sandbox/initctl.h"
 #include "sandbox/netns.h"
+#include "sandbox/rootfs.h"
 #include "sandbox/spawn.h"
 #include "sandbox/template.h"
 #include "session/audit.h"
@@ -42,7 +43,7 @@
 /* Sandbox root uids: slot i maps ids [UID_BASE + i * 65536, + 65536). Far above any real user
  * (and above the usual /etc/subuid ranges), never 0. */
 #define UID_BASE 1048576u
-#define UID_RANGE 65536u
+#define UID_RANGE SANDBOX_UID_RANGE
 
 /* RLIMIT_FSIZE of every sandbox process, as defence in depth: the disk bounds what files occupy,
  * this bounds how large a sparse file may claim to be (and so what reading one back through the
@@ -60,6 +61,7 @@ struct create_op {
     sandbox_create_cb cb; /* or a sandbox_start_cb, which has the same type */
     void *arg;
     int restart;         /* a stopped sandbox started again (sandbox_start) */
+    int have_disk;       /* the disk is there already (taken from the pool, or a restart) */
     uv_work_t disk_work; /* the sandbox's disk is made on the pool, then the clone on the loop */
     int disk_err;
     const char *disk_what;
@@ -99,14 +101,24 @@ void sandbox_image(const struct registry *reg, const char *id, char *out, size_t
     snprintf(out, cap, "%s/sandboxes/%s.img", reg->state_dir, id);
 }
 
+/* The overlay of an image sandbox, mounted on its disk: it must go before the disk can. Nothing
+ * mounted there (a host-template sandbox, a stopped one) costs one failing umount2(). */
+static int umount_image_root(const struct registry *reg, const char *id)
+{
+    char rootfs[1200];
+    snprintf(rootfs, sizeof(rootfs), "%s/sandboxes/%s/rootfs", reg->state_dir, id);
+    return rootfs_umount(rootfs);
+}
+
 /* Unmounts and deletes the sandbox's disk, then removes its directory. Returns the first -errno. */
 static int remove_sandbox_files(const struct registry *reg, const char *id)
 {
     char dir[1200], image[1200];
     snprintf(dir, sizeof(dir), "%s/sandboxes/%s", reg->state_dir, id);
     sandbox_image(reg, id, image, sizeof(image));
+    int r0 = umount_image_root(reg, id);
     int r = disk_destroy(image, dir), r2 = util_remove_tree(dir);
-    return r < 0 ? r : r2;
+    return r0 < 0 ? r0 : r < 0 ? r : r2;
 }
 
 /* remove_sandbox_files() for a deleted sandbox, with the slow part (unmounting and deleting the
@@ -116,6 +128,9 @@ static int retire_sandbox_files(const struct registry *reg, const char *id)
     char dir[1200], image[1200];
     snprintf(dir, sizeof(dir), "%s/sandboxes/%s", reg->state_dir, id);
     sandbox_image(reg, id, image, sizeof(image));
+    int r = umount_image_root(reg, id);
+    if (r < 0)
+        log_warn("sandbox %s: unmounting its root file system: %s", id, strerror(-r));
     if (disk_retire(reg->disks, image, dir) < 0)
         return remove_sandbox_files(reg, id);
     return util_remove_tree(dir);
@@ -156,7 +171,7 @@ static void recover_one(const char *id, const char *json, void *arg)
     log_info("recovery: removing sandbox %s left by a previous daemon", id);
     cgroup_destroy(reg->cgroups, id);
     remove_sandbox_files(reg, id);
-    store_delete_sandbox(reg->store, id);
+    store_delete(reg->store, STORE_SANDBOX, id);
 }
 
 void registry_recover(struct registry *reg)
@@ -165,7 +180,7 @@ void registry_recover(struct registry *reg)
      * the pid namespace); their mounts, disks included, lived only in their own mount namespaces
      * and the previous daemon's. What can remain is their directories, disk images, cgroups and
      * store records. */
-    store_list_sandboxes(reg->store, recover_one, reg);
+    store_list(reg->store, STORE_SANDBOX, recover_one, reg);
     char dir[1100];
     snprintf(dir, sizeof(dir), "%s/sandboxes", reg->state_dir);
     util_remove_tree(dir);
@@ -227,6 +242,87 @@ uid_t sandbox_host_uid(const struct sandbox *sb)
     return UID_BASE + sb->uid_slot * UID_RANGE;
 }
 
+int sandbox_template_user(const struct registry *reg, const char *name, char *who, size_t cap)
+{
+    for (const struct sandbox *sb = reg->head; sb; sb = sb->next)
+        if (!strcmp(sb->template_name, name)) {
+            snprintf(who, cap, "%s", sb->name);
+            return 1;
+        }
+    return 0;
+}
+
+static void strv_free(char **v)
+{
+    for (size_t i = 0; v && v[i]; i++)
+        free(v[i]);
+    free(v);
+}
+
+/* A copy of a NULL-terminated list (NULL stays NULL). 0 or -ENOMEM. */
+static int strv_dup(char *const *v, char ***out)
+{
+    size_t n = 0;
+    *out = NULL;
+    if (!v)
+        return 0;
+    while (v[n])
+        n++;
+    char **c = calloc(n + 1, sizeof(char *));
+    for (size_t i = 0; c && i < n; i++)
+        if (!(c[i] = strdup(v[i]))) {
+            strv_free(c);
+            return -ENOMEM;
+        }
+    *out = c;
+    return c ? 0 : -ENOMEM;
+}
+
+void sandbox_image_free(struct sandbox_image *img)
+{
+    if (!img)
+        return;
+    for (size_t i = 0; i < img->n_lowers; i++)
+        free(img->lowers[i]);
+    free(img->lowers);
+    strv_free(img->env);
+    strv_free(img->entrypoint);
+    strv_free(img->cmd);
+    free(img->workdir);
+    free(img->user);
+    free(img);
+}
+
+struct sandbox_image *sandbox_image_dup(const struct sandbox_image *img)
+{
+    if (img->n_lowers == 0 || img->n_lowers > ROOTFS_MAX_LAYERS)
+        return NULL;
+    struct sandbox_image *c = calloc(1, sizeof(*c));
+    if (!c || !(c->lowers = calloc(img->n_lowers, sizeof(char *))))
+        goto error;
+    for (; c->n_lowers < img->n_lowers; c->n_lowers++)
+        if (!(c->lowers[c->n_lowers] = strdup(img->lowers[c->n_lowers])))
+            goto error;
+    if (strv_dup(img->env, &c->env) < 0 || strv_dup(img->entrypoint, &c->entrypoint) < 0 ||
+        strv_dup(img->cmd, &c->cmd) < 0 || (img->workdir && !(c->workdir = strdup(img->workdir))) ||
+        (img->user && !(c->user = strdup(img->user))))
+        goto error;
+    snprintf(c->template_name, sizeof(c->template_name), "%s", img->template_name);
+    snprintf(c->image, sizeof(c->image), "%s", img->image);
+    snprintf(c->digest, sizeof(c->digest), "%s", img->digest);
+    return c;
+error:
+    sandbox_image_free(c);
+    return NULL;
+}
+
+const char *sandbox_default_cwd(const struct sandbox *sb)
+{
+    if (sb && sb->image && sb->image->workdir && sb->image->workdir[0] == '/')
+        return sb->image->workdir;
+    return "/workspace";
+}
+
 struct sandbox *sandbox_find(struct registry *reg, const char *id_or_name)
 {
     for (struct sandbox *sb = reg->head; sb; sb = sb->next)
@@ -251,6 +347,7 @@ static void list_remove(struct sandbox *sb)
 
 static void sandbox_free(struct sandbox *sb)
 {
+    sandbox_image_free(sb->image);
     egress_policy_free(sb->network);
     json_decref(sb->labels);
     json_decref(sb->env);
@@ -301,19 +398,46 @@ int sandbox_usage(const struct sandbox *sb, struct sandbox_usage *out)
     return 0;
 }
 
+static json_t *strv_json(char *const *v)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; a && v && v[i]; i++)
+        json_array_append_new(a, json_string(v[i]));
+    return a;
+}
+
+/* The image a sandbox's root is made of, all of it: a restarted daemon needs the layers to mount
+ * its root again and the config for its commands. */
+static json_t *image_record(const struct sandbox_image *img)
+{
+    json_t *lowers = json_array();
+    for (size_t i = 0; lowers && i < img->n_lowers; i++)
+        json_array_append_new(lowers, json_string(img->lowers[i]));
+    return json_pack("{s:s, s:s, s:s, s:o, s:o, s:s?, s:s?, s:o, s:o}", "template",
+                     img->template_name, "image", img->image, "digest", img->digest, "lowers",
+                     lowers, "env", strv_json(img->env), "workdir", img->workdir, "user", img->user,
+                     "entrypoint", strv_json(img->entrypoint), "cmd", strv_json(img->cmd));
+}
+
 /* What the store keeps of a sandbox: its spec and identity. */
 static json_t *sandbox_record(const struct sandbox *sb)
 {
     char created[32];
     util_format_time(sb->created_at, created, sizeof(created));
-    return json_pack("{s:s, s:s, s:s, s:{s:f, s:I, s:I, s:I}, s:o, s:O, s:O, s:O, s:s, s:s, s:f, "
-                     "s:f}",
-                     "id", sb->id, "name", sb->name, "template", sb->template_name, "resources",
-                     "cpus", sb->res.cpus, "memory_mib", (json_int_t)sb->res.memory_mib, "pids",
-                     (json_int_t)sb->res.pids, "disk_mib", (json_int_t)sb->res.disk_mib, "network",
-                     egress_policy_to_json(sb->network), "labels", sb->labels, "env", sb->env,
-                     "secrets", sb->secrets, "created_at", created, "node", sb->reg->node, "ttl_s",
-                     sb->ttl_s, "idle_timeout_s", sb->idle_timeout_s);
+    json_t *rec =
+        json_pack("{s:s, s:s, s:s, s:{s:f, s:I, s:I, s:I}, s:o, s:O, s:O, s:O, s:s, s:s, s:f, "
+                  "s:f}",
+                  "id", sb->id, "name", sb->name, "template", sb->template_name, "resources",
+                  "cpus", sb->res.cpus, "memory_mib", (json_int_t)sb->res.memory_mib, "pids",
+                  (json_int_t)sb->res.pids, "disk_mib", (json_int_t)sb->res.disk_mib, "network",
+                  egress_policy_to_json(sb->network), "labels", sb->labels, "env", sb->env,
+                  "secrets", sb->secrets, "created_at", created, "node", sb->reg->node, "ttl_s",
+                  sb->ttl_s, "idle_timeout_s", sb->idle_timeout_s);
+    if (rec && sb->image && json_object_set_new(rec, "image", image_record(sb->image)) < 0) {
+        json_decref(rec);
+        return NULL;
+    }
+    return rec;
 }
 
 void sandbox_save(const struct sandbox *sb)
@@ -321,7 +445,7 @@ void sandbox_save(const struct sandbox *sb)
     json_t *desc = sandbox_record(sb);
     char *text = desc ? json_dumps(desc, JSON_COMPACT) : NULL;
     if (text)
-        store_put_sandbox(sb->reg->store, sb->id, text);
+        store_put(sb->reg->store, STORE_SANDBOX, sb->id, text);
     free(text);
     json_decref(desc);
 }
@@ -455,7 +579,7 @@ static void destroy_after_cb(uv_work_t *w, int status)
     struct sandbox *sb = dw->sb;
     struct registry *reg = sb->reg;
     free(dw);
-    store_delete_sandbox(reg->store, sb->id);
+    store_delete(reg->store, STORE_SANDBOX, sb->id);
     if (sb->uid_slot < reg->max_sandboxes)
         reg->uid_slots[sb->uid_slot] = 0;
     sb->uid_slot = UINT32_MAX;
@@ -629,6 +753,10 @@ static void stop_cgroup_work(uv_work_t *w)
     int r = cgroup_destroy(op->sb->reg->cgroups, op->sb->id);
     if (r < 0)
         log_warn("sandbox %s: removing cgroup: %s", op->sb->id, strerror(-r));
+    /* A stopped image sandbox keeps its upper layer on its disk; the overlay is mounted again by
+     * sandbox_start(). */
+    if (op->sb->image && (r = umount_image_root(op->sb->reg, op->sb->id)) < 0)
+        log_warn("sandbox %s: unmounting its root file system: %s", op->sb->id, strerror(-r));
 }
 
 static void stop_cgroup_done(uv_work_t *w, int status)
@@ -760,8 +888,55 @@ static void create_fail(struct create_op *op, const char *msg)
     registry_check_idle(reg);
 }
 
+/* Pool thread: the overlay of an image sandbox on its disk (see sandbox.h for the layout). A new
+ * disk has `root` (owned by the sandbox's root, 0755, as every disk is made, in the pool too):
+ * it becomes the upper layer. Blocking: a clone for the layers' user namespace and a dozen mount
+ * system calls per layer. */
+static int mount_image_root(struct sandbox *sb, int fresh, const char **what)
+{
+    char root[1200], upper[1200], work[1200], rootfs[1200];
+    int fd = -1, r;
+    sandbox_dir(sb, root, sizeof(root), "root");
+    sandbox_dir(sb, upper, sizeof(upper), "upper");
+    sandbox_dir(sb, work, sizeof(work), "work");
+    sandbox_dir(sb, rootfs, sizeof(rootfs), "rootfs");
+    if (fresh) {
+        *what = "overlay upper directory";
+        if (rename(root, upper) < 0)
+            return -errno;
+        *what = "overlay work directory";
+        if (mkdir(work, 0700) < 0)
+            return -errno;
+        *what = "overlay mount point";
+        if (mkdir(rootfs, 0755) < 0)
+            return -errno;
+    } else if ((r = rootfs_umount(rootfs)) < 0) { /* left by a start that failed later */
+        *what = "overlay mount point";
+        return r;
+    }
+    *what = "user namespace for the image's layers";
+    if ((r = rootfs_userns(sandbox_host_uid(sb), UID_RANGE, &fd)) < 0)
+        return r;
+    r = rootfs_mount(rootfs, (const char *const *)sb->image->lowers, sb->image->n_lowers, upper,
+                     work, fd, what);
+    close(fd);
+    if (r < 0 || !sb->image->user || !sb->image->user[0])
+        return r;
+    /* Resolved again on every start: the sandbox may have changed its /etc/passwd. Written
+     * here while nothing reads it (the sandbox is being created or started). */
+    *what = "the image's User (in its /etc/passwd and /etc/group)";
+    if ((r = rootfs_resolve_user(rootfs, sb->image->user, UID_RANGE, &sb->user_uid, &sb->user_gid,
+                                 sb->user_home, sizeof(sb->user_home))) < 0) {
+        rootfs_umount(rootfs);
+        return r;
+    }
+    sb->user_set = 1;
+    return 0;
+}
+
 /* Pool thread: the sandbox's directory and its disk mounted on it, holding the root file system
- * (`root`) and the workspace (`workspace`), both owned by the sandbox's root. */
+ * (`root`) and the workspace (`workspace`), both owned by the sandbox's root; then, for an image
+ * sandbox, its overlay. */
 static void create_disk_work(uv_work_t *w)
 {
     struct create_op *op = w->data;
@@ -769,12 +944,16 @@ static void create_disk_work(uv_work_t *w)
     char dir[1200], image[1200];
     sandbox_dir(sb, dir, sizeof(dir), NULL);
     sandbox_image(sb->reg, sb->id, image, sizeof(image));
-    op->disk_what = "state directory";
-    if (mkdir(dir, 0711) < 0)
-        op->disk_err = -errno;
-    else
-        op->disk_err = disk_create(sb->reg->disks, image, dir, sb->res.disk_mib, disk_dirs,
-                                   sandbox_host_uid(sb), &op->disk_what);
+    if (!op->have_disk) {
+        op->disk_what = "state directory";
+        if (mkdir(dir, 0711) < 0)
+            op->disk_err = -errno;
+        else
+            op->disk_err = disk_create(sb->reg->disks, image, dir, sb->res.disk_mib, disk_dirs,
+                                       sandbox_host_uid(sb), &op->disk_what);
+    }
+    if (op->disk_err == 0 && sb->image)
+        op->disk_err = mount_image_root(sb, !op->restart, &op->disk_what);
 }
 
 static void pool_fill_work(uv_work_t *w)
@@ -862,7 +1041,10 @@ static void create_disk_done(uv_work_t *w, int status)
         create_wait_child(op);
         return;
     }
-    create_fail(op, msg);
+    if (op->restart)
+        start_fail(op, msg);
+    else
+        create_fail(op, msg);
     free(op);
     registry_fill_disk_pool(reg);
 }
@@ -882,7 +1064,7 @@ static int create_start(struct create_op *op, char *msg, size_t msglen)
     int r;
 
     sandbox_dir(sb, ws, sizeof(ws), "workspace");
-    sandbox_dir(sb, root, sizeof(root), "root");
+    sandbox_dir(sb, root, sizeof(root), sb->image ? "rootfs" : "root");
     uid_t uid = sandbox_host_uid(sb);
     what = "cgroup";
     struct cgroup_limits lim = {sb->res.cpus, sb->res.memory_mib << 20, sb->res.pids};
@@ -894,10 +1076,12 @@ static int create_start(struct create_op *op, char *msg, size_t msglen)
         r = -ENOMEM;
         goto error;
     }
-    if ((r = template_host_config(reg->tmpl, cfg, sb->name, root, ws)) < 0)
+    if ((r = sb->image ? template_image_config(reg->tmpl, cfg, sb->name, root)
+                       : template_host_config(reg->tmpl, cfg, sb->name, root, ws)) < 0)
         goto error;
-    /* Nothing runs in a stopped sandbox, so what is checked here is what the child finds. */
-    if (op->restart && (r = spawn_check_root(cfg, bad, sizeof(bad))) < 0) {
+    /* Nothing runs in a stopped sandbox, so what is checked here is what the child finds. An
+     * image's root is untrusted from the start (it comes from a registry). */
+    if ((op->restart || sb->image) && (r = spawn_check_root(cfg, bad, sizeof(bad))) < 0) {
         snprintf(what_root, sizeof(what_root), "root file system: /%s", bad);
         what = what_root;
         goto error;
@@ -1054,8 +1238,21 @@ enum session_err sandbox_create(struct registry *reg, const struct sandbox_spec 
         return SESSION_ERR_HOST_DISK;
     struct sandbox *sb = calloc(1, sizeof(*sb));
     struct create_op *op = calloc(1, sizeof(*op));
+    if (sb && spec->image && !(sb->image = sandbox_image_dup(spec->image))) {
+        free(sb);
+        free(op);
+        if (spec->image->n_lowers == 0 || spec->image->n_lowers > ROOTFS_MAX_LAYERS) {
+            snprintf(msg, msglen, "an image needs 1 to %d layers, not %zu", ROOTFS_MAX_LAYERS,
+                     spec->image->n_lowers);
+            return SESSION_ERR_SETUP;
+        }
+        snprintf(msg, msglen, "out of memory");
+        return SESSION_ERR_NOMEM;
+    }
     if (!sb || !op || util_random_id(sb->id, sizeof(sb->id), "sb-") < 0 ||
         (!spec->network && !(sb->network = egress_policy_new(EGRESS_NONE)))) {
+        if (sb)
+            sandbox_image_free(sb->image);
         free(sb);
         free(op);
         snprintf(msg, msglen, "out of memory");
@@ -1063,7 +1260,8 @@ enum session_err sandbox_create(struct registry *reg, const struct sandbox_spec 
     }
     sb->reg = reg;
     snprintf(sb->name, sizeof(sb->name), "%s", spec->name ? spec->name : sb->id);
-    snprintf(sb->template_name, sizeof(sb->template_name), "%s", spec->template_name);
+    snprintf(sb->template_name, sizeof(sb->template_name), "%s",
+             sb->image ? sb->image->template_name : spec->template_name);
     sb->labels = spec->labels ? json_deep_copy(spec->labels) : json_object();
     sb->env = spec->env ? json_deep_copy(spec->env) : json_object();
     sb->secrets = spec->secrets ? json_deep_copy(spec->secrets) : json_array();
@@ -1095,7 +1293,9 @@ enum session_err sandbox_create(struct registry *reg, const struct sandbox_spec 
     sandbox_dir(sb, dir, sizeof(dir), NULL);
     sandbox_image(reg, sb->id, image, sizeof(image));
     int r = disk_pool_take(reg->disks, image, dir, sb->res.disk_mib, sandbox_host_uid(sb));
-    if (r == -ENOENT) {
+    /* An image sandbox's overlay is mounted on the pool too, on whichever disk. */
+    if (r == -ENOENT || (r == 0 && sb->image)) {
+        op->have_disk = r == 0;
         reg->pending++;
         uv_queue_work(reg->loop, &op->disk_work, create_disk_work, create_disk_done);
         return 0;
@@ -1149,6 +1349,13 @@ enum session_err sandbox_start(struct sandbox *sb, sandbox_start_cb cb, void *ar
      * mount and an auto-clearing loop device, nothing else), so a start is what a creation does
      * once it has its disk: a cgroup and a clone. */
     sb->state = SB_STARTING;
+    if (sb->image) { /* its overlay first, on the pool (unmounted when it stopped) */
+        op->have_disk = 1;
+        op->disk_work.data = op;
+        reg->pending++;
+        uv_queue_work(reg->loop, &op->disk_work, create_disk_work, create_disk_done);
+        return SESSION_OK;
+    }
     if (create_start(op, msg, msglen) < 0) {
         log_error("sandbox %s: start: %s", sb->id, msg);
         cgroup_destroy(reg->cgroups, sb->id);

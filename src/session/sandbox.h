@@ -10,9 +10,12 @@
  * destroyed (sandbox_destroy) and all its handles are closed; callers must not keep pointers
  * across loop turns unless they hold a reference (sandbox_ref/sandbox_unref).
  *
- * On-disk layout: <state_dir>/sandboxes/<id>/{root,workspace}. `root` is an empty mount point
- * (the tmpfs root lives only in the sandbox's mount namespace); `workspace` is owned by the
- * sandbox's host uid.
+ * On-disk layout: <state_dir>/sandboxes/<id>/ is the sandbox's disk (sandbox/disk.h).
+ *   host template: {root,workspace}, both owned by the sandbox's host uid; `root` becomes "/".
+ *   image:         {upper,work,rootfs,workspace}: `upper` (owned by the sandbox's root, 0755) and
+ *                  `work` (host root, 0700) are the overlay's (sandbox/rootfs.h), mounted on
+ *                  `rootfs` in the daemon's mount namespace while the sandbox runs, over the
+ *                  image's shared layers; `rootfs` becomes "/".
  */
 #ifndef WARREN_SESSION_SANDBOX_H
 #define WARREN_SESSION_SANDBOX_H
@@ -31,6 +34,8 @@
 
 #define SANDBOX_ID_MAX 20
 #define SANDBOX_NAME_MAX 64
+/* Ids each sandbox has on the host: its root is sandbox_host_uid(), the rest follow. */
+#define SANDBOX_UID_RANGE 65536u
 
 /* creating → running ⇄ paused; running/paused → stopping → stopped → starting → running; any
  * → deleting (then freed). A stopped sandbox has no process, no init and no cgroup; it keeps its
@@ -99,12 +104,31 @@ struct registry {
     uv_timer_t sweep;   /* expiries and idle stops (unreferenced: never keeps the loop alive) */
 };
 
+/* What a sandbox whose root is an OCI image needs of it: its unpacked layers and its config. */
+struct sandbox_image {
+    char **lowers; /* layer dirs (src/image's store), top first, 1..ROOTFS_MAX_LAYERS */
+    size_t n_lowers;
+    char **env;               /* the image's Env, "K=V", NULL-terminated (may be NULL) */
+    char *workdir, *user;     /* WorkingDir and User; may be NULL */
+    char **entrypoint, **cmd; /* NULL-terminated (may be NULL) */
+    char template_name[512];  /* session/templates.h */
+    char image[512];          /* its canonical reference; "" for an import or a snapshot */
+    char digest[80];          /* its manifest's */
+};
+
 struct sandbox {
     struct registry *reg;
     struct sandbox *prev, *next;
     char id[SANDBOX_ID_MAX];
     char name[SANDBOX_NAME_MAX];
-    char template_name[16];
+    char template_name[512];     /* "host", or a template of session/templates.h */
+    struct sandbox_image *image; /* owned copy; NULL: the host template */
+    /* The image's User, resolved against its /etc/passwd and /etc/group when its root was
+     * mounted: every process runs as user_uid:user_gid (ids inside) when user_set. */
+    int user_set;
+    uid_t user_uid;
+    gid_t user_gid;
+    char user_home[256];
     enum sandbox_state state;
     json_t *labels;  /* object of strings (owned) */
     json_t *env;     /* object of strings (owned) */
@@ -146,6 +170,9 @@ struct sandbox_spec {
     struct egress_policy *network; /* taken over when sandbox_create() returns 0 */
     double ttl_s;                  /* 0: lives until deleted */
     double idle_timeout_s;         /* 0: never stopped for being idle */
+    /* NULL: the host template. Otherwise the root is an overlay of these layers (borrowed;
+     * copied), and template_name is image->template_name. */
+    const struct sandbox_image *image;
 };
 
 /* `sb` is NULL on failure; then `err` says why and `msg` says it for a person. */
@@ -189,6 +216,13 @@ int registry_disk_usage(struct registry *reg, struct registry_disk_usage *out);
 #define REGISTRY_DISK_CHECK_MS 100
 void registry_check_disk(struct registry *reg);
 
+/* A deep copy of `img` (NULL when out of memory or when it has no layer or more than
+ * ROOTFS_MAX_LAYERS), freed with sandbox_image_free(). */
+struct sandbox_image *sandbox_image_dup(const struct sandbox_image *img);
+void sandbox_image_free(struct sandbox_image *img);
+/* Where a command runs unless it says: the image's WorkingDir, else /workspace. */
+const char *sandbox_default_cwd(const struct sandbox *sb);
+
 /* Starts creating a sandbox. The callback runs on the loop thread later (never before this
  * returns), with the sandbox or SESSION_ERR_SETUP (a setup step failed), SESSION_ERR_DELETED or
  * SESSION_ERR_SHUTTING_DOWN. Returns SESSION_OK, or at once (the callback never runs) one of
@@ -196,6 +230,9 @@ void registry_check_disk(struct registry *reg);
  * msg. spec->network is taken over only on SESSION_OK. */
 enum session_err sandbox_create(struct registry *reg, const struct sandbox_spec *spec,
                                 sandbox_create_cb cb, void *arg, char *msg, size_t msglen);
+/* Whether a sandbox (in any state: a stopped one keeps its template's layers) was made of
+ * template `name`; if so its name goes to `who`. */
+int sandbox_template_user(const struct registry *reg, const char *name, char *who, size_t cap);
 /* By id or by name; sandboxes being deleted are not found. */
 struct sandbox *sandbox_find(struct registry *reg, const char *id_or_name);
 /* Activity on the sandbox: postpones its idle stop (sets last_active_at to now). */

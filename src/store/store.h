@@ -1,5 +1,5 @@
 /*
- * store — the durable registry of sandboxes (SQLite in <state_dir>/warren.db, WAL mode).
+ * store — the durable registry of sandboxes and templates (SQLite in <state_dir>/warren.db, WAL mode).
  *
  * The daemon's in-memory registry (session/) is the source of truth while it runs; the store lets
  * a restarted daemon know what a previous one left behind (to clean it up) and, later, which
@@ -11,14 +11,17 @@
 
 typedef struct store store_t;
 
-typedef void (*store_sandbox_fn)(const char *id, const char *json, void *arg);
+/* The kinds of records, each a (key, JSON text) table. */
+enum store_kind { STORE_SANDBOX, STORE_TEMPLATE, STORE_KINDS };
+
+typedef void (*store_record_fn)(const char *id, const char *json, void *arg);
 
 int store_open(store_t **out, const char *state_dir);
 void store_close(store_t *st);
-/* Inserts or replaces the record of sandbox `id` (`json` is its description). */
-int store_put_sandbox(store_t *st, const char *id, const char *json);
-int store_delete_sandbox(store_t *st, const char *id);
-/* Calls fn for every stored sandbox. */
-int store_list_sandboxes(store_t *st, store_sandbox_fn fn, void *arg);
+/* Inserts or replaces the record `id` of `kind` (`json` is its description). */
+int store_put(store_t *st, enum store_kind kind, const char *id, const char *json);
+int store_delete(store_t *st, enum store_kind kind, const char *id);
+/* Calls fn for every record of `kind`. */
+int store_list(store_t *st, enum store_kind kind, store_record_fn fn, void *arg);
 
 #endif

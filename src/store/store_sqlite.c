@@ -7,13 +7,17 @@
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "core/log.h"
 
+/* One table per kind of record, each (key, json). */
+static const char *const tables[STORE_KINDS] = {"sandboxes", "templates"};
+
 struct store {
     sqlite3 *db;
-    sqlite3_stmt *put;
-    sqlite3_stmt *del;
+    sqlite3_stmt *put[STORE_KINDS];
+    sqlite3_stmt *del[STORE_KINDS];
 };
 
 static int fail(store_t *st, const char *what)
@@ -38,12 +42,18 @@ int store_open(store_t **out, const char *state_dir)
     static const char schema[] = "PRAGMA journal_mode=WAL;"
                                  "PRAGMA synchronous=NORMAL;"
                                  "CREATE TABLE IF NOT EXISTS sandboxes ("
+                                 " id TEXT PRIMARY KEY, json TEXT NOT NULL);"
+                                 "CREATE TABLE IF NOT EXISTS templates ("
                                  " id TEXT PRIMARY KEY, json TEXT NOT NULL);";
-    if (sqlite3_exec(st->db, schema, NULL, NULL, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v2(st->db, "INSERT OR REPLACE INTO sandboxes(id, json) VALUES(?, ?)", -1,
-                           &st->put, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v2(st->db, "DELETE FROM sandboxes WHERE id = ?", -1, &st->del, NULL) !=
-            SQLITE_OK) {
+    int ok = sqlite3_exec(st->db, schema, NULL, NULL, NULL) == SQLITE_OK;
+    for (int k = 0; ok && k < STORE_KINDS; k++) {
+        char sql[128];
+        snprintf(sql, sizeof(sql), "INSERT OR REPLACE INTO %s(id, json) VALUES(?, ?)", tables[k]);
+        ok = sqlite3_prepare_v2(st->db, sql, -1, &st->put[k], NULL) == SQLITE_OK;
+        snprintf(sql, sizeof(sql), "DELETE FROM %s WHERE id = ?", tables[k]);
+        ok = ok && sqlite3_prepare_v2(st->db, sql, -1, &st->del[k], NULL) == SQLITE_OK;
+    }
+    if (!ok) {
         int r = fail(st, "schema");
         store_close(st);
         return r;
@@ -57,8 +67,10 @@ void store_close(store_t *st)
 {
     if (!st)
         return;
-    sqlite3_finalize(st->put);
-    sqlite3_finalize(st->del);
+    for (int k = 0; k < STORE_KINDS; k++) {
+        sqlite3_finalize(st->put[k]);
+        sqlite3_finalize(st->del[k]);
+    }
     sqlite3_close(st->db);
     free(st);
 }
@@ -75,27 +87,55 @@ static int step_once(store_t *st, sqlite3_stmt *stmt, const char *what)
     return r;
 }
 
-int store_put_sandbox(store_t *st, const char *id, const char *json)
+int store_put(store_t *st, enum store_kind kind, const char *id, const char *json)
 {
-    sqlite3_bind_text(st->put, 1, id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st->put, 2, json, -1, SQLITE_STATIC);
-    return step_once(st, st->put, "put sandbox");
+    sqlite3_bind_text(st->put[kind], 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st->put[kind], 2, json, -1, SQLITE_STATIC);
+    return step_once(st, st->put[kind], "put");
 }
 
-int store_delete_sandbox(store_t *st, const char *id)
+int store_delete(store_t *st, enum store_kind kind, const char *id)
 {
-    sqlite3_bind_text(st->del, 1, id, -1, SQLITE_STATIC);
-    return step_once(st, st->del, "delete sandbox");
+    sqlite3_bind_text(st->del[kind], 1, id, -1, SQLITE_STATIC);
+    return step_once(st, st->del[kind], "delete");
 }
 
-int store_list_sandboxes(store_t *st, store_sandbox_fn fn, void *arg)
+int store_list(store_t *st, enum store_kind kind, store_record_fn fn, void *arg)
 {
+    /* Rows are read to the end before fn sees any: fn may write to the store (a record put
+     * back while the SELECT still runs would be visited again, for ever). */
     sqlite3_stmt *q;
-    if (sqlite3_prepare_v2(st->db, "SELECT id, json FROM sandboxes", -1, &q, NULL) != SQLITE_OK)
-        return fail(st, "list sandboxes");
-    int rc;
-    while ((rc = sqlite3_step(q)) == SQLITE_ROW)
-        fn((const char *)sqlite3_column_text(q, 0), (const char *)sqlite3_column_text(q, 1), arg);
+    char sql[64];
+    char **rows = NULL;
+    size_t n = 0, cap = 0;
+    int rc, r = 0;
+    snprintf(sql, sizeof(sql), "SELECT id, json FROM %s", tables[kind]);
+    if (sqlite3_prepare_v2(st->db, sql, -1, &q, NULL) != SQLITE_OK)
+        return fail(st, "list");
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        if (n + 2 > cap) {
+            char **v = realloc(rows, (cap = cap ? 2 * cap : 32) * sizeof(*v));
+            if (!v) {
+                r = -ENOMEM;
+                break;
+            }
+            rows = v;
+        }
+        rows[n] = strdup((const char *)sqlite3_column_text(q, 0));
+        rows[n + 1] = strdup((const char *)sqlite3_column_text(q, 1));
+        n += 2;
+        if (!rows[n - 2] || !rows[n - 1]) {
+            r = -ENOMEM;
+            break;
+        }
+    }
     sqlite3_finalize(q);
-    return rc == SQLITE_DONE ? 0 : fail(st, "list sandboxes");
+    if (r == 0 && rc != SQLITE_DONE)
+        r = fail(st, "list");
+    for (size_t i = 0; r == 0 && i < n; i += 2)
+        fn(rows[i], rows[i + 1], arg);
+    for (size_t i = 0; i < n; i++)
+        free(rows[i]);
+    free(rows);
+    return r;
 }

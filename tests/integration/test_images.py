@@ -74,7 +74,8 @@ def test_create_from_image(api, registry, images, new_sandbox):
     assert t.get("error") is None
     assert t["size_bytes"] == sum(l.size for l in img.layers)    # compressed layers
     assert t["layers"] == len(img.layers)
-    assert t["progress"] is None                                 # not pulling
+    # Not pulling: progress is the whole image, done.
+    assert t["progress"] == {"bytes_done": t["size_bytes"], "bytes_total": t["size_bytes"]}
     c = t["config"]
     assert c["env"] == ["PATH=/bin:/usr/bin", "FOO=from-image"]
     assert c["workdir"] == "/srv"
@@ -224,8 +225,8 @@ def test_token_auth_registry(api, auth_registry, images, new_sandbox):
     assert granted and all(s == "repository:test/authed:pull" for s, _ in granted), granted
     assert not auth_registry.token_requests(since=tmark, granted=False)
     # Every manifest and blob request that got through carried the Bearer token.
-    served = [r for r in auth_registry.requests_log()[mark:] if r.status in (200, 206)
-              and r.path.startswith("/v2/")]
+    served = [r for r in auth_registry.requests_log()[mark:]
+              if r.status in (200, 206) and r.path.startswith("/v2/")]
     assert served and all(r.auth == "bearer" for r in served), served
 
 
@@ -275,7 +276,9 @@ def test_pull_timeout(fresh_daemon, slow_registry, images):
     t0 = time.monotonic()
     r = create_from(api, image=ref)
     took = time.monotonic() - t0
-    check_error(r, 504, "timeout")
+    # A create that waited --pull-timeout for its image: 504 timeout naming the image (whose
+    # reference names the registry); the pull goes on in the background.
+    check_error(r, 504, "timeout", names=slow_registry.host)
     assert 2 <= took < 2 + WAIT_S, took
     assert api.get("/v1/sandboxes").json["sandboxes"] == []
     # The pull goes on: the template gets ready, and the next create uses it.
@@ -315,7 +318,8 @@ def test_template_lifecycle(api, registry, images, new_sandbox):
     check_error(api.post("/v1/templates", {"name": "ml", "image": ref}), 409, "conflict")
     t = wait_template(api, "ml")
     assert t["digest"] == img.digest and t.get("error") is None
-    assert t["layers"] == 4 and t["progress"] is None
+    assert t["layers"] == 4
+    assert t["progress"] == {"bytes_done": t["size_bytes"], "bytes_total": t["size_bytes"]}
     assert t["config"]["workdir"] == "/srv"
     sb = new_sandbox(template="ml")
     assert sb["template"] == "ml" and sb["image"] == ref and sb["image_digest"] == img.digest
@@ -357,6 +361,9 @@ def test_template_errors(api, registry, images):
     check_error(api.post("/v1/sandboxes", {"template": "no-such-template"}), 404, "not_found")
     check_error(api.get(tpl_path("no-such-template")), 404, "not_found")
     check_error(api.delete(tpl_path("no-such-template")), 404, "not_found")
+    # Without a name: the image's implicit template (as `docker pull`), ready already here.
+    r = api.post("/v1/templates", {"image": ref})
+    assert r.status == 200 and r.json["name"] == ref and r.json["state"] == "ready", r
     check_error(api.post("/v1/templates", {"name": "x"}), 400, "bad_request", names="image")
     check_error(api.post("/v1/templates", {"name": 5, "image": ref}), 400, "bad_request",
                 names="name")
@@ -400,10 +407,9 @@ def test_registry_down(api):
                                  "busybox::1", "a" * 300, "x//y:1"])
 def test_malformed_reference(api, ref):
     n = len(api.get("/v1/sandboxes").json["sandboxes"])
-    # The message says what is wrong with the reference (not necessarily the word "image").
-    check_error(create_from(api, image=ref), 400, "bad_request")
+    check_error(create_from(api, image=ref), 400, "bad_request", names="image")
     check_error(api.post("/v1/templates", {"name": "bad-ref", "image": ref}), 400,
-                "bad_request")
+                "bad_request", names="image")
     assert len(api.get("/v1/sandboxes").json["sandboxes"]) == n
 
 

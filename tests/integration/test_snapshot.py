@@ -51,7 +51,8 @@ def test_snapshot_of_image_sandbox(api, registry, images, new_sandbox):
     assert r.status == 201, r
     t = r.json
     assert t["name"] == "snap1" and t["state"] == "ready" and t.get("error") is None, t
-    assert t["image"] is None and t["progress"] is None, t       # null for a snapshot
+    assert t["image"] is None, t                                  # null for a snapshot
+    assert t["progress"] == {"bytes_done": t["size_bytes"], "bytes_total": t["size_bytes"]}
     # LEAD: a snapshot is the image with one more layer (what the sandbox wrote).
     assert t["layers"] == len(img.layers) + 1
     assert t["size_bytes"] > 0 and t["digest"].startswith("sha256:")

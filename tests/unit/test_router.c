@@ -182,6 +182,21 @@ static void test_too_many_captures(void **state)
     assert_string_equal(route_param(&p, "b"), "2");
 }
 
+/* `{name+}` takes the rest of the path; routes before it with a fixed tail still win. */
+static void test_rest_capture(void **state)
+{
+    static const struct route r3[] = {{"GET", "/t/{name}/export", H}, {"GET", "/t/{name+}", H}};
+    struct route_params p;
+    assert_int_equal(router_match(r3, 2, "GET", "/t/box", &p, NULL, 0), 1);
+    assert_string_equal(route_param(&p, "name"), "box");
+    assert_int_equal(router_match(r3, 2, "GET", "/t/127.0.0.1:5000/a/b:1", &p, NULL, 0), 1);
+    assert_string_equal(route_param(&p, "name"), "127.0.0.1:5000/a/b:1");
+    assert_int_equal(router_match(r3, 2, "GET", "/t/box/export", &p, NULL, 0), 0);
+    assert_string_equal(route_param(&p, "name"), "box");
+    assert_int_equal(router_match(r3, 2, "GET", "/t/", &p, NULL, 0), -ENOENT);
+    assert_int_equal(router_match(r3, 2, "GET", "/t", &p, NULL, 0), -ENOENT);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -193,6 +208,7 @@ int main(void)
         cmocka_unit_test(test_empty_segment),
         cmocka_unit_test(test_trailing_slash),
         cmocka_unit_test(test_too_many_captures),
+        cmocka_unit_test(test_rest_capture),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

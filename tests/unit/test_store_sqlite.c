@@ -48,7 +48,7 @@ static int teardown(void **state)
     return 0;
 }
 
-/* What store_list_sandboxes() reported, in order. */
+/* What store_list() reported, in order. */
 struct listing {
     int n;
     char ids[16][64];
@@ -76,7 +76,7 @@ static const char *find(const struct listing *l, const char *id)
 static struct listing list_all(store_t *st)
 {
     struct listing l = {0};
-    assert_int_equal(store_list_sandboxes(st, collect, &l), 0);
+    assert_int_equal(store_list(st, STORE_SANDBOX, collect, &l), 0);
     return l;
 }
 
@@ -130,10 +130,10 @@ static void test_put_replace_delete_list(void **state)
     struct fixture *fx = *state;
     store_t *st = NULL;
     assert_int_equal(store_open(&st, fx->dir), 0);
-    assert_int_equal(store_put_sandbox(st, "sb-a", "{\"name\":\"a\"}"), 0);
-    assert_int_equal(store_put_sandbox(st, "sb-b", "{\"name\":\"b\"}"), 0);
+    assert_int_equal(store_put(st, STORE_SANDBOX, "sb-a", "{\"name\":\"a\"}"), 0);
+    assert_int_equal(store_put(st, STORE_SANDBOX, "sb-b", "{\"name\":\"b\"}"), 0);
     /* Text that needs quoting in SQL goes in and out unchanged (bound, not spliced). */
-    assert_int_equal(store_put_sandbox(st, "sb-'q\"", "{\"x\":\"it's; DROP TABLE sandboxes;--\"}"),
+    assert_int_equal(store_put(st, STORE_SANDBOX, "sb-'q\"", "{\"x\":\"it's; DROP TABLE sandboxes;--\"}"),
                      0);
     struct listing l = list_all(st);
     assert_int_equal(l.n, 3);
@@ -142,15 +142,15 @@ static void test_put_replace_delete_list(void **state)
     assert_string_equal(find(&l, "sb-'q\""), "{\"x\":\"it's; DROP TABLE sandboxes;--\"}");
 
     /* put replaces: still one record per id */
-    assert_int_equal(store_put_sandbox(st, "sb-a", "{\"name\":\"a2\"}"), 0);
+    assert_int_equal(store_put(st, STORE_SANDBOX, "sb-a", "{\"name\":\"a2\"}"), 0);
     l = list_all(st);
     assert_int_equal(l.n, 3);
     assert_string_equal(find(&l, "sb-a"), "{\"name\":\"a2\"}");
 
-    assert_int_equal(store_delete_sandbox(st, "sb-b"), 0);
+    assert_int_equal(store_delete(st, STORE_SANDBOX, "sb-b"), 0);
     /* deleting what is not there is not an error */
-    assert_int_equal(store_delete_sandbox(st, "sb-b"), 0);
-    assert_int_equal(store_delete_sandbox(st, "sb-never"), 0);
+    assert_int_equal(store_delete(st, STORE_SANDBOX, "sb-b"), 0);
+    assert_int_equal(store_delete(st, STORE_SANDBOX, "sb-never"), 0);
     l = list_all(st);
     assert_int_equal(l.n, 2);
     assert_null(find(&l, "sb-b"));
@@ -168,7 +168,7 @@ static void test_large_record(void **state)
     memset(big, 'j', n);
     big[n] = '\0';
     assert_int_equal(store_open(&st, fx->dir), 0);
-    assert_int_equal(store_put_sandbox(st, "sb-big", big), 0);
+    assert_int_equal(store_put(st, STORE_SANDBOX, "sb-big", big), 0);
     store_close(st);
 
     sqlite3 *db = raw_open(fx->db);
@@ -193,9 +193,9 @@ static void test_reopen_persists(void **state)
         char id[16], json[32];
         snprintf(id, sizeof(id), "sb-%d", i);
         snprintf(json, sizeof(json), "{\"i\":%d}", i);
-        assert_int_equal(store_put_sandbox(st, id, json), 0);
+        assert_int_equal(store_put(st, STORE_SANDBOX, id, json), 0);
     }
-    assert_int_equal(store_delete_sandbox(st, "sb-3"), 0);
+    assert_int_equal(store_delete(st, STORE_SANDBOX, "sb-3"), 0);
     store_close(st);
 
     assert_int_equal(store_open(&st, fx->dir), 0);
@@ -214,7 +214,7 @@ static void test_second_store_sees_writes(void **state)
     store_t *a = NULL, *b = NULL;
     assert_int_equal(store_open(&a, fx->dir), 0);
     assert_int_equal(store_open(&b, fx->dir), 0);
-    assert_int_equal(store_put_sandbox(a, "sb-x", "{}"), 0);
+    assert_int_equal(store_put(a, STORE_SANDBOX, "sb-x", "{}"), 0);
     struct listing l = list_all(b);
     assert_int_equal(l.n, 1);
     assert_string_equal(l.ids[0], "sb-x");
@@ -252,26 +252,57 @@ static void test_locked_database_is_an_error(void **state)
     struct fixture *fx = *state;
     store_t *st = NULL;
     assert_int_equal(store_open(&st, fx->dir), 0);
-    assert_int_equal(store_put_sandbox(st, "sb-1", "{}"), 0);
+    assert_int_equal(store_put(st, STORE_SANDBOX, "sb-1", "{}"), 0);
 
     /* Another writer holds the write lock past the store's busy timeout: writes fail with -EIO
      * (and leave the store usable), reads still work (WAL). */
     sqlite3 *db = raw_open(fx->db);
     raw_exec(db, "BEGIN IMMEDIATE; INSERT INTO sandboxes VALUES('sb-other', '{}');");
-    assert_int_equal(store_put_sandbox(st, "sb-2", "{}"), -EIO);
-    assert_int_equal(store_delete_sandbox(st, "sb-1"), -EIO);
+    assert_int_equal(store_put(st, STORE_SANDBOX, "sb-2", "{}"), -EIO);
+    assert_int_equal(store_delete(st, STORE_SANDBOX, "sb-1"), -EIO);
     struct listing l = list_all(st);
     assert_int_equal(l.n, 1);
     assert_string_equal(l.ids[0], "sb-1");
     raw_exec(db, "COMMIT;");
     sqlite3_close(db);
 
-    assert_int_equal(store_put_sandbox(st, "sb-2", "{}"), 0);
-    assert_int_equal(store_delete_sandbox(st, "sb-1"), 0);
+    assert_int_equal(store_put(st, STORE_SANDBOX, "sb-2", "{}"), 0);
+    assert_int_equal(store_delete(st, STORE_SANDBOX, "sb-1"), 0);
     l = list_all(st);
     assert_int_equal(l.n, 2);
     assert_non_null(find(&l, "sb-2"));
     assert_non_null(find(&l, "sb-other"));
+    store_close(st);
+}
+
+/* A listing callback that writes its record back (a template whose pull restarts at start-up)
+ * sees each record once: the listing must not chase its own writes. */
+struct rewrite {
+    store_t *st;
+    int calls;
+};
+
+static void put_back(const char *id, const char *json, void *arg)
+{
+    struct rewrite *w = arg;
+    w->calls++;
+    assert_true(w->calls <= 3);
+    assert_int_equal(store_put(w->st, STORE_TEMPLATE, id, json), 0);
+}
+
+static void test_list_callback_may_write(void **state)
+{
+    struct fixture *fx = *state;
+    store_t *st = NULL;
+    assert_int_equal(store_open(&st, fx->dir), 0);
+    struct rewrite w = {st, 0};
+    assert_int_equal(store_put(st, STORE_TEMPLATE, "a", "{}"), 0);
+    assert_int_equal(store_put(st, STORE_TEMPLATE, "b", "{}"), 0);
+    assert_int_equal(store_put(st, STORE_TEMPLATE, "c", "{}"), 0);
+    assert_int_equal(store_list(st, STORE_TEMPLATE, put_back, &w), 0);
+    assert_int_equal(w.calls, 3);
+    /* The kinds are separate tables. */
+    assert_int_equal(list_all(st).n, 0);
     store_close(st);
 }
 
@@ -291,6 +322,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_second_store_sees_writes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_locked_database_is_an_error, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_list_callback_may_write, setup, teardown),
         cmocka_unit_test(test_close_null),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
