@@ -544,10 +544,12 @@ def test_pull_killed_then_redone_by_new_daemon(fresh_daemon, slow_registry, imag
     shutil.rmtree(d2.base_dir)
     d2.base_dir, d2.state_dir = d1.base_dir, d1.state_dir
     d2.log_path = d1.log_path + ".2"
+    # From here on every request is the new daemon's: it may take the pull up again as soon
+    # as it starts, before any create asks for it.
+    mark2 = slow_registry.mark()
     d2.start()
     try:
         api2 = Api(d2)
-        mark2 = slow_registry.mark()
         r = create_from(api2, image=ref, timeout=300)
         assert r.status == 201, f"{r!r}\nlog:\n{d2.log()}"
         assert r.json["image_digest"] == img.digest

@@ -82,15 +82,11 @@ def test_snapshot_of_image_sandbox(api, registry, images, new_sandbox):
 
 
 def test_snapshot_of_host_sandbox(api, new_sandbox):
-    # LEAD: the host template's sandboxes can be snapshotted too (their / is their disk).
+    """A sandbox of the host template has no image to build on: 409, and no template made."""
     sb = new_sandbox()
-    out(api, sb["id"], "echo ws > /workspace/h && echo r > /root/h")
-    r = snapshot(api, sb["id"], "snap-host")
-    assert r.status == 201, r
-    sb2 = new_sandbox(template="snap-host")
-    assert out(api, sb2["id"], "cat /workspace/h /root/h") == "ws\nr\n"
-    api.remove(sb2["id"])
-    assert api.delete(tpl_path("snap-host")).status == 204
+    check_error(snapshot(api, sb["id"], "snap-host"), 409, "conflict")
+    check_error(api.get(tpl_path("snap-host")), 404, "not_found")
+    check_error(api.post(f"/v1/sandboxes/{sb['id']}/fork", {}), 409, "conflict")
 
 
 def test_snapshot_errors(api, registry, images, new_sandbox):
@@ -109,7 +105,7 @@ def test_snapshot_errors(api, registry, images, new_sandbox):
     assert snapshot(api, sid, "snap-dup").status == 201
     # LEAD: an existing template name -> 409 conflict (the template stays as it was).
     check_error(snapshot(api, sid, "snap-dup"), 409, "conflict")
-    check_error(snapshot(api, sid, "host"), 409, "conflict")
+    check_error(snapshot(api, sid, "host"), 400, "bad_request", names="name")
     assert api.delete(tpl_path("snap-dup")).status == 204
 
 
@@ -126,9 +122,14 @@ def test_fork(api, registry, images, new_sandbox):
     api.daemon.created_ids.add(f["id"])   # conftest records POST /v1/sandboxes only
     try:
         assert f["id"] != sid and f["name"] != sb["name"] and f["state"] == "running"
-        for k in ("template", "image", "image_digest", "resources", "network", "env", "labels"):
+        for k in ("resources", "network", "env", "labels"):
             assert f[k] == sb[k], k
-        assert f["image_digest"] == img.digest
+        # The fork is made of a snapshot of the original: a template of its own (no image
+        # reference; its digest is the snapshot's), listed like any other.
+        assert f["template"] != sb["template"] and f["image"] is None
+        t = api.get(tpl_path(f["template"])).json
+        assert t["state"] == "ready" and t["digest"] == f["image_digest"] != img.digest, t
+        assert t["layers"] == len(img.layers) + 1
         assert out(api, f["id"], CHECK) == CHECK_OUT
         assert out(api, f["id"], "echo $MINE $FOO") == "1 from-image\n"
         # Independent from here on.
@@ -139,6 +140,8 @@ def test_fork(api, registry, images, new_sandbox):
         assert out(api, f["id"], "cat /workspace/only-fork /workspace/snap-ws") == "fork\nin-ws\n"
     finally:
         api.remove(f["id"])
+    # LEAD: the fork's template outlives the fork (deletable once no sandbox uses it).
+    assert api.delete(tpl_path(f["template"])).status == 204
 
 
 def test_fork_errors(api, new_sandbox):
