@@ -38,6 +38,7 @@ import secrets
 import shutil
 import ssl
 import subprocess
+import sys
 import tarfile
 import tempfile
 import threading
@@ -1036,8 +1037,16 @@ class Proxy(_RequestLog):
 
             do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _handle
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.server.daemon_threads = True
+        class Server(http.server.ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request, client_address):
+                # A client that goes away mid-request (a daemon killed on purpose) is not an
+                # error of the fixture; anything else is shown.
+                if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+                    super().handle_error(request, client_address)
+
+        self.server = Server(("127.0.0.1", self.port), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
         return self
@@ -1187,8 +1196,10 @@ def sentinels():
 
 
 def tpl_path(name, *rest):
-    """/v1/templates/{name}[/rest...] with the name percent-encoded (refs hold / and :)."""
-    return "/".join(["/v1/templates", urllib.parse.quote(name, safe="")] + list(rest))
+    """/v1/templates/{name}[/rest...]. An implicit template's name is its image reference,
+    slashes and all, and goes in the path as it is (docs/API.md: GET
+    /v1/templates/127.0.0.1:5000/team/app:1)."""
+    return "/".join(["/v1/templates", urllib.parse.quote(name, safe="/:@")] + list(rest))
 
 
 def create_from(api, timeout=300, **spec):
@@ -1209,10 +1220,8 @@ def wait_template(api, name, states=("ready",), timeout=300):
 
 
 def env_dict(env):
-    """A template's config.env as a dict, whether the daemon gives a list of K=V or a dict."""
-    # LEAD: the spec says config {env, ...} without the shape; both are accepted here.
-    if isinstance(env, dict):
-        return env
+    """A template's config.env (a list of K=V, as in the image config) as a dict."""
+    assert isinstance(env, list), env
     return dict(e.split("=", 1) for e in env)
 
 

@@ -24,9 +24,10 @@ from test_bad_input import check_error
 
 
 @pytest.fixture(scope="module")
-def daemon(registry, tls_registry, auth_registry):
+def daemon(registry, tls_registry, auth_registry, slow_registry):
     """This module's daemon knows every registry of the session (overrides conftest's)."""
-    d = Daemon(extra_args=registry_args(registry, auth_registry, ca=tls_registry.ca_file,
+    d = Daemon(extra_args=registry_args(registry, auth_registry, slow_registry,
+                                        ca=tls_registry.ca_file,
                                         auth=auth_registry.auth_file, mirror=registry))
     d.start()
     yield d
@@ -58,26 +59,25 @@ def test_create_from_image(api, registry, images, new_sandbox):
     assert sb["state"] == "running"
     assert sb["image"] == ref                  # already canonical: host:port/repo:tag
     assert sb["image_digest"] == img.digest
-    assert isinstance(sb["template"], str) and sb["template"] and sb["template"] != "host"
+    # The implicit template is named by the canonical reference.
+    assert sb["template"] == ref
     # GET and the list show the same.
     got = api.get(f"/v1/sandboxes/{sb['id']}").json
     assert (got["image"], got["image_digest"], got["template"]) == \
         (ref, img.digest, sb["template"])
-    # The implicit template is named after the ref and describes the image.
+    # The implicit template describes the image.
     t = api.get(tpl_path(sb["template"]))
     assert t.status == 200, t
     t = t.json
-    assert t["name"] == sb["template"]
+    assert t["name"] == ref
     assert t["image"] == ref and t["digest"] == img.digest and t["state"] == "ready"
-    assert t["error"] is None
-    assert t["size_bytes"] > 0
-    # LEAD: `layers` is a count or a list of layer digests; both are checked against the image.
-    layers = t["layers"]
-    assert layers == len(img.layers) or layers == img.layer_digests or \
-        [l.get("digest") for l in layers if isinstance(l, dict)] == img.layer_digests, t
-    assert t["progress"]["bytes_done"] == t["progress"]["bytes_total"] > 0
+    assert t.get("error") is None
+    assert t["size_bytes"] == sum(l.size for l in img.layers)    # compressed layers
+    assert t["layers"] == len(img.layers)
+    # Not pulling: progress is the whole image, done.
+    assert t["progress"] == {"bytes_done": t["size_bytes"], "bytes_total": t["size_bytes"]}
     c = t["config"]
-    assert env_dict(c["env"]) == {"PATH": "/bin:/usr/bin", "FOO": "from-image"}
+    assert c["env"] == ["PATH=/bin:/usr/bin", "FOO=from-image"]
     assert c["workdir"] == "/srv"
     assert c["user"] in ("", None)
     assert c["entrypoint"] in ([], None)
@@ -86,7 +86,10 @@ def test_create_from_image(api, registry, images, new_sandbox):
     listed = api.get("/v1/templates")
     assert listed.status == 200
     names = [x["name"] for x in listed.json["templates"]]
-    assert "host" in names and sb["template"] in names
+    assert names[0] == "host" and ref in names
+    # POST /v1/templates without a name: the implicit template, 200 as it is ready already.
+    r = api.post("/v1/templates", {"image": ref})
+    assert r.status == 200 and r.json["name"] == ref and r.json["state"] == "ready", r
     # A second sandbox of the same ref reuses the template: no new manifest or blob GET of
     # the image's blobs.
     mark = registry.mark()
@@ -114,6 +117,9 @@ def test_inside_busybox(api, registry, images, new_sandbox):
     assert out(api, sid, "echo $FOO") == "from-image\n"
     assert exec_(api, sid, argv=["sh", "-c", "echo $FOO"], env={"FOO": "from-exec"})["stdout"] \
         == "from-exec\n"
+    # Without argv or shell, the image's own command (Entrypoint + Cmd) runs.
+    r = exec_(api, sid)
+    assert r["exit_code"] == 0 and r["stdout"] == "hello-from-cmd\n", r
     # cwd: the image's WorkingDir unless the exec says otherwise.
     assert exec_(api, sid, argv=["pwd"])["stdout"] == "/srv\n"
     assert exec_(api, sid, argv=["pwd"], cwd="/workspace")["stdout"] == "/workspace\n"
@@ -275,6 +281,11 @@ def test_pull_timeout(fresh_daemon, slow_registry, images):
     check_error(r, 504, "timeout", names=slow_registry.host)
     assert 2 <= took < 2 + WAIT_S, took
     assert api.get("/v1/sandboxes").json["sandboxes"] == []
+    # The pull goes on: the template gets ready, and the next create uses it.
+    wait_template(api, ref, timeout=120)
+    r = create_from(api, image=ref)
+    assert r.status == 201, r
+    api.remove(r.json["id"])
 
 
 def test_mirror_for_docker_io(api, registry, images, new_sandbox):
@@ -303,12 +314,12 @@ def test_template_lifecycle(api, registry, images, new_sandbox):
     r = api.post("/v1/templates", {"name": "ml", "image": ref})
     assert r.status == 202, r
     assert r.json["name"] == "ml" and r.json["image"] == ref
-    # LEAD: 202 answers `pulling`; a daemon that already holds every blob (the layers are
-    # shared with test/multilayer by digest) may be quicker than the answer: `ready` then.
-    assert r.json["state"] in ("pulling", "ready")
+    assert r.json["state"] == "pulling"
+    check_error(api.post("/v1/templates", {"name": "ml", "image": ref}), 409, "conflict")
     t = wait_template(api, "ml")
-    assert t["digest"] == img.digest and t["error"] is None
-    assert t["progress"]["bytes_done"] == t["progress"]["bytes_total"]
+    assert t["digest"] == img.digest and t.get("error") is None
+    assert t["layers"] == 4
+    assert t["progress"] == {"bytes_done": t["size_bytes"], "bytes_total": t["size_bytes"]}
     assert t["config"]["workdir"] == "/srv"
     sb = new_sandbox(template="ml")
     assert sb["template"] == "ml" and sb["image"] == ref and sb["image_digest"] == img.digest
@@ -322,6 +333,26 @@ def test_template_lifecycle(api, registry, images, new_sandbox):
     check_error(api.get(tpl_path("ml")), 404, "not_found")
     check_error(api.delete(tpl_path("ml")), 404, "not_found")
     assert "ml" not in [x["name"] for x in api.get("/v1/templates").json["templates"]]
+
+
+def test_template_delete_while_pulling(api, slow_registry, images):
+    """A template being pulled (50 MiB at 8 MiB/s) cannot be deleted until it is done."""
+    ref = images.ref(slow_registry, "big", repo="test/big-delete")
+    r = api.post("/v1/templates", {"name": "pulling-big", "image": ref})
+    assert r.status == 202 and r.json["state"] == "pulling", r
+    check_error(api.delete(tpl_path("pulling-big")), 409, "conflict")
+    # Progress: the total is known once the manifest is in, and what is done grows.
+    t = wait_for(lambda: (lambda t: t if (t["progress"] or {}).get("bytes_total", 0)
+                          >= 50 << 20 else None)(api.get(tpl_path("pulling-big")).json),
+                 what="the pull's bytes_total")
+    assert t["state"] == "pulling" and 0 <= t["progress"]["bytes_done"] < \
+        t["progress"]["bytes_total"], t
+    done0 = t["progress"]["bytes_done"]
+    wait_for(lambda: (api.get(tpl_path("pulling-big")).json.get("progress") or
+                      {"bytes_done": 1 << 62})["bytes_done"] > done0,
+             what="the pull's progress to grow")
+    wait_template(api, "pulling-big", timeout=120)
+    assert api.delete(tpl_path("pulling-big")).status == 204
 
 
 def test_template_errors(api, registry, images):
@@ -338,13 +369,13 @@ def test_template_errors(api, registry, images):
                 names="name")
     check_error(api.post("/v1/templates", {"name": "x", "image": ref, "bogus": 1}), 400,
                 "bad_request", names="bogus")
-    # LEAD: template names follow sandbox names ([A-Za-z0-9][A-Za-z0-9_.-]*, 1-63).
-    check_error(api.post("/v1/templates", {"name": "../x", "image": ref}), 400, "bad_request",
-                names="name")
-    # LEAD: `host` is built in and cannot be replaced or deleted.
-    assert api.post("/v1/templates", {"name": "host", "image": ref}).status == 409
-    assert api.delete(tpl_path("host")).status == 409
-    # LEAD: both `image` and `template` in one create is ambiguous -> 400.
+    # Names as for sandboxes ([A-Za-z0-9][A-Za-z0-9_.-]*, 1-63); `host` is reserved.
+    for bad in ("../x", "a/b", "", "-x", "x" * 64, "host"):
+        check_error(api.post("/v1/templates", {"name": bad, "image": ref}), 400, "bad_request",
+                    names="name")
+    check_error(api.delete(tpl_path("host")), 409, "conflict")
+    assert api.get(tpl_path("host")).json["name"] == "host"
+    # `image` and `template` together -> 400.
     check_error(api.post("/v1/sandboxes", {"image": ref, "template": "host"}), 400,
                 "bad_request")
     assert len(api.get("/v1/sandboxes").json["sandboxes"]) == n
@@ -376,8 +407,7 @@ def test_registry_down(api):
                                  "busybox::1", "a" * 300, "x//y:1"])
 def test_malformed_reference(api, ref):
     n = len(api.get("/v1/sandboxes").json["sandboxes"])
-    r = create_from(api, image=ref)
-    check_error(r, 400, "bad_request", names="image")
+    check_error(create_from(api, image=ref), 400, "bad_request", names="image")
     check_error(api.post("/v1/templates", {"name": "bad-ref", "image": ref}), 400,
                 "bad_request", names="image")
     assert len(api.get("/v1/sandboxes").json["sandboxes"]) == n
@@ -514,10 +544,12 @@ def test_pull_killed_then_redone_by_new_daemon(fresh_daemon, slow_registry, imag
     shutil.rmtree(d2.base_dir)
     d2.base_dir, d2.state_dir = d1.base_dir, d1.state_dir
     d2.log_path = d1.log_path + ".2"
+    # From here on every request is the new daemon's: it may take the pull up again as soon
+    # as it starts, before any create asks for it.
+    mark2 = slow_registry.mark()
     d2.start()
     try:
         api2 = Api(d2)
-        mark2 = slow_registry.mark()
         r = create_from(api2, image=ref, timeout=300)
         assert r.status == 201, f"{r!r}\nlog:\n{d2.log()}"
         assert r.json["image_digest"] == img.digest

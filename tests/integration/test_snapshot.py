@@ -50,7 +50,11 @@ def test_snapshot_of_image_sandbox(api, registry, images, new_sandbox):
     r = snapshot(api, sid, "snap1")
     assert r.status == 201, r
     t = r.json
-    assert t["name"] == "snap1" and t["state"] == "ready" and t["error"] is None, t
+    assert t["name"] == "snap1" and t["state"] == "ready" and t.get("error") is None, t
+    assert t["image"] is None, t                                  # null for a snapshot
+    assert t["progress"] == {"bytes_done": t["size_bytes"], "bytes_total": t["size_bytes"]}
+    # LEAD: a snapshot is the image with one more layer (what the sandbox wrote).
+    assert t["layers"] == len(img.layers) + 1
     assert t["size_bytes"] > 0 and t["digest"].startswith("sha256:")
     assert t["digest"] != img.digest
     # LEAD: a snapshot keeps the image's config (env, workdir, cmd).
@@ -78,13 +82,14 @@ def test_snapshot_of_image_sandbox(api, registry, images, new_sandbox):
 
 
 def test_snapshot_of_host_sandbox(api, new_sandbox):
-    # A sandbox of the host template has no image to build a template on: refused, naming why,
-    # and nothing is made.
+    """A sandbox of the host template has no image to build on: 409 naming why, no template
+    made, and the sandbox untouched."""
     sb = new_sandbox()
-    out(api, sb["id"], "echo ws > /workspace/h && echo r > /root/h")
+    out(api, sb["id"], "echo ws > /workspace/h")
     check_error(snapshot(api, sb["id"], "snap-host"), 409, "conflict", names="host template")
-    assert api.get(tpl_path("snap-host")).status == 404
-    assert out(api, sb["id"], "cat /workspace/h") == "ws\n"   # still running, untouched
+    check_error(api.get(tpl_path("snap-host")), 404, "not_found")
+    check_error(api.post(f"/v1/sandboxes/{sb['id']}/fork", {}), 409, "conflict")
+    assert out(api, sb["id"], "cat /workspace/h") == "ws\n"
 
 
 def test_snapshot_errors(api, registry, images, new_sandbox):
@@ -103,7 +108,7 @@ def test_snapshot_errors(api, registry, images, new_sandbox):
     assert snapshot(api, sid, "snap-dup").status == 201
     # LEAD: an existing template name -> 409 conflict (the template stays as it was).
     check_error(snapshot(api, sid, "snap-dup"), 409, "conflict")
-    check_error(snapshot(api, sid, "host"), 409, "conflict")
+    check_error(snapshot(api, sid, "host"), 400, "bad_request", names="name")
     assert api.delete(tpl_path("snap-dup")).status == 204
 
 
@@ -122,12 +127,12 @@ def test_fork(api, registry, images, new_sandbox):
         assert f["id"] != sid and f["name"] != sb["name"] and f["state"] == "running"
         for k in ("resources", "network", "env", "labels"):
             assert f[k] == sb[k], k
-        # It is made of a snapshot of the source: a template of its own, one layer over the
-        # source's image, which stays until it is deleted.
-        assert f["template"] != sb["template"] and f["image"] is None, f
+        # The fork is made of a snapshot of the original: a template of its own (no image
+        # reference; its digest is the snapshot's), listed like any other.
+        assert f["template"] != sb["template"] and f["image"] is None
         t = api.get(tpl_path(f["template"])).json
-        assert t["state"] == "ready" and t["layers"] == len(img.layers) + 1, t
-        assert f["image_digest"] == t["digest"] != img.digest
+        assert t["state"] == "ready" and t["digest"] == f["image_digest"] != img.digest, t
+        assert t["layers"] == len(img.layers) + 1
         assert out(api, f["id"], CHECK) == CHECK_OUT
         assert out(api, f["id"], "echo $MINE $FOO") == "1 from-image\n"
         # Independent from here on.
@@ -138,6 +143,8 @@ def test_fork(api, registry, images, new_sandbox):
         assert out(api, f["id"], "cat /workspace/only-fork /workspace/snap-ws") == "fork\nin-ws\n"
     finally:
         api.remove(f["id"])
+    # LEAD: the fork's template outlives the fork (deletable once no sandbox uses it).
+    assert api.delete(tpl_path(f["template"])).status == 204
 
 
 def test_fork_errors(api, new_sandbox):
