@@ -370,7 +370,9 @@ def test_template_errors(api, registry, images):
     check_error(api.post("/v1/templates", {"name": "x", "image": ref, "bogus": 1}), 400,
                 "bad_request", names="bogus")
     # Names as for sandboxes ([A-Za-z0-9][A-Za-z0-9_.-]*, 1-63); `host` is reserved.
-    for bad in ("../x", "a/b", "", "-x", "x" * 64, "host"):
+    # `host` is the built-in template: taken (409), like any existing name.
+    check_error(api.post("/v1/templates", {"name": "host", "image": ref}), 409, "conflict")
+    for bad in ("../x", "a/b", "", "-x", "x" * 64):
         check_error(api.post("/v1/templates", {"name": bad, "image": ref}), 400, "bad_request",
                     names="name")
     check_error(api.delete(tpl_path("host")), 409, "conflict")

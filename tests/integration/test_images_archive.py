@@ -198,4 +198,5 @@ def test_export_of_imported_rootfs(api, images, tmp_path):
 def test_export_errors(api):
     check_error(api.get(tpl_path("no-such-template", "export")), 404, "not_found")
     # `host` is the host's own file system, no image: nothing to export.
-    check_error(api.get(tpl_path("host", "export")), 404, "not_found")
+    # `host` is the host's own file system, not an image.
+    check_error(api.get(tpl_path("host", "export")), 409, "conflict", names="host")

@@ -108,7 +108,7 @@ def test_snapshot_errors(api, registry, images, new_sandbox):
     assert snapshot(api, sid, "snap-dup").status == 201
     # LEAD: an existing template name -> 409 conflict (the template stays as it was).
     check_error(snapshot(api, sid, "snap-dup"), 409, "conflict")
-    check_error(snapshot(api, sid, "host"), 400, "bad_request", names="name")
+    check_error(snapshot(api, sid, "host"), 409, "conflict", names="host")
     assert api.delete(tpl_path("snap-dup")).status == 204
 
 
