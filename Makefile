@@ -130,6 +130,8 @@ run: deps
 	@$(MAKE) --no-print-directory all
 	@echo "warren: serving on http://127.0.0.1:7070 (state in ./.warren). In another terminal try:"
 	@echo "    ./warren run -- uname -a"
+	@echo "Ctrl-C stops the daemon and leaves its sandboxes running: the next 'make run' takes them"
+	@echo "over (add --stop-sandboxes-on-exit to stop them instead)."
 	exec ./$(BUILD)/warren serve --listen 127.0.0.1:7070 --state-dir ./.warren
 
 test: deps
