@@ -495,6 +495,9 @@ int main(void)
     sigaddset(&mask, SIGPIPE);
     sigprocmask(SIG_BLOCK, &mask, NULL);
     prctl(PR_SET_DUMPABLE, 0);
+    /* Out of the daemon's session and process group, which we outlive (a terminal's Ctrl-C or
+     * hang-up for the daemon is none of ours). */
+    setsid();
 
     st.ctl = WPROTO_CTL_FD;
     sigdelset(&mask, SIGPIPE);

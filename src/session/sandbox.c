@@ -440,9 +440,10 @@ void registry_recover(struct registry *reg)
     struct dirent *de;
     while (d && (de = readdir(d))) {
         char id[SANDBOX_ID_MAX + 8];
-        if (de->d_name[0] == '.' || strlen(de->d_name) >= sizeof(id))
+        size_t len = strlen(de->d_name);
+        if (de->d_name[0] == '.' || len >= sizeof(id))
             continue;
-        snprintf(id, sizeof(id), "%s", de->d_name);
+        memcpy(id, de->d_name, len + 1);
         char *dot = strstr(id, ".img");
         if (dot)
             *dot = '\0';
