@@ -93,6 +93,9 @@ $(BUILD)/warren-init: src/sandbox/init.c src/sandbox/proto.h
 	@mkdir -p $(dir $@)
 	$(CC) -std=gnu11 -O2 -g $(WARN) -D_GNU_SOURCE -Isrc -static -o $@ src/sandbox/init.c
 
+# test_initctl runs the real init binary.
+$(BUILD)/tests/test_initctl: $(BUILD)/warren-init
+
 $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libwarren.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) $(LDFLAGS_ALL) -o $@ $< $(BUILD)/libwarren.a $(LDLIBS_ALL) -lcmocka

@@ -421,8 +421,10 @@ static void handle_kill(const struct wproto_kill *k, size_t len)
         kill(k->pid, k->sig);
 }
 
-/* Reads and handles one message from the daemon. */
-static void handle_ctl(void)
+/* Reads and handles one message from the daemon. Returns 0 at EOF: the daemon's end is closed
+ * everywhere, our own copy included (it cannot happen unless something closed that), so no
+ * daemon can ever reach us again and the sandbox ends with us. */
+static int handle_ctl(void)
 {
     struct iovec iov = {.iov_base = st.msg, .iov_len = sizeof(st.msg)};
     union {
@@ -432,8 +434,8 @@ static void handle_ctl(void)
     struct msghdr mh = {
         .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof(u.buf)};
     ssize_t n = recvmsg(st.ctl, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-    if (n < 0)
-        return;
+    if (n <= 0)
+        return n < 0;
     st.nrfds = 0;
     for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
         if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
@@ -462,6 +464,7 @@ static void handle_ctl(void)
     for (int i = 0; i < st.nrfds; i++)
         close_fd(&st.rfds[i]);
     st.nrfds = 0;
+    return 1;
 }
 
 static void reap_children(void)
@@ -517,8 +520,8 @@ int main(void)
         }
         if (pfd[1].revents)
             reap_children();
-        if (pfd[0].revents & POLLIN)
-            handle_ctl();
+        if ((pfd[0].revents & (POLLIN | POLLHUP)) && !handle_ctl())
+            return 0;
         if (st.npending)
             flush_pending();
     }
