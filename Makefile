@@ -94,6 +94,9 @@ $(BUILD)/warren-init: src/sandbox/init.c src/sandbox/proto.h
 	@mkdir -p $(dir $@)
 	$(CC) -std=gnu11 -O2 -g $(WARN) -D_GNU_SOURCE -Isrc -static -o $@ src/sandbox/init.c
 
+# test_initctl runs the real init binary.
+$(BUILD)/tests/test_initctl: $(BUILD)/warren-init
+
 $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libwarren.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) $(LDFLAGS_ALL) -o $@ $< $(BUILD)/libwarren.a $(LDLIBS_ALL) -lcmocka
@@ -131,6 +134,8 @@ run: deps
 	@$(MAKE) --no-print-directory all
 	@echo "warren: serving on http://127.0.0.1:7070 (state in ./.warren). In another terminal try:"
 	@echo "    ./warren run -- uname -a"
+	@echo "Ctrl-C stops the daemon and leaves its sandboxes running: the next 'make run' takes them"
+	@echo "over (add --stop-sandboxes-on-exit to stop them instead)."
 	exec ./$(BUILD)/warren serve --listen 127.0.0.1:7070 --state-dir ./.warren
 
 test: deps

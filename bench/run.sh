@@ -45,7 +45,9 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-"./$BUILD/warren" serve --listen "127.0.0.1:$PORT" --state-dir "$STATE" >"$LOG" 2>&1 &
+# Throw-away state: its sandboxes are stopped with the daemon (they would outlive it otherwise).
+"./$BUILD/warren" serve --listen "127.0.0.1:$PORT" --state-dir "$STATE" --stop-sandboxes-on-exit \
+    >"$LOG" 2>&1 &
 DPID=$!
 
 for _ in $(seq 100); do

@@ -1,5 +1,6 @@
 """A throw-away warren daemon for the Python benchmarks: a free port on 127.0.0.1, a temporary
-state dir, its log next to it (kept with KEEP_LOG=1), SIGTERM on stop."""
+state dir, its log next to it (kept with KEEP_LOG=1), SIGTERM on stop. Its sandboxes are stopped
+with it (--stop-sandboxes-on-exit): they would outlive it otherwise, and the state dir goes."""
 import http.client
 import os
 import shutil
@@ -29,7 +30,7 @@ class Daemon:
         self.proc = None
         self.ready_path, self.ready, self.timeout = ready_path, ready, timeout
         self.argv = [self.bin, "serve", "--listen", f"127.0.0.1:{self.port}", "--state-dir",
-                     self.state, *extra_args]
+                     self.state, "--stop-sandboxes-on-exit", *extra_args]
 
     def start(self):
         self.logf = open(self.log_path, "wb")

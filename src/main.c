@@ -25,7 +25,8 @@ static void serve_usage(FILE *f)
                "                    [--insecure-registry HOST:PORT]... [--registry-ca FILE]\n"
                "                    [--registry-auth FILE] [--registry-mirror REG=URL]...\n"
                "                    [--pull-timeout S]\n"
-               "                    [--log debug|info|warn|error]\n"
+                              "                    [--stop-sandboxes-on-exit]\n"
+               "                    [--log-level debug|info|warn|error]\n"
                "defaults: --listen 127.0.0.1:7070 --state-dir ./.warren --slots 0\n"
                "          --audit-max-bytes 67108864 --audit-keep 4\n"
                "--slots N also serves the atropos slot protocol (slot_0..slot_N-1, N <= 256)\n"
@@ -41,6 +42,9 @@ static void serve_usage(FILE *f)
                "  sizes may add up to RATIO x (host disk free + what sandboxes use of it)\n"
                "--disk-reserve MIB (default 5%% of the disk, 256..2048): below this much free\n"
                "  host disk, creations get 503 and writes inside sandboxes ENOSPC\n"
+               "sandboxes outlive the daemon: on SIGTERM/SIGINT (or a crash) they keep running\n"
+               "  and the next `warren serve` on the same state dir takes them over;\n"
+               "  --stop-sandboxes-on-exit stops them instead (they come back stopped)\n"
                "--idle-timeout S: a sandbox idle for S seconds is stopped, unless it asks for its\n"
                "  own idle_timeout_s (default 0: never)\n"
                "--max-ttl S: the longest ttl_s a sandbox may ask for, and the ttl_s of one that\n"
@@ -128,6 +132,7 @@ static int cmd_serve(int argc, char **argv)
         {"registry-mirror", required_argument, NULL, 'M'},
         {"pull-timeout", required_argument, NULL, 'P'},
         {"log-level", required_argument, NULL, 'L'},
+        {"stop-sandboxes-on-exit", no_argument, NULL, 'Z'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -251,6 +256,9 @@ static int cmd_serve(int argc, char **argv)
             cfg.disk_reserve_mib = v;
             break;
         }
+        case 'Z':
+            cfg.stop_sandboxes_on_exit = 1;
+            break;
         case 'L':
             if (log_parse_level(optarg, &level) < 0) {
                 fprintf(stderr, "warren serve: unknown log level '%s'\n", optarg);

@@ -18,6 +18,8 @@
 #include <sys/mount.h>
 #include <sys/sendfile.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "api/api.h"
@@ -122,6 +124,146 @@ out:
     return r;
 }
 
+#ifndef NSFS_MAGIC
+#define NSFS_MAGIC 0x6e736673
+#endif
+
+/* Makes a mount namespace pinned on `pin` (an existing file) and enters it. The pin must be
+ * made from an older namespace than the one it names, so the namespace is made by a short-lived
+ * child and bound here, in the host's. */
+static int pin_new_mount_ns(const char *pin)
+{
+    int c2p[2], p2c[2], r = 0, err = 0;
+    char src[64];
+    if (pipe2(c2p, O_CLOEXEC) < 0)
+        return -errno;
+    if (pipe2(p2c, O_CLOEXEC) < 0) {
+        r = -errno;
+        close(c2p[0]);
+        close(c2p[1]);
+        return r;
+    }
+    pid_t child = fork();
+    if (child == 0) {
+        /* A slave of the host's: host mounts still propagate to us, ours never to the host. */
+        int e = unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0
+                    ? errno
+                    : 0;
+        char b;
+        (void)!write(c2p[1], &e, sizeof(e));
+        (void)!read(p2c[0], &b, 1); /* stay until the parent has bound our namespace */
+        _exit(0);
+    }
+    close(c2p[1]);
+    close(p2c[0]);
+    if (child < 0) {
+        r = -errno;
+        goto out;
+    }
+    if (read(c2p[0], &err, sizeof(err)) != (ssize_t)sizeof(err))
+        err = EIO;
+    if (err) {
+        /* EINVAL: "/" is not a mount point (a chroot). Not coped with by binding "/" onto itself:
+         * that bind would land on the enclosing mount, which a chroot can neither see nor make a
+         * slave, and if it is shared the bind (with every mount below "/") would propagate to the
+         * host and outlive us. */
+        if (err == EINVAL)
+            log_error("cannot make the daemon's mount namespace: / is not a mount point (in a "
+                      "chroot?); enter the root with pivot_root instead, or make it a mount point "
+                      "before chroot (mount --bind DIR DIR)");
+        else
+            log_error("cannot make the daemon's mount namespace: %s", strerror(err));
+        r = -err;
+        goto out;
+    }
+    snprintf(src, sizeof(src), "/proc/%d/ns/mnt", (int)child);
+    if (mount(src, pin, NULL, MS_BIND, NULL) < 0) {
+        /* On a shared mount the bind would propagate (into our own namespace too, a loop the
+         * kernel refuses): pin on a private bind of the file itself instead. */
+        if (errno != EINVAL || mount(pin, pin, NULL, MS_BIND, NULL) < 0 ||
+            mount(NULL, pin, NULL, MS_PRIVATE, NULL) < 0 ||
+            mount(src, pin, NULL, MS_BIND, NULL) < 0) {
+            r = -errno;
+            log_error("cannot pin the daemon's mount namespace on %s: %s", pin, strerror(errno));
+            umount2(pin, MNT_DETACH);
+            goto out;
+        }
+    }
+out:
+    if (child > 0) {
+        (void)!write(p2c[1], "x", 1);
+        while (waitpid(child, NULL, 0) < 0 && errno == EINTR)
+            ;
+    }
+    close(c2p[0]);
+    close(p2c[1]);
+    return r;
+}
+
+/* Enters the daemon's mount namespace, where sandbox disks are mounted: the one a previous daemon
+ * pinned on <state_dir>/mnt.ns if it is still there (its disks with it), else a new one pinned
+ * there. Must run before any thread exists (setns of a mount namespace needs an unshared file
+ * system context). */
+static int enter_mount_ns(struct server *srv)
+{
+    char pin[1200];
+    struct statfs sf;
+    int r, fd;
+    snprintf(pin, sizeof(pin), "%s/mnt.ns", srv->state_dir);
+    if ((srv->host_mntns = open("/proc/self/ns/mnt", O_RDONLY | O_CLOEXEC)) < 0)
+        return -errno;
+    int found = statfs(pin, &sf) == 0 && sf.f_type == NSFS_MAGIC;
+    if (!found) {
+        /* A pin that no longer holds a namespace (a reboot), or none yet. */
+        while (umount2(pin, MNT_DETACH) == 0)
+            ;
+        if ((fd = open(pin, O_CREAT | O_RDONLY | O_CLOEXEC, 0600)) < 0) {
+            log_error("%s: %s", pin, strerror(errno));
+            return -errno;
+        }
+        close(fd);
+        if ((r = pin_new_mount_ns(pin)) < 0)
+            return r;
+    }
+    if ((fd = open(pin, O_RDONLY | O_CLOEXEC)) < 0 || setns(fd, CLONE_NEWNS) < 0) {
+        r = -errno;
+        log_error("cannot enter the daemon's mount namespace pinned on %s: %s", pin,
+                  strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return r;
+    }
+    close(fd);
+    if (found)
+        log_info("entered the mount namespace a previous daemon left on %s", pin);
+    return 0;
+}
+
+/* No sandbox is left running: the pinned namespace (and with it the disks mounted there) goes
+ * when we exit. The pin lives in the host's namespace; we are multi-threaded now, which setns()
+ * of a mount namespace refuses, so a child does it. */
+static void release_mount_ns(struct server *srv)
+{
+    char pin[1200];
+    if (srv->host_mntns < 0)
+        return;
+    snprintf(pin, sizeof(pin), "%s/mnt.ns", srv->state_dir);
+    pid_t child = fork();
+    if (child == 0) {
+        if (setns(srv->host_mntns, CLONE_NEWNS) < 0)
+            _exit(1);
+        while (umount2(pin, MNT_DETACH) == 0) /* the pin, and its private bind if there is one */
+            ;
+        unlink(pin);
+        _exit(0);
+    }
+    int status = 1;
+    while (child > 0 && waitpid(child, &status, 0) < 0 && errno == EINTR)
+        ;
+    if (child < 0 || status != 0)
+        log_warn("cannot remove the mount namespace pin %s", pin);
+}
+
 static int preflight(void)
 {
     if (geteuid() != 0) {
@@ -180,7 +322,8 @@ static void on_signal(uv_signal_t *h, int signum)
     srv->api.stopping = 1;
     if (srv->atropos)
         atropos_shutdown(srv->atropos);
-    log_info("received %s: stopping (deleting %u sandboxes)", strsignal(signum), srv->reg.count);
+    log_info("received %s: stopping (%s %u sandboxes)", strsignal(signum),
+             srv->cfg.stop_sandboxes_on_exit ? "stopping" : "leaving running", srv->reg.count);
     uv_signal_stop(&srv->sigterm);
     uv_signal_stop(&srv->sigint);
     uv_timer_stop(&srv->disk_check);
@@ -233,24 +376,19 @@ static int server_start(struct server *srv)
         log_error("setgroups: %s", strerror(errno));
         return -errno;
     }
-    /* Sandbox disks are mounted in a mount namespace of our own: their mounts never propagate to
-     * the host (where another namespace could pin them and their loop devices), and they all go
-     * when the daemon dies. Host mounts still propagate to us. This must run before any thread
-     * exists: unshare(CLONE_NEWNS) needs a file system context nobody else shares. */
-    if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0) {
-        /* EINVAL: "/" is not a mount point (a chroot). Not coped with by binding "/" onto itself:
-         * that bind would land on the enclosing mount, which a chroot can neither see nor make a
-         * slave, and if it is shared the bind (with every mount below "/") would propagate to the
-         * host and outlive us. */
-        int err = errno;
-        if (err == EINVAL)
-            log_error("cannot make the daemon's mount namespace: / is not a mount point (in a "
-                      "chroot?); enter the root with pivot_root instead, or make it a mount point "
-                      "before chroot (mount --bind DIR DIR)");
-        else
-            log_error("cannot make the daemon's mount namespace: %s", strerror(err));
-        return -err;
-    }
+    /* The store first: a state dir this daemon must not run on is refused before anything in it
+     * is touched. */
+    if ((r = store_open(&srv->store, srv->state_dir)) < 0)
+        return r;
+    if ((r = enter_mount_ns(srv)) < 0)
+        return r;
+    /* Pool disks (and retired ones) of a previous daemon in this namespace: rebuilt, not kept. */
+    snprintf(abs, sizeof(abs), "%s/disks", srv->state_dir);
+    if ((r = disk_unmount_under(abs)) > 0)
+        log_info("unmounted %d disks of the pool a previous daemon left", r);
+    /* And its host template (remade by template_host_prepare()). */
+    snprintf(abs, sizeof(abs), "%s/templates", srv->state_dir);
+    disk_unmount_under(abs);
     if ((r = load_init_binary(&srv->init_fd)) < 0)
         return r;
     if ((r = seccomp_filter_build(&srv->seccomp)) < 0) {
@@ -265,8 +403,6 @@ static int server_start(struct server *srv)
     }
     log_info("cgroup %s: sandboxes under %s", cgroup_mode_name(srv->cgroups.mode),
              srv->cgroups.base[0][0] ? srv->cgroups.base[0] : srv->cgroups.base[1]);
-    if ((r = store_open(&srv->store, srv->state_dir)) < 0)
-        return r;
     /* Refuse to run unaudited: a daemon that cannot open its audit log does not start. */
     snprintf(abs, sizeof(abs), "%s/audit", srv->state_dir);
     if ((r = audit_open(abs, srv->cfg.audit_max_bytes, srv->cfg.audit_keep, &srv->audit)) < 0) {
@@ -283,6 +419,7 @@ static int server_start(struct server *srv)
     reg->store = srv->store;
     reg->audit = srv->audit;
     reg->max_sandboxes = srv->cfg.limits.max_sandboxes;
+    reg->stop_on_exit = srv->cfg.stop_sandboxes_on_exit;
     reg->defaults = srv->cfg.limits.defaults;
     if (gethostname(reg->node, sizeof(reg->node) - 1) < 0)
         snprintf(reg->node, sizeof(reg->node), "localhost");
@@ -392,6 +529,7 @@ int server_run(const struct server_config *cfg)
         return 1;
     srv->cfg = *cfg;
     srv->init_fd = -1;
+    srv->host_mntns = -1;
     srv->reg.host_netns = -1;
     signal(SIGPIPE, SIG_IGN);
     /* Streaming moves many short-lived buffers of a few hundred KiB; from the heap they are
@@ -416,6 +554,11 @@ int server_run(const struct server_config *cfg)
     uv_loop_close(&srv->loop);
 
     atropos_free(srv->atropos);
+    /* Sandboxes left running keep their disks in our mount namespace for the next daemon. */
+    if (r == 0 ? srv->reg.left_running == 0 : srv->reg.count == 0)
+        release_mount_ns(srv);
+    if (srv->host_mntns >= 0)
+        close(srv->host_mntns);
     registry_free(&srv->reg);
     templates_close(&srv->templates);
     registry_client_free(srv->registry_client);

@@ -3,8 +3,13 @@
  *
  * Wiring: net/http (connections) → api/ (routes, validation, JSON) → session/ (sandboxes,
  * commands) → sandbox/ (the isolation engine); store/ persists the registry.
- * server_run() blocks until SIGTERM/SIGINT, then stops accepting, destroys every sandbox, closes
- * everything and returns the exit status.
+ * server_run() blocks until SIGTERM/SIGINT, then stops accepting, leaves every sandbox running for
+ * the next daemon (or stops them with stop_sandboxes_on_exit), closes everything and returns the
+ * exit status.
+ *
+ * The daemon's mount namespace (where sandbox disks are mounted) outlives it too: it is pinned by
+ * a bind mount of its nsfs file on <state_dir>/mnt.ns, made in the host's namespace, and the next
+ * daemon on that state dir enters it. The pin goes when a daemon exits leaving no sandbox running.
  */
 #ifndef WARREN_SERVER_H
 #define WARREN_SERVER_H
@@ -45,6 +50,7 @@ struct server_config {
         const char *auth_file; /* --registry-auth */
     } registries;
     double pull_timeout_s; /* how long a create waits for its image */
+    int stop_sandboxes_on_exit; /* stop them on SIGTERM/SIGINT instead of leaving them running */
 };
 
 struct atropos;
@@ -66,6 +72,7 @@ struct server {
     struct registry_client *registry_client; /* image/registry.h */
     struct template_set templates;           /* session/templates.h */
     int init_fd;
+    int host_mntns;          /* the host's mount namespace, to remove the pin from (-1: none) */
     struct atropos *atropos; /* the slot protocol (atropos/atropos.h), NULL without slots */
     struct audit *audit;     /* the audit log (session/audit.h) */
     struct api_ctx api;      /* what the native API's handlers see; api.stopping once stopping */

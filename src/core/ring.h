@@ -9,6 +9,11 @@
  *
  * The struct is public so it can be embedded; treat the fields as read-only. The ring does no
  * locking: callers serialize access.
+ *
+ * A shared ring (ring_init_shared) lives in a memfd: a header page holding its size and the
+ * write total, then the data. The total is published after the bytes it covers are written, so a
+ * process that maps the same memfd later (ring_attach), e.g. after the writer crashed, finds every
+ * byte written before the last completed ring_write at its offset.
  */
 #ifndef WARREN_CORE_RING_H
 #define WARREN_CORE_RING_H
@@ -16,16 +21,25 @@
 #include <stddef.h>
 #include <stdint.h>
 
+struct ring_shared;
+
 struct ring {
     char *data; /* cap bytes; offset o lives at data[o % cap] */
     size_t cap;
-    uint64_t start; /* oldest available offset */
-    uint64_t end;   /* one past the newest byte = total bytes ever written */
+    uint64_t start;             /* oldest available offset */
+    uint64_t end;               /* one past the newest byte = total bytes ever written */
+    struct ring_shared *shared; /* the memfd's header (shared rings), or NULL */
 };
 
 /* Allocates `cap` bytes (cap > 0) for an empty stream at offset 0. Returns 0, -EINVAL for cap 0
  * or -ENOMEM (the ring is then zeroed, and ring_free on it is harmless). */
 int ring_init(struct ring *r, size_t cap);
+/* A ring in a new memfd (close-on-exec), returned in *fd (the caller's to close; the mapping
+ * stays valid without it). Returns 0, -EINVAL for cap 0, or -errno. */
+int ring_init_shared(struct ring *r, size_t cap, int *fd);
+/* Maps the shared ring of memfd `fd` (not taken over), continuing at its published total.
+ * Returns 0, -EINVAL when `fd` holds no ring, or -errno. */
+int ring_attach(struct ring *r, int fd);
 /* Releases the storage and zeroes the ring. Safe on a zeroed ring and when called twice. */
 void ring_free(struct ring *r);
 /* Appends `len` bytes, overwriting the oldest ones when the ring is full (a write of cap bytes or

@@ -287,6 +287,9 @@ done:
     return lfd >= 0 ? lfd : (r < 0 ? r : -EBUSY);
 }
 
+#define DISK_MOUNT_FLAGS (MS_NOSUID | MS_NODEV | MS_NOATIME)
+#define DISK_MOUNT_OPTS "noinit_itable,discard,errors=remount-ro"
+
 int disk_create(struct disk_manager *dm, const char *image, const char *mountpoint,
                 unsigned long long mib, const char *const *subdirs, uid_t owner, const char **what)
 {
@@ -302,8 +305,7 @@ int disk_create(struct disk_manager *dm, const char *image, const char *mountpoi
     /* noinit_itable: the kernel would otherwise zero every inode table in the background, making
      * each sparse image occupy its inode tables on the host. discard: space a sandbox frees is
      * punched out of the image, so it returns to the host. */
-    if (mount(dev, mountpoint, "ext4", MS_NOSUID | MS_NODEV | MS_NOATIME,
-              "noinit_itable,discard,errors=remount-ro") < 0) {
+    if (mount(dev, mountpoint, "ext4", DISK_MOUNT_FLAGS, DISK_MOUNT_OPTS) < 0) {
         r = -errno;
         goto error;
     }
@@ -330,6 +332,52 @@ error:
         umount2(mountpoint, MNT_DETACH);
     unlink(image);
     return r;
+}
+
+int disk_mount(const char *image, const char *mountpoint)
+{
+    char dev[64];
+    int lfd = loop_attach(image, dev, sizeof(dev)), r = 0;
+    if (lfd < 0)
+        return lfd;
+    if (mount(dev, mountpoint, "ext4", DISK_MOUNT_FLAGS, DISK_MOUNT_OPTS) < 0)
+        r = -errno;
+    close(lfd); /* auto-clearing: the device goes with the mount, or now if it failed */
+    return r;
+}
+
+int disk_unmount_under(const char *dir)
+{
+    FILE *f = fopen("/proc/self/mountinfo", "re");
+    char line[4096], prefix[1100], (*found)[1100] = NULL;
+    size_t n = 0, cap = 0;
+    int r = 0;
+    if (!f)
+        return -errno;
+    snprintf(prefix, sizeof(prefix), "%s/", dir);
+    while (fgets(line, sizeof(line), f)) {
+        char mnt[1100];
+        /* id parent major:minor root mountpoint ... (paths with spaces are escaped: \040) */
+        if (sscanf(line, "%*s %*s %*s %*s %1099s", mnt) != 1 ||
+            strncmp(mnt, prefix, strlen(prefix)) != 0)
+            continue;
+        if (n == cap) {
+            void *p = realloc(found, (cap = cap ? cap * 2 : 16) * sizeof(*found));
+            if (!p) {
+                r = -ENOMEM;
+                break;
+            }
+            found = p;
+        }
+        snprintf(found[n++], sizeof(found[0]), "%s", mnt);
+    }
+    fclose(f);
+    /* Deepest (last mounted) first. */
+    for (size_t i = n; i-- > 0 && r == 0;)
+        if (umount2(found[i], MNT_DETACH) < 0 && errno != EINVAL && errno != ENOENT)
+            r = -errno;
+    free(found);
+    return r < 0 ? r : (int)n;
 }
 
 int disk_destroy(const char *image, const char *mountpoint)

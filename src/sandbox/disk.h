@@ -15,9 +15,10 @@
  * Images are sparse, so the host only pays for what sandboxes write; see "Thin provisioning"
  * below for how the host disk is kept from filling anyway.
  *
- * Mounts are made in the daemon's own mount namespace (server start-up unshares one), so they
- * never propagate to the host and die with the daemon; the loop devices are auto-clearing, so they
- * are released when the last mount of the image goes.
+ * Mounts are made in the daemon's own mount namespace (server start-up makes one, pinned on a file
+ * of the state dir so that it outlives the daemon for the next one), so they never propagate to
+ * the host; the loop devices are auto-clearing, so they are released when the last mount of the
+ * image goes.
  *
  * Thread-safety: every function may run on any thread, several at once; the manager's state (base
  * images, the pool) is under a mutex.
@@ -43,6 +44,13 @@ void disk_manager_free(struct disk_manager *dm);
  * and *what names the step that failed. Returns 0 or -errno. */
 int disk_create(struct disk_manager *dm, const char *image, const char *mountpoint,
                 unsigned long long mib, const char *const *subdirs, uid_t owner, const char **what);
+
+/* Mounts the existing image `image` on `mountpoint` as disk_create() does (after a host reboot,
+ * or once the mount namespace that held it is gone). Returns 0 or -errno. */
+int disk_mount(const char *image, const char *mountpoint);
+/* Detaches every mount below `dir` (not `dir` itself) in the caller's mount namespace: what a
+ * previous daemon left there. Returns how many, or -errno. */
+int disk_unmount_under(const char *dir);
 
 /* Unmounts `mountpoint` (lazily if something still holds it) and unlinks `image`. Missing pieces
  * are not errors. Returns 0 or the first -errno. */

@@ -8,6 +8,10 @@
  * Ownership: the struct initctl owns `fd` (initctl_close() closes it) and the queue. fds passed
  * in an event belong to the caller once initctl_read() returns them. Errors: 0 or -errno.
  * Single-threaded.
+ *
+ * Taking over a running sandbox (a previous daemon's): its fd comes from
+ * initctl_take_fd(), and initctl_hello() learns, before anything else is sent, what the init
+ * still holds.
  */
 #ifndef WARREN_SANDBOX_INITCTL_H
 #define WARREN_SANDBOX_INITCTL_H
@@ -32,6 +36,22 @@ struct initctl_spawn {
     int user; /* run as uid:gid (ids inside the sandbox) instead of root */
     uid_t uid;
     gid_t gid;
+    const int *fds; /* up to 2 fds the init keeps for a later daemon (output rings), borrowed */
+    int nfds;
+    const void *note; /* up to WPROTO_NOTE_MAX bytes given back by initctl_hello() */
+    size_t note_len;
+};
+
+/* A command the init holds, as initctl_hello() reports it. The fds are the callee's. */
+struct initctl_state {
+    uint32_t tag;
+    pid_t pid;
+    int exited, status; /* status as waitpid(2), once exited */
+    int pty;
+    int pipe_fds[2]; /* stdout, stderr read ends (the terminal master alone), or -1 */
+    int ring_fds[2]; /* as given in the spawn, or -1 */
+    const void *note;
+    size_t note_len;
 };
 
 enum initctl_event_type { INITCTL_SPAWNED, INITCTL_EXITED };
@@ -55,6 +75,21 @@ int initctl_spawn(struct initctl *c, uint32_t tag, const struct initctl_spawn *r
 int initctl_kill(struct initctl *c, pid_t pid, int sig, int group);
 /* Asks the init to send `sig` to every other process of the sandbox. Errors as above. */
 int initctl_kill_all(struct initctl *c, int sig);
+/* Tells the init the daemon no longer needs its copy of the process's pipes (`all` 0), or
+ * anything of it (`all` 1). Errors as above. */
+int initctl_release(struct initctl *c, uint32_t tag, int all);
+
+/* The control fd of a running init started by another daemon: pidfd_getfd() of the init's
+ * WPROTO_KEEP_FD. Returns the fd (close-on-exec) or -errno (-EBADF: not a warren init of this
+ * protocol, or one that does not keep it). */
+int initctl_take_fd(int pidfd);
+/* The handshake with an init taken over: HELLO, then `fn` for each command it reports, until it
+ * says it has said all; blocks up to timeout_ms. Messages that were waiting for the previous
+ * daemon are dropped (their fds closed): STATE says it all again. *version is the init's.
+ * Returns 0, -ETIMEDOUT, -EPIPE (the init is gone), -EPROTONOSUPPORT (a protocol version this
+ * daemon does not speak: *version says which), -ENOMEM. Call it before anything else is sent. */
+int initctl_hello(struct initctl *c, int timeout_ms, uint32_t *version,
+                  void (*fn)(const struct initctl_state *st, void *arg), void *arg);
 /* Sends what is queued, as far as the socket takes it: 0 or -EPIPE. */
 int initctl_flush(struct initctl *c);
 /* True while messages wait to be sent (poll for writable). */

@@ -279,6 +279,7 @@ struct child_ctx {
     int sync_fd;
     int status_fd;
     int ctl_fd;
+    int keep_fd; /* the daemon's end, held by the init for the next daemon (proto.h) */
     int early_fd[SPAWN_MAX_MOUNTS];     /* for open_early ops, else -1 */
     char early_src[SPAWN_PATH_MAX / 8]; /* "/proc/self/fd/N" of the op being mounted */
 };
@@ -448,13 +449,14 @@ static int child_setup_fds(struct child_ctx *c)
     int ctl = fcntl(c->ctl_fd, F_DUPFD_CLOEXEC, 10);
     int ini = fcntl(c->cfg->init_fd, F_DUPFD_CLOEXEC, 10);
     int st = fcntl(c->status_fd, F_DUPFD_CLOEXEC, 10);
-    if (ctl < 0 || ini < 0 || st < 0)
+    int keep = fcntl(c->keep_fd, F_DUPFD_CLOEXEC, 10);
+    if (ctl < 0 || ini < 0 || st < 0 || keep < 0)
         return -1;
     if (child_place_fd(ctl, WPROTO_CTL_FD, 0) < 0 || child_place_fd(ini, 4, 1) < 0 ||
-        child_place_fd(st, 5, 1) < 0)
+        child_place_fd(st, 5, 1) < 0 || child_place_fd(keep, WPROTO_KEEP_FD, 0) < 0)
         return -1;
     c->status_fd = 5;
-    if (syscall(SYS_close_range, 6, ~0U, 0) < 0)
+    if (syscall(SYS_close_range, WPROTO_KEEP_FD + 1, ~0U, 0) < 0)
         return -1;
     /* The daemon's stdio must not reach the sandbox. */
     int null = open("/dev/null", O_RDWR | O_CLOEXEC);
@@ -519,10 +521,7 @@ static __attribute__((noreturn)) void child_main(struct child_ctx *c)
     if (syscall(SYS_setresgid, 0, 0, 0) < 0 || syscall(SYS_setresuid, 0, 0, 0) < 0)
         child_fail(c, SPAWN_STEP_SETUID, NULL);
     umask(0); /* modes in the plan are exact */
-    /* Set after setresuid, which clears it. Bound to the daemon thread that cloned us: if the
-     * daemon dies, the init dies and the kernel kills the whole pid namespace. */
-    if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
-        child_fail(c, SPAWN_STEP_SETUID, "pdeathsig");
+    /* No PR_SET_PDEATHSIG: the sandbox outlives the daemon (sandbox/proto.h). */
 
     for (size_t i = 0; i < cfg->n_mounts; i++)
         if (child_mount_op(c, i) < 0)
@@ -700,9 +699,9 @@ int spawn_start(const struct spawn_config *cfg, struct spawn_pending *out, struc
         c.sync_fd = syncp[0];
         c.status_fd = statusp[1];
         c.ctl_fd = sv[1];
+        c.keep_fd = sv[0];
         close(syncp[1]);
         close(statusp[0]);
-        close(sv[0]);
         child_main(&c);
     }
     out->pid = pid;

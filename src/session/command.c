@@ -8,8 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include "core/ring.h"
+#include "sandbox/proto.h"
 #include "core/util.h"
 #include "session/sblog.h"
 
@@ -33,6 +35,7 @@ struct command {
     int refs;
     char id[COMMAND_ID_MAX];
     struct proc *proc;
+    uint32_t tag; /* its record in the init, forgotten when the command is freed */
     pid_t pid;
     enum command_state state;
     int exit_code, signal, timed_out;
@@ -90,6 +93,8 @@ size_t command_read(const struct command *c, enum proc_stream s, uint64_t offset
 static void command_free(struct command *c)
 {
     struct sandbox *sb = c->sb;
+    if (c->tag)
+        proc_forget(sb, c->tag);
     ring_free(&c->rings[PROC_STDOUT]);
     ring_free(&c->rings[PROC_STDERR]);
     json_decref(c->describe);
@@ -209,9 +214,9 @@ static void on_reap(uv_timer_t *t)
     list_remove(t->data);
 }
 
-static void on_exit_status(struct proc *p, int status, void *arg)
+/* Records the end of the command (a wait status, or -errno when it never ran or was lost). */
+static void set_result(struct command *c, int status)
 {
-    struct command *c = arg;
     c->ended_at = util_now();
     if (status < 0) {
         c->state = CMD_FAILED;
@@ -229,6 +234,12 @@ static void on_exit_status(struct proc *p, int status, void *arg)
         }
     }
     c->sb->last_active_at = c->ended_at;
+}
+
+static void on_exit_status(struct proc *p, int status, void *arg)
+{
+    struct command *c = arg;
+    set_result(c, status);
     sblog_flush(c->sb, &c->logw[PROC_STDOUT]);
     sblog_flush(c->sb, &c->logw[PROC_STDERR]);
     proc_release(p);
@@ -250,21 +261,65 @@ static void on_timeout(uv_timer_t *t)
     proc_kill(c->proc, SIGKILL, 1);
 }
 
+/* What the init keeps for a later daemon (proto.h's note): the command's identity, start time
+ * and description; the description is left out when it does not fit. */
+static char *command_note(const struct command *c, size_t *len)
+{
+    for (int with_describe = 1; with_describe >= 0; with_describe--) {
+        json_t *j = json_pack("{s:s, s:s, s:f, s:O}", "k", "cmd", "id", c->id, "t", c->started_at,
+                              "d", with_describe ? c->describe : json_null());
+        char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
+        json_decref(j);
+        if (text && strlen(text) <= WPROTO_NOTE_MAX) {
+            *len = strlen(text);
+            return text;
+        }
+        free(text);
+    }
+    return NULL;
+}
+
+static void list_add(struct sandbox *sb, struct command *c)
+{
+    c->refs = 1; /* the sandbox's list */
+    c->in_list = 1;
+    c->next = sb->commands;
+    sb->commands = c;
+}
+
 int command_start(struct sandbox *sb, const struct command_spec *spec, struct command **out)
 {
     struct command *c = calloc(1, sizeof(*c));
-    size_t cap = spec->ring_bytes ? spec->ring_bytes : COMMAND_RING_DEFAULT;
-    int r = -ENOMEM;
-    if (!c || util_random_id(c->id, sizeof(c->id), "cmd-") < 0 ||
-        ring_init(&c->rings[PROC_STDOUT], cap) < 0 || ring_init(&c->rings[PROC_STDERR], cap) < 0)
+    size_t cap = spec->ring_bytes ? spec->ring_bytes : COMMAND_RING_DEFAULT, note_len = 0;
+    int r = -ENOMEM, rfd[2] = {-1, -1};
+    char *note = NULL;
+    /* The rings live in memfds the init holds too: a daemon that restarts finds the output
+     * already read, at its offsets (core/ring.h). */
+    if (!c || util_random_id(c->id, sizeof(c->id), "cmd-") < 0)
         goto error;
-    if ((r = proc_start(sb, &spec->proc, &command_ops, c, &c->proc)) < 0)
+    if ((r = ring_init_shared(&c->rings[PROC_STDOUT], cap, &rfd[0])) < 0 ||
+        (r = ring_init_shared(&c->rings[PROC_STDERR], cap, &rfd[1])) < 0)
         goto error;
-    c->sb = sb;
-    sandbox_ref(sb);
-    c->state = CMD_RUNNING;
     c->started_at = util_now();
     c->describe = spec->describe ? json_deep_copy(spec->describe) : json_object();
+    r = -ENOMEM;
+    if (!c->describe || !(note = command_note(c, &note_len)))
+        goto error;
+    struct proc_spec ps = spec->proc;
+    ps.keep_fds = rfd;
+    ps.nkeep = 2;
+    ps.note = note;
+    ps.note_len = note_len;
+    ps.keep_after_exit = 1;
+    if ((r = proc_start(sb, &ps, &command_ops, c, &c->proc)) < 0)
+        goto error;
+    free(note);
+    close(rfd[0]);
+    close(rfd[1]);
+    c->sb = sb;
+    sandbox_ref(sb);
+    c->tag = proc_tag(c->proc);
+    c->state = CMD_RUNNING;
     if (spec->stdin_len)
         proc_write(c->proc, spec->stdin_data, spec->stdin_len);
     if (spec->close_stdin)
@@ -274,19 +329,81 @@ int command_start(struct sandbox *sb, const struct command_spec *spec, struct co
     c->timer_open = 1;
     if (spec->timeout_s > 0)
         uv_timer_start(&c->timer, on_timeout, (uint64_t)(spec->timeout_s * 1000.0) + 1, 0);
-    c->refs = 1; /* the sandbox's list */
-    c->in_list = 1;
-    c->next = sb->commands;
-    sb->commands = c;
+    list_add(sb, c);
     *out = c;
     return 0;
 error:
     if (c) {
         ring_free(&c->rings[PROC_STDOUT]);
         ring_free(&c->rings[PROC_STDERR]);
+        json_decref(c->describe);
     }
+    for (int i = 0; i < 2; i++)
+        if (rfd[i] >= 0)
+            close(rfd[i]);
+    free(note);
     free(c);
     return r;
+}
+
+int command_adopt(struct sandbox *sb, const struct initctl_state *st)
+{
+    struct command *c = calloc(1, sizeof(*c));
+    json_error_t jerr;
+    json_t *note = json_loadb(st->note, st->note_len, 0, &jerr);
+    const char *id = json_string_value(json_object_get(note, "id"));
+    int r = -EINVAL;
+    if (!c || !id || strlen(id) >= sizeof(c->id))
+        goto error;
+    for (int s = PROC_STDOUT; s <= PROC_STDERR; s++)
+        if (st->ring_fds[s - PROC_STDOUT] < 0 ||
+            (r = ring_attach(&c->rings[s], st->ring_fds[s - PROC_STDOUT])) < 0)
+            goto error;
+    snprintf(c->id, sizeof(c->id), "%s", id);
+    c->started_at = json_number_value(json_object_get(note, "t"));
+    json_t *d = json_object_get(note, "d");
+    c->describe = json_is_object(d) ? json_incref(d) : json_object();
+    c->sb = sb;
+    sandbox_ref(sb);
+    c->tag = st->tag;
+    c->pid = st->pid;
+    c->state = CMD_RUNNING;
+    uv_timer_init(sb->reg->loop, &c->timer);
+    c->timer.data = c;
+    c->timer_open = 1;
+    list_add(sb, c);
+    if (st->pipe_fds[0] >= 0 && proc_adopt(sb, st, &command_ops, c, &c->proc) == 0) {
+        if (st->exited) /* what it wrote before it exited is read first */
+            proc_on_exit(c->proc, st->status);
+    } else {
+        /* Its output was read to the end before (or cannot be read any more). */
+        set_result(c, st->exited ? st->status : -ESRCH);
+        uv_timer_start(&c->timer, on_reap, (uint64_t)COMMAND_GRACE_S * 1000, 0);
+    }
+    for (int i = 0; i < 2; i++)
+        close(st->ring_fds[i]);
+    json_decref(note);
+    return 0;
+error:
+    for (int i = 0; i < 2; i++) {
+        if (st->pipe_fds[i] >= 0)
+            close(st->pipe_fds[i]);
+        if (st->ring_fds[i] >= 0)
+            close(st->ring_fds[i]);
+    }
+    if (c) {
+        ring_free(&c->rings[PROC_STDOUT]);
+        ring_free(&c->rings[PROC_STDERR]);
+    }
+    free(c);
+    json_decref(note);
+    return r;
+}
+
+int command_note_is_ours(const void *note, size_t len)
+{
+    static const char prefix[] = "{\"k\":\"cmd\"";
+    return len >= sizeof(prefix) - 1 && memcmp(note, prefix, sizeof(prefix) - 1) == 0;
 }
 
 void command_info(const struct command *c, struct command_info *out)

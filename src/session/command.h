@@ -9,6 +9,10 @@
  * (what an attached client is, unless it opted out) is more than a ring's worth behind, the
  * command's pipes stop being read and the command blocks on its full pipe until it catches up.
  *
+ * Durability: the rings live in memfds that the sandbox's init holds as well, with a note naming
+ * the command (sandbox/proto.h), so a daemon that restarts takes the command over with its output
+ * and offsets intact (command_adopt), and output written meanwhile waits in the pipes.
+ *
  * Ownership: the sandbox's list holds a reference to each command until the command is reaped or
  * the sandbox is destroyed; every watcher holds one too. A command holds a reference to its
  * sandbox, so `command_sandbox()` stays valid as long as the command does. Loop thread only.
@@ -44,6 +48,13 @@ enum command_state { CMD_RUNNING, CMD_EXITED, CMD_FAILED };
 /* Returns 0 or -errno (as proc_start, plus -ENOMEM). The command is in the sandbox's list. */
 int command_start(struct sandbox *sb, const struct command_spec *spec, struct command **out);
 struct command *command_find(struct sandbox *sb, const char *id);
+/* Takes over a command a previous daemon started, from what its init reports (the fds are
+ * taken over in every case): same id, output and offsets; a command that ended meanwhile gets its
+ * exit status once its output is read. No stdin, no timeout any more. Returns 0, -EINVAL (not a
+ * command's record) or -ENOMEM. */
+int command_adopt(struct sandbox *sb, const struct initctl_state *st);
+/* True when a process's note (proc_spec.note) is a command's. */
+int command_note_is_ours(const void *note, size_t len);
 /* The next command in the sandbox's list (sb->commands is the first). */
 struct command *command_next(const struct command *c);
 const char *command_id(const struct command *c);

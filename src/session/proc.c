@@ -39,6 +39,7 @@ struct proc {
     int paused;
     int pending_sig, pending_group;
     int started, exited, released;
+    int keep_after_exit;
     int in_callback; /* an owner callback is running: freeing waits until it returns */
     const struct proc_ops *ops;
     void *arg;
@@ -214,6 +215,9 @@ static void finish(struct proc *p, int status)
     unlink_from_sandbox(p);
     for (int i = 0; i < S_COUNT; i++)
         stream_close(p, i);
+    /* The init keeps its copies of the pipes (and the record) for a later daemon until told. */
+    if (p->started)
+        sandbox_ctl_release(p->sb, p->tag, !p->keep_after_exit);
     if (!p->released && p->ops->on_exit) {
         p->in_callback = 1;
         p->ops->on_exit(p, status, p->arg);
@@ -256,6 +260,54 @@ void proc_on_spawned(struct proc *p, pid_t pid, int err, const int *fds, int nfd
     update_polls(p);
     if (!p->released && p->ops->on_started)
         p->ops->on_started(p, p->arg);
+}
+
+int proc_adopt(struct sandbox *sb, const struct initctl_state *st, const struct proc_ops *ops,
+               void *arg, struct proc **out)
+{
+    struct proc *p = calloc(1, sizeof(*p));
+    if (!p) {
+        for (int i = 0; i < 2; i++)
+            if (st->pipe_fds[i] >= 0)
+                close(st->pipe_fds[i]);
+        return -ENOMEM;
+    }
+    p->sb = sb;
+    p->tag = st->tag;
+    p->pid = st->pid;
+    p->pty = st->pty;
+    p->ops = ops;
+    p->arg = arg;
+    p->keep_after_exit = 1;
+    p->started = 1;
+    p->in_closed = 1; /* stdin's write end died with the previous daemon */
+    buf_init(&p->in);
+    for (int i = 0; i < S_COUNT; i++)
+        p->fds[i] = -1;
+    uv_loop_t *loop = sb->reg->loop;
+    for (int i = S_OUT; i <= S_ERR; i++) {
+        int fd = st->pipe_fds[i - S_OUT];
+        if (fd < 0)
+            continue;
+        p->fds[i] = fd;
+        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+        uv_poll_init(loop, &p->polls[i], fd);
+        p->polls[i].data = p;
+        p->handles++;
+    }
+    p->next = sb->procs;
+    if (sb->procs)
+        sb->procs->prev = p;
+    sb->procs = p;
+    sandbox_ref(sb);
+    update_polls(p);
+    *out = p;
+    return 0;
+}
+
+void proc_forget(struct sandbox *sb, uint32_t tag)
+{
+    sandbox_ctl_release(sb, tag, 1);
 }
 
 void proc_on_exit(struct proc *p, int status)
@@ -363,7 +415,11 @@ int proc_start(struct sandbox *sb, const struct proc_spec *spec, const struct pr
                                 /* as asked, else an image sandbox's User */
                                 .user = spec->user || sb->user_set,
                                 .uid = spec->user ? spec->user->uid : sb->user_uid,
-                                .gid = spec->user ? spec->user->gid : sb->user_gid};
+                                .gid = spec->user ? spec->user->gid : sb->user_gid,
+                                .fds = spec->keep_fds,
+                                .nfds = spec->nkeep,
+                                .note = spec->note,
+                                .note_len = spec->note_len};
     p->tag = ++sb->next_tag;
     int r = sandbox_ctl_spawn(sb, p->tag, &req);
     if (r < 0) {
@@ -373,6 +429,7 @@ int proc_start(struct sandbox *sb, const struct proc_spec *spec, const struct pr
 
     p->sb = sb;
     p->pty = spec->pty;
+    p->keep_after_exit = spec->keep_after_exit;
     p->ops = ops;
     p->arg = arg;
     for (int i = 0; i < S_COUNT; i++)

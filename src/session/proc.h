@@ -44,7 +44,15 @@ struct proc_spec {
     const char *cwd;
     int pty;                         /* a terminal instead of pipes */
     const struct sandbox_user *user; /* NULL: the sandbox's (its image's User, else root) */
-    int rows, cols;                  /* with pty */
+    int rows, cols; /* with pty */
+    /* For a later daemon (sandbox/proto.h): fds the init keeps (output ring memfds, borrowed),
+     * an opaque note it gives back, and whether it keeps the process's record after its exit
+     * (until proc_forget()) instead of forgetting it as soon as its output was read. */
+    const int *keep_fds;
+    int nkeep;
+    const void *note;
+    size_t note_len;
+    int keep_after_exit;
 };
 
 /* Returns 0 or -errno (-EPIPE: the sandbox is not running; -E2BIG: argv/env too large). */
@@ -69,6 +77,15 @@ int proc_tty_groups(struct proc *p, pid_t *fg_pgrp, pid_t *session);
 void proc_pause_output(struct proc *p, int paused);
 pid_t proc_pid(const struct proc *p);
 struct sandbox *proc_sandbox(const struct proc *p);
+
+/* A process a previous daemon started, as its init reports it (its pipe fds are taken over):
+ * running, with no stdin. If it has exited, the caller then calls proc_on_exit() with its status.
+ * Returns 0 or -ENOMEM (the fds are then closed). */
+int proc_adopt(struct sandbox *sb, const struct initctl_state *st, const struct proc_ops *ops,
+               void *arg, struct proc **out);
+/* Tells the init to forget a keep_after_exit process (by its tag) once the owner no longer
+ * needs its record. */
+void proc_forget(struct sandbox *sb, uint32_t tag);
 
 /* Hooks for sandbox.c: messages from the init, and the end of the sandbox. */
 void proc_on_spawned(struct proc *p, pid_t pid, int err, const int *fds, int nfds);

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/mount.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -17,6 +18,7 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <dirent.h>
 
 #include "core/log.h"
 #include "core/util.h"
@@ -49,6 +51,9 @@
  * this bounds how large a sparse file may claim to be (and so what reading one back through the
  * files API can cost). Generous: sparse files larger than the disk are legitimate. */
 #define FSIZE_LIMIT (1ull << 40)
+
+/* How long processes get to exit on SIGTERM when the daemon stops its sandboxes on exit. */
+#define SHUTDOWN_GRACE_S 2.0
 
 struct sandbox_waiter {
     struct sandbox_waiter *next;
@@ -164,27 +169,313 @@ double sandbox_expires_at(const struct sandbox *sb)
     return sb->ttl_s > 0 ? sb->created_at + sb->ttl_s : 0;
 }
 
-static void recover_one(const char *id, const char *json, void *arg)
+/* ---- recovery -------------------------------------------------------------------------------- */
+
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+
+/* The start time of a process (field 22 of /proc/PID/stat), or 0 if it is gone. With the pid it
+ * names one process for the lifetime of the host: pids are reused, start times of one pid not. */
+static unsigned long long pid_start_time(pid_t pid)
 {
-    (void)json;
-    struct registry *reg = arg;
-    log_info("recovery: removing sandbox %s left by a previous daemon", id);
+    char path[64], buf[1024];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')'); /* the command name may hold spaces and parentheses */
+    unsigned long long v = 0;
+    for (int field = 2; p && field < 22; field++)
+        p = strchr(p + 1, ' ');
+    if (p)
+        v = strtoull(p + 1, NULL, 10);
+    return v;
+}
+
+/* 1 when something is mounted on `dir` (its device differs from its parent's). */
+static int is_mountpoint(const char *dir)
+{
+    char parent[1300];
+    struct stat a, b;
+    snprintf(parent, sizeof(parent), "%s/..", dir);
+    return stat(dir, &a) == 0 && stat(parent, &b) == 0 && a.st_dev != b.st_dev;
+}
+
+/* Kills an init that cannot be taken over and waits (briefly) until it is gone, so that its
+ * mounts of the sandbox's disk are gone before the disk is used again. */
+static void kill_init(int pidfd)
+{
+    syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
+    struct pollfd pfd = {.fd = pidfd, .events = POLLIN};
+    while (poll(&pfd, 1, 2000) < 0 && errno == EINTR)
+        ;
+}
+
+/* A command the init of an adopted sandbox reports. Commands are taken over; what else the
+ * previous daemon ran (one-shot execs, shells, terminals: their clients went with it) ends. */
+static void adopt_state(const struct initctl_state *st, void *arg)
+{
+    struct sandbox *sb = arg;
+    if (st->tag > sb->next_tag)
+        sb->next_tag = st->tag;
+    if (command_note_is_ours(st->note, st->note_len) && command_adopt(sb, st) == 0)
+        return;
+    if (command_note_is_ours(st->note, st->note_len))
+        log_warn("sandbox %s: cannot take command (tag %u) over: killing it", sb->id, st->tag);
+    for (int i = 0; i < 2; i++) {
+        if (st->pipe_fds[i] >= 0)
+            close(st->pipe_fds[i]);
+        if (st->ring_fds[i] >= 0)
+            close(st->ring_fds[i]);
+    }
+    if (!st->exited)
+        initctl_kill(&sb->ctl, st->pid, SIGKILL, 1);
+    initctl_release(&sb->ctl, st->tag, 1);
+}
+
+static void pid_on_event(uv_poll_t *h, int status, int events);
+static void ctl_update_events(struct sandbox *sb);
+static int apply_network(struct sandbox *sb);
+static void fail_procs(struct sandbox *sb);
+static void sandbox_free(struct sandbox *sb);
+
+/* Takes a running sandbox of a previous daemon over. Returns 0, or -errno: then nothing of it
+ * runs any more (its init was killed if it was alive) and it is to come back stopped. */
+static int adopt(struct sandbox *sb, pid_t pid, unsigned long long start)
+{
+    struct registry *reg = sb->reg;
+    char dir[1200];
+    uint32_t version = 0;
+    int pidfd = (int)syscall(SYS_pidfd_open, pid, 0), fd = -1, r;
+    if (pidfd < 0)
+        return -errno;
+    /* Checked after the pidfd is open: if it still matches, the pidfd is that process. */
+    if (pid_start_time(pid) != start) {
+        close(pidfd);
+        return -ESRCH;
+    }
+    sandbox_dir(sb, dir, sizeof(dir), NULL);
+    if (!is_mountpoint(dir)) {
+        /* Its disk is not in our mount namespace (the pinned one was lost): it cannot be taken
+         * over without mounting the image a second time. */
+        r = -ENOENT;
+        goto kill;
+    }
+    if ((fd = r = initctl_take_fd(pidfd)) < 0)
+        goto kill;
+    cgroup_freeze(reg->cgroups, sb->id, 0); /* a paused sandbox is thawed to answer */
+    initctl_init(&sb->ctl, fd);
+    sb->pid = pid;
+    sb->pid_start = start;
+    sb->pidfd = pidfd;
+    sb->state = SB_RUNNING;
+    if ((r = initctl_hello(&sb->ctl, 2000, &version, adopt_state, sb)) < 0) {
+        log_error("sandbox %s: init (protocol version %u) does not answer: %s", sb->id, version,
+                  strerror(-r));
+        sb->state = SB_STOPPED;
+        fail_procs(sb);
+        command_drop_all(sb);
+        initctl_close(&sb->ctl);
+        sb->pid = 0;
+        sb->pidfd = -1;
+        goto kill;
+    }
+    uv_poll_init(reg->loop, &sb->ctl_poll, sb->ctl.fd);
+    uv_poll_init(reg->loop, &sb->pid_poll, sb->pidfd);
+    sb->ctl_poll.data = sb->pid_poll.data = sb;
+    sb->handles = 2;
+    uv_poll_start(&sb->pid_poll, UV_READABLE, pid_on_event);
+    ctl_update_events(sb);
+    if ((r = apply_network(sb)) < 0)
+        log_error("sandbox %s: egress proxy: %s (the sandbox has no egress until its network is "
+                  "set again)",
+                  sb->id, strerror(-r));
+    return 0;
+kill:
+    kill_init(pidfd);
+    close(pidfd);
+    return r;
+}
+
+/* A sandbox of the store that cannot run now: stopped, with its files (its disk mounted again
+ * after a host reboot), nothing of it running. */
+static void recover_stopped(struct sandbox *sb)
+{
+    char dir[1200], image[1200];
+    sb->state = SB_STOPPED;
+    int r = cgroup_destroy(sb->reg->cgroups, sb->id); /* kills what is left in it */
+    if (r < 0)
+        log_warn("sandbox %s: removing its cgroup: %s", sb->id, strerror(-r));
+    sandbox_dir(sb, dir, sizeof(dir), NULL);
+    sandbox_image(sb->reg, sb->id, image, sizeof(image));
+    if (!is_mountpoint(dir) && (r = disk_mount(image, dir)) < 0)
+        log_error("sandbox %s: cannot mount its disk %s: %s (starting it will fail)", sb->id, image,
+                  strerror(-r));
+}
+
+/* Builds a sandbox from its store record (sandbox_record()); NULL if the record is not one. */
+static struct sandbox *sandbox_from_record(struct registry *reg, const char *id, json_t *j)
+{
+    json_t *res = json_object_get(j, "resources");
+    json_t *uid = json_object_get(j, "uid_slot");
+    const char *name = json_string_value(json_object_get(j, "name"));
+    struct egress_policy *net = NULL;
+    char err[256];
+    if (!json_is_integer(uid) || !name || !json_is_object(res) || strlen(id) >= SANDBOX_ID_MAX ||
+        egress_policy_parse(json_object_get(j, "network"), &net, err, sizeof(err)) < 0)
+        return NULL;
+    struct sandbox *sb = calloc(1, sizeof(*sb));
+    if (!sb) {
+        egress_policy_free(net);
+        return NULL;
+    }
+    sb->reg = reg;
+    snprintf(sb->id, sizeof(sb->id), "%s", id);
+    snprintf(sb->name, sizeof(sb->name), "%s", name);
+    snprintf(sb->template_name, sizeof(sb->template_name), "%s",
+             json_string_value(json_object_get(j, "template")) ?: "");
+    sb->network = net;
+    sb->res.cpus = json_number_value(json_object_get(res, "cpus"));
+    sb->res.memory_mib = (unsigned long long)json_integer_value(json_object_get(res, "memory_mib"));
+    sb->res.pids = (unsigned long long)json_integer_value(json_object_get(res, "pids"));
+    sb->res.disk_mib = (unsigned long long)json_integer_value(json_object_get(res, "disk_mib"));
+    json_t *o;
+    sb->labels = json_is_object(o = json_object_get(j, "labels")) ? json_incref(o) : json_object();
+    sb->env = json_is_object(o = json_object_get(j, "env")) ? json_incref(o) : json_object();
+    sb->secrets = json_is_array(o = json_object_get(j, "secrets")) ? json_incref(o) : json_array();
+    sb->created_at = json_number_value(json_object_get(j, "created_at_s"));
+    sb->last_active_at = json_number_value(json_object_get(j, "last_active_at"));
+    if (sb->last_active_at < sb->created_at)
+        sb->last_active_at = sb->created_at;
+    sb->ttl_s = json_number_value(json_object_get(j, "ttl_s"));
+    sb->idle_timeout_s = json_number_value(json_object_get(j, "idle_timeout_s"));
+    sb->uid_slot = (unsigned)json_integer_value(uid);
+    sb->pidfd = -1;
+    initctl_init(&sb->ctl, -1);
+    sb->state = SB_STOPPED;
+    return sb;
+}
+
+static void recover_remove(struct registry *reg, const char *id)
+{
     cgroup_destroy(reg->cgroups, id);
     remove_sandbox_files(reg, id);
     store_delete(reg->store, STORE_SANDBOX, id);
 }
 
+struct record {
+    struct record *next;
+    char *id, *text;
+};
+
+/* The store's records, read before any is processed: processing one writes it back. */
+static void collect_record(const char *id, const char *text, void *arg)
+{
+    struct record **head = arg, *r = calloc(1, sizeof(*r));
+    if (!r || !(r->id = strdup(id)) || !(r->text = strdup(text))) {
+        if (r)
+            free(r->id);
+        free(r);
+        log_error("recovery: out of memory reading sandbox %s", id);
+        return;
+    }
+    r->next = *head;
+    *head = r;
+}
+
+static void recover_one(struct registry *reg, const char *id, const char *text)
+{
+    json_error_t jerr;
+    json_t *j = json_loads(text, 0, &jerr);
+    struct sandbox *sb = j ? sandbox_from_record(reg, id, j) : NULL;
+    if (!sb) {
+        log_warn("recovery: removing sandbox %s: its record cannot be read", id);
+        recover_remove(reg, id);
+        json_decref(j);
+        return;
+    }
+    if (sb->uid_slot >= reg->max_sandboxes || reg->uid_slots[sb->uid_slot] ||
+        sandbox_find(reg, sb->name)) {
+        /* Kept on disk and in the store for a daemon configured as the one that made it. */
+        log_error("recovery: sandbox %s (%s) left alone: its uid slot %u or its name is taken or "
+                  "above --max-sandboxes %u",
+                  sb->id, sb->name, sb->uid_slot, reg->max_sandboxes);
+        sandbox_free(sb);
+        json_decref(j);
+        return;
+    }
+    reg->uid_slots[sb->uid_slot] = 1;
+    sb->next = reg->head;
+    if (reg->head)
+        reg->head->prev = sb;
+    reg->head = sb;
+    reg->count++;
+    const char *state = json_string_value(json_object_get(j, "state")) ?: "";
+    pid_t pid = (pid_t)json_integer_value(json_object_get(j, "pid"));
+    unsigned long long start =
+        (unsigned long long)json_integer_value(json_object_get(j, "pid_start"));
+    int live = pid > 0 && (!strcmp(state, "running") || !strcmp(state, "paused") ||
+                           !strcmp(state, "stopping"));
+    int r = live ? adopt(sb, pid, start) : -ESRCH;
+    if (r == 0) {
+        log_info("recovery: sandbox %s (%s) re-adopted, init pid %d", sb->id, sb->name, (int)pid);
+    } else {
+        if (live)
+            log_warn("recovery: sandbox %s (%s): its init cannot be taken over (%s): stopped",
+                     sb->id, sb->name, strerror(-r));
+        recover_stopped(sb);
+    }
+    sandbox_save(sb);
+    json_decref(j);
+}
+
 void registry_recover(struct registry *reg)
 {
-    /* The previous daemon's sandboxes died with it (their init has PDEATHSIG=SIGKILL, which ends
-     * the pid namespace); their mounts, disks included, lived only in their own mount namespaces
-     * and the previous daemon's. What can remain is their directories, disk images, cgroups and
-     * store records. */
-    store_list(reg->store, STORE_SANDBOX, recover_one, reg);
+    double t0 = util_monotonic();
+    struct record *records = NULL;
+    store_list(reg->store, STORE_SANDBOX, collect_record, &records);
+    while (records) {
+        struct record *r = records;
+        records = r->next;
+        recover_one(reg, r->id, r->text);
+        free(r->id);
+        free(r->text);
+        free(r);
+    }
+    /* What the store does not know: a creation a crash interrupted. */
     char dir[1100];
     snprintf(dir, sizeof(dir), "%s/sandboxes", reg->state_dir);
-    util_remove_tree(dir);
-    util_mkdir_p(dir, 0711);
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    while (d && (de = readdir(d))) {
+        char id[SANDBOX_ID_MAX + 8];
+        size_t len = strlen(de->d_name);
+        if (de->d_name[0] == '.' || len >= sizeof(id))
+            continue;
+        memcpy(id, de->d_name, len + 1);
+        char *dot = strstr(id, ".img");
+        if (dot)
+            *dot = '\0';
+        if (sandbox_find(reg, id))
+            continue;
+        log_info("recovery: removing sandbox %s left half-made by a previous daemon", id);
+        cgroup_destroy(reg->cgroups, id);
+        remove_sandbox_files(reg, id);
+    }
+    if (d)
+        closedir(d);
+    reg->recover_s = util_monotonic() - t0;
+    unsigned running = 0;
+    for (struct sandbox *sb = reg->head; sb; sb = sb->next)
+        running += sb->state == SB_RUNNING;
+    log_info("recovery: %u sandboxes (%u running) in %.1f ms", reg->count, running,
+             reg->recover_s * 1e3);
 }
 
 static void registry_check_idle(struct registry *reg)
@@ -196,14 +487,72 @@ static void registry_check_idle(struct registry *reg)
     }
 }
 
+static void list_remove(struct sandbox *sb);
+static void on_handle_closed(uv_handle_t *h);
+static void sandbox_maybe_free(struct sandbox *sb);
+
+/* The daemon is going and leaves the sandbox as it is (running or stopped) for the next one:
+ * what the daemon holds of it is let go without a word to the init (whose copy of the channel
+ * keeps it open), its store record stays. */
+static void sandbox_detach(struct sandbox *sb)
+{
+    struct registry *reg = sb->reg;
+    int running = sb->pidfd >= 0;
+    if (sb->proxy)
+        egress_proxy_close(sb->proxy);
+    sb->proxy = NULL;
+    reg->left_running += running;
+    /* From here every request for the init is refused (sandbox_ctl_*): ending the daemon's
+     * objects kills, releases and forgets nothing in the sandbox. */
+    sb->state = SB_DELETING;
+    fail_procs(sb);
+    command_drop_all(sb);
+    sblog_close(sb);
+    shell_drop_all(sb);
+    terminal_drop_all(sb);
+    if (running) {
+        uv_close((uv_handle_t *)&sb->pid_poll, on_handle_closed);
+        if (!uv_is_closing((uv_handle_t *)&sb->ctl_poll))
+            uv_close((uv_handle_t *)&sb->ctl_poll, on_handle_closed);
+        close(sb->pidfd);
+        sb->pidfd = -1;
+        sb->pid = 0;
+    }
+    if (sb->uid_slot < reg->max_sandboxes)
+        reg->uid_slots[sb->uid_slot] = 0;
+    sb->uid_slot = UINT32_MAX;
+    list_remove(sb);
+    sandbox_ref(sb);
+    sandbox_unref(sb); /* frees it unless handles are still closing */
+}
+
+static void shutdown_stopped(struct sandbox *sb, int err, void *arg)
+{
+    (void)err;
+    (void)arg;
+    (void)sb; /* detached by stop_cgroup_done, which knows the registry is stopping */
+}
+
+/* A sandbox whose creation, start or stop finished while the registry was stopping. */
+static void shutdown_one(struct sandbox *sb)
+{
+    struct registry *reg = sb->reg;
+    if (sb->state == SB_RUNNING || sb->state == SB_PAUSED) {
+        if (!reg->stop_on_exit || sandbox_stop(sb, SHUTDOWN_GRACE_S, shutdown_stopped, NULL) < 0)
+            sandbox_detach(sb);
+    } else if (sb->state == SB_STOPPED || sb->state == SB_FAILED) {
+        sandbox_detach(sb);
+    }
+}
+
 void registry_shutdown(struct registry *reg, void (*idle_cb)(struct registry *reg))
 {
     reg->idle_cb = idle_cb;
+    reg->left_running = 0;
     uv_timer_stop(&reg->sweep);
     for (struct sandbox *sb = reg->head, *next; sb; sb = next) {
         next = sb->next;
-        if (sb->state != SB_CREATING)
-            sandbox_destroy(sb, NULL, NULL);
+        shutdown_one(sb); /* creating, starting, stopping: when that ends */
     }
     registry_check_idle(reg);
 }
@@ -435,15 +784,19 @@ static json_t *sandbox_record(const struct sandbox *sb)
 {
     char created[32];
     util_format_time(sb->created_at, created, sizeof(created));
-    json_t *rec =
-        json_pack("{s:s, s:s, s:s, s:{s:f, s:I, s:I, s:I}, s:o, s:O, s:O, s:O, s:s, s:s, s:f, "
-                  "s:f}",
-                  "id", sb->id, "name", sb->name, "template", sb->template_name, "resources",
-                  "cpus", sb->res.cpus, "memory_mib", (json_int_t)sb->res.memory_mib, "pids",
-                  (json_int_t)sb->res.pids, "disk_mib", (json_int_t)sb->res.disk_mib, "network",
-                  egress_policy_to_json(sb->network), "labels", sb->labels, "env", sb->env,
-                  "secrets", sb->secrets, "created_at", created, "node", sb->reg->node, "ttl_s",
-                  sb->ttl_s, "idle_timeout_s", sb->idle_timeout_s);
+    /* With what a next daemon needs to take it over (registry_recover()): its state, its init
+     * (pid and start time) and its uid slot (its files are owned by it). */
+    json_t *rec = json_pack("{s:s, s:s, s:s, s:{s:f, s:I, s:I, s:I}, s:o, s:O, s:O, s:O, s:s, s:s, s:f, "
+                     "s:f, s:s, s:I, s:I, s:I, s:f, s:f}",
+                     "id", sb->id, "name", sb->name, "template", sb->template_name, "resources",
+                     "cpus", sb->res.cpus, "memory_mib", (json_int_t)sb->res.memory_mib, "pids",
+                     (json_int_t)sb->res.pids, "disk_mib", (json_int_t)sb->res.disk_mib, "network",
+                     egress_policy_to_json(sb->network), "labels", sb->labels, "env", sb->env,
+                     "secrets", sb->secrets, "created_at", created, "node", sb->reg->node, "ttl_s",
+                     sb->ttl_s, "idle_timeout_s", sb->idle_timeout_s, "state",
+                     sandbox_state_name(sb->state), "pid", (json_int_t)sb->pid, "pid_start",
+                     (json_int_t)sb->pid_start, "uid_slot", (json_int_t)sb->uid_slot,
+                     "created_at_s", sb->created_at, "last_active_at", sb->last_active_at);
     if (rec && sb->image && json_object_set_new(rec, "image", image_record(sb->image)) < 0) {
         json_decref(rec);
         return NULL;
@@ -501,6 +854,13 @@ int sandbox_ctl_kill(struct sandbox *sb, pid_t pid, int sig, int group)
     if (sb->state != SB_RUNNING && sb->state != SB_PAUSED)
         return sandbox_unavailable(sb);
     return ctl_sent(sb, initctl_kill(&sb->ctl, pid, sig, group));
+}
+
+int sandbox_ctl_release(struct sandbox *sb, uint32_t tag, int all)
+{
+    if (sb->state != SB_RUNNING && sb->state != SB_PAUSED)
+        return sandbox_unavailable(sb);
+    return ctl_sent(sb, initctl_release(&sb->ctl, tag, all));
 }
 
 static struct proc *find_proc(struct sandbox *sb, uint32_t tag)
@@ -644,7 +1004,9 @@ static void on_init_exit(struct sandbox *sb)
 {
     siginfo_t si;
     memset(&si, 0, sizeof(si));
-    if (syscall(SYS_waitid, P_PIDFD, sb->pidfd, &si, WEXITED | WNOHANG, NULL) < 0)
+    /* An init taken over from a previous daemon is not our child (ECHILD): its reaper reaps. */
+    if (syscall(SYS_waitid, P_PIDFD, sb->pidfd, &si, WEXITED | WNOHANG, NULL) < 0 &&
+        errno != ECHILD)
         log_warn("sandbox %s: waitid: %s", sb->id, strerror(errno));
     uv_close((uv_handle_t *)&sb->pid_poll, on_handle_closed);
     if (!uv_is_closing((uv_handle_t *)&sb->ctl_poll))
@@ -652,6 +1014,7 @@ static void on_init_exit(struct sandbox *sb)
     close(sb->pidfd);
     sb->pidfd = -1;
     sb->pid = 0;
+    sb->pid_start = 0;
 }
 
 static void pid_on_event(uv_poll_t *h, int status, int events)
@@ -664,6 +1027,7 @@ static void pid_on_event(uv_poll_t *h, int status, int events)
         sb->state = SB_FAILED;
         fail_procs(sb);
         on_init_exit(sb);
+        sandbox_save(sb);
         return;
     }
     if (sb->state == SB_STOPPING) {
@@ -780,11 +1144,16 @@ static void stop_cgroup_done(uv_work_t *w, int status)
     sb->stop = NULL;
     log_info("sandbox %s stopped", sb->id);
     int deleted = sb->waiters != NULL;
+    if (!deleted)
+        sandbox_save(sb);
     if (op->cb)
         op->cb(sb, deleted ? -ESRCH : 0, op->arg);
     if (deleted)
         sandbox_destroy(sb, NULL, NULL);
+    else if (sb->reg->idle_cb && sb->state == SB_STOPPED)
+        sandbox_detach(sb);
     uv_close((uv_handle_t *)&op->timer, stop_op_closed); /* holds the last reference */
+    registry_check_idle(sb->reg);
 }
 
 int sandbox_stop(struct sandbox *sb, double grace_s, sandbox_stop_cb cb, void *arg)
@@ -1015,6 +1384,7 @@ static void create_on_status(uv_poll_t *h, int status, int events);
 static void start_fail(struct create_op *op, const char *msg)
 {
     struct sandbox *sb = op->sb;
+    struct registry *reg = sb->reg;
     log_error("sandbox %s: start: %s", sb->id, msg);
     cgroup_destroy(sb->reg->cgroups, sb->id);
     sb->state = SB_STOPPED;
@@ -1022,7 +1392,10 @@ static void start_fail(struct create_op *op, const char *msg)
     op->cb(sb, SESSION_ERR_SETUP, msg, op->arg);
     if (sb->waiters) /* deleted while starting */
         sandbox_destroy(sb, NULL, NULL);
+    else if (sb->reg->idle_cb)
+        shutdown_one(sb);
     sandbox_unref(sb);
+    registry_check_idle(reg);
 }
 
 /* The clone is on its way: wait for the child's status. */
@@ -1174,6 +1547,7 @@ static void create_on_status(uv_poll_t *h, int status, int events)
         return;
     }
     sb->pid = op->pending.pid;
+    sb->pid_start = pid_start_time(sb->pid);
     sb->pidfd = op->pending.pidfd;
     initctl_init(&sb->ctl, op->pending.ctl_fd);
     uv_poll_init(reg->loop, &sb->ctl_poll, sb->ctl.fd);
@@ -1203,8 +1577,10 @@ static void create_on_status(uv_poll_t *h, int status, int events)
               sb->id, sb->name, (util_monotonic() - op->t_start) * 1e3,
               (op->t_disk - op->t_start) * 1e3, (op->t_started - op->t_start) * 1e3, (int)sb->pid);
 
-    /* Deleted while being created, or the daemon is stopping: it must not stay. */
-    int deleted = sb->waiters != NULL, destroy_now = deleted || reg->idle_cb != NULL;
+    /* Deleted while being created, or the daemon is stopping: a new one must not stay (nobody
+     * got it), one started again is left as the daemon leaves the others. */
+    int deleted = sb->waiters != NULL,
+        destroy_now = deleted || (reg->idle_cb != NULL && !op->restart);
     sandbox_ref(sb);
     if (destroy_now)
         op->cb(op->restart ? sb : NULL, deleted ? SESSION_ERR_DELETED : SESSION_ERR_SHUTTING_DOWN,
@@ -1215,7 +1591,10 @@ static void create_on_status(uv_poll_t *h, int status, int events)
         op->cb(sb, SESSION_OK, NULL, op->arg);
     if (destroy_now)
         sandbox_destroy(sb, NULL, NULL);
+    else if (reg->idle_cb)
+        shutdown_one(sb);
     sandbox_unref(sb);
+    registry_check_idle(reg);
 }
 
 static int name_taken(struct registry *reg, const char *name)

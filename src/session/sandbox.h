@@ -87,6 +87,9 @@ struct registry {
     char node[64];
     unsigned max_sandboxes;
     struct sandbox_resources defaults;
+    /* On registry_shutdown(): stop every sandbox (they come back stopped) instead of leaving
+     * them running for the next daemon. */
+    int stop_on_exit;
     /* Thin provisioning (registry_check_disk()): the disk sizes promised to all sandboxes may add
      * up to disk_overcommit × what the host has for them; below disk_reserve bytes free on the
      * host, creations are refused and sandboxes cannot write. */
@@ -100,8 +103,10 @@ struct registry {
     void (*idle_cb)(struct registry *reg); /* called when count and pending reach 0 */
     uv_work_t pool_work;                   /* refilling the disk pool */
     int pool_filling;
-    int disk_ballasted; /* some sandbox disk may hold a ballast (registry_check_disk()) */
-    uv_timer_t sweep;   /* expiries and idle stops (unreferenced: never keeps the loop alive) */
+    int disk_ballasted;    /* some sandbox disk may hold a ballast (registry_check_disk()) */
+    uv_timer_t sweep;      /* expiries and idle stops (unreferenced: never keeps the loop alive) */
+    unsigned left_running; /* sandboxes registry_shutdown() left running for the next daemon */
+    double recover_s;      /* how long registry_recover() took */
 };
 
 /* What a sandbox whose root is an OCI image needs of it: its unpacked layers and its config. */
@@ -143,6 +148,7 @@ struct sandbox {
     unsigned uid_slot;
     /* running */
     pid_t pid;
+    unsigned long long pid_start; /* the init's start time (/proc/PID/stat), to find it again */
     int pidfd;
     struct initctl ctl; /* to the init (sandbox/initctl.h) */
     uv_poll_t ctl_poll;
@@ -188,9 +194,21 @@ typedef void (*sandbox_destroy_cb)(void *arg);
  * One timer for all, rather than one per sandbox re-armed on every call: the durations are
  * whole seconds, and the sweep is a walk of the list. */
 int registry_init(struct registry *reg);
-/* Cleans up what a previous daemon left in the state dir and the store. */
+/* Takes over what a previous daemon left (sandboxes outlive their daemon): every sandbox of the
+ * store comes back with its id, name and spec. One whose init still runs (found by pid and start
+ * time) is re-adopted running: its control channel is taken back from the init, its detached
+ * commands with their output (session/command.h), its egress proxy re-created; processes of
+ * one-shot execs, shells and terminals of the previous daemon are killed (nobody can take their
+ * output any more), and a paused sandbox is thawed and comes back running. One whose init is gone
+ * (host reboot, killed) comes back stopped with its files (its disk mounted again if needed).
+ * Directories, disks and cgroups of sandboxes the store does not know are removed. Must run on
+ * the loop thread before requests are served; blocks (up to 2 s per unresponsive init). */
 void registry_recover(struct registry *reg);
-/* Destroys every sandbox; idle_cb fires when all are gone. */
+/* The daemon is stopping. Leaves every sandbox running for the next daemon (nothing is killed,
+ * nothing in the store changes: the init keeps what the next daemon needs), or with
+ * reg->stop_on_exit stops them (as sandbox_stop with a short grace period). Creations in flight
+ * are undone. idle_cb fires when the registry has let go of all of them; reg->left_running then
+ * says how many were left running. */
 void registry_shutdown(struct registry *reg, void (*idle_cb)(struct registry *reg));
 void registry_free(struct registry *reg);
 /* Keeps n disks of the default size ready (sandbox/disk.h), made in the background. */
@@ -316,5 +334,6 @@ uid_t sandbox_host_uid(const struct sandbox *sb);
  * or paused, or an error of initctl_spawn()/initctl_kill(). */
 int sandbox_ctl_spawn(struct sandbox *sb, uint32_t tag, const struct initctl_spawn *req);
 int sandbox_ctl_kill(struct sandbox *sb, pid_t pid, int sig, int group);
+int sandbox_ctl_release(struct sandbox *sb, uint32_t tag, int all);
 
 #endif

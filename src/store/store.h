@@ -5,6 +5,9 @@
  * a restarted daemon know what a previous one left behind (to clean it up) and, later, which
  * persistent sandboxes to bring back. Writes are small and happen on the loop thread.
  * Errors: 0 or -errno (-EIO for SQLite errors, which are also logged).
+ *
+ * The schema is versioned (PRAGMA user_version) and migrated forward on open; a store written by
+ * a newer schema makes store_open() fail with -EPROTONOSUPPORT (logged, naming both versions).
  */
 #ifndef WARREN_STORE_STORE_H
 #define WARREN_STORE_STORE_H

@@ -20,10 +20,64 @@ struct store {
     sqlite3_stmt *del[STORE_KINDS];
 };
 
+/* The schema, as an ordered list of steps: step i brings a store from version i to i + 1
+ * (PRAGMA user_version). Add steps at the end; never change one that shipped. */
+static const char *const migrations[] = {
+    /* 0 → 1: the sandboxes' records (a store made before versioning is at 0 with this table) */
+    "CREATE TABLE IF NOT EXISTS sandboxes (id TEXT PRIMARY KEY, json TEXT NOT NULL);",
+    /* 1 → 2: templates (session/templates.h) */
+    "CREATE TABLE IF NOT EXISTS templates (id TEXT PRIMARY KEY, json TEXT NOT NULL);",
+};
+#define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
+
 static int fail(store_t *st, const char *what)
 {
     log_error("store: %s: %s", what, sqlite3_errmsg(st->db));
     return -EIO;
+}
+
+static int user_version(store_t *st, int *version)
+{
+    sqlite3_stmt *q;
+    if (sqlite3_prepare_v2(st->db, "PRAGMA user_version", -1, &q, NULL) != SQLITE_OK)
+        return fail(st, "schema version");
+    int rc = sqlite3_step(q);
+    *version = rc == SQLITE_ROW ? sqlite3_column_int(q, 0) : 0;
+    sqlite3_finalize(q);
+    return rc == SQLITE_ROW ? 0 : fail(st, "schema version");
+}
+
+/* Brings the schema to SCHEMA_VERSION, each step in a transaction with its version number.
+ * A store of a newer schema is refused: this daemon would misread it, or break it. */
+static int migrate(store_t *st, const char *path)
+{
+    int version, r;
+    if (sqlite3_exec(st->db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;", NULL, NULL,
+                     NULL) != SQLITE_OK)
+        return fail(st, "journal mode");
+    if ((r = user_version(st, &version)) < 0)
+        return r;
+    if (version > SCHEMA_VERSION) {
+        log_error("store: %s has schema version %d, written by a newer warren; this one knows up "
+                  "to version %d. Refusing to start: run the newer warren on this state dir, or "
+                  "use another state dir.",
+                  path, version, SCHEMA_VERSION);
+        return -EPROTONOSUPPORT;
+    }
+    for (; version < SCHEMA_VERSION; version++) {
+        char bump[64];
+        snprintf(bump, sizeof(bump), "PRAGMA user_version = %d;", version + 1);
+        if (sqlite3_exec(st->db, "BEGIN IMMEDIATE;", NULL, NULL, NULL) != SQLITE_OK)
+            return fail(st, "migration");
+        if (sqlite3_exec(st->db, migrations[version], NULL, NULL, NULL) != SQLITE_OK ||
+            sqlite3_exec(st->db, bump, NULL, NULL, NULL) != SQLITE_OK ||
+            sqlite3_exec(st->db, "COMMIT;", NULL, NULL, NULL) != SQLITE_OK) {
+            r = fail(st, "migration");
+            sqlite3_exec(st->db, "ROLLBACK;", NULL, NULL, NULL);
+            return r;
+        }
+    }
+    return 0;
 }
 
 int store_open(store_t **out, const char *state_dir)
@@ -39,26 +93,25 @@ int store_open(store_t **out, const char *state_dir)
         store_close(st);
         return -EIO;
     }
-    static const char schema[] = "PRAGMA journal_mode=WAL;"
-                                 "PRAGMA synchronous=NORMAL;"
-                                 "CREATE TABLE IF NOT EXISTS sandboxes ("
-                                 " id TEXT PRIMARY KEY, json TEXT NOT NULL);"
-                                 "CREATE TABLE IF NOT EXISTS templates ("
-                                 " id TEXT PRIMARY KEY, json TEXT NOT NULL);";
-    int ok = sqlite3_exec(st->db, schema, NULL, NULL, NULL) == SQLITE_OK;
-    for (int k = 0; ok && k < STORE_KINDS; k++) {
-        char sql[128];
-        snprintf(sql, sizeof(sql), "INSERT OR REPLACE INTO %s(id, json) VALUES(?, ?)", tables[k]);
-        ok = sqlite3_prepare_v2(st->db, sql, -1, &st->put[k], NULL) == SQLITE_OK;
-        snprintf(sql, sizeof(sql), "DELETE FROM %s WHERE id = ?", tables[k]);
-        ok = ok && sqlite3_prepare_v2(st->db, sql, -1, &st->del[k], NULL) == SQLITE_OK;
-    }
-    if (!ok) {
-        int r = fail(st, "schema");
+    sqlite3_busy_timeout(st->db, 2000);
+    int r = migrate(st, path);
+    if (r < 0) {
         store_close(st);
         return r;
     }
-    sqlite3_busy_timeout(st->db, 2000);
+    for (int k = 0; r == 0 && k < STORE_KINDS; k++) {
+        char sql[128];
+        snprintf(sql, sizeof(sql), "INSERT OR REPLACE INTO %s(id, json) VALUES(?, ?)", tables[k]);
+        if (sqlite3_prepare_v2(st->db, sql, -1, &st->put[k], NULL) != SQLITE_OK)
+            r = fail(st, "schema");
+        snprintf(sql, sizeof(sql), "DELETE FROM %s WHERE id = ?", tables[k]);
+        if (r == 0 && sqlite3_prepare_v2(st->db, sql, -1, &st->del[k], NULL) != SQLITE_OK)
+            r = fail(st, "schema");
+    }
+    if (r < 0) {
+        store_close(st);
+        return r;
+    }
     *out = st;
     return 0;
 }

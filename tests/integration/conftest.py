@@ -1,9 +1,11 @@
 """Fixtures for the warren integration tests.
 
 Every test module gets its own daemon (``daemon``), started on a free port with a fresh state
-dir, and checked on the way out: it must exit 0 on SIGTERM and leave nothing behind (no process
-of its tree, no mount under its state dir, no per-sandbox directory, no cgroup of one of its
-sandboxes). ``fresh_daemon`` is a factory for tests that need a daemon of their own.
+dir, and checked on the way out: its sandboxes are deleted (they would outlive it otherwise), it
+must exit 0 on SIGTERM and leave nothing behind (no process of its tree, no mount under its state
+dir — the pinned mount namespace included —, no loop device, no per-sandbox directory, no cgroup of
+one of its sandboxes). ``fresh_daemon`` is a factory for tests that need a daemon of their own;
+``Daemon.kill9()`` and ``Daemon.restart_same()`` crash and restart one on the same state dir.
 
 Standard library only; run with ``/usr/bin/python3 -m pytest tests/integration``.
 """
@@ -394,9 +396,41 @@ class Daemon:
     def _cgroup_leftovers(self):
         return [f"cgroup left behind: {d}" for d in cgroup_dirs_of(self.created_ids)]
 
-    def restart(self):
-        """Replace a dead daemon by a new one (new port and state dir), in place."""
+    def kill9(self):
+        """Crash the daemon (SIGKILL); its sandboxes keep running."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
         self.logf.close()
+
+    def restart_same(self, extra_args=None):
+        """Start a new daemon on the same state dir and port (the previous one has exited)."""
+        assert self.proc.poll() is not None, "the previous daemon still runs"
+        if extra_args is not None:
+            self.extra_args = list(extra_args)
+        self.stopped = False
+        self.start()
+        return self
+
+    def delete_all(self):
+        """Delete every sandbox of a live daemon (they outlive it otherwise)."""
+        api = Api(self)
+        try:
+            r = api.get("/v1/sandboxes")
+            for sb in (r.json or {}).get("sandboxes", []) if r.status == 200 else []:
+                api.remove(sb["id"])
+            wait_for(lambda: not api.get("/v1/sandboxes").json["sandboxes"],
+                     what="every sandbox deleted")
+        except (OSError, AssertionError):
+            pass
+
+    def restart(self):
+        """Replace a dead daemon by a new one (new port and state dir), in place. What the dead
+        one left running is deleted first, by a daemon on its state dir."""
+        try:
+            self.restart_same()
+            self.stop(check=False)
+        except BaseException:  # noqa: BLE001 - the new daemon is what matters
+            pass
         fresh = Daemon(self.bin, self.extra_args)
         self.__dict__.update(fresh.__dict__)
         self.start()
@@ -407,6 +441,8 @@ class Daemon:
             return
         self.stopped = True
         problems = []
+        if self.proc.poll() is None:
+            self.delete_all()
         tree = descendants(self.pid)
         self.proc.send_signal(signal.SIGTERM)
         try:

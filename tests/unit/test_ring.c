@@ -1,4 +1,5 @@
-/* Unit tests for core/ring: wraparound, oversized writes, boundaries, gaps, 64-bit offsets. */
+/* Unit tests for core/ring: wraparound, oversized writes, boundaries, gaps, 64-bit offsets, and
+ * shared rings (a memfd another mapping takes over at the same offsets). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -8,6 +9,8 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "core/ring.h"
 
@@ -225,6 +228,52 @@ static void test_huge_offsets(void **state)
     ring_free(&r);
 }
 
+/* A shared ring mapped again (as a restarted daemon does) has the same bytes at the same offsets,
+ * and writing through the new mapping continues the stream. */
+static void test_shared_attach(void **state)
+{
+    struct ring a, b;
+    int fd = -1;
+    char out[32];
+    uint64_t gap;
+    assert_int_equal(ring_init_shared(&a, 0, &fd), -EINVAL);
+    assert_int_equal(ring_init_shared(&a, 10, &fd), 0);
+    assert_true(fd >= 0);
+    ring_write(&a, "0123456", 7);
+    assert_int_equal(ring_attach(&b, fd), 0);
+    assert_int_equal(b.cap, 10);
+    assert_int_equal(b.start, 0);
+    assert_int_equal(b.end, 7);
+    assert_int_equal(ring_read(&b, 2, out, sizeof(out), &gap), 5);
+    assert_memory_equal(out, "23456", 5);
+    ring_free(&a); /* the first mapping goes (a crash): the memfd keeps everything */
+    ring_write(&b, "789abcd", 7);
+    assert_int_equal(b.start, 4);
+    assert_int_equal(ring_attach(&a, fd), 0);
+    assert_int_equal(a.start, 4);
+    assert_int_equal(a.end, 14);
+    assert_int_equal(ring_read(&a, 0, out, sizeof(out), &gap), 10);
+    assert_int_equal(gap, 4);
+    assert_memory_equal(out, "456789abcd", 10);
+    ring_free(&a);
+    ring_free(&b);
+    ring_free(&b); /* harmless twice */
+    close(fd);
+}
+
+/* ring_attach refuses what is not a ring. */
+static void test_shared_attach_rejects(void **state)
+{
+    struct ring r;
+    int fd = memfd_create("not-a-ring", MFD_CLOEXEC);
+    assert_true(fd >= 0);
+    assert_int_equal(ring_attach(&r, fd), -EINVAL); /* empty */
+    assert_int_equal(ftruncate(fd, 4096 + 16), 0);
+    assert_int_equal(ring_attach(&r, fd), -EINVAL); /* no magic */
+    close(fd);
+    assert_int_equal(ring_attach(&r, -1), -EBADF);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -235,6 +284,8 @@ int main(void)
         cmocka_unit_test(test_peek),
         cmocka_unit_test(test_reader_protocol),
         cmocka_unit_test(test_huge_offsets),
+        cmocka_unit_test(test_shared_attach),
+        cmocka_unit_test(test_shared_attach_rejects),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,7 +1,8 @@
 /*
  * store_sqlite: a real SQLite database in a temporary state dir — schema and WAL mode on open,
  * put/replace/delete/list, what survives a reopen, and the error paths (no such dir, a database
- * path that is a directory or not a database, a database locked by another writer).
+ * path that is a directory or not a database, a database locked by another writer), and the
+ * schema version (set on open, a newer one refused).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -123,6 +124,45 @@ static void test_open_creates_schema_in_wal_mode(void **state)
     /* Opening an existing database again keeps it (CREATE TABLE IF NOT EXISTS). */
     assert_int_equal(store_open(&st, fx->dir), 0);
     store_close(st);
+}
+
+static int user_version(const char *path)
+{
+    sqlite3 *db = raw_open(path);
+    sqlite3_stmt *q;
+    assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &q, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(q), SQLITE_ROW);
+    int v = sqlite3_column_int(q, 0);
+    sqlite3_finalize(q);
+    sqlite3_close(db);
+    return v;
+}
+
+static void test_schema_version(void **state)
+{
+    struct fixture *fx = *state;
+    store_t *st = NULL;
+    assert_int_equal(store_open(&st, fx->dir), 0);
+    assert_int_equal(store_put(st, STORE_SANDBOX, "a", "{}"), 0);
+    store_close(st);
+    int v = user_version(fx->db);
+    assert_true(v >= 1);
+    /* A store of a newer warren is refused, and left as it was. */
+    sqlite3 *db = raw_open(fx->db);
+    raw_exec(db, "PRAGMA user_version = 999");
+    sqlite3_close(db);
+    st = NULL;
+    assert_int_equal(store_open(&st, fx->dir), -EPROTONOSUPPORT);
+    assert_null(st);
+    assert_int_equal(user_version(fx->db), 999);
+    /* A store from before versioning (version 0, the table there) is taken as is. */
+    db = raw_open(fx->db);
+    raw_exec(db, "PRAGMA user_version = 0");
+    sqlite3_close(db);
+    assert_int_equal(store_open(&st, fx->dir), 0);
+    assert_int_equal(list_all(st).n, 1);
+    store_close(st);
+    assert_int_equal(user_version(fx->db), v);
 }
 
 static void test_put_replace_delete_list(void **state)
@@ -316,6 +356,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_open_creates_schema_in_wal_mode, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_schema_version, setup, teardown),
         cmocka_unit_test_setup_teardown(test_put_replace_delete_list, setup, teardown),
         cmocka_unit_test_setup_teardown(test_large_record, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reopen_persists, setup, teardown),
