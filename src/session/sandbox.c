@@ -319,6 +319,56 @@ static void recover_stopped(struct sandbox *sb)
                   strerror(-r));
 }
 
+/* A NULL-terminated copy of a JSON array of strings (NULL for none); 0 or -ENOMEM. */
+static int strv_of_json(json_t *a, char ***out)
+{
+    size_t n = json_array_size(a);
+    *out = NULL;
+    if (!n)
+        return 0;
+    char **v = calloc(n + 1, sizeof(*v));
+    for (size_t i = 0; v && i < n; i++)
+        if (!(v[i] = strdup(json_string_value(json_array_get(a, i)) ?: ""))) {
+            util_free_strv(v);
+            return -ENOMEM;
+        }
+    *out = v;
+    return v ? 0 : -ENOMEM;
+}
+
+/* The image of a sandbox record (image_record()); NULL if it has none or it cannot be read. */
+static struct sandbox_image *image_from_record(json_t *o)
+{
+    json_t *lowers = json_object_get(o, "lowers");
+    size_t n = json_array_size(lowers);
+    if (!json_is_object(o) || n == 0 || n > ROOTFS_MAX_LAYERS)
+        return NULL;
+    struct sandbox_image *img = calloc(1, sizeof(*img));
+    if (!img || !(img->lowers = calloc(n, sizeof(char *))))
+        goto error;
+    for (; img->n_lowers < n; img->n_lowers++)
+        if (!(img->lowers[img->n_lowers] =
+                  strdup(json_string_value(json_array_get(lowers, img->n_lowers)) ?: "")))
+            goto error;
+    const char *workdir = json_string_value(json_object_get(o, "workdir"));
+    const char *user = json_string_value(json_object_get(o, "user"));
+    if (strv_of_json(json_object_get(o, "env"), &img->env) < 0 ||
+        strv_of_json(json_object_get(o, "entrypoint"), &img->entrypoint) < 0 ||
+        strv_of_json(json_object_get(o, "cmd"), &img->cmd) < 0 ||
+        (workdir && !(img->workdir = strdup(workdir))) || (user && !(img->user = strdup(user))))
+        goto error;
+    snprintf(img->template_name, sizeof(img->template_name), "%s",
+             json_string_value(json_object_get(o, "template")) ?: "");
+    snprintf(img->image, sizeof(img->image), "%s",
+             json_string_value(json_object_get(o, "image")) ?: "");
+    snprintf(img->digest, sizeof(img->digest), "%s",
+             json_string_value(json_object_get(o, "digest")) ?: "");
+    return img;
+error:
+    sandbox_image_free(img);
+    return NULL;
+}
+
 /* Builds a sandbox from its store record (sandbox_record()); NULL if the record is not one. */
 static struct sandbox *sandbox_from_record(struct registry *reg, const char *id, json_t *j)
 {
@@ -359,6 +409,11 @@ static struct sandbox *sandbox_from_record(struct registry *reg, const char *id,
     sb->pidfd = -1;
     initctl_init(&sb->ctl, -1);
     sb->state = SB_STOPPED;
+    json_t *img = json_object_get(j, "image");
+    if (img && !(sb->image = image_from_record(img))) {
+        sandbox_free(sb);
+        return NULL;
+    }
     return sb;
 }
 
@@ -423,6 +478,18 @@ static void recover_one(struct registry *reg, const char *id, const char *text)
     int live = pid > 0 && (!strcmp(state, "running") || !strcmp(state, "paused") ||
                            !strcmp(state, "stopping"));
     int r = live ? adopt(sb, pid, start) : -ESRCH;
+    if (r == 0 && sb->image && sb->image->user && sb->image->user[0]) {
+        /* Its processes run as the image's User: resolved in its root, which is still mounted
+         * (the daemon's mount namespace outlived the previous daemon). */
+        char rootfs[1200];
+        sandbox_dir(sb, rootfs, sizeof(rootfs), "rootfs");
+        if (rootfs_resolve_user(rootfs, sb->image->user, UID_RANGE, &sb->user_uid, &sb->user_gid,
+                                sb->user_home, sizeof(sb->user_home)) == 0)
+            sb->user_set = 1;
+        else
+            log_warn("recovery: sandbox %s: its image's User %s cannot be resolved: commands run "
+                     "as root until it is restarted", sb->id, sb->image->user);
+    }
     if (r == 0) {
         log_info("recovery: sandbox %s (%s) re-adopted, init pid %d", sb->id, sb->name, (int)pid);
     } else {

@@ -574,3 +574,36 @@ def test_pull_killed_then_redone_by_new_daemon(fresh_daemon, slow_registry, imag
         api2.remove(r.json["id"])
     finally:
         d2.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# restarts
+
+
+def test_image_sandbox_survives_the_daemon(fresh_daemon, registry, images):
+    """An image sandbox outlives a crash of the daemon: re-adopted with its root (an overlay in
+    the daemon's pinned mount namespace), its image config and its files; stop/start after it
+    mounts the root again; its template is still known and still in use."""
+    ref = images.ref(registry, "multilayer")
+    d = fresh_daemon(extra_args=registry_args(registry))
+    api = Api(d)
+    r = create_from(api, image=ref, name="survivor")
+    assert r.status == 201, r
+    sid = r.json["id"]
+    d.created_ids.add(sid)
+    assert exec_(api, sid, argv=["sh", "-c", "echo kept > /etc/kept; echo w > /workspace/w"])[
+        "exit_code"] == 0
+    d.kill9()
+    d.restart_same()
+    api = Api(d)
+    got = api.get(f"/v1/sandboxes/{sid}").json
+    assert got["state"] == "running" and got["image"] == ref and got["template"] == ref, got
+    assert exec_(api, sid, argv=["cat", "/etc/kept", "/workspace/w"])["stdout"] == "kept\nw\n"
+    assert exec_(api, sid, argv=["sh", "-c", "echo $FOO; pwd"])["stdout"] == "from-image\n/srv\n"
+    assert api.get(tpl_path(ref)).json["state"] == "ready"
+    check_error(api.delete(tpl_path(ref)), 409, "template_in_use")
+    # Stop, then start: a new init on the same root, mounted again.
+    assert api.post(f"/v1/sandboxes/{sid}/stop", {"grace_s": 1}).status == 200
+    assert api.post(f"/v1/sandboxes/{sid}/start", {}).status == 200
+    assert exec_(api, sid, argv=["cat", "/etc/kept"])["stdout"] == "kept\n"
+    assert api.delete(f"/v1/sandboxes/{sid}").status == 204
