@@ -38,6 +38,10 @@ static const char cli_usage_text[] =
     "  pull      pull an OCI image\n"
     "  images    list templates (pulled images included)\n"
     "  rmi       remove templates\n"
+    "  import    make a template of an image archive (docker save, oci-archive, rootfs tar)\n"
+    "  export    write a template as an oci-archive\n"
+    "  snapshot  make a template of a sandbox as it is now\n"
+    "  fork      make a new sandbox of a copy of a sandbox\n"
     "  help      show help for a command: warren help COMMAND\n"
     "\n"
     "The client commands talk to $WARREN_URL (default " CLI_DEFAULT_URL "; unix:/path.sock\n"
@@ -67,6 +71,8 @@ static const struct cli_help cli_helps[] = {
             "                     without CMD, the image's Entrypoint and Cmd run\n"
             "      --template T   make the sandbox of template T (see 'warren images')\n"
             "  -w, --cwd DIR      working directory (default /workspace)\n"
+            "  -u, --user U       run it as user U (NAME, UID, NAME:GROUP or UID:GID, in the\n"
+            "                     sandbox's /etc/passwd; default: the image's User, else root)\n"
             "      --timeout S    kill the command after S seconds (default: no limit;\n"
             "                     with --json the daemon's default, 300)\n"
             "  -i, --interactive  send this process's stdin to the command (alias --stdin)\n"
@@ -103,6 +109,8 @@ static const struct cli_help cli_helps[] = {
              "Options:\n"
              "  -e, --env K=V      set an environment variable for this command (repeatable)\n"
              "  -w, --cwd DIR      working directory (default /workspace)\n"
+             "  -u, --user U       run it as user U (NAME, UID, NAME:GROUP or UID:GID, in the\n"
+             "                     sandbox's /etc/passwd; default: the image's User, else root)\n"
              "      --timeout S    kill the command after S seconds (default: no limit;\n"
              "                     with --json the daemon's default, 300)\n"
              "  -i, --interactive  send this process's stdin to the command (alias --stdin)\n"
@@ -124,6 +132,8 @@ static const struct cli_help cli_helps[] = {
               "Options:\n"
               "  -e, --env K=V      set an environment variable for this command (repeatable)\n"
               "  -w, --cwd DIR      working directory (default /workspace)\n"
+              "  -u, --user U       run it as user U (NAME, UID, NAME:GROUP or UID:GID, in the\n"
+              "                     sandbox's /etc/passwd; default: the image's User, else root)\n"
               "      --timeout S    kill the command after S seconds (default: no limit)\n"
               "  -i, --interactive  read all of stdin now and give it to the command\n"
               "      --open-stdin   keep the command's stdin open (to be written through the\n"
@@ -271,6 +281,52 @@ static const struct cli_help cli_helps[] = {
             "\n"
             "Options:\n"
             "  -h, --help         show this help\n"},
+    {"import", "Usage: warren import [OPTIONS] NAME FILE|-\n"
+               "\n"
+               "Make template NAME of an image archive read from FILE (or stdin with -): a\n"
+               "'docker save' tarball, an oci-archive, or a root file system tar (plain, gzip\n"
+               "or zstd; the format is recognised from the bytes). The archive is streamed to\n"
+               "the daemon, with a progress bar on stderr when it is a terminal. Prints the\n"
+               "template's name and digest.\n"
+               "\n"
+               "Options:\n"
+               "  -q, --quiet        no progress bar\n"
+               "      --json         print the template as JSON\n"
+               "  -h, --help         show this help\n"},
+    {"export", "Usage: warren export [OPTIONS] TEMPLATE\n"
+               "\n"
+               "Write template TEMPLATE (pulled, imported or snapshotted) as an oci-archive,\n"
+               "which 'skopeo copy oci-archive:FILE ...' and 'warren import' read. With -o\n"
+               "the archive goes to a temporary file next to FILE, renamed over it once it is\n"
+               "complete (an interrupted export leaves nothing); without -o it goes to stdout,\n"
+               "unless stdout is a terminal. A progress bar is shown on stderr when it is a\n"
+               "terminal.\n"
+               "\n"
+               "Options:\n"
+               "  -o, --output FILE  write it to FILE ('-': stdout)\n"
+               "  -q, --quiet        no progress bar\n"
+               "  -h, --help         show this help\n"},
+    {"snapshot", "Usage: warren snapshot [OPTIONS] SANDBOX NAME\n"
+                 "\n"
+                 "Make template NAME of a sandbox (id or name) made of an image, as it is now:\n"
+                 "its image plus one layer of everything it changed, /workspace included. A\n"
+                 "running sandbox is frozen meanwhile and goes on after. Prints the template's\n"
+                 "name and digest; 'warren create --template NAME' makes sandboxes of it.\n"
+                 "\n"
+                 "Options:\n"
+                 "      --json         print the template as JSON\n"
+                 "  -h, --help         show this help\n"},
+    {"fork", "Usage: warren fork [OPTIONS] SANDBOX\n"
+             "\n"
+             "Make a new sandbox of a snapshot of SANDBOX (made of an image) as it is now,\n"
+             "with its env, labels, secrets, resources and network policy, and print the new\n"
+             "sandbox's id. Its template (fork-...) is kept: remove it with 'warren rmi' once\n"
+             "the new sandbox is gone.\n"
+             "\n"
+             "Options:\n"
+             "      --name N       name (and hostname) of the new sandbox\n"
+             "      --json         print the new sandbox as JSON\n"
+             "  -h, --help         show this help\n"},
     {"help", "Usage: warren help [COMMAND]\n"},
 };
 
@@ -332,7 +388,9 @@ int cli_main(int argc, char **argv)
         {"logs", cli_cmd_logs},     {"attach", cli_cmd_attach},
         {"cp", cli_cmd_cp},         {"help", cli_cmd_help},
         {"pull", cli_cmd_pull},     {"images", cli_cmd_images},
-        {"rmi", cli_cmd_rmi},       {"--help", cli_cmd_help},
+        {"rmi", cli_cmd_rmi},       {"import", cli_cmd_import},
+        {"export", cli_cmd_export}, {"snapshot", cli_cmd_snapshot},
+        {"fork", cli_cmd_fork},     {"--help", cli_cmd_help},
         {"-h", cli_cmd_help},
     };
 

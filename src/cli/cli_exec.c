@@ -53,6 +53,7 @@ struct cli_exec_opts {
     const char *image;    /* run --image */
     const char *template; /* run --template */
     const char *cwd;
+    const char *user; /* --user */
     double timeout;
     bool has_timeout;
     bool json;
@@ -103,6 +104,14 @@ static json_t *cli_exec_build_request(struct cli_exec_opts *o, int argc, char **
             goto fail;
         }
         json_object_set_new(req, "cwd", s);
+    }
+    if (o->user) {
+        json_t *s = json_string(o->user);
+        if (!s) {
+            cli_usage_error(o->cmd, "--user: not valid UTF-8");
+            goto fail;
+        }
+        json_object_set_new(req, "user", s);
     }
     if (o->has_timeout)
         json_object_set_new(req, "timeout_s", json_real(o->timeout));
@@ -190,6 +199,7 @@ static int cli_exec_parse(struct cli_exec_opts *o, int argc, char **argv, int *f
         {"template", required_argument, NULL, OPT_TEMPLATE},
         {"cwd", required_argument, NULL, 'w'},
         {"workdir", required_argument, NULL, 'w'},
+        {"user", required_argument, NULL, 'u'},
         {"timeout", required_argument, NULL, OPT_TIMEOUT},
         {"interactive", no_argument, NULL, 'i'},
         {"stdin", no_argument, NULL, 'i'},
@@ -202,6 +212,7 @@ static int cli_exec_parse(struct cli_exec_opts *o, int argc, char **argv, int *f
         {"env", required_argument, NULL, 'e'},
         {"cwd", required_argument, NULL, 'w'},
         {"workdir", required_argument, NULL, 'w'},
+        {"user", required_argument, NULL, 'u'},
         {"timeout", required_argument, NULL, OPT_TIMEOUT},
         {"interactive", no_argument, NULL, 'i'},
         {"stdin", no_argument, NULL, 'i'},
@@ -216,6 +227,7 @@ static int cli_exec_parse(struct cli_exec_opts *o, int argc, char **argv, int *f
         {"env", required_argument, NULL, 'e'},
         {"cwd", required_argument, NULL, 'w'},
         {"workdir", required_argument, NULL, 'w'},
+        {"user", required_argument, NULL, 'u'},
         {"timeout", required_argument, NULL, OPT_TIMEOUT},
         {"interactive", no_argument, NULL, 'i'},
         {"stdin", no_argument, NULL, 'i'},
@@ -225,13 +237,13 @@ static int cli_exec_parse(struct cli_exec_opts *o, int argc, char **argv, int *f
         {NULL, 0, NULL, 0},
     };
     const struct option *opts = exec_opts;
-    const char *shorts = "+e:w:itdh";
+    const char *shorts = "+e:w:u:itdh";
     if (strcmp(o->cmd, "run") == 0) {
         opts = run_opts;
-        shorts = "+e:w:ith";
+        shorts = "+e:w:u:ith";
     } else if (strcmp(o->cmd, "start") == 0) {
         opts = start_opts;
-        shorts = "+e:w:ih";
+        shorts = "+e:w:u:ih";
     }
     char prog[64];
     char **av = cli_getopt_argv(argc, argv, prog, sizeof(prog));
@@ -247,6 +259,9 @@ static int cli_exec_parse(struct cli_exec_opts *o, int argc, char **argv, int *f
             break;
         case 'w':
             o->cwd = optarg;
+            break;
+        case 'u':
+            o->user = optarg;
             break;
         case 'i':
             o->interactive = true;
@@ -300,6 +315,9 @@ static int cli_exec_parse(struct cli_exec_opts *o, int argc, char **argv, int *f
         return cli_usage_error(o->cmd, "--json cannot be combined with -t");
     if (o->tty && o->has_timeout)
         return cli_usage_error(o->cmd, "--timeout cannot be combined with -t");
+    /* terminals (POST .../terminals) run as the sandbox's default user: they take no "user" */
+    if (o->tty && o->user)
+        return cli_usage_error(o->cmd, "--user cannot be combined with -t");
     if (o->detach && (o->tty || o->json))
         return cli_usage_error(o->cmd, "-d cannot be combined with -t or --json");
     if (o->open_stdin && o->interactive)

@@ -1,9 +1,11 @@
 /*
- * cli_images — `warren pull`, `warren images` and `warren rmi`: templates (docs/API.md, "Images
- * and templates").
+ * cli_images — `warren pull`, `warren images`, `warren rmi`, and the templates made of sandboxes:
+ * `warren snapshot` and `warren fork` (docs/API.md, "Images and templates"). import and export
+ * are in cli_archive.c.
  */
 #include "cli/cli_internal.h"
 
+#include <errno.h>
 #include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,10 +27,20 @@ static int images_common_opt(const char *cmd, int opt)
     return -1;
 }
 
-static int template_path(buf_t *b, const char *name)
+int cli_path_template(buf_t *b, const char *name)
 {
-    return buf_append_str(b, "/v1/templates/") < 0 || client_append_escaped(b, name, 0) < 0 ? -1
-                                                                                            : 0;
+    return buf_append_str(b, "/v1/templates/") < 0 || client_append_escaped(b, name, 0) < 0
+               ? -ENOMEM
+               : 0;
+}
+
+int cli_print_template(json_t *tpl, bool json)
+{
+    if (json)
+        return cli_print_json(tpl) < 0 ? CLI_EXIT_FAIL : 0;
+    printf("%s %s\n", json_string_value(json_object_get(tpl, "name")) ?: "",
+           json_string_value(json_object_get(tpl, "digest")) ?: "");
+    return fflush(stdout) == 0 ? 0 : CLI_EXIT_FAIL;
 }
 
 /* Waits until template `name` is no longer pulling, drawing the pull's progress. Returns the
@@ -38,7 +50,9 @@ static json_t *wait_pulled(struct client *c, const char *name, bool quiet)
     struct cli_progress prog = {.enabled = !quiet && isatty(2), .label = name};
     buf_t path = BUF_INIT;
     json_t *tpl = NULL;
-    if (template_path(&path, name) < 0) {
+    char unpacking[300];
+    snprintf(unpacking, sizeof(unpacking), "%s (unpacking)", name);
+    if (cli_path_template(&path, name) < 0) {
         fprintf(stderr, "warren: out of memory\n");
         return NULL;
     }
@@ -51,9 +65,13 @@ static json_t *wait_pulled(struct client *c, const char *name, bool quiet)
         const char *state = json_string_value(json_object_get(tpl, "state"));
         json_t *progress = json_object_get(tpl, "progress");
         if (state && !strcmp(state, "pulling")) {
-            cli_progress_set(
-                &prog, (uint64_t)json_integer_value(json_object_get(progress, "bytes_done")),
-                (uint64_t)json_integer_value(json_object_get(progress, "bytes_total")));
+            uint64_t done = (uint64_t)json_integer_value(json_object_get(progress, "bytes_done"));
+            uint64_t total = (uint64_t)json_integer_value(json_object_get(progress, "bytes_total"));
+            /* The layers are unpacked once all are downloaded: a bar standing at 100% for the
+             * seconds a big image takes to unpack says so. */
+            if (total && done >= total)
+                prog.label = unpacking;
+            cli_progress_set(&prog, done, total);
             nanosleep(&(struct timespec){0, 200 * 1000 * 1000}, NULL);
             continue;
         }
@@ -127,12 +145,8 @@ int cli_cmd_pull(int argc, char **argv)
     if (cli_api_call(&c, "POST", "/v1/templates", body, &tpl, av[optind]) == CLI_OK) {
         const char *name = json_string_value(json_object_get(tpl, "name"));
         json_t *done = name ? wait_pulled(&c, name, quiet || json) : NULL;
-        if (done && json)
-            ret = cli_print_json(done) < 0 ? CLI_EXIT_FAIL : 0;
-        else if (done) {
-            printf("%s %s\n", name, json_string_value(json_object_get(done, "digest")) ?: "");
-            ret = fflush(stdout) == 0 ? 0 : CLI_EXIT_FAIL;
-        }
+        if (done)
+            ret = cli_print_template(done, json);
         json_decref(done);
     }
     client_close(&c);
@@ -235,7 +249,7 @@ int cli_cmd_rmi(int argc, char **argv)
     ret = 0;
     for (int i = optind; i < argc; i++) {
         buf_t path = BUF_INIT;
-        enum cli_result r = template_path(&path, av[i]) < 0
+        enum cli_result r = cli_path_template(&path, av[i]) < 0
                                 ? CLI_ETRANSPORT
                                 : cli_api_call(&c, "DELETE", path.data, NULL, NULL, av[i]);
         buf_free(&path);
@@ -249,6 +263,109 @@ int cli_cmd_rmi(int argc, char **argv)
         }
     }
     client_close(&c);
+    free(av);
+    return ret;
+}
+
+/* `snapshot` and `fork`: POST /v1/sandboxes/SANDBOX/<what> with `body`; *out receives the
+ * answer. Returns 0 or CLI_EXIT_FAIL (the error reported). */
+static int sandbox_post(const char *sandbox, const char *what, json_t *body, json_t **out)
+{
+    buf_t path = BUF_INIT;
+    struct client c;
+    int ret = CLI_EXIT_FAIL;
+    if (cli_path_sandbox(&path, sandbox) < 0 || buf_appendf(&path, "/%s", what) < 0) {
+        fprintf(stderr, "warren: out of memory\n");
+        buf_free(&path);
+        return ret;
+    }
+    if (cli_client_open(&c) == 0 &&
+        cli_api_call(&c, "POST", path.data, body, out, sandbox) == CLI_OK)
+        ret = 0;
+    client_close(&c);
+    buf_free(&path);
+    return ret;
+}
+
+int cli_cmd_snapshot(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"json", no_argument, NULL, OPT_JSON},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    char prog[64];
+    char **av = cli_getopt_argv(argc, argv, prog, sizeof(prog));
+    json_t *body = NULL, *tpl = NULL;
+    bool json = false;
+    int ret = -1, opt;
+    if (!av)
+        return CLI_EXIT_FAIL;
+    while (ret < 0 && (opt = getopt_long(argc, av, "+h", opts, NULL)) != -1) {
+        if (opt == OPT_JSON)
+            json = true;
+        else
+            ret = images_common_opt("snapshot", opt);
+    }
+    if (ret < 0 && argc - optind != 2)
+        ret = cli_usage_error("snapshot",
+                              argc - optind < 2 ? "expected SANDBOX and NAME"
+                                                : "unexpected argument '%s'",
+                              av[argc - 1]);
+    if (ret < 0 && !(body = json_pack("{s:s}", "name", av[optind + 1])))
+        ret = cli_usage_error("snapshot", "NAME: not valid UTF-8");
+    if (ret < 0 && (ret = sandbox_post(av[optind], "snapshot", body, &tpl)) == 0)
+        ret = cli_print_template(tpl, json);
+    json_decref(body);
+    json_decref(tpl);
+    free(av);
+    return ret;
+}
+
+int cli_cmd_fork(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"name", required_argument, NULL, OPT_NAME},
+        {"json", no_argument, NULL, OPT_JSON},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    char prog[64];
+    char **av = cli_getopt_argv(argc, argv, prog, sizeof(prog));
+    json_t *body = json_object(), *sb = NULL;
+    bool json = false;
+    int ret = -1, opt;
+    if (!av || !body) {
+        free(av);
+        json_decref(body);
+        return CLI_EXIT_FAIL;
+    }
+    while (ret < 0 && (opt = getopt_long(argc, av, "+h", opts, NULL)) != -1) {
+        if (opt == OPT_JSON) {
+            json = true;
+        } else if (opt == OPT_NAME) {
+            json_t *s = json_string(optarg);
+            if (!s)
+                ret = cli_usage_error("fork", "--name: not valid UTF-8");
+            json_object_set_new(body, "name", s);
+        } else {
+            ret = images_common_opt("fork", opt);
+        }
+    }
+    if (ret < 0 && argc - optind != 1)
+        ret = cli_usage_error(
+            "fork", argc == optind ? "missing the sandbox id or name" : "unexpected argument '%s'",
+            av[argc - 1]);
+    if (ret < 0 && (ret = sandbox_post(av[optind], "fork", body, &sb)) == 0) {
+        if (json) {
+            ret = cli_print_json(sb) < 0 ? CLI_EXIT_FAIL : 0;
+        } else {
+            printf("%s\n", json_string_value(json_object_get(sb, "id")) ?: "");
+            ret = fflush(stdout) == 0 ? 0 : CLI_EXIT_FAIL;
+        }
+    }
+    json_decref(body);
+    json_decref(sb);
     free(av);
     return ret;
 }

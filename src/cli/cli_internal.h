@@ -68,6 +68,10 @@ int cli_cmd_kill(int argc, char **argv);
 int cli_cmd_pull(int argc, char **argv);
 int cli_cmd_images(int argc, char **argv);
 int cli_cmd_rmi(int argc, char **argv);
+int cli_cmd_import(int argc, char **argv);
+int cli_cmd_export(int argc, char **argv);
+int cli_cmd_snapshot(int argc, char **argv);
+int cli_cmd_fork(int argc, char **argv);
 /* `warren start SANDBOX...` without a command: start stopped sandboxes again (cli_cmd_start
  * decides which form it is). */
 int cli_sandbox_start(int argc, char **argv);
@@ -99,6 +103,13 @@ void cli_report_api_error(const struct client_response *resp, const char *what);
 /* Append "/v1/sandboxes/<id, escaped>" to `b`. Returns 0 or -ENOMEM. */
 int cli_path_sandbox(buf_t *b, const char *id);
 
+/* Append "/v1/templates/<name, escaped as one segment>" to `b`. Returns 0 or -ENOMEM. */
+int cli_path_template(buf_t *b, const char *name);
+
+/* Print a template (pull, import, snapshot): as JSON, or as "NAME DIGEST". Returns the exit
+ * status (CLI_EXIT_FAIL when stdout cannot be written). */
+int cli_print_template(json_t *tpl, bool json);
+
 /* Parse "K=V" into `obj`[K] = V. If there is no '=' and `from_env` is set, the value is taken from
  * the CLI's own environment (and the entry is skipped when unset, like docker). Returns 0, or
  * prints a usage error and returns -1. */
@@ -114,7 +125,6 @@ int cli_print_json(json_t *j);
  * line (quiet), or with print_table. Returns the exit status; failures are reported. */
 int cli_print_list(const char *path, const char *key, const char *id_key, bool json, bool quiet,
                    void (*print_table)(json_t *list));
-
 
 /* base64 (standard alphabet, padded) of `n` bytes, appended to `out`. Returns 0 or -ENOMEM. */
 int cli_b64_encode(buf_t *out, const void *p, size_t n);

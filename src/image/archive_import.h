@@ -1,6 +1,6 @@
 /*
- * archive_import — an image brought in as one streamed archive (POST of a file, `warren image
- * import < F`), not pulled from a registry. Three shapes are recognised:
+ * archive_import — an image brought in as one streamed archive (PUT /v1/templates/NAME/archive,
+ * `warren import NAME F`), not pulled from a registry. Three shapes are recognised:
  *   - `docker save` output: manifest.json (Config + Layers paths) with <id>/layer.tar and
  *     <id>.json (classic) or blobs/sha256/<hex> (docker 25+), gzip/zstd around the whole allowed;
  *   - an OCI image layout in a tar (`skopeo copy ... oci-archive:F`): oci-layout, index.json,
