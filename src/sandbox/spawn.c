@@ -324,7 +324,7 @@ static int child_bind(const struct mount_op *op, const char *src, unsigned long 
         if (child_mkdir(op->dst, 0755) < 0)
             return -1;
     } else {
-        int fd = open(op->dst, O_CREAT | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0644);
+        int fd = open(op->dst, O_CREAT | O_RDONLY | O_CLOEXEC | O_NOFOLLOW, 0644);
         if (fd < 0)
             return -1;
         close(fd);
