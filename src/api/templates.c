@@ -86,7 +86,8 @@ void api_template_list(struct api_ctx *ctx, http_req_t *req, const struct route_
     json_t *arr = json_array();
     json_array_append_new(arr, api_template_json(NULL));
     for (struct template *tpl = ctx->templates->head; tpl; tpl = tpl->next)
-        json_array_append_new(arr, api_template_json(tpl));
+        if (!tpl->hidden) /* a build's cache (session/build.h) */
+            json_array_append_new(arr, api_template_json(tpl));
     http_respond_json(req, 200, json_pack("{s:o}", "templates", arr));
 }
 
