@@ -100,9 +100,9 @@ static json_t *template_record(const struct template *tpl)
                                                 (json_int_t)tpl->layers[i].size));
     return json_pack("{s:s, s:s, s:s, s:s, s:s, s:o, s:I, s:O*, s:f, s:b}", "name", tpl->name,
                      "image", tpl->image, "digest", tpl->digest, "config_digest",
-                     tpl->config_digest, "state", template_state_name(tpl->state), "layers",
-                     layers, "size_bytes", (json_int_t)tpl->size_bytes, "config", tpl->config,
-                     "created_at", tpl->created_at, "hidden", tpl->hidden);
+                     tpl->config_digest, "state", template_state_name(tpl->state), "layers", layers,
+                     "size_bytes", (json_int_t)tpl->size_bytes, "config", tpl->config, "created_at",
+                     tpl->created_at, "hidden", tpl->hidden);
 }
 
 static void template_save(struct template *tpl)
@@ -351,8 +351,8 @@ static void derive_run(struct store_op *op)
         op->r = layer_store_unpack(ts->layers, blob, digest, op->msg, sizeof(op->msg));
     if (op->r == 0)
         op->r = oci_derive_ex(ts->layers, op->scratch ? NULL : op->base_manifest,
-                              with_layer ? digest : NULL, size, op->edits, op->created_by,
-                              manifest, config, &config_text, op->msg, sizeof(op->msg));
+                              with_layer ? digest : NULL, size, op->edits, op->created_by, manifest,
+                              config, &config_text, op->msg, sizeof(op->msg));
     if (op->r == 0 && !(op->config = config_of(config_text, op->msg, sizeof(op->msg))))
         op->r = -EPROTO;
     if (op->r == 0 && !(op->layers = calloc(op->n_base_layers + 1, sizeof(*op->layers))))
@@ -716,10 +716,8 @@ enum session_err templates_snapshot(struct template_set *ts, const char *name,
                                     uid_t count, template_ready_cb cb, void *arg, char *msg,
                                     size_t msglen)
 {
-    struct template_derive d = {.upper = upper,
-                                .host_base = host_base,
-                                .count = count,
-                                .created_by = "warren snapshot"};
+    struct template_derive d = {
+        .upper = upper, .host_base = host_base, .count = count, .created_by = "warren snapshot"};
     return templates_derive(ts, name, base, &d, cb, arg, msg, msglen);
 }
 

@@ -75,6 +75,7 @@ struct template_set {
     struct layer_store *layers;
     store_t *store;
     double pull_timeout_s; /* how long a create waits for its image */
+    unsigned builds;       /* session/build.c: builds in flight (the cache is pruned without) */
     /* private */
     struct template *head;
     unsigned pending; /* pulls, imports, snapshots and collections in flight or deferred */
