@@ -38,6 +38,7 @@ static const char cli_usage_text[] =
     "  pull      pull an OCI image\n"
     "  images    list templates (pulled images included)\n"
     "  rmi       remove templates\n"
+    "  build     build a template from a Dockerfile\n"
     "  help      show help for a command: warren help COMMAND\n"
     "\n"
     "The client commands talk to $WARREN_URL (default " CLI_DEFAULT_URL "; unix:/path.sock\n"
@@ -256,6 +257,19 @@ static const struct cli_help cli_helps[] = {
              "  -q, --quiet        no progress bar\n"
              "      --json         print the template as JSON\n"
              "  -h, --help         show this help\n"},
+    {"build", "Usage: warren build -t NAME [OPTIONS] DIR\n"
+              "\n"
+              "Build template NAME from the Dockerfile in DIR (the build context; what\n"
+              "DIR/.dockerignore names is left out, one tar --exclude pattern a line), then print\n"
+              "the steps, the RUN steps' output and the template's name and digest.\n"
+              "\n"
+              "Options:\n"
+              "  -t, --tag NAME       the template to make (replaced if unused)\n"
+              "  -f, --file PATH      the Dockerfile's path in DIR (default Dockerfile)\n"
+              "      --build-arg K=V  a value for ARG K (repeatable)\n"
+              "      --no-cache       run every step again\n"
+              "      --network MODE   none (default) or open: the RUN steps' network\n"
+              "  -h, --help           show this help\n"},
     {"images", "Usage: warren images [OPTIONS]\n"
                "\n"
                "List templates: the built-in host, pulled images and named templates.\n"
@@ -332,8 +346,8 @@ int cli_main(int argc, char **argv)
         {"logs", cli_cmd_logs},     {"attach", cli_cmd_attach},
         {"cp", cli_cmd_cp},         {"help", cli_cmd_help},
         {"pull", cli_cmd_pull},     {"images", cli_cmd_images},
-        {"rmi", cli_cmd_rmi},       {"--help", cli_cmd_help},
-        {"-h", cli_cmd_help},
+        {"rmi", cli_cmd_rmi},       {"build", cli_cmd_build},
+        {"--help", cli_cmd_help},   {"-h", cli_cmd_help},
     };
 
     if (argc < 1 || !argv[0]) {

@@ -68,6 +68,7 @@ int cli_cmd_kill(int argc, char **argv);
 int cli_cmd_pull(int argc, char **argv);
 int cli_cmd_images(int argc, char **argv);
 int cli_cmd_rmi(int argc, char **argv);
+int cli_cmd_build(int argc, char **argv);
 /* `warren start SANDBOX...` without a command: start stopped sandboxes again (cli_cmd_start
  * decides which form it is). */
 int cli_sandbox_start(int argc, char **argv);
@@ -114,7 +115,6 @@ int cli_print_json(json_t *j);
  * line (quiet), or with print_table. Returns the exit status; failures are reported. */
 int cli_print_list(const char *path, const char *key, const char *id_key, bool json, bool quiet,
                    void (*print_table)(json_t *list));
-
 
 /* base64 (standard alphabet, padded) of `n` bytes, appended to `out`. Returns 0 or -ENOMEM. */
 int cli_b64_encode(buf_t *out, const void *p, size_t n);
