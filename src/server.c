@@ -32,6 +32,7 @@
 #include "sandbox/netns.h"
 #include "sandbox/template.h"
 #include "session/audit.h"
+#include "session/build.h"
 
 void server_config_defaults(struct server_config *cfg)
 {
@@ -489,6 +490,7 @@ static int server_start(struct server *srv)
         log_error("images: %s", msg);
         return r;
     }
+    build_recover(srv->state_dir); /* the contexts of builds a previous daemon ran */
 
     struct http_limits limits = {.max_body_bytes = srv->cfg.limits.max_body_bytes};
     srv->api = (struct api_ctx){.reg = &srv->reg,

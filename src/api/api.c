@@ -55,6 +55,7 @@ static const struct route routes[] = {
     {"GET", "/v1/audit", api_audit_get},
     {"POST", "/v1/templates", api_template_create},
     {"GET", "/v1/templates", api_template_list},
+    {"POST", "/v1/templates/build", api_template_build},
     {"PUT", "/v1/templates/{name}/archive", api_template_import},
     {"GET", "/v1/templates/{name+}/export", api_template_export},
     {"GET", "/v1/templates/{name+}", api_template_get},
@@ -129,6 +130,8 @@ int api_wants_stream(http_req_t *req, void *ctx)
     const char *path = http_req_path(req);
     size_t n = strlen(path);
     (void)ctx;
+    if (!strcmp(http_req_method(req), "POST"))
+        return !strcmp(path, "/v1/templates/build");
     if (strcmp(http_req_method(req), "PUT") != 0)
         return 0;
     if (!strncmp(path, "/v1/templates/", 14))

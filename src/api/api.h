@@ -136,6 +136,7 @@ void api_template_get(struct api_ctx *ctx, http_req_t *req, const struct route_p
 void api_template_delete(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 void api_template_import(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 void api_template_export(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_template_build(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 void api_sandbox_snapshot(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 void api_sandbox_fork(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 /* health.c */
@@ -170,8 +171,8 @@ void api_files_delete(struct api_ctx *ctx, http_req_t *req, const struct route_p
 void api_files_list(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 void api_archive_get(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 void api_archive_put(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
-/* api.c: the HTTP stream hook: PUT files, PUT archive (of a sandbox or a template) read their
- * bodies as streams. */
+/* api.c: the HTTP stream hook: PUT files, PUT archive (of a sandbox or a template) and POST
+ * /v1/templates/build read their bodies as streams. */
 int api_wants_stream(http_req_t *req, void *ctx);
 /* terminals.c */
 void api_terminal_create(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);

@@ -84,6 +84,8 @@ static const struct {
     {SESSION_ERR_IMAGE_INVALID, 422, "image_invalid"},
     {SESSION_ERR_NO_SPACE, 507, "insufficient_storage"},
     {SESSION_ERR_TIMEOUT, 504, "timeout"},
+    {SESSION_ERR_BUILD_INVALID, 400, "bad_request"},
+    {SESSION_ERR_BUILD_FAILED, 422, "build_failed"},
 };
 
 int api_session_status(enum session_err e, const char **code)

@@ -14,6 +14,7 @@
 #include "api/pipe.h"
 #include "core/json.h"
 #include "core/log.h"
+#include "session/build.h"
 #include "session/snapshot.h"
 #include "session/templates.h"
 
@@ -86,7 +87,8 @@ void api_template_list(struct api_ctx *ctx, http_req_t *req, const struct route_
     json_t *arr = json_array();
     json_array_append_new(arr, api_template_json(NULL));
     for (struct template *tpl = ctx->templates->head; tpl; tpl = tpl->next)
-        json_array_append_new(arr, api_template_json(tpl));
+        if (!tpl->hidden) /* a build's cache (session/build.h) */
+            json_array_append_new(arr, api_template_json(tpl));
     http_respond_json(req, 200, json_pack("{s:o}", "templates", arr));
 }
 
@@ -358,4 +360,120 @@ void api_sandbox_snapshot(struct api_ctx *ctx, http_req_t *req, const struct rou
         sandbox_snapshot(sb, ctx->templates, c->name, on_snapshotted, c, err, ERRLEN);
     if (e)
         on_snapshotted(NULL, e, err, c);
+}
+
+/* ---- build ---------------------------------------------------------------------------------- */
+
+/* One build: the context streams through the pipe; the answer is made when the build ends and
+ * sent when the pipe lets go of the request. */
+struct build_call {
+    struct api_ctx *ctx;
+    http_req_t *req;
+    struct api_pipe *pipe;
+    char name[TEMPLATE_NAME_MAX];
+    int status;
+    json_t *answer;
+};
+
+static void on_build_end(void *arg, int r, int started, uint64_t bytes, int body_err)
+{
+    struct build_call *c = arg;
+    (void)r;
+    (void)started;
+    if (c->status != 201 && body_err) {
+        json_decref(c->answer);
+        c->status = 400;
+        c->answer = json_pack("{s:{s:s, s:s}}", "error", "code", "bad_request", "message",
+                              "the upload of the build context broke off");
+    }
+    api_audit(c->ctx, c->req, "template.build", NULL, c->status,
+              json_pack("{s:s, s:I}", "name", c->name, "bytes", (json_int_t)bytes));
+    http_respond_json(c->req, c->status, c->answer);
+    free(c);
+}
+
+static void on_built(const struct build_result *res, void *arg)
+{
+    struct build_call *c = arg;
+    const char *code = "internal";
+    buf_t log = {(char *)res->log, res->log_len, res->log_len};
+    if (res->tpl) {
+        c->status = 201;
+        c->answer = api_template_json(res->tpl);
+    } else {
+        c->status = api_session_status(res->err, &code);
+        c->answer = json_pack("{s:{s:s, s:s}}", "error", "code", code, "message", res->msg);
+        if (!c->answer) /* a message that is not UTF-8 (a command's output) */
+            c->answer = json_pack("{s:{s:s, s:s}}", "error", "code", code, "message",
+                                  "the build failed (its message is not UTF-8: see the log)");
+    }
+    json_object_set(c->answer, "steps", res->steps);
+    api_put_output(c->answer, "log", &log, 1);
+    api_pipe_worker_done(c->pipe, res->tpl ? 0 : -EIO);
+}
+
+void api_template_build(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
+{
+    static const char *const allowed[] = {"name",     "dockerfile", "build_arg",
+                                          "no_cache", "network",    NULL};
+    const char *name = http_req_query(req, "name"), *net = http_req_query(req, "network"),
+               *nc = http_req_query(req, "no_cache");
+    char msg[512];
+    int loop_fd, worker_fd;
+    (void)p;
+    if (api_check_query(req, allowed) < 0)
+        return;
+    if (!name || !api_valid_name(name) || !strcmp(name, "host")) {
+        http_respond_error(req, 400, "bad_request",
+                           "'name' is required: 1-63 characters of [A-Za-z0-9_.-], starting with "
+                           "a letter or digit, and not 'host'");
+        return;
+    }
+    if (net && strcmp(net, "none") && strcmp(net, "open")) {
+        http_respond_error(req, 400, "bad_request", "'network' is none or open");
+        return;
+    }
+    json_t *args = json_object();
+    for (size_t i = 0; args && i < http_req_query_count(req); i++) {
+        if (strcmp(http_req_query_name(req, i), "build_arg") != 0)
+            continue;
+        const char *kv = http_req_query_value(req, i), *eq = strchr(kv, '=');
+        if (!eq || eq == kv) {
+            json_decref(args);
+            http_respond_error(req, 400, "bad_request", "'build_arg' is K=V, not '%s'", kv);
+            return;
+        }
+        char key[256];
+        snprintf(key, sizeof(key), "%.*s", (int)(eq - kv), kv);
+        json_object_set_new(args, key, json_string(eq + 1));
+    }
+    struct build_call *c = calloc(1, sizeof(*c));
+    if (!args || !c || make_pipe(1, &loop_fd, &worker_fd) < 0) {
+        json_decref(args);
+        free(c);
+        http_respond_error(req, 500, "internal", "cannot make a pipe for the upload");
+        return;
+    }
+    *c = (struct build_call){.ctx = ctx, .req = req};
+    snprintf(c->name, sizeof(c->name), "%s", name);
+    struct build_request br = {.name = name,
+                               .dockerfile = http_req_query(req, "dockerfile"),
+                               .build_args = args,
+                               .no_cache = nc && strcmp(nc, "0") && strcmp(nc, "false"),
+                               .network_open = net && !strcmp(net, "open"),
+                               .res = ctx->limits->defaults};
+    enum session_err e =
+        build_start(ctx->reg, ctx->templates, &br, worker_fd, on_built, c, msg, sizeof(msg));
+    json_decref(args);
+    if (e) {
+        const char *code;
+        int status = api_session_status(e, &code);
+        close(loop_fd);
+        api_audit(ctx, req, "template.build", NULL, status, json_pack("{s:s}", "name", name));
+        http_respond_error(req, status, code, "%s", msg);
+        free(c);
+        return;
+    }
+    if (api_pipe_receive(ctx->reg->loop, req, loop_fd, on_build_end, c, &c->pipe) < 0)
+        abort(); /* only ENOMEM, and the build holds c */
 }

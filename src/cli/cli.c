@@ -42,6 +42,7 @@ static const char cli_usage_text[] =
     "  export    write a template as an oci-archive\n"
     "  snapshot  make a template of a sandbox as it is now\n"
     "  fork      make a new sandbox of a copy of a sandbox\n"
+    "  build     build a template from a Dockerfile\n"
     "  help      show help for a command: warren help COMMAND\n"
     "\n"
     "The client commands talk to $WARREN_URL (default " CLI_DEFAULT_URL "; unix:/path.sock\n"
@@ -266,6 +267,19 @@ static const struct cli_help cli_helps[] = {
              "  -q, --quiet        no progress bar\n"
              "      --json         print the template as JSON\n"
              "  -h, --help         show this help\n"},
+    {"build", "Usage: warren build -t NAME [OPTIONS] DIR\n"
+              "\n"
+              "Build template NAME from the Dockerfile in DIR (the build context; what\n"
+              "DIR/.dockerignore names is left out, one tar --exclude pattern a line), then print\n"
+              "the steps, the RUN steps' output and the template's name and digest.\n"
+              "\n"
+              "Options:\n"
+              "  -t, --tag NAME       the template to make (replaced if unused)\n"
+              "  -f, --file PATH      the Dockerfile's path in DIR (default Dockerfile)\n"
+              "      --build-arg K=V  a value for ARG K (repeatable)\n"
+              "      --no-cache       run every step again\n"
+              "      --network MODE   none (default) or open: the RUN steps' network\n"
+              "  -h, --help           show this help\n"},
     {"images", "Usage: warren images [OPTIONS]\n"
                "\n"
                "List templates: the built-in host, pulled images and named templates.\n"
@@ -390,8 +404,8 @@ int cli_main(int argc, char **argv)
         {"pull", cli_cmd_pull},     {"images", cli_cmd_images},
         {"rmi", cli_cmd_rmi},       {"import", cli_cmd_import},
         {"export", cli_cmd_export}, {"snapshot", cli_cmd_snapshot},
-        {"fork", cli_cmd_fork},     {"--help", cli_cmd_help},
-        {"-h", cli_cmd_help},
+        {"fork", cli_cmd_fork},     {"build", cli_cmd_build},
+        {"--help", cli_cmd_help},   {"-h", cli_cmd_help},
     };
 
     if (argc < 1 || !argv[0]) {

@@ -91,34 +91,106 @@ int oci_derive(struct layer_store *s, const char *base_manifest, const char *lay
                int64_t layer_size, char manifest_out[DIGEST_STRLEN], char config_out[DIGEST_STRLEN],
                char **config_json, char *msg, size_t msglen)
 {
-    int r = 0;
-    json_t *config = NULL, *manifest = read_doc(s, base_manifest, "manifest", &r, msg, msglen);
-    const char *config_digest =
-        json_string_value(json_object_get(json_object_get(manifest, "config"), "digest"));
-    if (manifest && !config_digest) {
-        r = -EPROTO;
-        snprintf(msg, msglen, "manifest %s names no config", base_manifest);
+    return oci_derive_ex(s, base_manifest, layer_digest, layer_size, NULL, "warren snapshot",
+                         manifest_out, config_out, config_json, msg, msglen);
+}
+
+/* The config's "config" object with `edits` applied (see oci.h). */
+static int apply_edits(json_t *config, const char *edits_json, char *msg, size_t msglen)
+{
+    json_error_t jerr;
+    json_t *edits = json_loads(edits_json, 0, &jerr), *v;
+    const char *key;
+    if (!json_is_object(edits)) {
+        json_decref(edits);
+        snprintf(msg, msglen, "config edits: not a JSON object");
+        return -EINVAL;
     }
-    if (r == 0)
-        config = read_doc(s, config_digest, "config", &r, msg, msglen);
+    json_t *c = json_object_get(config, "config");
+    if (!json_is_object(c)) {
+        c = json_object();
+        json_object_set_new(config, "config", c);
+    }
+    json_object_foreach(edits, key, v)
+    {
+        if (!strcmp(key, "Labels") && json_is_object(v)) {
+            json_t *labels = json_object_get(c, "Labels"), *lv;
+            const char *lk;
+            if (!json_is_object(labels)) {
+                labels = json_object();
+                json_object_set_new(c, "Labels", labels);
+            }
+            json_object_foreach(v, lk, lv)
+            {
+                if (json_is_null(lv))
+                    json_object_del(labels, lk);
+                else
+                    json_object_set(labels, lk, lv);
+            }
+        } else if (json_is_null(v)) {
+            json_object_del(c, key);
+        } else {
+            json_object_set(c, key, v);
+        }
+    }
+    json_decref(edits);
+    return 0;
+}
+
+int oci_derive_ex(struct layer_store *s, const char *base_manifest, const char *layer_digest,
+                  int64_t layer_size, const char *edits, const char *created_by,
+                  char manifest_out[DIGEST_STRLEN], char config_out[DIGEST_STRLEN],
+                  char **config_json, char *msg, size_t msglen)
+{
+    int r = 0;
+    json_t *config = NULL, *manifest = NULL;
+    if (base_manifest) {
+        manifest = read_doc(s, base_manifest, "manifest", &r, msg, msglen);
+        const char *config_digest =
+            json_string_value(json_object_get(json_object_get(manifest, "config"), "digest"));
+        if (manifest && !config_digest) {
+            r = -EPROTO;
+            snprintf(msg, msglen, "manifest %s names no config", base_manifest);
+        }
+        if (r == 0)
+            config = read_doc(s, config_digest, "config", &r, msg, msglen);
+    } else {
+        /* FROM scratch: an image of nothing. */
+        manifest = json_pack("{s:i, s:s, s:{s:s}, s:[]}", "schemaVersion", 2, "mediaType",
+                             MT_MANIFEST, "config", "mediaType", MT_CONFIG, "layers");
+        config = json_pack("{s:s, s:s, s:{}, s:{s:s, s:[]}, s:[]}", "architecture", "amd64", "os",
+                           "linux", "config", "rootfs", "type", "layers", "diff_ids", "history");
+        if (!manifest || !config) {
+            r = -ENOMEM;
+            snprintf(msg, msglen, "out of memory");
+        }
+    }
     json_t *diff_ids = json_object_get(json_object_get(config, "rootfs"), "diff_ids");
     json_t *layers = json_object_get(manifest, "layers");
     if (r == 0 && (!json_is_array(diff_ids) || !json_is_array(layers))) {
         r = -EPROTO;
         snprintf(msg, msglen, "image %s has no layer list", base_manifest);
     }
+    if (r == 0 && edits)
+        r = apply_edits(config, edits, msg, msglen);
     if (r < 0)
         goto out;
-    json_array_append_new(diff_ids, json_string(layer_digest));
+    if (layer_digest)
+        json_array_append_new(diff_ids, json_string(layer_digest));
     json_t *history = json_object_get(config, "history");
-    if (json_is_array(history))
-        json_array_append_new(history, json_pack("{s:s}", "created_by", "warren snapshot"));
+    if (json_is_array(history) || !base_manifest) {
+        json_t *h = json_pack("{s:s}", "created_by", created_by ? created_by : "warren");
+        if (!layer_digest)
+            json_object_set_new(h, "empty_layer", json_true());
+        json_array_append_new(history, h);
+    }
     if ((r = put_doc(s, config, config_out, config_json)) < 0) {
         snprintf(msg, msglen, "storing the config: %s", strerror(-r));
         goto out;
     }
-    json_array_append_new(layers, json_pack("{s:s, s:s, s:I}", "mediaType", MT_LAYER, "digest",
-                                            layer_digest, "size", (json_int_t)layer_size));
+    if (layer_digest)
+        json_array_append_new(layers, json_pack("{s:s, s:s, s:I}", "mediaType", MT_LAYER, "digest",
+                                                layer_digest, "size", (json_int_t)layer_size));
     /* Our manifest is OCI whatever the base's was: a Docker config is a valid OCI config. */
     json_object_set_new(manifest, "mediaType", json_string(MT_MANIFEST));
     json_object_set_new(json_object_get(manifest, "config"), "mediaType", json_string(MT_CONFIG));
@@ -134,6 +206,13 @@ out:
     json_decref(config);
     json_decref(manifest);
     return r;
+}
+
+int oci_empty_layer(struct layer_store *s, char digest[DIGEST_STRLEN], int64_t *size)
+{
+    static const char zeros[1024]; /* a tar of no entries: its end-of-archive blocks */
+    *size = sizeof(zeros);
+    return oci_put_blob(s, zeros, sizeof(zeros), digest);
 }
 
 /* ---- export --------------------------------------------------------------------------------- */

@@ -117,6 +117,13 @@ int fs_list(const struct fs_root *root, const char *path, int recursive, size_t 
  * created too and an existing directory is not an error (mkdir -p). */
 int fs_mkdir(const struct fs_root *root, const char *path, int parents);
 
+/* Gives `path` (not following a final symlink: a link itself is changed) to uid:gid as the
+ * sandbox numbers them (its root is 0), which must be below FS_ID_RANGE (-ERANGE). The path is
+ * resolved with the sandbox root's credentials; the change is made with the daemon's (the
+ * sandbox's root cannot give files away on the host). -EPERM on a pseudo file system. */
+#define FS_ID_RANGE 65536u
+int fs_chown(const struct fs_root *root, const char *path, uid_t uid, gid_t gid);
+
 /* tar.gz (pax) of the tree at `path` (or the single file; a final symlink in `path` is followed),
  * entries named relative to `path`'s parent unless `relative_to_path` (then relative to path
  * itself, "." excluded). "/", "x/." and "x/.." always behave as with relative_to_path; a single

@@ -47,6 +47,10 @@ const char *session_err_name(enum session_err e)
         return "no_space";
     case SESSION_ERR_TIMEOUT:
         return "timeout";
+    case SESSION_ERR_BUILD_INVALID:
+        return "build_invalid";
+    case SESSION_ERR_BUILD_FAILED:
+        return "build_failed";
     }
     return "unknown";
 }

@@ -30,6 +30,9 @@ enum session_err {
     SESSION_ERR_IMAGE_INVALID,   /* a manifest, config or layer we refuse (a hostile entry...) */
     SESSION_ERR_NO_SPACE,        /* the host disk filled while storing an image */
     SESSION_ERR_TIMEOUT,         /* the image was not ready in time */
+    /* Builds (session/build.h): */
+    SESSION_ERR_BUILD_INVALID, /* the Dockerfile, an instruction or a source cannot be used */
+    SESSION_ERR_BUILD_FAILED,  /* a RUN step exited non-zero */
 };
 
 /* A stable lower-case name ("name_taken", ...), for logs. */

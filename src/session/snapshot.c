@@ -18,6 +18,9 @@ struct snapshot_call {
     int thaw; /* we froze it: thaw it when done */
     template_ready_cb cb;
     void *arg;
+    char *edits; /* owned */
+    char created_by[1024];
+    int hidden;
 };
 
 static void finish(struct snapshot_call *c, struct template *tpl, enum session_err err,
@@ -27,6 +30,7 @@ static void finish(struct snapshot_call *c, struct template *tpl, enum session_e
         log_warn("snapshot: cannot thaw sandbox %s", c->sb->id);
     c->cb(tpl, err, msg, c->arg);
     sandbox_unref(c->sb);
+    free(c->edits);
     free(c);
 }
 
@@ -45,8 +49,13 @@ static enum session_err capture(struct snapshot_call *c, char *msg, size_t msgle
         return SESSION_ERR_NOT_FOUND;
     }
     sandbox_dir(sb, upper, sizeof(upper), "upper");
-    return templates_snapshot(c->ts, c->name, base, upper, sandbox_host_uid(sb), SANDBOX_UID_RANGE,
-                              on_captured, c, msg, msglen);
+    struct template_derive d = {.upper = upper,
+                                .host_base = sandbox_host_uid(sb),
+                                .count = SANDBOX_UID_RANGE,
+                                .edits = c->edits,
+                                .created_by = c->created_by,
+                                .hidden = c->hidden};
+    return templates_derive(c->ts, c->name, base, &d, on_captured, c, msg, msglen);
 }
 
 static void on_frozen(struct sandbox *sb, int err, void *arg)
@@ -68,6 +77,14 @@ static void on_frozen(struct sandbox *sb, int err, void *arg)
 enum session_err sandbox_snapshot(struct sandbox *sb, struct template_set *ts, const char *name,
                                   template_ready_cb cb, void *arg, char *msg, size_t msglen)
 {
+    return sandbox_snapshot_derive(sb, ts, name, NULL, "warren snapshot", 0, cb, arg, msg, msglen);
+}
+
+enum session_err sandbox_snapshot_derive(struct sandbox *sb, struct template_set *ts,
+                                         const char *name, const char *edits,
+                                         const char *created_by, int hidden, template_ready_cb cb,
+                                         void *arg, char *msg, size_t msglen)
+{
     if (!sb->image) {
         snprintf(msg, msglen,
                  "sandbox %s is of the host template, which has no image to build on: only "
@@ -88,13 +105,20 @@ enum session_err sandbox_snapshot(struct sandbox *sb, struct template_set *ts, c
         snprintf(msg, msglen, "out of memory");
         return SESSION_ERR_NOMEM;
     }
-    *c = (struct snapshot_call){sb, ts, "", 0, cb, arg};
+    *c = (struct snapshot_call){sb, ts, "", 0, cb, arg, NULL, "", hidden};
+    if (edits && !(c->edits = strdup(edits))) {
+        free(c);
+        snprintf(msg, msglen, "out of memory");
+        return SESSION_ERR_NOMEM;
+    }
     snprintf(c->name, sizeof(c->name), "%s", name);
+    snprintf(c->created_by, sizeof(c->created_by), "%s", created_by);
     sandbox_ref(sb);
     if (sb->state == SB_RUNNING) {
         int r = sandbox_pause(sb, on_frozen, c);
         if (r < 0) {
             sandbox_unref(sb);
+            free(c->edits);
             free(c);
             snprintf(msg, msglen, "cannot freeze the sandbox: %s",
                      r == -ENOTSUP ? "this daemon has no cgroup freezer" : strerror(-r));
@@ -106,6 +130,7 @@ enum session_err sandbox_snapshot(struct sandbox *sb, struct template_set *ts, c
     enum session_err e = capture(c, msg, msglen);
     if (e) {
         sandbox_unref(sb);
+        free(c->edits);
         free(c);
     }
     return e;

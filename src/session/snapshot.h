@@ -18,4 +18,12 @@
 enum session_err sandbox_snapshot(struct sandbox *sb, struct template_set *ts, const char *name,
                                   template_ready_cb cb, void *arg, char *msg, size_t msglen);
 
+/* The same for builds (session/build.h): the new template also gets the config `edits` of
+ * oci_derive_ex() (image/oci.h; NULL: none), a history entry saying `created_by`, and is hidden
+ * from listings when `hidden`. */
+enum session_err sandbox_snapshot_derive(struct sandbox *sb, struct template_set *ts,
+                                         const char *name, const char *edits,
+                                         const char *created_by, int hidden, template_ready_cb cb,
+                                         void *arg, char *msg, size_t msglen);
+
 #endif

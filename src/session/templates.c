@@ -61,6 +61,10 @@ struct store_op {
     char base_manifest[80];
     struct template_layer *base_layers;
     size_t n_base_layers;
+    /* derive: config edits (owned JSON text, or NULL), the history's words, no base image */
+    char *edits;
+    char created_by[1024];
+    int scratch;
 };
 
 const char *template_state_name(enum template_state s)
@@ -94,11 +98,11 @@ static json_t *template_record(const struct template *tpl)
         json_array_append_new(layers, json_pack("{s:s, s:s, s:I}", "digest", tpl->layers[i].digest,
                                                 "diff_id", tpl->layers[i].diff_id, "size",
                                                 (json_int_t)tpl->layers[i].size));
-    return json_pack("{s:s, s:s, s:s, s:s, s:s, s:o, s:I, s:O*, s:f}", "name", tpl->name, "image",
-                     tpl->image, "digest", tpl->digest, "config_digest", tpl->config_digest,
-                     "state", template_state_name(tpl->state), "layers", layers, "size_bytes",
-                     (json_int_t)tpl->size_bytes, "config", tpl->config, "created_at",
-                     tpl->created_at);
+    return json_pack("{s:s, s:s, s:s, s:s, s:s, s:o, s:I, s:O*, s:f, s:b}", "name", tpl->name,
+                     "image", tpl->image, "digest", tpl->digest, "config_digest",
+                     tpl->config_digest, "state", template_state_name(tpl->state), "layers", layers,
+                     "size_bytes", (json_int_t)tpl->size_bytes, "config", tpl->config, "created_at",
+                     tpl->created_at, "hidden", tpl->hidden);
 }
 
 static void template_save(struct template *tpl)
@@ -311,37 +315,44 @@ static void import_run(struct store_op *op)
     imported_image_free(&imp);
 }
 
-/* Pool thread: one more layer of what a (frozen) sandbox changed, on top of its image. */
-static void snapshot_run(struct store_op *op)
+/* Pool thread: one more layer of what a (frozen) sandbox changed (or the empty layer of a
+ * scratch image, or none), and the config edits, on top of the base image (or of nothing). */
+static void derive_run(struct store_op *op)
 {
     struct template_set *ts = op->tpl->set;
     char tmp[1200], blob[4200], digest[DIGEST_STRLEN], manifest[DIGEST_STRLEN],
         config[DIGEST_STRLEN], *config_text = NULL;
     int64_t size = 0;
-    /* In layers/.tmp-*: whatever a crash leaves there is removed when the store opens. */
-    snprintf(tmp, sizeof(tmp), "%s/layers/.tmp-snapshot-XXXXXX", ts->images_dir);
-    int fd = mkostemp(tmp, O_CLOEXEC);
-    if (fd < 0) {
-        op->r = -errno;
-        snprintf(op->msg, sizeof(op->msg), "snapshot: a temporary file: %s", strerror(errno));
-        goto out;
+    int fd = -1, with_layer = op->upper[0] || op->scratch;
+    if (op->upper[0]) {
+        /* In layers/.tmp-*: whatever a crash leaves there is removed when the store opens. */
+        snprintf(tmp, sizeof(tmp), "%s/layers/.tmp-snapshot-XXXXXX", ts->images_dir);
+        if ((fd = mkostemp(tmp, O_CLOEXEC)) < 0) {
+            op->r = -errno;
+            snprintf(op->msg, sizeof(op->msg), "snapshot: a temporary file: %s", strerror(errno));
+            goto out;
+        }
+        op->r = snapshot_layer(op->upper, op->base, op->count, fd, digest, &size, op->msg,
+                               sizeof(op->msg));
+        if (op->r == 0 && fsync(fd) < 0)
+            op->r = -errno;
+        close(fd);
+        if (op->r == 0 &&
+            (op->r = layer_store_blob_path(ts->layers, digest, blob, sizeof(blob))) == 0 &&
+            rename(tmp, blob) < 0)
+            op->r = -errno;
+        unlink(tmp);
+    } else if (op->scratch) {
+        if ((op->r = oci_empty_layer(ts->layers, digest, &size)) == 0)
+            op->r = layer_store_blob_path(ts->layers, digest, blob, sizeof(blob));
     }
-    op->r =
-        snapshot_layer(op->upper, op->base, op->count, fd, digest, &size, op->msg, sizeof(op->msg));
-    if (op->r == 0 && fsync(fd) < 0)
-        op->r = -errno;
-    close(fd);
-    if (op->r == 0 &&
-        (op->r = layer_store_blob_path(ts->layers, digest, blob, sizeof(blob))) == 0 &&
-        rename(tmp, blob) < 0)
-        op->r = -errno;
-    unlink(tmp);
     /* Uncompressed: the layer's diff_id is its digest. */
-    if (op->r == 0)
+    if (op->r == 0 && with_layer)
         op->r = layer_store_unpack(ts->layers, blob, digest, op->msg, sizeof(op->msg));
     if (op->r == 0)
-        op->r = oci_derive(ts->layers, op->base_manifest, digest, size, manifest, config,
-                           &config_text, op->msg, sizeof(op->msg));
+        op->r = oci_derive_ex(ts->layers, op->scratch ? NULL : op->base_manifest,
+                              with_layer ? digest : NULL, size, op->edits, op->created_by, manifest,
+                              config, &config_text, op->msg, sizeof(op->msg));
     if (op->r == 0 && !(op->config = config_of(config_text, op->msg, sizeof(op->msg))))
         op->r = -EPROTO;
     if (op->r == 0 && !(op->layers = calloc(op->n_base_layers + 1, sizeof(*op->layers))))
@@ -349,11 +360,13 @@ static void snapshot_run(struct store_op *op)
     if (op->r < 0)
         goto out;
     memcpy(op->layers, op->base_layers, op->n_base_layers * sizeof(*op->layers));
-    struct template_layer *top = &op->layers[op->n_base_layers];
-    snprintf(top->digest, sizeof(top->digest), "%s", digest);
-    snprintf(top->diff_id, sizeof(top->diff_id), "%s", digest);
-    top->size = size;
-    op->n_layers = op->n_base_layers + 1;
+    op->n_layers = op->n_base_layers;
+    if (with_layer) {
+        struct template_layer *top = &op->layers[op->n_layers++];
+        snprintf(top->digest, sizeof(top->digest), "%s", digest);
+        snprintf(top->diff_id, sizeof(top->diff_id), "%s", digest);
+        top->size = size;
+    }
     snprintf(op->manifest, sizeof(op->manifest), "%s", manifest);
     snprintf(op->config_digest, sizeof(op->config_digest), "%s", config);
 out:
@@ -385,6 +398,7 @@ static void export_run(struct store_op *op)
 
 static void store_op_free(struct store_op *op)
 {
+    free(op->edits);
     free(op->layers);
     free(op->base_layers);
     json_decref(op->config);
@@ -555,6 +569,7 @@ static void load_one(const char *name, const char *text, void *arg)
     snprintf(tpl->config_digest, sizeof(tpl->config_digest), "%s",
              json_string_value(json_object_get(rec, "config_digest")) ?: "");
     tpl->created_at = json_number_value(json_object_get(rec, "created_at"));
+    tpl->hidden = json_is_true(json_object_get(rec, "hidden"));
     tpl->size_bytes = json_integer_value(json_object_get(rec, "size_bytes"));
     tpl->config = json_incref(json_object_get(rec, "config"));
     tpl->n_layers = json_array_size(layers);
@@ -701,17 +716,26 @@ enum session_err templates_snapshot(struct template_set *ts, const char *name,
                                     uid_t count, template_ready_cb cb, void *arg, char *msg,
                                     size_t msglen)
 {
+    struct template_derive d = {
+        .upper = upper, .host_base = host_base, .count = count, .created_by = "warren snapshot"};
+    return templates_derive(ts, name, base, &d, cb, arg, msg, msglen);
+}
+
+enum session_err templates_derive(struct template_set *ts, const char *name,
+                                  const struct template *base, const struct template_derive *d,
+                                  template_ready_cb cb, void *arg, char *msg, size_t msglen)
+{
     enum session_err err;
-    if (base->state != TEMPLATE_READY) {
-        snprintf(msg, msglen, "template '%s' of the sandbox is %s", base->name,
-                 template_state_name(base->state));
+    if (base && base->state != TEMPLATE_READY) {
+        snprintf(msg, msglen, "template '%s' is %s", base->name, template_state_name(base->state));
         return SESSION_ERR_STATE;
     }
-    struct store_op *op = made_template(ts, name, snapshot_run, cb, arg, &err, msg, msglen);
+    struct store_op *op = made_template(ts, name, derive_run, cb, arg, &err, msg, msglen);
     if (!op)
         return err;
-    op->base_layers = calloc(base->n_layers + 1, sizeof(*op->base_layers));
-    if (!op->base_layers) {
+    size_t n = base ? base->n_layers : 0;
+    op->base_layers = calloc(n + 1, sizeof(*op->base_layers));
+    if (!op->base_layers || (d->edits && !(op->edits = strdup(d->edits)))) {
         struct template *tpl = op->tpl;
         store_op_free(op);
         unlink_template(ts, tpl);
@@ -719,14 +743,53 @@ enum session_err templates_snapshot(struct template_set *ts, const char *name,
         snprintf(msg, msglen, "out of memory");
         return SESSION_ERR_NOMEM;
     }
-    memcpy(op->base_layers, base->layers, base->n_layers * sizeof(*op->base_layers));
-    op->n_base_layers = base->n_layers;
-    snprintf(op->base_manifest, sizeof(op->base_manifest), "%s", base->digest);
-    snprintf(op->upper, sizeof(op->upper), "%s", upper);
-    op->base = host_base;
-    op->count = count;
+    op->tpl->hidden = d->hidden;
+    if (base) {
+        memcpy(op->base_layers, base->layers, n * sizeof(*op->base_layers));
+        snprintf(op->base_manifest, sizeof(op->base_manifest), "%s", base->digest);
+    }
+    op->n_base_layers = n;
+    op->scratch = !base;
+    snprintf(op->upper, sizeof(op->upper), "%s", d->upper ? d->upper : "");
+    snprintf(op->created_by, sizeof(op->created_by), "%s", d->created_by ? d->created_by : "");
+    op->base = d->host_base;
+    op->count = d->count;
     store_op_queue(ts, op);
     return SESSION_OK;
+}
+
+enum session_err templates_alias(struct template_set *ts, const char *name,
+                                 const struct template *src, int hidden, struct template **out,
+                                 char *msg, size_t msglen)
+{
+    if (src->state != TEMPLATE_READY) {
+        snprintf(msg, msglen, "template '%s' is %s", src->name, template_state_name(src->state));
+        return SESSION_ERR_STATE;
+    }
+    if (templates_find(ts, name)) {
+        snprintf(msg, msglen, "a template named '%s' exists", name);
+        return SESSION_ERR_NAME_TAKEN;
+    }
+    struct template *tpl = template_new(ts, name, "");
+    if (tpl && (tpl->layers = calloc(src->n_layers + 1, sizeof(*tpl->layers))) &&
+        (tpl->config = json_deep_copy(src->config))) {
+        memcpy(tpl->layers, src->layers, src->n_layers * sizeof(*tpl->layers));
+        tpl->n_layers = src->n_layers;
+        tpl->size_bytes = src->size_bytes;
+        snprintf(tpl->digest, sizeof(tpl->digest), "%s", src->digest);
+        snprintf(tpl->config_digest, sizeof(tpl->config_digest), "%s", src->config_digest);
+        tpl->hidden = hidden;
+        tpl->state = TEMPLATE_READY;
+        template_save(tpl);
+        *out = tpl;
+        return SESSION_OK;
+    }
+    if (tpl) {
+        unlink_template(ts, tpl);
+        template_free(tpl);
+    }
+    snprintf(msg, msglen, "out of memory");
+    return SESSION_ERR_NOMEM;
 }
 
 enum session_err templates_export(struct template_set *ts, struct template *tpl, int fd,

@@ -60,7 +60,8 @@ struct template
     /* private */
     struct template_set *set;
     struct template_waiter *waiters;
-    int busy; /* a pull, import or snapshot is making it: it cannot be removed */
+    int busy;   /* a pull, import or snapshot is making it: it cannot be removed */
+    int hidden; /* an intermediate result (a build's cache): not listed by the API */
 };
 
 struct registry_client;
@@ -74,6 +75,7 @@ struct template_set {
     struct layer_store *layers;
     store_t *store;
     double pull_timeout_s; /* how long a create waits for its image */
+    unsigned builds;       /* session/build.c: builds in flight (the cache is pruned without) */
     /* private */
     struct template *head;
     unsigned pending; /* pulls, imports, snapshots and collections in flight or deferred */
@@ -135,6 +137,28 @@ enum session_err templates_snapshot(struct template_set *ts, const char *name,
                                     const struct template *base, const char *upper, uid_t host_base,
                                     uid_t count, template_ready_cb cb, void *arg, char *msg,
                                     size_t msglen);
+
+/* The general form of a snapshot, for builds (session/build.h): template `name` of `base` (NULL:
+ * of nothing, FROM scratch: the empty layer is its first) plus, when `upper` is given, one layer
+ * of it as templates_snapshot() makes it, with the config edits of oci_derive_ex() (image/oci.h)
+ * and a history entry saying `created_by`. Callbacks and errors as templates_snapshot(). */
+struct template_derive {
+    const char *upper; /* NULL: no layer (a config change) */
+    uid_t host_base, count;
+    const char *edits; /* JSON text, or NULL */
+    const char *created_by;
+    int hidden;
+};
+enum session_err templates_derive(struct template_set *ts, const char *name,
+                                  const struct template *base, const struct template_derive *d,
+                                  template_ready_cb cb, void *arg, char *msg, size_t msglen);
+
+/* A second name for the ready template `src`: template `name`, ready at once, of the same image
+ * (layers, config, digests), recorded. *out is it. SESSION_ERR_NAME_TAKEN, STATE (src not
+ * ready), NOMEM. */
+enum session_err templates_alias(struct template_set *ts, const char *name,
+                                 const struct template *src, int hidden, struct template **out,
+                                 char *msg, size_t msglen);
 
 /* What a sandbox made of the ready template `tpl` needs (session/sandbox.h): its layers (top
  * first, as overlayfs wants its lowers) and its image config. Free with sandbox_image_free(). */
