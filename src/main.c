@@ -25,7 +25,7 @@ static void serve_usage(FILE *f)
                "                    [--insecure-registry HOST:PORT]... [--registry-ca FILE]\n"
                "                    [--registry-auth FILE] [--registry-mirror REG=URL]...\n"
                "                    [--pull-timeout S]\n"
-                              "                    [--stop-sandboxes-on-exit]\n"
+               "                    [--stop-sandboxes-on-exit]\n"
                "                    [--log-level debug|info|warn|error]\n"
                "defaults: --listen 127.0.0.1:7070 --state-dir ./.warren --slots 0\n"
                "          --audit-max-bytes 67108864 --audit-keep 4\n"

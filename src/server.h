@@ -49,7 +49,7 @@ struct server_config {
         const char *ca_file;   /* --registry-ca */
         const char *auth_file; /* --registry-auth */
     } registries;
-    double pull_timeout_s; /* how long a create waits for its image */
+    double pull_timeout_s;      /* how long a create waits for its image */
     int stop_sandboxes_on_exit; /* stop them on SIGTERM/SIGINT instead of leaving them running */
 };
 

@@ -4,7 +4,9 @@
  * Patterns are '/'-separated literal segments and `{name}` captures, e.g.
  * "/v1/sandboxes/{id}/exec". A capture matches one non-empty segment, except `{name+}`, which
  * matches one or more, slashes included: all of the path but the segments the pattern has after
- * it (names that are paths, such as image references: "/v1/templates/{name+}/export"). Matching is exact (no trailing-slash folding). The table is owned by the caller and must outlive the router use.
+ * it (names that are paths, such as image references: "/v1/templates/{name+}/export"). Matching is
+ * exact (no trailing-slash folding). The table is owned by the caller and must outlive the router
+ * use.
  */
 #ifndef WARREN_NET_ROUTER_H
 #define WARREN_NET_ROUTER_H

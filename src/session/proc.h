@@ -44,7 +44,7 @@ struct proc_spec {
     const char *cwd;
     int pty;                         /* a terminal instead of pipes */
     const struct sandbox_user *user; /* NULL: the sandbox's (its image's User, else root) */
-    int rows, cols; /* with pty */
+    int rows, cols;                  /* with pty */
     /* For a later daemon (sandbox/proto.h): fds the init keeps (output ring memfds, borrowed),
      * an opaque note it gives back, and whether it keeps the process's record after its exit
      * (until proc_forget()) instead of forgetting it as soon as its output was read. */

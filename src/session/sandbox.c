@@ -488,7 +488,8 @@ static void recover_one(struct registry *reg, const char *id, const char *text)
             sb->user_set = 1;
         else
             log_warn("recovery: sandbox %s: its image's User %s cannot be resolved: commands run "
-                     "as root until it is restarted", sb->id, sb->image->user);
+                     "as root until it is restarted",
+                     sb->id, sb->image->user);
     }
     if (r == 0) {
         log_info("recovery: sandbox %s (%s) re-adopted, init pid %d", sb->id, sb->name, (int)pid);
@@ -853,17 +854,18 @@ static json_t *sandbox_record(const struct sandbox *sb)
     util_format_time(sb->created_at, created, sizeof(created));
     /* With what a next daemon needs to take it over (registry_recover()): its state, its init
      * (pid and start time) and its uid slot (its files are owned by it). */
-    json_t *rec = json_pack("{s:s, s:s, s:s, s:{s:f, s:I, s:I, s:I}, s:o, s:O, s:O, s:O, s:s, s:s, s:f, "
-                     "s:f, s:s, s:I, s:I, s:I, s:f, s:f}",
-                     "id", sb->id, "name", sb->name, "template", sb->template_name, "resources",
-                     "cpus", sb->res.cpus, "memory_mib", (json_int_t)sb->res.memory_mib, "pids",
-                     (json_int_t)sb->res.pids, "disk_mib", (json_int_t)sb->res.disk_mib, "network",
-                     egress_policy_to_json(sb->network), "labels", sb->labels, "env", sb->env,
-                     "secrets", sb->secrets, "created_at", created, "node", sb->reg->node, "ttl_s",
-                     sb->ttl_s, "idle_timeout_s", sb->idle_timeout_s, "state",
-                     sandbox_state_name(sb->state), "pid", (json_int_t)sb->pid, "pid_start",
-                     (json_int_t)sb->pid_start, "uid_slot", (json_int_t)sb->uid_slot,
-                     "created_at_s", sb->created_at, "last_active_at", sb->last_active_at);
+    json_t *rec =
+        json_pack("{s:s, s:s, s:s, s:{s:f, s:I, s:I, s:I}, s:o, s:O, s:O, s:O, s:s, s:s, s:f, "
+                  "s:f, s:s, s:I, s:I, s:I, s:f, s:f}",
+                  "id", sb->id, "name", sb->name, "template", sb->template_name, "resources",
+                  "cpus", sb->res.cpus, "memory_mib", (json_int_t)sb->res.memory_mib, "pids",
+                  (json_int_t)sb->res.pids, "disk_mib", (json_int_t)sb->res.disk_mib, "network",
+                  egress_policy_to_json(sb->network), "labels", sb->labels, "env", sb->env,
+                  "secrets", sb->secrets, "created_at", created, "node", sb->reg->node, "ttl_s",
+                  sb->ttl_s, "idle_timeout_s", sb->idle_timeout_s, "state",
+                  sandbox_state_name(sb->state), "pid", (json_int_t)sb->pid, "pid_start",
+                  (json_int_t)sb->pid_start, "uid_slot", (json_int_t)sb->uid_slot, "created_at_s",
+                  sb->created_at, "last_active_at", sb->last_active_at);
     if (rec && sb->image && json_object_set_new(rec, "image", image_record(sb->image)) < 0) {
         json_decref(rec);
         return NULL;

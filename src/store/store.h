@@ -1,5 +1,6 @@
 /*
- * store — the durable registry of sandboxes and templates (SQLite in <state_dir>/warren.db, WAL mode).
+ * store — the durable registry of sandboxes and templates (SQLite in <state_dir>/warren.db, WAL
+ * mode).
  *
  * The daemon's in-memory registry (session/) is the source of truth while it runs; the store lets
  * a restarted daemon know what a previous one left behind (to clean it up) and, later, which

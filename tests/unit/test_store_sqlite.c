@@ -173,8 +173,8 @@ static void test_put_replace_delete_list(void **state)
     assert_int_equal(store_put(st, STORE_SANDBOX, "sb-a", "{\"name\":\"a\"}"), 0);
     assert_int_equal(store_put(st, STORE_SANDBOX, "sb-b", "{\"name\":\"b\"}"), 0);
     /* Text that needs quoting in SQL goes in and out unchanged (bound, not spliced). */
-    assert_int_equal(store_put(st, STORE_SANDBOX, "sb-'q\"", "{\"x\":\"it's; DROP TABLE sandboxes;--\"}"),
-                     0);
+    assert_int_equal(
+        store_put(st, STORE_SANDBOX, "sb-'q\"", "{\"x\":\"it's; DROP TABLE sandboxes;--\"}"), 0);
     struct listing l = list_all(st);
     assert_int_equal(l.n, 3);
     assert_string_equal(find(&l, "sb-a"), "{\"name\":\"a\"}");
