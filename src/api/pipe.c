@@ -85,7 +85,11 @@ static void send_maybe_end(struct api_pipe *p)
     if (!p->worker_done || !p->eof || p->ended)
         return;
     p->ended = 1;
-    if (p->started)
+    /* A worker that failed after the first byte: the client must see the answer broken off,
+     * not complete (an archive cut short would otherwise look whole). */
+    if (p->started && p->r < 0)
+        http_respond_abort(p->req);
+    else if (p->started)
         http_respond_end(p->req);
     p->end(p->arg, p->r, p->started, p->bytes, 0);
     close_loop_end(p);

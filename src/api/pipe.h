@@ -13,7 +13,8 @@
  * pipe then calls `end` exactly once and frees itself afterwards:
  *  - send: once the worker is done and the pipe is drained (or the client is gone). If
  *    `started` is 0 nothing was sent and the caller must answer the request (an error, if r < 0);
- *    otherwise the pipe ended the response.
+ *    otherwise the pipe ended the response — broken off (http_respond_abort) if r < 0, so the
+ *    client never takes a truncated archive for a whole one.
  *  - receive: at once; `body_err` is the upload's error (-errno) if it broke. The caller must
  *    answer the request in `end` (no body callback may reach a freed pipe).
  * Loop thread only.

@@ -187,6 +187,11 @@ void http_respond_on_drain(http_req_t *req, void (*cb)(http_req_t *req, void *ar
  * connection serves the next (pipelined) request. Called without http_respond_start(), it answers
  * 500. */
 void http_respond_end(http_req_t *req);
+/* Ends a started response as broken: the connection is closed without the body's end (no last
+ * chunk, or fewer bytes than the Content-Length), so the client sees a truncated transfer instead
+ * of a complete, wrong one. Consumes the request. Use it when what was being sent failed
+ * midway. */
+void http_respond_abort(http_req_t *req);
 
 /* The reason phrase for a status code ("Not Found"), "Unknown" if not known. */
 const char *http_status_text(int status);

@@ -397,6 +397,22 @@ void http_respond_on_drain(http_req_t *req, void (*cb)(http_req_t *req, void *ar
         http_req_kick(req);
 }
 
+void http_respond_abort(http_req_t *req)
+{
+    if (req->consumed)
+        return;
+    if (!req->resp_started) {
+        http_respond(req, 500, NULL, NULL, 0, NULL);
+        return;
+    }
+    struct conn *c = req->conn;
+    if (c)
+        conn_detach(c, req);
+    http_req_release(req);
+    if (c)
+        http_conn_close_soon(c, -ECONNABORTED);
+}
+
 void http_respond_end(http_req_t *req)
 {
     if (req->consumed)

@@ -246,13 +246,17 @@ struct download {
     struct fixture *f;
     uint64_t total, sent;
     int over;
+    int abort; /* `abort=1`: writes n/2 and breaks the response off (http_respond_abort) */
 };
 
 static void download_finish(struct download *d)
 {
     if (d->over && http_respond_write(d->req, "x", 1) == -EINVAL)
         atomic_fetch_add(&d->f->dl_inval, 1);
-    http_respond_end(d->req);
+    if (d->abort)
+        http_respond_abort(d->req);
+    else
+        http_respond_end(d->req);
     atomic_fetch_add(&d->f->dl_ended, 1);
     free(d);
 }
@@ -300,7 +304,8 @@ static void start_download(struct fixture *f, http_req_t *req)
     const char *v = http_req_query(req, "n");
     uint64_t n = v ? strtoull(v, NULL, 10) : 0;
     int chunked = http_req_query(req, "chunked") != NULL;
-    d->total = http_req_query(req, "short") ? n / 2 : n;
+    d->abort = http_req_query(req, "abort") != NULL;
+    d->total = http_req_query(req, "short") || d->abort ? n / 2 : n;
     d->over = http_req_query(req, "over") != NULL;
     http_req_set_abort_cb(req, download_abort, d);
     http_respond_on_drain(req, download_drain, d);
@@ -1628,6 +1633,29 @@ static void test_stream_download(void **state)
     assert_int_equal(atomic_load(&f->dl_other_err), 0);
 }
 
+/* A response broken off midway (http_respond_abort): chunked, the client never gets the last
+ * chunk; with a Content-Length, fewer bytes; either way the connection closes. */
+static void test_stream_download_abort(void **state)
+{
+    struct fixture *f = *state;
+    struct resp r;
+    char req[128];
+    for (int chunked = 0; chunked < 2; chunked++) {
+        struct client *c = client_new(f->port);
+        uint64_t pos = 0;
+        snprintf(req, sizeof(req), "GET /down?n=%u&abort=1%s HTTP/1.1\r\n\r\n", 1u << 20,
+                 chunked ? "&chunked=1" : "");
+        client_sends(c, req);
+        assert_int_equal(read_response(c, &r, 1), 0);
+        assert_int_equal(r.status, 200);
+        if (chunked)
+            assert_int_equal(read_chunked_pattern(c), -1);
+        else
+            assert_int_equal(read_pattern(c, &pos, 1u << 20), -1);
+        client_free(c);
+    }
+}
+
 static void test_stream_download_pipelined(void **state)
 {
     struct fixture *f = *state;
@@ -1823,6 +1851,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_stream_reject, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stream_upload_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stream_download, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stream_download_abort, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stream_download_pipelined, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stream_download_vanish, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stream_server_close, setup, teardown),
