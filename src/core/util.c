@@ -5,6 +5,9 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <stdint.h>
+#include <sys/syscall.h>
+#include <linux/openat2.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -384,4 +387,32 @@ int util_write_all(int fd, const void *p, size_t n)
         n -= (size_t)w;
     }
     return 0;
+}
+
+int util_write_string(const char *path, const char *data)
+{
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    size_t n = strlen(data);
+    ssize_t w = write(fd, data, n);
+    int e = errno;
+    close(fd);
+    if (w < 0)
+        return -e;
+    return (size_t)w == n ? 0 : -EIO;
+}
+
+int util_openat2(int dirfd, const char *path, int flags, uint64_t resolve)
+{
+    struct open_how how = {.flags = (uint64_t)(flags | O_CLOEXEC), .resolve = resolve};
+    /* Scoped lookups fail with EAGAIN when a rename or mount raced with them: retry a few times. */
+    for (int i = 0; i < 16; i++) {
+        long fd = syscall(SYS_openat2, dirfd, path, &how, sizeof(how));
+        if (fd >= 0)
+            return (int)fd;
+        if (errno != EAGAIN)
+            return -errno;
+    }
+    return -EAGAIN;
 }

@@ -49,4 +49,11 @@ void util_free_strv(char **v);
 /* Writes all of p[0..n) to fd, retrying short writes and EINTR. 0 or -errno. */
 int util_write_all(int fd, const void *p, size_t n);
 
+/* Writes the string `data` to the existing file `path` in one write() (proc files such as
+ * uid_map want that). 0, -errno, or -EIO for a short write. */
+int util_write_string(const char *path, const char *data);
+/* openat2(2) of `path` under `dirfd` with `resolve` (RESOLVE_* flags), O_CLOEXEC added, retried
+ * while a rename or mount races with the scoped lookup (EAGAIN). The fd, or -errno. */
+int util_openat2(int dirfd, const char *path, int flags, uint64_t resolve);
+
 #endif

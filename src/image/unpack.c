@@ -92,20 +92,6 @@ static la_ssize_t stream_read(struct archive *tar, void *ud, const void **out)
     return n;
 }
 
-static int open_beneath(int dirfd, const char *path, int flags)
-{
-    struct open_how how = {.flags = (uint64_t)(flags | O_CLOEXEC), .resolve = RESOLVE_STRICT};
-    /* Scoped lookups fail with EAGAIN when a rename raced with them. */
-    for (int i = 0; i < 16; i++) {
-        long fd = syscall(SYS_openat2, dirfd, path, &how, sizeof(how));
-        if (fd >= 0)
-            return (int)fd;
-        if (errno != EAGAIN)
-            return -errno;
-    }
-    return -EAGAIN;
-}
-
 /* Normalises a tar name into out (UNPACK_MAX_NAME + 1 bytes): "./" and "." components and
  * duplicate or trailing slashes dropped. "" is the layer's root. Refuses absolute names, "..",
  * and names or depths over the limits; *why says which. */
@@ -166,22 +152,22 @@ static void split_name(char *name, const char **parent, const char **base)
  * is a symlink fails with -ELOOP, one that is not a directory with -ENOTDIR. */
 static int open_parent(struct unpacker *u, const char *parent)
 {
-    int fd = open_beneath(u->destfd, parent, O_RDONLY | O_DIRECTORY);
+    int fd = util_openat2(u->destfd, parent, O_RDONLY | O_DIRECTORY, RESOLVE_STRICT);
     if (fd != -ENOENT)
         return fd;
     char path[UNPACK_MAX_NAME + 1];
     snprintf(path, sizeof(path), "%s", parent);
-    int cur = open_beneath(u->destfd, ".", O_RDONLY | O_DIRECTORY);
+    int cur = util_openat2(u->destfd, ".", O_RDONLY | O_DIRECTORY, RESOLVE_STRICT);
     for (char *p = path; cur >= 0 && *p;) {
         char *end = strchrnul(p, '/');
         int last = !*end;
         *end = '\0';
-        int next = open_beneath(cur, p, O_RDONLY | O_DIRECTORY);
+        int next = util_openat2(cur, p, O_RDONLY | O_DIRECTORY, RESOLVE_STRICT);
         if (next == -ENOENT) {
             if (mkdirat(cur, p, 0755) < 0 && errno != EEXIST)
                 next = -errno;
             else
-                next = open_beneath(cur, p, O_RDONLY | O_DIRECTORY);
+                next = util_openat2(cur, p, O_RDONLY | O_DIRECTORY, RESOLVE_STRICT);
             if (next >= 0 && fchmod(next, 0755) < 0) {
                 close(next);
                 next = -errno;
@@ -397,14 +383,14 @@ static int do_dir(struct unpacker *u, int pfd, const char *base, const char *pat
 {
     int r, fd;
     if (pfd < 0) {
-        fd = open_beneath(u->destfd, ".", O_RDONLY | O_DIRECTORY);
+        fd = util_openat2(u->destfd, ".", O_RDONLY | O_DIRECTORY, RESOLVE_STRICT);
     } else {
         r = remove_existing(pfd, base, 1);
         if (r < 0)
             return fail(u, r, "replacing the existing entry: %s", strerror(-r));
         if (r == 0 && mkdirat(pfd, base, 0700) < 0)
             return fail(u, errno, "mkdir: %s", strerror(errno));
-        fd = open_beneath(pfd, base, O_RDONLY | O_DIRECTORY);
+        fd = util_openat2(pfd, base, O_RDONLY | O_DIRECTORY, RESOLVE_STRICT);
     }
     if (fd < 0)
         return fail(u, fd, "opening the directory: %s", strerror(-fd));
@@ -467,7 +453,7 @@ static int do_hardlink(struct unpacker *u, int pfd, const char *base, const char
     if (!strcmp(target, name))
         return 0;
     split_name(target, &tparent, &tbase);
-    int tfd = open_beneath(u->destfd, tparent, O_RDONLY | O_DIRECTORY);
+    int tfd = util_openat2(u->destfd, tparent, O_RDONLY | O_DIRECTORY, RESOLVE_STRICT);
     if (tfd < 0)
         return fail(u, tfd, "hardlink target '%s': %s", archive_entry_hardlink(u->e),
                     tfd == -ELOOP ? "a parent directory is a symlink" : strerror(-tfd));
@@ -569,7 +555,7 @@ static int fix_dirs(struct unpacker *u)
 {
     for (size_t i = 0; i < u->nfix; i++) {
         struct dirfix *f = &u->fix[i];
-        int fd = open_beneath(u->destfd, f->path, O_RDONLY | O_DIRECTORY);
+        int fd = util_openat2(u->destfd, f->path, O_RDONLY | O_DIRECTORY, RESOLVE_STRICT);
         if (fd == -ENOENT || fd == -ENOTDIR || fd == -ELOOP)
             continue;
         u->entry = f->path;

@@ -143,32 +143,18 @@ fail:
 
 /* ---- paths -------------------------------------------------------------------------------- */
 
-static int openat2_retry(int dirfd, const char *path, int flags, uint64_t resolve_flags)
-{
-    struct open_how how = {.flags = (uint64_t)(flags | O_CLOEXEC), .resolve = resolve_flags};
-    /* Scoped lookups with ".." fail with EAGAIN when a rename or mount raced with them. */
-    for (int i = 0; i < 16; i++) {
-        long fd = syscall(SYS_openat2, dirfd, path, &how, sizeof(how));
-        if (fd >= 0)
-            return (int)fd;
-        if (errno != EAGAIN)
-            return -errno;
-    }
-    return -EAGAIN;
-}
-
 /* Rule 1: the only way a caller's path is turned into an fd. */
 int fs_resolve(const struct fs_root *root, const char *path, int flags)
 {
-    return openat2_retry(root->root_fd, path, flags, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS);
+    return util_openat2(root->root_fd, path, flags, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS);
 }
 
 /* One name (or a normalised relative path) below `dirfd` without following any symlink and
  * without leaving `dirfd`: archive extraction never goes through a symlink. */
 int fs_open_beneath(int dirfd, const char *name, int flags)
 {
-    return openat2_retry(dirfd, name, flags,
-                         RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
+    return util_openat2(dirfd, name, flags,
+                        RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
 }
 
 int fs_is_dots(const char *name)

@@ -19,20 +19,7 @@
 #include <unistd.h>
 
 #include "core/log.h"
-
-static int write_file(const char *path, const char *data)
-{
-    int fd = open(path, O_WRONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
-    size_t n = strlen(data);
-    ssize_t w = write(fd, data, n);
-    int e = errno;
-    close(fd);
-    if (w < 0)
-        return -e;
-    return (size_t)w == n ? 0 : -EIO;
-}
+#include "core/util.h"
 
 int rootfs_userns(uid_t host_base, uid_t count, int *fd_out)
 {
@@ -63,13 +50,13 @@ int rootfs_userns(uid_t host_base, uid_t count, int *fd_out)
     close(p[0]);
     snprintf(map, sizeof(map), "0 %u %u\n", (unsigned)host_base, (unsigned)count);
     snprintf(path, sizeof(path), "/proc/%d/uid_map", (int)pid);
-    if ((r = write_file(path, map)) < 0)
+    if ((r = util_write_string(path, map)) < 0)
         goto done;
     snprintf(path, sizeof(path), "/proc/%d/setgroups", (int)pid);
-    if ((r = write_file(path, "deny")) < 0)
+    if ((r = util_write_string(path, "deny")) < 0)
         goto done;
     snprintf(path, sizeof(path), "/proc/%d/gid_map", (int)pid);
-    if ((r = write_file(path, map)) < 0)
+    if ((r = util_write_string(path, map)) < 0)
         goto done;
     snprintf(path, sizeof(path), "/proc/%d/ns/user", (int)pid);
     if ((*fd_out = open(path, O_RDONLY | O_CLOEXEC)) < 0)

@@ -44,6 +44,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "core/util.h"
 #include "sandbox/proto.h"
 
 #ifndef CLONE_PIDFD
@@ -591,20 +592,6 @@ static __attribute__((noreturn)) void child_main(struct child_ctx *c)
  * Parent side.
  */
 
-static int write_file(const char *path, const char *data)
-{
-    int fd = open(path, O_WRONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
-    size_t n = strlen(data);
-    ssize_t w = write(fd, data, n);
-    int e = errno;
-    close(fd);
-    if (w < 0)
-        return -e;
-    return (size_t)w == n ? 0 : -EIO;
-}
-
 static int parent_write_maps(const struct spawn_config *cfg, pid_t pid, struct spawn_error *err)
 {
     char path[64], map[96];
@@ -612,14 +599,14 @@ static int parent_write_maps(const struct spawn_config *cfg, pid_t pid, struct s
 
     snprintf(map, sizeof(map), "0 %u %u\n", (unsigned)cfg->host_uid, cfg->id_count);
     snprintf(path, sizeof(path), "/proc/%d/uid_map", (int)pid);
-    if ((r = write_file(path, map)) < 0)
+    if ((r = util_write_string(path, map)) < 0)
         goto idmap;
     snprintf(path, sizeof(path), "/proc/%d/setgroups", (int)pid);
-    if ((r = write_file(path, "deny")) < 0)
+    if ((r = util_write_string(path, "deny")) < 0)
         goto idmap;
     snprintf(map, sizeof(map), "0 %u %u\n", (unsigned)cfg->host_gid, cfg->id_count);
     snprintf(path, sizeof(path), "/proc/%d/gid_map", (int)pid);
-    if ((r = write_file(path, map)) < 0)
+    if ((r = util_write_string(path, map)) < 0)
         goto idmap;
     return 0;
 idmap:
@@ -634,7 +621,7 @@ static int parent_attach_cgroups(const struct spawn_config *cfg, pid_t pid, stru
     int r;
     snprintf(line, sizeof(line), "%d\n", (int)pid);
     for (size_t i = 0; i < cfg->n_cgroups; i++) {
-        if ((r = write_file(cfg->cgroup_procs[i], line)) < 0) {
+        if ((r = util_write_string(cfg->cgroup_procs[i], line)) < 0) {
             err->step = SPAWN_STEP_CGROUP;
             snprintf(err->detail, sizeof(err->detail), "%s", cfg->cgroup_procs[i]);
             return r;
