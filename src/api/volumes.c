@@ -76,6 +76,11 @@ void api_volume_create(struct api_ctx *ctx, http_req_t *req, const struct route_
                  "or digit");
         goto bad;
     }
+    /* <name>.img is the image of volume <name>, beside its mount point <name>. */
+    if (strlen(name) >= 4 && !strcmp(name + strlen(name) - 4, ".img")) {
+        snprintf(err, ERRLEN, "a volume name cannot end in '.img'");
+        goto bad;
+    }
     if (mib < 1) {
         snprintf(err, ERRLEN, "'size_mib' must be at least 1");
         goto bad;

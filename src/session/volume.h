@@ -64,7 +64,8 @@ void volumes_recover(struct registry *reg);
 /* Frees the list (at exit). Mounts stay: volumes outlive the daemon. */
 void volumes_free(struct registry *reg);
 
-/* Starts creating volume `name` (a valid name, not checked here) of `mib` MiB. Returns
+/* Starts creating volume `name` (a valid name not ending in ".img", not checked here) of `mib`
+ * MiB. Returns
  * SESSION_OK (then `cb` runs later with the volume, or NULL with SESSION_ERR_SETUP and a message),
  * or at once SESSION_ERR_NAME_TAKEN, SESSION_ERR_HOST_DISK (thin-provisioning admission, counted
  * with the sandboxes' disks), SESSION_ERR_SHUTTING_DOWN or SESSION_ERR_NOMEM, with msg. */

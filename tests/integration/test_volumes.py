@@ -84,7 +84,7 @@ def test_default_size_and_bad_requests(api):
         assert v["size_mib"] == 1024, v
     finally:
         remove_volume(api, v["name"])
-    for body, status in [({}, 400), ({"name": "-bad"}, 400), ({"name": "a/b"}, 400),
+    for body, status in [({}, 400), ({"name": "-bad"}, 400), ({"name": "a/b"}, 400), ({"name": "x.img"}, 400),
                          ({"name": "ok-" + rand(), "size_mib": 0}, 400),
                          ({"name": "ok-" + rand(), "size_mib": "1"}, 400),
                          ({"name": "ok-" + rand(), "extra": 1}, 400),
