@@ -11,6 +11,7 @@ mount or loop device is left.
 import glob
 import os
 import random
+import shutil
 import signal
 import string
 import subprocess
@@ -219,6 +220,22 @@ def test_bad_volume_specs(api):
         assert api.get(f"/v1/volumes/{name}").json["attached"] == []
     finally:
         remove_volume(api, name)
+
+
+def test_thin_provisioning_counts_volumes(fresh_daemon):
+    """Volumes are admitted like sandbox disks, and their sizes are promised host disk."""
+    d = fresh_daemon(extra_args=["--maxima", "disk_mib=1099511627776"])
+    api = Api(d)
+    free_mib = shutil.disk_usage(d.state_dir).free >> 20
+    before = api.get("/v1/info").json["disk"]["promised_bytes"]
+    r = api.post("/v1/volumes", {"name": "huge", "size_mib": 11 * free_mib})
+    assert r.status == 503 and "not enough host disk" in r.error_message, r
+    assert api.get("/v1/volumes").json["volumes"] == []
+    v = make_volume(api, 64, "small")
+    # Admission of sandboxes and volumes adds up these promises (docs/API.md, "Host disk").
+    assert api.get("/v1/info").json["disk"]["promised_bytes"] == before + (64 << 20)
+    remove_volume(api, v["name"])
+    assert api.get("/v1/info").json["disk"]["promised_bytes"] == before
 
 
 # ---------------------------------------------------------------------------------------------
