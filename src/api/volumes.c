@@ -15,10 +15,12 @@
 json_t *api_volume_json(struct registry *reg, const struct volume *vol)
 {
     char created[32];
-    struct volume_attachment at[64];
-    size_t n = volume_attachments(reg, vol->name, at, sizeof(at) / sizeof(at[0]));
+    size_t n = volume_attachments(reg, vol->name, NULL, 0);
+    struct volume_attachment *at = n ? calloc(n, sizeof(*at)) : NULL;
     json_t *attached = json_array();
-    for (size_t i = 0; attached && i < n && i < sizeof(at) / sizeof(at[0]); i++)
+    if (at)
+        volume_attachments(reg, vol->name, at, n);
+    for (size_t i = 0; attached && at && i < n; i++)
         json_array_append_new(attached, json_pack("{s:s, s:s, s:s, s:b}", "sandbox", at[i].sb->id,
                                                   "sandbox_name", at[i].sb->name, "path",
                                                   at[i].path, "read_only", at[i].read_only));

@@ -207,8 +207,19 @@ static void create_work(uv_work_t *w)
         return;
     }
     op->err = disk_create(op->reg->disks, image, dir, op->vol->size_mib, volume_dirs, 0, &op->what);
-    if (op->err < 0)
+    if (op->err < 0) {
         rmdir(dir);
+        return;
+    }
+    /* As /tmp: whichever user a sandbox (or its image) runs commands as can work in it, as in a
+     * sandbox's own /workspace. */
+    char data[PATHLEN];
+    vol_path(op->reg, op->vol->name, "/data", data);
+    op->what = "volume directory mode";
+    if (chmod(data, 01777) < 0) {
+        op->err = -errno;
+        remove_volume_files(op->reg, op->vol->name);
+    }
 }
 
 static void create_done(uv_work_t *w, int status)

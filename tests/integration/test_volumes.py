@@ -109,11 +109,15 @@ def test_shared_read_write_and_read_only(api, new_sandbox):
         r = sh(api, a["id"], "echo hello > /data/f && mkdir /data/d && "
                "echo x > /data/d/u && chown 1000:1000 /data/d/u")
         assert r["exit_code"] == 0, r
+        # Any user may work in a volume's top directory (mode 1777, as /tmp).
+        r = sh(api, a["id"], "echo u > /data/by-user && stat -c %a /data", user="1000")
+        assert r["exit_code"] == 0 and r["stdout"] == "1777\n", r
         r = sh(api, b["id"], "cat /mnt/shared/f; stat -c '%u:%g' /mnt/shared/f /mnt/shared/d/u")
         assert r["exit_code"] == 0, r
         # Root's file is root's in the other sandbox too (idmapped: both roots store id 0), and
         # uid 1000's is 1000's.
         assert r["stdout"] == "hello\n0:0\n1000:1000\n", r
+        assert sh(api, b["id"], "stat -c %u /mnt/shared/by-user")["stdout"] == "1000\n"
         r = sh(api, b["id"], "echo no > /mnt/shared/g")
         assert r["exit_code"] != 0 and "Read-only file system" in r["stderr"], r
         r = sh(api, b["id"], "rm /mnt/shared/f")
