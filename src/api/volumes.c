@@ -24,6 +24,7 @@ json_t *api_volume_json(struct registry *reg, const struct volume *vol)
         json_array_append_new(attached, json_pack("{s:s, s:s, s:s, s:b}", "sandbox", at[i].sb->id,
                                                   "sandbox_name", at[i].sb->name, "path",
                                                   at[i].path, "read_only", at[i].read_only));
+    free(at);
     long long used = volume_used_bytes(reg, vol);
     util_format_time(vol->created_at, created, sizeof(created));
     return json_pack("{s:s, s:I, s:o, s:o, s:s}", "name", vol->name, "size_mib",
