@@ -362,7 +362,6 @@ void api_sandbox_fork(struct api_ctx *ctx, http_req_t *req, const struct route_p
                                 .labels = sb->labels,
                                 .env = sb->env,
                                 .secrets = sb->secrets,
-                                .volumes = sb->volumes,
                                 .res = sb->res,
                                 .ttl_s = sb->ttl_s,
                                 .idle_timeout_s = sb->idle_timeout_s};

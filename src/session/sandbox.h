@@ -221,8 +221,9 @@ void registry_start_disk_pool(struct registry *reg, size_t n);
 void registry_fill_disk_pool(struct registry *reg);
 
 /* The host disk as sandboxes use it: bytes free on the file system of the state dir, bytes the
- * sandboxes' images occupy there, and the disk sizes promised to sandboxes (every state,
- * stopped ones included). Returns 0 or -errno (the state dir cannot be measured). */
+ * sandboxes' and volumes' images occupy there, and the disk sizes promised to sandboxes (every
+ * state, stopped ones included) and volumes (session/volume.h). Returns 0 or -errno (the state dir
+ * cannot be measured). */
 struct registry_disk_usage {
     int64_t free_bytes;
     int64_t used_bytes;
@@ -230,11 +231,11 @@ struct registry_disk_usage {
 };
 int registry_disk_usage(struct registry *reg, struct registry_disk_usage *out);
 /* Keeps the host disk from filling, whatever admission let in: to be called every
- * REGISTRY_DISK_CHECK_MS. While the sandboxes' disks could together take more than the host has
- * free above disk_reserve, each gets a ballast (sandbox/disk.h) so that what they can still
- * write adds up to no more than that, shared in proportion to each one's free space; below the
- * reserve none can write (ENOSPC inside). Costs one statvfs() while the host has room for every
- * promise. */
+ * REGISTRY_DISK_CHECK_MS. While the sandboxes' disks and the volumes could together take more
+ * than the host has free above disk_reserve, each gets a ballast (sandbox/disk.h) so that what they
+ * can still write adds up to no more than that, shared in proportion to each one's free space;
+ * below the reserve none can write (ENOSPC inside). Costs one statvfs() while the host has room for
+ * every promise. */
 #define REGISTRY_DISK_CHECK_MS 100
 void registry_check_disk(struct registry *reg);
 
