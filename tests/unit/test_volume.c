@@ -210,6 +210,8 @@ static int teardown_mounts(void **state)
     (void)state;
     if (userns >= 0)
         close(userns);
+    umount2(rw, MNT_DETACH); /* left by a failed test */
+    umount2(ro, MNT_DETACH);
     umount2(dir, MNT_DETACH);
     rmdir(dir);
     return 0;
