@@ -33,6 +33,7 @@
 #include "sandbox/template.h"
 #include "session/audit.h"
 #include "session/build.h"
+#include "session/volume.h"
 
 void server_config_defaults(struct server_config *cfg)
 {
@@ -426,6 +427,7 @@ static int server_start(struct server *srv)
         snprintf(reg->node, sizeof(reg->node), "localhost");
     if ((r = registry_init(reg)) < 0)
         return r;
+    volumes_recover(reg); /* before the sandboxes: a stopped one may need its volumes to start */
     registry_recover(reg);
     char msg[512];
     if ((r = disk_manager_new(srv->state_dir, &srv->disks, msg, sizeof(msg))) < 0) {

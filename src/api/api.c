@@ -60,6 +60,10 @@ static const struct route routes[] = {
     {"GET", "/v1/templates/{name+}/export", api_template_export},
     {"GET", "/v1/templates/{name+}", api_template_get},
     {"DELETE", "/v1/templates/{name+}", api_template_delete},
+    {"POST", "/v1/volumes", api_volume_create},
+    {"GET", "/v1/volumes", api_volume_list},
+    {"GET", "/v1/volumes/{name}", api_volume_get},
+    {"DELETE", "/v1/volumes/{name}", api_volume_delete},
 };
 
 void api_handle(http_req_t *req, void *arg)

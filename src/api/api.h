@@ -189,6 +189,15 @@ void api_shell_create(struct api_ctx *ctx, http_req_t *req, const struct route_p
 void api_shell_list(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 void api_shell_run(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 void api_shell_delete(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+/* volumes.c */
+struct volume;
+/* A volume's JSON: name, size_mib, used_bytes, attached [{sandbox, sandbox_name, path,
+ * read_only}], created_at. New reference. */
+json_t *api_volume_json(struct registry *reg, const struct volume *vol);
+void api_volume_create(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_volume_list(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_volume_get(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_volume_delete(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 /* batch.c */
 void api_batch(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 

@@ -60,11 +60,14 @@ json_t *api_audit_sandbox_spec(const struct sandbox_spec *spec)
 {
     json_t *secrets = spec->secrets ? json_deep_copy(spec->secrets) : json_array();
     json_t *net = network_to_json(spec->network); /* normalised; NULL: mode none */
-    return json_pack("{s:s*, s:s*, s:{s:f, s:I, s:I, s:I}, s:o, s:o}", "name", spec->name,
-                     "template", spec->template_name, "resources", "cpus", spec->res.cpus,
-                     "memory_mib", (json_int_t)spec->res.memory_mib, "pids",
-                     (json_int_t)spec->res.pids, "disk_mib", (json_int_t)spec->res.disk_mib,
-                     "network", net, "secrets", secrets);
+    json_t *o =
+        json_pack("{s:s*, s:s*, s:{s:f, s:I, s:I, s:I}, s:o, s:o}", "name", spec->name, "template",
+                  spec->template_name, "resources", "cpus", spec->res.cpus, "memory_mib",
+                  (json_int_t)spec->res.memory_mib, "pids", (json_int_t)spec->res.pids, "disk_mib",
+                  (json_int_t)spec->res.disk_mib, "network", net, "secrets", secrets);
+    if (o && json_array_size(spec->volumes) > 0)
+        json_object_set(o, "volumes", spec->volumes);
+    return o;
 }
 
 /* ---- GET /v1/audit ------------------------------------------------------------------------- */

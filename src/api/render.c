@@ -20,7 +20,7 @@ json_t *api_sandbox_json(const struct sandbox *sb)
     const struct sandbox_image *img = sb->image;
     return json_pack(
         "{s:s, s:s, s:s, s:s, s:o, s:o, s:{s:f, s:I, s:I, s:I}, s:o, s:O, s:O, s:O, "
-        "s:n, s:s, s:s, s:s, s:f, s:f, s:o}",
+        "s:n, s:s, s:s, s:s, s:f, s:f, s:o, s:o}",
         "id", sb->id, "name", sb->name, "state", sandbox_state_name(sb->state), "template",
         sb->template_name, "image", img && img->image[0] ? json_string(img->image) : json_null(),
         "image_digest", img && img->digest[0] ? json_string(img->digest) : json_null(), "resources",
@@ -29,7 +29,8 @@ json_t *api_sandbox_json(const struct sandbox *sb)
         network_to_json(sb->network), "labels", sb->labels, "env", sb->env, "secrets", sb->secrets,
         "session_id", "created_at", created, "last_active_at", active, "node", sb->reg->node,
         "ttl_s", sb->ttl_s, "idle_timeout_s", sb->idle_timeout_s, "expires_at",
-        expires_at > 0 ? json_string(expires) : json_null());
+        expires_at > 0 ? json_string(expires) : json_null(), "volumes",
+        sb->volumes ? json_incref(sb->volumes) : json_array());
 }
 
 json_t *api_sandbox_json_usage(const struct sandbox *sb)

@@ -14,6 +14,7 @@
 #include "core/json.h"
 #include "session/network.h"
 #include "session/secrets.h"
+#include "session/volume.h"
 
 #define ERRLEN 256
 
@@ -163,6 +164,7 @@ struct create_call {
     /* While the template is being pulled: the parsed spec and the body its strings point into. */
     struct sandbox_spec spec;
     json_t *body;
+    json_t *volumes; /* spec.volumes (owned) */
 };
 
 static void on_created(struct sandbox *sb, enum session_err e, const char *msg, void *arg)
@@ -182,6 +184,7 @@ static void on_created(struct sandbox *sb, enum session_err e, const char *msg, 
     api_audit(call->ctx, req, "sandbox.create", sb, 201, call->audit);
     json_decref(call->labels);
     json_decref(call->body);
+    json_decref(call->volumes);
     free(call);
     if (!sb) {
         http_respond_error(req, status, code, "%s", msg);
@@ -236,13 +239,13 @@ static void on_template(struct template *tpl, enum session_err e, const char *ms
 
 void api_sandbox_create(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
 {
-    static const char *const keys[] = {"name",   "template",       "image",   "env",
-                                       "labels", "resources",      "network", "secrets",
-                                       "ttl_s",  "idle_timeout_s", NULL};
+    static const char *const keys[] = {
+        "name",    "template", "image",          "env",     "labels",    "resources", "network",
+        "secrets", "ttl_s",    "idle_timeout_s", "volumes", "workspace", NULL};
     char err[ERRLEN];
     struct sandbox_spec spec = {0};
     const char *image = NULL;
-    json_t *res = NULL, *net = NULL;
+    json_t *res = NULL, *net = NULL, *volumes = NULL;
     int status = 400;
     (void)p;
     if (api_check_query(req, NULL) < 0)
@@ -274,6 +277,13 @@ void api_sandbox_create(struct api_ctx *ctx, http_req_t *req, const struct route
         goto bad;
     if ((status = parse_secrets(ctx, json_object_get(body, "secrets"), &spec.secrets, err)))
         goto bad;
+    int vr = volume_parse_spec(ctx->reg, json_object_get(body, "volumes"),
+                               json_object_get(body, "workspace"), &volumes, err, ERRLEN);
+    if (vr < 0) {
+        status = vr == -ENOENT ? 404 : vr == -ENOMEM ? 500 : 400;
+        goto bad;
+    }
+    spec.volumes = volumes;
     status = 400;
     if ((status = parse_resources(ctx, res, &ctx->limits->defaults, &spec.res, err)) ||
         (status = parse_lifetimes(ctx, body, &spec, err)) ||
@@ -284,11 +294,12 @@ void api_sandbox_create(struct api_ctx *ctx, http_req_t *req, const struct route
     if (!call) {
         network_free(spec.network);
         json_decref(body);
+        json_decref(volumes);
         http_respond_error(req, 500, "internal", "out of memory");
         return;
     }
     *call = (struct create_call){
-        ctx, req, api_audit_sandbox_spec(&spec), json_deep_copy(spec.labels), spec, body};
+        ctx, req, api_audit_sandbox_spec(&spec), json_deep_copy(spec.labels), spec, body, volumes};
     if (image)
         json_object_set_new(call->audit, "image", json_string(image));
     if (image || strcmp(spec.template_name, "host") != 0)
@@ -301,7 +312,13 @@ bad:
     api_audit(ctx, req, "sandbox.create", NULL, status,
               json_pack("{s:s*, s:O*}", "name", spec.name, "labels", spec.labels));
     json_decref(body);
-    http_respond_error(req, status, status == 422 ? "unprocessable" : "bad_request", "%s", err);
+    json_decref(volumes);
+    http_respond_error(req, status,
+                       status == 422   ? "unprocessable"
+                       : status == 404 ? "not_found"
+                       : status == 500 ? "internal"
+                                       : "bad_request",
+                       "%s", err);
 }
 
 /* Fork: a snapshot of the sandbox (template "fork-<random>") and a new sandbox of it with the
@@ -366,8 +383,11 @@ void api_sandbox_fork(struct api_ctx *ctx, http_req_t *req, const struct route_p
     spec.labels = json_object_get(keep, "labels");
     spec.env = json_object_get(keep, "env");
     spec.secrets = json_object_get(keep, "secrets");
+    /* Its volumes are attached to the fork too (shared, not copied). */
+    json_t *volumes = json_array_size(sb->volumes) ? json_deep_copy(sb->volumes) : NULL;
+    spec.volumes = volumes;
     *call = (struct create_call){
-        ctx, req, api_audit_sandbox_spec(&spec), json_deep_copy(spec.labels), spec, keep};
+        ctx, req, api_audit_sandbox_spec(&spec), json_deep_copy(spec.labels), spec, keep, volumes};
     json_object_set_new(call->audit, "fork_of", json_string(sb->id));
     enum session_err e =
         sandbox_snapshot(sb, ctx->templates, tname, on_fork_snapshot, call, err, ERRLEN);

@@ -43,6 +43,7 @@ static const char cli_usage_text[] =
     "  snapshot  make a template of a sandbox as it is now\n"
     "  fork      make a new sandbox of a copy of a sandbox\n"
     "  build     build a template from a Dockerfile\n"
+    "  volume    create, list and remove named volumes (warren volume create|ls|rm)\n"
     "  help      show help for a command: warren help COMMAND\n"
     "\n"
     "The client commands talk to $WARREN_URL (default " CLI_DEFAULT_URL "; unix:/path.sock\n"
@@ -78,6 +79,9 @@ static const struct cli_help cli_helps[] = {
             "                     with --json the daemon's default, 300)\n"
             "  -i, --interactive  send this process's stdin to the command (alias --stdin)\n"
             "  -t, --tty          run the command on a terminal\n"
+            "  -v, --volume NAME:/PATH[:ro]\n"
+            "                     attach volume NAME at PATH (read-only with :ro; repeatable;\n"
+            "                     see 'warren volume')\n"
             "      --json         run it to completion and print the result as JSON\n"
             "  -h, --help         show this help\n"},
     {"create", "Usage: warren create [OPTIONS]\n"
@@ -90,6 +94,8 @@ static const struct cli_help cli_helps[] = {
                "      --template T   make it of template T (see 'warren images')\n"
                "  -e, --env K=V      environment variable for every command (repeatable)\n"
                "  -l, --label K=V    label (repeatable)\n"
+               "  -v, --volume NAME:/PATH[:ro]\n"
+               "                     attach volume NAME at PATH (read-only with :ro; repeatable)\n"
                "      --json         print the sandbox as JSON\n"
                "  -h, --help         show this help\n"},
     {"exec", "Usage: warren exec [OPTIONS] SANDBOX [--] CMD [ARG...]\n"
@@ -341,6 +347,20 @@ static const struct cli_help cli_helps[] = {
              "      --name N       name (and hostname) of the new sandbox\n"
              "      --json         print the new sandbox as JSON\n"
              "  -h, --help         show this help\n"},
+    {"volume", "Usage: warren volume create NAME [--size MIB] [--json]\n"
+               "       warren volume ls [--json | -q]\n"
+               "       warren volume rm NAME...\n"
+               "\n"
+               "Named volumes: storage that outlives sandboxes, attached to any number of them\n"
+               "with 'warren create -v NAME:/PATH[:ro]' or 'warren run -v ...'. A volume is its\n"
+               "own file system of exactly --size MiB (default 1024); 'rm' refuses a volume that\n"
+               "a sandbox (in any state) still names.\n"
+               "\n"
+               "Options:\n"
+               "  -s, --size MIB     the volume's size in MiB\n"
+               "      --json         print the volume(s) as JSON\n"
+               "  -q                 ls: print only the names\n"
+               "  -h, --help         show this help\n"},
     {"help", "Usage: warren help [COMMAND]\n"},
 };
 
@@ -405,6 +425,7 @@ int cli_main(int argc, char **argv)
         {"rmi", cli_cmd_rmi},       {"import", cli_cmd_import},
         {"export", cli_cmd_export}, {"snapshot", cli_cmd_snapshot},
         {"fork", cli_cmd_fork},     {"build", cli_cmd_build},
+        {"volume", cli_cmd_volume}, {"volumes", cli_cmd_volume},
         {"--help", cli_cmd_help},   {"-h", cli_cmd_help},
     };
 

@@ -61,6 +61,7 @@ struct cli_exec_opts {
     bool tty;         /* -t */
     bool detach;      /* exec -d */
     bool open_stdin;  /* start --open-stdin */
+    json_t *create;   /* run: extra fields of the sandbox ("volumes" of -v), owned */
 };
 
 /* What to do with stdin in a request body. */
@@ -204,6 +205,7 @@ static int cli_exec_parse(struct cli_exec_opts *o, int argc, char **argv, int *f
         {"interactive", no_argument, NULL, 'i'},
         {"stdin", no_argument, NULL, 'i'},
         {"tty", no_argument, NULL, 't'},
+        {"volume", required_argument, NULL, 'v'},
         {"json", no_argument, NULL, OPT_JSON},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -240,7 +242,7 @@ static int cli_exec_parse(struct cli_exec_opts *o, int argc, char **argv, int *f
     const char *shorts = "+e:w:u:itdh";
     if (strcmp(o->cmd, "run") == 0) {
         opts = run_opts;
-        shorts = "+e:w:u:ith";
+        shorts = "+e:w:u:v:ith";
     } else if (strcmp(o->cmd, "start") == 0) {
         opts = start_opts;
         shorts = "+e:w:u:ih";
@@ -271,6 +273,11 @@ static int cli_exec_parse(struct cli_exec_opts *o, int argc, char **argv, int *f
             break;
         case 'd':
             o->detach = true;
+            break;
+        case 'v':
+            if ((!o->create && !(o->create = json_object())) ||
+                cli_volume_arg(o->create, o->cmd, optarg) < 0)
+                ret = CLI_EXIT_USAGE;
             break;
         case OPT_NAME:
             o->name = optarg;
@@ -447,7 +454,7 @@ int cli_cmd_run(int argc, char **argv)
         goto out_nofree;
     }
 
-    create = json_object();
+    create = o.create ? json_incref(o.create) : json_object();
     if (!create)
         goto oom;
     if (json_object_size(o.env) > 0)
@@ -522,6 +529,7 @@ out_nofree:
     json_decref(req);
     json_decref(sb);
     json_decref(o.env);
+    json_decref(o.create);
     return ret;
 }
 

@@ -32,6 +32,7 @@ int cli_cmd_create(int argc, char **argv)
         {"template", required_argument, NULL, OPT_TEMPLATE},
         {"env", required_argument, NULL, 'e'},
         {"label", required_argument, NULL, 'l'},
+        {"volume", required_argument, NULL, 'v'},
         {"json", no_argument, NULL, OPT_JSON},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -47,7 +48,7 @@ int cli_cmd_create(int argc, char **argv)
         ret = CLI_EXIT_FAIL;
         goto out;
     }
-    while (ret < 0 && (opt = getopt_long(argc, av, "+e:l:h", opts, NULL)) != -1) {
+    while (ret < 0 && (opt = getopt_long(argc, av, "+e:l:v:h", opts, NULL)) != -1) {
         switch (opt) {
         case OPT_NAME: {
             json_t *s = json_string(optarg);
@@ -73,6 +74,10 @@ int cli_cmd_create(int argc, char **argv)
             break;
         case 'l':
             if (cli_kv_add(labels, "create", "--label", optarg, false) < 0)
+                ret = CLI_EXIT_USAGE;
+            break;
+        case 'v':
+            if (cli_volume_arg(body, "create", optarg) < 0)
                 ret = CLI_EXIT_USAGE;
             break;
         case OPT_JSON:

@@ -267,7 +267,7 @@ static int walk(struct snap *s, int dirfd, const char *prefix, int depth)
         n++;
     }
     closedir(d);
-    if (r == 0)
+    if (r == 0 && n > 1) /* an empty directory has no array: qsort(NULL) is undefined */
         qsort(names, n, sizeof(*names), by_name);
     for (size_t i = 0; r == 0 && i < n; i++) {
         char path[PATH_MAX];

@@ -37,6 +37,7 @@
 #include "session/secrets.h"
 #include "session/shell.h"
 #include "session/terminal.h"
+#include "session/volume.h"
 
 #ifndef P_PIDFD
 #define P_PIDFD 3
@@ -399,6 +400,7 @@ static struct sandbox *sandbox_from_record(struct registry *reg, const char *id,
     sb->labels = json_is_object(o = json_object_get(j, "labels")) ? json_incref(o) : json_object();
     sb->env = json_is_object(o = json_object_get(j, "env")) ? json_incref(o) : json_object();
     sb->secrets = json_is_array(o = json_object_get(j, "secrets")) ? json_incref(o) : json_array();
+    sb->volumes = json_is_array(o = json_object_get(j, "volumes")) ? json_incref(o) : json_array();
     sb->created_at = json_number_value(json_object_get(j, "created_at_s"));
     sb->last_active_at = json_number_value(json_object_get(j, "last_active_at"));
     if (sb->last_active_at < sb->created_at)
@@ -546,7 +548,7 @@ void registry_recover(struct registry *reg)
              reg->recover_s * 1e3);
 }
 
-static void registry_check_idle(struct registry *reg)
+void registry_check_idle(struct registry *reg)
 {
     if (reg->idle_cb && reg->count == 0 && reg->pending == 0) {
         void (*cb)(struct registry *) = reg->idle_cb;
@@ -627,6 +629,7 @@ void registry_shutdown(struct registry *reg, void (*idle_cb)(struct registry *re
 
 void registry_free(struct registry *reg)
 {
+    volumes_free(reg);
     free(reg->uid_slots);
     reg->uid_slots = NULL;
 }
@@ -780,6 +783,7 @@ static void sandbox_free(struct sandbox *sb)
     json_decref(sb->labels);
     json_decref(sb->env);
     json_decref(sb->secrets);
+    json_decref(sb->volumes);
     initctl_close(&sb->ctl);
     sblog_free(sb->log);
     free(sb);
@@ -866,6 +870,8 @@ static json_t *sandbox_record(const struct sandbox *sb)
                   sandbox_state_name(sb->state), "pid", (json_int_t)sb->pid, "pid_start",
                   (json_int_t)sb->pid_start, "uid_slot", (json_int_t)sb->uid_slot, "created_at_s",
                   sb->created_at, "last_active_at", sb->last_active_at);
+    if (rec && json_array_size(sb->volumes) > 0)
+        json_object_set(rec, "volumes", sb->volumes);
     if (rec && sb->image && json_object_set_new(rec, "image", image_record(sb->image)) < 0) {
         json_decref(rec);
         return NULL;
@@ -1403,6 +1409,8 @@ static void create_disk_work(uv_work_t *w)
     }
     if (op->disk_err == 0 && sb->image)
         op->disk_err = mount_image_root(sb, !op->restart, &op->disk_what);
+    if (op->disk_err == 0)
+        op->disk_err = volume_stage(sb, &op->disk_what);
 }
 
 static void pool_fill_work(uv_work_t *w)
@@ -1494,6 +1502,7 @@ static void create_disk_done(uv_work_t *w, int status)
         create_wait_child(op);
         return;
     }
+    volume_unstage(op->sb);
     if (op->restart)
         start_fail(op, msg);
     else
@@ -1531,6 +1540,9 @@ static int create_start(struct create_op *op, char *msg, size_t msglen)
     }
     if ((r = sb->image ? template_image_config(reg->tmpl, cfg, sb->name, root)
                        : template_host_config(reg->tmpl, cfg, sb->name, root, ws)) < 0)
+        goto error;
+    what = "volumes";
+    if ((r = volume_plan(sb, cfg)) < 0)
         goto error;
     /* Nothing runs in a stopped sandbox, so what is checked here is what the child finds. An
      * image's root is untrusted from the start (it comes from a registry). */
@@ -1602,6 +1614,7 @@ static void create_on_status(uv_poll_t *h, int status, int events)
     uv_close((uv_handle_t *)h, create_op_closed); /* before spawn_finish closes the fd */
     int r = spawn_finish(&op->pending, &err);
     reg->pending--;
+    volume_unstage(sb); /* the child has its own binds of them (or failed) */
     /* Replace the disk this creation may have taken from the pool, now that its clone is done
      * (making one competes for the same kernel locks and CPUs). */
     registry_fill_disk_pool(reg);
@@ -1695,6 +1708,8 @@ enum session_err sandbox_create(struct registry *reg, const struct sandbox_spec 
     }
     if (registry_disk_room(reg, spec->res.disk_mib, msg, msglen) < 0)
         return SESSION_ERR_HOST_DISK;
+    if (volume_check_exist(reg, spec->volumes, msg, msglen) < 0) /* deleted since it was parsed */
+        return SESSION_ERR_NOT_FOUND;
     struct sandbox *sb = calloc(1, sizeof(*sb));
     struct create_op *op = calloc(1, sizeof(*op));
     if (sb && spec->image && !(sb->image = sandbox_image_dup(spec->image))) {
@@ -1724,6 +1739,7 @@ enum session_err sandbox_create(struct registry *reg, const struct sandbox_spec 
     sb->labels = spec->labels ? json_deep_copy(spec->labels) : json_object();
     sb->env = spec->env ? json_deep_copy(spec->env) : json_object();
     sb->secrets = spec->secrets ? json_deep_copy(spec->secrets) : json_array();
+    sb->volumes = spec->volumes ? json_deep_copy(spec->volumes) : json_array();
     sb->res = spec->res;
     sb->ttl_s = spec->ttl_s;
     sb->idle_timeout_s = spec->idle_timeout_s;
@@ -1752,8 +1768,9 @@ enum session_err sandbox_create(struct registry *reg, const struct sandbox_spec 
     sandbox_dir(sb, dir, sizeof(dir), NULL);
     sandbox_image(reg, sb->id, image, sizeof(image));
     int r = disk_pool_take(reg->disks, image, dir, sb->res.disk_mib, sandbox_host_uid(sb));
-    /* An image sandbox's overlay is mounted on the pool too, on whichever disk. */
-    if (r == -ENOENT || (r == 0 && sb->image)) {
+    /* An image sandbox's overlay is mounted on the pool too, on whichever disk, and so are the
+     * binds of volumes. */
+    if (r == -ENOENT || (r == 0 && (sb->image || json_array_size(sb->volumes) > 0))) {
         op->have_disk = r == 0;
         reg->pending++;
         uv_queue_work(reg->loop, &op->disk_work, create_disk_work, create_disk_done);
@@ -1808,7 +1825,8 @@ enum session_err sandbox_start(struct sandbox *sb, sandbox_start_cb cb, void *ar
      * mount and an auto-clearing loop device, nothing else), so a start is what a creation does
      * once it has its disk: a cgroup and a clone. */
     sb->state = SB_STARTING;
-    if (sb->image) { /* its overlay first, on the pool (unmounted when it stopped) */
+    /* Its overlay first, on the pool (unmounted when it stopped), and its volumes' binds. */
+    if (sb->image || json_array_size(sb->volumes) > 0) {
         op->have_disk = 1;
         op->disk_work.data = op;
         reg->pending++;

@@ -67,6 +67,7 @@ struct egress_decision;
 struct stop_op;
 struct sblog;
 struct audit;
+struct volume;
 
 struct registry {
     uv_loop_t *loop;
@@ -96,6 +97,7 @@ struct registry {
     double disk_overcommit;
     int64_t disk_reserve;
     /* private */
+    struct volume *volumes; /* session/volume.h */
     struct sandbox *head;
     unsigned count;   /* in the list (any state) */
     unsigned pending; /* creates and destroys in flight */
@@ -138,6 +140,7 @@ struct sandbox {
     json_t *labels;  /* object of strings (owned) */
     json_t *env;     /* object of strings (owned) */
     json_t *secrets; /* array of secret names (owned); the values stay in reg->secrets */
+    json_t *volumes; /* [{name, path, read_only}] sorted by path (owned; session/volume.h) */
     struct sandbox_resources res;
     struct egress_policy *network; /* owned; never NULL once created (mode none at least) */
     struct egress_proxy *proxy;    /* serving 127.0.0.1:3128 inside unless the mode is none */
@@ -172,6 +175,7 @@ struct sandbox_spec {
     json_t *labels;                /* borrowed; copied */
     json_t *env;                   /* borrowed; copied */
     json_t *secrets;               /* array of existing secret names; borrowed; copied */
+    json_t *volumes;               /* volume_parse_spec()'s, or NULL; borrowed; copied */
     struct sandbox_resources res;  /* already validated and defaulted */
     struct egress_policy *network; /* taken over when sandbox_create() returns 0 */
     double ttl_s;                  /* 0: lives until deleted */
@@ -217,8 +221,9 @@ void registry_start_disk_pool(struct registry *reg, size_t n);
 void registry_fill_disk_pool(struct registry *reg);
 
 /* The host disk as sandboxes use it: bytes free on the file system of the state dir, bytes the
- * sandboxes' images occupy there, and the disk sizes promised to sandboxes (every state,
- * stopped ones included). Returns 0 or -errno (the state dir cannot be measured). */
+ * sandboxes' and volumes' images occupy there, and the disk sizes promised to sandboxes (every
+ * state, stopped ones included) and volumes (session/volume.h). Returns 0 or -errno (the state dir
+ * cannot be measured). */
 struct registry_disk_usage {
     int64_t free_bytes;
     int64_t used_bytes;
@@ -226,11 +231,11 @@ struct registry_disk_usage {
 };
 int registry_disk_usage(struct registry *reg, struct registry_disk_usage *out);
 /* Keeps the host disk from filling, whatever admission let in: to be called every
- * REGISTRY_DISK_CHECK_MS. While the sandboxes' disks could together take more than the host has
- * free above disk_reserve, each gets a ballast (sandbox/disk.h) so that what they can still
- * write adds up to no more than that, shared in proportion to each one's free space; below the
- * reserve none can write (ENOSPC inside). Costs one statvfs() while the host has room for every
- * promise. */
+ * REGISTRY_DISK_CHECK_MS. While the sandboxes' disks and the volumes could together take more
+ * than the host has free above disk_reserve, each gets a ballast (sandbox/disk.h) so that what they
+ * can still write adds up to no more than that, shared in proportion to each one's free space;
+ * below the reserve none can write (ENOSPC inside). Costs one statvfs() while the host has room for
+ * every promise. */
 #define REGISTRY_DISK_CHECK_MS 100
 void registry_check_disk(struct registry *reg);
 
@@ -244,8 +249,9 @@ const char *sandbox_default_cwd(const struct sandbox *sb);
 /* Starts creating a sandbox. The callback runs on the loop thread later (never before this
  * returns), with the sandbox or SESSION_ERR_SETUP (a setup step failed), SESSION_ERR_DELETED or
  * SESSION_ERR_SHUTTING_DOWN. Returns SESSION_OK, or at once (the callback never runs) one of
- * SESSION_ERR_SHUTTING_DOWN, NAME_TAKEN, CAPACITY, HOST_DISK, NOMEM, SETUP, with the reason in
- * msg. spec->network is taken over only on SESSION_OK. */
+ * SESSION_ERR_SHUTTING_DOWN, NAME_TAKEN, CAPACITY, HOST_DISK, NOMEM, SETUP, NOT_FOUND (a volume of
+ * spec->volumes is gone), with the reason in msg. spec->network is taken over only on SESSION_OK.
+ */
 enum session_err sandbox_create(struct registry *reg, const struct sandbox_spec *spec,
                                 sandbox_create_cb cb, void *arg, char *msg, size_t msglen);
 /* A user commands run as: ids inside the sandbox, and the home its environment names. */

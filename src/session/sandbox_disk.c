@@ -13,6 +13,7 @@
 #include "sandbox/disk.h"
 #include "session/sandbox.h"
 #include "session/sandbox_internal.h"
+#include "session/volume.h"
 
 int registry_disk_usage(struct registry *reg, struct registry_disk_usage *out)
 {
@@ -29,6 +30,8 @@ int registry_disk_usage(struct registry *reg, struct registry_disk_usage *out)
         out->used_bytes += disk_image_bytes(image);
         out->promised_bytes += (int64_t)(sb->res.disk_mib << 20);
     }
+    /* Volumes are thin-provisioned disks too, on the same host file system. */
+    volumes_disk_usage(reg, &out->promised_bytes, &out->used_bytes);
     return 0;
 }
 
@@ -69,42 +72,70 @@ int registry_disk_room(struct registry *reg, unsigned long long mib, char *msg, 
  * sandboxes' free space moves a little on every write. */
 #define BALLAST_SLACK (4ll << 20)
 
+/* One pass of registry_check_disk() over a disk (a sandbox's or a volume's) mounted on `dir`:
+ * first summing what the disks may take from the host (`total`), then setting each ballast. */
+struct ballast_pass {
+    int set; /* 0: summing; 1: setting */
+    int64_t room, total;
+    int ballasted;
+};
+
+static void ballast_disk(const char *dir, void *arg)
+{
+    struct ballast_pass *p = arg;
+    int64_t f, b;
+    if (disk_space(dir, &f, &b) < 0)
+        return;
+    /* A disk may take from the host at most what its file system has free (and its ballast
+     * would give back). */
+    int64_t cap = f + b, want = 0;
+    if (!p->set) {
+        p->total += cap;
+        return;
+    }
+    if (p->total > p->room)
+        want =
+            p->room <= 0 ? cap : cap - (int64_t)((double)p->room * (double)cap / (double)p->total);
+    if (want > b || b - want > BALLAST_SLACK) {
+        int r = disk_ballast_set(dir, want);
+        if (r < 0)
+            log_warn("%s: cannot set the disk's ballast: %s", dir, strerror(-r));
+        else
+            b = want;
+    }
+    p->ballasted |= b > 0;
+}
+
+static void ballast_all(struct registry *reg, struct ballast_pass *p)
+{
+    char dir[1200];
+    for (struct sandbox *sb = reg->head; sb; sb = sb->next) {
+        sandbox_dir(sb, dir, sizeof(dir), NULL);
+        if (sb->state != SB_DELETING)
+            ballast_disk(dir, p);
+    }
+    volumes_foreach_mount(reg, ballast_disk, p);
+}
+
 void registry_check_disk(struct registry *reg)
 {
     char dir[1200];
-    int64_t free_bytes, promised = 0, total = 0, f, b;
+    int64_t free_bytes, promised = 0;
     snprintf(dir, sizeof(dir), "%s/sandboxes", reg->state_dir);
     if (disk_host_free(dir, &free_bytes, NULL) < 0)
         return;
     int64_t room = free_bytes - reg->disk_reserve;
     for (struct sandbox *sb = reg->head; sb; sb = sb->next)
         promised += (int64_t)(sb->res.disk_mib << 20);
+    volumes_disk_usage(reg, &promised, NULL);
     if (!reg->disk_ballasted && room >= promised)
         return; /* every disk may fill up: the host still keeps its reserve */
-    /* A sandbox's disk may take from the host at most what its file system has free (and its
-     * ballast would give back). */
-    for (struct sandbox *sb = reg->head; sb; sb = sb->next) {
-        sandbox_dir(sb, dir, sizeof(dir), NULL);
-        if (sb->state != SB_DELETING && disk_space(dir, &f, &b) == 0)
-            total += f + b;
-    }
-    int ballasted = 0;
-    for (struct sandbox *sb = reg->head; sb; sb = sb->next) {
-        sandbox_dir(sb, dir, sizeof(dir), NULL);
-        if (sb->state == SB_DELETING || disk_space(dir, &f, &b) < 0)
-            continue;
-        int64_t cap = f + b, want = 0;
-        if (total > room)
-            want = room <= 0 ? cap : cap - (int64_t)((double)room * (double)cap / (double)total);
-        if (want > b || b - want > BALLAST_SLACK) {
-            int r = disk_ballast_set(dir, want);
-            if (r < 0)
-                log_warn("sandbox %s: cannot set its disk's ballast: %s", sb->id, strerror(-r));
-            else
-                b = want;
-        }
-        ballasted |= b > 0;
-    }
+    struct ballast_pass pass = {0, room, 0, 0};
+    ballast_all(reg, &pass);
+    pass.set = 1;
+    ballast_all(reg, &pass);
+    int64_t total = pass.total;
+    int ballasted = pass.ballasted;
     if (ballasted != reg->disk_ballasted) {
         if (ballasted)
             log_warn("host disk: %lld MiB free (reserve %lld MiB), sandboxes could write %lld "

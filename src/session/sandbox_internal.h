@@ -20,6 +20,9 @@ void sandbox_image(const struct registry *reg, const char *id, char *out, size_t
 void sandbox_save(const struct sandbox *sb);
 /* The registry's sweep timer: deletes sandboxes past their ttl_s, stops idle ones. */
 void registry_sweep(uv_timer_t *t);
+/* Calls the registry's idle_cb once it is shutting down and nothing is left in flight (creations,
+ * deletions, volume operations: whatever counts in reg->pending). */
+void registry_check_idle(struct registry *reg);
 /* Admission of a disk of `mib` MiB: 0, or -errno with the reason (for a person) in msg. */
 int registry_disk_room(struct registry *reg, unsigned long long mib, char *msg, size_t msglen);
 

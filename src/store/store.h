@@ -1,6 +1,6 @@
 /*
- * store — the durable registry of sandboxes and templates (SQLite in <state_dir>/warren.db, WAL
- * mode).
+ * store — the durable registry of sandboxes, templates and volumes (SQLite in
+ * <state_dir>/warren.db, WAL mode).
  *
  * The daemon's in-memory registry (session/) is the source of truth while it runs; the store lets
  * a restarted daemon know what a previous one left behind (to clean it up) and, later, which
@@ -16,7 +16,7 @@
 typedef struct store store_t;
 
 /* The kinds of records, each a (key, JSON text) table. */
-enum store_kind { STORE_SANDBOX, STORE_TEMPLATE, STORE_KINDS };
+enum store_kind { STORE_SANDBOX, STORE_TEMPLATE, STORE_VOLUME, STORE_KINDS };
 
 typedef void (*store_record_fn)(const char *id, const char *json, void *arg);
 

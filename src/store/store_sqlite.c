@@ -12,7 +12,7 @@
 #include "core/log.h"
 
 /* One table per kind of record, each (key, json). */
-static const char *const tables[STORE_KINDS] = {"sandboxes", "templates"};
+static const char *const tables[STORE_KINDS] = {"sandboxes", "templates", "volumes"};
 
 struct store {
     sqlite3 *db;
@@ -27,6 +27,8 @@ static const char *const migrations[] = {
     "CREATE TABLE IF NOT EXISTS sandboxes (id TEXT PRIMARY KEY, json TEXT NOT NULL);",
     /* 1 → 2: templates (session/templates.h) */
     "CREATE TABLE IF NOT EXISTS templates (id TEXT PRIMARY KEY, json TEXT NOT NULL);",
+    /* 2 → 3: volumes (session/volume.h) */
+    "CREATE TABLE IF NOT EXISTS volumes (id TEXT PRIMARY KEY, json TEXT NOT NULL);",
 };
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
