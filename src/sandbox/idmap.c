@@ -10,10 +10,9 @@
 #include <sys/mount.h>
 #include <unistd.h>
 
-int idmap_bind(const char *src, const char *target, int userns_fd, int read_only, const char **what)
+int idmap_open(const char *src, int userns_fd, int read_only, const char **what)
 {
     struct mount_attr attr;
-    int r = 0;
     /* Not AT_RECURSIVE: only the directory's own file system, never a mount someone made below
      * it. */
     *what = "open_tree";
@@ -26,13 +25,21 @@ int idmap_bind(const char *src, const char *target, int userns_fd, int read_only
     attr.userns_fd = (uint64_t)userns_fd;
     *what = "mount_setattr MOUNT_ATTR_IDMAP";
     if (mount_setattr(fd, "", AT_EMPTY_PATH, &attr, sizeof(attr)) < 0) {
-        r = -errno;
-        goto out;
+        int r = -errno;
+        close(fd);
+        return r;
     }
+    return fd;
+}
+
+int idmap_bind(const char *src, const char *target, int userns_fd, int read_only, const char **what)
+{
+    int r = 0, fd = idmap_open(src, userns_fd, read_only, what);
+    if (fd < 0)
+        return fd;
     *what = "move_mount";
     if (move_mount(fd, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH) < 0)
         r = -errno;
-out:
     /* A detached tree that was never attached goes with its last fd. */
     close(fd);
     return r;

@@ -1,6 +1,7 @@
 /*
- * idmap — binds a directory somewhere else as an idmapped mount: what a volume (session/volume.h)
- * needs to be shared by sandboxes whose root users are different host uids.
+ * idmap — a directory seen through an idmapped mount: what an image layer (sandbox/rootfs.h) and
+ * a volume (session/volume.h) need to be shared by sandboxes whose root users are different host
+ * uids.
  *
  * A volume's files are stored with the ids they have inside a sandbox (root's files owned by host
  * uid 0, as an image layer's are: sandbox/rootfs.h). Each sandbox sees it through a bind whose
@@ -17,6 +18,11 @@
 #ifndef WARREN_SANDBOX_IDMAP_H
 #define WARREN_SANDBOX_IDMAP_H
 
+/* A detached copy of the directory `src` (not what is mounted below it), idmapped with the user
+ * namespace `userns_fd`, nosuid and nodev, read-only when `read_only`: an fd to attach with
+ * move_mount() or to give overlayfs as a layer; closing it drops the copy. The fd, or -errno
+ * with *what naming the step. */
+int idmap_open(const char *src, int userns_fd, int read_only, const char **what);
 /* Mounts the directory `src` (not what is mounted below it) on the existing directory `target`,
  * idmapped with the user namespace `userns_fd`, nosuid and nodev, and read-only when `read_only`.
  * Returns 0 or -errno with *what naming the step; nothing is mounted on failure. */

@@ -20,6 +20,7 @@
 
 #include "core/log.h"
 #include "core/util.h"
+#include "sandbox/idmap.h"
 
 int rootfs_userns(uid_t host_base, uid_t count, int *fd_out)
 {
@@ -79,26 +80,6 @@ static void log_fs_context(int fsfd, const char *step)
     }
 }
 
-/* An O_PATH-like fd of a detached copy of `dir`, idmapped through `userns_fd`, read-only. */
-static int idmapped_layer(const char *dir, int userns_fd, const char **what)
-{
-    *what = "open_tree (layer)";
-    int fd = open_tree(AT_FDCWD, dir, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE);
-    if (fd < 0)
-        return -errno;
-    struct mount_attr attr;
-    memset(&attr, 0, sizeof(attr));
-    attr.attr_set = MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
-    attr.userns_fd = (uint64_t)userns_fd;
-    *what = "mount_setattr MOUNT_ATTR_IDMAP (layer)";
-    if (mount_setattr(fd, "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof(attr)) < 0) {
-        int e = errno;
-        close(fd);
-        return -e;
-    }
-    return fd;
-}
-
 int rootfs_mount(const char *target, const char *const *lowers, size_t n, const char *upper,
                  const char *work, int userns_fd, const char **what)
 {
@@ -113,7 +94,7 @@ int rootfs_mount(const char *target, const char *const *lowers, size_t n, const 
     if ((fsfd = fsopen("overlay", FSOPEN_CLOEXEC)) < 0)
         return -errno;
     for (size_t i = 0; i < n; i++) {
-        if ((r = idmapped_layer(lowers[i], userns_fd, what)) < 0)
+        if ((r = idmap_open(lowers[i], userns_fd, 1, what)) < 0)
             goto error;
         lfd[n_lfd++] = r;
         *what = "fsconfig lowerdir+";
