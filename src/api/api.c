@@ -8,6 +8,7 @@
 
 #include "core/json.h"
 #include "net/dispatch.h"
+#include "session/sessions.h"
 
 static const struct route routes[] = {
     {"GET", "/healthz", api_healthz},
@@ -17,6 +18,7 @@ static const struct route routes[] = {
     {"GET", "/v1/sandboxes/{id}", api_sandbox_get},
     {"DELETE", "/v1/sandboxes/{id}", api_sandbox_delete},
     {"PATCH", "/v1/sandboxes/{id}", api_sandbox_patch},
+    {"POST", "/v1/sandboxes/{id}/heartbeat", api_sandbox_heartbeat},
     {"POST", "/v1/sandboxes/{id}/pause", api_sandbox_pause},
     {"GET", "/v1/sandboxes/{id}/files", api_files_get},
     {"PUT", "/v1/sandboxes/{id}/files", api_files_put},
@@ -53,6 +55,13 @@ static const struct route routes[] = {
     {"GET", "/v1/sandboxes/{id}/terminals/{tid}/recording", api_terminal_recording},
     {"GET", "/v1/sandboxes/{id}/terminals/{tid}/attach", api_terminal_attach},
     {"GET", "/v1/audit", api_audit_get},
+    {"GET", "/v1/sessions", api_session_list},
+    {"GET", "/v1/sessions/{id}", api_session_get},
+    {"DELETE", "/v1/sessions/{id}", api_session_delete},
+    {"GET", "/v1/pools", api_pool_list},
+    {"GET", "/v1/pools/{name}", api_pool_get},
+    {"PUT", "/v1/pools/{name}", api_pool_put},
+    {"DELETE", "/v1/pools/{name}", api_pool_delete},
     {"POST", "/v1/templates", api_template_create},
     {"GET", "/v1/templates", api_template_list},
     {"POST", "/v1/templates/build", api_template_build},
@@ -61,6 +70,63 @@ static const struct route routes[] = {
     {"GET", "/v1/templates/{name+}", api_template_get},
     {"DELETE", "/v1/templates/{name+}", api_template_delete},
 };
+
+/* A request on a recycled sandbox, waiting for its restore. */
+struct restore_call {
+    struct api_ctx *ctx;
+    http_req_t *req;
+    api_handler_fn handler;
+    struct route_params params;
+};
+
+static void on_restored(struct sandbox *sb, enum session_err e, const char *msg, void *arg)
+{
+    struct restore_call *call = arg;
+    const char *code = NULL;
+    (void)sb;
+    if (http_req_gone(call->req))
+        http_respond(call->req, 499, "text/plain", "", 0, NULL);
+    else if (e == SESSION_OK)
+        call->handler(call->ctx, call->req, &call->params); /* finds it again, running */
+    else if (e == SESSION_ERR_DELETED)
+        http_respond_error(call->req, 404, "not_found", "%s", msg);
+    else
+        http_respond_error(call->req, api_session_status(e, &code), code, "restoring: %s", msg);
+    free(call);
+}
+
+/* Whether the handler of a route on one sandbox needs it running: all do but those that see it
+ * as it is. */
+static int needs_running(api_handler_fn h)
+{
+    return h != api_sandbox_get && h != api_sandbox_delete && h != api_sandbox_heartbeat &&
+           h != api_sandbox_stop && h != api_sandbox_kill;
+}
+
+/* The one place where a recycled sandbox is restored for a call (session/sessions.h): the
+ * handler runs once it is. Returns 1 when the call waits (or was answered), 0 to go on. */
+static int restore_first(struct api_ctx *ctx, http_req_t *req, api_handler_fn handler,
+                         const struct route_params *params)
+{
+    char msg[512];
+    const char *id = route_param(params, "id");
+    if (!id || strncmp(http_req_path(req), "/v1/sandboxes/", 14) != 0 || !needs_running(handler))
+        return 0;
+    struct sandbox *sb = sandbox_find(ctx->reg, id);
+    if (!sb || !sb->recycled)
+        return 0;
+    struct restore_call *call = malloc(sizeof(*call));
+    if (!call) {
+        http_respond_error(req, 500, "internal", "out of memory");
+        return 1;
+    }
+    *call = (struct restore_call){ctx, req, handler, *params};
+    sandbox_touch(sb);
+    enum session_err e = sandbox_ensure_running(sb, on_restored, call, msg, sizeof(msg));
+    if (e != SESSION_OK)
+        on_restored(sb, e, msg, call);
+    return 1;
+}
 
 void api_handle(http_req_t *req, void *arg)
 {
@@ -77,7 +143,9 @@ void api_handle(http_req_t *req, void *arg)
         http_respond_error(req, 503, "unavailable", "the daemon is shutting down");
         return;
     }
-    ((api_handler_fn)routes[i].handler)(ctx, req, &params);
+    api_handler_fn handler = (api_handler_fn)routes[i].handler;
+    if (!restore_first(ctx, req, handler, &params))
+        handler(ctx, req, &params);
 }
 
 json_t *api_body_object(http_req_t *req)
