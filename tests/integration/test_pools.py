@@ -47,6 +47,7 @@ def delete_pool(api, d, name):
 
 def test_pool_serves_matching_creates_and_refills(fresh_daemon, tmp_path):
     (tmp_path / "TOKEN").write_text("s3cret")
+    os.chmod(tmp_path / "TOKEN", 0o600)
     d = fresh_daemon(extra_args=["--secrets-dir", str(tmp_path)])
     api = Api(d)
     p = put_pool(api, "p1", size=2)
