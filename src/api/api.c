@@ -71,12 +71,16 @@ static const struct route routes[] = {
     {"DELETE", "/v1/templates/{name+}", api_template_delete},
 };
 
-/* A request on a recycled sandbox, waiting for its restore. */
+/* A request on recycled sandboxes, waiting for their restore. */
 struct restore_call {
     struct api_ctx *ctx;
     http_req_t *req;
     api_handler_fn handler;
     struct route_params params;
+    unsigned pending;     /* restores not finished yet */
+    int batch;            /* a batch: its items answer for the sandboxes that failed */
+    enum session_err err; /* the first failure */
+    char msg[256];
 };
 
 static void on_restored(struct sandbox *sb, enum session_err e, const char *msg, void *arg)
@@ -84,14 +88,21 @@ static void on_restored(struct sandbox *sb, enum session_err e, const char *msg,
     struct restore_call *call = arg;
     const char *code = NULL;
     (void)sb;
+    if (e != SESSION_OK && call->err == SESSION_OK) {
+        call->err = e;
+        snprintf(call->msg, sizeof(call->msg), "%s", msg ? msg : "");
+    }
+    if (--call->pending > 0)
+        return;
     if (http_req_gone(call->req))
         http_respond(call->req, 499, "text/plain", "", 0, NULL);
-    else if (e == SESSION_OK)
-        call->handler(call->ctx, call->req, &call->params); /* finds it again, running */
-    else if (e == SESSION_ERR_DELETED)
-        http_respond_error(call->req, 404, "not_found", "%s", msg);
+    else if (call->err == SESSION_OK || call->batch)
+        call->handler(call->ctx, call->req, &call->params); /* finds them again, running */
+    else if (call->err == SESSION_ERR_DELETED)
+        http_respond_error(call->req, 404, "not_found", "%s", call->msg);
     else
-        http_respond_error(call->req, api_session_status(e, &code), code, "restoring: %s", msg);
+        http_respond_error(call->req, api_session_status(call->err, &code), code, "restoring: %s",
+                           call->msg);
     free(call);
 }
 
@@ -103,28 +114,56 @@ static int needs_running(api_handler_fn h)
            h != api_sandbox_stop && h != api_sandbox_kill;
 }
 
-/* The one place where a recycled sandbox is restored for a call (session/sessions.h): the
- * handler runs once it is. Returns 1 when the call waits (or was answered), 0 to go on. */
+/* Restores `sb` for the call if it is recycled; 1 when it does. */
+static int restore_one(struct restore_call *call, struct sandbox *sb)
+{
+    char msg[512];
+    if (!sb || !sb->recycled)
+        return 0;
+    sandbox_touch(sb);
+    call->pending++;
+    enum session_err e = sandbox_ensure_running(sb, on_restored, call, msg, sizeof(msg));
+    if (e != SESSION_OK)
+        on_restored(sb, e, msg, call); /* the call's own hold keeps it from answering yet */
+    return 1;
+}
+
+/* The one place where recycled sandboxes are restored for a call (session/sessions.h): the
+ * sandbox of a route on one sandbox, the sandboxes a batch names. The handler runs once they
+ * are. Returns 1 when the call waits (or was answered), 0 to go on. */
 static int restore_first(struct api_ctx *ctx, http_req_t *req, api_handler_fn handler,
                          const struct route_params *params)
 {
-    char msg[512];
     const char *id = route_param(params, "id");
-    if (!id || strncmp(http_req_path(req), "/v1/sandboxes/", 14) != 0 || !needs_running(handler))
+    int batch = handler == api_batch;
+    if (!batch &&
+        (!id || strncmp(http_req_path(req), "/v1/sandboxes/", 14) != 0 || !needs_running(handler)))
         return 0;
-    struct sandbox *sb = sandbox_find(ctx->reg, id);
-    if (!sb || !sb->recycled)
-        return 0;
-    struct restore_call *call = malloc(sizeof(*call));
+    struct restore_call *call = calloc(1, sizeof(*call));
     if (!call) {
         http_respond_error(req, 500, "internal", "out of memory");
         return 1;
     }
-    *call = (struct restore_call){ctx, req, handler, *params};
-    sandbox_touch(sb);
-    enum session_err e = sandbox_ensure_running(sb, on_restored, call, msg, sizeof(msg));
-    if (e != SESSION_OK)
-        on_restored(sb, e, msg, call);
+    *call = (struct restore_call){ctx, req, handler, *params, 1, batch, SESSION_OK, ""};
+    int waits = 0;
+    if (batch) {
+        size_t len, i;
+        const char *text = http_req_body(req, &len);
+        json_t *body = json_loadb(text, len, 0, NULL), *item;
+        json_array_foreach(body, i, item)
+        {
+            const char *name = json_string_value(json_object_get(item, "sandbox"));
+            waits |= name && restore_one(call, sandbox_find(ctx->reg, name));
+        }
+        json_decref(body);
+    } else {
+        waits = restore_one(call, sandbox_find(ctx->reg, id));
+    }
+    if (!waits) {
+        free(call);
+        return 0;
+    }
+    on_restored(NULL, SESSION_OK, NULL, call); /* the hold taken above */
     return 1;
 }
 

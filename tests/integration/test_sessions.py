@@ -186,3 +186,29 @@ def test_sessions_survive_a_daemon_restart(fresh_daemon):
     got = api.get(f"/v1/sandboxes/{sb['id']}").json
     assert got["state"] == "running" and got["session_id"] == "s-dur", got
     assert got["restored_at"] is not None
+
+
+def test_batch_and_commands_restore_recycled_sandboxes(fresh_daemon):
+    d = fresh_daemon(extra_args=ARGS)
+    api = Api(d)
+    a = api.create(name="ba", session_id="s-batch")
+    b = api.create(name="bb", session_id="s-batch")
+    wait_for(lambda: states(api, "s-batch") == {"ba": "recycled", "bb": "recycled"},
+             timeout=IDLE_S + WAIT_S, what="recycled")
+    r = api.post("/v1/batch", [{"sandbox": "ba", "argv": ["echo", "1"]},
+                               {"sandbox": "bb", "shell": "echo 2"},
+                               {"sandbox": "ba", "argv": ["echo", "3"]}])
+    assert r.status == 200, r
+    assert [x["stdout"] for x in r.json] == ["1\n", "2\n", "3\n"], r.json
+    assert states(api, "s-batch") == {"ba": "running", "bb": "running"}
+    wait_for(lambda: states(api, "s-batch") == {"ba": "recycled", "bb": "recycled"},
+             timeout=IDLE_S + WAIT_S, what="recycled again")
+    r = api.post(f"/v1/sandboxes/{a['id']}/commands", {"argv": ["sleep", "30"]})
+    assert r.status == 201, r
+    assert api.get(f"/v1/sandboxes/{a['id']}").json["state"] == "running"
+    # Explicitly stopped, a session sandbox is stopped, not recycled: calls are refused.
+    assert api.post(f"/v1/sandboxes/{b['id']}/exec", {"argv": ["true"]}).status == 200
+    assert api.post(f"/v1/sandboxes/{b['id']}/stop", {"grace_s": 0}).status == 200
+    r = api.post(f"/v1/sandboxes/{b['id']}/exec", {"argv": ["true"]})
+    assert r.status == 409 and r.error_code == "sandbox_stopped", r
+    assert api.get(f"/v1/sandboxes/{b['id']}").json["state"] == "stopped"
