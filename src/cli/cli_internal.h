@@ -73,6 +73,7 @@ int cli_cmd_export(int argc, char **argv);
 int cli_cmd_snapshot(int argc, char **argv);
 int cli_cmd_fork(int argc, char **argv);
 int cli_cmd_build(int argc, char **argv);
+int cli_cmd_pool(int argc, char **argv);
 /* `warren start SANDBOX...` without a command: start stopped sandboxes again (cli_cmd_start
  * decides which form it is). */
 int cli_sandbox_start(int argc, char **argv);

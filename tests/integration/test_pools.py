@@ -8,6 +8,7 @@ directories in the daemon's state dir that the listing does not show.
 """
 import json
 import os
+import subprocess
 import time
 
 from conftest import WAIT_S, Api, sh, wait_for
@@ -184,3 +185,31 @@ def test_pool_members_survive_a_restart(fresh_daemon):
     assert pool(api, "durable")["ready"] == 2
     assert api.get("/v1/sandboxes/after").json["labels"] == {}
     delete_pool(api, d, "durable")
+
+
+def test_cli_pool_set_ls_rm(fresh_daemon):
+    d = fresh_daemon()
+    api = Api(d)
+
+    def cli(*args):
+        return subprocess.run([d.bin, *args], env={**os.environ, "WARREN_URL": d.url},
+                              capture_output=True, text=True, timeout=60)
+
+    r = cli("pool", "set", "web", "--size", "1", "--cpus", "0.5")
+    assert r.returncode == 0 and r.stdout == "web\n", r
+    p = pool(api, "web")
+    assert p["size"] == 1 and p["resources"]["cpus"] == 0.5 and p["template"] == "host", p
+    wait_ready(api, "web", 1)
+    r = cli("pool", "ls")
+    assert r.returncode == 0, r
+    head, row = r.stdout.splitlines()
+    assert head.split() == ["NAME", "TEMPLATE", "SIZE", "READY", "STARTING", "CLAIMED", "MISSES"]
+    assert row.split() == ["web", "host", "1", "1", "0", "0", "0"], r.stdout
+    assert cli("pool", "ls", "-q").stdout == "web\n"
+    assert json.loads(cli("pool", "ls", "--json").stdout)[0]["name"] == "web"
+    r = cli("pool", "set", "web")
+    assert r.returncode == 2 and "--size" in r.stderr, r
+    r = cli("pool", "rm", "web", "nope")
+    assert r.returncode == 1 and r.stdout == "web\n" and "nope" in r.stderr, r
+    assert api.get("/v1/pools").json == {"pools": []}
+    wait_for(lambda: not members(d, api), what="the pool's members deleted")
