@@ -107,11 +107,11 @@ static void on_restored(struct sandbox *sb, enum session_err e, const char *msg,
 }
 
 /* Whether the handler of a route on one sandbox needs it running: all do but those that see it
- * as it is. */
+ * as it is, and start, which restores a recycled sandbox itself. */
 static int needs_running(api_handler_fn h)
 {
     return h != api_sandbox_get && h != api_sandbox_delete && h != api_sandbox_heartbeat &&
-           h != api_sandbox_stop && h != api_sandbox_kill;
+           h != api_sandbox_stop && h != api_sandbox_kill && h != api_sandbox_start;
 }
 
 /* Restores `sb` for the call if it is recycled; 1 when it does. */

@@ -42,7 +42,8 @@ int api_check_query(http_req_t *req, const char *const *allowed);
 /* Finds the sandbox named by the {id} route parameter or answers 404 and returns NULL. Finding
  * it is activity on it (sandbox_touch): every per-sandbox handler finds its sandbox here.
  * A recycled sandbox (session/sessions.h) was restored before the handler ran (api_handle()),
- * except for the routes that see it as it is: GET and DELETE of it, heartbeat, stop, kill. */
+ * except for the routes that see it as it is: GET and DELETE of it, heartbeat, stop, kill (and
+ * start, which restores it itself). */
 struct sandbox *api_find_sandbox(struct api_ctx *ctx, http_req_t *req,
                                  const struct route_params *params);
 /* The usual start of a handler on one sandbox: answers 400 for any query parameter, else finds

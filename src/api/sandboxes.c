@@ -781,7 +781,9 @@ void api_sandbox_start(struct api_ctx *ctx, http_req_t *req, const struct route_
         return;
     }
     *call = (struct lifecycle_call){ctx, req, "sandbox.start", NULL};
-    enum session_err e = sandbox_start(sb, on_started, call, msg, sizeof(msg));
+    enum session_err e = sb->recycled
+                             ? sandbox_ensure_running(sb, on_started, call, msg, sizeof(msg))
+                             : sandbox_start(sb, on_started, call, msg, sizeof(msg));
     if (e)
         on_started(sb, e, msg, call);
 }

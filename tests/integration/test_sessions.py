@@ -212,3 +212,16 @@ def test_batch_and_commands_restore_recycled_sandboxes(fresh_daemon):
     r = api.post(f"/v1/sandboxes/{b['id']}/exec", {"argv": ["true"]})
     assert r.status == 409 and r.error_code == "sandbox_stopped", r
     assert api.get(f"/v1/sandboxes/{b['id']}").json["state"] == "stopped"
+
+
+def test_start_restores_a_recycled_sandbox(fresh_daemon):
+    d = fresh_daemon(extra_args=ARGS)
+    api = Api(d)
+    sb = api.create(name="st", session_id="s-start")
+    wait_for(lambda: states(api, "s-start") == {"st": "recycled"},
+             timeout=IDLE_S + WAIT_S, what="recycled")
+    r = api.post(f"/v1/sandboxes/{sb['id']}/start", {})
+    assert r.status == 200 and r.json["state"] == "running" and r.json["restored_at"], r
+    assert len(audit_events(api, sb["id"], "sandbox.restore")) == 1
+    r = api.post(f"/v1/sandboxes/{sb['id']}/start", {})
+    assert r.status == 409, r
