@@ -145,8 +145,10 @@ static int restore_first(struct api_ctx *ctx, http_req_t *req, api_handler_fn ha
         return 1;
     }
     *call = (struct restore_call){ctx, req, handler, *params, 1, batch, SESSION_OK, ""};
-    int waits = 0;
-    if (batch) {
+    int waits = 0, any = 0;
+    for (struct sandbox *sb = ctx->reg->head; sb && batch && !any; sb = sb->next)
+        any = sb->recycled;
+    if (batch && any) { /* the body is parsed again only when some sandbox may need it */
         size_t len, i;
         const char *text = http_req_body(req, &len);
         json_t *body = json_loadb(text, len, 0, NULL), *item;

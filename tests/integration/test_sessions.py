@@ -7,9 +7,13 @@ Every test runs its own daemon with a 2 s idle timeout (fresh_daemon). Waiting f
 polls GET /v1/sandboxes?session_id=... or /v1/sessions: naming the sandbox itself (GET
 /v1/sandboxes/{id}) is activity on it, which would keep it alive.
 """
+import asyncio
+import json
 import threading
 import time
 import urllib.parse
+
+import websockets
 
 from conftest import WAIT_S, Api, sh, wait_for
 
@@ -225,3 +229,29 @@ def test_start_restores_a_recycled_sandbox(fresh_daemon):
     assert len(audit_events(api, sb["id"], "sandbox.restore")) == 1
     r = api.post(f"/v1/sandboxes/{sb['id']}/start", {})
     assert r.status == 409, r
+
+
+def test_websocket_exec_restores(fresh_daemon):
+    d = fresh_daemon(extra_args=ARGS)
+    api = Api(d)
+    sb = api.create(session_id="s-ws")
+    sh(api, sb["id"], "echo ws > /workspace/w")
+    wait_for(lambda: list(states(api, "s-ws").values()) == ["recycled"],
+             timeout=IDLE_S + WAIT_S, what="recycled")
+
+    async def run():
+        url = f"ws://127.0.0.1:{d.port}/v1/sandboxes/{sb['id']}/exec/ws"
+        async with websockets.connect(url) as ws:
+            await ws.send(json.dumps({"type": "execute", "argv": ["cat", "/workspace/w"]}))
+            msgs = []
+            try:
+                while True:
+                    msgs.append(json.loads(await asyncio.wait_for(ws.recv(), 30)))
+            except websockets.ConnectionClosed:
+                pass
+            return msgs
+
+    msgs = asyncio.run(run())
+    out = "".join(m["data"] for m in msgs if m["type"] == "stdout")
+    assert out == "ws\n", msgs
+    assert api.get(f"/v1/sandboxes/{sb['id']}").json["restored_at"]
