@@ -158,7 +158,7 @@ static int restore_first(struct api_ctx *ctx, http_req_t *req, api_handler_fn ha
             waits |= name && restore_one(call, sandbox_find(ctx->reg, name));
         }
         json_decref(body);
-    } else {
+    } else if (!batch) {
         waits = restore_one(call, sandbox_find(ctx->reg, id));
     }
     if (!waits) {

@@ -172,7 +172,7 @@ static void fill_end(struct fill_op *op, struct sandbox *sb, enum session_err e,
     } else if (sb && !ps->closing) {
         sandbox_destroy(sb, NULL, NULL); /* the pool changed or went meanwhile */
     }
-    if (!sb && p && e != SESSION_ERR_SHUTTING_DOWN) {
+    if (!sb && p && p->generation == op->generation && e != SESSION_ERR_SHUTTING_DOWN) {
         snprintf(p->last_error, sizeof(p->last_error), "%s", msg ? msg : session_err_name(e));
         p->retry_at = util_monotonic() + FILL_RETRY_S;
         log_warn("pool %s: cannot make a member: %s (retrying in %.0f s)", p->name, p->last_error,
