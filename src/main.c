@@ -19,7 +19,7 @@ static void serve_usage(FILE *f)
                "                    [--max-sandboxes N] [--slots N]\n"
                "                    [--secrets-dir DIR] [--egress-hosts FILE]\n"
                "                    [--defaults RES] [--maxima RES]\n"
-               "                    [--idle-timeout S] [--max-ttl S]\n"
+               "                    [--idle-timeout S] [--max-ttl S] [--released-ttl S]\n"
                "                    [--audit-max-bytes N] [--audit-keep N]\n"
                "                    [--disk-overcommit RATIO] [--disk-reserve MIB]\n"
                "                    [--insecure-registry HOST:PORT]... [--registry-ca FILE]\n"
@@ -47,6 +47,9 @@ static void serve_usage(FILE *f)
                "  --stop-sandboxes-on-exit stops them instead (they come back stopped)\n"
                "--idle-timeout S: a sandbox idle for S seconds is stopped, unless it asks for its\n"
                "  own idle_timeout_s (default 0: never)\n"
+               "  (a sandbox of a session is recycled instead: restored by its next call)\n"
+               "--released-ttl S: deleted sandboxes' records are listed (state=deleted) for S\n"
+               "  seconds, then purged (default 3600; 0: not kept)\n"
                "--max-ttl S: the longest ttl_s a sandbox may ask for, and the ttl_s of one that\n"
                "  asks for none (default 0: no maximum, sandboxes live until deleted)\n"
                "--insecure-registry HOST:PORT: pull from this registry over plain HTTP\n"
@@ -121,6 +124,7 @@ static int cmd_serve(int argc, char **argv)
         {"max-sandboxes", required_argument, NULL, 'm'},
         {"idle-timeout", required_argument, NULL, 'I'},
         {"max-ttl", required_argument, NULL, 'T'},
+        {"released-ttl", required_argument, NULL, 'r'},
         {"slots", required_argument, NULL, 'S'},
         {"audit-max-bytes", required_argument, NULL, 'A'},
         {"audit-keep", required_argument, NULL, 'k'},
@@ -192,6 +196,10 @@ static int cmd_serve(int argc, char **argv)
             break;
         case 'T':
             if (parse_seconds_flag("max-ttl", optarg, &cfg.limits.max_ttl_s) < 0)
+                return 2;
+            break;
+        case 'r':
+            if (parse_seconds_flag("released-ttl", optarg, &cfg.released_ttl_s) < 0)
                 return 2;
             break;
         case 'm': {

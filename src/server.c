@@ -57,6 +57,7 @@ void server_config_defaults(struct server_config *cfg)
     cfg->disk_overcommit = 10;
     cfg->disk_reserve_mib = -1;
     cfg->pull_timeout_s = 600;
+    cfg->released_ttl_s = 3600;
 }
 
 /* The default reserve: what the host keeps free below the sandboxes is what absorbs the writes
@@ -332,6 +333,7 @@ static void on_signal(uv_signal_t *h, int signum)
     http_server_close(srv->http, on_http_closed, srv);
     /* A pull in flight is not waited for: the next daemon resumes it. */
     registry_client_cancel(srv->registry_client);
+    pools_close(&srv->pools); /* before the registry lets its sandboxes go: it holds some */
     registry_shutdown(&srv->reg, on_registry_idle);
 }
 
@@ -423,6 +425,7 @@ static int server_start(struct server *srv)
     reg->max_sandboxes = srv->cfg.limits.max_sandboxes;
     reg->stop_on_exit = srv->cfg.stop_sandboxes_on_exit;
     reg->defaults = srv->cfg.limits.defaults;
+    reg->released_ttl_s = srv->cfg.released_ttl_s;
     if (gethostname(reg->node, sizeof(reg->node) - 1) < 0)
         snprintf(reg->node, sizeof(reg->node), "localhost");
     if ((r = registry_init(reg)) < 0)
@@ -493,10 +496,15 @@ static int server_start(struct server *srv)
         return r;
     }
     build_recover(srv->state_dir); /* the contexts of builds a previous daemon ran */
+    if ((r = pools_open(&srv->pools, &srv->reg, &srv->templates)) < 0) {
+        log_error("cannot read the warm pools: %s", strerror(-r));
+        return r;
+    }
 
     struct http_limits limits = {.max_body_bytes = srv->cfg.limits.max_body_bytes};
     srv->api = (struct api_ctx){.reg = &srv->reg,
                                 .templates = &srv->templates,
+                                .pools = &srv->pools,
                                 .audit = srv->audit,
                                 .limits = &srv->cfg.limits,
                                 .version = WARREN_VERSION};
@@ -549,7 +557,9 @@ int server_run(const struct server_config *cfg)
     int r = server_start(srv);
     if (r == 0)
         uv_run(&srv->loop, UV_RUN_DEFAULT);
-    else if (srv->http) {
+    else
+        pools_close(&srv->pools);
+    if (r != 0 && srv->http) {
         http_server_close(srv->http, on_http_closed, srv);
         uv_run(&srv->loop, UV_RUN_DEFAULT);
     }

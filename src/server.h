@@ -23,6 +23,7 @@
 #include "sandbox/seccomp.h"
 #include "sandbox/template.h"
 #include "session/sandbox.h"
+#include "session/pool.h"
 #include "session/secrets.h"
 #include "session/templates.h"
 #include "store/store.h"
@@ -51,6 +52,7 @@ struct server_config {
     } registries;
     double pull_timeout_s;      /* how long a create waits for its image */
     int stop_sandboxes_on_exit; /* stop them on SIGTERM/SIGINT instead of leaving them running */
+    double released_ttl_s;      /* how long deleted sandboxes' records are kept (0: not kept) */
 };
 
 struct atropos;
@@ -71,6 +73,7 @@ struct server {
     struct registry reg;
     struct registry_client *registry_client; /* image/registry.h */
     struct template_set templates;           /* session/templates.h */
+    struct pools pools;                      /* warm pools (session/pool.h) */
     int init_fd;
     int host_mntns;          /* the host's mount namespace, to remove the pin from (-1: none) */
     struct atropos *atropos; /* the slot protocol (atropos/atropos.h), NULL without slots */

@@ -17,10 +17,12 @@
 #include "session/sandbox.h"
 
 struct template_set;
+struct pools;
 
 struct api_ctx {
     struct registry *reg;
     struct template_set *templates; /* session/templates.h */
+    struct pools *pools;            /* session/pool.h */
     struct audit *audit;            /* may be NULL: nothing is recorded */
     const struct session_limits *limits;
     const char *version;
@@ -38,7 +40,10 @@ json_t *api_body_object(http_req_t *req);
 /* Answers 400 if the request has a query parameter not in `allowed` (NULL-terminated). */
 int api_check_query(http_req_t *req, const char *const *allowed);
 /* Finds the sandbox named by the {id} route parameter or answers 404 and returns NULL. Finding
- * it is activity on it (sandbox_touch): every per-sandbox handler finds its sandbox here. */
+ * it is activity on it (sandbox_touch): every per-sandbox handler finds its sandbox here.
+ * A recycled sandbox (session/sessions.h) was restored before the handler ran (api_handle()),
+ * except for the routes that see it as it is: GET and DELETE of it, heartbeat, stop, kill (and
+ * start, which restores it itself). */
 struct sandbox *api_find_sandbox(struct api_ctx *ctx, http_req_t *req,
                                  const struct route_params *params);
 /* The usual start of a handler on one sandbox: answers 400 for any query parameter, else finds
@@ -101,6 +106,9 @@ struct command;
 struct shell;
 struct terminal;
 json_t *api_sandbox_json(const struct sandbox *sb);
+/* A released record (session/sessions.h): a deleted sandbox as GET /v1/sandboxes?state=deleted
+ * lists it. */
+json_t *api_released_json(const json_t *record);
 /* With "usage" {memory_bytes, pids, cpu_seconds, oom_kills, disk_bytes} while it has a cgroup. */
 json_t *api_sandbox_json_usage(const struct sandbox *sb);
 json_t *api_command_json(const struct command *c);
@@ -143,6 +151,12 @@ void api_sandbox_fork(struct api_ctx *ctx, http_req_t *req, const struct route_p
 void api_healthz(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 void api_info(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 /* sandboxes.c */
+/* Validates `resources` into *res, which starts as `base` (the defaults on create, the sandbox's
+ * own on PATCH) and gets the fields given. Returns 0, 400 or 422 with the reason in err
+ * (256 bytes). */
+int api_parse_resources(struct api_ctx *ctx, json_t *obj, const struct sandbox_resources *base,
+                        struct sandbox_resources *res, char *err);
+void api_sandbox_heartbeat(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 void api_sandbox_create(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 void api_sandbox_list(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 void api_sandbox_get(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
@@ -198,6 +212,15 @@ void api_volume_create(struct api_ctx *ctx, http_req_t *req, const struct route_
 void api_volume_list(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 void api_volume_get(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 void api_volume_delete(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+/* sessions.c */
+void api_session_list(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_session_get(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_session_delete(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+/* pools.c */
+void api_pool_put(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_pool_list(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_pool_get(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
+void api_pool_delete(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 /* batch.c */
 void api_batch(struct api_ctx *ctx, http_req_t *req, const struct route_params *p);
 

@@ -12,25 +12,44 @@
 
 json_t *api_sandbox_json(const struct sandbox *sb)
 {
-    char created[32], active[32], expires[32];
+    char created[32], active[32], expires[32], restored[32];
     double expires_at = sandbox_expires_at(sb);
     util_format_time(sb->created_at, created, sizeof(created));
+    util_format_time(sb->restored_at, restored, sizeof(restored));
     util_format_time(sb->last_active_at, active, sizeof(active));
     util_format_time(expires_at, expires, sizeof(expires));
     const struct sandbox_image *img = sb->image;
     return json_pack(
         "{s:s, s:s, s:s, s:s, s:o, s:o, s:{s:f, s:I, s:I, s:I}, s:o, s:O, s:O, s:O, "
-        "s:n, s:s, s:s, s:s, s:f, s:f, s:o, s:o}",
-        "id", sb->id, "name", sb->name, "state", sandbox_state_name(sb->state), "template",
+        "s:o, s:s, s:s, s:s, s:f, s:f, s:o, s:o, s:o}",
+        "id", sb->id, "name", sb->name, "state", sandbox_state_str(sb), "template",
         sb->template_name, "image", img && img->image[0] ? json_string(img->image) : json_null(),
         "image_digest", img && img->digest[0] ? json_string(img->digest) : json_null(), "resources",
         "cpus", sb->res.cpus, "memory_mib", (json_int_t)sb->res.memory_mib, "pids",
         (json_int_t)sb->res.pids, "disk_mib", (json_int_t)sb->res.disk_mib, "network",
         network_to_json(sb->network), "labels", sb->labels, "env", sb->env, "secrets", sb->secrets,
-        "session_id", "created_at", created, "last_active_at", active, "node", sb->reg->node,
-        "ttl_s", sb->ttl_s, "idle_timeout_s", sb->idle_timeout_s, "expires_at",
-        expires_at > 0 ? json_string(expires) : json_null(), "volumes",
+        "session_id", sb->session_id[0] ? json_string(sb->session_id) : json_null(), "created_at",
+        created, "last_active_at", active, "node", sb->reg->node, "ttl_s", sb->ttl_s,
+        "idle_timeout_s", sb->idle_timeout_s, "expires_at",
+        expires_at > 0 ? json_string(expires) : json_null(), "restored_at",
+        sb->restored_at > 0 ? json_string(restored) : json_null(), "volumes",
         sb->volumes ? json_incref(sb->volumes) : json_array());
+}
+
+json_t *api_released_json(const json_t *rec)
+{
+    char created[32], deleted[32];
+    util_format_time(json_number_value(json_object_get(rec, "created_at_s")), created,
+                     sizeof(created));
+    util_format_time(json_number_value(json_object_get(rec, "deleted_at_s")), deleted,
+                     sizeof(deleted));
+    json_t *session = json_object_get(rec, "session_id");
+    return json_pack("{s:O?, s:O?, s:s, s:O?, s:O?, s:O?, s:O?, s:s, s:s, s:O?}", "id",
+                     json_object_get(rec, "id"), "name", json_object_get(rec, "name"), "state",
+                     "deleted", "template", json_object_get(rec, "template"), "resources",
+                     json_object_get(rec, "resources"), "labels", json_object_get(rec, "labels"),
+                     "session_id", session ? session : json_null(), "created_at", created,
+                     "deleted_at", deleted, "node", json_object_get(rec, "node"));
 }
 
 json_t *api_sandbox_json_usage(const struct sandbox *sb)

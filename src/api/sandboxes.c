@@ -13,7 +13,9 @@
 #include "session/templates.h"
 #include "core/json.h"
 #include "session/network.h"
+#include "session/pool.h"
 #include "session/secrets.h"
+#include "session/sessions.h"
 #include "session/volume.h"
 
 #define ERRLEN 256
@@ -43,10 +45,8 @@ int api_valid_env(json_t *env, char *err, size_t errlen)
     return 0;
 }
 
-/* Validates `resources` into *res, which starts as `base` (the defaults on create, the sandbox's
- * own on PATCH) and gets the fields given. Returns 0, 400 or 422. */
-static int parse_resources(struct api_ctx *ctx, json_t *obj, const struct sandbox_resources *base,
-                           struct sandbox_resources *res, char *err)
+int api_parse_resources(struct api_ctx *ctx, json_t *obj, const struct sandbox_resources *base,
+                        struct sandbox_resources *res, char *err)
 {
     static const char *const keys[] = {"cpus", "memory_mib", "pids", "disk_mib", NULL};
     const struct sandbox_resources *max = &ctx->limits->maxima;
@@ -159,6 +159,7 @@ static int parse_network(json_t *obj, struct egress_policy **out, char *err)
 struct create_call {
     struct api_ctx *ctx;
     http_req_t *req;
+    double t0;      /* when the request reached its handler (monotonic), for Server-Timing */
     json_t *audit;  /* api_audit_sandbox_spec() */
     json_t *labels; /* of the request, for a creation that failed */
     /* While the template is being pulled: the parsed spec and the body its strings point into. */
@@ -167,10 +168,28 @@ struct create_call {
     json_t *volumes; /* spec.volumes (owned) */
 };
 
+/* 201 with the sandbox, and how long the daemon took (Server-Timing: bench/bench_pool.py). */
+static void respond_created(http_req_t *req, struct sandbox *sb, int from_pool, double t0)
+{
+    char hdr[64];
+    json_t *o = api_sandbox_json(sb);
+    json_object_set_new(o, "from_pool", json_boolean(from_pool));
+    char *text = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    if (!text) {
+        http_respond_error(req, 500, "internal", "out of memory");
+        return;
+    }
+    snprintf(hdr, sizeof(hdr), "Server-Timing: app;dur=%.3f\r\n", (util_monotonic() - t0) * 1e3);
+    http_respond(req, 201, "application/json", text, strlen(text), hdr);
+    free(text);
+}
+
 static void on_created(struct sandbox *sb, enum session_err e, const char *msg, void *arg)
 {
     struct create_call *call = arg;
     http_req_t *req = call->req;
+    double t0 = call->t0;
     const char *code = NULL;
     int status = sb ? 201 : api_session_status(e, &code);
     if (!sb) {
@@ -196,7 +215,7 @@ static void on_created(struct sandbox *sb, enum session_err e, const char *msg, 
         http_respond(req, 499, "text/plain", "", 0, NULL);
         return;
     }
-    http_respond_json(req, 201, api_sandbox_json(sb));
+    respond_created(req, sb, 0, t0);
 }
 
 /* Creates the sandbox of call->spec (made of `tpl`, or of the host template when NULL); the
@@ -240,8 +259,9 @@ static void on_template(struct template *tpl, enum session_err e, const char *ms
 void api_sandbox_create(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
 {
     static const char *const keys[] = {
-        "name",    "template", "image",          "env",     "labels",    "resources", "network",
-        "secrets", "ttl_s",    "idle_timeout_s", "volumes", "workspace", NULL};
+        "name",    "template", "image",          "env",     "labels",    "resources",  "network",
+        "secrets", "ttl_s",    "idle_timeout_s", "volumes", "workspace", "session_id", NULL};
+    double t0 = util_monotonic();
     char err[ERRLEN];
     struct sandbox_spec spec = {0};
     const char *image = NULL;
@@ -261,8 +281,18 @@ void api_sandbox_create(struct api_ctx *ctx, http_req_t *req, const struct route
         json_opt_string_map(body, "env", "env", &spec.env, err, ERRLEN) ||
         json_opt_string_map(body, "labels", "labels", &spec.labels, err, ERRLEN) ||
         json_opt_object(body, "resources", "resources", &res, err, ERRLEN) ||
-        json_opt_object(body, "network", "network", &net, err, ERRLEN))
+        json_opt_object(body, "network", "network", &net, err, ERRLEN) ||
+        json_opt_string(body, "session_id", "session_id", &spec.session_id, err, ERRLEN))
         goto bad;
+    if (spec.session_id && !sessions_valid_id(spec.session_id)) {
+        snprintf(err, ERRLEN, "invalid 'session_id': 1-%d characters of [A-Za-z0-9_.:-]",
+                 SANDBOX_SESSION_MAX);
+        goto bad;
+    }
+    if (json_object_get(spec.labels, POOL_LABEL)) {
+        snprintf(err, ERRLEN, "the label '%s' is the daemon's (warm pools)", POOL_LABEL);
+        goto bad;
+    }
     if (spec.name && !api_valid_name(spec.name)) {
         snprintf(err, ERRLEN,
                  "invalid 'name': 1-63 characters of [A-Za-z0-9_.-], starting with a letter or "
@@ -285,11 +315,23 @@ void api_sandbox_create(struct api_ctx *ctx, http_req_t *req, const struct route
     }
     spec.volumes = volumes;
     status = 400;
-    if ((status = parse_resources(ctx, res, &ctx->limits->defaults, &spec.res, err)) ||
+    if ((status = api_parse_resources(ctx, res, &ctx->limits->defaults, &spec.res, err)) ||
         (status = parse_lifetimes(ctx, body, &spec, err)) ||
         (status = parse_network(net, &spec.network, err)))
         goto bad;
 
+    struct sandbox *pooled = pools_claim(ctx->pools, &spec, image);
+    if (pooled) {
+        json_t *audit = api_audit_sandbox_spec(&spec);
+        json_object_set_new(audit, "from_pool", json_true());
+        if (image)
+            json_object_set_new(audit, "image", json_string(image));
+        network_free(spec.network);
+        json_decref(body);
+        api_audit(ctx, req, "sandbox.create", pooled, 201, audit);
+        respond_created(req, pooled, 1, t0);
+        return;
+    }
     struct create_call *call = calloc(1, sizeof(*call));
     if (!call) {
         network_free(spec.network);
@@ -299,7 +341,8 @@ void api_sandbox_create(struct api_ctx *ctx, http_req_t *req, const struct route
         return;
     }
     *call = (struct create_call){
-        ctx, req, api_audit_sandbox_spec(&spec), json_deep_copy(spec.labels), spec, body, volumes};
+        ctx,  req,  t0,     api_audit_sandbox_spec(&spec), json_deep_copy(spec.labels),
+        spec, body, volumes};
     if (image)
         json_object_set_new(call->audit, "image", json_string(image));
     if (image || strcmp(spec.template_name, "host") != 0)
@@ -387,7 +430,8 @@ void api_sandbox_fork(struct api_ctx *ctx, http_req_t *req, const struct route_p
     json_t *volumes = json_array_size(sb->volumes) ? json_deep_copy(sb->volumes) : NULL;
     spec.volumes = volumes;
     *call = (struct create_call){
-        ctx, req, api_audit_sandbox_spec(&spec), json_deep_copy(spec.labels), spec, keep, volumes};
+        ctx,  req,  util_monotonic(), api_audit_sandbox_spec(&spec), json_deep_copy(spec.labels),
+        spec, keep, volumes};
     json_object_set_new(call->audit, "fork_of", json_string(sb->id));
     enum session_err e =
         sandbox_snapshot(sb, ctx->templates, tname, on_fork_snapshot, call, err, ERRLEN);
@@ -424,13 +468,38 @@ void api_sandbox_list(struct api_ctx *ctx, http_req_t *req, const struct route_p
     const char *state = http_req_query(req, "state");
     const char *session = http_req_query(req, "session_id");
     json_t *arr = json_array();
+    if (state && !strcmp(state, "deleted")) {
+        /* The records kept of deleted sandboxes (--released-ttl), oldest first. */
+        for (struct released *r = ctx->reg->released_head; r; r = r->next) {
+            const char *sid = json_string_value(json_object_get(r->record, "session_id"));
+            json_t *labels = json_object_get(r->record, "labels");
+            if (session && strcmp(session, sid ? sid : "") != 0)
+                continue;
+            int ok = 1;
+            for (size_t i = 0; i < http_req_query_count(req); i++) {
+                const char *f = http_req_query_value(req, i), *eq = strchr(f, '=');
+                if (strcmp(http_req_query_name(req, i), "label") != 0)
+                    continue;
+                char key[256];
+                snprintf(key, sizeof(key), "%.*s", (int)(eq - f), f);
+                json_t *v = json_object_get(labels, key);
+                ok &= v && !strcmp(json_string_value(v), eq + 1);
+            }
+            if (ok)
+                json_array_append_new(arr, api_released_json(r->record));
+        }
+        http_respond_json(req, 200, json_pack("{s:o}", "sandboxes", arr));
+        return;
+    }
     for (struct sandbox *sb = ctx->reg->head; sb; sb = sb->next) {
         if (sb->state == SB_DELETING || sb->state == SB_CREATING)
             continue;
-        if (state && strcmp(state, sandbox_state_name(sb->state)) != 0)
+        if (json_object_get(sb->labels, POOL_LABEL))
+            continue; /* an unclaimed member of a warm pool: GET /v1/pools counts them */
+        if (state && strcmp(state, sandbox_state_str(sb)) != 0)
             continue;
-        if (session && *session)
-            continue; /* sessions do not exist yet: no sandbox belongs to one */
+        if (session && strcmp(session, sb->session_id) != 0)
+            continue;
         int ok = 1;
         for (size_t i = 0; i < http_req_query_count(req); i++)
             if (!strcmp(http_req_query_name(req, i), "label") &&
@@ -440,6 +509,13 @@ void api_sandbox_list(struct api_ctx *ctx, http_req_t *req, const struct route_p
             json_array_append_new(arr, api_sandbox_json(sb));
     }
     http_respond_json(req, 200, json_pack("{s:o}", "sandboxes", arr));
+}
+
+void api_sandbox_heartbeat(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
+{
+    /* Finding it is the heartbeat (api_find_sandbox()). */
+    if (api_sandbox_of(ctx, req, p))
+        http_respond(req, 204, NULL, NULL, 0, NULL);
 }
 
 void api_sandbox_get(struct api_ctx *ctx, http_req_t *req, const struct route_params *p)
@@ -573,7 +649,7 @@ void api_sandbox_patch(struct api_ctx *ctx, http_req_t *req, const struct route_
         snprintf(err, ERRLEN, "'resources.disk_mib' cannot change on a live sandbox");
         goto bad;
     }
-    if (resources && (status = parse_resources(ctx, resources, &sb->res, &res, err)))
+    if (resources && (status = api_parse_resources(ctx, resources, &sb->res, &res, err)))
         goto bad;
     if (net && (status = parse_network(net, &policy, err)))
         goto bad;
@@ -726,7 +802,9 @@ void api_sandbox_start(struct api_ctx *ctx, http_req_t *req, const struct route_
         return;
     }
     *call = (struct lifecycle_call){ctx, req, "sandbox.start", NULL};
-    enum session_err e = sandbox_start(sb, on_started, call, msg, sizeof(msg));
+    enum session_err e = sb->recycled
+                             ? sandbox_ensure_running(sb, on_started, call, msg, sizeof(msg))
+                             : sandbox_start(sb, on_started, call, msg, sizeof(msg));
     if (e)
         on_started(sb, e, msg, call);
 }

@@ -44,6 +44,7 @@ static const char cli_usage_text[] =
     "  fork      make a new sandbox of a copy of a sandbox\n"
     "  build     build a template from a Dockerfile\n"
     "  volume    create, list and remove named volumes (warren volume create|ls|rm)\n"
+    "  pool      manage warm pools: pool set|ls|rm\n"
     "  help      show help for a command: warren help COMMAND\n"
     "\n"
     "The client commands talk to $WARREN_URL (default " CLI_DEFAULT_URL "; unix:/path.sock\n"
@@ -361,6 +362,23 @@ static const struct cli_help cli_helps[] = {
                "      --json         print the volume(s) as JSON\n"
                "  -q                 ls: print only the names\n"
                "  -h, --help         show this help\n"},
+    {"pool", "Usage: warren pool set NAME (--template T | --image I) --size N [OPTIONS]\n"
+             "       warren pool ls [--json] [-q]\n"
+             "       warren pool rm NAME...\n"
+             "\n"
+             "Warm pools: sandboxes made ahead of time. A create with the same template or\n"
+             "image, resources and network (and no secrets) gets one of them at once.\n"
+             "Changing what a pool is made of replaces its members.\n"
+             "\n"
+             "Options of set:\n"
+             "      --template T   the members' template (default host)\n"
+             "      --image I      the members' image (pulled if missing)\n"
+             "      --size N       how many to keep ready\n"
+             "      --cpus C       their cpus (default: the daemon's)\n"
+             "      --memory MIB   their memory_mib (default: the daemon's)\n"
+             "      --network MODE none or open (default none)\n"
+             "      --json         print the pool as JSON\n"
+             "  -h, --help         show this help\n"},
     {"help", "Usage: warren help [COMMAND]\n"},
 };
 
@@ -426,7 +444,8 @@ int cli_main(int argc, char **argv)
         {"export", cli_cmd_export}, {"snapshot", cli_cmd_snapshot},
         {"fork", cli_cmd_fork},     {"build", cli_cmd_build},
         {"volume", cli_cmd_volume}, {"volumes", cli_cmd_volume},
-        {"--help", cli_cmd_help},   {"-h", cli_cmd_help},
+        {"pool", cli_cmd_pool},     {"--help", cli_cmd_help},
+        {"-h", cli_cmd_help},
     };
 
     if (argc < 1 || !argv[0]) {

@@ -77,6 +77,7 @@ int cli_cmd_volume(int argc, char **argv);
 /* `-v NAME:/PATH[:ro|:rw]` of create and run: appends {name, path, read_only} to body's
  * "volumes" (made if missing). Returns 0, or -1 after printing a usage error. */
 int cli_volume_arg(json_t *body, const char *cmd, const char *arg);
+int cli_cmd_pool(int argc, char **argv);
 /* `warren start SANDBOX...` without a command: start stopped sandboxes again (cli_cmd_start
  * decides which form it is). */
 int cli_sandbox_start(int argc, char **argv);

@@ -1,7 +1,8 @@
 /*
  * lifecycle — what happens to a running sandbox besides its creation and its end (sandbox.c):
  * live resource changes, pause and resume (the cgroup freezer), and the registry's sweep, which
- * deletes sandboxes whose ttl_s has passed and stops those idle for idle_timeout_s. See sandbox.h.
+ * deletes sandboxes whose ttl_s has passed and stops those idle for idle_timeout_s (recycles them
+ * when they belong to a session: session/sessions.h). See sandbox.h.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -13,6 +14,7 @@
 #include "session/proc.h"
 #include "session/sandbox.h"
 #include "session/sandbox_internal.h"
+#include "session/sessions.h"
 #include "session/shell.h"
 
 int sandbox_set_resources(struct sandbox *sb, const struct sandbox_resources *res)
@@ -148,7 +150,8 @@ static int sandbox_busy(const struct sandbox *sb)
     return procs > waiting_shells;
 }
 
-static void sweep_one(struct sandbox *sb, double now)
+/* `sessions`: the latest activity of each session (sessions_last_active()), or NULL. */
+static void sweep_one(struct sandbox *sb, double now, json_t *sessions)
 {
     struct registry *reg = sb->reg;
     if (sb->state == SB_CREATING || sb->state == SB_DELETING)
@@ -160,11 +163,27 @@ static void sweep_one(struct sandbox *sb, double now)
         sandbox_destroy(sb, NULL, NULL);
         return;
     }
+    /* A sandbox of a session is idle when the whole session is: a call on any of its sandboxes
+     * keeps all of them. */
+    double active = sb->last_active_at;
+    json_t *session = sb->session_id[0] ? json_object_get(sessions, sb->session_id) : NULL;
+    if (session && json_real_value(session) > active)
+        active = json_real_value(session);
     if (sb->idle_timeout_s > 0 && (sb->state == SB_RUNNING || sb->state == SB_PAUSED) &&
-        !sb->pausing && now - sb->last_active_at >= sb->idle_timeout_s) {
+        !sb->pausing && now - active >= sb->idle_timeout_s) {
         if (sandbox_busy(sb)) {
             /* Running work is activity: the timeout counts from when it ends. */
             sb->last_active_at = now;
+            return;
+        }
+        if (sb->session_id[0]) {
+            log_info("sandbox %s: session %s idle for %.0f s: recycling it", sb->id, sb->session_id,
+                     now - active);
+            audit_record(reg->audit, "sandbox.recycle", sb->id, sb->labels,
+                         json_pack("{s:b, s:f, s:s}", "ok", 1, "idle_timeout_s", sb->idle_timeout_s,
+                                   "session_id", sb->session_id),
+                         NULL);
+            sessions_recycle(sb);
             return;
         }
         log_info("sandbox %s: idle for %.0f s: stopping it", sb->id, now - sb->last_active_at);
@@ -178,8 +197,11 @@ void registry_sweep(uv_timer_t *t)
 {
     struct registry *reg = t->data;
     double now = util_now();
+    json_t *sessions = sessions_last_active(reg);
     for (struct sandbox *sb = reg->head, *next; sb; sb = next) {
         next = sb->next;
-        sweep_one(sb, now);
+        sweep_one(sb, now, sessions);
     }
+    json_decref(sessions);
+    sessions_released_sweep(reg, now);
 }

@@ -35,6 +35,7 @@
 #include "session/sandbox_internal.h"
 #include "session/sblog.h"
 #include "session/secrets.h"
+#include "session/sessions.h"
 #include "session/shell.h"
 #include "session/terminal.h"
 #include "session/volume.h"
@@ -408,6 +409,10 @@ static struct sandbox *sandbox_from_record(struct registry *reg, const char *id,
     sb->ttl_s = json_number_value(json_object_get(j, "ttl_s"));
     sb->idle_timeout_s = json_number_value(json_object_get(j, "idle_timeout_s"));
     sb->uid_slot = (unsigned)json_integer_value(uid);
+    snprintf(sb->session_id, sizeof(sb->session_id), "%s",
+             json_string_value(json_object_get(j, "session_id")) ?: "");
+    sb->recycled = json_is_true(json_object_get(j, "recycled"));
+    sb->restored_at = json_number_value(json_object_get(j, "restored_at"));
     sb->pidfd = -1;
     initctl_init(&sb->ctl, -1);
     sb->state = SB_STOPPED;
@@ -494,6 +499,7 @@ static void recover_one(struct registry *reg, const char *id, const char *text)
                      sb->id, sb->image->user);
     }
     if (r == 0) {
+        sb->recycled = 0; /* a recycling the previous daemon did not finish: idle again later */
         log_info("recovery: sandbox %s (%s) re-adopted, init pid %d", sb->id, sb->name, (int)pid);
     } else {
         if (live)
@@ -540,6 +546,7 @@ void registry_recover(struct registry *reg)
     }
     if (d)
         closedir(d);
+    sessions_released_load(reg);
     reg->recover_s = util_monotonic() - t0;
     unsigned running = 0;
     for (struct sandbox *sb = reg->head; sb; sb = sb->next)
@@ -630,6 +637,7 @@ void registry_shutdown(struct registry *reg, void (*idle_cb)(struct registry *re
 void registry_free(struct registry *reg)
 {
     volumes_free(reg);
+    sessions_released_free(reg);
     free(reg->uid_slots);
     reg->uid_slots = NULL;
 }
@@ -655,6 +663,13 @@ const char *sandbox_state_name(enum sandbox_state state)
         return "failed";
     }
     return "unknown";
+}
+
+const char *sandbox_state_str(const struct sandbox *sb)
+{
+    if (sb->recycled && (sb->state == SB_STOPPED || sb->state == SB_STOPPING))
+        return "recycled";
+    return sandbox_state_name(sb->state);
 }
 
 uid_t sandbox_host_uid(const struct sandbox *sb)
@@ -851,8 +866,7 @@ static json_t *image_record(const struct sandbox_image *img)
                      "entrypoint", strv_json(img->entrypoint), "cmd", strv_json(img->cmd));
 }
 
-/* What the store keeps of a sandbox: its spec and identity. */
-static json_t *sandbox_record(const struct sandbox *sb)
+json_t *sandbox_record(const struct sandbox *sb)
 {
     char created[32];
     util_format_time(sb->created_at, created, sizeof(created));
@@ -872,6 +886,15 @@ static json_t *sandbox_record(const struct sandbox *sb)
                   sb->created_at, "last_active_at", sb->last_active_at);
     if (rec && json_array_size(sb->volumes) > 0)
         json_object_set(rec, "volumes", sb->volumes);
+    if (rec && sb->session_id[0] &&
+        json_object_set_new(rec, "session_id", json_string(sb->session_id)) < 0) {
+        json_decref(rec);
+        return NULL;
+    }
+    if (rec && sb->recycled)
+        json_object_set_new(rec, "recycled", json_true());
+    if (rec && sb->restored_at > 0)
+        json_object_set_new(rec, "restored_at", json_real(sb->restored_at));
     if (rec && sb->image && json_object_set_new(rec, "image", image_record(sb->image)) < 0) {
         json_decref(rec);
         return NULL;
@@ -1025,6 +1048,7 @@ static void destroy_after_cb(uv_work_t *w, int status)
     struct sandbox *sb = dw->sb;
     struct registry *reg = sb->reg;
     free(dw);
+    sessions_released_add(sb); /* before its record goes: a record kept replaces it */
     store_delete(reg->store, STORE_SANDBOX, sb->id);
     if (sb->uid_slot < reg->max_sandboxes)
         reg->uid_slots[sb->uid_slot] = 0;
@@ -1638,6 +1662,8 @@ static void create_on_status(uv_poll_t *h, int status, int events)
     sb->handles = 2;
     uv_poll_start(&sb->pid_poll, UV_READABLE, pid_on_event);
     sb->state = SB_RUNNING;
+    if (op->restart)
+        sb->recycled = 0; /* started again, by a restore or by a client */
     ctl_update_events(sb);
     if ((r = apply_network(sb)) < 0) {
         snprintf(msg, sizeof(msg), "sandbox setup failed: egress proxy: %s", strerror(-r));
@@ -1743,6 +1769,7 @@ enum session_err sandbox_create(struct registry *reg, const struct sandbox_spec 
     sb->res = spec->res;
     sb->ttl_s = spec->ttl_s;
     sb->idle_timeout_s = spec->idle_timeout_s;
+    snprintf(sb->session_id, sizeof(sb->session_id), "%s", spec->session_id ?: "");
     if (spec->network)
         sb->network = spec->network;
     sb->created_at = sb->last_active_at = util_now();

@@ -34,6 +34,7 @@
 
 #define SANDBOX_ID_MAX 20
 #define SANDBOX_NAME_MAX 64
+#define SANDBOX_SESSION_MAX 128 /* a session id's length (session/sessions.h) */
 /* Ids each sandbox has on the host: its root is sandbox_host_uid(), the rest follow. */
 #define SANDBOX_UID_RANGE 65536u
 
@@ -68,6 +69,8 @@ struct stop_op;
 struct sblog;
 struct audit;
 struct volume;
+struct restore_waiter;
+struct released;
 
 struct registry {
     uv_loop_t *loop;
@@ -109,6 +112,9 @@ struct registry {
     uv_timer_t sweep;      /* expiries and idle stops (unreferenced: never keeps the loop alive) */
     unsigned left_running; /* sandboxes registry_shutdown() left running for the next daemon */
     double recover_s;      /* how long registry_recover() took */
+    /* Records of deleted sandboxes, oldest first, kept released_ttl_s (session/sessions.h). */
+    double released_ttl_s;
+    struct released *released_head, *released_tail;
 };
 
 /* What a sandbox whose root is an OCI image needs of it: its unpacked layers and its config. */
@@ -167,6 +173,12 @@ struct sandbox {
     struct sandbox_waiter *waiters; /* destroy callbacks */
     struct stop_op *stop;           /* while stopping */
     struct sblog *log;              /* its commands' output (session/sblog.h), or NULL */
+    /* Sessions (session/sessions.h). */
+    char session_id[SANDBOX_SESSION_MAX + 1]; /* "": none */
+    int recycled;       /* stopped (or stopping) for being idle in a session: calls restore it */
+    int restoring;      /* a restore (sandbox_start) is under way */
+    double restored_at; /* the last restore, epoch seconds; 0: never */
+    struct restore_waiter *restore_waiters;
 };
 
 struct sandbox_spec {
@@ -183,6 +195,7 @@ struct sandbox_spec {
     /* NULL: the host template. Otherwise the root is an overlay of these layers (borrowed;
      * copied), and template_name is image->template_name. */
     const struct sandbox_image *image;
+    const char *session_id; /* NULL or "": none (session/sessions.h) */
 };
 
 /* `sb` is NULL on failure; then `err` says why and `msg` says it for a person. */
@@ -331,6 +344,9 @@ struct sandbox_usage {
 };
 int sandbox_usage(const struct sandbox *sb, struct sandbox_usage *out);
 const char *sandbox_state_name(enum sandbox_state state);
+/* The state a client sees: sandbox_state_name(), but "recycled" for a recycled sandbox that is
+ * stopped or stopping (session/sessions.h). */
+const char *sandbox_state_str(const struct sandbox *sb);
 /* How sandboxes are put in cgroups here: "v1", "v2" (or "none"). */
 const char *registry_cgroup_mode(const struct registry *reg);
 /* The host uid (and gid) the sandbox's root user maps to. */

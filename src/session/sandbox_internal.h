@@ -1,10 +1,12 @@
 /*
  * sandbox_internal — what sandbox.c shares with lifecycle.c and sandbox_disk.c, the other files
- * of the registry. Not for use outside them.
+ * of the registry, and with sessions.c and pool.c, which change sandboxes' records. Not for use
+ * outside them.
  */
 #ifndef WARREN_SESSION_SANDBOX_INTERNAL_H
 #define WARREN_SESSION_SANDBOX_INTERNAL_H
 
+#include <jansson.h>
 #include <stddef.h>
 #include <uv.h>
 
@@ -16,6 +18,8 @@
 void sandbox_dir(const struct sandbox *sb, char *out, size_t cap, const char *sub);
 /* The path of sandbox `id`'s disk image. */
 void sandbox_image(const struct registry *reg, const char *id, char *out, size_t cap);
+/* What the store keeps of a sandbox: its spec and identity (a new object, NULL without memory). */
+json_t *sandbox_record(const struct sandbox *sb);
 /* Writes the sandbox's record to the store (its spec, limits and identity). */
 void sandbox_save(const struct sandbox *sb);
 /* The registry's sweep timer: deletes sandboxes past their ttl_s, stops idle ones. */

@@ -16,7 +16,14 @@
 typedef struct store store_t;
 
 /* The kinds of records, each a (key, JSON text) table. */
-enum store_kind { STORE_SANDBOX, STORE_TEMPLATE, STORE_VOLUME, STORE_KINDS };
+enum store_kind {
+    STORE_SANDBOX,
+    STORE_TEMPLATE,
+    STORE_RELEASED, /* deleted sandboxes' records, kept for a while (session/session.h) */
+    STORE_POOL,     /* warm pools (session/pool.h) */
+    STORE_VOLUME,   /* volumes (session/volume.h) */
+    STORE_KINDS
+};
 
 typedef void (*store_record_fn)(const char *id, const char *json, void *arg);
 

@@ -12,7 +12,8 @@
 #include "core/log.h"
 
 /* One table per kind of record, each (key, json). */
-static const char *const tables[STORE_KINDS] = {"sandboxes", "templates", "volumes"};
+static const char *const tables[STORE_KINDS] = {"sandboxes", "templates", "released", "pools",
+                                                "volumes"};
 
 struct store {
     sqlite3 *db;
@@ -27,7 +28,10 @@ static const char *const migrations[] = {
     "CREATE TABLE IF NOT EXISTS sandboxes (id TEXT PRIMARY KEY, json TEXT NOT NULL);",
     /* 1 → 2: templates (session/templates.h) */
     "CREATE TABLE IF NOT EXISTS templates (id TEXT PRIMARY KEY, json TEXT NOT NULL);",
-    /* 2 → 3: volumes (session/volume.h) */
+    /* 2 → 3: records of deleted sandboxes (session/session.h) and warm pools (session/pool.h) */
+    "CREATE TABLE IF NOT EXISTS released (id TEXT PRIMARY KEY, json TEXT NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS pools (id TEXT PRIMARY KEY, json TEXT NOT NULL);",
+    /* 3 → 4: volumes (session/volume.h) */
     "CREATE TABLE IF NOT EXISTS volumes (id TEXT PRIMARY KEY, json TEXT NOT NULL);",
 };
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
