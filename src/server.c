@@ -424,6 +424,14 @@ static int server_start(struct server *srv)
     reg->audit = srv->audit;
     reg->max_sandboxes = srv->cfg.limits.max_sandboxes;
     reg->stop_on_exit = srv->cfg.stop_sandboxes_on_exit;
+    /* On cgroup v2 the daemon moved itself out of the cgroup it was given and enabled
+     * controllers there: v2 would then let no process into that cgroup while sandboxes keep it
+     * populated, so a supervisor could not start the daemon in it again. There, sandboxes go
+     * with the daemon (systemd 254's DelegateSubgroup= would lift this). */
+    if (srv->cgroups.mode == CGROUP_V2 && srv->cgroups.moved) {
+        reg->die_with_daemon = reg->stop_on_exit = 1;
+        log_info("cgroup v2 in a delegated cgroup: sandboxes stop with the daemon");
+    }
     reg->defaults = srv->cfg.limits.defaults;
     reg->released_ttl_s = srv->cfg.released_ttl_s;
     if (gethostname(reg->node, sizeof(reg->node) - 1) < 0)

@@ -522,7 +522,10 @@ static __attribute__((noreturn)) void child_main(struct child_ctx *c)
     if (syscall(SYS_setresgid, 0, 0, 0) < 0 || syscall(SYS_setresuid, 0, 0, 0) < 0)
         child_fail(c, SPAWN_STEP_SETUID, NULL);
     umask(0); /* modes in the plan are exact */
-    /* No PR_SET_PDEATHSIG: the sandbox outlives the daemon (sandbox/proto.h). */
+    /* Normally no PR_SET_PDEATHSIG: the sandbox outlives the daemon (sandbox/proto.h). (A
+     * daemon that died before this line cannot have finished our set-up: the sync read failed.) */
+    if (cfg->die_with_daemon && prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
+        child_fail(c, SPAWN_STEP_SETUID, NULL);
 
     for (size_t i = 0; i < cfg->n_mounts; i++)
         if (child_mount_op(c, i) < 0)

@@ -88,6 +88,7 @@ struct spawn_config {
     gid_t host_gid;
     unsigned id_count;
     unsigned long long fsize_limit; /* RLIMIT_FSIZE in bytes; 0: unchanged */
+    int die_with_daemon;            /* PR_SET_PDEATHSIG: the init is killed when the daemon exits */
     /* file system */
     char root_dir[SPAWN_PATH_MAX]; /* host directory that becomes the root (see root_opts) */
     char root_opts[96]; /* tmpfs options for a tmpfs root, e.g. "mode=0755,size=1g"; empty: bind

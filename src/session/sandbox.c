@@ -1599,6 +1599,7 @@ static int create_start(struct create_op *op, char *msg, size_t msglen)
     cfg->host_gid = uid;
     cfg->id_count = UID_RANGE;
     cfg->fsize_limit = FSIZE_LIMIT;
+    cfg->die_with_daemon = reg->die_with_daemon;
     cfg->seccomp = reg->seccomp;
     cfg->init_fd = reg->init_fd;
     what = NULL;

@@ -94,6 +94,10 @@ struct registry {
     /* On registry_shutdown(): stop every sandbox (they come back stopped) instead of leaving
      * them running for the next daemon. */
     int stop_on_exit;
+    /* Sandboxes die with the daemon (their init has PR_SET_PDEATHSIG) instead of outliving it:
+     * on cgroup v2 below a delegated cgroup (sandbox/cgroup.h), where sandboxes left running
+     * would keep the daemon's supervisor from starting it again in its cgroup. */
+    int die_with_daemon;
     /* Thin provisioning (registry_check_disk()): the disk sizes promised to all sandboxes may add
      * up to disk_overcommit × what the host has for them; below disk_reserve bytes free on the
      * host, creations are refused and sandboxes cannot write. */

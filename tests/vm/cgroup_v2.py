@@ -11,9 +11,11 @@ v1 disabled, nothing else running). It starts the daemon as a supervisor would:
   makes it anew, as systemd does: the daemon cannot undo its set-up then, and v2 lets no process
   into a cgroup that delegates controllers.
 
-In the last two: create, exec, memory OOM, pids limit, pause/resume, delete, SIGTERM (the
-daemon's cgroups are gone, and the delegated cgroup is as the supervisor gave it: the daemon
-can be started in it again), restart, kill -9 and restart. One "cgroup-v2 PASS|FAIL step" line
+In the last two: create, exec, memory OOM, pids limit, pause/resume, delete, SIGTERM, restart,
+kill -9 and restart. In the root cgroup sandboxes outlive the daemon (SIGTERM and kill -9): the
+next daemon takes them over, cgroups included. In a delegated cgroup they go with it (v2 would
+let no process into the daemon's cgroup while theirs are populated, so a supervisor could not
+start it there again): after SIGTERM the delegated cgroup is as the supervisor gave it. One "cgroup-v2 PASS|FAIL step" line
 per step, then "cgroup-v2: N passed, M failed". Standard library only.
 """
 
@@ -348,9 +350,15 @@ def served(name, home):
         wait_for(lambda: not os.path.exists(d), f"{rel(d)} to go")
 
     def sigterm():
-        # Sandbox a is still busy: stopping must end it and remove everything.
         rc = s.daemon.stop(signal.SIGTERM)
         check(rc == 0, f"exit status {rc}")
+        if not delegated:
+            # Sandbox a is still busy and outlives the daemon, in its cgroup.
+            d = sandbox_cg(sb["a"])
+            check(key(os.path.join(d, "cgroup.events"), "populated") == "1",
+                  f"{rel(d)} is empty: sandbox a did not outlive the daemon")
+            return
+        # Sandbox a was still busy: stopping must end it and remove everything.
         left = [x for x in subdirs(home) if x.startswith("warren")]
         check(not left, f"left behind in {rel(home)}: {left}")
         if delegated:
@@ -363,6 +371,13 @@ def served(name, home):
 
     def restart():
         start()
+        st, r = api("GET", f"/v1/sandboxes/{sb['a']}")
+        if delegated:
+            check(st == 200 and r["state"] == "stopped", f"sandbox a after SIGTERM: {st} {r}")
+        else:
+            check(st == 200 and r["state"] == "running", f"sandbox a not taken over: {st} {r}")
+            r = exec_(sb["a"], argv=["cat", "/proc/self/cgroup"])
+            check(r["exit_code"] == 0 and r["stdout"] == "0::/\n", f"exec in a: {r}")
         create("c", disk_mib=256)
         r = exec_(sb["c"], argv=["true"])
         check(r["exit_code"] == 0, f"exec: {r}")
@@ -370,10 +385,13 @@ def served(name, home):
     def kill9():
         d = sandbox_cg(sb["c"])
         s.daemon.stop(signal.SIGKILL)
-        # Every sandbox dies with the daemon (PDEATHSIG).
-        wait_for(lambda: key(os.path.join(home, "cgroup.events"), "populated") == "0"
-                 if delegated else
-                 key(os.path.join(d, "cgroup.events"), "populated") == "0",
+        if not delegated:
+            # They outlive even a crash.
+            check(key(os.path.join(d, "cgroup.events"), "populated") == "1",
+                  f"{rel(d)} is empty: sandbox c did not outlive the daemon")
+            return
+        # Delegated: every sandbox dies with the daemon (PDEATHSIG).
+        wait_for(lambda: key(os.path.join(home, "cgroup.events"), "populated") == "0",
                  "the sandboxes to die with the daemon")
         if delegated:
             # Nothing could undo the daemon's set-up: like systemd for a unit whose processes
@@ -388,8 +406,12 @@ def served(name, home):
         d = sandbox_cg(sb["c"])
         start()
         st, r = api("GET", f"/v1/sandboxes/{sb['c']}")
-        check(st == 404 or r.get("state") != "running", f"crashed sandbox: {st} {r}")
-        wait_for(lambda: not os.path.exists(d), f"the crashed sandbox's {rel(d)} to go")
+        if delegated:
+            check(st == 404 or r.get("state") != "running", f"crashed sandbox: {st} {r}")
+            wait_for(lambda: not os.path.exists(d), f"the crashed sandbox's {rel(d)} to go")
+        else:
+            check(st == 200 and r["state"] == "running", f"sandbox c not taken over: {st} {r}")
+            check(exec_(sb["c"], argv=["true"])["exit_code"] == 0, "exec in c")
         create("d", disk_mib=256)
         r = exec_(sb["d"], argv=["sh", "-c", "echo again"])
         check(r["exit_code"] == 0 and r["stdout"] == "again\n", f"exec: {r}")
@@ -405,7 +427,17 @@ def served(name, home):
     s.step("restart in the same cgroup", restart)
     s.step("kill -9", kill9)
     s.step("restart after kill -9", restart_after_kill)
-    s.step("SIGTERM after the restart", sigterm)
+    def delete_all_then_sigterm():
+        # The daemon's own cgroups go once no sandbox keeps them.
+        st, r = api("GET", "/v1/sandboxes")
+        for x in r["sandboxes"] if st == 200 else []:
+            api("DELETE", f"/v1/sandboxes/{x['id']}")
+        rc = s.daemon.stop(signal.SIGTERM)
+        check(rc == 0, f"exit status {rc}")
+        left = [x for x in subdirs(home) if x.startswith("warren")]
+        check(not left, f"left behind in {rel(home)}: {left}")
+
+    s.step("SIGTERM after the restart", delete_all_then_sigterm)
     s.finish()
 
 
