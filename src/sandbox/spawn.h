@@ -106,12 +106,15 @@ struct spawn_config {
     char file_data[2][256];
 };
 
+struct spawn_child;
+
 /* A sandbox whose child is still setting up (between spawn_start and spawn_finish). */
 struct spawn_pending {
     pid_t pid;     /* host pid of the (future) init */
     int pidfd;     /* pidfd of the init (O_CLOEXEC) */
     int ctl_fd;    /* daemon end of the control socket (SOCK_SEQPACKET, O_CLOEXEC) */
     int status_fd; /* readable when the child has exec'd the init (EOF) or failed (report) */
+    struct spawn_child *child; /* the child's stack and config, until it has exec'd or is reaped */
 };
 
 struct spawn_error {
