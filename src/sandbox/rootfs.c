@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <linux/openat2.h>
 #include <linux/sched.h>
 #include <sched.h>
@@ -34,7 +35,7 @@ static int write_file(const char *path, const char *data)
     return (size_t)w == n ? 0 : -EIO;
 }
 
-int rootfs_userns(uid_t host_base, uid_t count, int *fd_out)
+static int userns_make(uid_t host_base, uid_t count, int *fd_out)
 {
     char path[64], map[64];
     int p[2], r = 0;
@@ -79,6 +80,77 @@ done:
     while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
         ;
     return r;
+}
+
+/* The user namespaces made so far, one per mapping, kept for the process's life: the mapping of
+ * a uid slot never changes, and making one costs a clone. */
+struct userns_entry {
+    uid_t base, count;
+    int fd;
+};
+static pthread_mutex_t userns_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct userns_entry *userns_cache;
+static size_t userns_n, userns_cap;
+
+/* A new fd of the cached namespace for the mapping, or -ENOENT. Called with userns_lock held. */
+static int userns_lookup(uid_t host_base, uid_t count)
+{
+    for (size_t i = 0; i < userns_n; i++)
+        if (userns_cache[i].base == host_base && userns_cache[i].count == count) {
+            int fd = fcntl(userns_cache[i].fd, F_DUPFD_CLOEXEC, 0);
+            return fd < 0 ? -errno : fd;
+        }
+    return -ENOENT;
+}
+
+int rootfs_userns(uid_t host_base, uid_t count, int *fd_out)
+{
+    int fd, r;
+    pthread_mutex_lock(&userns_lock);
+    r = userns_lookup(host_base, count);
+    pthread_mutex_unlock(&userns_lock);
+    if (r != -ENOENT) {
+        *fd_out = r < 0 ? -1 : r;
+        return r < 0 ? r : 0;
+    }
+    /* Made unlocked (it blocks on a clone); a thread that made the same one meanwhile wins. */
+    if ((r = userns_make(host_base, count, &fd)) < 0) {
+        *fd_out = -1;
+        return r;
+    }
+    pthread_mutex_lock(&userns_lock);
+    if ((r = userns_lookup(host_base, count)) == -ENOENT) {
+        if (userns_n == userns_cap) {
+            size_t cap = userns_cap ? userns_cap * 2 : 16;
+            struct userns_entry *n = realloc(userns_cache, cap * sizeof(*n));
+            if (!n) {
+                pthread_mutex_unlock(&userns_lock);
+                *fd_out = fd; /* not kept: the next caller makes another */
+                return 0;
+            }
+            userns_cache = n;
+            userns_cap = cap;
+        }
+        userns_cache[userns_n++] = (struct userns_entry){host_base, count, fd};
+        if ((r = fcntl(fd, F_DUPFD_CLOEXEC, 0)) < 0)
+            r = -errno;
+    } else {
+        close(fd);
+    }
+    pthread_mutex_unlock(&userns_lock);
+    *fd_out = r < 0 ? -1 : r;
+    return r < 0 ? r : 0;
+}
+
+void rootfs_userns_clear(void)
+{
+    pthread_mutex_lock(&userns_lock);
+    for (size_t i = 0; i < userns_n; i++)
+        close(userns_cache[i].fd);
+    free(userns_cache);
+    userns_cache = NULL;
+    userns_n = userns_cap = 0;
+    pthread_mutex_unlock(&userns_lock);
 }
 
 /* The overlay's own complaint (the kernel writes it to the fs context), for the log. */
