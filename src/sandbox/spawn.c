@@ -1,13 +1,13 @@
 /*
  * spawn — clone3() into new namespaces, build the root filesystem, drop privileges, exec the init.
  *
- * The child side (child_*) runs in a copy of the multi-threaded daemon: it may only make system
- * calls and touch memory prepared before the clone (no malloc, no stdio, no locks). It reports the
- * first failure as (step, errno, detail) on a close-on-exec status pipe and _exit()s; a successful
- * exec closes the pipe, which the parent reads as success.
+ * The child side (child_*) runs in the daemon's address space (CLONE_VM, see spawn.h): it may only
+ * make raw system calls (CSYS) and touch its struct spawn_child and its stack (no malloc, no stdio,
+ * no locks, no errno). It reports the first failure as (step, errno, detail) on a close-on-exec
+ * status pipe and exits; a successful exec closes the pipe, which the parent reads as success.
  *
  * Order matters, and why:
- *  1. parent: clone3(NEWUSER|NEWPID|NEWNS|NEWUTS|NEWIPC|NEWNET), writes uid/gid maps (with
+ *  1. parent: clone3(VM|NEWUSER|NEWPID|NEWNS|NEWUTS|NEWIPC|NEWNET), writes uid/gid maps (with
  *     setgroups denied) and moves the child into its cgroups, then releases it.
  *  2. child, still host uid 0 by credentials: make mounts private, make the sandbox's root
  *     directory a mount (a tmpfs, or the directory bound on itself) and chdir into it. This has to
