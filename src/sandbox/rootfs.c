@@ -54,8 +54,8 @@ static int userns_make(uid_t host_base, uid_t count, int *fd_out)
         return r;
     }
     if (pid == 0) {
-        /* A copy of a multi-threaded process: system calls only. It waits for EOF, i.e. for the
-         * parent to have opened the namespace (or to have died). */
+        /* A copy of a multi-threaded process: system calls only. It waits to be killed once the
+         * namespace is open; EOF (the daemon died) ends it too. */
         char c;
         close(p[1]);
         (void)!read(p[0], &c, 1);
@@ -76,6 +76,10 @@ static int userns_make(uid_t host_base, uid_t count, int *fd_out)
     if ((*fd_out = open(path, O_RDONLY | O_CLOEXEC)) < 0)
         r = -errno;
 done:
+    /* Killed, not told by EOF: a child that another thread cloned meanwhile (another namespace
+     * being made, a sandbox being set up) holds a copy of p[1] until it exits or execs, and two
+     * of these children each holding the other's pipe would wait for each other for ever. */
+    kill(pid, SIGKILL);
     close(p[1]);
     while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
         ;
