@@ -374,12 +374,16 @@ static long clone3_call(struct clone_args *args, void (*fn)(struct spawn_child *
 #error "sandbox/spawn.c: child_sys6() and clone3_call() are written for x86_64 and aarch64"
 #endif
 
+/* The child's functions are not instrumented by AddressSanitizer (SAN=1): its runtime keeps
+ * per-thread state that the child would share with the thread that cloned it. */
+#define CHILD_CODE __attribute__((no_sanitize_address))
+
 #define CSYS_(n, a, b, c, d, e, f, ...)                                                            \
     child_sys6(n, (long)(a), (long)(b), (long)(c), (long)(d), (long)(e), (long)(f))
 /* CSYS(SYS_x, args...): the system call, 0 or more, or -errno. */
 #define CSYS(...) CSYS_(__VA_ARGS__, 0, 0, 0, 0, 0, 0)
 
-static size_t child_strlen(const char *s)
+CHILD_CODE static size_t child_strlen(const char *s)
 {
     size_t n = 0;
     while (s[n])
@@ -387,8 +391,8 @@ static size_t child_strlen(const char *s)
     return n;
 }
 
-static __attribute__((noreturn)) void child_fail(struct spawn_child *c, enum spawn_step step,
-                                                 long r, const char *detail)
+CHILD_CODE static __attribute__((noreturn)) void
+child_fail(struct spawn_child *c, enum spawn_step step, long r, const char *detail)
 {
     struct child_report rep;
     rep.step = step;
@@ -404,14 +408,14 @@ static __attribute__((noreturn)) void child_fail(struct spawn_child *c, enum spa
         (void)CSYS(SYS_exit_group, 1);
 }
 
-static long child_lstat(const char *path, struct stat *sb)
+CHILD_CODE static long child_lstat(const char *path, struct stat *sb)
 {
     return CSYS(SYS_newfstatat, AT_FDCWD, path, sb, AT_SYMLINK_NOFOLLOW);
 }
 
 /* Creates the directory an op mounts on. Its parents exist (spawn_config_add planned them); an
  * existing directory is fine (e.g. dev/pts inside a read-only /dev snapshot). */
-static long child_mkdir(const char *path, unsigned mode)
+CHILD_CODE static long child_mkdir(const char *path, unsigned mode)
 {
     struct stat sb;
     long r = CSYS(SYS_mkdirat, AT_FDCWD, path, mode);
@@ -422,13 +426,13 @@ static long child_mkdir(const char *path, unsigned mode)
     return S_ISDIR(sb.st_mode) ? 0 : -EEXIST;
 }
 
-static long child_mount(const char *src, const char *dst, const char *type, unsigned long flags,
-                        const void *data)
+CHILD_CODE static long child_mount(const char *src, const char *dst, const char *type,
+                                   unsigned long flags, const void *data)
 {
     return CSYS(SYS_mount, src, dst, type, flags, data);
 }
 
-static long child_bind(const struct mount_op *op, const char *src, unsigned long extra)
+CHILD_CODE static long child_bind(const struct mount_op *op, const char *src, unsigned long extra)
 {
     long r;
     if (op->src_is_dir) {
@@ -447,7 +451,7 @@ static long child_bind(const struct mount_op *op, const char *src, unsigned long
 }
 
 /* Formats "/proc/self/fd/<fd>" without stdio. */
-static const char *child_fd_path(char *out, size_t cap, int fd)
+CHILD_CODE static const char *child_fd_path(char *out, size_t cap, int fd)
 {
     static const char prefix[] = "/proc/self/fd/";
     char digits[12];
@@ -465,7 +469,7 @@ static const char *child_fd_path(char *out, size_t cap, int fd)
     return out;
 }
 
-static long child_mount_op(struct spawn_child *c, size_t idx)
+CHILD_CODE static long child_mount_op(struct spawn_child *c, size_t idx)
 {
     const struct mount_op *op = &c->cfg.mounts[idx];
     const char *dst = op->dst, *src = op->src;
@@ -534,7 +538,7 @@ static long child_mount_op(struct spawn_child *c, size_t idx)
     return -EINVAL;
 }
 
-static long child_loopback_up(void)
+CHILD_CODE static long child_loopback_up(void)
 {
     long s = CSYS(SYS_socket, AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (s < 0)
@@ -550,14 +554,14 @@ static long child_loopback_up(void)
 }
 
 /* Moves fd to `target` (no close-on-exec unless cloexec), being careful about collisions. */
-static long child_place_fd(long fd, int target, int cloexec)
+CHILD_CODE static long child_place_fd(long fd, int target, int cloexec)
 {
     if (fd == target)
         return CSYS(SYS_fcntl, fd, F_SETFD, cloexec ? FD_CLOEXEC : 0);
     return CSYS(SYS_dup3, fd, target, cloexec ? O_CLOEXEC : 0);
 }
 
-static long child_setup_fds(struct spawn_child *c)
+CHILD_CODE static long child_setup_fds(struct spawn_child *c)
 {
     long r;
     /* Lift every fd we keep above the range we are about to fill, then place them. */
@@ -583,7 +587,7 @@ static long child_setup_fds(struct spawn_child *c)
     return CSYS(SYS_close, null);
 }
 
-static long child_drop_caps(unsigned long long keep, int cap_last)
+CHILD_CODE static long child_drop_caps(unsigned long long keep, int cap_last)
 {
     long r;
     for (int cap = 0; cap <= cap_last; cap++) {
@@ -611,13 +615,13 @@ struct child_sigaction {
     uint64_t mask;
 };
 
-static long child_rlimit(int resource, unsigned long long cur, unsigned long long max)
+CHILD_CODE static long child_rlimit(int resource, unsigned long long cur, unsigned long long max)
 {
     struct rlimit rl = {cur, max};
     return CSYS(SYS_prlimit64, 0, resource, &rl, NULL);
 }
 
-static __attribute__((noreturn)) void child_main(struct spawn_child *c)
+CHILD_CODE static __attribute__((noreturn)) void child_main(struct spawn_child *c)
 {
     const struct spawn_config *cfg = &c->cfg;
     char byte;
