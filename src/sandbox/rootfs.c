@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <linux/openat2.h>
 #include <linux/sched.h>
 #include <sched.h>
@@ -22,7 +23,7 @@
 #include "core/util.h"
 #include "sandbox/idmap.h"
 
-int rootfs_userns(uid_t host_base, uid_t count, int *fd_out)
+static int userns_make(uid_t host_base, uid_t count, int *fd_out)
 {
     char path[64], map[64];
     int p[2], r = 0;
@@ -41,8 +42,8 @@ int rootfs_userns(uid_t host_base, uid_t count, int *fd_out)
         return r;
     }
     if (pid == 0) {
-        /* A copy of a multi-threaded process: system calls only. It waits for EOF, i.e. for the
-         * parent to have opened the namespace (or to have died). */
+        /* A copy of a multi-threaded process: system calls only. It waits to be killed once the
+         * namespace is open; EOF (the daemon died) ends it too. */
         char c;
         close(p[1]);
         (void)!read(p[0], &c, 1);
@@ -63,10 +64,85 @@ int rootfs_userns(uid_t host_base, uid_t count, int *fd_out)
     if ((*fd_out = open(path, O_RDONLY | O_CLOEXEC)) < 0)
         r = -errno;
 done:
+    /* Killed, not told by EOF: a child that another thread cloned meanwhile (another namespace
+     * being made, a sandbox being set up) holds a copy of p[1] until it exits or execs, and two
+     * of these children each holding the other's pipe would wait for each other for ever. */
+    kill(pid, SIGKILL);
     close(p[1]);
     while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
         ;
     return r;
+}
+
+/* The user namespaces made so far, one per mapping, kept for the process's life: the mapping of
+ * a uid slot never changes, and making one costs a clone. */
+struct userns_entry {
+    uid_t base, count;
+    int fd;
+};
+static pthread_mutex_t userns_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct userns_entry *userns_cache;
+static size_t userns_n, userns_cap;
+
+/* A new fd of the cached namespace for the mapping, or -ENOENT. Called with userns_lock held. */
+static int userns_lookup(uid_t host_base, uid_t count)
+{
+    for (size_t i = 0; i < userns_n; i++)
+        if (userns_cache[i].base == host_base && userns_cache[i].count == count) {
+            int fd = fcntl(userns_cache[i].fd, F_DUPFD_CLOEXEC, 0);
+            return fd < 0 ? -errno : fd;
+        }
+    return -ENOENT;
+}
+
+int rootfs_userns(uid_t host_base, uid_t count, int *fd_out)
+{
+    int fd, r;
+    pthread_mutex_lock(&userns_lock);
+    r = userns_lookup(host_base, count);
+    pthread_mutex_unlock(&userns_lock);
+    if (r != -ENOENT) {
+        *fd_out = r < 0 ? -1 : r;
+        return r < 0 ? r : 0;
+    }
+    /* Made unlocked (it blocks on a clone); a thread that made the same one meanwhile wins. */
+    if ((r = userns_make(host_base, count, &fd)) < 0) {
+        *fd_out = -1;
+        return r;
+    }
+    pthread_mutex_lock(&userns_lock);
+    if ((r = userns_lookup(host_base, count)) == -ENOENT) {
+        if (userns_n == userns_cap) {
+            size_t cap = userns_cap ? userns_cap * 2 : 16;
+            struct userns_entry *n = realloc(userns_cache, cap * sizeof(*n));
+            if (!n) {
+                pthread_mutex_unlock(&userns_lock);
+                *fd_out = fd; /* not kept: the next caller makes another */
+                return 0;
+            }
+            userns_cache = n;
+            userns_cap = cap;
+        }
+        userns_cache[userns_n++] = (struct userns_entry){host_base, count, fd};
+        if ((r = fcntl(fd, F_DUPFD_CLOEXEC, 0)) < 0)
+            r = -errno;
+    } else {
+        close(fd);
+    }
+    pthread_mutex_unlock(&userns_lock);
+    *fd_out = r < 0 ? -1 : r;
+    return r < 0 ? r : 0;
+}
+
+void rootfs_userns_clear(void)
+{
+    pthread_mutex_lock(&userns_lock);
+    for (size_t i = 0; i < userns_n; i++)
+        close(userns_cache[i].fd);
+    free(userns_cache);
+    userns_cache = NULL;
+    userns_n = userns_cap = 0;
+    pthread_mutex_unlock(&userns_lock);
 }
 
 /* The overlay's own complaint (the kernel writes it to the fs context), for the log. */

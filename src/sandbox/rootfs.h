@@ -19,10 +19,12 @@
  * nor forge, and the layer store's overlay-style whiteouts (char dev 0:0, trusted.overlay.opaque)
  * are honoured as they are.
  *
- * Why a separate, short-lived user namespace (rootfs_userns) instead of the sandbox's own: the
- * mount has to exist before the clone that creates the sandbox's user namespace. A user namespace
- * with the same mapping is equivalent for an idmapped mount (only its mapping is used), and the
- * mounts keep it alive by reference, so its creator can be reaped at once.
+ * Why a separate user namespace (rootfs_userns) instead of the sandbox's own: the mount has to
+ * exist before the clone that creates the sandbox's user namespace. A user namespace with the
+ * same mapping is equivalent for an idmapped mount (only its mapping is used), and the mounts keep
+ * it alive by reference, so its creator can be reaped at once. One is made per mapping (per uid
+ * slot) and kept for the process's life: every sandbox of a slot has the same mapping, and making
+ * one costs a clone of the daemon (about 1 ms of an image sandbox's create).
  *
  * Overlay options, and why:
  *   lowerdir+ (one per layer, as an fd of the idmapped mount): no 4 KiB option-string limit, and
@@ -36,7 +38,7 @@
  * The mount is nosuid, nodev and noatime, as a sandbox disk is (sandbox/disk.h).
  *
  * Threading: blocking system calls only; run on a pool thread, in the daemon's mount namespace.
- * No global state: any thread, several at once.
+ * Any thread, several at once (the user namespace cache has its own lock).
  * Errors: 0 or -errno; *what names the step that failed. Nothing is left behind on failure.
  */
 #ifndef WARREN_SANDBOX_ROOTFS_H
@@ -47,11 +49,14 @@
 
 #define ROOTFS_MAX_LAYERS 64
 
-/* Makes a user namespace mapping ids [0, count) to [host_base, host_base + count) (uid and gid),
- * for idmapped mounts; *fd_out is an O_CLOEXEC fd of it (the caller closes it). No process is
- * left in it: a child is cloned into it, its maps written, the namespace opened and the child
- * reaped. Returns 0 or -errno. */
+/* A user namespace mapping ids [0, count) to [host_base, host_base + count) (uid and gid), for
+ * idmapped mounts; *fd_out is a new O_CLOEXEC fd of it (the caller closes it). The first call for
+ * a mapping makes it (a child is cloned into it, its maps written, the namespace opened and the
+ * child reaped: no process is left in it) and keeps it; later calls return the same namespace.
+ * Returns 0 or -errno. */
 int rootfs_userns(uid_t host_base, uid_t count, int *fd_out);
+/* Closes the namespaces rootfs_userns keeps (at exit; mounts made with them keep theirs alive). */
+void rootfs_userns_clear(void);
 
 /* Mounts on the existing directory `target` an overlayfs of `lowers` (n of them, 1 ≤ n ≤
  * ROOTFS_MAX_LAYERS, the top layer first), each seen through an idmapped mount with `userns_fd`

@@ -1,13 +1,13 @@
 /*
  * spawn — clone3() into new namespaces, build the root filesystem, drop privileges, exec the init.
  *
- * The child side (child_*) runs in a copy of the multi-threaded daemon: it may only make system
- * calls and touch memory prepared before the clone (no malloc, no stdio, no locks). It reports the
- * first failure as (step, errno, detail) on a close-on-exec status pipe and _exit()s; a successful
- * exec closes the pipe, which the parent reads as success.
+ * The child side (child_*) runs in the daemon's address space (CLONE_VM, see spawn.h): it may only
+ * make raw system calls (CSYS) and touch its struct spawn_child and its stack (no malloc, no stdio,
+ * no locks, no errno). It reports the first failure as (step, errno, detail) on a close-on-exec
+ * status pipe and exits; a successful exec closes the pipe, which the parent reads as success.
  *
  * Order matters, and why:
- *  1. parent: clone3(NEWUSER|NEWPID|NEWNS|NEWUTS|NEWIPC|NEWNET), writes uid/gid maps (with
+ *  1. parent: clone3(VM|NEWUSER|NEWPID|NEWNS|NEWUTS|NEWIPC|NEWNET), writes uid/gid maps (with
  *     setgroups denied) and moves the child into its cgroups, then releases it.
  *  2. child, still host uid 0 by credentials: make mounts private, make the sandbox's root
  *     directory a mount (a tmpfs, or the directory bound on itself) and chdir into it. This has to
@@ -29,11 +29,13 @@
 #include <net/if.h>
 #include <sched.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -264,9 +266,13 @@ int spawn_check_root(const struct spawn_config *cfg, char *bad, size_t badlen)
     }
     return 0;
 }
-
 /* ---------------------------------------------------------------------------------------------
- * Child side. Only system calls from here to child_main's exec.
+ * Child side: from clone3() to the exec of the init. The child runs in the daemon's address space
+ * (CLONE_VM), on its own stack, while the daemon's threads go on. So it touches no memory but its
+ * struct spawn_child (its own copy of the config, made before the clone) and its stack, and it
+ * makes system calls only through child_sys(), which returns -errno: glibc's wrappers would write
+ * errno and the cancellation state into the TLS of the daemon thread that cloned it, a thread that
+ * is running meanwhile.
  */
 
 struct child_report {
@@ -275,17 +281,110 @@ struct child_report {
     char detail[SPAWN_PATH_MAX];
 };
 
-struct child_ctx {
-    const struct spawn_config *cfg;
+/* Size of the child's stack: its deepest frame holds a child_report and a struct stat. */
+#define CHILD_STACK (64 * 1024)
+
+/* One mapping per child: a guard page, the stack, then this. */
+struct spawn_child {
+    struct spawn_config cfg; /* the caller's, with `data` and `seccomp` pointing into `arena` */
+    struct sock_fprog prog;
     int sync_fd;
     int status_fd;
     int ctl_fd;
-    int keep_fd; /* the daemon's end, held by the init for the next daemon (proto.h) */
+    int keep_fd;                        /* the daemon's end, held by the init for the next daemon */
+    int parent_fds[2];                  /* the daemon's ends of the pipes: closed first */
     int early_fd[SPAWN_MAX_MOUNTS];     /* for open_early ops, else -1 */
     char early_src[SPAWN_PATH_MAX / 8]; /* "/proc/self/fd/N" of the op being mounted */
+    size_t map_len;                     /* the whole mapping, from its guard page */
+    char arena[];                       /* copies of the mount ops' data and the seccomp filter */
 };
 
-static size_t child_strlen(const char *s)
+#if defined(__x86_64__)
+static inline long child_sys6(long n, long a, long b, long c, long d, long e, long f)
+{
+    register long r10 __asm__("r10") = d;
+    register long r8 __asm__("r8") = e;
+    register long r9 __asm__("r9") = f;
+    long ret;
+    __asm__ volatile("syscall"
+                     : "=a"(ret)
+                     : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8), "r"(r9)
+                     : "rcx", "r11", "memory");
+    return ret;
+}
+
+/* clone3() whose child calls fn(c) on the stack clone_args gives it and never returns: the
+ * child cannot return into this function's frame, which belongs to the parent's stack. */
+static long clone3_call(struct clone_args *args, void (*fn)(struct spawn_child *),
+                        struct spawn_child *c)
+{
+    register void *r12 __asm__("r12") = (void *)fn;
+    register void *r13 __asm__("r13") = c;
+    long ret;
+    __asm__ volatile("syscall\n\t"
+                     "test %%rax, %%rax\n\t"
+                     "jnz 1f\n\t"
+                     "xor %%ebp, %%ebp\n\t"
+                     "mov %%r13, %%rdi\n\t"
+                     "call *%%r12\n\t"
+                     "ud2\n"
+                     "1:"
+                     : "=a"(ret)
+                     : "a"((long)SYS_clone3), "D"(args), "S"(sizeof(*args)), "r"(r12), "r"(r13)
+                     : "rcx", "r11", "memory");
+    return ret;
+}
+#elif defined(__aarch64__)
+static inline long child_sys6(long n, long a, long b, long c, long d, long e, long f)
+{
+    register long x8 __asm__("x8") = n;
+    register long x0 __asm__("x0") = a;
+    register long x1 __asm__("x1") = b;
+    register long x2 __asm__("x2") = c;
+    register long x3 __asm__("x3") = d;
+    register long x4 __asm__("x4") = e;
+    register long x5 __asm__("x5") = f;
+    __asm__ volatile("svc 0"
+                     : "+r"(x0)
+                     : "r"(x8), "r"(x1), "r"(x2), "r"(x3), "r"(x4), "r"(x5)
+                     : "memory");
+    return x0;
+}
+
+static long clone3_call(struct clone_args *args, void (*fn)(struct spawn_child *),
+                        struct spawn_child *c)
+{
+    register long x8 __asm__("x8") = SYS_clone3;
+    register long x0 __asm__("x0") = (long)args;
+    register long x1 __asm__("x1") = (long)sizeof(*args);
+    register void *x19 __asm__("x19") = (void *)fn;
+    register void *x20 __asm__("x20") = c;
+    __asm__ volatile("svc 0\n\t"
+                     "cbnz x0, 1f\n\t"
+                     "mov x29, xzr\n\t"
+                     "mov x0, x20\n\t"
+                     "blr x19\n\t"
+                     "brk #0\n"
+                     "1:"
+                     : "+r"(x0)
+                     : "r"(x8), "r"(x1), "r"(x19), "r"(x20)
+                     : "x30", "memory");
+    return x0;
+}
+#else
+#error "sandbox/spawn.c: child_sys6() and clone3_call() are written for x86_64 and aarch64"
+#endif
+
+/* The child's functions are not instrumented by AddressSanitizer (SAN=1): its runtime keeps
+ * per-thread state that the child would share with the thread that cloned it. */
+#define CHILD_CODE __attribute__((no_sanitize_address))
+
+#define CSYS_(n, a, b, c, d, e, f, ...)                                                            \
+    child_sys6(n, (long)(a), (long)(b), (long)(c), (long)(d), (long)(e), (long)(f))
+/* CSYS(SYS_x, args...): the system call, 0 or more, or -errno. */
+#define CSYS(...) CSYS_(__VA_ARGS__, 0, 0, 0, 0, 0, 0)
+
+CHILD_CODE static size_t child_strlen(const char *s)
 {
     size_t n = 0;
     while (s[n])
@@ -293,50 +392,67 @@ static size_t child_strlen(const char *s)
     return n;
 }
 
-static __attribute__((noreturn)) void child_fail(struct child_ctx *c, enum spawn_step step,
-                                                 const char *detail)
+CHILD_CODE static __attribute__((noreturn)) void
+child_fail(struct spawn_child *c, enum spawn_step step, long r, const char *detail)
 {
     struct child_report rep;
     rep.step = step;
-    rep.err = errno ? errno : EIO;
+    rep.err = r < 0 ? (int32_t)-r : EIO;
     size_t n = detail ? child_strlen(detail) : 0;
     if (n >= sizeof(rep.detail))
         n = sizeof(rep.detail) - 1;
     for (size_t i = 0; i < n; i++)
         rep.detail[i] = detail[i];
     rep.detail[n] = '\0';
-    (void)!write(c->status_fd, &rep, sizeof(rep));
-    _exit(1);
+    (void)CSYS(SYS_write, c->status_fd, &rep, sizeof(rep));
+    for (;;)
+        (void)CSYS(SYS_exit_group, 1);
+}
+
+CHILD_CODE static long child_lstat(const char *path, struct stat *sb)
+{
+    return CSYS(SYS_newfstatat, AT_FDCWD, path, sb, AT_SYMLINK_NOFOLLOW);
 }
 
 /* Creates the directory an op mounts on. Its parents exist (spawn_config_add planned them); an
  * existing directory is fine (e.g. dev/pts inside a read-only /dev snapshot). */
-static int child_mkdir(const char *path, unsigned mode)
+CHILD_CODE static long child_mkdir(const char *path, unsigned mode)
 {
-    if (mkdir(path, mode) == 0 || errno == EEXIST)
-        return 0;
     struct stat sb;
-    return lstat(path, &sb) == 0 && S_ISDIR(sb.st_mode) ? 0 : -1;
+    long r = CSYS(SYS_mkdirat, AT_FDCWD, path, mode);
+    if (r == 0 || r != -EEXIST)
+        return r;
+    if ((r = child_lstat(path, &sb)) < 0)
+        return r;
+    return S_ISDIR(sb.st_mode) ? 0 : -EEXIST;
 }
 
-static int child_bind(const struct mount_op *op, const char *src, unsigned long extra)
+CHILD_CODE static long child_mount(const char *src, const char *dst, const char *type,
+                                   unsigned long flags, const void *data)
 {
+    return CSYS(SYS_mount, src, dst, type, flags, data);
+}
+
+CHILD_CODE static long child_bind(const struct mount_op *op, const char *src, unsigned long extra)
+{
+    long r;
     if (op->src_is_dir) {
-        if (child_mkdir(op->dst, 0755) < 0)
-            return -1;
+        if ((r = child_mkdir(op->dst, 0755)) < 0)
+            return r;
     } else {
-        int fd = open(op->dst, O_CREAT | O_RDONLY | O_CLOEXEC | O_NOFOLLOW, 0644);
+        long fd =
+            CSYS(SYS_openat, AT_FDCWD, op->dst, O_CREAT | O_RDONLY | O_CLOEXEC | O_NOFOLLOW, 0644);
         if (fd < 0)
-            return -1;
-        close(fd);
+            return fd;
+        CSYS(SYS_close, fd);
     }
-    if (mount(src, op->dst, NULL, MS_BIND, NULL) < 0)
-        return -1;
-    return mount(NULL, op->dst, NULL, MS_BIND | MS_REMOUNT | extra | op->locked, NULL);
+    if ((r = child_mount(src, op->dst, NULL, MS_BIND, NULL)) < 0)
+        return r;
+    return child_mount(NULL, op->dst, NULL, MS_BIND | MS_REMOUNT | extra | op->locked, NULL);
 }
 
 /* Formats "/proc/self/fd/<fd>" without stdio. */
-static const char *child_fd_path(char *out, size_t cap, int fd)
+CHILD_CODE static const char *child_fd_path(char *out, size_t cap, int fd)
 {
     static const char prefix[] = "/proc/self/fd/";
     char digits[12];
@@ -354,12 +470,13 @@ static const char *child_fd_path(char *out, size_t cap, int fd)
     return out;
 }
 
-static int child_mount_op(struct child_ctx *c, size_t idx)
+CHILD_CODE static long child_mount_op(struct spawn_child *c, size_t idx)
 {
-    const struct mount_op *op = &c->cfg->mounts[idx];
+    const struct mount_op *op = &c->cfg.mounts[idx];
     const char *dst = op->dst, *src = op->src;
     const unsigned long own = MS_NOSUID | MS_NODEV | MS_NOEXEC; /* our proc/sys mounts' flags */
     struct stat sb;
+    long r;
     if (c->early_fd[idx] >= 0)
         src = child_fd_path(c->early_src, sizeof(c->early_src), c->early_fd[idx]);
     switch (op->kind) {
@@ -370,230 +487,319 @@ static int child_mount_op(struct child_ctx *c, size_t idx)
     case MOP_BIND_DEV:
         return child_bind(op, src, MS_NOSUID | MS_NOEXEC | op->flags);
     case MOP_TMPFS:
-        if (child_mkdir(dst, 0755) < 0)
-            return -1;
-        return mount("tmpfs", dst, "tmpfs", op->flags, op->data);
+        if ((r = child_mkdir(dst, 0755)) < 0)
+            return r;
+        return child_mount("tmpfs", dst, "tmpfs", op->flags, op->data);
     case MOP_PROC:
-        if (child_mkdir(dst, 0555) < 0)
-            return -1;
-        return mount("proc", dst, "proc", own, NULL);
+        if ((r = child_mkdir(dst, 0555)) < 0)
+            return r;
+        return child_mount("proc", dst, "proc", own, NULL);
     case MOP_DEVPTS:
-        if (child_mkdir(dst, 0755) < 0)
-            return -1;
-        return mount("devpts", dst, "devpts", MS_NOSUID | MS_NOEXEC,
-                     "newinstance,ptmxmode=0666,mode=0620");
+        if ((r = child_mkdir(dst, 0755)) < 0)
+            return r;
+        return child_mount("devpts", dst, "devpts", MS_NOSUID | MS_NOEXEC,
+                           "newinstance,ptmxmode=0666,mode=0620");
     case MOP_SYSFS:
-        if (child_mkdir(dst, 0555) < 0)
-            return -1;
+        if ((r = child_mkdir(dst, 0555)) < 0)
+            return r;
         /* Optional: a kernel may refuse sysfs in a user namespace (e.g. when the host's /sys is
          * partly over-mounted). The sandbox then has an empty /sys, which only loses features. */
-        (void)mount("sysfs", dst, "sysfs", MS_RDONLY | own, NULL);
+        (void)child_mount("sysfs", dst, "sysfs", MS_RDONLY | own, NULL);
         return 0;
     case MOP_MASK:
-        if (lstat(dst, &sb) < 0)
+        if (child_lstat(dst, &sb) < 0)
             return 0; /* not in this kernel */
         if (S_ISDIR(sb.st_mode))
-            return mount("tmpfs", dst, "tmpfs", MS_RDONLY | own, "size=0,mode=0555");
-        return mount("/dev/null", dst, NULL, MS_BIND, NULL);
+            return child_mount("tmpfs", dst, "tmpfs", MS_RDONLY | own, "size=0,mode=0555");
+        return child_mount("/dev/null", dst, NULL, MS_BIND, NULL);
     case MOP_READONLY:
-        if (lstat(dst, &sb) < 0)
+        if (child_lstat(dst, &sb) < 0)
             return 0;
-        if (mount(dst, dst, NULL, MS_BIND | MS_REC, NULL) < 0)
-            return -1;
-        return mount(NULL, dst, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | own, NULL);
+        if ((r = child_mount(dst, dst, NULL, MS_BIND | MS_REC, NULL)) < 0)
+            return r;
+        return child_mount(NULL, dst, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | own, NULL);
     case MOP_DIR:
         return child_mkdir(dst, op->mode); /* umask is 0 in the child */
     case MOP_SYMLINK:
         /* A restarted sandbox's root has it already (or whatever the sandbox made of it: its
          * root is its own, as a container's is across restarts). */
-        return symlink(op->src, dst) == 0 || errno == EEXIST ? 0 : -1;
+        r = CSYS(SYS_symlinkat, op->src, AT_FDCWD, dst);
+        return r == -EEXIST ? 0 : r;
     case MOP_FILE: {
-        int fd = open(dst, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, op->mode);
+        long fd = CSYS(SYS_openat, AT_FDCWD, dst,
+                       O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, op->mode);
         if (fd < 0)
-            return -1;
+            return fd;
         size_t n = op->data ? child_strlen(op->data) : 0;
-        ssize_t w = n ? write(fd, op->data, n) : 0;
-        close(fd);
-        return w == (ssize_t)n ? 0 : -1;
+        long w = n ? CSYS(SYS_write, fd, op->data, n) : 0;
+        CSYS(SYS_close, fd);
+        return w < 0 ? w : (size_t)w == n ? 0 : -EIO;
     }
     }
-    errno = EINVAL;
-    return -1;
+    return -EINVAL;
 }
 
-static int child_loopback_up(void)
+CHILD_CODE static long child_loopback_up(void)
 {
-    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    long s = CSYS(SYS_socket, AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (s < 0)
-        return -1;
+        return s;
     struct ifreq ifr;
     memset(&ifr, 0, sizeof(ifr));
     ifr.ifr_name[0] = 'l';
     ifr.ifr_name[1] = 'o';
     ifr.ifr_flags = IFF_UP | IFF_LOOPBACK | IFF_RUNNING;
-    int r = ioctl(s, SIOCSIFFLAGS, &ifr);
-    close(s);
+    long r = CSYS(SYS_ioctl, s, SIOCSIFFLAGS, &ifr);
+    CSYS(SYS_close, s);
     return r;
 }
 
 /* Moves fd to `target` (no close-on-exec unless cloexec), being careful about collisions. */
-static int child_place_fd(int fd, int target, int cloexec)
+CHILD_CODE static long child_place_fd(long fd, int target, int cloexec)
 {
     if (fd == target)
-        return cloexec ? fcntl(fd, F_SETFD, FD_CLOEXEC) : fcntl(fd, F_SETFD, 0);
-    return dup3(fd, target, cloexec ? O_CLOEXEC : 0);
+        return CSYS(SYS_fcntl, fd, F_SETFD, cloexec ? FD_CLOEXEC : 0);
+    return CSYS(SYS_dup3, fd, target, cloexec ? O_CLOEXEC : 0);
 }
 
-static int child_setup_fds(struct child_ctx *c)
+CHILD_CODE static long child_setup_fds(struct spawn_child *c)
 {
+    long r;
     /* Lift every fd we keep above the range we are about to fill, then place them. */
-    int ctl = fcntl(c->ctl_fd, F_DUPFD_CLOEXEC, 10);
-    int ini = fcntl(c->cfg->init_fd, F_DUPFD_CLOEXEC, 10);
-    int st = fcntl(c->status_fd, F_DUPFD_CLOEXEC, 10);
-    int keep = fcntl(c->keep_fd, F_DUPFD_CLOEXEC, 10);
+    long ctl = CSYS(SYS_fcntl, c->ctl_fd, F_DUPFD_CLOEXEC, 10);
+    long ini = CSYS(SYS_fcntl, c->cfg.init_fd, F_DUPFD_CLOEXEC, 10);
+    long st = CSYS(SYS_fcntl, c->status_fd, F_DUPFD_CLOEXEC, 10);
+    long keep = CSYS(SYS_fcntl, c->keep_fd, F_DUPFD_CLOEXEC, 10);
     if (ctl < 0 || ini < 0 || st < 0 || keep < 0)
-        return -1;
-    if (child_place_fd(ctl, WPROTO_CTL_FD, 0) < 0 || child_place_fd(ini, 4, 1) < 0 ||
-        child_place_fd(st, 5, 1) < 0 || child_place_fd(keep, WPROTO_KEEP_FD, 0) < 0)
-        return -1;
+        return ctl < 0 ? ctl : ini < 0 ? ini : st < 0 ? st : keep;
+    if ((r = child_place_fd(ctl, WPROTO_CTL_FD, 0)) < 0 || (r = child_place_fd(ini, 4, 1)) < 0 ||
+        (r = child_place_fd(st, 5, 1)) < 0 || (r = child_place_fd(keep, WPROTO_KEEP_FD, 0)) < 0)
+        return r;
     c->status_fd = 5;
-    if (syscall(SYS_close_range, WPROTO_KEEP_FD + 1, ~0U, 0) < 0)
-        return -1;
+    if ((r = CSYS(SYS_close_range, WPROTO_KEEP_FD + 1, ~0U, 0)) < 0)
+        return r;
     /* The daemon's stdio must not reach the sandbox. */
-    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+    long null = CSYS(SYS_openat, AT_FDCWD, "/dev/null", O_RDWR | O_CLOEXEC);
     if (null < 0)
-        return -1;
+        return null;
     for (int i = 0; i < 3; i++)
-        if (dup2(null, i) < 0)
-            return -1;
-    return close(null);
+        if ((r = CSYS(SYS_dup3, null, i, 0)) < 0)
+            return r;
+    return CSYS(SYS_close, null);
 }
 
-static int child_drop_caps(unsigned long long keep, int cap_last)
+CHILD_CODE static long child_drop_caps(unsigned long long keep, int cap_last)
 {
+    long r;
     for (int cap = 0; cap <= cap_last; cap++) {
         if (keep & (1ULL << cap))
             continue;
-        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL)
-            return -1;
+        if ((r = CSYS(SYS_prctl, PR_CAPBSET_DROP, cap, 0, 0, 0)) < 0 && r != -EINVAL)
+            return r;
     }
-    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
-        return -1;
+    if ((r = CSYS(SYS_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)) < 0 &&
+        r != -EINVAL)
+        return r;
     struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
     struct __user_cap_data_struct data[2];
     memset(data, 0, sizeof(data));
     data[0].effective = data[0].permitted = (uint32_t)keep;
     data[1].effective = data[1].permitted = (uint32_t)(keep >> 32);
-    return (int)syscall(SYS_capset, &hdr, data);
+    return CSYS(SYS_capset, &hdr, data);
 }
 
-static __attribute__((noreturn)) void child_main(struct child_ctx *c)
+/* The kernel's struct sigaction (rt_sigaction), for SIG_DFL: no restorer needed. */
+struct child_sigaction {
+    unsigned long handler;
+    unsigned long flags;
+    unsigned long restorer;
+    uint64_t mask;
+};
+
+CHILD_CODE static long child_rlimit(int resource, unsigned long long cur, unsigned long long max)
 {
-    const struct spawn_config *cfg = c->cfg;
+    struct rlimit rl = {cur, max};
+    return CSYS(SYS_prlimit64, 0, resource, &rl, NULL);
+}
+
+CHILD_CODE static __attribute__((noreturn)) void child_main(struct spawn_child *c)
+{
+    const struct spawn_config *cfg = &c->cfg;
     char byte;
+    long r;
 
-    errno = 0;
-    if (read(c->sync_fd, &byte, 1) != 1) /* uid/gid maps written */
-        child_fail(c, SPAWN_STEP_SYNC, NULL);
+    CSYS(SYS_close, c->parent_fds[0]);
+    CSYS(SYS_close, c->parent_fds[1]);
+    if ((r = CSYS(SYS_read, c->sync_fd, &byte, 1)) != 1) /* uid/gid maps written */
+        child_fail(c, SPAWN_STEP_SYNC, r, NULL);
 
-    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
-        child_fail(c, SPAWN_STEP_PROPAGATION, NULL);
+    if ((r = child_mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL)) < 0)
+        child_fail(c, SPAWN_STEP_PROPAGATION, r, NULL);
     /* A tmpfs (uid=0,gid=0 are read in the new user namespace: it belongs to the sandbox's
      * root), or the directory itself bound on itself, because pivot_root needs a mount point. */
-    if (cfg->root_opts[0]
-            ? mount("tmpfs", cfg->root_dir, "tmpfs", MS_NOSUID | MS_NODEV, cfg->root_opts) < 0
-            : mount(cfg->root_dir, cfg->root_dir, NULL, MS_BIND, NULL) < 0 ||
-                  mount(NULL, cfg->root_dir, NULL,
-                        MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | MS_NOATIME, NULL) < 0)
-        child_fail(c, SPAWN_STEP_ROOT, cfg->root_dir);
-    if (chdir(cfg->root_dir) < 0)
-        child_fail(c, SPAWN_STEP_ROOT, cfg->root_dir);
+    if (cfg->root_opts[0])
+        r = child_mount("tmpfs", cfg->root_dir, "tmpfs", MS_NOSUID | MS_NODEV, cfg->root_opts);
+    else if ((r = child_mount(cfg->root_dir, cfg->root_dir, NULL, MS_BIND, NULL)) == 0)
+        r = child_mount(NULL, cfg->root_dir, NULL,
+                        MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | MS_NOATIME, NULL);
+    if (r < 0 || (r = CSYS(SYS_chdir, cfg->root_dir)) < 0)
+        child_fail(c, SPAWN_STEP_ROOT, r, cfg->root_dir);
     /* Opened here, in our own mount namespace (a bind source from another namespace is refused)
      * and while we may still traverse root-only directories. */
     for (size_t i = 0; i < cfg->n_mounts; i++) {
         c->early_fd[i] = -1;
-        if (cfg->mounts[i].open_early &&
-            (c->early_fd[i] = open(cfg->mounts[i].src, O_PATH | O_CLOEXEC)) < 0)
-            child_fail(c, SPAWN_STEP_MOUNT, cfg->mounts[i].src);
+        if (!cfg->mounts[i].open_early)
+            continue;
+        if ((r = CSYS(SYS_openat, AT_FDCWD, cfg->mounts[i].src, O_PATH | O_CLOEXEC)) < 0)
+            child_fail(c, SPAWN_STEP_MOUNT, r, cfg->mounts[i].src);
+        c->early_fd[i] = (int)r;
     }
 
-    /* Raw system calls: glibc's wrappers would try to change the ids of every thread of the
-     * process we were cloned from (threads that do not exist in this copy). */
-    if (syscall(SYS_setresgid, 0, 0, 0) < 0 || syscall(SYS_setresuid, 0, 0, 0) < 0)
-        child_fail(c, SPAWN_STEP_SETUID, NULL);
-    umask(0); /* modes in the plan are exact */
+    /* Raw system calls change the ids of this process only (glibc's would also signal the
+     * threads of the daemon). */
+    if ((r = CSYS(SYS_setresgid, 0, 0, 0)) < 0 || (r = CSYS(SYS_setresuid, 0, 0, 0)) < 0)
+        child_fail(c, SPAWN_STEP_SETUID, r, NULL);
+    CSYS(SYS_umask, 0); /* modes in the plan are exact */
     /* Normally no PR_SET_PDEATHSIG: the sandbox outlives the daemon (sandbox/proto.h). (A
      * daemon that died before this line cannot have finished our set-up: the sync read failed.) */
-    if (cfg->die_with_daemon && prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
-        child_fail(c, SPAWN_STEP_SETUID, NULL);
+    if (cfg->die_with_daemon && (r = CSYS(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL)) < 0)
+        child_fail(c, SPAWN_STEP_SETUID, r, NULL);
 
     for (size_t i = 0; i < cfg->n_mounts; i++)
-        if (child_mount_op(c, i) < 0)
-            child_fail(c, SPAWN_STEP_MOUNT, cfg->mounts[i].dst);
+        if ((r = child_mount_op(c, i)) < 0)
+            child_fail(c, SPAWN_STEP_MOUNT, r, cfg->mounts[i].dst);
 
     /* In our cgroup(s) now: a cgroup namespace rooted there hides the host's hierarchy. */
-    if (read(c->sync_fd, &byte, 1) != 1)
-        child_fail(c, SPAWN_STEP_SYNC, "cgroup");
-    close(c->sync_fd);
-    if (unshare(CLONE_NEWCGROUP) < 0)
-        child_fail(c, SPAWN_STEP_CGROUPNS, NULL);
+    if ((r = CSYS(SYS_read, c->sync_fd, &byte, 1)) != 1)
+        child_fail(c, SPAWN_STEP_SYNC, r, "cgroup");
+    CSYS(SYS_close, c->sync_fd);
+    if ((r = CSYS(SYS_unshare, CLONE_NEWCGROUP)) < 0)
+        child_fail(c, SPAWN_STEP_CGROUPNS, r, NULL);
 
-    if (sethostname(cfg->hostname, child_strlen(cfg->hostname)) < 0)
-        child_fail(c, SPAWN_STEP_HOSTNAME, cfg->hostname);
-    if (child_loopback_up() < 0)
-        child_fail(c, SPAWN_STEP_LOOPBACK, NULL);
+    if ((r = CSYS(SYS_sethostname, cfg->hostname, child_strlen(cfg->hostname))) < 0)
+        child_fail(c, SPAWN_STEP_HOSTNAME, r, cfg->hostname);
+    if ((r = child_loopback_up()) < 0)
+        child_fail(c, SPAWN_STEP_LOOPBACK, r, NULL);
 
     /* pivot_root(".", ".") stacks the old root on top of the new one; detaching "." then drops
      * it, so no path leads back to the host's tree. */
-    if (syscall(SYS_pivot_root, ".", ".") < 0)
-        child_fail(c, SPAWN_STEP_PIVOT, NULL);
-    if (umount2(".", MNT_DETACH) < 0 || chdir("/") < 0)
-        child_fail(c, SPAWN_STEP_PIVOT, "detach old root");
+    if ((r = CSYS(SYS_pivot_root, ".", ".")) < 0)
+        child_fail(c, SPAWN_STEP_PIVOT, r, NULL);
+    if ((r = CSYS(SYS_umount2, ".", MNT_DETACH)) < 0 || (r = CSYS(SYS_chdir, "/")) < 0)
+        child_fail(c, SPAWN_STEP_PIVOT, r, "detach old root");
 
-    if (child_setup_fds(c) < 0)
-        child_fail(c, SPAWN_STEP_FDS, NULL);
-    if (child_drop_caps(cfg->keep_caps, cfg->cap_last) < 0)
-        child_fail(c, SPAWN_STEP_CAPS, NULL);
-    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
-        child_fail(c, SPAWN_STEP_NNP, NULL);
+    if ((r = child_setup_fds(c)) < 0)
+        child_fail(c, SPAWN_STEP_FDS, r, NULL);
+    if ((r = child_drop_caps(cfg->keep_caps, cfg->cap_last)) < 0)
+        child_fail(c, SPAWN_STEP_CAPS, r, NULL);
+    if ((r = CSYS(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)) < 0)
+        child_fail(c, SPAWN_STEP_NNP, r, NULL);
 
-    struct rlimit core = {0, 0}, nofile;
-    if (setrlimit(RLIMIT_CORE, &core) < 0 || getrlimit(RLIMIT_NOFILE, &nofile) < 0)
-        child_fail(c, SPAWN_STEP_RLIMIT, NULL);
+    struct rlimit nofile;
+    if ((r = child_rlimit(RLIMIT_CORE, 0, 0)) < 0 ||
+        (r = CSYS(SYS_prlimit64, 0, RLIMIT_NOFILE, NULL, &nofile)) < 0)
+        child_fail(c, SPAWN_STEP_RLIMIT, r, NULL);
     if (nofile.rlim_max > 65536)
         nofile.rlim_max = 65536;
-    nofile.rlim_cur = nofile.rlim_max;
-    if (setrlimit(RLIMIT_NOFILE, &nofile) < 0)
-        child_fail(c, SPAWN_STEP_RLIMIT, "nofile");
+    if ((r = child_rlimit(RLIMIT_NOFILE, nofile.rlim_max, nofile.rlim_max)) < 0)
+        child_fail(c, SPAWN_STEP_RLIMIT, r, "nofile");
     /* Defence in depth (see sandbox.c for the value). */
-    struct rlimit fsize = {cfg->fsize_limit, cfg->fsize_limit};
-    if (cfg->fsize_limit && setrlimit(RLIMIT_FSIZE, &fsize) < 0)
-        child_fail(c, SPAWN_STEP_RLIMIT, "fsize");
+    if (cfg->fsize_limit &&
+        (r = child_rlimit(RLIMIT_FSIZE, cfg->fsize_limit, cfg->fsize_limit)) < 0)
+        child_fail(c, SPAWN_STEP_RLIMIT, r, "fsize");
 
-    if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, cfg->seccomp, 0, 0) < 0)
-        child_fail(c, SPAWN_STEP_SECCOMP, NULL);
+    if ((r = CSYS(SYS_prctl, PR_SET_SECCOMP, SECCOMP_MODE_FILTER, cfg->seccomp, 0, 0)) < 0)
+        child_fail(c, SPAWN_STEP_SECCOMP, r, NULL);
 
-    /* The daemon ignores SIGPIPE and its threads block signals; ignored dispositions and the
-     * mask survive exec, so without this every command would start with them. */
-    struct sigaction dfl;
-    memset(&dfl, 0, sizeof(dfl));
-    dfl.sa_handler = SIG_DFL;
+    /* The daemon ignores SIGPIPE and handles others; ignored dispositions and the mask survive
+     * exec, so without this every command would start with them. Signals have been blocked since
+     * before the clone: a handler of the daemon must never run here. */
+    struct child_sigaction dfl = {(unsigned long)SIG_DFL, 0, 0, 0};
     for (int sig = 1; sig < _NSIG; sig++)
-        (void)sigaction(sig, &dfl, NULL);
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
-    umask(022); /* the plan ran with 0 for exact modes; commands get the conventional mask */
+        (void)CSYS(SYS_rt_sigaction, sig, &dfl, NULL, sizeof(dfl.mask));
+    CSYS(SYS_umask, 022); /* the plan ran with 0 for exact modes; commands get the usual mask */
+    uint64_t none = 0;
+    CSYS(SYS_rt_sigprocmask, SIG_SETMASK, &none, NULL, sizeof(none));
 
     char *const argv[] = {"warren-init", NULL};
     char *const envp[] = {NULL};
-    syscall(SYS_execveat, 4, "", argv, envp, AT_EMPTY_PATH);
-    child_fail(c, SPAWN_STEP_EXEC, NULL);
+    r = CSYS(SYS_execveat, 4, "", argv, envp, AT_EMPTY_PATH);
+    child_fail(c, SPAWN_STEP_EXEC, r, NULL);
 }
 
 /* ---------------------------------------------------------------------------------------------
- * Parent side.
+ * Parent side. Runs on the daemon's loop thread only (see spawn.h).
  */
+
+/* Children between clone and exec, and whether the daemon was dumpable before the first of them:
+ * a child's setresuid makes the address space it shares with the daemon non-dumpable (as it
+ * should be while a process with the sandbox's ids runs in it); the daemon gets its flag back
+ * once no child is left in it. */
+static unsigned children_in_setup;
+static int daemon_dumpable;
+
+static struct spawn_child *child_alloc(const struct spawn_config *cfg)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE), data = 0;
+    for (size_t i = 0; i < cfg->n_mounts; i++)
+        if (cfg->mounts[i].data)
+            data += strlen(cfg->mounts[i].data) + 1;
+    size_t filter = (size_t)cfg->seccomp->len * sizeof(struct sock_filter);
+    size_t len = page + CHILD_STACK + sizeof(struct spawn_child) + filter + data;
+    len = (len + page - 1) / page * page;
+    char *map = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (map == MAP_FAILED)
+        return NULL;
+    if (mprotect(map, page, PROT_NONE) < 0) { /* the stack's guard page */
+        munmap(map, len);
+        return NULL;
+    }
+    struct spawn_child *c = (struct spawn_child *)(map + page + CHILD_STACK);
+    /* The plan's used part only: the rest of the mapping is zero already. */
+    memcpy(&c->cfg, cfg, offsetof(struct spawn_config, mounts));
+    memcpy(c->cfg.mounts, cfg->mounts, cfg->n_mounts * sizeof(cfg->mounts[0]));
+    memcpy((char *)&c->cfg + offsetof(struct spawn_config, n_mounts), &cfg->n_mounts,
+           sizeof(*cfg) - offsetof(struct spawn_config, n_mounts));
+    char *arena = c->arena;
+    memcpy(arena, cfg->seccomp->filter, filter);
+    c->prog.len = cfg->seccomp->len;
+    c->prog.filter = (struct sock_filter *)arena;
+    c->cfg.seccomp = &c->prog;
+    arena += filter;
+    for (size_t i = 0; i < cfg->n_mounts; i++) {
+        const char *d = cfg->mounts[i].data;
+        if (!d)
+            continue;
+        /* A generated file's content is in file_data, copied with the config. */
+        if (d >= (const char *)cfg->file_data &&
+            d < (const char *)cfg->file_data + sizeof(cfg->file_data)) {
+            c->cfg.mounts[i].data =
+                (const char *)c->cfg.file_data + (d - (const char *)cfg->file_data);
+            continue;
+        }
+        size_t n = strlen(d) + 1;
+        memcpy(arena, d, n);
+        c->cfg.mounts[i].data = arena;
+        arena += n;
+    }
+    c->map_len = len;
+    c->sync_fd = c->status_fd = c->ctl_fd = c->keep_fd = -1;
+    c->parent_fds[0] = c->parent_fds[1] = -1;
+    return c;
+}
+
+/* The child has exec'd (its pipe end closed after it left this address space) or is reaped. */
+static void child_free(struct spawn_pending *p)
+{
+    struct spawn_child *c = p->child;
+    if (!c)
+        return;
+    p->child = NULL;
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    munmap((char *)c - CHILD_STACK - page, c->map_len);
+    if (--children_in_setup == 0 && daemon_dumpable > 0)
+        prctl(PR_SET_DUMPABLE, daemon_dumpable, 0, 0, 0);
+}
 
 static int parent_write_maps(const struct spawn_config *cfg, pid_t pid, struct spawn_error *err)
 {
@@ -648,6 +854,7 @@ void spawn_abort(struct spawn_pending *p)
             ;
         p->pid = -1;
     }
+    child_free(p); /* reaped, or never cloned */
     close_fd(&p->pidfd);
     close_fd(&p->ctl_fd);
     close_fd(&p->status_fd);
@@ -661,6 +868,7 @@ int spawn_start(const struct spawn_config *cfg, struct spawn_pending *out, struc
     memset(err, 0, sizeof(*err));
     out->pid = -1;
     out->pidfd = out->ctl_fd = out->status_fd = -1;
+    out->child = NULL;
     err->step = SPAWN_STEP_PREPARE;
     if (!cfg->seccomp || cfg->init_fd < 0)
         return -EINVAL;
@@ -669,32 +877,42 @@ int spawn_start(const struct spawn_config *cfg, struct spawn_pending *out, struc
         r = -errno;
         goto error;
     }
+    struct spawn_child *c = child_alloc(cfg);
+    if (!c) {
+        r = -ENOMEM;
+        goto error;
+    }
+    if (children_in_setup++ == 0)
+        daemon_dumpable = prctl(PR_GET_DUMPABLE, 0, 0, 0, 0);
+    out->child = c;
+    c->sync_fd = syncp[0];
+    c->status_fd = statusp[1];
+    c->ctl_fd = sv[1];
+    c->keep_fd = sv[0];
+    c->parent_fds[0] = syncp[1];
+    c->parent_fds[1] = statusp[0];
 
     struct clone_args args;
     memset(&args, 0, sizeof(args));
-    args.flags = CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC |
-                 CLONE_NEWNET | CLONE_PIDFD;
+    args.flags = CLONE_VM | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS |
+                 CLONE_NEWIPC | CLONE_NEWNET | CLONE_PIDFD;
     args.pidfd = (uint64_t)(uintptr_t)&pidfd;
     args.exit_signal = SIGCHLD;
+    args.stack = (uint64_t)(uintptr_t)((char *)c - CHILD_STACK);
+    args.stack_size = CHILD_STACK;
+    /* Every signal blocked across the clone, so the child starts with them blocked: a handler of
+     * the daemon running in the child would act on the daemon's memory. The child unblocks
+     * them after resetting every disposition. */
+    uint64_t all = ~0ULL, old;
+    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, &old, sizeof(all));
     err->step = SPAWN_STEP_CLONE;
-    pid_t pid = (pid_t)syscall(SYS_clone3, &args, sizeof(args));
+    long pid = clone3_call(&args, child_main, c);
+    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &old, NULL, sizeof(old));
     if (pid < 0) {
-        r = -errno;
+        r = (int)pid;
         goto error;
     }
-    if (pid == 0) {
-        /* Static: the child must not need a large stack frame, and this is its own copy. */
-        static struct child_ctx c;
-        c.cfg = cfg;
-        c.sync_fd = syncp[0];
-        c.status_fd = statusp[1];
-        c.ctl_fd = sv[1];
-        c.keep_fd = sv[0];
-        close(syncp[1]);
-        close(statusp[0]);
-        child_main(&c);
-    }
-    out->pid = pid;
+    out->pid = (pid_t)pid;
     out->pidfd = pidfd;
     out->ctl_fd = sv[0];
     out->status_fd = statusp[0];
@@ -706,14 +924,14 @@ int spawn_start(const struct spawn_config *cfg, struct spawn_pending *out, struc
     /* Two releases: the maps let the child build its file system; attaching to a cgroup can
      * wait for an RCU grace period (cgroup v1), so it overlaps with that work and the child
      * waits for it only before it unshares its cgroup namespace. */
-    if ((r = parent_write_maps(cfg, pid, err)) < 0)
+    if ((r = parent_write_maps(cfg, out->pid, err)) < 0)
         goto error;
     err->step = SPAWN_STEP_SYNC;
     if (write(syncp[1], "m", 1) != 1) {
         r = -errno;
         goto error;
     }
-    if ((r = parent_attach_cgroups(cfg, pid, err)) < 0)
+    if ((r = parent_attach_cgroups(cfg, out->pid, err)) < 0)
         goto error;
     err->step = SPAWN_STEP_SYNC;
     if (write(syncp[1], "c", 1) != 1) {
@@ -741,7 +959,9 @@ int spawn_finish(struct spawn_pending *p, struct spawn_error *err)
         n = read(p->status_fd, &rep, sizeof(rep));
     while (n < 0 && errno == EINTR);
     if (n == 0) {
-        close_fd(&p->status_fd); /* closed by the exec: the init runs */
+        /* Closed by the exec, after the child left the daemon's address space: the init runs. */
+        child_free(p);
+        close_fd(&p->status_fd);
         err->step = SPAWN_STEP_NONE;
         return 0;
     }

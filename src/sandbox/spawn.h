@@ -4,8 +4,26 @@
  *
  * Usage: fill a struct spawn_config (sandbox/template.c builds the `host` template's plan), call
  * spawn_start(), watch the status fd, then spawn_finish(). All strings, paths and buffers the
- * child needs are prepared before clone3(), so the child only makes system calls (it runs in a
- * copy of a multi-threaded process).
+ * child needs are prepared before clone3() (spawn_start copies the config), so the child only
+ * makes system calls.
+ *
+ * How the child is made: clone3(CLONE_VM) on a stack of its own, not a copy of the daemon. The
+ * daemon is a large multi-threaded process; a clone without CLONE_VM copies its page tables, the
+ * child then faults on copy-on-write pages, its exec tears the copy down again, and the daemon
+ * itself faults on every page it writes afterwards: about 0.6 ms of a 2 ms create
+ * (bench/RESULTS.md). With CLONE_VM the child runs in the daemon's address space until its exec,
+ * while the daemon goes on, so the child (spawn.c, "Child side") touches only its own copy of the
+ * config and its stack, calls no glibc function that uses thread state (errno, cancellation), and
+ * starts with every signal blocked (a daemon handler must never run in it). Not CLONE_VFORK: that
+ * would stop the cloning thread until the exec, and that thread has to write the child's uid/gid
+ * maps and cgroups meanwhile. Not a separate small "spawner" process that clones on the daemon's
+ * behalf: the same saving without a process to supervise and restart, a protocol to pass configs
+ * and fds over, or a second parent (the daemon must stay the init's parent to reap it with
+ * waitid(P_PIDFD)). One side effect: the child's setresuid makes the shared address space
+ * non-dumpable, as it should be while a process with the sandbox's ids runs in it; spawn.c gives
+ * the daemon its dumpable flag back when no child is left between clone and exec.
+ *
+ * Threading: the loop thread only (one thread: the dumpable bookkeeping is not locked).
  *
  * Errors: 0, or -errno with `err->step` naming the step that failed (the child reports its
  * failing step and errno through a status pipe before it _exit()s).
@@ -107,12 +125,15 @@ struct spawn_config {
     char file_data[2][256];
 };
 
+struct spawn_child;
+
 /* A sandbox whose child is still setting up (between spawn_start and spawn_finish). */
 struct spawn_pending {
     pid_t pid;     /* host pid of the (future) init */
     int pidfd;     /* pidfd of the init (O_CLOEXEC) */
     int ctl_fd;    /* daemon end of the control socket (SOCK_SEQPACKET, O_CLOEXEC) */
     int status_fd; /* readable when the child has exec'd the init (EOF) or failed (report) */
+    struct spawn_child *child; /* the child's stack and config, until it has exec'd or is reaped */
 };
 
 struct spawn_error {

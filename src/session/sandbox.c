@@ -640,6 +640,7 @@ void registry_free(struct registry *reg)
     sessions_released_free(reg);
     free(reg->uid_slots);
     reg->uid_slots = NULL;
+    rootfs_userns_clear();
 }
 
 const char *sandbox_state_name(enum sandbox_state state)
@@ -1369,8 +1370,8 @@ static void create_fail(struct create_op *op, const char *msg)
 
 /* Pool thread: the overlay of an image sandbox on its disk (see sandbox.h for the layout). A new
  * disk has `root` (owned by the sandbox's root, 0755, as every disk is made, in the pool too):
- * it becomes the upper layer. Blocking: a clone for the layers' user namespace and a dozen mount
- * system calls per layer. */
+ * it becomes the upper layer. Blocking: a dozen mount system calls per layer (and the first time
+ * for a uid slot, a clone for the layers' user namespace). */
 static int mount_image_root(struct sandbox *sb, int fresh, const char **what)
 {
     char root[1200], upper[1200], work[1200], rootfs[1200];

@@ -176,6 +176,31 @@ static void test_userns(void **state)
     assert_true(a.st_ino != b.st_ino);
 }
 
+/* One namespace per mapping, kept: the same one again for the same mapping, another for another
+ * mapping, a fresh one after rootfs_userns_clear(). */
+static void test_userns_cached(void **state)
+{
+    struct fixture *f = *state;
+    int same = -1, other = -1, fresh = -1;
+    struct stat a, b, c, d;
+    assert_int_equal(rootfs_userns(BASE, 65536, &same), 0);
+    assert_int_equal(rootfs_userns(BASE + 65536, 65536, &other), 0);
+    assert_true(same != f->userns);
+    assert_int_equal(fstat(f->userns, &a), 0);
+    assert_int_equal(fstat(same, &b), 0);
+    assert_int_equal(fstat(other, &c), 0);
+    assert_true(a.st_ino == b.st_ino);
+    assert_true(a.st_ino != c.st_ino);
+    rootfs_userns_clear();
+    assert_int_equal(rootfs_userns(BASE, 65536, &fresh), 0);
+    assert_int_equal(fstat(fresh, &d), 0);
+    assert_true(d.st_ino != a.st_ino);
+    close(same);
+    close(other);
+    close(fresh);
+    rootfs_userns_clear();
+}
+
 static void test_mount_shifts_hides_copies_up(void **state)
 {
     struct fixture *f = *state;
@@ -399,9 +424,13 @@ static void test_resolve_user(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_userns),         cmocka_unit_test(test_mount_shifts_hides_copies_up),
-        cmocka_unit_test(test_umount_missing), cmocka_unit_test(test_failure_leaves_nothing),
-        cmocka_unit_test(test_many_layers),    cmocka_unit_test(test_resolve_user),
+        cmocka_unit_test(test_userns),
+        cmocka_unit_test(test_userns_cached),
+        cmocka_unit_test(test_mount_shifts_hides_copies_up),
+        cmocka_unit_test(test_umount_missing),
+        cmocka_unit_test(test_failure_leaves_nothing),
+        cmocka_unit_test(test_many_layers),
+        cmocka_unit_test(test_resolve_user),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
