@@ -29,8 +29,8 @@ static const char *const migrations[] = {
     /* 1 → 2: templates (session/templates.h) */
     "CREATE TABLE IF NOT EXISTS templates (id TEXT PRIMARY KEY, json TEXT NOT NULL);",
     /* 2 → 3: records of deleted sandboxes (session/session.h) and warm pools (session/pool.h) */
-    "CREATE TABLE IF NOT EXISTS released (id TEXT PRIMARY KEY, json TEXT NOT NULL);"
-    "CREATE TABLE IF NOT EXISTS pools (id TEXT PRIMARY KEY, json TEXT NOT NULL);",
+    ("CREATE TABLE IF NOT EXISTS released (id TEXT PRIMARY KEY, json TEXT NOT NULL);"
+     "CREATE TABLE IF NOT EXISTS pools (id TEXT PRIMARY KEY, json TEXT NOT NULL);"),
     /* 3 → 4: volumes (session/volume.h) */
     "CREATE TABLE IF NOT EXISTS volumes (id TEXT PRIMARY KEY, json TEXT NOT NULL);",
 };
