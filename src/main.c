@@ -38,7 +38,7 @@ static void serve_usage(FILE *f)
                "  ask for (maxima 64, 65536, 65536, 1048576)\n"
                "--egress-hosts FILE: hosts-file lines (IP NAME...) the egress proxy resolves\n"
                "  before DNS\n"
-               "--disk-overcommit RATIO (1..1000, default 10): sandbox disks are sparse; their\n"
+               "--disk-overcommit RATIO (1..1000, default 16): sandbox disks are sparse; their\n"
                "  sizes may add up to RATIO x (host disk free + what sandboxes use of it)\n"
                "--disk-reserve MIB (default 5%% of the disk, 256..2048): below this much free\n"
                "  host disk, creations get 503 and writes inside sandboxes ENOSPC\n"

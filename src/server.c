@@ -51,10 +51,10 @@ void server_config_defaults(struct server_config *cfg)
     cfg->audit_max_bytes = AUDIT_DEFAULT_MAX_BYTES;
     cfg->audit_keep = AUDIT_DEFAULT_KEEP;
     /* Agents' sandboxes write little of their disks (a checkout, a few packages: tens of MiB of
-     * the default GiB), so 10 sandboxes may share each GiB the host has; when they do write more,
-     * the reserve and the ballasts (registry_check_disk()) make it ENOSPC inside them, never a
-     * full host. */
-    cfg->disk_overcommit = 10;
+     * the default GiB), so 16 sandboxes may share each GiB the host has (a thousand idle ones of
+     * the default size on 64 GiB free); when they do write more, the reserve and the ballasts
+     * (registry_check_disk()) make it ENOSPC inside them, never a full host. */
+    cfg->disk_overcommit = 16;
     cfg->disk_reserve_mib = -1;
     cfg->pull_timeout_s = 600;
     cfg->released_ttl_s = 3600;

@@ -100,8 +100,8 @@ def test_disk_larger_than_the_host_is_refused(fresh_daemon):
     from conftest import Api
     api = Api(d)
     # Disks are thin-provisioned (test_density.py): a disk is refused when the sizes promised
-    # would pass --disk-overcommit (default 10) times the host's free space.
-    r = api.post("/v1/sandboxes", {"resources": {"disk_mib": 11 * free_mib}})
+    # would pass --disk-overcommit (default 16) times the host's free space.
+    r = api.post("/v1/sandboxes", {"resources": {"disk_mib": 17 * free_mib}})
     assert r.status == 503, r
     assert "not enough host disk" in r.error_message
     # A reasonable one still works.
