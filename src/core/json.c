@@ -3,6 +3,8 @@
  */
 #include "core/json.h"
 
+#include <stdlib.h>
+
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -173,4 +175,30 @@ size_t json_escape_len(const char *p, size_t n)
         len += c == '"' || c == '\\' || c == '\n' || c == '\r' || c == '\t' ? 1 : 5;
     }
     return len;
+}
+
+json_t *json_strv_array(char *const *v)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; a && v && v[i]; i++)
+        json_array_append_new(a, json_string(v[i]));
+    return a;
+}
+
+int json_array_strv(json_t *a, char ***out)
+{
+    size_t n = json_array_size(a);
+    *out = NULL;
+    if (!n)
+        return 0;
+    char **v = calloc(n + 1, sizeof(*v));
+    for (size_t i = 0; v && i < n; i++)
+        if (!(v[i] = strdup(json_string_value(json_array_get(a, i)) ?: ""))) {
+            for (size_t k = 0; k < i; k++)
+                free(v[k]);
+            free(v);
+            return -ENOMEM;
+        }
+    *out = v;
+    return v ? 0 : -ENOMEM;
 }

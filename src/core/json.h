@@ -37,4 +37,11 @@ int json_escape_append(buf_t *out, const char *p, size_t n);
 /* The number of bytes json_escape_append() would append. */
 size_t json_escape_len(const char *p, size_t n);
 
+/* A JSON array of the NULL-terminated strings v (an empty array for NULL). New reference, or
+ * NULL when out of memory. */
+json_t *json_strv_array(char *const *v);
+/* A malloc'd NULL-terminated copy of the strings of array a (non-strings become ""), NULL for an
+ * empty or missing array. 0 or -ENOMEM. */
+int json_array_strv(json_t *a, char ***out);
+
 #endif

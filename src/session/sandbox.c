@@ -20,6 +20,7 @@
 #include <unistd.h>
 #include <dirent.h>
 
+#include "core/json.h"
 #include "core/log.h"
 #include "core/util.h"
 #include "sandbox/disk.h"
@@ -321,23 +322,6 @@ static void recover_stopped(struct sandbox *sb)
                   strerror(-r));
 }
 
-/* A NULL-terminated copy of a JSON array of strings (NULL for none); 0 or -ENOMEM. */
-static int strv_of_json(json_t *a, char ***out)
-{
-    size_t n = json_array_size(a);
-    *out = NULL;
-    if (!n)
-        return 0;
-    char **v = calloc(n + 1, sizeof(*v));
-    for (size_t i = 0; v && i < n; i++)
-        if (!(v[i] = strdup(json_string_value(json_array_get(a, i)) ?: ""))) {
-            util_free_strv(v);
-            return -ENOMEM;
-        }
-    *out = v;
-    return v ? 0 : -ENOMEM;
-}
-
 /* The image of a sandbox record (image_record()); NULL if it has none or it cannot be read. */
 static struct sandbox_image *image_from_record(json_t *o)
 {
@@ -354,9 +338,9 @@ static struct sandbox_image *image_from_record(json_t *o)
             goto error;
     const char *workdir = json_string_value(json_object_get(o, "workdir"));
     const char *user = json_string_value(json_object_get(o, "user"));
-    if (strv_of_json(json_object_get(o, "env"), &img->env) < 0 ||
-        strv_of_json(json_object_get(o, "entrypoint"), &img->entrypoint) < 0 ||
-        strv_of_json(json_object_get(o, "cmd"), &img->cmd) < 0 ||
+    if (json_array_strv(json_object_get(o, "env"), &img->env) < 0 ||
+        json_array_strv(json_object_get(o, "entrypoint"), &img->entrypoint) < 0 ||
+        json_array_strv(json_object_get(o, "cmd"), &img->cmd) < 0 ||
         (workdir && !(img->workdir = strdup(workdir))) || (user && !(img->user = strdup(user))))
         goto error;
     snprintf(img->template_name, sizeof(img->template_name), "%s",
@@ -846,14 +830,6 @@ int sandbox_usage(const struct sandbox *sb, struct sandbox_usage *out)
     return 0;
 }
 
-static json_t *strv_json(char *const *v)
-{
-    json_t *a = json_array();
-    for (size_t i = 0; a && v && v[i]; i++)
-        json_array_append_new(a, json_string(v[i]));
-    return a;
-}
-
 /* The image a sandbox's root is made of, all of it: a restarted daemon needs the layers to mount
  * its root again and the config for its commands. */
 static json_t *image_record(const struct sandbox_image *img)
@@ -863,8 +839,9 @@ static json_t *image_record(const struct sandbox_image *img)
         json_array_append_new(lowers, json_string(img->lowers[i]));
     return json_pack("{s:s, s:s, s:s, s:o, s:o, s:s?, s:s?, s:o, s:o}", "template",
                      img->template_name, "image", img->image, "digest", img->digest, "lowers",
-                     lowers, "env", strv_json(img->env), "workdir", img->workdir, "user", img->user,
-                     "entrypoint", strv_json(img->entrypoint), "cmd", strv_json(img->cmd));
+                     lowers, "env", json_strv_array(img->env), "workdir", img->workdir, "user",
+                     img->user, "entrypoint", json_strv_array(img->entrypoint), "cmd",
+                     json_strv_array(img->cmd));
 }
 
 json_t *sandbox_record(const struct sandbox *sb)

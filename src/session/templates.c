@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/json.h"
 #include "core/log.h"
 #include "core/util.h"
 #include "image/archive_import.h"
@@ -118,15 +119,9 @@ static void template_save(struct template *tpl)
 /* The image config as the API shows it and sandboxes use it. */
 static json_t *config_json(const struct image_config *c)
 {
-    json_t *env = json_array(), *ep = json_array(), *cmd = json_array();
-    for (char **e = c->env; e && *e; e++)
-        json_array_append_new(env, json_string(*e));
-    for (char **e = c->entrypoint; e && *e; e++)
-        json_array_append_new(ep, json_string(*e));
-    for (char **e = c->cmd; e && *e; e++)
-        json_array_append_new(cmd, json_string(*e));
-    return json_pack("{s:o, s:s?, s:s?, s:o, s:o}", "env", env, "workdir", c->workdir, "user",
-                     c->user, "entrypoint", ep, "cmd", cmd);
+    return json_pack("{s:o, s:s?, s:s?, s:o, s:o}", "env", json_strv_array(c->env), "workdir",
+                     c->workdir, "user", c->user, "entrypoint", json_strv_array(c->entrypoint),
+                     "cmd", json_strv_array(c->cmd));
 }
 
 /* -- waiting ------------------------------------------------------------------------------ */
@@ -623,11 +618,6 @@ int templates_open(struct template_set *ts, uv_loop_t *loop, const char *state_d
     return store_list(store, STORE_TEMPLATE, load_one, &lc);
 }
 
-unsigned templates_busy(const struct template_set *ts)
-{
-    return ts->pending;
-}
-
 void templates_close(struct template_set *ts)
 {
     while (ts->head) {
@@ -907,19 +897,6 @@ static void fail_later(struct template_set *ts, template_ready_cb cb, void *arg,
     uv_idle_start(&f->idle, on_late_fail);
 }
 
-/* A NULL-terminated copy of a JSON array of strings (NULL for none). */
-static char **strv_of(json_t *arr)
-{
-    size_t n = json_array_size(arr);
-    char **v = n ? calloc(n + 1, sizeof(*v)) : NULL;
-    for (size_t i = 0; v && i < n; i++)
-        if (!(v[i] = strdup(json_string_value(json_array_get(arr, i)) ?: ""))) {
-            util_free_strv(v);
-            return NULL;
-        }
-    return v;
-}
-
 static char *str_of(json_t *s)
 {
     return json_string_value(s) && *json_string_value(s) ? strdup(json_string_value(s)) : NULL;
@@ -947,9 +924,10 @@ enum session_err templates_image(const struct template_set *ts, const struct tem
         img->n_lowers += ok;
     }
     json_t *c = tpl->config;
-    img->env = strv_of(json_object_get(c, "env"));
-    img->entrypoint = strv_of(json_object_get(c, "entrypoint"));
-    img->cmd = strv_of(json_object_get(c, "cmd"));
+    if (json_array_strv(json_object_get(c, "env"), &img->env) < 0 ||
+        json_array_strv(json_object_get(c, "entrypoint"), &img->entrypoint) < 0 ||
+        json_array_strv(json_object_get(c, "cmd"), &img->cmd) < 0)
+        ok = 0;
     img->workdir = str_of(json_object_get(c, "workdir"));
     img->user = str_of(json_object_get(c, "user"));
     if (!ok) {
@@ -986,8 +964,6 @@ static void collect_work(uv_work_t *req)
     else if (freed > 0)
         log_info("templates: %lld bytes of unused layers and blobs removed", (long long)freed);
 }
-
-static void collect(struct template_set *ts);
 
 static void collect_done(uv_work_t *req, int status)
 {

@@ -90,9 +90,8 @@ struct template_set {
 int templates_open(struct template_set *ts, uv_loop_t *loop, const char *state_dir,
                    struct registry_client *rc, store_t *store, double pull_timeout_s, char *msg,
                    size_t msglen);
-/* Frees every template; pulls in flight must be done (templates_busy() == 0). */
+/* Frees every template; pulls in flight must be done (the loop has run them to their end). */
 void templates_close(struct template_set *ts);
-unsigned templates_busy(const struct template_set *ts);
 
 struct template *templates_find(struct template_set *ts, const char *name);
 
