@@ -1,7 +1,7 @@
 /*
- * sandbox_internal — what sandbox.c shares with lifecycle.c and sandbox_disk.c, the other files
- * of the registry, and with sessions.c and pool.c, which change sandboxes' records. Not for use
- * outside them.
+ * sandbox_internal — what sandbox.c shares with lifecycle.c, sandbox_disk.c and recovery.c, the
+ * other files of the registry, and with sessions.c and pool.c, which change sandboxes' records. Not
+ * for use outside them.
  */
 #ifndef WARREN_SESSION_SANDBOX_INTERNAL_H
 #define WARREN_SESSION_SANDBOX_INTERNAL_H
@@ -27,6 +27,21 @@ void registry_sweep(uv_timer_t *t);
 /* Calls the registry's idle_cb once it is shutting down and nothing is left in flight (creations,
  * deletions, volume operations: whatever counts in reg->pending). */
 void registry_check_idle(struct registry *reg);
+/* Shared with recovery.c, which takes over a previous daemon's sandboxes. */
+/* The start time of process `pid` (field 22 of /proc/PID/stat), 0 if it is gone. */
+unsigned long long sandbox_pid_start_time(pid_t pid);
+/* The init's pidfd became readable: it exited. */
+void sandbox_pid_on_event(uv_poll_t *h, int status, int events);
+/* Polls the control channel for what there is to read and to send. */
+void sandbox_ctl_update_events(struct sandbox *sb);
+/* Makes the egress proxy of the sandbox's network policy run (or stop). 0 or -errno. */
+int sandbox_apply_network(struct sandbox *sb);
+/* Ends the processes the daemon was waiting for (the init went). */
+void sandbox_fail_procs(struct sandbox *sb);
+/* Frees a sandbox that is in no list and has no handle. */
+void sandbox_free(struct sandbox *sb);
+/* Removes sandbox `id`'s directory and disk image (its mounts first). 0 or the first -errno. */
+int sandbox_remove_files(const struct registry *reg, const char *id);
 /* Admission of a disk of `mib` MiB: 0, or -errno with the reason (for a person) in msg. */
 int registry_disk_room(struct registry *reg, unsigned long long mib, char *msg, size_t msglen);
 
