@@ -398,6 +398,16 @@ bool cli_print_help(const char *cmd, FILE *f)
     return false;
 }
 
+int cli_common_opt(const char *cmd, int opt)
+{
+    if (opt == 'h') {
+        cli_print_help(cmd, stdout);
+        return 0;
+    }
+    fprintf(stderr, "Try 'warren %s --help'.\n", cmd);
+    return CLI_EXIT_USAGE;
+}
+
 int cli_usage_error(const char *cmd, const char *fmt, ...)
 {
     va_list ap;

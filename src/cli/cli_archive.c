@@ -34,16 +34,6 @@ struct xfer {
     char err[1024];      /* a local failure found in a callback, reported after the request */
 };
 
-static int xfer_common_opt(const char *cmd, int opt)
-{
-    if (opt == 'h') {
-        cli_print_help(cmd, stdout);
-        return 0;
-    }
-    fprintf(stderr, "Try 'warren %s --help'.\n", cmd);
-    return CLI_EXIT_USAGE;
-}
-
 /* Report what made client_request_stream() fail (r < 0): a local failure found in a callback,
  * the daemon out of reach, or a broken exchange. Nothing for a cancellation by a signal. */
 static void xfer_report(struct xfer *x, int r, const char *method, const char *path)
@@ -154,7 +144,7 @@ int cli_cmd_import(int argc, char **argv)
         else if (opt == OPT_JSON)
             json = true;
         else
-            ret = xfer_common_opt("import", opt);
+            ret = cli_common_opt("import", opt);
     }
     int first = optind;
     free(av);
@@ -339,7 +329,7 @@ int cli_cmd_export(int argc, char **argv)
         else if (opt == 'q')
             quiet = true;
         else
-            ret = xfer_common_opt("export", opt);
+            ret = cli_common_opt("export", opt);
     }
     int first = optind;
     free(av);

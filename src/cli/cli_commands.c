@@ -13,18 +13,6 @@
 
 enum { OPT_JSON = 256, OPT_NO_STDIN, OPT_TAIL };
 
-/* Common getopt outcome handling: 'h' prints the help (exit 0), '?' a hint (exit 2). Returns
- * -1 when `opt` is neither. */
-static int cli_commands_common_opt(const char *cmd, int opt)
-{
-    if (opt == 'h') {
-        cli_print_help(cmd, stdout);
-        return 0;
-    }
-    fprintf(stderr, "Try 'warren %s --help'.\n", cmd);
-    return CLI_EXIT_USAGE;
-}
-
 /* "/v1/sandboxes/<sb>/commands[/<cid>]" */
 static int cli_commands_path(buf_t *b, const char *sandbox, const char *cid)
 {
@@ -151,7 +139,7 @@ int cli_cmd_commands(int argc, char **argv)
         else if (opt == 'q')
             quiet = true;
         else
-            ret = cli_commands_common_opt("commands", opt);
+            ret = cli_common_opt("commands", opt);
     }
     if (ret >= 0)
         goto out;
@@ -238,7 +226,7 @@ int cli_cmd_logs(int argc, char **argv)
         else if (opt == OPT_TAIL)
             tail = optarg;
         else
-            ret = cli_commands_common_opt("logs", opt);
+            ret = cli_common_opt("logs", opt);
     }
     if (ret >= 0)
         goto out;
@@ -315,7 +303,7 @@ int cli_cmd_attach(int argc, char **argv)
         if (opt == OPT_NO_STDIN)
             forward = false;
         else
-            ret = cli_commands_common_opt("attach", opt);
+            ret = cli_common_opt("attach", opt);
     }
     if (ret >= 0)
         goto out;

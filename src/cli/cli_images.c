@@ -14,19 +14,6 @@
 
 enum { OPT_JSON = 256, OPT_NAME };
 
-static int images_common_opt(const char *cmd, int opt)
-{
-    if (opt == 'h') {
-        cli_print_help(cmd, stdout);
-        return 0;
-    }
-    if (opt == '?' || opt == ':') {
-        fprintf(stderr, "Try 'warren %s --help'.\n", cmd);
-        return CLI_EXIT_USAGE;
-    }
-    return -1;
-}
-
 int cli_path_template(buf_t *b, const char *name)
 {
     return buf_append_str(b, "/v1/templates/") < 0 || client_append_escaped(b, name, 0) < 0
@@ -125,7 +112,7 @@ int cli_cmd_pull(int argc, char **argv)
             json = true;
             break;
         default:
-            ret = images_common_opt("pull", opt);
+            ret = cli_common_opt("pull", opt);
             break;
         }
     }
@@ -216,7 +203,7 @@ int cli_cmd_images(int argc, char **argv)
         else if (opt == OPT_JSON)
             json = true;
         else
-            ret = images_common_opt("images", opt);
+            ret = cli_common_opt("images", opt);
     }
     if (ret < 0 && optind < argc)
         ret = cli_usage_error("images", "unexpected argument '%s'", av[optind]);
@@ -239,7 +226,7 @@ int cli_cmd_rmi(int argc, char **argv)
     if (!av)
         return CLI_EXIT_FAIL;
     while (ret < 0 && (opt = getopt_long(argc, av, "+h", opts, NULL)) != -1)
-        ret = images_common_opt("rmi", opt);
+        ret = cli_common_opt("rmi", opt);
     if (ret < 0 && optind >= argc)
         ret = cli_usage_error("rmi", "missing the template name");
     if (ret >= 0 || cli_client_open(&c) < 0) {
@@ -305,7 +292,7 @@ int cli_cmd_snapshot(int argc, char **argv)
         if (opt == OPT_JSON)
             json = true;
         else
-            ret = images_common_opt("snapshot", opt);
+            ret = cli_common_opt("snapshot", opt);
     }
     if (ret < 0 && argc - optind != 2)
         ret = cli_usage_error("snapshot",
@@ -349,7 +336,7 @@ int cli_cmd_fork(int argc, char **argv)
                 ret = cli_usage_error("fork", "--name: not valid UTF-8");
             json_object_set_new(body, "name", s);
         } else {
-            ret = images_common_opt("fork", opt);
+            ret = cli_common_opt("fork", opt);
         }
     }
     if (ret < 0 && argc - optind != 1)

@@ -85,6 +85,10 @@ int cli_sandbox_start(int argc, char **argv);
 /* Print the help text of `cmd` (a known subcommand) to `f`. Returns false if unknown. */
 bool cli_print_help(const char *cmd, FILE *f);
 
+/* The getopt outcome every command shares: 'h' prints cmd's help (exit status 0); anything else
+ * (an unknown option, a missing argument) prints a hint (CLI_EXIT_USAGE). */
+int cli_common_opt(const char *cmd, int opt);
+
 /* Report a usage error: "warren CMD: <message>" and a hint to use --help. Returns
  * CLI_EXIT_USAGE. */
 int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -9,21 +9,6 @@
 
 enum { OPT_JSON = 256, OPT_NAME, OPT_STATE, OPT_IMAGE, OPT_TEMPLATE };
 
-/* Common getopt outcome handling: 'h' prints the help (exit 0), '?' a hint (exit 2). Returns
- * -1 when `opt` is neither. */
-static int cli_sandbox_common_opt(const char *cmd, int opt)
-{
-    if (opt == 'h') {
-        cli_print_help(cmd, stdout);
-        return 0;
-    }
-    if (opt == '?' || opt == ':') {
-        fprintf(stderr, "Try 'warren %s --help'.\n", cmd);
-        return CLI_EXIT_USAGE;
-    }
-    return -1;
-}
-
 int cli_cmd_create(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -84,7 +69,7 @@ int cli_cmd_create(int argc, char **argv)
             json = true;
             break;
         default:
-            ret = cli_sandbox_common_opt("create", opt);
+            ret = cli_common_opt("create", opt);
             break;
         }
     }
@@ -202,7 +187,7 @@ int cli_cmd_ps(int argc, char **argv)
             json = true;
             break;
         default:
-            ret = cli_sandbox_common_opt("ps", opt);
+            ret = cli_common_opt("ps", opt);
             break;
         }
     }
@@ -267,7 +252,7 @@ static int cli_sandbox_simple(const char *cmd, int argc, char **argv, const char
     if (!av)
         return CLI_EXIT_FAIL;
     while (ret < 0 && (opt = getopt_long(argc, av, "+h", opts, NULL)) != -1)
-        ret = cli_sandbox_common_opt(cmd, opt);
+        ret = cli_common_opt(cmd, opt);
     if (ret < 0 && optind >= argc)
         ret = cli_usage_error(cmd, "missing the sandbox id or name");
     if (ret < 0)
@@ -310,7 +295,7 @@ int cli_cmd_stop(int argc, char **argv)
     }
     while (ret < 0 && (opt = getopt_long(argc, av, "+hg:", opts, NULL)) != -1) {
         if (opt != 'g') {
-            ret = cli_sandbox_common_opt("stop", opt);
+            ret = cli_common_opt("stop", opt);
             continue;
         }
         double grace = strtod(optarg, &end);
@@ -375,7 +360,7 @@ int cli_cmd_info(int argc, char **argv)
         if (opt == OPT_JSON)
             json = true;
         else
-            ret = cli_sandbox_common_opt("info", opt);
+            ret = cli_common_opt("info", opt);
     }
     if (ret >= 0)
         goto out;
