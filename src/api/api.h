@@ -51,8 +51,9 @@ struct sandbox *api_find_sandbox(struct api_ctx *ctx, http_req_t *req,
 struct sandbox *api_sandbox_of(struct api_ctx *ctx, http_req_t *req,
                                const struct route_params *params);
 
-/* A name a client may give a sandbox or template: 1-63 characters of [A-Za-z0-9_.-], starting
- * with a letter or digit. */
+/* A name a client may give a sandbox, template, volume or pool: API_NAME_RULE, which error
+ * messages quote. */
+#define API_NAME_RULE "1-63 characters of [A-Za-z0-9_.-], starting with a letter or digit"
 int api_valid_name(const char *s);
 /* Environment variable names must be non-empty and contain no '='. Writes the reason to err. */
 int api_valid_env(json_t *env, char *err, size_t errlen);

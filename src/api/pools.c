@@ -67,9 +67,7 @@ void api_pool_put(struct api_ctx *ctx, http_req_t *req, const struct route_param
     if (!body)
         return;
     if (!api_valid_name(name)) {
-        snprintf(err, ERRLEN,
-                 "invalid pool name: 1-63 characters of [A-Za-z0-9_.-], starting with a letter "
-                 "or digit");
+        snprintf(err, ERRLEN, "invalid pool name: " API_NAME_RULE);
         goto bad;
     }
     if (json_check_keys(body, keys, NULL, err, ERRLEN) ||

@@ -294,9 +294,7 @@ void api_sandbox_create(struct api_ctx *ctx, http_req_t *req, const struct route
         goto bad;
     }
     if (spec.name && !api_valid_name(spec.name)) {
-        snprintf(err, ERRLEN,
-                 "invalid 'name': 1-63 characters of [A-Za-z0-9_.-], starting with a letter or "
-                 "digit");
+        snprintf(err, ERRLEN, "invalid 'name': " API_NAME_RULE);
         goto bad;
     }
     if (image && json_object_get(body, "template")) {
@@ -392,9 +390,7 @@ void api_sandbox_fork(struct api_ctx *ctx, http_req_t *req, const struct route_p
     if (json_check_keys(body, keys, NULL, err, ERRLEN) ||
         json_opt_string(body, "name", "name", &name, err, ERRLEN) ||
         (name && !api_valid_name(name) &&
-         snprintf(err, ERRLEN,
-                  "invalid 'name': 1-63 characters of [A-Za-z0-9_.-], starting "
-                  "with a letter or digit")) ||
+         snprintf(err, ERRLEN, "invalid 'name': " API_NAME_RULE)) ||
         util_random_id(tname, sizeof(tname), "fork-") < 0) {
         json_decref(body);
         http_respond_error(req, 400, "bad_request", "%s", err);

@@ -52,9 +52,7 @@ void api_template_create(struct api_ctx *ctx, http_req_t *req, const struct rout
         goto bad;
     }
     if (name && !api_valid_name(name)) {
-        snprintf(err, ERRLEN,
-                 "invalid 'name': 1-63 characters of [A-Za-z0-9_.-], starting with a letter or "
-                 "digit");
+        snprintf(err, ERRLEN, "invalid 'name': " API_NAME_RULE);
         goto bad;
     }
     if (name && !strcmp(name, "host")) {
@@ -213,8 +211,7 @@ void api_template_import(struct api_ctx *ctx, http_req_t *req, const struct rout
         return;
     if (!api_valid_name(name) || !strcmp(name, "host")) {
         http_respond_error(req, 400, "bad_request",
-                           "invalid template name: 1-63 characters of [A-Za-z0-9_.-], starting "
-                           "with a letter or digit, and not 'host'");
+                           "invalid template name: " API_NAME_RULE ", and not 'host'");
         return;
     }
     struct archive_call *c = calloc(1, sizeof(*c));
@@ -336,9 +333,7 @@ void api_sandbox_snapshot(struct api_ctx *ctx, http_req_t *req, const struct rou
     }
     if (!name || !api_valid_name(name)) {
         json_decref(body);
-        http_respond_error(req, 400, "bad_request",
-                           "'name' is required: 1-63 characters of [A-Za-z0-9_.-], starting with "
-                           "a letter or digit");
+        http_respond_error(req, 400, "bad_request", "'name' is required: " API_NAME_RULE);
         return;
     }
     if (!strcmp(name, "host")) {
@@ -425,8 +420,7 @@ void api_template_build(struct api_ctx *ctx, http_req_t *req, const struct route
         return;
     if (!name || !api_valid_name(name) || !strcmp(name, "host")) {
         http_respond_error(req, 400, "bad_request",
-                           "'name' is required: 1-63 characters of [A-Za-z0-9_.-], starting with "
-                           "a letter or digit, and not 'host'");
+                           "'name' is required: " API_NAME_RULE ", and not 'host'");
         return;
     }
     if (net && strcmp(net, "none") && strcmp(net, "open")) {

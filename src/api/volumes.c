@@ -74,9 +74,7 @@ void api_volume_create(struct api_ctx *ctx, http_req_t *req, const struct route_
         json_opt_int(body, "size_mib", "size_mib", &mib, err, ERRLEN))
         goto bad;
     if (!name || !api_valid_name(name)) {
-        snprintf(err, ERRLEN,
-                 "'name' is required: 1-63 characters of [A-Za-z0-9_.-], starting with a letter "
-                 "or digit");
+        snprintf(err, ERRLEN, "'name' is required: " API_NAME_RULE);
         goto bad;
     }
     /* <name>.img is the image of volume <name>, beside its mount point <name>. */
