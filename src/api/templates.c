@@ -164,33 +164,39 @@ static int make_pipe(int loop_end_writes, int *loop_fd, int *worker_fd)
     return 0;
 }
 
-static void archive_answer_error(struct archive_call *c, int status_or_zero)
+/* The status and API code of a failed import or export: `status` if not 0, else those of the
+ * session's error. */
+static int archive_status(const struct archive_call *c, int status, const char **code)
 {
-    const char *code = "internal";
-    int status = status_or_zero ? status_or_zero : api_session_status(c->err, &code);
-    if (status_or_zero)
-        code = api_status_code(status);
+    if (!status)
+        return api_session_status(c->err, code);
+    *code = api_status_code(status);
+    return status;
+}
+
+static void archive_answer_error(struct archive_call *c, int status)
+{
+    const char *code;
+    status = archive_status(c, status, &code);
     http_respond_error(c->req, status, code, "%s", c->msg);
 }
 
 static void on_import_end(void *arg, int r, int started, uint64_t bytes, int body_err)
 {
     struct archive_call *c = arg;
+    const char *code = NULL;
     (void)started;
     (void)r;
-    int status = c->tpl ? 201 : body_err ? 400 : 0;
     if (!c->tpl && body_err)
         snprintf(c->msg, sizeof(c->msg), "the upload broke off after %llu bytes",
                  (unsigned long long)bytes);
-    api_audit(c->ctx, c->req, "template.import", NULL,
-              c->tpl   ? 201
-              : status ? status
-                       : api_session_status(c->err, &(const char *){0}),
+    int status = c->tpl ? 201 : archive_status(c, body_err ? 400 : 0, &code);
+    api_audit(c->ctx, c->req, "template.import", NULL, status,
               json_pack("{s:s, s:I}", "name", c->name, "bytes", (json_int_t)bytes));
     if (c->tpl)
         http_respond_json(c->req, 201, api_template_json(c->tpl));
     else
-        archive_answer_error(c, status);
+        http_respond_error(c->req, status, code, "%s", c->msg);
     free(c);
 }
 

@@ -14,7 +14,7 @@ import tarfile
 
 import pytest
 
-from conftest import Daemon, exec_, sh
+from conftest import Daemon, exec_, sh, wait_for
 from registry import (MULTILAYER_EXPECT, PWNED, SKOPEO, VICTIM, LayerBuilder, busybox_tar,
                       compress, env_dict, registry_args, tpl_path, wait_template)
 from registry import images, registry, registry_workdir, sentinels  # noqa: F401 fixtures
@@ -120,6 +120,25 @@ def test_import_garbage(api, body):
     # LEAD: an archive that is not one: 400 bad_request or 422 image_invalid.
     assert (r.status, r.error_code) in ((400, "bad_request"), (422, "image_invalid")), r
     assert api.get(tpl_path("imp-garbage")).status == 404
+
+
+def test_import_client_vanishes(api, images, tmp_path):
+    """A client that goes away midway through an upload: no template is made, no spool is left
+    in the store, and the daemon goes on (the same name imports fine afterwards)."""
+    import socket
+    data = archive_bytes("rootfs-tar", images, tmp_path)
+    s = socket.create_connection(("127.0.0.1", api.daemon.port))
+    s.sendall(f"PUT {tpl_path('imp-gone', 'archive')} HTTP/1.1\r\nHost: x\r\n"
+              f"Content-Length: {len(data)}\r\n\r\n".encode() + data[:len(data) // 2])
+    s.close()
+    layers = os.path.join(api.daemon.state_dir, "images", "layers")
+
+    def settled():
+        gone = api.get(tpl_path("imp-gone")).status == 404
+        return gone and not [n for n in os.listdir(layers) if n.startswith(".tmp")]
+    wait_for(settled, what="the broken import to leave nothing behind")
+    assert put_archive(api, "imp-gone", data).status == 201
+    assert api.delete(tpl_path("imp-gone")).status == 204
 
 
 def test_import_hostile_rootfs(api, sentinels):
