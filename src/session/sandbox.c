@@ -314,7 +314,8 @@ const char *sandbox_state_name(enum sandbox_state state)
 
 const char *sandbox_state_str(const struct sandbox *sb)
 {
-    if (sb->recycled && (sb->state == SB_STOPPED || sb->state == SB_STOPPING))
+    /* Recycled once its processes are gone: until then it is stopping, as any stop. */
+    if (sb->recycled && sb->state == SB_STOPPED)
         return "recycled";
     return sandbox_state_name(sb->state);
 }

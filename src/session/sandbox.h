@@ -348,8 +348,8 @@ struct sandbox_usage {
 };
 int sandbox_usage(const struct sandbox *sb, struct sandbox_usage *out);
 const char *sandbox_state_name(enum sandbox_state state);
-/* The state a client sees: sandbox_state_name(), but "recycled" for a recycled sandbox that is
- * stopped or stopping (session/sessions.h). */
+/* The state a client sees: sandbox_state_name(), but "recycled" for a recycled sandbox once it
+ * is stopped (session/sessions.h). */
 const char *sandbox_state_str(const struct sandbox *sb);
 /* How sandboxes are put in cgroups here: "v1", "v2" (or "none"). */
 const char *registry_cgroup_mode(const struct registry *reg);

@@ -99,8 +99,12 @@ static void recycle_stopped(struct sandbox *sb, int err, void *arg)
 int sessions_recycle(struct sandbox *sb)
 {
     int r = sandbox_stop(sb, SESSIONS_RECYCLE_GRACE_S, recycle_stopped, NULL);
-    if (r == 0)
-        sb->recycled = 1; /* saved in its record once stopped */
+    if (r == 0) {
+        /* In its record at once: a daemon that dies before the stop is done finds a session
+         * sandbox to recycle (stopped) or to take over (its init still alive). */
+        sb->recycled = 1;
+        sandbox_save(sb);
+    }
     return r;
 }
 
